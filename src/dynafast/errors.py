@@ -1,0 +1,67 @@
+"""Every error dynafast raises derives from DynafastError."""
+
+
+class DynafastError(Exception):
+    """Base class of every dynafast error."""
+
+
+# -- embedded engine ------------------------------------------------------------------------------
+class StoreLocked(DynafastError):
+    """Another process holds the store directory open."""
+
+
+class StoreClosed(DynafastError):
+    """The store was used after close()."""
+
+
+class CorruptionError(DynafastError):
+    """A record or file failed its checksum and cannot be served."""
+
+
+class KeyTooLarge(DynafastError, ValueError):
+    """The key is longer than the configured limit."""
+
+
+class ValueTooLarge(DynafastError, ValueError):
+    """The value is longer than the configured limit."""
+
+
+class StorageFull(DynafastError, OSError):
+    """The disk is full; nothing acknowledged was lost, and the store works again once space is freed."""
+
+
+# -- cluster ----------------------------------------------------------------------------------------
+class ProtocolError(DynafastError):
+    """A frame could not be decoded, or broke the protocol."""
+
+
+class QuorumNotMet(DynafastError):
+    """Fewer replicas than required answered in time."""
+
+    def __init__(self, message: str, *, replied: int = 0, required: int = 0):
+        super().__init__(message)
+        self.replied = replied
+        self.required = required
+
+
+class Timeout(DynafastError, TimeoutError):
+    """The request did not finish before its deadline."""
+
+
+class Unavailable(DynafastError):
+    """No node that could serve the request was reachable."""
+
+
+__all__ = [
+    "DynafastError",
+    "StoreLocked",
+    "StoreClosed",
+    "CorruptionError",
+    "KeyTooLarge",
+    "ValueTooLarge",
+    "StorageFull",
+    "ProtocolError",
+    "QuorumNotMet",
+    "Timeout",
+    "Unavailable",
+]
