@@ -85,16 +85,21 @@ class RedisTarget:
         self._r = None
 
     async def connect(self) -> None:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         host, port = parse_address(self.address.split(",")[0], 6379)
+        # No client-side retries: a failed request is counted as an error instead of showing up as latency.
+        options = dict(host=host, port=port, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5)
         if self.cluster:
             from redis.asyncio.cluster import RedisCluster
 
-            self._r = RedisCluster(host=host, port=port)
+            self._r = RedisCluster(**options)
             await self._r.initialize()
         else:
             from redis.asyncio import Redis
 
-            self._r = Redis(host=host, port=port)
+            self._r = Redis(**options)
             await self._r.ping()
 
     async def get(self, key: bytes) -> Read:

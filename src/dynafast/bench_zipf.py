@@ -76,7 +76,9 @@ class ZipfianGenerator:
         self.zetan = zeta(items, theta) if zetan is None else zetan
         self.zeta2theta = zeta(2, theta)
         self.alpha = 1.0 / (1.0 - theta)
-        self.eta = (1 - (2.0 / items) ** (1 - theta)) / (1 - self.zeta2theta / self.zetan)
+        # With one or two items every draw is decided by the exact rank 0/1 tests and eta is unused (and
+        # would divide by zero at two items).
+        self.eta = 0.0 if items <= 2 else (1 - (2.0 / items) ** (1 - theta)) / (1 - self.zeta2theta / self.zetan)
         self._rng = np.random.default_rng(seed)
         self._buffer: list[int] = []
 
