@@ -1,0 +1,159 @@
+"""The quorum state machines, driven by replies with no sockets."""
+import pytest
+
+from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator, Send
+from dynafast.errors import QuorumNotMet
+from conftest import implementations
+
+impl = implementations("vclock")
+
+TARGETS = [("a", None), ("b", None), ("c", None)]
+
+
+def test_put_answers_after_w_acks_with_dw_durable():
+    m = PutCoordinator(TARGETS, ["d"], w=2, dw=1)
+    sends = m.start()
+    assert sends == [Send("a", None, True), Send("b", None, False), Send("c", None, False)]
+    m.on_ack("b", False)
+    assert not m.done
+    m.on_ack("c", False)
+    # two acks but none durable yet: wait for the durable one
+    assert not m.done
+    m.on_ack("a", True)
+    assert m.ok and m.acks == 3 and m.durable_acks == 1
+    assert m.finished
+
+
+def test_put_late_acks_are_counted():
+    m = PutCoordinator(TARGETS, [], w=1, dw=0)
+    m.start()
+    m.on_ack("a", False)
+    assert m.ok and not m.finished
+    m.on_ack("b", False)
+    m.on_ack("c", True)
+    assert m.finished and m.acks == 3 and m.primary_acks == 3
+
+
+def test_put_failed_replica_is_replaced_by_hinted_fallback():
+    m = PutCoordinator(TARGETS, ["d", "e"], w=3, dw=1)
+    m.start()
+    m.on_ack("a", True)
+    sends = m.on_failure("c")
+    assert sends == [Send("d", "c", False)]
+    m.on_ack("b", False)
+    assert not m.done
+    m.on_ack("d", False)
+    assert m.ok and m.primary_acks == 2
+
+
+def test_put_failed_fallback_passes_its_hint_on():
+    m = PutCoordinator([("a", None), ("d", "b")], ["e"], w=2, dw=0)
+    m.start()
+    assert m.on_failure("d") == [Send("e", "b", False)]
+
+
+def test_durable_duty_moves_to_the_replacement():
+    m = PutCoordinator(TARGETS, ["d"], w=2, dw=1)
+    m.start()
+    sends = m.on_failure("a")
+    assert sends == [Send("d", "a", True)]
+    m.on_ack("b", False)
+    m.on_ack("c", False)
+    assert not m.done
+    m.on_ack("d", True)
+    assert m.ok
+
+
+def test_put_fails_fast_when_quorum_is_impossible():
+    m = PutCoordinator(TARGETS, [], w=3, dw=1)
+    m.start()
+    m.on_ack("a", True)
+    m.on_failure("b")
+    assert m.done and not m.ok
+    assert isinstance(m.error, QuorumNotMet)
+    assert m.error.replied == 1 and m.error.required == 3
+
+
+def test_put_deadline_reports_how_many_replied():
+    m = PutCoordinator(TARGETS, [], w=2, dw=0)
+    m.start()
+    m.on_ack("a", False)
+    m.on_deadline()
+    assert isinstance(m.error, QuorumNotMet) and m.error.replied == 1
+    # a late ack does not turn a failed request into a success
+    m.on_ack("b", False)
+    assert not m.ok
+
+
+def test_put_with_fewer_targets_than_w_uses_spares():
+    m = PutCoordinator([("a", None)], ["b", "c"], w=2, dw=0)
+    sends = m.start()
+    assert [s.node for s in sends] == ["a", "b"]
+
+
+def test_bad_quorums_are_rejected():
+    with pytest.raises(ValueError):
+        PutCoordinator(TARGETS, w=0)
+    with pytest.raises(ValueError):
+        PutCoordinator(TARGETS, w=1, dw=2)
+    with pytest.raises(ValueError):
+        GetCoordinator(TARGETS, r=0, versions=None)
+
+
+def test_get_reconciles_and_repairs(impl):
+    S = impl.Siblings
+    v1 = S.new(b"one").update(None, b"a", 1)
+    v2 = S.new(b"two", v1.context()).update(v1, b"a", 2)
+    m = GetCoordinator(TARGETS, ["d"], r=2, versions=impl)
+    assert m.start() == [Send("a"), Send("b"), Send("c")]
+    m.on_reply("a", v1)
+    assert not m.done
+    m.on_reply("b", v2)
+    assert m.done and m.error is None
+    assert m.result.live_values() == [b"two"]
+    assert not m.finished
+    m.on_reply("c", None)
+    assert m.finished
+    merged, stale = m.repairs()
+    assert merged == v2
+    assert sorted(stale) == ["a", "c"]
+
+
+def test_get_returns_concurrent_siblings(impl):
+    S = impl.Siblings
+    x = S.new(b"x").update(None, b"a", 1)
+    y = S.new(b"y").update(None, b"b", 1)
+    m = GetCoordinator(TARGETS, [], r=2, versions=impl)
+    m.start()
+    m.on_reply("a", x)
+    m.on_reply("b", y)
+    assert sorted(m.result.live_values()) == [b"x", b"y"]
+
+
+def test_get_not_found_everywhere(impl):
+    m = GetCoordinator(TARGETS, [], r=2, versions=impl)
+    m.start()
+    m.on_reply("a", None)
+    m.on_reply("b", None)
+    assert m.done and m.result is None
+    assert m.repairs() == (None, [])
+
+
+def test_get_failure_tries_a_fallback_and_fails_when_impossible(impl):
+    m = GetCoordinator(TARGETS, ["d"], r=3, versions=impl)
+    m.start()
+    assert m.on_failure("a") == [Send("d", "a")]
+    m.on_failure("b")
+    assert m.done and isinstance(m.error, QuorumNotMet)
+    assert m.error.required == 3
+
+
+def test_fallback_replies_are_not_repaired(impl):
+    S = impl.Siblings
+    v = S.new(b"v").update(None, b"a", 1)
+    m = GetCoordinator([("a", None), ("d", "b")], [], r=2, versions=impl)
+    m.start()
+    m.on_reply("a", v)
+    m.on_reply("d", None)
+    merged, stale = m.repairs()
+    assert stale == []
