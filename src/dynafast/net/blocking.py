@@ -1,0 +1,122 @@
+"""A blocking-socket connection for synchronous callers (the synchronous Client, scripts, tests)."""
+import socket
+
+from dynafast import _impl
+from dynafast.errors import ProtocolError, Timeout, Unavailable
+from dynafast.net.messages import Msg, error_from_fields
+
+codec = _impl.load("codec")
+
+DEFAULT_TIMEOUT = 5.0
+_RECV_SIZE = 256 * 1024
+_MAX_REQUEST_ID = 0xFFFFFFFF
+
+
+class BlockingConnection:
+    """One TCP connection, one caller at a time (not thread-safe); ``call_many`` pipelines requests."""
+
+    def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, *,
+                 max_frame: int = codec.MAX_FRAME_DEFAULT):
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._decoder = codec.Decoder(max_frame)
+        self._replies = {}  # request id -> (type, fields) that arrived while waiting for another one
+        self._abandoned = set()  # ids of timed-out requests whose late replies are to be dropped
+        self._next_id = 0
+        try:
+            self._sock = socket.create_connection((host, port), timeout=timeout)
+        except socket.timeout:
+            raise Unavailable(f"connecting to {host}:{port} timed out after {timeout}s") from None
+        except OSError as exc:
+            raise Unavailable(f"cannot connect to {host}:{port}: {exc}") from None
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def _new_id(self):
+        self._next_id = self._next_id % _MAX_REQUEST_ID + 1
+        return self._next_id
+
+    def call(self, msg_type: int, fields, timeout: float | None = None):
+        """Send one request and wait for its reply ``(reply_type, fields)``; ERROR replies raise."""
+        result = self.call_many([(msg_type, fields)], timeout=timeout, return_exceptions=True)[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def call_many(self, requests, timeout: float | None = None, *, return_exceptions: bool = False):
+        """Send all requests in one write and return their replies in order.
+
+        An ERROR reply raises its exception after every reply was read (the connection stays usable), or
+        stands in the list in place of the reply when ``return_exceptions`` is true.
+        """
+        if self._sock is None:
+            raise Unavailable(f"connection to {self.host}:{self.port} is closed")
+        timeout = self.timeout if timeout is None else timeout
+        out = bytearray()
+        ids = []
+        for msg_type, fields in requests:
+            request_id = self._new_id()
+            codec.encode_into(out, msg_type, request_id, fields)
+            ids.append(request_id)
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.sendall(out)
+            results = [self._wait(request_id) for request_id in ids]
+        except socket.timeout:
+            # Late replies carry ids nobody waits for; they are dropped, so the connection stays usable.
+            for request_id in ids:
+                self._replies.pop(request_id, None)
+            self._abandoned.update(ids)
+            raise Timeout(f"no reply from {self.host}:{self.port} within {timeout}s") from None
+        except OSError as exc:
+            self.close()
+            raise Unavailable(f"connection to {self.host}:{self.port} broke: {exc}") from None
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        return results
+
+    def _wait(self, request_id):
+        while request_id not in self._replies:
+            data = self._sock.recv(_RECV_SIZE)
+            if not data:
+                self.close()
+                raise Unavailable(f"{self.host}:{self.port} closed the connection")
+            try:
+                frames = self._decoder.feed(data)
+            except ProtocolError as exc:
+                self.close()
+                raise Unavailable(f"connection to {self.host}:{self.port} broke: {exc}") from None
+            for msg_type, rid, fields in frames:
+                if rid == 0 and msg_type == Msg.ERROR:
+                    self.close()
+                    raise error_from_fields(fields)
+                if rid in self._abandoned:
+                    self._abandoned.discard(rid)
+                    continue
+                self._replies[rid] = (msg_type, fields)
+        msg_type, fields = self._replies.pop(request_id)
+        if isinstance(fields, ProtocolError):
+            return fields
+        if msg_type == Msg.ERROR:
+            return error_from_fields(fields)
+        return msg_type, fields
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+__all__ = ["BlockingConnection"]

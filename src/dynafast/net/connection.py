@@ -1,0 +1,264 @@
+"""The client side of the native protocol: multiplexed connections and a per-peer connection pool.
+
+Many calls share one connection; each gets a request id and its reply may come back in any order. Frames
+queued during one loop turn go out in one write.
+"""
+import asyncio
+import logging
+
+from dynafast import _impl
+from dynafast.errors import ProtocolError, Timeout, Unavailable
+from dynafast.net.messages import Msg, error_from_fields
+
+codec = _impl.load("codec")
+log = logging.getLogger("dynafast.net.connection")
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_CONNECT_TIMEOUT = 1.0
+_MAX_REQUEST_ID = 0xFFFFFFFF
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, loop, max_frame):
+        self.loop = loop
+        self.transport = None
+        self.pending = {}  # request id -> future of (reply_type, fields)
+        self.lost = None  # the exception every later call gets, once the connection is gone
+        self._decoder = codec.Decoder(max_frame)
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._next_id = 0
+        self._write_ready = None  # a future while the transport asks us to stop writing
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as exc:
+            for frame in exc.frames:
+                self._deliver(*frame)
+            log.warning("closing connection to %s: %s", self.peer, exc)
+            self._fail(Unavailable(f"connection to {self.peer} broke: {exc}"))
+            self.transport.abort()
+            return
+        for frame in frames:
+            self._deliver(*frame)
+
+    def _deliver(self, msg_type, request_id, fields):
+        future = self.pending.pop(request_id, None)
+        if future is None:
+            if msg_type == Msg.ERROR and request_id == 0:
+                log.warning("%s reported a connection error: %r", self.peer, fields)
+            else:
+                log.debug("reply to unknown or timed out request %d from %s", request_id, self.peer)
+            return
+        if future.done():
+            return
+        if isinstance(fields, ProtocolError):
+            future.set_exception(fields)
+        elif msg_type == Msg.ERROR:
+            future.set_exception(error_from_fields(fields))
+        else:
+            future.set_result((msg_type, fields))
+
+    def connection_lost(self, exc):
+        reason = f": {exc}" if exc else ""
+        self._fail(Unavailable(f"connection to {self.peer} lost{reason}"))
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_result(None)
+
+    def _fail(self, error):
+        if self.lost is None:
+            self.lost = error
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    @property
+    def peer(self):
+        return self.transport.get_extra_info("peername") if self.transport is not None else None
+
+    def pause_writing(self):
+        self._write_ready = self.loop.create_future()
+
+    def resume_writing(self):
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_result(None)
+        self._write_ready = None
+
+    def request(self, msg_type, fields):
+        """Queue a request; return (request_id, future of its reply)."""
+        if self.lost is not None:
+            raise self.lost
+        # Request ids cycle through 1..2**32-1 (0 is for errors about the connection itself).
+        request_id = self._next_id = self._next_id % _MAX_REQUEST_ID + 1
+        codec.encode_into(self._out, msg_type, request_id, fields)
+        future = self.loop.create_future()
+        self.pending[request_id] = future
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        return request_id, future
+
+    def _flush(self):
+        self._flush_scheduled = False
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            out, self._out = self._out, bytearray()  # the transport may keep a reference to it
+            self.transport.write(out)
+
+    def expire(self, request_id, timeout):
+        future = self.pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_exception(Timeout(f"no reply from {self.peer} within {timeout}s"))
+
+
+class Connection:
+    """One client connection; many calls may be in flight on it at once."""
+
+    def __init__(self, protocol: _ClientProtocol, host: str, port: int):
+        self._protocol = protocol
+        self.host = host
+        self.port = port
+
+    @classmethod
+    async def open(cls, host: str, port: int, *, timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                   max_frame: int = codec.MAX_FRAME_DEFAULT) -> "Connection":
+        """Connect; raises Unavailable when the peer refuses or does not answer within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, protocol = await loop.create_connection(lambda: _ClientProtocol(loop, max_frame), host, port)
+        except TimeoutError:
+            raise Unavailable(f"connecting to {host}:{port} timed out after {timeout}s") from None
+        except OSError as exc:
+            raise Unavailable(f"cannot connect to {host}:{port}: {exc}") from None
+        return cls(protocol, host, port)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def closed(self) -> bool:
+        return self._protocol.lost is not None or self._protocol.transport is None \
+            or self._protocol.transport.is_closing()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._protocol.pending)
+
+    async def call(self, msg_type: int, fields, timeout: float | None = DEFAULT_TIMEOUT):
+        """Send a request and wait for its reply: ``(reply_type, reply_fields)``.
+
+        An ERROR reply raises its typed exception; no reply within ``timeout`` seconds raises Timeout; a lost
+        connection raises Unavailable. ``timeout=None`` means the default, never forever.
+        """
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        protocol = self._protocol
+        if protocol.transport is None or protocol.transport.is_closing():
+            raise protocol.lost or Unavailable(f"connection to {self.address} is closed")
+        if protocol._write_ready is not None:
+            await protocol._write_ready
+        request_id, future = protocol.request(msg_type, fields)
+        timer = protocol.loop.call_later(timeout, protocol.expire, request_id, timeout)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            protocol.pending.pop(request_id, None)  # when the caller was cancelled
+
+    async def close(self):
+        protocol = self._protocol
+        if protocol.transport is not None and not protocol.transport.is_closing():
+            protocol._flush()
+            protocol.transport.close()
+        protocol._fail(Unavailable(f"connection to {self.address} was closed"))
+        await asyncio.sleep(0)  # let the transport finish closing
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await self.close()
+
+
+class PeerPool:
+    """Connections to many peers, by "host:port", opened on first use and reopened after they break."""
+
+    def __init__(self, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, connections_per_peer: int = 1,
+                 max_frame: int = codec.MAX_FRAME_DEFAULT):
+        if connections_per_peer < 1:
+            raise ValueError("connections_per_peer must be at least 1")
+        self.connect_timeout = connect_timeout
+        self.connections_per_peer = connections_per_peer
+        self.max_frame = max_frame
+        self._slots = {}  # address -> list of (Connection | Task opening one | None)
+        self._turn = {}  # address -> next slot to use
+        self._closed = False
+
+    async def call(self, address: str, msg_type: int, fields, timeout: float | None = DEFAULT_TIMEOUT):
+        """``Connection.call`` on a pooled connection to ``address``."""
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        conn = await self.get(address, timeout=min(timeout, self.connect_timeout))
+        return await conn.call(msg_type, fields, timeout)
+
+    async def get(self, address: str, *, timeout: float | None = None) -> Connection:
+        """An open connection to ``address`` (connecting if needed)."""
+        if self._closed:
+            raise Unavailable("the peer pool is closed")
+        slots = self._slots.get(address)
+        if slots is None:
+            slots = self._slots[address] = [None] * self.connections_per_peer
+            self._turn[address] = 0
+        index = self._turn[address]
+        self._turn[address] = (index + 1) % self.connections_per_peer
+        slot = slots[index]
+        if isinstance(slot, Connection) and not slot.closed:
+            return slot
+        if not isinstance(slot, asyncio.Task):
+            # One connect per slot at a time: callers arriving meanwhile wait for the same attempt.
+            slot = asyncio.ensure_future(self._open(address, timeout or self.connect_timeout))
+            slots[index] = slot
+        try:
+            conn = await asyncio.shield(slot)
+        except BaseException:
+            if slots[index] is slot and slot.done():
+                slots[index] = None
+            raise
+        if slots[index] is slot:
+            slots[index] = conn
+        return conn
+
+    async def _open(self, address, timeout):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"bad peer address {address!r}; expected host:port")
+        return await Connection.open(host.strip("[]"), int(port), timeout=timeout, max_frame=self.max_frame)
+
+    def connections(self, address: str) -> list:
+        """The open connections to ``address`` (for tests and stats)."""
+        return [c for c in self._slots.get(address, ()) if isinstance(c, Connection) and not c.closed]
+
+    async def close(self):
+        self._closed = True
+        slots, self._slots = self._slots, {}
+        for entries in slots.values():
+            for entry in entries:
+                if isinstance(entry, asyncio.Task):
+                    entry.cancel()
+                elif isinstance(entry, Connection):
+                    await entry.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await self.close()
+
+
+__all__ = ["Connection", "PeerPool", "DEFAULT_TIMEOUT", "DEFAULT_CONNECT_TIMEOUT"]
