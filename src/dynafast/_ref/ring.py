@@ -1,0 +1,741 @@
+"""The partition ring: plain-Python reference of ``dynafast._core.ring``.
+
+A key maps to a 64-bit token (MurmurHash3 x64_128 with seed 0, low 64 bits), and a token to one of Q equal
+partitions: ``partition = token >> (64 - log2 Q)``. Partitions are claimed by the members; the preference list
+of a partition is its owner then the owners of the next partitions clockwise, skipping repeats.
+
+The claim (``claim`` below) is shared by both builds: it runs only when membership changes, so the compiled
+module calls it and keeps only the lookups in C.
+
+What the claim guarantees, for S members, replication factor N and Q partitions:
+
+* Balance, always: every member owns floor(Q/S) or ceil(Q/S) partitions.
+* Spread: any W consecutive partitions (wrapping) have W distinct owners, where
+  ``W = min(N, S, Q // ceil(Q/S))`` (see ``spread_window``). W == N whenever S >= N and ceil(Q/S) * N <= Q,
+  which is also the exact condition under which a balanced layout with N distinct can exist at all (a member
+  owning ceil(Q/S) partitions needs N - 1 foreign partitions after each of its own). When W < N the claim
+  keeps the largest window that is possible, and ``replicas()`` still returns N distinct nodes by walking on.
+* Zones: when zones are set and there are at least N distinct zones, the claim also makes any N consecutive
+  partitions belong to N distinct zones whenever it finds such a layout (it always does when the zones have
+  equal numbers of members, S is a multiple of N... see ``zone_window``); otherwise it keeps the node
+  guarantee above and zones are best effort.
+* Movement: with ``previous``, members keep what they owned except what balance or spread forces them to
+  give up; adding or removing one member usually moves exactly the joining/leaving member's share.
+* Determinism: the same inputs give the same layout (no randomness).
+"""
+import hashlib
+import struct
+
+import mmh3
+import numpy
+
+from dynafast.errors import ProtocolError
+
+MAGIC = b"DFRG"
+FORMAT_VERSION = 1
+MIN_PARTITIONS = 8
+MAX_PARTITIONS = 4096
+MAX_MEMBERS = 65535  # member indices are uint16 in the compiled layout
+MAX_NAME = 65535
+
+# magic(4) format(1) log2q(1) n(2) version(8) members(2)
+_HEADER = struct.Struct("<4sBBHQH")
+_LEN = struct.Struct("<H")
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+def _as_bytes(key):
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        raise TypeError("keys are bytes, not str")
+    view = memoryview(key)  # TypeError for objects without the buffer protocol
+    if not view.c_contiguous:
+        raise BufferError("key buffer is not C-contiguous")
+    return view.tobytes()
+
+
+def token(key) -> int:
+    """The unsigned 64-bit token of ``key``: the low 64 bits of MurmurHash3 x64_128, seed 0."""
+    return mmh3.hash64(_as_bytes(key), 0, False)[0]
+
+
+def tokens(keys) -> numpy.ndarray:
+    """Tokens of a sequence of keys, as a uint64 array."""
+    return numpy.array([token(k) for k in keys], dtype=numpy.uint64)
+
+
+# -- the claim --------------------------------------------------------------------------------------
+def spread_window(partitions, members, n):
+    """W: the number of consecutive partitions the claim makes distinct (see the module docstring)."""
+    most = -(-partitions // members)  # ceil
+    return max(1, min(n, members, partitions // most))
+
+
+def zone_window(partitions, members, n, zones):
+    """How many consecutive partitions the claim tries to put in distinct zones (0: zones not honoured)."""
+    distinct = len(set(zones[m] for m in members))
+    if distinct < n or n < 2:
+        return 0
+    return min(n, spread_window(partitions, len(members), n))
+
+
+def _conflicts_at(owner, keys, p, key, w, q, skip=-1):
+    """Does giving partition p an owner with ``key`` clash with another owner within w - 1 either side?"""
+    for d in range(1, w):
+        for r in ((p - d) % q, (p + d) % q):
+            if r != skip:
+                o = owner[r]
+                if o >= 0 and keys[o] == key:
+                    return True
+    return False
+
+
+def _count_conflicts(owner, keys, w, q):
+    bad = 0
+    for p in range(q):
+        o = owner[p]
+        for d in range(1, w):
+            if keys[owner[(p + d) % q]] == keys[o]:
+                bad += 1
+    return bad
+
+
+def _repair(owner, keys, w, q, budget):
+    """Swap owners of partition pairs (which keeps every count) until no window of w has a repeated key."""
+    if w < 2:
+        return True
+    for _ in range(budget):
+        bad = -1
+        for p in range(q):
+            if _conflicts_at(owner, keys, p, keys[owner[p]], w, q):
+                bad = p
+                break
+        if bad < 0:
+            return True
+        a = owner[bad]
+        fixed = False
+        # Search partners outward from the clash so repairs stay local and deterministic.
+        for d in range(1, q):
+            r = (bad + d) % q
+            b = owner[r]
+            if keys[b] == keys[a]:
+                continue
+            owner[bad], owner[r] = b, a
+            if not _conflicts_at(owner, keys, bad, keys[b], w, q) and not _conflicts_at(
+                owner, keys, r, keys[a], w, q
+            ):
+                fixed = True
+                break
+            owner[bad], owner[r] = a, b
+        if not fixed:
+            # No clean swap: accept one that lowers the local clash count, else give up.
+            before = _local(owner, keys, bad, w, q)
+            for d in range(1, q):
+                r = (bad + d) % q
+                b = owner[r]
+                if keys[b] == keys[a]:
+                    continue
+                old = before + _local(owner, keys, r, w, q)
+                owner[bad], owner[r] = b, a
+                if _local(owner, keys, bad, w, q) + _local(owner, keys, r, w, q) < old:
+                    fixed = True
+                    break
+                owner[bad], owner[r] = a, b
+            if not fixed:
+                return False
+    return False
+
+
+def _local(owner, keys, p, w, q):
+    k = keys[owner[p]]
+    return sum(1 for d in range(1, w) for r in ((p - d) % q, (p + d) % q) if keys[owner[r]] == k)
+
+
+def _laps(q, counts, w):
+    """The direct construction: L = max(counts) laps over the keys in order, keys with L - 1 turns sitting
+    out one lap each. Lap 0 is full and the sit-outs of laps 1..L-1 are runs of increasing keys, so between
+    two turns of a key at most max(run) = m others sit out: every gap is >= k - m >= w when runs are <= m.
+    Covers every case with K <= (L - 1) * (k - w) (K keys sitting out); None otherwise.
+    """
+    k = len(counts)
+    laps = max(counts)
+    if any(c not in (laps, laps - 1) for c in counts):
+        return None
+    out_keys = [i for i in range(k) if counts[i] < laps]
+    room = k - w
+    if out_keys and (laps < 2 or len(out_keys) > (laps - 1) * room):
+        return None
+    sit_out = {}
+    blocks = laps - 1
+    for j, i in enumerate(out_keys):
+        sit_out[i] = 1 + (j * blocks) // len(out_keys)  # even runs over laps 1..L-1, increasing keys
+    seq = [i for lap in range(laps) for i in range(k) if sit_out.get(i) != lap]
+    return seq if _spread_ok(seq, w) else None
+
+
+def _spread_ok(seq, w):
+    q = len(seq)
+    for p in range(q):
+        if len(set(seq[(p + d) % q] for d in range(w))) != w:
+            return False
+    return True
+
+
+def _sequence(q, counts, w, budget):
+    """A cyclic sequence of length q holding key i counts[i] times, no key twice within any w consecutive.
+
+    Depth-first search, most urgent key first (the one with the least room left for its remaining turns,
+    counting the wrap back to its first turn), with that room as the pruning test. Returns None when the
+    step budget runs out.
+    """
+    k = len(counts)
+    rem = list(counts)
+    never = -(q + w)
+    last = [never] * k
+    first = [-1] * k
+    seq = []
+    undo = []  # per position: (key, its previous last, whether it was its first turn)
+    stack = []
+    steps = 0
+
+    def candidates(p):
+        out = []
+        for i in range(k):
+            c = rem[i]
+            if not c:
+                continue
+            start = first[i] if first[i] >= 0 else p
+            limit = start + q - w  # latest position of its last turn, so the wrap keeps a gap of w
+            earliest = max(p, last[i] + w)
+            if earliest + (c - 1) * w > limit:
+                return []  # some key can no longer fit its turns: dead end
+            if earliest == p:
+                out.append((limit - (p + (c - 1) * w), -c, i))
+        out.sort()
+        return [i for _, _, i in out]
+
+    stack.append(candidates(0))
+    while True:
+        steps += 1
+        if steps > budget:
+            return None
+        cands = stack[-1]
+        if not cands:
+            stack.pop()
+            if not undo:
+                return None
+            i, prev_last, was_first = undo.pop()
+            seq.pop()
+            rem[i] += 1
+            last[i] = prev_last
+            if was_first:
+                first[i] = -1
+            continue
+        i = cands.pop(0)
+        p = len(seq)
+        undo.append((i, last[i], first[i] < 0))
+        if first[i] < 0:
+            first[i] = p
+        last[i] = p
+        rem[i] -= 1
+        seq.append(i)
+        if len(seq) == q:
+            return seq
+        stack.append(candidates(p + 1))
+
+
+def _fresh(q, s, targets, keys, w):
+    """A layout built from scratch: a key sequence from ``_sequence``, then members dealt into their key's
+    turns in rotation. Falls back to round robin laps (balanced, spread left to ``_repair``)."""
+    groups = {}
+    for m in range(s):
+        if targets[m]:
+            groups.setdefault(keys[m], []).append(m)
+    order = sorted(groups)
+    counts = [sum(targets[m] for m in groups[key]) for key in order]
+    seq = None
+    if w >= 2:
+        seq = _laps(q, counts, w)
+        if seq is None:
+            seq = _sequence(q, counts, w, budget=20 * q + 1000)
+    if seq is None:
+        seq = []
+        rem = list(counts)
+        while len(seq) < q:
+            for i in range(len(order)):
+                if rem[i]:
+                    rem[i] -= 1
+                    seq.append(i)
+    left = {key: {m: targets[m] for m in groups[key]} for key in order}
+    turn = {key: 0 for key in order}
+    owner = []
+    for i in seq:
+        key = order[i]
+        members = groups[key]
+        # Rotate through the key's members, skipping those already at their target.
+        while True:
+            m = members[turn[key] % len(members)]
+            turn[key] += 1
+            if left[key][m]:
+                left[key][m] -= 1
+                owner.append(m)
+                break
+    return owner
+
+
+def claim(partitions, members, n, zones, previous=None):
+    """Owner index (into ``members``) of each partition.
+
+    ``members`` is the sorted tuple of node ids, ``zones`` maps every member to its zone label, ``previous``
+    is the previous owner (node id) of each partition or None.
+    """
+    q = partitions
+    s = len(members)
+    index = {m: i for i, m in enumerate(members)}
+    w = spread_window(q, s, n)
+    zw = zone_window(q, members, n, zones)
+    zone_ids = {}
+    zone_of = [zone_ids.setdefault(zones[m], len(zone_ids)) for m in members]
+    node_keys = list(range(s))
+
+    # Targets: floor(Q/S) each, the Q mod S extra partitions go to those who already hold the most.
+    base, extra = divmod(q, s)
+    held = [0] * s
+    owner = [-1] * q
+    if previous is not None:
+        for p, node in enumerate(previous):
+            i = index.get(node, -1)
+            owner[p] = i
+            if i >= 0:
+                held[i] += 1
+    rank = sorted(range(s), key=lambda i: (-held[i], i))
+    targets = [base] * s
+    for i in rank[:extra]:
+        targets[i] += 1
+
+    attempts = []
+    if zw >= 2:
+        attempts.append((zone_of, zw))
+    attempts.append((node_keys, w))
+
+    best = None
+    for keys, win in attempts:
+        layout = _incremental(q, s, owner, held, targets, keys, win) if previous is not None else None
+        if layout is not None:
+            return layout
+        fresh = _fresh(q, s, targets, keys, win)
+        ok = _repair(fresh, keys, win, q, budget=4 * q)
+        if ok:
+            if previous is not None:
+                fresh = _relabel(fresh, owner, targets, keys)
+            return fresh
+        if best is None:
+            best = fresh
+    # Should not happen for the node window (W is always achievable); keep the balanced layout regardless.
+    return best
+
+
+def _incremental(q, s, prev, held, targets, keys, w):
+    """Start from the previous layout and move as little as possible; None when repair fails."""
+    owner = list(prev)
+    count = list(held)
+    # 1. Give up partitions that now clash (e.g. the window grew or zones changed).
+    if w >= 2:
+        for p in range(q):
+            o = owner[p]
+            if o >= 0 and _conflicts_at(owner, keys, p, keys[o], w, q):
+                owner[p] = -1
+                count[o] -= 1
+    # 2. Members above target give up partitions, chosen far from other vacancies so that the members
+    #    filling them (typically one new member) can take them without clashing.
+    excess = [max(0, count[i] - targets[i]) for i in range(s)]
+    if sum(excess):
+        dist = _distances(owner, q)
+        for _ in range(sum(excess)):
+            best, best_key = -1, None
+            for p in range(q):
+                o = owner[p]
+                if o >= 0 and excess[o] > 0:
+                    k = (dist[p], -p)
+                    if best_key is None or k > best_key:
+                        best, best_key = p, k
+            o = owner[best]
+            owner[best] = -1
+            count[o] -= 1
+            excess[o] -= 1
+            _update_distances(dist, best, q)
+    # 3. Fill vacancies from members below target: a maximum matching of vacancies to members (each up to
+    #    its deficit) over the non-clashing pairs, so a member is never left without a place it could take.
+    deficit = [targets[i] - count[i] for i in range(s)]
+    vacant = [p for p in range(q) if owner[p] < 0]
+    allowed = {}
+    for p in vacant:
+        cands = [i for i in range(s) if deficit[i] > 0 and not _conflicts_at(owner, keys, p, keys[i], w, q)]
+        cands.sort(key=lambda i: (-deficit[i], i))
+        allowed[p] = cands
+    match = _match(vacant, allowed, deficit, s)
+    for p, i in match.items():
+        owner[p] = i
+        deficit[i] -= 1
+    for p in vacant:
+        if owner[p] < 0:  # no clash-free member left: take the neediest and let repair swap it away
+            i = max(range(s), key=lambda i: (deficit[i], -i))
+            owner[p] = i
+            deficit[i] -= 1
+    if _repair(owner, keys, w, q, budget=2 * q):
+        return owner
+    return None
+
+
+def _match(vacant, allowed, cap, s):
+    """Maximum b-matching of vacancies to members (member i takes at most cap[i]) by BFS augmenting paths."""
+    assigned = [[] for _ in range(s)]
+    match = {}
+    for p in vacant:
+        parent = {}
+        frontier = []
+        for i in allowed[p]:
+            if i not in parent:
+                parent[i] = p
+                frontier.append(i)
+        found = -1
+        k = 0
+        while k < len(frontier):
+            i = frontier[k]
+            k += 1
+            if len(assigned[i]) < cap[i]:
+                found = i
+                break
+            for v in assigned[i]:
+                for j in allowed[v]:
+                    if j not in parent:
+                        parent[j] = v
+                        frontier.append(j)
+        if found < 0:
+            continue
+        i = found
+        while True:  # shift each vacancy on the path to the next member
+            v = parent[i]
+            prev = match.get(v)
+            match[v] = i
+            assigned[i].append(v)
+            if prev is None:
+                break
+            assigned[prev].remove(v)
+            i = prev
+    return match
+
+
+def _distances(owner, q):
+    """Cyclic distance of each partition to the nearest vacancy (q when there is none)."""
+    dist = [q] * q
+    for p in range(q):
+        if owner[p] < 0:
+            _update_distances(dist, p, q)
+    return dist
+
+
+def _update_distances(dist, v, q):
+    dist[v] = 0
+    for d in range(1, q // 2 + 1):
+        changed = False
+        for r in ((v + d) % q, (v - d) % q):
+            if dist[r] > d:
+                dist[r] = d
+                changed = True
+        if not changed:
+            break
+
+
+def _relabel(layout, prev, targets, keys):
+    """Rename members of a fresh layout so that as many partitions as possible keep their previous owner.
+
+    Only members with the same target and the same key class (zone or self) are exchanged when keys are
+    zones, and any equal-target members otherwise, so balance and spread are unchanged.
+    """
+    s = len(targets)
+    node_keyed = all(keys[i] == i for i in range(s))
+    overlap = {}
+    for p, a in enumerate(layout):
+        b = prev[p]
+        if b >= 0:
+            overlap[(a, b)] = overlap.get((a, b), 0) + 1
+    pairs = sorted(overlap.items(), key=lambda kv: (-kv[1], kv[0]))
+    rename = {}
+    used = set()
+    for (a, b), _ in pairs:
+        if a in rename or b in used:
+            continue
+        if targets[a] != targets[b]:
+            continue
+        if not node_keyed and keys[a] != keys[b]:
+            continue
+        rename[a] = b
+        used.add(b)
+    # Everyone else maps within their own class, in order.
+    free = sorted(i for i in range(s) if i not in used)
+    for a in sorted(i for i in range(s) if i not in rename):
+        for b in free:
+            if targets[a] == targets[b] and (node_keyed or keys[a] == keys[b]):
+                rename[a] = b
+                free.remove(b)
+                break
+        else:  # cannot happen: the identity is always available
+            rename[a] = a
+    return [rename[a] for a in layout]
+
+
+# -- the wire layout (shared by both builds) ----------------------------------------------------------
+def pack(log2q, n, version, members, zones, owner_le):
+    """Serialised ring: header, (member id, zone) pairs as length-prefixed UTF-8, owner indices as uint16 LE."""
+    parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, log2q, n, version, len(members))]
+    for m in members:
+        for text in (m, zones[m]):
+            raw = text.encode()
+            parts.append(_LEN.pack(len(raw)))
+            parts.append(raw)
+    parts.append(owner_le)
+    return b"".join(parts)
+
+
+def parse(data):
+    """(log2q, n, version, members, zones, owner indices as a tuple); ProtocolError on any malformed input."""
+    try:
+        data = _as_bytes(data)
+    except (TypeError, BufferError) as exc:
+        raise ProtocolError("ring: data is not bytes") from exc
+    if len(data) < _HEADER.size:
+        raise ProtocolError("ring: truncated header")
+    magic, fmt, log2q, n, version, count = _HEADER.unpack_from(data)
+    if magic != MAGIC or fmt != FORMAT_VERSION:
+        raise ProtocolError("ring: bad magic or format version")
+    if not 3 <= log2q <= 12 or n < 1 or count < 1:
+        raise ProtocolError("ring: bad header field")
+    q = 1 << log2q
+    pos = _HEADER.size
+    members, zones = [], {}
+    for _ in range(count):
+        texts = []
+        for _ in range(2):
+            if pos + 2 > len(data):
+                raise ProtocolError("ring: truncated member table")
+            (size,) = _LEN.unpack_from(data, pos)
+            pos += 2
+            if pos + size > len(data):
+                raise ProtocolError("ring: truncated member table")
+            try:
+                texts.append(data[pos : pos + size].decode())
+            except UnicodeDecodeError as exc:
+                raise ProtocolError("ring: member id is not UTF-8") from exc
+            pos += size
+        members.append(texts[0])
+        zones[texts[0]] = texts[1]
+    if any(a >= b for a, b in zip(members, members[1:])):
+        raise ProtocolError("ring: members not sorted and unique")
+    if len(data) != pos + 2 * q:
+        raise ProtocolError("ring: owner table has the wrong size")
+    owner = struct.unpack_from(f"<{q}H", data, pos)
+    if max(owner) >= count:
+        raise ProtocolError("ring: owner index out of range")
+    return log2q, n, version, tuple(members), zones, owner
+
+
+# -- the ring ---------------------------------------------------------------------------------------
+def _check_partitions(partitions):
+    if (
+        not isinstance(partitions, int)
+        or isinstance(partitions, bool)
+        or partitions < MIN_PARTITIONS
+        or partitions > MAX_PARTITIONS
+        or partitions & (partitions - 1)
+    ):
+        raise ValueError(f"partitions must be a power of two in {MIN_PARTITIONS}..{MAX_PARTITIONS}")
+    return partitions.bit_length() - 1
+
+
+def _check_members(members, zones):
+    if isinstance(members, (str, bytes)):
+        raise TypeError("members is an iterable of node ids")
+    ids = list(members)
+    for m in ids:
+        if not isinstance(m, str):
+            raise TypeError("member ids are str")
+        if len(m.encode()) > MAX_NAME:
+            raise ValueError("member id too long")
+    if not ids:
+        raise ValueError("a ring needs at least one member")
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate members")
+    if len(ids) > MAX_MEMBERS:
+        raise ValueError(f"at most {MAX_MEMBERS} members")
+    zones = dict(zones or {})
+    out = {}
+    for m in ids:
+        z = zones.get(m, "")
+        if not isinstance(z, str):
+            raise TypeError("zone labels are str")
+        if len(z.encode()) > MAX_NAME:
+            raise ValueError("zone label too long")
+        out[m] = z
+    return tuple(sorted(ids)), out
+
+
+def _check_n(n):
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n > MAX_MEMBERS:
+        raise ValueError("n must be an integer >= 1")
+    return n
+
+
+class Ring:
+    """Q partitions claimed by the members; immutable (membership changes make a new ring)."""
+
+    def __init__(self, partitions, members, *, n=3, zones=None, previous=None, version=1):
+        self._log2q = _check_partitions(partitions)
+        self.partitions = partitions
+        self.n = _check_n(n)
+        self.members, self.zones = _check_members(members, zones)
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**64:
+            raise ValueError("version must be an unsigned 64-bit integer")
+        self.version = version
+        prev = None
+        if previous is not None:
+            if getattr(previous, "partitions", None) != partitions:
+                raise ValueError("previous must be a Ring with the same number of partitions")
+            prev = previous.owners()
+        self._owner = claim(partitions, self.members, self.n, self.zones, prev)
+
+    @classmethod
+    def _build(cls, log2q, n, version, members, zones, owner):
+        self = cls.__new__(cls)
+        self._log2q = log2q
+        self.partitions = 1 << log2q
+        self.n = n
+        self.version = version
+        self.members = members
+        self.zones = zones
+        self._owner = owner
+        return self
+
+    def with_members(self, members, zones=None):
+        """A new ring for ``members`` (version + 1) that moves as few partitions as possible from this one."""
+        if zones is None:
+            zones = self.zones
+        return Ring(self.partitions, members, n=self.n, zones=zones, previous=self, version=self.version + 1)
+
+    # -- lookups --------------------------------------------------------------------------------
+    def _partition(self, partition):
+        if not isinstance(partition, int):
+            raise TypeError("partition must be an int")
+        if not 0 <= partition < self.partitions:
+            raise IndexError("partition out of range")
+        return partition
+
+    def owner(self, partition):
+        return self.members[self._owner[self._partition(partition)]]
+
+    def owners(self):
+        return [self.members[i] for i in self._owner]
+
+    def partition_of(self, key):
+        return token(key) >> (64 - self._log2q)
+
+    def partition_of_token(self, token):
+        if not isinstance(token, int):
+            raise TypeError("token must be an int")
+        if not 0 <= token < 2**64:
+            raise OverflowError("token must be an unsigned 64-bit integer")
+        return token >> (64 - self._log2q)
+
+    def partitions_of(self, keys_or_tokens):
+        if isinstance(keys_or_tokens, numpy.ndarray):
+            if keys_or_tokens.dtype != numpy.uint64:
+                raise TypeError("tokens must be a uint64 array")
+            toks = keys_or_tokens.ravel()
+        else:
+            toks = tokens(keys_or_tokens)
+        return (toks >> numpy.uint64(64 - self._log2q)).astype(numpy.intp)
+
+    def partitions_owned(self, node):
+        i = self._index(node)
+        return [p for p, o in enumerate(self._owner) if o == i]
+
+    def _index(self, node):
+        try:
+            return self.members.index(node)
+        except ValueError:
+            raise KeyError(node) from None
+
+    def _walk(self, partition):
+        """Distinct owners in ring order starting at ``partition``."""
+        seen = set()
+        q = self.partitions
+        for d in range(q):
+            o = self._owner[(partition + d) % q]
+            if o not in seen:
+                seen.add(o)
+                yield o
+
+    def replicas(self, partition, n=None):
+        n = self.n if n is None else _check_n(n)
+        p = self._partition(partition)
+        out = []
+        for o in self._walk(p):
+            if len(out) == n:
+                break
+            out.append(self.members[o])
+        return out
+
+    def fallbacks(self, partition, n=None):
+        n = self.n if n is None else _check_n(n)
+        p = self._partition(partition)
+        order = list(self._walk(p))
+        seen = set(order)
+        # Members that own nothing (only when S > Q) come last, in name order.
+        order += [i for i in range(len(self.members)) if i not in seen]
+        return [self.members[o] for o in order[n:]]
+
+    def preference_list(self, partition, n=None, down=frozenset()):
+        n = self.n if n is None else _check_n(n)
+        replicas = self.replicas(partition, n)
+        fallbacks = self.fallbacks(partition, n)
+        out = [(r, None) for r in replicas if r not in down]
+        spare = iter([f for f in fallbacks if f not in down])
+        for r in replicas:
+            if r in down:
+                f = next(spare, None)
+                if f is None:
+                    break
+                out.append((f, r))
+        return out
+
+    # -- comparing and gossip -------------------------------------------------------------------
+    def moved_partitions(self, other):
+        if getattr(other, "partitions", None) != self.partitions:
+            raise ValueError("can only compare rings with the same number of partitions")
+        return sum(1 for a, b in zip(self.owners(), other.owners()) if a != b)
+
+    def to_bytes(self):
+        return pack(self._log2q, self.n, self.version, self.members, self.zones, struct.pack(f"<{self.partitions}H", *self._owner))
+
+    @classmethod
+    def from_bytes(cls, data):
+        log2q, n, version, members, zones, owner = parse(data)
+        return cls._build(log2q, n, version, members, zones, list(owner))
+
+    def __reduce__(self):
+        return (type(self).from_bytes, (self.to_bytes(),))
+
+    def digest(self):
+        return hashlib.blake2b(self.to_bytes(), digest_size=16).digest()
+
+    def __eq__(self, other):
+        if not isinstance(other, Ring):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+    def __hash__(self):
+        return hash(self.digest())
+
+    def __repr__(self):
+        return f"<Ring Q={self.partitions} n={self.n} members={len(self.members)} version={self.version}>"
