@@ -117,6 +117,8 @@ def _compare_counts(a, b):
 
 def _prune_order(entries, now, small, big, young, old, keep=None):
     """Indexes of entries to drop under Riak's rule (oldest first); entries with keep(i) true are never dropped."""
+    for value, what in ((now, "now"), (small, "small"), (big, "big"), (young, "young"), (old, "old")):
+        _check_u64(value, what)
     order = sorted(range(len(entries)), key=lambda i: (entries[i][2], entries[i][0]))
     remaining = len(entries)
     dropped = set()
