@@ -57,7 +57,7 @@ def _as_bytes(key):
 
 def token(key) -> int:
     """The unsigned 64-bit token of ``key``: the low 64 bits of MurmurHash3 x64_128, seed 0."""
-    return mmh3.hash64(_as_bytes(key), 0, False)[0]
+    return mmh3.hash64(_as_bytes(key), seed=0, x64arch=True, signed=False)[0]
 
 
 def tokens(keys) -> numpy.ndarray:
