@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dynafast.testing import LocalCluster, NodeProcess, NodeStartError, free_port
+from dynafast.testing import LocalCluster, NodeProcess, NodeStartError, free_port, wait_until
 
 FAKE_NODE = (sys.executable, str(Path(__file__).parent / "helpers" / "fake_node.py"))
 
@@ -120,6 +120,37 @@ def test_start_twice_is_an_error(node):
     node.start()
     with pytest.raises(RuntimeError):
         node.start()
+
+
+def test_pause_holds_answers_until_resume_and_stop_still_works(node):
+    node.start()
+    node.pause()
+    host, _, port = node.address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5.0) as sock:  # the kernel still accepts
+        sock.sendall(b"hung?")
+        sock.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            sock.recv(100)
+        node.resume()
+        sock.settimeout(5.0)
+        assert sock.recv(100) == b"hung?"
+    node.pause()
+    assert node.stop() == 0  # SIGTERM reaches a paused node too: it is continued
+
+
+def test_wait_until_returns_the_value_or_times_out():
+    calls = []
+
+    def third_time():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionRefusedError("not yet")
+        return "ready"
+
+    assert wait_until(third_time, timeout=5.0, interval=0.01) == "ready"
+    with pytest.raises(TimeoutError, match="never") as info:
+        wait_until(lambda: 1 / 0, timeout=0.1, interval=0.01, message="never")
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
 
 
 def test_exit_before_serving_raises_with_stderr_tail(tmp_path):
@@ -250,6 +281,15 @@ def test_proxied_cluster_routes_partition_and_heal(tmp_path):
         assert echo_once(cluster.proxy("n3", "n1").address) == b"ping"
         proxies = list(cluster.proxies.values())
     assert not any(proxy.running for proxy in proxies)
+    # Started again: fresh proxies, routes pointing at them, same node ports and data.
+    with cluster:
+        assert all(proxy.running for proxy in cluster.proxies.values())
+        assert not set(cluster.proxies.values()) & set(proxies)
+        route = recorded(cluster.nodes[0])["routes"].split(",")[0].split("=")[1]
+        assert route == cluster.proxy("n1", "n2").address
+        assert echo_once(route) == b"ping"
+        assert (cluster.nodes[0].data_dir / "starts").read_text().count("start") == 2
+    assert not any(node.is_running() for node in cluster.nodes)
 
 
 @pytest.mark.cluster

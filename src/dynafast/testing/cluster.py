@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 from dynafast.testing.proxy import FaultProxy
 
-__all__ = ["LocalCluster", "NodeProcess", "NodeStartError", "free_port", "DEFAULT_COMMAND"]
+__all__ = ["LocalCluster", "NodeProcess", "NodeStartError", "free_port", "wait_until", "DEFAULT_COMMAND"]
 
 DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "dynafast.cli")
 SERVING_LINE = re.compile(rb"^dynafast node (\S+) serving on (\S+)\s*$", re.MULTILINE)
@@ -33,6 +33,26 @@ SERVING_LINE = re.compile(rb"^dynafast node (\S+) serving on (\S+)\s*$", re.MULT
 _ADDRESS_IN_USE = re.compile(r"EADDRINUSE|[Aa]ddress already in use|\[Errno (?:98|48)\]")
 _PORT_ATTEMPTS = 3
 _POLL = 0.02
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    """Call ``predicate`` until it returns something truthy, and return that; TimeoutError after ``timeout``.
+
+    Exceptions from ``predicate`` count as "not yet" (a node still starting refuses connections), and the last
+    one is chained to the TimeoutError.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
+        try:
+            result = predicate()
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            result, last_error = None, exc
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{message} not met within {timeout:.1f}s") from last_error
+        time.sleep(interval)
 
 
 class NodeStartError(RuntimeError):
@@ -276,6 +296,18 @@ class NodeProcess:
         """Send SIGTERM without waiting (to stop many nodes at once; follow with stop())."""
         if self.is_running():
             self._popen.send_signal(signal.SIGTERM)
+            self._popen.send_signal(signal.SIGCONT)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stays alive with its sockets open but answers nothing (a hung node)."""
+        if not self.is_running():
+            raise RuntimeError(f"node {self.node_id} is not running")
+        self._popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        if self.is_running():
+            self._popen.send_signal(signal.SIGCONT)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited after ``timeout`` seconds. Returns the exit status."""
@@ -284,6 +316,7 @@ class NodeProcess:
             return None
         if popen.poll() is None:
             popen.send_signal(signal.SIGTERM)
+            popen.send_signal(signal.SIGCONT)  # a paused node handles the SIGTERM only once continued
             try:
                 popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -427,6 +460,8 @@ class LocalCluster:
                 errors.append(exc)
             with _live_lock:
                 _live_proxies.discard(proxy)
+        # A later start() makes fresh proxies (and routes to them).
+        self._proxies.clear()
         if errors:
             raise errors[0]
 

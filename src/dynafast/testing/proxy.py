@@ -279,6 +279,7 @@ class FaultProxy:
                 await asyncio.wait_for(server.wait_closed(), 5.0)
             except asyncio.TimeoutError:
                 self.errors.append({"message": "server did not close in time"})
+            await asyncio.sleep(0)  # let the aborted transports run their connection_lost callbacks
             leftover = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
             for task in leftover:
                 task.cancel()
