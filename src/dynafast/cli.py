@@ -1,0 +1,257 @@
+"""The ``dynafast`` command line. It parses arguments and calls into dynafast.node and dynafast.client."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dynafast import __version__
+from dynafast.errors import DynafastError
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", default=os.environ.get("DYNAFAST_CLUSTER", "127.0.0.1:7101"),
+                        help="HOST:PORT of one or more nodes, comma-separated (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynafast", description="A Dynamo-style distributed key-value store.")
+    parser.add_argument("--version", action="version", version=f"dynafast {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    node = verbs.add_parser("node", help="run a node", description="Run one node until SIGTERM or Ctrl-C.")
+    node.add_argument("--listen", help="HOST:PORT to serve clients and peers on")
+    node.add_argument("--advertise", help="HOST:PORT other nodes and clients use (default: --listen)")
+    node.add_argument("--data-dir", help="directory of the node's data")
+    node.add_argument("--seeds", help="HOST:PORT of nodes of the cluster to join, comma-separated")
+    node.add_argument("--node-id", help="the node's id (default: derived from --listen); keep it across restarts")
+    node.add_argument("--http", help="HOST:PORT for /health, /status, /metrics and the console")
+    node.add_argument("--config", help="TOML file of node options (docs/configuration.md)")
+    node.add_argument("--zone", help="the node's zone: replicas are spread over zones")
+    node.add_argument("--n", type=int, help="replicas per key (default 3)")
+    node.add_argument("--r", type=int, help="default read quorum (default 2)")
+    node.add_argument("--w", type=int, help="default write quorum (default 2)")
+    node.add_argument("--dw", type=int, help="default durable-write quorum (default 1)")
+    node.add_argument("--partitions", type=int, help="ring partitions, a power of two (default 64)")
+    node.add_argument("--sync", choices=["none", "interval", "always"], help="storage sync policy")
+
+    local = verbs.add_parser("local", help="run a local cluster of node processes",
+                             description="Start a cluster of real node processes on 127.0.0.1; Ctrl-C stops it.")
+    local.add_argument("--nodes", type=int, default=3, help="number of nodes (default %(default)s)")
+    local.add_argument("--base-port", type=int, default=7101, help="port of the first node (default %(default)s)")
+    local.add_argument("--http-base-port", type=int, default=8101,
+                       help="HTTP port of the first node, 0 for none (default %(default)s)")
+    local.add_argument("--data-dir", default="./dynafast-data", help="parent of the nodes' data directories")
+    local.add_argument("--partitions", type=int, default=64)
+    local.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
+
+    put = verbs.add_parser("put", help="write a value")
+    put.add_argument("key")
+    put.add_argument("value")
+    put.add_argument("--context", help="hex context from a get (default: the key's current context, so the "
+                     "value replaces what is there)")
+    put.add_argument("--blind", action="store_true", help="write without a context: a concurrent sibling")
+    put.add_argument("--w", type=int)
+    put.add_argument("--dw", type=int)
+    _add_client_options(put)
+
+    get = verbs.add_parser("get", help="read a key: prints each sibling on its own line")
+    get.add_argument("key")
+    get.add_argument("--r", type=int)
+    get.add_argument("--json", action="store_true", help="print values and context as JSON")
+    _add_client_options(get)
+
+    delete = verbs.add_parser("delete", help="delete a key")
+    delete.add_argument("key")
+    delete.add_argument("--context", help="hex context from a get")
+    delete.add_argument("--w", type=int)
+    _add_client_options(delete)
+
+    status = verbs.add_parser("status", help="members, their state and the partitions they own")
+    status.add_argument("--json", action="store_true")
+    _add_client_options(status)
+
+    bench = verbs.add_parser("bench", help="closed-loop YCSB-style load against a cluster")
+    from dynafast import bench as bench_module
+
+    bench_module.add_arguments(bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except KeyboardInterrupt:
+        return 130
+    except (DynafastError, ValueError, OSError) as exc:
+        print(f"dynafast {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_node(args) -> int:
+    from dynafast.config import NodeConfig
+    from dynafast.node import run_node
+
+    overrides = {
+        "listen": args.listen,
+        "advertise": args.advertise,
+        "data_dir": args.data_dir,
+        "seeds": [s.strip() for s in args.seeds.split(",") if s.strip()] if args.seeds else None,
+        "node_id": args.node_id,
+        "http": args.http,
+        "zone": args.zone,
+        "n": args.n,
+        "r": args.r,
+        "w": args.w,
+        "dw": args.dw,
+        "partitions": args.partitions,
+        "sync": args.sync,
+    }
+    config = NodeConfig.load(args.config, **overrides)
+    return run_node(config)
+
+
+def cmd_local(args) -> int:
+    if args.nodes < 1:
+        raise ValueError("--nodes must be at least 1")
+    base = Path(args.data_dir).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    seed = f"127.0.0.1:{args.base_port}"
+    procs: list[tuple[str, str, subprocess.Popen]] = []
+
+    def stop_all() -> None:
+        for _, _, proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, _, proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    try:
+        for i in range(args.nodes):
+            node_id = f"n{i + 1}"
+            address = f"127.0.0.1:{args.base_port + i}"
+            cmd = [sys.executable, "-m", "dynafast.cli", "node", "--node-id", node_id, "--listen", address,
+                   "--data-dir", str(base / node_id), "--partitions", str(args.partitions),
+                   "--n", str(min(3, args.nodes)), "--r", str(min(2, args.nodes)), "--w", str(min(2, args.nodes))]
+            if args.http_base_port:
+                cmd += ["--http", f"127.0.0.1:{args.http_base_port + i}"]
+            if i > 0:
+                cmd += ["--seeds", seed]
+            log = open(base / f"{node_id}.log", "ab")
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+            log.close()
+            line = proc.stdout.readline().decode(errors="replace").strip()
+            if "serving on" not in line:
+                proc.wait(timeout=10)
+                raise DynafastError(f"node {node_id} did not start; see {base / (node_id + '.log')}")
+            procs.append((node_id, address, proc))
+        print(f"dynafast local cluster: {len(procs)} nodes, data in {base}")
+        for i, (node_id, address, proc) in enumerate(procs):
+            http = f"  console http://127.0.0.1:{args.http_base_port + i}/" if args.http_base_port else ""
+            print(f"  {node_id}  {address}  pid {proc.pid}{http}")
+        print(f"try:  dynafast put hello world --cluster {seed}")
+        print(f"      dynafast get hello --cluster {seed}")
+        print(f"      dynafast status --cluster {seed}")
+        print("Ctrl-C stops the cluster.", flush=True)
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while deadline is None or time.monotonic() < deadline:
+            for node_id, _, proc in procs:
+                if proc.poll() is not None:
+                    raise DynafastError(f"node {node_id} exited with code {proc.returncode}")
+            time.sleep(0.2)
+        return 0
+    except KeyboardInterrupt:
+        print("\nstopping the cluster", flush=True)
+        return 0
+    finally:
+        stop_all()
+
+
+def _client(args):
+    from dynafast.client import Client
+
+    return Client(args.cluster.split(","), timeout=args.timeout)
+
+
+def cmd_put(args) -> int:
+    with _client(args) as client:
+        context = bytes.fromhex(args.context) if args.context else None
+        if context is None and not args.blind:
+            context = client.get(args.key.encode()).context or None
+        client.put(args.key.encode(), args.value.encode(), context=context, w=args.w, dw=args.dw)
+    return 0
+
+
+def cmd_get(args) -> int:
+    with _client(args) as client:
+        result = client.get(args.key.encode(), r=args.r)
+    if args.json:
+        print(json.dumps({
+            "values": [v.decode(errors="backslashreplace") for v in result.values],
+            "context": result.context.hex(),
+        }))
+        return 0
+    if not result.values:
+        print(f"dynafast get: {args.key}: not found", file=sys.stderr)
+        return 1
+    for value in result.values:
+        sys.stdout.write(value.decode(errors="backslashreplace") + "\n")
+    if len(result.values) > 1:
+        print(f"({len(result.values)} siblings; context {result.context.hex()})", file=sys.stderr)
+    return 0
+
+
+def cmd_delete(args) -> int:
+    with _client(args) as client:
+        context = bytes.fromhex(args.context) if args.context else None
+        if context is None:
+            context = client.get(args.key.encode()).context or None
+        client.delete(args.key.encode(), context=context, w=args.w)
+    return 0
+
+
+def cmd_status(args) -> int:
+    with _client(args) as client:
+        status = client.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"ring: {status['partitions']} partitions, n={status['n']}, version {status['ring_version']}")
+    print(f"{'id':<12} {'address':<22} {'state':<8} {'partitions':>10}")
+    for member in status["members"]:
+        print(f"{member['id']:<12} {member['address']:<22} {member['state']:<8} {member['partitions']:>10}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from dynafast import bench
+
+    return bench.run(args)
+
+
+VERBS = {
+    "node": cmd_node,
+    "local": cmd_local,
+    "put": cmd_put,
+    "get": cmd_get,
+    "delete": cmd_delete,
+    "status": cmd_status,
+    "bench": cmd_bench,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

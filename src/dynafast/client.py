@@ -1,0 +1,344 @@
+"""Cluster clients: ``Client`` (blocking sockets) and ``AsyncClient`` (asyncio).
+
+Both are partition-aware: they fetch the ring from a node, send each request straight to a replica of its key
+(that replica coordinates; client-driven coordination saves a hop), retry on the next replica when one is
+unreachable, and refresh the ring when a node fails or the ring is older than ``ring_refresh`` seconds.
+"""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dynafast import _impl
+from dynafast.config import split_address
+from dynafast.errors import Unavailable
+from dynafast.net.messages import Msg
+
+
+@dataclass
+class GetResult:
+    """The answer of a get: one value per sibling (empty when the key is absent) and the causal context."""
+
+    values: list[bytes] = field(default_factory=list)
+    context: bytes = b""
+
+    @property
+    def found(self) -> bool:
+        return bool(self.values)
+
+    @property
+    def value(self) -> bytes | None:
+        """The value when there is exactly one; None when absent; ValueError when there are siblings."""
+        if not self.values:
+            return None
+        if len(self.values) > 1:
+            raise ValueError(f"{len(self.values)} siblings: resolve them with values and context")
+        return self.values[0]
+
+
+def _as_bytes(name: str, value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+
+
+def _timeout_ms(timeout: float | None) -> int | None:
+    return None if timeout is None else max(1, int(timeout * 1000))
+
+
+def _get_request(key, r, timeout, defaults):
+    key = _as_bytes("key", key)
+    r = defaults["r"] if r is None else r
+    return key, Msg.GET, (key, r, _timeout_ms(timeout))
+
+
+def _write_request(key, value, context, w, dw, timeout, defaults):
+    """A put (value is bytes) or a delete (value is None)."""
+    key = _as_bytes("key", key)
+    context = None if context is None else _as_bytes("context", context)
+    w = defaults["w"] if w is None else w
+    dw = defaults["dw"] if dw is None else dw
+    if value is None:
+        return key, Msg.DELETE, (key, context, w, dw, _timeout_ms(timeout))
+    value = _as_bytes("value", value)
+    return key, Msg.PUT, (key, value, context, w, dw, _timeout_ms(timeout))
+
+
+class _Routing:
+    """The client's view of the cluster: ring, member addresses, and which node to try for a key."""
+
+    def __init__(self, seeds, ring_refresh: float):
+        self.seeds = [s.strip() for s in seeds if s.strip()]
+        if not self.seeds:
+            raise ValueError("give at least one node address HOST:PORT")
+        for seed in self.seeds:
+            split_address(seed)
+        self.rings = _impl.load("ring")
+        self.ring = None
+        self.addresses: dict[str, str] = {}
+        self.ring_refresh = ring_refresh
+        self.fetched_at = 0.0
+        self.bad: dict[str, float] = {}
+
+    def adopt(self, fields) -> None:
+        ring_bytes, ids, addresses = fields[:3]
+        ring = self.rings.Ring.from_bytes(ring_bytes)
+        if self.ring is None or ring.version >= self.ring.version:
+            self.ring = ring
+            self.addresses = dict(zip(ids, addresses))
+        self.fetched_at = time.monotonic()
+
+    def stale(self) -> bool:
+        return self.ring is None or time.monotonic() - self.fetched_at > self.ring_refresh
+
+    def ring_sources(self) -> list[str]:
+        known = list(self.addresses.values())
+        random.shuffle(known)
+        return known + [s for s in self.seeds if s not in known]
+
+    def candidates(self, key: bytes) -> list[str]:
+        """Addresses to try for ``key``: its replicas first (healthy ones first), then the other nodes."""
+        if self.ring is None:
+            return list(self.seeds)
+        partition = self.ring.partition_of(key)
+        replicas = self.ring.replicas(partition)
+        others = [node for node in self.addresses if node not in replicas]
+        now = time.monotonic()
+        ordered = [n for n in replicas if self.bad.get(n, 0) < now] + [n for n in replicas if self.bad.get(n, 0) >= now]
+        return [self.addresses[n] for n in ordered + others if n in self.addresses]
+
+    def failed(self, address: str) -> None:
+        for node, addr in self.addresses.items():
+            if addr == address:
+                self.bad[node] = time.monotonic() + 2.0
+        self.fetched_at = 0.0  # refresh the ring on the next request
+
+
+class Client:
+    """Blocking client. Thread-safe: each node connection is used by one thread at a time."""
+
+    def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
+                 r: int | None = None, w: int | None = None, dw: int | None = None):
+        if isinstance(nodes, str):
+            nodes = nodes.split(",")
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.defaults = {"r": r, "w": w, "dw": dw}
+        self._routing = _Routing(nodes, ring_refresh)
+        self._conns: dict[str, object] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    def _conn(self, address: str):
+        from dynafast.net.blocking import BlockingConnection
+
+        with self._lock:
+            conn = self._conns.get(address)
+            if conn is None:
+                host, port = split_address(address)
+                conn = BlockingConnection(host, port, self.connect_timeout)
+                self._conns[address] = conn
+                self._locks[address] = threading.Lock()
+            return conn, self._locks[address]
+
+    def _drop(self, address: str) -> None:
+        with self._lock:
+            conn = self._conns.pop(address, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _call(self, address: str, msg_type, fields, timeout: float):
+        if self._closed:
+            raise Unavailable("client is closed")
+        try:
+            conn, lock = self._conn(address)
+            with lock:
+                return conn.call(msg_type, fields, timeout)
+        except (Unavailable, OSError) as exc:
+            self._drop(address)
+            self._routing.failed(address)
+            raise Unavailable(f"{address}: {exc}") from exc
+
+    def refresh_ring(self) -> None:
+        last = None
+        for address in self._routing.ring_sources():
+            try:
+                _, fields = self._call(address, Msg.RING_GET, (), self.timeout)
+                self._routing.adopt(fields)
+                return
+            except Unavailable as exc:
+                last = exc
+        raise Unavailable(f"no node answered: {last}")
+
+    def _request(self, key: bytes, msg_type, fields, timeout: float | None):
+        timeout = self.timeout if timeout is None else timeout
+        if self._routing.stale():
+            try:
+                self.refresh_ring()
+            except Unavailable:
+                if self._routing.ring is None:
+                    raise
+        last = None
+        # The coordinator answers within the request's own timeout; allow for the hop on top.
+        for address in self._routing.candidates(key):
+            try:
+                return self._call(address, msg_type, fields, timeout + 1.0)
+            except Unavailable as exc:
+                last = exc
+        raise Unavailable(f"no node could take the request: {last}")
+
+    # -- the API -----------------------------------------------------------------------------------------
+    def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
+        key, msg_type, fields = _get_request(key, r, timeout, self.defaults)
+        _, reply = self._request(key, msg_type, fields, timeout)
+        return GetResult(list(reply[0]), reply[1])
+
+    def put(self, key, value, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
+            timeout: float | None = None) -> None:
+        if value is None:
+            raise TypeError("value must be bytes, not None (use delete)")
+        self._request(*_write_request(key, value, context, w, dw, timeout, self.defaults), timeout)
+
+    def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
+               timeout: float | None = None) -> None:
+        self._request(*_write_request(key, None, context, w, dw, timeout, self.defaults), timeout)
+
+    def status(self, address: str | None = None) -> dict:
+        addresses = [address] if address else self._routing.ring_sources()
+        last = None
+        for addr in addresses:
+            try:
+                _, fields = self._call(addr, Msg.STATUS, (), self.timeout)
+                return json.loads(fields[0])
+            except Unavailable as exc:
+                last = exc
+        raise Unavailable(f"no node answered: {last}")
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncClient:
+    """The same API as Client, as coroutines, over multiplexed asyncio connections (one per node)."""
+
+    def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
+                 r: int | None = None, w: int | None = None, dw: int | None = None):
+        if isinstance(nodes, str):
+            nodes = nodes.split(",")
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.defaults = {"r": r, "w": w, "dw": dw}
+        self._routing = _Routing(nodes, ring_refresh)
+        self._pool = None
+        self._closed = False
+
+    async def connect(self) -> "AsyncClient":
+        if self._pool is None:
+            from dynafast.net.connection import PeerPool
+
+            self._pool = PeerPool(connect_timeout=self.connect_timeout)
+        await self.refresh_ring()
+        return self
+
+    async def _call(self, address: str, msg_type, fields, timeout: float):
+        if self._closed:
+            raise Unavailable("client is closed")
+        if self._pool is None:
+            from dynafast.net.connection import PeerPool
+
+            self._pool = PeerPool(connect_timeout=self.connect_timeout)
+        try:
+            return await self._pool.call(address, msg_type, fields, timeout)
+        except (Unavailable, OSError) as exc:
+            self._routing.failed(address)
+            if isinstance(exc, Unavailable):
+                raise
+            raise Unavailable(f"{address}: {exc}") from exc
+
+    async def refresh_ring(self) -> None:
+        last = None
+        for address in self._routing.ring_sources():
+            try:
+                _, fields = await self._call(address, Msg.RING_GET, (), self.timeout)
+                self._routing.adopt(fields)
+                return
+            except Unavailable as exc:
+                last = exc
+        raise Unavailable(f"no node answered: {last}")
+
+    async def _request(self, key: bytes, msg_type, fields, timeout: float | None):
+        timeout = self.timeout if timeout is None else timeout
+        if self._routing.stale():
+            try:
+                await self.refresh_ring()
+            except Unavailable:
+                if self._routing.ring is None:
+                    raise
+        last = None
+        for address in self._routing.candidates(key):
+            try:
+                return await self._call(address, msg_type, fields, timeout + 1.0)
+            except Unavailable as exc:
+                last = exc
+        raise Unavailable(f"no node could take the request: {last}")
+
+    async def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
+        key, msg_type, fields = _get_request(key, r, timeout, self.defaults)
+        _, reply = await self._request(key, msg_type, fields, timeout)
+        return GetResult(list(reply[0]), reply[1])
+
+    async def put(self, key, value, *, context: bytes | None = None, w: int | None = None,
+                  dw: int | None = None, timeout: float | None = None) -> None:
+        if value is None:
+            raise TypeError("value must be bytes, not None (use delete)")
+        await self._request(*_write_request(key, value, context, w, dw, timeout, self.defaults), timeout)
+
+    async def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
+                     timeout: float | None = None) -> None:
+        await self._request(*_write_request(key, None, context, w, dw, timeout, self.defaults), timeout)
+
+    async def status(self, address: str | None = None) -> dict:
+        addresses = [address] if address else self._routing.ring_sources()
+        last = None
+        for addr in addresses:
+            try:
+                _, fields = await self._call(addr, Msg.STATUS, (), self.timeout)
+                return json.loads(fields[0])
+            except Unavailable as exc:
+                last = exc
+        raise Unavailable(f"no node answered: {last}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def __aenter__(self):
+        return await self.connect()
+
+    async def __aexit__(self, *exc):
+        await self.close()

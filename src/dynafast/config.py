@@ -1,0 +1,124 @@
+"""Node configuration: defaults, a TOML file, then command-line flags, each overriding the one before.
+
+Every option is documented in docs/configuration.md; keep the two in step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class NodeConfig:
+    # identity and addresses
+    node_id: str = ""
+    listen: str = "127.0.0.1:7101"
+    advertise: str = ""
+    http: str = ""
+    data_dir: str = "./dynafast-data/node"
+    seeds: list[str] = field(default_factory=list)
+    zone: str = ""
+    # cluster shape, fixed when the cluster is created
+    partitions: int = 64
+    # request defaults (each overridable per request)
+    n: int = 3
+    r: int = 2
+    w: int = 2
+    dw: int = 1
+    request_timeout: float = 2.0
+    peer_timeout: float = 1.0
+    # limits
+    max_key_size: int = 32 * 1024
+    max_value_size: int = 8 * 1024 * 1024
+    max_frame: int = 64 * 1024 * 1024
+    # storage engine
+    sync: str = "interval"
+    sync_interval: float = 0.1
+    segment_size: int = 256 * 1024 * 1024
+    # deletes: how long a fully replicated tombstone is kept before it is removed
+    tombstone_delay: float = 3.0
+    # membership
+    ring_check_interval: float = 1.0
+    probe_interval: float = 1.0
+    # hinted handoff
+    handoff_interval: float = 1.0
+    handoff_batch: int = 256
+    # peer_routes: node id -> "host:port" to use instead of that peer's advertised address
+    peer_routes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.node_id:
+            self.node_id = "node-" + self.listen.replace(":", "-")
+        if not self.advertise:
+            self.advertise = self.listen
+        self.validate()
+
+    def validate(self) -> None:
+        if self.partitions < 8 or self.partitions > 4096 or self.partitions & (self.partitions - 1):
+            raise ValueError(f"partitions must be a power of two in 8..4096, not {self.partitions}")
+        if not 1 <= self.n <= 16:
+            raise ValueError(f"n must be in 1..16, not {self.n}")
+        for name in ("r", "w"):
+            value = getattr(self, name)
+            if not 1 <= value <= self.n:
+                raise ValueError(f"{name} must be in 1..n ({self.n}), not {value}")
+        if not 0 <= self.dw <= self.w:
+            raise ValueError(f"dw must be in 0..w ({self.w}), not {self.dw}")
+        if self.sync not in ("none", "interval", "always"):
+            raise ValueError(f"sync must be none, interval or always, not {self.sync!r}")
+        for name in ("listen", "advertise"):
+            split_address(getattr(self, name))
+        if self.http:
+            split_address(self.http)
+        for seed in self.seeds:
+            split_address(seed)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, **overrides) -> "NodeConfig":
+        """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` whose value is not None."""
+        values: dict = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        if path is not None:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+            unknown = set(data) - known
+            if unknown:
+                raise ValueError(f"unknown option(s) in {path}: {', '.join(sorted(unknown))}")
+            values.update(data)
+        for key, value in overrides.items():
+            if key not in known:
+                raise ValueError(f"unknown option {key}")
+            if value is not None:
+                values[key] = value
+        routes = os.environ.get("DYNAFAST_PEER_ROUTES", "")
+        if routes:
+            values["peer_routes"] = {**values.get("peer_routes", {}), **parse_routes(routes)}
+        return cls(**values)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad address {address!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def parse_routes(text: str) -> dict[str, str]:
+    routes = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        node, sep, address = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad peer route {item!r}: expected NODE=HOST:PORT")
+        split_address(address)
+        routes[node.strip()] = address.strip()
+    return routes

@@ -1,0 +1,102 @@
+"""The node's HTTP side: /health, /status (as `status --json`), /metrics (Prometheus) and a small console."""
+from __future__ import annotations
+
+import html
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from dynafast.config import split_address
+
+_CONSOLE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>dynafast {node}</title>
+<meta http-equiv="refresh" content="2">
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}.down{{color:#b00}}.up{{color:#070}}</style>
+</head><body>
+<h1>dynafast node {node}</h1>
+<p>ring version {ring_version}: {partitions} partitions, n={n}, r={r}, w={w}, dw={dw}; uptime {uptime}s</p>
+<table><tr><th>id</th><th>address</th><th>state</th><th>partitions</th></tr>
+{rows}
+</table>
+<h2>storage</h2><table>{storage}</table>
+<p><a href="/status">/status</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
+</body></html>
+"""
+
+
+class NodeMetrics:
+    """Prometheus gauges read from the node when scraped (no cost on the request path)."""
+
+    def __init__(self, node):
+        self.node = node
+        self.registry = CollectorRegistry()
+        labels = ["node"]
+        self.keys = Gauge("dynafast_storage_keys", "Live keys in the node's store", labels, registry=self.registry)
+        self.live = Gauge("dynafast_storage_live_bytes", "Live bytes in the store", labels, registry=self.registry)
+        self.dead = Gauge("dynafast_storage_dead_bytes", "Dead bytes awaiting merge", labels, registry=self.registry)
+        self.members = Gauge("dynafast_members", "Cluster members by state", ["node", "state"],
+                             registry=self.registry)
+        self.ring_version = Gauge("dynafast_ring_version", "Version of the ring this node holds", labels,
+                                  registry=self.registry)
+        self.syncs = Gauge("dynafast_group_commits", "Group-commit fsyncs done for durable writes", labels,
+                           registry=self.registry)
+        self.server = Gauge("dynafast_server", "Server counters", ["node", "counter"], registry=self.registry)
+
+    def render(self) -> bytes:
+        node = self.node
+        nid = node.node_id
+        stats = node.store.stats()
+        self.keys.labels(nid).set(stats.get("keys", 0))
+        self.live.labels(nid).set(stats.get("live_bytes", 0))
+        self.dead.labels(nid).set(stats.get("dead_bytes", 0))
+        counts: dict[str, int] = {"up": 0, "down": 0}
+        for member in node.membership.members.values():
+            counts[member.state] = counts.get(member.state, 0) + 1
+        for state, count in counts.items():
+            self.members.labels(nid, state).set(count)
+        self.ring_version.labels(nid).set(node.membership.ring.version)
+        self.syncs.labels(nid).set(node.durable.syncs)
+        for name, value in node.server.stats.as_dict().items():
+            if isinstance(value, (int, float)):
+                self.server.labels(nid, name).set(value)
+        return generate_latest(self.registry)
+
+
+async def start_http(node, address: str) -> web.AppRunner:
+    metrics = NodeMetrics(node)
+
+    async def health(request):
+        return web.json_response({"status": "serving", "node": node.node_id})
+
+    async def status(request):
+        return web.json_response(node.status())
+
+    async def prometheus(request):
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def console(request):
+        s = node.status()
+        rows = "\n".join(
+            f"<tr><td>{html.escape(m['id'])}</td><td>{html.escape(m['address'])}</td>"
+            f"<td class=\"{m['state']}\">{m['state']}</td><td>{m['partitions']}</td></tr>"
+            for m in s["members"]
+        )
+        storage = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in s["storage"].items()
+        )
+        page = _CONSOLE.format(node=html.escape(s["node"]), rows=rows, storage=storage,
+                               **{k: s[k] for k in ("ring_version", "partitions", "n", "r", "w", "dw", "uptime")})
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/", console)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = split_address(address)
+    await web.TCPSite(runner, host, port).start()
+    return runner

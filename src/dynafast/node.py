@@ -1,0 +1,513 @@
+"""A dynafast node: the one place that wires server, coordinator, membership, handoff and storage together."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import dynafast
+from dynafast import _impl
+from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
+from dynafast.cluster.membership import SeedMembership
+from dynafast.cluster.replica import DurabilityBatcher, ReplicaStore
+from dynafast.config import NodeConfig, split_address
+from dynafast.errors import (
+    DynafastError,
+    KeyTooLarge,
+    ProtocolError,
+    Timeout,
+    Unavailable,
+    ValueTooLarge,
+)
+from dynafast.net.connection import PeerPool
+from dynafast.net.messages import Msg
+from dynafast.net.server import start_server
+
+log = logging.getLogger("dynafast.node")
+
+# Errors after which a peer is suspected: it did not answer, as opposed to answering with an error.
+_PEER_FAILURES = (Unavailable, Timeout, ConnectionError, OSError)
+
+
+def _ms(timeout_ms, default: float) -> float:
+    if timeout_ms is None:
+        return default
+    if not isinstance(timeout_ms, int) or timeout_ms <= 0:
+        raise ProtocolError("timeout must be a positive number of milliseconds")
+    return timeout_ms / 1000.0
+
+
+def _quorum(value, default: int, name: str, n: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
+        raise ProtocolError(f"{name} must be an integer in 0..{n}")
+    return value
+
+
+class Node:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.node_id = config.node_id
+        self.actor = self.node_id.encode()
+        self.versions = _impl.load("vclock")
+        self.Siblings = self.versions.Siblings
+        data = Path(config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.store = dynafast.open(
+            data / "store",
+            sync=config.sync,
+            sync_interval=config.sync_interval,
+            segment_size=config.segment_size,
+            max_key_size=65535,  # the widest the record header holds; room for the vnode/hint prefixes
+            max_value_size=config.max_value_size * 4 + 1024 * 1024,
+        )
+        self.replicas = ReplicaStore(self.store, self.versions)
+        self.pool = PeerPool(connect_timeout=config.peer_timeout)
+        self.membership = SeedMembership(config, self.pool)
+        self.durable = DurabilityBatcher(self.store)
+        self.server = None
+        self.http = None
+        self.metrics = None
+        self._tasks: list[asyncio.Task] = []
+        self.started = time.time()
+        self.handlers = {
+            Msg.PING: self.membership_ping,
+            Msg.GET: self.client_get,
+            Msg.PUT: self.client_put,
+            Msg.DELETE: self.client_delete,
+            Msg.RING_GET: self.ring_get,
+            Msg.STATUS: self.status_msg,
+            Msg.REPLICA_GET: self.replica_get,
+            Msg.REPLICA_PUT: self.replica_put,
+            Msg.JOIN: self.join,
+            Msg.RING_PUSH: self.ring_push,
+        }
+
+    # -- life cycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        host, port = split_address(self.config.listen)
+        self.server = await start_server(self.handle, host, port, max_frame=self.config.max_frame)
+        await self.membership.start()
+        if self.config.http:
+            from dynafast.http import start_http
+
+            self.http = await start_http(self, self.config.http)
+        self._tasks.append(asyncio.create_task(self._handoff_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.membership.stop()
+        if self.http is not None:
+            await self.http.cleanup()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        await self.pool.close()
+        # Flush the write buffer and fsync before the store closes.
+        self.store.sync()
+        self.store.close()
+
+    # -- dispatch -------------------------------------------------------------------------------------------
+    def handle(self, conn, msg_type, request_id, fields):
+        handler = self.handlers.get(msg_type)
+        if handler is None:
+            raise ProtocolError(f"unknown message type {msg_type}")
+        return handler(fields)
+
+    # -- client requests --------------------------------------------------------------------------------------
+    def _check_key(self, key) -> bytes:
+        if not isinstance(key, bytes):
+            raise ProtocolError("key must be bytes")
+        if len(key) > self.config.max_key_size:
+            raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of {self.config.max_key_size}")
+        return key
+
+    def _check_value(self, value) -> bytes:
+        if not isinstance(value, bytes):
+            raise ProtocolError("value must be bytes")
+        if len(value) > self.config.max_value_size:
+            raise ValueTooLarge(
+                f"value of {len(value)} bytes is over the limit of {self.config.max_value_size}"
+            )
+        return value
+
+    def client_get(self, fields):
+        key = self._check_key(fields[0])
+        r = _quorum(fields[1] if len(fields) > 1 else None, self.config.r, "r", self.config.n) or 1
+        timeout = _ms(fields[2] if len(fields) > 2 else None, self.config.request_timeout)
+        return self._get(key, r, timeout, (Msg.GET, fields))
+
+    def client_put(self, fields):
+        key = self._check_key(fields[0])
+        value = self._check_value(fields[1])
+        return self._write(key, value, fields[2:], Msg.PUT, fields)
+
+    def client_delete(self, fields):
+        key = self._check_key(fields[0])
+        return self._write(key, None, fields[1:], Msg.DELETE, fields)
+
+    def _write(self, key, value, rest, msg_type, fields):
+        context = rest[0] if len(rest) > 0 else None
+        if context is not None and not isinstance(context, bytes):
+            raise ProtocolError("context must be bytes")
+        w = _quorum(rest[1] if len(rest) > 1 else None, self.config.w, "w", self.config.n) or 1
+        dw = _quorum(rest[2] if len(rest) > 2 else None, min(self.config.dw, w), "dw", self.config.n)
+        if dw > w:
+            raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
+        timeout = _ms(rest[3] if len(rest) > 3 else None, self.config.request_timeout)
+        incoming = self.Siblings.new(value, context or None)
+        reply_type = Msg.PUT_REPLY if msg_type == Msg.PUT else Msg.DELETE_REPLY
+        return self._put(key, incoming, w, dw, timeout, reply_type, (msg_type, fields))
+
+    def _placement(self, key):
+        ring = self.membership.ring
+        partition = ring.partition_of(key)
+        n = self.config.n
+        primaries = ring.replicas(partition, n)
+        return ring, partition, primaries
+
+    async def _forward(self, primaries, request, timeout):
+        """This node holds no replica of the key: hand the request to one that does."""
+        msg_type, fields = request
+        down = self.membership.down()
+        order = [p for p in primaries if p not in down] + [p for p in primaries if p in down]
+        last = None
+        for node in order:
+            try:
+                return await self.pool.call(self.membership.address_of(node), msg_type, fields, timeout)
+            except _PEER_FAILURES as exc:
+                self.membership.mark_down(node)
+                last = exc
+        raise Unavailable(f"no replica of the key answered: {last}")
+
+    def _targets(self, ring, partition, primaries):
+        down = self.membership.down()
+        targets = ring.preference_list(partition, self.config.n, down)
+        if len(targets) < self.config.n:
+            # Too few live nodes to stand in: try the down primaries too, they may be back already.
+            used = {node for node, _ in targets}
+            targets += [(node, None) for node in primaries if node not in used]
+        # The coordinator's own replica goes first: its write is the local, durable one.
+        targets.sort(key=lambda target: target[0] != self.node_id)
+        spares = [node for node in ring.fallbacks(partition, self.config.n) if node not in down]
+        return targets, spares
+
+    # put -------------------------------------------------------------------------------------------------
+    def _put(self, key, incoming, w, dw, timeout, reply_type, request):
+        ring, partition, primaries = self._placement(key)
+        if self.node_id not in primaries:
+            return self._forward(primaries, request, timeout)
+        targets, spares = self._targets(ring, partition, primaries)
+        existing = self.replicas.get(partition, key)
+        # Stamp the new version and write it locally in the same loop step as the read: no other write of
+        # this key can slip in between.
+        stored = incoming.update(existing, self.actor, int(time.time()))
+        machine = PutCoordinator(targets, spares, w=w, dw=dw)
+        loop = asyncio.get_running_loop()
+        state = _Request(loop, machine, partition, key, stored, stored.to_bytes(), reply_type)
+        self._send_puts(state, machine.start())
+        state.arm(timeout)
+        return state.answer
+
+    def _send_puts(self, state, sends):
+        for send in sends:
+            if send.node == self.node_id:
+                if send.hint_for is None:
+                    self.replicas.write(state.partition, state.key, state.obj)
+                else:
+                    self.replicas.merge_in(state.partition, state.key, state.obj, send.hint_for)
+                if send.durable:
+                    asyncio.ensure_future(self._local_durable(state))
+                else:
+                    state.machine.on_ack(self.node_id, False)
+            else:
+                fields = (state.partition, state.key, state.raw, send.durable, send.hint_for)
+                call = asyncio.ensure_future(self.pool.call(
+                    self.membership.address_of(send.node), Msg.REPLICA_PUT, fields, self.config.peer_timeout
+                ))
+                call.add_done_callback(functools.partial(self._put_replied, state, send.node))
+        state.settle()
+
+    async def _local_durable(self, state):
+        try:
+            await self.durable.wait()
+        except Exception as exc:  # noqa: BLE001 - a failed fsync fails this replica's ack, not the node
+            log.error("durable write failed: %s", exc)
+            self._send_puts(state, state.machine.on_failure(self.node_id, exc))
+            return
+        state.machine.on_ack(self.node_id, True)
+        state.settle()
+
+    def _put_replied(self, state, node, call):
+        machine = state.machine
+        if call.cancelled():
+            self._send_puts(state, machine.on_failure(node))
+            return
+        exc = call.exception()
+        if exc is None:
+            self.membership.mark_up(node)
+            _, reply = call.result()
+            machine.on_ack(node, bool(reply[0]))
+            state.settle()
+            return
+        if isinstance(exc, _PEER_FAILURES):
+            self.membership.mark_down(node)
+        else:
+            log.warning("replica put on %s failed: %s", node, exc)
+        self._send_puts(state, machine.on_failure(node, exc))
+
+    # get -------------------------------------------------------------------------------------------------
+    def _get(self, key, r, timeout, request):
+        ring, partition, primaries = self._placement(key)
+        if self.node_id not in primaries:
+            return self._forward(primaries, request, timeout)
+        targets, spares = self._targets(ring, partition, primaries)
+        machine = GetCoordinator(targets, spares, r=r, versions=self.versions)
+        loop = asyncio.get_running_loop()
+        state = _Request(loop, machine, partition, key, None, None, Msg.GET_REPLY)
+        state.on_answer = self._get_answer
+        state.on_finish = self._read_repair
+        self._send_gets(state, machine.start())
+        state.arm(timeout)
+        return state.answer
+
+    def _get_answer(self, machine):
+        result = machine.result
+        if result is None:
+            return ([], b"")
+        return (result.live_values(), result.context())
+
+    def _send_gets(self, state, sends):
+        for send in sends:
+            if send.node == self.node_id:
+                state.machine.on_reply(self.node_id, self.replicas.get(state.partition, state.key, send.hint_for))
+            else:
+                fields = (state.partition, state.key, send.hint_for)
+                call = asyncio.ensure_future(self.pool.call(
+                    self.membership.address_of(send.node), Msg.REPLICA_GET, fields, self.config.peer_timeout
+                ))
+                call.add_done_callback(functools.partial(self._get_replied, state, send.node))
+        state.settle()
+
+    def _get_replied(self, state, node, call):
+        machine = state.machine
+        exc = None if call.cancelled() else call.exception()
+        if call.cancelled() or exc is not None:
+            if isinstance(exc, _PEER_FAILURES):
+                self.membership.mark_down(node)
+            self._send_gets(state, machine.on_failure(node, exc))
+            return
+        self.membership.mark_up(node)
+        _, reply = call.result()
+        try:
+            siblings = None if reply[0] is None else self.Siblings.from_bytes(reply[0])
+        except DynafastError as exc:
+            log.error("unreadable object from %s: %s", node, exc)
+            self._send_gets(state, machine.on_failure(node, exc))
+            return
+        machine.on_reply(node, siblings)
+        state.settle()
+
+    def _read_repair(self, state):
+        merged, stale = state.machine.repairs()
+        if merged is None:
+            return
+        raw = None
+        for node in stale:
+            if node == self.node_id:
+                self.replicas.merge_in(state.partition, state.key, merged)
+                continue
+            raw = raw or merged.to_bytes()
+            fields = (state.partition, state.key, raw, False, None)
+            call = asyncio.ensure_future(self.pool.call(
+                self.membership.address_of(node), Msg.REPLICA_PUT, fields, self.config.peer_timeout
+            ))
+            call.add_done_callback(_ignore_result)
+
+    # -- replica requests from coordinators ----------------------------------------------------------------
+    def replica_get(self, fields):
+        partition, key, hint_for = fields[:3]
+        return (Msg.REPLICA_GET_REPLY, (self.replicas.get_raw(partition, key, hint_for),))
+
+    def replica_put(self, fields):
+        partition, key, raw, durable, hint_for = fields[:5]
+        incoming = self.Siblings.from_bytes(raw)
+        self.replicas.merge_in(partition, key, incoming, hint_for)
+        if durable:
+            return self._durable_ack()
+        return (Msg.REPLICA_PUT_REPLY, (False,))
+
+    async def _durable_ack(self):
+        await self.durable.wait()
+        return (Msg.REPLICA_PUT_REPLY, (True,))
+
+    # -- membership and ring ---------------------------------------------------------------------------------
+    def membership_ping(self, fields):
+        return (Msg.PONG, self.membership.handle_ping(fields))
+
+    def ring_get(self, fields):
+        return (Msg.RING_REPLY, self.membership.state_fields())
+
+    def join(self, fields):
+        return (Msg.JOIN_REPLY, self.membership.handle_join(fields))
+
+    def ring_push(self, fields):
+        return (Msg.RING_PUSH_REPLY, self.membership.handle_ring_push(fields))
+
+    def status_msg(self, fields):
+        return (Msg.STATUS_REPLY, (json.dumps(self.status()),))
+
+    def status(self) -> dict:
+        ring = self.membership.ring
+        owned: dict[str, int] = {}
+        for owner in ring.owners():
+            owned[owner] = owned.get(owner, 0) + 1
+        members = []
+        for member in sorted(self.membership.members.values(), key=lambda m: m.id):
+            members.append({
+                "id": member.id,
+                "address": member.address,
+                "zone": member.zone,
+                "state": "up" if member.id == self.node_id else member.state,
+                "partitions": owned.get(member.id, 0),
+            })
+        stats = self.store.stats()
+        return {
+            "node": self.node_id,
+            "address": self.config.advertise,
+            "members": members,
+            "partitions": ring.partitions,
+            "n": self.config.n,
+            "r": self.config.r,
+            "w": self.config.w,
+            "dw": self.config.dw,
+            "ring_version": ring.version,
+            "uptime": round(time.time() - self.started, 3),
+            "storage": {k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
+            "hints_for": sorted(self.replicas.hint_owners()),
+        }
+
+    # -- hinted handoff ----------------------------------------------------------------------------------------
+    async def _handoff_loop(self):
+        while True:
+            await asyncio.sleep(self.config.handoff_interval)
+            try:
+                await self.deliver_hints()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep the loop alive; the next round retries
+                log.exception("hint delivery failed")
+
+    async def deliver_hints(self) -> int:
+        """Replay hints to owners that are up; a hint is dropped only after a durable ack."""
+        delivered = 0
+        for owner in sorted(self.replicas.hint_owners()):
+            if owner not in self.membership.members or not self.membership.is_up(owner):
+                continue
+            address = self.membership.address_of(owner)
+            batch = []
+            for partition, key, siblings in self.replicas.hints(owner):
+                batch.append((partition, key, siblings))
+                if len(batch) >= self.config.handoff_batch:
+                    break
+            for partition, key, siblings in batch:
+                fields = (partition, key, siblings.to_bytes(), True, None)
+                try:
+                    _, reply = await self.pool.call(address, Msg.REPLICA_PUT, fields, self.config.peer_timeout)
+                except _PEER_FAILURES:
+                    self.membership.mark_down(owner)
+                    break
+                if reply and reply[0]:
+                    self.replicas.drop_hint_if_equal(owner, partition, key, siblings)
+                    delivered += 1
+        return delivered
+
+
+class _Request:
+    """Glue between one state machine and the client's answer: deadline, answer future, completion hooks."""
+
+    __slots__ = ("loop", "machine", "partition", "key", "obj", "raw", "reply_type", "answer", "timer",
+                 "on_answer", "on_finish", "finished")
+
+    def __init__(self, loop, machine, partition, key, obj, raw, reply_type):
+        self.loop = loop
+        self.machine = machine
+        self.partition = partition
+        self.key = key
+        self.obj = obj
+        self.raw = raw
+        self.reply_type = reply_type
+        self.answer = loop.create_future()
+        self.timer = None
+        self.on_answer = None
+        self.on_finish = None
+        self.finished = False
+
+    def arm(self, timeout):
+        if not self.finished:
+            self.timer = self.loop.call_later(timeout, self._deadline)
+
+    def _deadline(self):
+        self.timer = None
+        self.machine.on_deadline()
+        self.settle(force_finish=True)
+
+    def settle(self, force_finish=False):
+        machine = self.machine
+        if machine.done and not self.answer.done():
+            if machine.error is not None:
+                self.answer.set_exception(machine.error)
+            elif self.on_answer is not None:
+                self.answer.set_result((self.reply_type, self.on_answer(machine)))
+            else:
+                self.answer.set_result((self.reply_type, ()))
+        if not self.finished and (machine.finished or force_finish) and machine.done:
+            self.finished = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if self.on_finish is not None:
+                self.on_finish(self)
+
+
+def _ignore_result(call):
+    if not call.cancelled():
+        call.exception()
+
+
+def run_node(config: NodeConfig) -> int:
+    """Run a node until SIGTERM/SIGINT; returns the exit code."""
+    from dynafast.net.loop import install
+
+    install()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: NodeConfig) -> int:
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await node.start()
+    except BaseException:
+        await node.stop()
+        raise
+    print(f"dynafast node {node.node_id} serving on {config.advertise}", flush=True)
+    await stop.wait()
+    log.info("stopping")
+    await node.stop()
+    return 0
