@@ -519,6 +519,12 @@ class LocalCluster:
             log_dir=self.base_dir,
             ready_timeout=self.ready_timeout,
         )
+        # Two quick bind-to-0 calls can return the same port; distinct ones save a retry.
+        taken = {other.port for other in self.nodes}
+        for _ in range(10):
+            if node.port not in taken:
+                break
+            node.port = free_port(node.host)
         self.nodes.append(node)
         return node
 
