@@ -15,12 +15,14 @@ What the claim guarantees, for S members, replication factor N and Q partitions:
   which is also the exact condition under which a balanced layout with N distinct can exist at all (a member
   owning ceil(Q/S) partitions needs N - 1 foreign partitions after each of its own). When W < N the claim
   keeps the largest window that is possible, and ``replicas()`` still returns N distinct nodes by walking on.
-* Zones: when zones are set and there are at least N distinct zones, the claim also makes any N consecutive
-  partitions belong to N distinct zones whenever it finds such a layout (it always does when the zones have
-  equal numbers of members, S is a multiple of N... see ``zone_window``); otherwise it keeps the node
-  guarantee above and zones are best effort.
+* Zones: when zones are set and there are at least N distinct zones, the claim first looks for a layout in
+  which any N consecutive partitions (W when W < N) belong to distinct zones; it finds one at least when the
+  zones have equal numbers of members and Q is a multiple of S (tested). When it finds none it keeps the
+  node guarantee above and zones are best effort.
 * Movement: with ``previous``, members keep what they owned except what balance or spread forces them to
-  give up; adding or removing one member usually moves exactly the joining/leaving member's share.
+  give up. Adding one member moves exactly its share when W does not grow; removing one member with
+  S >= N + 4 moves at most twice its share (about 1.2-1.8x, see benchmarks/RESULTS.md); when W changes
+  (S close to N) the layout is rebuilt and relabelled to keep as many owners as it can.
 * Determinism: the same inputs give the same layout (no randomness).
 """
 import hashlib
@@ -716,7 +718,8 @@ class Ring:
         return sum(1 for a, b in zip(self.owners(), other.owners()) if a != b)
 
     def to_bytes(self):
-        return pack(self._log2q, self.n, self.version, self.members, self.zones, struct.pack(f"<{self.partitions}H", *self._owner))
+        table = struct.pack(f"<{self.partitions}H", *self._owner)
+        return pack(self._log2q, self.n, self.version, self.members, self.zones, table)
 
     @classmethod
     def from_bytes(cls, data):
