@@ -14,7 +14,7 @@ from conftest import implementations
 impl = implementations("vclock")
 
 # The fixture only hands out a module, so sharing it between hypothesis examples is safe.
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 ACTORS = [b"a", b"b", b"c", b"n1", b"n2", b"\x00", b"\xff\xfe"]
 actors = st.sampled_from(ACTORS)
@@ -379,7 +379,7 @@ def test_siblings_prune_keeps_siblings(impl, ops, now, small, big):
 
 
 # -- the two builds agree -------------------------------------------------------------------------------------
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(ops=histories())
 def test_builds_agree_on_histories(ops):
     compiled, reference = both()
@@ -399,7 +399,7 @@ def test_builds_agree_on_histories(ops):
             assert a.sync(c).to_bytes() == b.sync(d).to_bytes()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(x=raw_entries, y=raw_entries, now=st.integers(0, 200))
 def test_builds_agree_on_clocks(x, y, now):
     compiled, reference = both()
@@ -419,7 +419,7 @@ def _outcome(fn, data):
         return ("error",)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(data=st.one_of(st.binary(max_size=40),
                       st.builds(lambda a, b: a + b, st.sampled_from([b"\x01", b"\x02", b"\x01\x00\x01", b"\x01\x01"]),
                                 st.binary(max_size=30))))
