@@ -292,11 +292,31 @@ def test_proxied_cluster_routes_partition_and_heal(tmp_path):
     assert not any(node.is_running() for node in cluster.nodes)
 
 
+def member_states(address):
+    result = subprocess.run(
+        [sys.executable, "-m", "dynafast.cli", "status", "--cluster", address, "--json"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return {member["id"]: member["state"] for member in json.loads(result.stdout)["members"]}
+
+
 @pytest.mark.cluster
-def test_real_nodes_start_and_stop(tmp_path):
+def test_real_nodes_talk_through_proxies_and_see_a_partition(tmp_path):
     pytest.importorskip("dynafast.node")
     pytest.importorskip("dynafast.cli")
-    with LocalCluster(3, base_dir=tmp_path, ready_timeout=60.0) as cluster:
-        assert all(node.is_running() for node in cluster.nodes)
+    with LocalCluster(3, base_dir=tmp_path, proxied=True, ready_timeout=60.0) as cluster:
         assert [node.served_address for node in cluster.nodes] == cluster.addresses
+        # Every directed pair talks, and only through its proxy.
+        wait_until(lambda: all(p.bytes_forwarded > 0 for p in cluster.proxies.values()), timeout=30.0,
+                   message="traffic through every proxy")
+        seen_by_n1 = cluster.addresses[0]
+        wait_until(lambda: set(member_states(seen_by_n1).values()) == {"up"}, timeout=30.0, message="all up")
+
+        cluster.partition(["n3"], ["n1", "n2"])
+        wait_until(lambda: member_states(seen_by_n1)["n3"] == "down", timeout=30.0, message="n3 seen down")
+        cluster.heal()
+        wait_until(lambda: member_states(seen_by_n1)["n3"] == "up", timeout=30.0, message="n3 seen up again")
+        assert all(proxy.errors == [] for proxy in cluster.proxies.values())
     assert not any(node.is_running() for node in cluster.nodes)
+    assert "serving on" in cluster.nodes[2].output()
