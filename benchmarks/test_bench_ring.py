@@ -1,0 +1,77 @@
+"""Ring lookups: compiled beside the plain-Python reference (run: pytest -m bench benchmarks/test_bench_ring.py)."""
+import os
+
+import numpy
+import pytest
+
+from dynafast import _impl
+
+BUILDS = ["compiled", "reference"]
+KEYS = [os.urandom(16) for _ in range(10_000)]
+MEMBERS = [f"node-{i:02d}" for i in range(12)]
+
+
+def _module(build):
+    if build == "compiled":
+        try:
+            return _impl.compiled("ring")
+        except ImportError:
+            pytest.skip("dynafast._core.ring is not built")
+    return _impl.reference("ring")
+
+
+def _ring(build):
+    return _module(build).Ring(1024, MEMBERS, n=3)
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize("build", BUILDS)
+def test_bench_single_lookup(benchmark, build):
+    """One key -> partition -> its 3 replicas, the per-request routing step (100 keys per round)."""
+    ring = _ring(build)
+    keys = KEYS[:100]
+
+    def run():
+        for key in keys:
+            ring.replicas(ring.partition_of(key))
+
+    benchmark(run)
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize("build", BUILDS)
+def test_bench_preference_list_one_down(benchmark, build):
+    ring = _ring(build)
+    keys = KEYS[:100]
+    down = frozenset({MEMBERS[3]})
+
+    def run():
+        for key in keys:
+            ring.preference_list(ring.partition_of(key), None, down)
+
+    benchmark(run)
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize("build", BUILDS)
+def test_bench_batch_keys(benchmark, build):
+    """10 000 keys -> partitions in one call."""
+    ring = _ring(build)
+    benchmark(ring.partitions_of, KEYS)
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize("build", BUILDS)
+def test_bench_batch_tokens(benchmark, build):
+    """100 000 uint64 tokens -> partitions in one call."""
+    ring = _ring(build)
+    toks = numpy.random.default_rng(1).integers(0, 2**64 - 1, 100_000, dtype=numpy.uint64)
+    benchmark(ring.partitions_of, toks)
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize("build", BUILDS)
+def test_bench_claim_add_member(benchmark, build):
+    """Claim after one member joins (Q=1024, 12 -> 13 members): runs on membership change only."""
+    ring = _ring(build)
+    benchmark(ring.with_members, MEMBERS + ["joiner"])
