@@ -482,3 +482,32 @@ def test_run_against_redis_two_processes_workload_f(redis_server, capsys):
     assert set(lines) == {"read", "rmw", "overall"}
     assert int(lines["overall"][1].replace(",", "")) > 0
     assert lines["overall"][-1] == "0"  # no errors
+
+
+# ---------------------------------------------------------------- a real dynafast node
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("workload", ["a", "f"])
+def test_run_against_a_dynafast_node(workload, tmp_path, capsys):
+    from dynafast.testing.cluster import LocalCluster, NodeStartError
+
+    cluster = LocalCluster(1, base_dir=tmp_path, n=1, r=1, w=1, partitions=8)
+    try:
+        cluster.start()
+    except NodeStartError as exc:
+        # The node's own tests own its start-up; this test is about the load tool's dynafast target.
+        pytest.skip(f"the dynafast node does not serve: {str(exc).splitlines()[0]}")
+    try:
+        pid = cluster.nodes[0].pid
+        code = bench.main(["--cluster", cluster.addresses[0], "--workload", workload, "--duration", "1",
+                           "--clients", "4", "--records", "100", "--json", "--server-pids", str(pid)])
+    finally:
+        cluster.stop()
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["target"] == "dynafast"
+    assert report["load"]["count"] == 100 and report["load"]["errors"] == {}
+    assert set(report["operations"]) == set(bench.WORKLOADS[workload])
+    assert all(s["count"] > 0 and s["errors"] == {} for s in report["operations"].values())
+    assert report["server_cpu"]["pids"] == [pid]
