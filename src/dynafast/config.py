@@ -46,6 +46,10 @@ class NodeConfig:
     # hinted handoff
     handoff_interval: float = 1.0
     handoff_batch: int = 256
+    # anti-entropy
+    ae_interval: float = 10.0
+    ae_bytes_per_second: float = 4 * 1024 * 1024
+    merkle_leaves: int = 1024
     # peer_routes: node id -> "host:port" to use instead of that peer's advertised address
     peer_routes: dict[str, str] = field(default_factory=dict)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dynafast
 from dynafast import _impl
+from dynafast.cluster.antientropy import AntiEntropy, VnodeTrees
 from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
 from dynafast.cluster.membership import SeedMembership
 from dynafast.cluster.replica import DurabilityBatcher, ReplicaStore
@@ -67,9 +68,14 @@ class Node:
             max_value_size=config.max_value_size * 4 + 1024 * 1024,
         )
         self.replicas = ReplicaStore(self.store, self.versions)
+        self.trees = VnodeTrees(self.replicas, leaves=config.merkle_leaves)
+        self.replicas.on_write = self.trees.on_write
         self.pool = PeerPool(connect_timeout=config.peer_timeout)
         self.membership = SeedMembership(config, self.pool)
         self.durable = DurabilityBatcher(self.store)
+        self.antientropy = AntiEntropy(self, self.trees, interval=config.ae_interval,
+                                       bytes_per_second=config.ae_bytes_per_second,
+                                       peer_timeout=config.peer_timeout * 2)
         self.server = None
         self.http = None
         self.metrics = None
@@ -86,6 +92,8 @@ class Node:
             Msg.REPLICA_PUT: self.replica_put,
             Msg.JOIN: self.join,
             Msg.RING_PUSH: self.ring_push,
+            Msg.MERKLE_GET: self.merkle_get,
+            Msg.KEYS_GET: self.keys_get,
         }
 
     # -- life cycle ----------------------------------------------------------------------------------------
@@ -98,6 +106,7 @@ class Node:
 
             self.http = await start_http(self, self.config.http)
         self._tasks.append(asyncio.create_task(self._handoff_loop()))
+        self.antientropy.start()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -107,6 +116,7 @@ class Node:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        await self.antientropy.stop()
         await self.membership.stop()
         if self.http is not None:
             await self.http.cleanup()
@@ -216,6 +226,7 @@ class Node:
         machine = PutCoordinator(targets, spares, w=w, dw=dw)
         loop = asyncio.get_running_loop()
         state = _Request(loop, machine, partition, key, stored, stored.to_bytes(), reply_type)
+        state.previous = existing
         self._send_puts(state, machine.start())
         state.arm(timeout)
         return state.answer
@@ -224,7 +235,8 @@ class Node:
         for send in sends:
             if send.node == self.node_id:
                 if send.hint_for is None:
-                    self.replicas.write(state.partition, state.key, state.obj)
+                    self.replicas.write(state.partition, state.key, state.obj, previous=state.previous,
+                                        raw=state.raw)
                 else:
                     self.replicas.merge_in(state.partition, state.key, state.obj, send.hint_for)
                 if send.durable:
@@ -326,7 +338,7 @@ class Node:
         raw = None
         for node in stale:
             if node == self.node_id:
-                self.replicas.merge_in(state.partition, state.key, merged)
+                self.merge_local(state.partition, state.key, merged)
                 continue
             raw = raw or merged.to_bytes()
             fields = (state.partition, state.key, raw, False, None)
@@ -347,6 +359,19 @@ class Node:
         if durable:
             return self._durable_ack()
         return (Msg.REPLICA_PUT_REPLY, (False,))
+
+    def merge_local(self, partition, key, incoming):
+        """Reconcile an object into this node's primary replica (read repair, anti-entropy)."""
+        return self.replicas.merge_in(partition, key, incoming)
+
+    def merkle_get(self, fields):
+        partition, depth, indices = fields[:3]
+        return (Msg.MERKLE_REPLY, (self.antientropy.merkle_hashes(partition, depth, indices),))
+
+    def keys_get(self, fields):
+        partition, leaves = fields[:2]
+        keys, digests = self.trees.keys_in_leaves(partition, leaves)
+        return (Msg.KEYS_REPLY, (keys, digests))
 
     async def _durable_ack(self):
         await self.durable.wait()
@@ -396,6 +421,7 @@ class Node:
             "uptime": round(time.time() - self.started, 3),
             "storage": {k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
             "hints_for": sorted(self.replicas.hint_owners()),
+            "antientropy": self.antientropy.status(),
         }
 
     # -- hinted handoff ----------------------------------------------------------------------------------------
@@ -438,7 +464,7 @@ class _Request:
     """Glue between one state machine and the client's answer: deadline, answer future, completion hooks."""
 
     __slots__ = ("loop", "machine", "partition", "key", "obj", "raw", "reply_type", "answer", "timer",
-                 "on_answer", "on_finish", "finished")
+                 "on_answer", "on_finish", "finished", "previous")
 
     def __init__(self, loop, machine, partition, key, obj, raw, reply_type):
         self.loop = loop
@@ -453,6 +479,7 @@ class _Request:
         self.on_answer = None
         self.on_finish = None
         self.finished = False
+        self.previous = None
 
     def arm(self, timeout):
         if not self.finished:

@@ -42,10 +42,12 @@ def split_hint_key(owner: str, stored_key: bytes) -> tuple[int, bytes]:
 class ReplicaStore:
     """Versioned objects of the vnodes a node holds, and the hints it keeps for others."""
 
-    def __init__(self, store, versions):
+    def __init__(self, store, versions, on_write=None):
         self.store = store
         self.versions = versions
         self._siblings = versions.Siblings
+        # on_write(partition, key, old, new) after each change of a primary object (Merkle trees follow it).
+        self.on_write = on_write
 
     # -- primary replicas --------------------------------------------------------------------------
     def get(self, partition: int, key: bytes, hint_for: str | None = None):
@@ -57,10 +59,15 @@ class ReplicaStore:
         stored_key = object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key)
         return self.store.get(stored_key)
 
-    def write(self, partition: int, key: bytes, siblings, hint_for: str | None = None) -> None:
-        """Store ``siblings`` as they are (the caller already merged them with what was stored)."""
-        stored_key = object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key)
-        self.store.put(stored_key, siblings.to_bytes())
+    def write(self, partition: int, key: bytes, siblings, hint_for: str | None = None, *, previous=None,
+              raw: bytes | None = None) -> None:
+        """Store ``siblings`` as they are (the caller merged them with ``previous``, what was stored)."""
+        if hint_for is None:
+            self.store.put(object_key(partition, key), raw if raw is not None else siblings.to_bytes())
+            if self.on_write is not None:
+                self.on_write(partition, key, previous, siblings)
+        else:
+            self.store.put(hint_key(hint_for, partition, key), raw if raw is not None else siblings.to_bytes())
 
     def merge_in(self, partition: int, key: bytes, incoming, hint_for: str | None = None):
         """Reconcile ``incoming`` with the stored object; write and return the result.
@@ -70,7 +77,7 @@ class ReplicaStore:
         existing = self.get(partition, key, hint_for)
         merged = incoming if existing is None else incoming.sync(existing)
         if existing is None or merged != existing:
-            self.write(partition, key, merged, hint_for)
+            self.write(partition, key, merged, hint_for, previous=existing)
         return merged
 
     def remove_if_equal(self, partition: int, key: bytes, expected) -> bool:
@@ -79,6 +86,8 @@ class ReplicaStore:
         if current is None or current != expected:
             return False
         self.store.delete(object_key(partition, key))
+        if self.on_write is not None:
+            self.on_write(partition, key, current, None)
         return True
 
     def items(self, partition: int):

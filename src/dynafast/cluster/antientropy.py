@@ -1,0 +1,259 @@
+"""Merkle-tree anti-entropy between the replicas of each partition.
+
+Every vnode keeps a Merkle tree over (key, version digest) that is updated on every write (built once from the
+store the first time it is needed, never rebuilt on a schedule). Now and then, and on demand, a node picks one
+of its partitions and another replica of it and compares trees level by level (``TreeExchange``): only the
+subtrees that differ are descended, so replicas that differ in d keys exchange O(d log n) hashes. For each
+differing leaf the two sides list their (key, digest) pairs; for each differing key both objects are reconciled
+(siblings merged, nothing newer overwritten) and the result is written to whichever side lacked it.
+
+Exchanges are rate-limited (bytes per second over everything they send and receive, and one exchange at a time)
+so that repair never takes more than a set share of the node.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+from dynafast import _impl
+from dynafast.errors import DynafastError
+from dynafast.net.messages import Msg
+
+log = logging.getLogger("dynafast.antientropy")
+
+
+@dataclass
+class ExchangeReport:
+    partition: int
+    peer: str
+    differing_leaves: int = 0
+    differing_keys: int = 0
+    repaired_local: int = 0
+    repaired_remote: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    finished_at: float = field(default_factory=time.time)
+
+
+class TokenBucket:
+    """Bytes-per-second throttle; ``take`` sleeps when the bucket runs dry."""
+
+    def __init__(self, rate: float, burst: float | None = None, clock=time.monotonic):
+        self.rate = float(rate)
+        self.capacity = float(burst if burst is not None else rate)
+        self.tokens = self.capacity
+        self.clock = clock
+        self.stamp = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def delay_for(self, amount: float) -> float:
+        """Take ``amount`` tokens and return how long to wait before using them."""
+        if self.rate <= 0:
+            return 0.0
+        self._refill()
+        self.tokens -= amount
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    async def take(self, amount: float) -> None:
+        delay = self.delay_for(amount)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class VnodeTrees:
+    """The Merkle trees of the vnodes a node holds, kept current by the write path."""
+
+    def __init__(self, replicas, leaves: int = 1024, fanout: int = 16):
+        self.replicas = replicas
+        self.merkle = _impl.load("merkle")
+        self.leaves = leaves
+        self.fanout = fanout
+        self.trees: dict[int, object] = {}
+
+    def tree(self, partition: int):
+        tree = self.trees.get(partition)
+        if tree is None:
+            items = ((key, siblings.digest()) for key, siblings in self.replicas.items(partition))
+            tree = self.merkle.MerkleTree.build(items, self.leaves, self.fanout)
+            self.trees[partition] = tree
+        return tree
+
+    def on_write(self, partition: int, key: bytes, old, new) -> None:
+        tree = self.trees.get(partition)
+        if tree is None:
+            return  # built from the store when first needed, which then includes this write
+        tree.update(key, None if old is None else old.digest(), None if new is None else new.digest())
+
+    def drop(self, partition: int) -> None:
+        self.trees.pop(partition, None)
+
+    def keys_in_leaves(self, partition: int, leaves) -> tuple[list[bytes], list[bytes]]:
+        """(keys, digests) of every key of the vnode that falls into one of ``leaves``."""
+        tree = self.tree(partition)
+        wanted = set(leaves)
+        keys, digests = [], []
+        for key, siblings in self.replicas.items(partition):
+            if tree.leaf_of(key) in wanted:
+                keys.append(key)
+                digests.append(siblings.digest())
+        return keys, digests
+
+
+class AntiEntropy:
+    """Schedules and runs tree exchanges for one node."""
+
+    def __init__(self, node, trees: VnodeTrees, *, interval: float = 10.0, bytes_per_second: float = 4 << 20,
+                 peer_timeout: float = 2.0):
+        self.node = node
+        self.trees = trees
+        self.interval = interval
+        self.bucket = TokenBucket(bytes_per_second, burst=max(bytes_per_second, 1 << 20))
+        self.peer_timeout = peer_timeout
+        self.lock = asyncio.Lock()
+        self.last: dict[int, ExchangeReport] = {}
+        self.exchanges = 0
+        self.keys_repaired = 0
+        self._cursor = 0
+        self._task: asyncio.Task | None = None
+
+    # -- scheduling ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.interval > 0:
+            self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval * (0.75 + 0.5 * random.random()))
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one failed exchange must not stop anti-entropy
+                log.exception("anti-entropy exchange failed")
+
+    def _owned(self) -> list[int]:
+        ring = self.node.membership.ring
+        me = self.node.node_id
+        return [p for p in range(ring.partitions) if me in ring.replicas(p, self.node.config.n)]
+
+    async def run_once(self) -> ExchangeReport | None:
+        """Exchange the next owned partition (round robin) with a random other replica that is up."""
+        owned = self._owned()
+        if not owned:
+            return None
+        partition = owned[self._cursor % len(owned)]
+        self._cursor += 1
+        peers = [p for p in self.node.membership.ring.replicas(partition, self.node.config.n)
+                 if p != self.node.node_id and self.node.membership.is_up(p)]
+        if not peers:
+            return None
+        return await self.exchange(partition, random.choice(peers))
+
+    async def exchange_all(self) -> list[ExchangeReport]:
+        """Every owned partition against every other live replica (on demand: after a disk was lost)."""
+        reports = []
+        for partition in self._owned():
+            for peer in self.node.membership.ring.replicas(partition, self.node.config.n):
+                if peer != self.node.node_id and self.node.membership.is_up(peer):
+                    try:
+                        reports.append(await self.exchange(partition, peer))
+                    except DynafastError as exc:
+                        log.warning("exchange of %d with %s failed: %s", partition, peer, exc)
+        return reports
+
+    # -- one exchange -------------------------------------------------------------------------------------
+    async def _call(self, peer: str, msg_type, fields):
+        _, reply = await self.node.pool.call(self.node.membership.address_of(peer), msg_type, fields,
+                                             self.peer_timeout)
+        return reply
+
+    async def exchange(self, partition: int, peer: str) -> ExchangeReport:
+        async with self.lock:
+            started = time.monotonic()
+            report = ExchangeReport(partition, peer)
+            tree = self.trees.tree(partition)
+            exchange = self.trees.merkle.TreeExchange(tree)
+            while True:
+                request = exchange.next_request()
+                if request is None:
+                    break
+                depth, indices = request
+                hashes = (await self._call(peer, Msg.MERKLE_GET, (partition, depth, list(indices))))[0]
+                exchange.feed(list(hashes))
+                await self.bucket.take(16 * (len(indices) + len(hashes)))
+            leaves = exchange.result()
+            report.bytes = exchange.bytes_sent + exchange.bytes_received
+            report.differing_leaves = len(leaves)
+            for start in range(0, len(leaves), 64):
+                await self._repair_leaves(partition, peer, leaves[start:start + 64], report)
+            report.seconds = time.monotonic() - started
+            report.finished_at = time.time()
+            self.last[partition] = report
+            self.exchanges += 1
+            self.keys_repaired += report.repaired_local + report.repaired_remote
+            if report.differing_keys:
+                log.info("anti-entropy on partition %d with %s repaired %d here, %d there", partition, peer,
+                         report.repaired_local, report.repaired_remote)
+            return report
+
+    async def _repair_leaves(self, partition: int, peer: str, leaves, report: ExchangeReport) -> None:
+        remote_keys, remote_digests = await self._call(peer, Msg.KEYS_GET, (partition, list(leaves)))
+        local_keys, local_digests = self.trees.keys_in_leaves(partition, leaves)
+        remote = dict(zip(remote_keys, remote_digests))
+        local = dict(zip(local_keys, local_digests))
+        differing = [k for k in remote.keys() | local.keys() if remote.get(k) != local.get(k)]
+        report.differing_keys += len(differing)
+        report.bytes += sum(len(k) + 16 for k in remote_keys)
+        await self.bucket.take(sum(len(k) + 16 for k in remote_keys))
+        Siblings = self.node.Siblings
+        replicas = self.node.replicas
+        for key in differing:
+            theirs = None
+            if key in remote:
+                raw = (await self._call(peer, Msg.REPLICA_GET, (partition, key, None)))[0]
+                theirs = None if raw is None else Siblings.from_bytes(raw)
+                await self.bucket.take(len(key) + (len(raw) if raw else 0))
+            if theirs is not None:
+                before = replicas.get(partition, key)
+                merged = self.node.merge_local(partition, key, theirs)
+                if before is None or merged != before:
+                    report.repaired_local += 1
+            else:
+                merged = replicas.get(partition, key)
+            if merged is not None and (theirs is None or merged != theirs):
+                raw = merged.to_bytes()
+                await self._call(peer, Msg.REPLICA_PUT, (partition, key, raw, False, None))
+                await self.bucket.take(len(key) + len(raw))
+                report.repaired_remote += 1
+
+    # -- serving the other side ---------------------------------------------------------------------------
+    def merkle_hashes(self, partition: int, depth: int, indices) -> list[bytes]:
+        return self.trees.tree(partition).hashes(depth, list(indices))
+
+    def status(self) -> dict:
+        now = time.time()
+        last = max((r.finished_at for r in self.last.values()), default=None)
+        return {
+            "exchanges": self.exchanges,
+            "keys_repaired": self.keys_repaired,
+            "partitions_exchanged": len(self.last),
+            "last_exchange_age": None if last is None else round(now - last, 3),
+            "trees_built": len(self.trees.trees),
+            "bytes_per_second": self.bucket.rate,
+        }
