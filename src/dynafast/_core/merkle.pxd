@@ -60,3 +60,6 @@ cdef class TreeExchange:
     cdef bint issued
     cdef readonly Py_ssize_t bytes_sent
     cdef readonly Py_ssize_t bytes_received
+
+    cdef int c_step_against(self, MerkleTree remote) except -1
+    cdef int c_advance(self, list differing) except -1

@@ -486,8 +486,8 @@ cdef class TreeExchange:
     def feed(self, hashes):
         """The remote's hashes for the last request, in the same order."""
         cdef MerkleTree tree = self.local
-        cdef list theirs, differing, pending
-        cdef Py_ssize_t i, n, index, start, stop
+        cdef list theirs, differing
+        cdef Py_ssize_t i, n, index
         cdef const unsigned char *p
         cdef uint64_t *level
         cdef object h
@@ -515,11 +515,39 @@ cdef class TreeExchange:
             elif bytes(h) == _hash_bytes(level[index]):
                 continue
             differing.append(index)
+        self.c_advance(differing)
+
+    cdef int c_step_against(self, MerkleTree remote) except -1:
+        """One request and its answer read straight from a tree in this process: no bytes objects."""
+        cdef MerkleTree tree = self.local
+        cdef Py_ssize_t i, n = len(self.pending), index
+        cdef uint64_t *mine
+        cdef uint64_t *theirs
+        cdef list differing = []
+        if not self.issued:
+            self.bytes_sent += _REQUEST_HEADER_SIZE + _INDEX_SIZE * n
+        self.bytes_received += MERKLE_HASH_SIZE * n
+        if self.level < tree.depth:
+            tree.c_flush()
+            remote.c_flush()
+        mine = tree.nodes + tree.offset[self.level]
+        theirs = remote.nodes + remote.offset[self.level]
+        for i in range(n):
+            index = self.pending[i]
+            if mine[index] != theirs[index]:
+                differing.append(index)
+        return self.c_advance(differing)
+
+    cdef int c_advance(self, list differing) except -1:
+        """Go down one level below the differing nodes, or finish."""
+        cdef MerkleTree tree = self.local
+        cdef list pending
+        cdef Py_ssize_t i, index, start, stop
         self.issued = False
         if self.level == tree.depth or not differing:
             self.finished = sorted(differing) if self.level == tree.depth else []
             self.pending = []
-            return
+            return 0
         pending = []
         for index in differing:
             start = index << tree.fanout_bits
@@ -528,6 +556,7 @@ cdef class TreeExchange:
                 pending.append(i)
         self.level += 1
         self.pending = pending
+        return 0
 
     def result(self):
         """The differing leaf segments, sorted (once next_request() has returned None)."""
@@ -538,9 +567,20 @@ cdef class TreeExchange:
 
 def diff(MerkleTree local not None, remote):
     """The leaf segments where ``local`` and ``remote`` differ, by a TreeExchange run in process."""
+    cdef MerkleTree other
+    cdef TreeExchange exchange
+    if type(remote) is MerkleTree:
+        # Same requests and accounting as the generic loop below, answered from the remote's arrays.
+        other = <MerkleTree>remote
+        if local.leaf_bits != other.leaf_bits or local.fanout_bits != other.fanout_bits:
+            raise ValueError("trees of different shapes cannot be compared")
+        exchange = TreeExchange(local)
+        while exchange.finished is None:
+            exchange.c_step_against(other)
+        return exchange.finished
     if local.leaves != remote.leaves or local.fanout != remote.fanout:
         raise ValueError("trees of different shapes cannot be compared")
-    cdef TreeExchange exchange = TreeExchange(local)
+    exchange = TreeExchange(local)
     while (request := exchange.next_request()) is not None:
         exchange.feed(remote.hashes(*request))
     return exchange.result()
