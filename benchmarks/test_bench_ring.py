@@ -75,3 +75,29 @@ def test_bench_claim_add_member(benchmark, build):
     """Claim after one member joins (Q=1024, 12 -> 13 members): runs on membership change only."""
     ring = _ring(build)
     benchmark(ring.with_members, MEMBERS + ["joiner"])
+
+
+def movement_table(partitions=(64, 256, 1024), sizes=range(3, 21), n=3):
+    """Moved/ideal when one member joins (S -> S+1) or the first leaves (S -> S-1), as a Markdown table."""
+    ref = _impl.reference("ring")  # the claim is shared by both builds
+    rows = {}
+    for q in partitions:
+        for s in sizes:
+            members = [f"node-{i:02d}" for i in range(s)]
+            ring = ref.Ring(q, members, n=n)
+            joined = ring.with_members(members + ["joiner"])
+            left = ring.with_members(members[1:])
+            rows[q, s] = (
+                ring.moved_partitions(joined) / len(joined.partitions_owned("joiner")),
+                ring.moved_partitions(left) / len(ring.partitions_owned(members[0])),
+            )
+    head = [f"add Q={q}" for q in partitions] + [f"remove Q={q}" for q in partitions]
+    lines = ["| S | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for s in sizes:
+        cells = [f"{rows[q, s][0]:.2f}" for q in partitions] + [f"{rows[q, s][1]:.2f}" for q in partitions]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(movement_table())
