@@ -16,6 +16,7 @@ log = logging.getLogger("dynafast.net.connection")
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 1.0
 _MAX_REQUEST_ID = 0xFFFFFFFF
+_TIMER_TICK = 0.005  # seconds: the granularity of call deadlines
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -29,6 +30,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._next_id = 0
         self._write_ready = None  # a future while the transport asks us to stop writing
+        self._timers = {}  # deadline tick -> [(request id, timeout)]
 
     def connection_made(self, transport):
         self.transport = transport
@@ -72,6 +74,7 @@ class _ClientProtocol(asyncio.Protocol):
     def _fail(self, error):
         if self.lost is None:
             self.lost = error
+        self._timers.clear()  # nothing left to expire; the timers that still fire find no bucket
         pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
@@ -109,10 +112,21 @@ class _ClientProtocol(asyncio.Protocol):
             out, self._out = self._out, bytearray()  # the transport may keep a reference to it
             self.transport.write(out)
 
-    def expire(self, request_id, timeout):
-        future = self.pending.pop(request_id, None)
-        if future is not None and not future.done():
-            future.set_exception(Timeout(f"no reply from {self.peer} within {timeout}s"))
+    def set_deadline(self, request_id, timeout):
+        # Requests whose deadlines fall in the same tick share one timer: a timer per call costs more than
+        # the rest of the call. Deadlines fire up to one tick late, never early.
+        tick = int((self.loop.time() + timeout) / _TIMER_TICK) + 1
+        bucket = self._timers.get(tick)
+        if bucket is None:
+            bucket = self._timers[tick] = []
+            self.loop.call_at(tick * _TIMER_TICK, self._expire, tick)
+        bucket.append((request_id, timeout))
+
+    def _expire(self, tick):
+        for request_id, timeout in self._timers.pop(tick, ()):
+            future = self.pending.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(Timeout(f"no reply from {self.peer} within {timeout}s"))
 
 
 class Connection:
@@ -164,11 +178,10 @@ class Connection:
         if protocol._write_ready is not None:
             await protocol._write_ready
         request_id, future = protocol.request(msg_type, fields)
-        timer = protocol.loop.call_later(timeout, protocol.expire, request_id, timeout)
+        protocol.set_deadline(request_id, timeout)
         try:
             return await future
         finally:
-            timer.cancel()
             protocol.pending.pop(request_id, None)  # when the caller was cancelled
 
     async def close(self):
