@@ -1,0 +1,307 @@
+/* The logstore's in-memory keydir, CRC-32 and growable byte buffers, in plain C.
+ *
+ * Keydir layout (about 30 bytes per key plus the key itself):
+ *   - an arena of items {u32 seg, u32 off, u32 size, u16 klen, key bytes}, padded to 4 bytes, appended in
+ *     insertion order; a deleted item is marked dead (seg = DF_DEAD) and the arena is compacted when half
+ *     of it is dead and no iterator is walking it;
+ *   - an open-addressing index of 8-byte slots {u32 hash, u32 ref}, linear probing, backward-shift
+ *     deletion (no tombstone slots), ref = 1 + arena offset / 4 (0 = empty), grown at 3/4 load.
+ * Iterators walk the arena by offset: positions stay valid across inserts, updates and deletes.
+ */
+#ifndef DYNAFAST_KEYDIR_H
+#define DYNAFAST_KEYDIR_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DF_DEAD 0xFFFFFFFFu
+#define DF_ITEM_HEADER 14u
+
+/* ---- CRC-32 (zlib's polynomial 0xEDB88320, so the reference can use zlib.crc32), slicing-by-8 ---- */
+static uint32_t df_crc_table[8][256];
+
+static void df_crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+        df_crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            df_crc_table[t][i] = (df_crc_table[t - 1][i] >> 8) ^ df_crc_table[0][df_crc_table[t - 1][i] & 0xff];
+}
+
+static uint32_t df_crc32(const unsigned char *p, size_t n) {
+    uint32_t crc = 0xFFFFFFFFu;
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8); /* little-endian hosts only (x86-64, aarch64) */
+        uint32_t lo = (uint32_t)v ^ crc, hi = (uint32_t)(v >> 32);
+        crc = df_crc_table[7][lo & 0xff] ^ df_crc_table[6][(lo >> 8) & 0xff] ^
+              df_crc_table[5][(lo >> 16) & 0xff] ^ df_crc_table[4][lo >> 24] ^
+              df_crc_table[3][hi & 0xff] ^ df_crc_table[2][(hi >> 8) & 0xff] ^
+              df_crc_table[1][(hi >> 16) & 0xff] ^ df_crc_table[0][hi >> 24];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) crc = df_crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return crc ^ 0xFFFFFFFFu;
+}
+
+/* ---- key hash (64-bit multiply-rotate; only needs to spread keys over the index) ---- */
+static inline uint32_t df_hash(const unsigned char *p, size_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ ((uint64_t)n * 0xff51afd7ed558ccdull);
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        h ^= v * 0x87c37b91114253d5ull;
+        h = ((h << 31) | (h >> 33)) * 0x4cf5ad432745937full;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t v = 0;
+    memcpy(&v, p, n);
+    h ^= v * 0x87c37b91114253d5ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return (uint32_t)h;
+}
+
+/* ---- growable buffer ---- */
+typedef struct {
+    unsigned char *data;
+    size_t len;
+    size_t cap;
+} df_buf;
+
+static int df_buf_reserve(df_buf *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    unsigned char *d = (unsigned char *)realloc(b->data, cap);
+    if (!d) return -1;
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static int df_buf_append(df_buf *b, const void *p, size_t n) {
+    if (df_buf_reserve(b, n) < 0) return -1;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static void df_buf_free(df_buf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- keydir ---- */
+typedef struct {
+    uint32_t hash;
+    uint32_t ref;
+} df_slot;
+
+typedef struct {
+    uint32_t seg;
+    uint32_t off;
+    uint32_t size;
+    uint16_t klen;
+    unsigned char key[2]; /* klen bytes; the item is padded to a multiple of 4 */
+} df_item;
+
+typedef struct {
+    df_slot *slots;
+    size_t mask;
+    size_t count;      /* live keys */
+    unsigned char *arena;
+    size_t arena_len;
+    size_t arena_cap;
+    size_t arena_dead; /* bytes of dead items */
+} df_keydir;
+
+static inline size_t df_item_span(size_t klen) { return (DF_ITEM_HEADER + klen + 3) & ~(size_t)3; }
+static inline df_item *df_kd_item(df_keydir *kd, size_t pos) { return (df_item *)(kd->arena + pos); }
+
+static int df_kd_init(df_keydir *kd) {
+    memset(kd, 0, sizeof(*kd));
+    kd->slots = (df_slot *)calloc(1024, sizeof(df_slot));
+    kd->arena = (unsigned char *)malloc(1 << 16);
+    if (!kd->slots || !kd->arena) return -1;
+    kd->mask = 1023;
+    kd->arena_cap = 1 << 16;
+    return 0;
+}
+
+static void df_kd_free(df_keydir *kd) {
+    free(kd->slots);
+    free(kd->arena);
+    memset(kd, 0, sizeof(*kd));
+}
+
+static size_t df_kd_memory(const df_keydir *kd) {
+    return kd->slots ? (kd->mask + 1) * sizeof(df_slot) + kd->arena_cap : 0;
+}
+
+/* Slot index holding key, or -1. */
+static inline ptrdiff_t df_kd_slot(const df_keydir *kd, const unsigned char *key, size_t klen, uint32_t h) {
+    size_t i = h & kd->mask;
+    for (;;) {
+        df_slot s = kd->slots[i];
+        if (s.ref == 0) return -1;
+        if (s.hash == h) {
+            df_item *it = (df_item *)(kd->arena + ((size_t)(s.ref - 1) << 2));
+            if (it->klen == klen && memcmp(it->key, key, klen) == 0) return (ptrdiff_t)i;
+        }
+        i = (i + 1) & kd->mask;
+    }
+}
+
+static inline df_item *df_kd_find(const df_keydir *kd, const unsigned char *key, size_t klen) {
+    ptrdiff_t i = df_kd_slot(kd, key, klen, df_hash(key, klen));
+    return i < 0 ? NULL : (df_item *)(kd->arena + ((size_t)(kd->slots[i].ref - 1) << 2));
+}
+
+static int df_kd_grow(df_keydir *kd) {
+    size_t ncap = (kd->mask + 1) * 2, nmask = ncap - 1;
+    df_slot *ns = (df_slot *)calloc(ncap, sizeof(df_slot));
+    if (!ns) return -1;
+    for (size_t i = 0; i <= kd->mask; i++) {
+        df_slot s = kd->slots[i];
+        if (s.ref == 0) continue;
+        size_t j = s.hash & nmask;
+        while (ns[j].ref) j = (j + 1) & nmask;
+        ns[j] = s;
+    }
+    free(kd->slots);
+    kd->slots = ns;
+    kd->mask = nmask;
+    return 0;
+}
+
+static int df_kd_arena_room(df_keydir *kd, size_t need) {
+    if (kd->arena_len + need <= kd->arena_cap) return 0;
+    size_t cap = kd->arena_cap;
+    while (cap < kd->arena_len + need) cap *= 2;
+    if (cap > ((size_t)0xFFFFFFFEu << 2)) return -1; /* refs are u32 in 4-byte units: 16 GiB */
+    unsigned char *a = (unsigned char *)realloc(kd->arena, cap);
+    if (!a) return -1;
+    kd->arena = a;
+    kd->arena_cap = cap;
+    return 0;
+}
+
+/* Insert or update. Returns 1 when it replaced an entry (old location in *old), 0 when new, -1 no memory. */
+static int df_kd_put(df_keydir *kd, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
+                     uint32_t size, df_item *old) {
+    uint32_t h = df_hash(key, klen);
+    ptrdiff_t i = df_kd_slot(kd, key, klen, h);
+    if (i >= 0) {
+        df_item *it = (df_item *)(kd->arena + ((size_t)(kd->slots[i].ref - 1) << 2));
+        old->seg = it->seg;
+        old->off = it->off;
+        old->size = it->size;
+        it->seg = seg;
+        it->off = off;
+        it->size = size;
+        return 1;
+    }
+    if ((kd->count + 1) * 4 > (kd->mask + 1) * 3 && df_kd_grow(kd) < 0) return -1;
+    size_t span = df_item_span(klen);
+    if (df_kd_arena_room(kd, span) < 0) return -1;
+    size_t pos = kd->arena_len;
+    df_item *it = (df_item *)(kd->arena + pos);
+    it->seg = seg;
+    it->off = off;
+    it->size = size;
+    it->klen = (uint16_t)klen;
+    memcpy(it->key, key, klen);
+    kd->arena_len += span;
+    size_t j = h & kd->mask;
+    while (kd->slots[j].ref) j = (j + 1) & kd->mask;
+    kd->slots[j].hash = h;
+    kd->slots[j].ref = (uint32_t)(pos >> 2) + 1;
+    kd->count++;
+    return 0;
+}
+
+static void df_kd_unslot(df_keydir *kd, size_t i) {
+    size_t mask = kd->mask, j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (kd->slots[j].ref == 0) break;
+        size_t home = kd->slots[j].hash & mask;
+        /* move j back into the hole at i unless its home lies cyclically in (i, j] */
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            kd->slots[i] = kd->slots[j];
+            i = j;
+        }
+    }
+    kd->slots[i].ref = 0;
+    kd->slots[i].hash = 0;
+}
+
+/* Remove. Returns 1 when it was there (old location in *old), 0 when absent. */
+static int df_kd_remove(df_keydir *kd, const unsigned char *key, size_t klen, df_item *old) {
+    uint32_t h = df_hash(key, klen);
+    ptrdiff_t i = df_kd_slot(kd, key, klen, h);
+    if (i < 0) return 0;
+    df_item *it = (df_item *)(kd->arena + ((size_t)(kd->slots[i].ref - 1) << 2));
+    old->seg = it->seg;
+    old->off = it->off;
+    old->size = it->size;
+    it->seg = DF_DEAD;
+    kd->arena_dead += df_item_span(it->klen);
+    df_kd_unslot(kd, (size_t)i);
+    kd->count--;
+    return 1;
+}
+
+/* Rebuild the arena without dead items (order kept) and the index over it. */
+static int df_kd_compact(df_keydir *kd) {
+    size_t live = kd->arena_len - kd->arena_dead, cap = 1 << 16;
+    while (cap < live) cap *= 2;
+    unsigned char *na = (unsigned char *)malloc(cap);
+    if (!na) return -1;
+    memset(kd->slots, 0, (kd->mask + 1) * sizeof(df_slot));
+    size_t out = 0;
+    for (size_t pos = 0; pos < kd->arena_len;) {
+        df_item *it = (df_item *)(kd->arena + pos);
+        size_t span = df_item_span(it->klen);
+        if (it->seg != DF_DEAD) {
+            memcpy(na + out, it, span);
+            uint32_t h = df_hash(it->key, it->klen);
+            size_t j = h & kd->mask;
+            while (kd->slots[j].ref) j = (j + 1) & kd->mask;
+            kd->slots[j].hash = h;
+            kd->slots[j].ref = (uint32_t)(out >> 2) + 1;
+            out += span;
+        }
+        pos += span;
+    }
+    free(kd->arena);
+    kd->arena = na;
+    kd->arena_cap = cap;
+    kd->arena_len = out;
+    kd->arena_dead = 0;
+    return 0;
+}
+
+/* Position of the next live item at or after pos (below end) whose key starts with prefix, or end. */
+static inline size_t df_kd_next(const df_keydir *kd, size_t pos, size_t end, const unsigned char *prefix,
+                                size_t plen) {
+    while (pos < end) {
+        const df_item *it = (const df_item *)(kd->arena + pos);
+        if (it->seg != DF_DEAD && it->klen >= plen && memcmp(it->key, prefix, plen) == 0) return pos;
+        pos += df_item_span(it->klen);
+    }
+    return end;
+}
+
+#endif

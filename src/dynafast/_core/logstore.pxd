@@ -1,0 +1,149 @@
+# The log-structured storage engine (Bitcask's design): segments, keydir, write buffer, merge.
+from cpython.pythread cimport PyThread_type_lock
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+
+
+cdef extern from "keydir.h" nogil:
+    ctypedef struct df_buf:
+        unsigned char *data
+        size_t len
+        size_t cap
+
+    ctypedef struct df_item:
+        uint32_t seg
+        uint32_t off
+        uint32_t size
+        uint16_t klen
+        unsigned char key[2]
+
+    ctypedef struct df_keydir:
+        size_t count
+        size_t arena_len
+        size_t arena_dead
+        unsigned char *arena
+
+    const uint32_t DF_DEAD
+    void df_crc_init()
+    uint32_t df_crc32(const unsigned char *p, size_t n)
+    int df_buf_reserve(df_buf *b, size_t extra)
+    int df_buf_append(df_buf *b, const void *p, size_t n)
+    void df_buf_free(df_buf *b)
+    size_t df_item_span(size_t klen)
+    df_item *df_kd_item(df_keydir *kd, size_t pos)
+    int df_kd_init(df_keydir *kd)
+    void df_kd_free(df_keydir *kd)
+    size_t df_kd_memory(const df_keydir *kd)
+    df_item *df_kd_find(const df_keydir *kd, const unsigned char *key, size_t klen)
+    int df_kd_put(df_keydir *kd, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
+                  uint32_t size, df_item *old)
+    int df_kd_remove(df_keydir *kd, const unsigned char *key, size_t klen, df_item *old)
+    int df_kd_compact(df_keydir *kd)
+    size_t df_kd_next(const df_keydir *kd, size_t pos, size_t end, const unsigned char *prefix, size_t plen)
+
+
+# Every on-disk field width, in one place (the reference dynafast._ref.logstore packs the same):
+#   record  = crc:4 | seq:8 | value_size:4 | key_size:2 | flags:1 | key | value      -> HEADER_SIZE 19
+#             (little-endian; crc = CRC-32, zlib polynomial, of every byte after the crc field)
+#   hint    = entry* | trailer
+#   entry   = offset:4 | size:4 | key_size:2 | flags:1 | key                         -> HINT_ENTRY_SIZE 11
+#   trailer = data_size:8 | max_seq:8 | count:4 | crc:4                              -> HINT_TRAILER_SIZE 24
+#             (crc of every hint byte before it; data_size must equal the data file's size)
+cdef enum:
+    REC_CRC = 0
+    REC_SEQ = 4
+    REC_VSIZE = 12
+    REC_KSIZE = 16
+    REC_FLAGS = 18
+    HEADER_SIZE = 19
+    HINT_OFF = 0
+    HINT_SIZE = 4
+    HINT_KSIZE = 8
+    HINT_FLAGS = 10
+    HINT_ENTRY_SIZE = 11
+    HINT_TRAILER_SIZE = 24
+
+cdef enum:
+    FLAG_TOMBSTONE = 0x01
+    FLAG_LZ4 = 0x02
+    FLAG_BATCH = 0x04    # part of a write_batch: applied only once the batch's COMMIT record is seen
+    FLAG_COMMIT = 0x08   # last record of a write_batch
+
+cdef enum:
+    MAX_KEY_SIZE = 0xFFFF          # key_size is 2 bytes
+    MAX_VALUE_SIZE = 0x7FFFFFFF    # keeps offset + record size within the keydir's 4-byte fields
+    MAX_SEGMENT_SIZE = 0x7FFFFFFF
+    SEGMENT_ID_STEP = 0x10000      # room for merge outputs between two ordinary segment ids
+    NO_SEG = 0xFFFFFFFF
+
+
+# One segment file. The keydir stores the index of its Seg in LogStore.segs, not the file id.
+cdef struct Seg:
+    uint64_t id
+    int fd              # -1: free slot
+    unsigned char *map  # read-only shared mapping (NULL when empty)
+    size_t map_len
+    uint64_t size       # bytes in the file (active segment: bytes flushed)
+    uint64_t live
+    uint64_t dead
+
+
+cdef class LogStore
+
+
+# keys()/items() iterator: walks the keydir arena by position up to where it ended at creation.
+cdef class _Iter:
+    cdef LogStore store
+    cdef size_t pos
+    cdef size_t end
+    cdef bytes prefix
+    cdef bint values
+    cdef bint counted
+    cdef void _done(self) noexcept
+
+
+cdef class LogStore:
+    cdef readonly str path
+    cdef readonly bint closed
+    cdef readonly uint64_t segment_size
+    cdef readonly uint64_t max_key_size
+    cdef readonly uint64_t max_value_size
+    cdef readonly uint64_t compress_threshold
+    cdef readonly uint64_t write_buffer_size
+    cdef readonly bint sync_always
+
+    cdef df_keydir kd
+    cdef Seg *segs
+    cdef uint32_t nsegs       # slots allocated in segs
+    cdef uint32_t active      # slot of the segment being appended to
+    cdef df_buf wbuf          # appends not yet handed to the OS; starts at file offset buf_base
+    cdef df_buf inflight      # being written right now (GIL released), starts at infl_base
+    cdef df_buf hint          # hint entries of the active segment
+    cdef uint64_t buf_base
+    cdef uint64_t infl_base
+    cdef uint64_t seq
+    cdef uint64_t appended    # bytes ever appended: the clock group commit compares against
+    cdef uint64_t synced      # bytes of those known durable
+    cdef uint64_t merges
+    cdef Py_ssize_t iterators # open iterators: the arena is not compacted under them
+    cdef PyThread_type_lock io_lock     # flush, fsync, roll (taken before the GIL-protected state)
+    cdef PyThread_type_lock merge_lock  # one merge (or close) at a time
+
+    cdef int _check_open(self) except -1
+    cdef int _lock(self, PyThread_type_lock lock) except -1
+    cdef uint32_t _new_seg(self, uint64_t seg_id, int fd, uint64_t size, size_t map_len) except NO_SEG
+    cdef int _drop_seg(self, uint32_t slot, bint unlink) except -1
+    cdef int _apply(self, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
+                    uint32_t size, int flags) except -1
+    cdef int _apply_hint(self, uint32_t seg, const unsigned char *p, size_t n) except -1
+    cdef int _open_active(self, uint64_t seg_id) except -1
+    cdef int _append(self, const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen,
+                     int flags) except -1
+    cdef int _room(self, size_t size) except -1
+    cdef int _flush_locked(self, bint release_gil) except -1
+    cdef int _roll_locked(self) except -1
+    cdef int _sync_to(self, uint64_t target) except -1
+    cdef const unsigned char *_locate(self, uint32_t seg, uint32_t off, uint32_t size) except NULL
+    cdef object _value_at(self, uint32_t seg, uint32_t off, uint32_t size)
+    cdef int _release_all(self) except -1
+    cdef _Iter _iter(self, prefix, bint values)
+    cdef int _write_hint(self, uint64_t seg_id, df_buf *entries, uint64_t data_size) except -1

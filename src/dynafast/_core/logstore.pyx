@@ -1,0 +1,1198 @@
+"""The log-structured storage engine (Bitcask's design), compiled.
+
+Same on-disk format and class API as the reference ``dynafast._ref.logstore`` (field widths: logstore.pxd).
+Hot calls (put/get/delete/contains) run entirely with the GIL held and take no lock: the GIL already
+serialises them, and none of them can release it half-way except to flush, which goes through io_lock.
+Reads come from the write buffers or from a read-only shared mapping of the segment file, and verify the
+record's CRC every time.
+
+Threads: io_lock serialises flush/fsync/roll and is always acquired with the GIL released (so a thread
+waiting for it never holds the GIL); the buffer being written is swapped out first (double buffering), so
+puts keep appending while another thread's write()/fsync() runs without the GIL. That is group commit:
+a sync() finding its bytes already covered by another thread's fsync returns at once.
+"""
+import errno as _errno
+import os
+
+from lz4.block import compress as _lz4_compress, decompress as _lz4_decompress
+
+from dynafast.errors import CorruptionError, KeyTooLarge, StorageFull, StoreClosed, ValueTooLarge
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pythread cimport (
+    NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock, PyThread_allocate_lock, PyThread_free_lock,
+    PyThread_release_lock,
+)
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, memset
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
+from posix.types cimport off_t
+from posix.unistd cimport close as c_close, fsync as c_fsync, pwrite as c_pwrite
+
+df_crc_init()
+
+HEADER_SIZE_ = HEADER_SIZE
+HINT_ENTRY_SIZE_ = HINT_ENTRY_SIZE
+HINT_TRAILER_SIZE_ = HINT_TRAILER_SIZE
+
+cdef int _ENOSPC = _errno.ENOSPC
+cdef int _EDQUOT = _errno.EDQUOT
+
+
+# -- byte order helpers (little-endian hosts) ------------------------------------------------------
+cdef inline uint16_t ld16(const unsigned char *p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return v
+
+cdef inline uint32_t ld32(const unsigned char *p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+cdef inline uint64_t ld64(const unsigned char *p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+cdef inline void st16(unsigned char *p, uint16_t v) noexcept nogil:
+    memcpy(p, &v, 2)
+
+cdef inline void st32(unsigned char *p, uint32_t v) noexcept nogil:
+    memcpy(p, &v, 4)
+
+cdef inline void st64(unsigned char *p, uint64_t v) noexcept nogil:
+    memcpy(p, &v, 8)
+
+
+# -- I/O seam: every write and fsync of the engine goes through io_pwrite/io_fsync ------------------
+cdef int _fault_errno = 0
+cdef int64_t _fault_budget = 0
+
+
+def set_io_fault(err=_errno.ENOSPC, after_bytes=0):
+    """Make file writes fail with ``err`` once ``after_bytes`` more bytes were written; fsync fails then too."""
+    global _fault_errno, _fault_budget
+    _fault_errno = err
+    _fault_budget = after_bytes
+
+
+def clear_io_fault():
+    """Stop injecting I/O faults."""
+    global _fault_errno, _fault_budget
+    _fault_errno = 0
+    _fault_budget = 0
+
+
+cdef int io_pwrite(int fd, const unsigned char *p, size_t n, uint64_t off) noexcept nogil:
+    """Write all of p at off; 0 or an errno value."""
+    global _fault_budget
+    cdef ssize_t w
+    cdef size_t allowed
+    while n > 0:
+        allowed = n
+        if _fault_errno != 0:
+            if _fault_budget <= 0:
+                return _fault_errno
+            if <uint64_t>_fault_budget < allowed:
+                allowed = <size_t>_fault_budget
+        w = c_pwrite(fd, p, allowed, <off_t>off)
+        if w < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if _fault_errno != 0:
+            _fault_budget -= w
+        p += w
+        n -= w
+        off += w
+    return 0
+
+
+cdef int io_fsync(int fd) noexcept nogil:
+    if _fault_errno != 0 and _fault_budget <= 0:
+        return _fault_errno
+    if c_fsync(fd) < 0:
+        return errno
+    return 0
+
+
+cdef int raise_io(int err) except -1:
+    if err == _ENOSPC or err == _EDQUOT:
+        raise StorageFull(err, "no space left on the store's device")
+    raise OSError(err, os.strerror(err))
+
+
+cdef object _to_bytes(object obj, str what):
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    raise TypeError(f"{what} must be bytes, bytearray or memoryview, not {type(obj).__name__}")
+
+
+def data_name(seg_id):
+    return f"{seg_id:016x}.data"
+
+
+def hint_name(seg_id):
+    return f"{seg_id:016x}.hint"
+
+
+# -- record scanning (recovery and merge) ----------------------------------------------------------
+cdef inline size_t record_ok(const unsigned char *data, size_t pos, size_t n) noexcept nogil:
+    """Size of the intact record at pos, or 0."""
+    if pos + HEADER_SIZE > n:
+        return 0
+    cdef const unsigned char *p = data + pos
+    cdef size_t size = HEADER_SIZE + <size_t>ld16(p + REC_KSIZE) + <size_t>ld32(p + REC_VSIZE)
+    if size > n - pos:
+        return 0
+    if df_crc32(p + 4, size - 4) != ld32(p + REC_CRC):
+        return 0
+    return size
+
+
+cdef inline int hint_entry(df_buf *b, uint32_t off, uint32_t size, const unsigned char *key, uint16_t klen,
+                           uint8_t flags) noexcept nogil:
+    if df_buf_reserve(b, HINT_ENTRY_SIZE + klen) < 0:
+        return -1
+    cdef unsigned char *p = b.data + b.len
+    st32(p + HINT_OFF, off)
+    st32(p + HINT_SIZE, size)
+    st16(p + HINT_KSIZE, klen)
+    p[HINT_FLAGS] = flags
+    memcpy(p + HINT_ENTRY_SIZE, key, klen)
+    b.len += HINT_ENTRY_SIZE + klen
+    return 0
+
+
+cdef int64_t scan_records(const unsigned char *data, size_t n, df_buf *out, uint64_t *max_seq,
+                          bint *damaged) noexcept nogil:
+    """Append a hint entry to out for every intact, committed record; return where the valid data ends
+    (-1: out of memory). A record failing its checksum is skipped by searching forward for the next
+    intact one; when none follows, the rest is a torn tail. Batch records count only once their
+    batch's COMMIT record is there."""
+    cdef df_buf pending
+    memset(&pending, 0, sizeof(pending))
+    cdef size_t pos = 0, valid_end = 0, size
+    cdef uint8_t flags
+    cdef uint64_t seq
+    cdef const unsigned char *p
+    while pos < n:
+        size = record_ok(data, pos, n)
+        if size == 0:
+            damaged[0] = True
+            pos += 1
+            while pos + HEADER_SIZE <= n and record_ok(data, pos, n) == 0:
+                pos += 1
+            if pos + HEADER_SIZE > n:
+                break
+            continue
+        p = data + pos
+        flags = p[REC_FLAGS]
+        seq = ld64(p + REC_SEQ)
+        if seq > max_seq[0]:
+            max_seq[0] = seq
+        if flags & FLAG_BATCH:
+            if hint_entry(&pending, <uint32_t>pos, <uint32_t>size, p + HEADER_SIZE, ld16(p + REC_KSIZE),
+                          flags) < 0:
+                df_buf_free(&pending)
+                return -1
+            if flags & FLAG_COMMIT:
+                if df_buf_append(out, pending.data, pending.len) < 0:
+                    df_buf_free(&pending)
+                    return -1
+                pending.len = 0
+                valid_end = pos + size
+        else:
+            pending.len = 0  # a batch without its commit record never happened
+            if hint_entry(out, <uint32_t>pos, <uint32_t>size, p + HEADER_SIZE, ld16(p + REC_KSIZE), flags) < 0:
+                df_buf_free(&pending)
+                return -1
+            valid_end = pos + size
+        pos += size
+    df_buf_free(&pending)
+    return <int64_t>valid_end
+
+
+cdef int64_t check_hint(const unsigned char *p, size_t n, uint64_t data_size, uint64_t *max_seq) noexcept nogil:
+    """Length of the entries of a valid hint file, or -1."""
+    if n < HINT_TRAILER_SIZE:
+        return -1
+    cdef const unsigned char *t = p + n - HINT_TRAILER_SIZE
+    if df_crc32(p, n - 4) != ld32(t + 20) or ld64(t) != data_size:
+        return -1
+    cdef size_t end = n - HINT_TRAILER_SIZE, pos = 0, count = 0
+    while pos < end:
+        if pos + HINT_ENTRY_SIZE > end:
+            return -1
+        if <uint64_t>ld32(p + pos + HINT_OFF) + ld32(p + pos + HINT_SIZE) > data_size:
+            return -1
+        pos += HINT_ENTRY_SIZE + ld16(p + pos + HINT_KSIZE)
+        count += 1
+    if pos != end or count != ld32(t + 16):
+        return -1
+    max_seq[0] = ld64(t + 8)
+    return <int64_t>end
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# A move of one live record by a merge: applied to the keydir only if the key still points at the old place.
+cdef struct Move:
+    uint32_t old_seg
+    uint32_t old_off
+    uint32_t size
+    uint32_t new_off
+    size_t hint_pos
+
+
+cdef class _Output:
+    """One segment being written by a merge (under a .tmp name until complete)."""
+    cdef uint64_t seg_id
+    cdef str tmp
+    cdef int fd
+    cdef uint64_t size
+    cdef df_buf data
+    cdef df_buf hint
+    cdef df_buf moves
+
+    def __cinit__(self):
+        self.fd = -1
+
+    def __dealloc__(self):
+        df_buf_free(&self.data)
+        df_buf_free(&self.hint)
+        df_buf_free(&self.moves)
+        if self.fd >= 0:
+            c_close(self.fd)
+
+    cdef int write(self) except -1:
+        cdef int err
+        if self.data.len:
+            with nogil:
+                err = io_pwrite(self.fd, self.data.data, self.data.len, self.size)
+            if err:
+                raise_io(err)
+            self.size += self.data.len
+            self.data.len = 0
+        return 0
+
+
+cdef class _Iter:
+    """Walks the keydir arena by position up to where it ended when the iterator was made."""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef LogStore store = self.store
+        if not self.counted:
+            raise StopIteration
+        if store.closed:
+            self._done()
+            raise StoreClosed("the store is closed")
+        cdef size_t pos = df_kd_next(&store.kd, self.pos, self.end,
+                                     <const unsigned char *>PyBytes_AS_STRING(self.prefix),
+                                     <size_t>PyBytes_GET_SIZE(self.prefix))
+        if pos >= self.end:
+            self._done()
+            raise StopIteration
+        cdef df_item *it = df_kd_item(&store.kd, pos)
+        self.pos = pos + df_item_span(it.klen)
+        key = PyBytes_FromStringAndSize(<const char *>it.key, it.klen)
+        if self.values:
+            return (key, store._value_at(it.seg, it.off, it.size))
+        return key
+
+    cdef void _done(self) noexcept:
+        if self.counted:
+            self.counted = False
+            self.store.iterators -= 1
+
+    def close(self):
+        self._done()
+
+    def __dealloc__(self):
+        if self.counted and self.store is not None:
+            self.store.iterators -= 1
+
+
+cdef class LogStore:
+    """The engine: segments, keydir, write buffer, merge. Thread-safe; no background threads, no policy.
+
+    Options: segment_size, max_key_size, max_value_size, compress_threshold, write_buffer_size,
+    sync_always (put/delete/write_batch return only after an fsync, shared between threads).
+    """
+
+    def __cinit__(self):
+        self.closed = True  # until __init__ has opened everything
+        self.io_lock = PyThread_allocate_lock()
+        self.merge_lock = PyThread_allocate_lock()
+        if self.io_lock == NULL or self.merge_lock == NULL:
+            raise MemoryError()
+
+    def __init__(self, path, *, segment_size=64 << 20, max_key_size=MAX_KEY_SIZE, max_value_size=16 << 20,
+                 compress_threshold=4096, write_buffer_size=1 << 20, sync_always=False):
+        if not 0 < segment_size <= MAX_SEGMENT_SIZE:
+            raise ValueError("segment_size out of range")
+        if not 0 <= max_key_size <= MAX_KEY_SIZE:
+            raise ValueError(f"max_key_size must be at most {MAX_KEY_SIZE}")
+        if not 0 <= max_value_size <= MAX_VALUE_SIZE:
+            raise ValueError(f"max_value_size must be at most {MAX_VALUE_SIZE}")
+        self.path = os.fspath(path)
+        self.segment_size = segment_size
+        self.max_key_size = max_key_size
+        self.max_value_size = max_value_size
+        self.compress_threshold = compress_threshold
+        self.write_buffer_size = write_buffer_size
+        self.sync_always = sync_always
+        if df_kd_init(&self.kd) < 0:
+            raise MemoryError()
+        os.makedirs(self.path, exist_ok=True)
+        self.closed = False
+        try:
+            self._recover()
+        except BaseException:
+            self._release_all()
+            raise
+
+    def __dealloc__(self):
+        if not self.closed:
+            self._release_all()
+        df_kd_free(&self.kd)
+        if self.io_lock != NULL:
+            PyThread_free_lock(self.io_lock)
+        if self.merge_lock != NULL:
+            PyThread_free_lock(self.merge_lock)
+
+    # -- small helpers ---------------------------------------------------------------------------
+    cdef int _check_open(self) except -1:
+        if self.closed:
+            raise StoreClosed("the store is closed")
+        return 0
+
+    cdef int _lock(self, PyThread_type_lock lock) except -1:
+        # Never wait for a lock while holding the GIL: its holder may need the GIL to let go.
+        if not PyThread_acquire_lock(lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(lock, WAIT_LOCK)
+        return 0
+
+    cdef uint32_t _new_seg(self, uint64_t seg_id, int fd, uint64_t size, size_t map_len) except NO_SEG:
+        cdef uint32_t i, slot = NO_SEG
+        cdef Seg *grown
+        for i in range(self.nsegs):
+            if self.segs[i].fd < 0:
+                slot = i
+                break
+        if slot == NO_SEG:
+            grown = <Seg *>realloc(self.segs, (self.nsegs * 2 + 8) * sizeof(Seg))
+            if grown == NULL:
+                raise MemoryError()
+            self.segs = grown
+            for i in range(self.nsegs, self.nsegs * 2 + 8):
+                memset(&self.segs[i], 0, sizeof(Seg))
+                self.segs[i].fd = -1
+            slot = self.nsegs
+            self.nsegs = self.nsegs * 2 + 8
+        cdef void *m = NULL
+        if map_len:
+            m = mmap(NULL, map_len, PROT_READ, MAP_SHARED, fd, 0)
+            if m == MAP_FAILED:
+                raise OSError(errno, os.strerror(errno))
+        cdef Seg *s = &self.segs[slot]
+        s.id = seg_id
+        s.fd = fd
+        s.map = <unsigned char *>m
+        s.map_len = map_len if m != NULL else 0
+        s.size = size
+        s.live = 0
+        s.dead = 0
+        return slot
+
+    cdef int _drop_seg(self, uint32_t slot, bint unlink) except -1:
+        cdef Seg *s = &self.segs[slot]
+        seg_id = s.id
+        if s.map != NULL:
+            munmap(s.map, s.map_len)
+            s.map = NULL
+        if s.fd >= 0:
+            c_close(s.fd)
+            s.fd = -1
+        if unlink:
+            hp = os.path.join(self.path, hint_name(seg_id))
+            if os.path.exists(hp):
+                os.unlink(hp)
+            os.unlink(os.path.join(self.path, data_name(seg_id)))
+        return 0
+
+    cdef int _release_all(self) except -1:
+        cdef uint32_t i
+        for i in range(self.nsegs):
+            if self.segs[i].fd >= 0:
+                self._drop_seg(i, False)
+        free(self.segs)
+        self.segs = NULL
+        self.nsegs = 0
+        df_buf_free(&self.wbuf)
+        df_buf_free(&self.inflight)
+        df_buf_free(&self.hint)
+        df_kd_free(&self.kd)
+        self.closed = True
+        return 0
+
+    cdef int _apply(self, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
+                    uint32_t size, int flags) except -1:
+        """Account one record in the keydir (on load and on every write)."""
+        cdef df_item old
+        cdef int r
+        if flags & FLAG_TOMBSTONE:
+            if df_kd_remove(&self.kd, key, klen, &old):
+                self.segs[old.seg].live -= old.size
+                self.segs[old.seg].dead += old.size
+            self.segs[seg].dead += size
+            if (self.iterators == 0 and self.kd.arena_dead > 65536
+                    and self.kd.arena_dead * 2 > self.kd.arena_len):
+                if df_kd_compact(&self.kd) < 0:
+                    raise MemoryError()
+        else:
+            r = df_kd_put(&self.kd, key, klen, seg, off, size, &old)
+            if r < 0:
+                raise MemoryError()
+            if r:
+                self.segs[old.seg].live -= old.size
+                self.segs[old.seg].dead += old.size
+            self.segs[seg].live += size
+        return 0
+
+    cdef int _apply_hint(self, uint32_t seg, const unsigned char *p, size_t n) except -1:
+        cdef size_t pos = 0
+        cdef uint16_t klen
+        while pos < n:
+            klen = ld16(p + pos + HINT_KSIZE)
+            self._apply(p + pos + HINT_ENTRY_SIZE, klen, seg, ld32(p + pos + HINT_OFF),
+                        ld32(p + pos + HINT_SIZE), p[pos + HINT_FLAGS])
+            pos += HINT_ENTRY_SIZE + klen
+        return 0
+
+    # -- open / recovery ---------------------------------------------------------------------------
+    def _recover(self):
+        ids = []
+        for name in os.listdir(self.path):
+            if name.endswith(".tmp"):
+                os.unlink(os.path.join(self.path, name))  # an unfinished merge or hint: never referenced
+            elif name.endswith(".data"):
+                try:
+                    ids.append(int(name[: len(name) - 5], 16))
+                except ValueError:
+                    pass
+            elif name.endswith(".hint") and not os.path.exists(os.path.join(self.path, name[: len(name) - 5] + ".data")):
+                os.unlink(os.path.join(self.path, name))
+        for seg_id in sorted(ids):
+            self._load_segment(seg_id)
+        top = max(ids) if ids else 0
+        self._open_active((top // SEGMENT_ID_STEP + 1) * SEGMENT_ID_STEP)
+
+    def _load_segment(self, uint64_t seg_id):
+        path = os.path.join(self.path, data_name(seg_id))
+        fd = os.open(path, os.O_RDWR)
+        cdef uint64_t size
+        try:
+            size = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        cdef uint32_t slot = self._new_seg(seg_id, fd, size, size)
+        cdef uint64_t max_seq = 0
+        cdef int64_t n = -1, valid_end
+        cdef bint damaged = False
+        cdef df_buf entries
+        cdef const unsigned char *m = self.segs[slot].map
+        cdef bytes blob
+        hpath = os.path.join(self.path, hint_name(seg_id))
+        if os.path.exists(hpath):
+            with open(hpath, "rb") as f:
+                blob = f.read()
+            n = check_hint(<const unsigned char *>PyBytes_AS_STRING(blob), len(blob), size, &max_seq)
+        if n >= 0:
+            self._apply_hint(slot, <const unsigned char *>PyBytes_AS_STRING(blob), <size_t>n)
+        else:
+            memset(&entries, 0, sizeof(entries))
+            try:
+                with nogil:
+                    valid_end = scan_records(m, size, &entries, &max_seq, &damaged)
+                if valid_end < 0:
+                    raise MemoryError()
+                if <uint64_t>valid_end < size:
+                    os.ftruncate(fd, valid_end)  # torn tail (or a torn batch): never acknowledged
+                    self.segs[slot].size = size = valid_end
+                self._write_hint(seg_id, &entries, size)
+                self._apply_hint(slot, entries.data, entries.len)
+            finally:
+                df_buf_free(&entries)
+        if max_seq > self.seq:
+            self.seq = max_seq
+
+    cdef int _write_hint(self, uint64_t seg_id, df_buf *entries, uint64_t data_size) except -1:
+        """Write entries + trailer as the segment's hint file. A hint is only an accelerator: failing to
+        write one is ignored (the data file is read instead), and a torn one fails its checksum."""
+        cdef size_t n = entries.len, pos = 0
+        cdef uint32_t count = 0
+        cdef unsigned char trailer[HINT_TRAILER_SIZE]
+        cdef int err, fd
+        while pos < n:
+            pos += HINT_ENTRY_SIZE + ld16(entries.data + pos + HINT_KSIZE)
+            count += 1
+        st64(trailer, data_size)
+        st64(trailer + 8, self.seq)
+        st32(trailer + 16, count)
+        if df_buf_reserve(entries, HINT_TRAILER_SIZE) < 0:
+            raise MemoryError()
+        df_buf_append(entries, trailer, HINT_TRAILER_SIZE - 4)  # reserved: cannot fail
+        st32(trailer + 20, df_crc32(entries.data, entries.len))
+        df_buf_append(entries, trailer + 20, 4)
+        tmp = os.path.join(self.path, hint_name(seg_id) + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError:
+            entries.len = n
+            return 0
+        with nogil:
+            err = io_pwrite(fd, entries.data, entries.len, 0)
+        entries.len = n
+        os.close(fd)
+        if err:
+            os.unlink(tmp)
+            return 0
+        os.rename(tmp, os.path.join(self.path, hint_name(seg_id)))
+        return 0
+
+    cdef int _open_active(self, uint64_t seg_id) except -1:
+        path = os.path.join(self.path, data_name(seg_id))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise_io(exc.errno)
+        # Map a whole segment's worth up front: pages past the end of the file are never touched.
+        try:
+            self.active = self._new_seg(seg_id, fd, 0, max(self.segment_size, 4096))
+        except BaseException:
+            os.close(fd)
+            raise
+        self.buf_base = 0
+        return 0
+
+    # -- writes ------------------------------------------------------------------------------------
+    cdef int _room(self, size_t size) except -1:
+        """Make room for size bytes in the active segment and the write buffer (roll or flush)."""
+        cdef uint64_t used, seg_id
+        while True:
+            self._check_open()
+            used = self.buf_base + self.wbuf.len
+            if used > 0 and used + size > self.segment_size:
+                seg_id = self.segs[self.active].id
+                self._lock(self.io_lock)
+                try:
+                    self._check_open()
+                    if self.segs[self.active].id == seg_id:
+                        self._roll_locked()
+                finally:
+                    PyThread_release_lock(self.io_lock)
+                continue
+            if self.wbuf.len > 0 and self.wbuf.len + size > self.write_buffer_size:
+                self._lock(self.io_lock)
+                try:
+                    self._check_open()
+                    self._flush_locked(True)
+                finally:
+                    PyThread_release_lock(self.io_lock)
+                continue
+            return 0
+
+    cdef int _append(self, const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen,
+                     int flags) except -1:
+        """Append one record to the write buffer and the active hint (the caller applies it)."""
+        cdef size_t size = HEADER_SIZE + klen + vlen
+        if df_buf_reserve(&self.wbuf, size) < 0:
+            raise MemoryError()
+        cdef uint64_t off = self.buf_base + self.wbuf.len
+        if hint_entry(&self.hint, <uint32_t>off, <uint32_t>size, key, <uint16_t>klen, <uint8_t>flags) < 0:
+            raise MemoryError()
+        cdef unsigned char *p = self.wbuf.data + self.wbuf.len
+        self.seq += 1
+        st64(p + REC_SEQ, self.seq)
+        st32(p + REC_VSIZE, <uint32_t>vlen)
+        st16(p + REC_KSIZE, <uint16_t>klen)
+        p[REC_FLAGS] = <uint8_t>flags
+        memcpy(p + HEADER_SIZE, key, klen)
+        if vlen:
+            memcpy(p + HEADER_SIZE + klen, val, vlen)
+        st32(p + REC_CRC, df_crc32(p + 4, size - 4))
+        self.wbuf.len += size
+        self.appended += size
+        return 0
+
+    cdef int _flush_locked(self, bint release_gil) except -1:
+        """Write the buffer to the active segment (caller holds io_lock)."""
+        if self.wbuf.len == 0:
+            return 0
+        cdef Seg *s = &self.segs[self.active]
+        cdef int fd = s.fd, err
+        cdef df_buf t = self.wbuf
+        self.wbuf = self.inflight  # empty: puts keep appending here while the write runs
+        self.inflight = t
+        self.infl_base = self.buf_base
+        self.buf_base += self.inflight.len
+        if release_gil:
+            with nogil:
+                err = io_pwrite(fd, self.inflight.data, self.inflight.len, self.infl_base)
+        else:
+            err = io_pwrite(fd, self.inflight.data, self.inflight.len, self.infl_base)
+        if err:
+            # Keep everything buffered, in order, for the next attempt.
+            if self.wbuf.len:
+                if df_buf_append(&self.inflight, self.wbuf.data, self.wbuf.len) < 0:
+                    raise MemoryError()
+            t = self.wbuf
+            self.wbuf = self.inflight
+            self.inflight = t
+            self.inflight.len = 0
+            self.buf_base = self.infl_base
+            raise_io(err)
+        s = &self.segs[self.active]
+        s.size = self.infl_base + self.inflight.len
+        self.inflight.len = 0
+        cdef void *m
+        if s.size > s.map_len:  # a segment grown past segment_size by one large record or batch
+            m = mmap(NULL, s.size * 2, PROT_READ, MAP_SHARED, fd, 0)
+            if m == MAP_FAILED:
+                raise OSError(errno, os.strerror(errno))
+            if s.map != NULL:
+                munmap(s.map, s.map_len)
+            s.map = <unsigned char *>m
+            s.map_len = s.size * 2
+        return 0
+
+    cdef int _roll_locked(self) except -1:
+        """Seal the active segment (durable, with its hint) and start the next one (holds io_lock)."""
+        self._flush_locked(False)  # GIL held: nothing can be appended to the old segment meanwhile
+        cdef uint32_t old = self.active
+        cdef uint64_t old_id = self.segs[old].id, end = self.appended
+        cdef int fd = self.segs[old].fd, err
+        self._open_active((old_id // SEGMENT_ID_STEP + 1) * SEGMENT_ID_STEP)
+        cdef df_buf hint = self.hint
+        memset(&self.hint, 0, sizeof(self.hint))
+        try:
+            with nogil:
+                err = io_fsync(fd)
+            if err:
+                raise_io(err)
+            if end > self.synced:
+                self.synced = end
+            self._write_hint(old_id, &hint, self.segs[old].size)
+        finally:
+            df_buf_free(&hint)
+        _fsync_dir(self.path)
+        return 0
+
+    cdef int _sync_to(self, uint64_t target) except -1:
+        if self.synced >= target:
+            return 0
+        cdef uint64_t end
+        cdef int fd, err
+        self._lock(self.io_lock)
+        try:
+            if self.synced >= target:
+                return 0  # a leader's fsync already covered this write
+            self._check_open()
+            end = self.appended
+            self._flush_locked(True)
+            fd = self.segs[self.active].fd
+            with nogil:
+                err = io_fsync(fd)
+            if err:
+                raise_io(err)
+            if end > self.synced:
+                self.synced = end
+        finally:
+            PyThread_release_lock(self.io_lock)
+        return 0
+
+    def put(self, key, value):
+        """Store value under key (both bytes-like)."""
+        if not PyBytes_CheckExact(key):
+            key = _to_bytes(key, "key")
+        if not PyBytes_CheckExact(value):
+            value = _to_bytes(value, "value")
+        cdef size_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value)
+        cdef int flags = 0
+        if klen > self.max_key_size:
+            raise KeyTooLarge(f"key of {klen} bytes exceeds max_key_size={self.max_key_size}")
+        if vlen > self.max_value_size:
+            raise ValueTooLarge(f"value of {vlen} bytes exceeds max_value_size={self.max_value_size}")
+        if vlen > self.compress_threshold:
+            packed = _lz4_compress(value, store_size=True)
+            if len(packed) < vlen:
+                value = packed
+                vlen = len(packed)
+                flags = FLAG_LZ4
+        self._room(HEADER_SIZE + klen + vlen)
+        cdef uint64_t off = self.buf_base + self.wbuf.len
+        self._append(<const unsigned char *>PyBytes_AS_STRING(key), klen,
+                     <const unsigned char *>PyBytes_AS_STRING(value), vlen, flags)
+        self._apply(<const unsigned char *>PyBytes_AS_STRING(key), klen, self.active, <uint32_t>off,
+                    <uint32_t>(HEADER_SIZE + klen + vlen), flags)
+        if self.sync_always:
+            self._sync_to(self.appended)
+
+    def delete(self, key):
+        """Remove key; an absent key is not an error."""
+        if not PyBytes_CheckExact(key):
+            key = _to_bytes(key, "key")
+        cdef size_t klen = PyBytes_GET_SIZE(key)
+        cdef const unsigned char *k = <const unsigned char *>PyBytes_AS_STRING(key)
+        if klen > self.max_key_size:
+            raise KeyTooLarge(f"key of {klen} bytes exceeds max_key_size={self.max_key_size}")
+        self._check_open()
+        if df_kd_find(&self.kd, k, klen) == NULL:
+            return
+        self._room(HEADER_SIZE + klen)
+        cdef uint64_t off = self.buf_base + self.wbuf.len
+        self._append(k, klen, NULL, 0, FLAG_TOMBSTONE)
+        self._apply(k, klen, self.active, <uint32_t>off, <uint32_t>(HEADER_SIZE + klen), FLAG_TOMBSTONE)
+        if self.sync_always:
+            self._sync_to(self.appended)
+
+    def write_batch(self, ops):
+        """Apply [(key, value or None)] atomically: after a crash either all of them or none are there."""
+        recs = []
+        cdef size_t total = 0, klen, vlen
+        cdef int flags
+        for key, value in ops:
+            if not PyBytes_CheckExact(key):
+                key = _to_bytes(key, "key")
+            klen = PyBytes_GET_SIZE(key)
+            if klen > self.max_key_size:
+                raise KeyTooLarge(f"key of {klen} bytes exceeds max_key_size={self.max_key_size}")
+            if value is None:
+                recs.append((key, b"", FLAG_TOMBSTONE))
+                total += HEADER_SIZE + klen
+                continue
+            if not PyBytes_CheckExact(value):
+                value = _to_bytes(value, "value")
+            vlen = PyBytes_GET_SIZE(value)
+            if vlen > self.max_value_size:
+                raise ValueTooLarge(f"value of {vlen} bytes exceeds max_value_size={self.max_value_size}")
+            flags = 0
+            if vlen > self.compress_threshold:
+                packed = _lz4_compress(value, store_size=True)
+                if len(packed) < vlen:
+                    value = packed
+                    flags = FLAG_LZ4
+            recs.append((key, value, flags))
+            total += HEADER_SIZE + klen + len(value)
+        if not recs:
+            return
+        self._write_batch(recs, total)
+
+    def _write_batch(self, list recs, size_t total):
+        self._room(total)
+        # From here to the end the GIL is never released: the batch lands in the buffer in one piece.
+        cdef size_t start = self.hint.len, last = len(recs) - 1, i = 0
+        cdef bytes k, v
+        cdef int flags
+        for k, v, flags in recs:
+            flags |= FLAG_BATCH | (FLAG_COMMIT if i == last else 0)
+            self._append(<const unsigned char *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
+                         <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), flags)
+            i += 1
+        self._apply_hint(self.active, self.hint.data + start, self.hint.len - start)
+        if self.sync_always:
+            self._sync_to(self.appended)
+
+    def delete_prefix(self, prefix=b""):
+        """Delete every key starting with prefix in one atomic batch; returns how many were deleted."""
+        keys = list(self.keys(prefix))
+        if keys:
+            self._write_batch([(k, b"", FLAG_TOMBSTONE) for k in keys],
+                              sum(HEADER_SIZE + len(k) for k in keys))
+        return len(keys)
+
+    def flush(self):
+        """Hand buffered writes to the OS (no fsync)."""
+        self._check_open()
+        self._lock(self.io_lock)
+        try:
+            self._check_open()
+            self._flush_locked(True)
+        finally:
+            PyThread_release_lock(self.io_lock)
+
+    def sync(self):
+        """Make everything written before this call durable; concurrent callers share one fsync."""
+        self._check_open()
+        self._sync_to(self.appended)
+
+    # -- reads -------------------------------------------------------------------------------------
+    cdef const unsigned char *_locate(self, uint32_t seg, uint32_t off, uint32_t size) except NULL:
+        if seg == self.active:
+            if off >= self.buf_base:
+                return self.wbuf.data + (off - self.buf_base)
+            if self.inflight.len and off >= self.infl_base:
+                return self.inflight.data + (off - self.infl_base)
+        cdef Seg *s = &self.segs[seg]
+        if s.map == NULL or <uint64_t>off + size > s.size:
+            raise CorruptionError("record lies beyond the end of its segment")
+        return s.map + off
+
+    cdef object _value_at(self, uint32_t seg, uint32_t off, uint32_t size):
+        cdef const unsigned char *p = self._locate(seg, off, size)
+        cdef size_t klen = ld16(p + REC_KSIZE), vlen = ld32(p + REC_VSIZE)
+        if HEADER_SIZE + klen + vlen != size or df_crc32(p + 4, size - 4) != ld32(p + REC_CRC):
+            raise CorruptionError("record failed its checksum")
+        value = PyBytes_FromStringAndSize(<const char *>p + HEADER_SIZE + klen, vlen)
+        if p[REC_FLAGS] & FLAG_LZ4:
+            try:
+                return _lz4_decompress(value)
+            except Exception as exc:
+                raise CorruptionError("compressed value does not decode") from exc
+        return value
+
+    def get(self, key, default=None):
+        """The value of key, or default when absent. CorruptionError when its record fails its checksum."""
+        if not PyBytes_CheckExact(key):
+            key = _to_bytes(key, "key")
+        if self.closed:
+            raise StoreClosed("the store is closed")
+        cdef df_item *it = df_kd_find(&self.kd, <const unsigned char *>PyBytes_AS_STRING(key),
+                                      PyBytes_GET_SIZE(key))
+        if it == NULL:
+            return default
+        return self._value_at(it.seg, it.off, it.size)
+
+    def __contains__(self, key):
+        if not PyBytes_CheckExact(key):
+            key = _to_bytes(key, "key")
+        self._check_open()
+        return df_kd_find(&self.kd, <const unsigned char *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) != NULL
+
+    def __len__(self):
+        self._check_open()
+        return self.kd.count
+
+    def count(self, prefix=b""):
+        """Number of live keys starting with prefix."""
+        if not PyBytes_CheckExact(prefix):
+            prefix = _to_bytes(prefix, "prefix")
+        self._check_open()
+        cdef size_t plen = PyBytes_GET_SIZE(prefix), pos = 0, end = self.kd.arena_len, n = 0
+        if plen == 0:
+            return self.kd.count
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(prefix)
+        while True:
+            pos = df_kd_next(&self.kd, pos, end, p, plen)
+            if pos >= end:
+                return n
+            n += 1
+            pos += df_item_span(df_kd_item(&self.kd, pos).klen)
+
+    cdef _Iter _iter(self, prefix, bint values):
+        if not PyBytes_CheckExact(prefix):
+            prefix = _to_bytes(prefix, "prefix")
+        self._check_open()
+        cdef _Iter it = _Iter.__new__(_Iter)
+        it.store = self
+        it.pos = 0
+        it.end = self.kd.arena_len
+        it.prefix = prefix
+        it.values = values
+        it.counted = True
+        self.iterators += 1
+        return it
+
+    def keys(self, prefix=b""):
+        """Iterator over live keys with prefix (unordered). Keys present for the whole iteration are
+        yielded exactly once; keys added or deleted meanwhile may or may not be; none twice."""
+        return self._iter(prefix, False)
+
+    def items(self, prefix=b""):
+        """Iterator over (key, value) with prefix; same guarantees as keys()."""
+        return self._iter(prefix, True)
+
+    # -- merge -------------------------------------------------------------------------------------
+    def _pick(self, threshold):
+        cdef uint32_t i
+        cdef Seg *s
+        picked = []
+        for i in range(self.nsegs):
+            s = &self.segs[i]
+            if s.fd < 0 or i == self.active:
+                continue
+            total = s.live + s.dead
+            if threshold is None:
+                if s.dead > 0 or s.size < self.segment_size // 4:
+                    picked.append((s.id, i))
+            elif total and s.dead / total >= threshold:
+                picked.append((s.id, i))
+        if threshold is None and len(picked) == 1 and self.segs[picked[0][1]].dead == 0:
+            return []  # one small segment alone: nothing to gain
+        picked.sort()
+        return [slot for _, slot in picked]
+
+    def _sealed_ids(self):
+        cdef uint32_t i
+        return [self.segs[i].id for i in range(self.nsegs) if self.segs[i].fd >= 0 and i != self.active]
+
+    def needs_merge(self, threshold):
+        """Whether some sealed segment's dead ratio is at least threshold."""
+        self._check_open()
+        return bool(self._pick(threshold))
+
+    def merge(self, threshold=None):
+        """Rewrite the live records of segments whose dead ratio is at least threshold (None: every
+        sealed segment with dead bytes, the active one sealed first, and small segments) into new
+        segments, then drop the old ones. Returns the number of segments merged."""
+        self._check_open()
+        self._lock(self.merge_lock)
+        try:
+            self._lock(self.io_lock)
+            try:
+                self._check_open()
+                if threshold is None and (self.segs[self.active].dead > 0 or self.buf_base + self.wbuf.len > 0):
+                    self._roll_locked()
+                inputs = self._pick(threshold)
+                if not inputs:
+                    return 0
+                need = 2
+                for i in inputs:
+                    need += self.segs[<uint32_t>i].size // self.segment_size
+                sealed_top = max(self._sealed_ids())
+                if self.segs[self.active].id - sealed_top - 1 < need:
+                    self._roll_locked()  # make room for the outputs' ids below the active segment
+                    sealed_top = max(self._sealed_ids())
+                input_ids = set()
+                for i in inputs:
+                    input_ids.add(self.segs[<uint32_t>i].id)
+                kept = [i for i in self._sealed_ids() if i not in input_ids]
+                oldest_kept = min(kept) if kept else None
+            finally:
+                PyThread_release_lock(self.io_lock)
+            self._merge(inputs, sealed_top + 1, oldest_kept)
+            self.merges += 1
+            return len(inputs)
+        finally:
+            PyThread_release_lock(self.merge_lock)
+
+    def _merge(self, list inputs, uint64_t next_id, oldest_kept):
+        outputs = []
+        seen_tombstones = set()
+        cdef _Output out = None
+        cdef uint32_t slot, rsize, roff
+        cdef uint16_t klen
+        cdef uint8_t flags
+        cdef uint64_t seg_id, mseq = 0, max_seq
+        cdef int64_t valid_end
+        cdef size_t pos, size, copied = 0
+        cdef bint damaged = False
+        cdef int err
+        cdef const unsigned char *m
+        cdef const unsigned char *key
+        cdef unsigned char *rec
+        cdef df_item *it
+        cdef df_buf entries
+        cdef Move mv
+        memset(&entries, 0, sizeof(entries))
+        try:
+            for slot in inputs:
+                seg_id = self.segs[slot].id
+                m = self.segs[slot].map
+                size = self.segs[slot].size
+                entries.len = 0
+                # Sealed segments are immutable and only a merge (this one) deletes them.
+                with nogil:
+                    valid_end = scan_records(m, size, &entries, &mseq, &damaged)
+                if valid_end < 0:
+                    raise MemoryError()
+                pos = 0
+                while pos < entries.len:
+                    roff = ld32(entries.data + pos + HINT_OFF)
+                    rsize = ld32(entries.data + pos + HINT_SIZE)
+                    klen = ld16(entries.data + pos + HINT_KSIZE)
+                    flags = entries.data[pos + HINT_FLAGS]
+                    key = entries.data + pos + HINT_ENTRY_SIZE
+                    pos += HINT_ENTRY_SIZE + klen
+                    it = df_kd_find(&self.kd, key, klen)
+                    if flags & FLAG_TOMBSTONE:
+                        # Keep it while an older segment that stays could still hold a value for the key.
+                        if it != NULL or oldest_kept is None or oldest_kept > seg_id:
+                            continue
+                        kb = PyBytes_FromStringAndSize(<const char *>key, klen)
+                        if kb in seen_tombstones:
+                            continue
+                        seen_tombstones.add(kb)
+                    elif it == NULL or it.seg != slot or it.off != roff:
+                        continue
+                    if out is None or (out.size + out.data.len > 0
+                                       and out.size + out.data.len + rsize > self.segment_size):
+                        if out is not None:
+                            out.write()
+                        out = _Output.__new__(_Output)
+                        out.seg_id = next_id
+                        next_id += 1
+                        out.tmp = os.path.join(self.path, data_name(out.seg_id) + ".tmp")
+                        out.fd = os.open(out.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                        outputs.append(out)
+                    mv.old_seg = slot
+                    mv.old_off = roff
+                    mv.size = rsize
+                    mv.new_off = <uint32_t>(out.size + out.data.len)
+                    mv.hint_pos = out.hint.len
+                    if df_buf_append(&out.data, m + roff, rsize) < 0:
+                        raise MemoryError()
+                    if flags & (FLAG_BATCH | FLAG_COMMIT):
+                        flags &= ~(FLAG_BATCH | FLAG_COMMIT)  # every copied record stands alone
+                        rec = out.data.data + out.data.len - rsize
+                        rec[REC_FLAGS] = flags
+                        st32(rec + REC_CRC, df_crc32(rec + 4, rsize - 4))
+                    if hint_entry(&out.hint, mv.new_off, rsize, key, klen, flags) < 0:
+                        raise MemoryError()
+                    if not flags & FLAG_TOMBSTONE:
+                        if df_buf_append(&out.moves, &mv, sizeof(Move)) < 0:
+                            raise MemoryError()
+                    if out.data.len >= self.write_buffer_size:
+                        out.write()
+                    copied += 1
+                    if copied % 4096 == 0:
+                        with nogil:
+                            pass  # let readers and writers in between chunks
+            for out in outputs:
+                out.write()
+                with nogil:
+                    err = io_fsync(out.fd)
+                if err:
+                    raise_io(err)
+                self._write_hint(out.seg_id, &out.hint, out.size)
+                os.rename(out.tmp, os.path.join(self.path, data_name(out.seg_id)))
+            _fsync_dir(self.path)
+        except BaseException:
+            for out in outputs:
+                for p in (out.tmp, os.path.join(self.path, data_name(out.seg_id)),
+                          os.path.join(self.path, hint_name(out.seg_id))):
+                    if os.path.exists(p):
+                        os.unlink(p)
+            raise
+        finally:
+            df_buf_free(&entries)
+        # Swap in: the GIL is held from here to the end, so readers see the old or the new layout.
+        cdef uint32_t nslot
+        cdef Move *mvs
+        cdef size_t j, nmoves
+        for out in outputs:
+            nslot = self._new_seg(out.seg_id, out.fd, out.size, out.size)
+            out.fd = -1  # the segment table owns it now
+            self.segs[nslot].dead = out.size
+            mvs = <Move *>out.moves.data
+            nmoves = out.moves.len // sizeof(Move)
+            for j in range(nmoves):
+                key = out.hint.data + mvs[j].hint_pos
+                klen = ld16(key + HINT_KSIZE)
+                it = df_kd_find(&self.kd, key + HINT_ENTRY_SIZE, klen)
+                if it != NULL and it.seg == mvs[j].old_seg and it.off == mvs[j].old_off:
+                    it.seg = nslot
+                    it.off = mvs[j].new_off
+                    self.segs[nslot].live += mvs[j].size
+                    self.segs[nslot].dead -= mvs[j].size
+                    self.segs[mvs[j].old_seg].live -= mvs[j].size
+        cdef bint stale = False
+        for slot in inputs:
+            if self.segs[slot].live:
+                stale = True
+        if stale:
+            self._forget(inputs)
+        # Oldest first: a tombstone outlives every older value it hides.
+        for slot in inputs:
+            self._drop_seg(slot, True)
+
+    def _forget(self, list inputs):
+        """Drop keydir entries still pointing into merged segments: their records were damaged."""
+        cdef set slots = set(inputs)
+        cdef size_t pos = 0, end = self.kd.arena_len
+        cdef df_item *it
+        cdef df_item old
+        while pos < end:
+            it = df_kd_item(&self.kd, pos)
+            pos += df_item_span(it.klen)
+            if it.seg != DF_DEAD and it.seg in slots:
+                df_kd_remove(&self.kd, it.key, it.klen, &old)
+
+    # -- stats / close ---------------------------------------------------------------------------
+    def stats(self):
+        """Counters: keys, live_bytes, dead_bytes, segments, keydir_bytes, keydir_bytes_per_key, ..."""
+        self._check_open()
+        cdef uint32_t i
+        cdef uint64_t live = 0, dead = 0, disk = 0, nseg = 0, key_bytes = 0
+        cdef size_t pos = 0
+        cdef df_item *it
+        for i in range(self.nsegs):
+            if self.segs[i].fd >= 0:
+                live += self.segs[i].live
+                dead += self.segs[i].dead
+                disk += self.segs[i].size
+                nseg += 1
+        while pos < self.kd.arena_len:
+            it = df_kd_item(&self.kd, pos)
+            if it.seg != DF_DEAD:
+                key_bytes += it.klen
+            pos += df_item_span(it.klen)
+        n = self.kd.count
+        mem = df_kd_memory(&self.kd)
+        return {
+            "keys": n,
+            "live_bytes": live,
+            "dead_bytes": dead,
+            "segments": nseg,
+            "disk_bytes": disk,
+            "buffer_bytes": self.wbuf.len + self.inflight.len,
+            "keydir_bytes": mem,
+            "keydir_bytes_per_key": mem / n if n else 0.0,
+            "keydir_overhead_per_key": (mem - key_bytes) / n if n else 0.0,
+            "seq": self.seq,
+            "merges": self.merges,
+            "implementation": "compiled",
+        }
+
+    def close(self):
+        """Flush, fsync, seal the active segment with its hint, close every file. Idempotent.
+        A failure (disk full) leaves the store open so the caller can retry."""
+        if self.closed:
+            return
+        cdef int err, fd
+        self._lock(self.merge_lock)
+        try:
+            self._lock(self.io_lock)
+            try:
+                if self.closed:
+                    return
+                self._flush_locked(False)
+                fd = self.segs[self.active].fd
+                if self.segs[self.active].size:
+                    with nogil:
+                        err = io_fsync(fd)
+                    if err:
+                        raise_io(err)
+                    self._write_hint(self.segs[self.active].id, &self.hint, self.segs[self.active].size)
+                else:
+                    os.unlink(os.path.join(self.path, data_name(self.segs[self.active].id)))
+                self._release_all()
+            finally:
+                PyThread_release_lock(self.io_lock)
+        finally:
+            PyThread_release_lock(self.merge_lock)

@@ -1,0 +1,240 @@
+"""The embedded engine facade: options, the directory lock, flush/sync timers and background merge.
+
+The mechanism (segments, keydir, write buffer, group commit, merge) is ``dynafast._core.logstore``
+(or its plain-Python reference); this module adds the policy around it.
+"""
+import fcntl
+import os
+import threading
+import time
+
+from dynafast import _impl
+from dynafast.errors import StoreClosed, StoreLocked
+
+_SYNC_MODES = ("none", "interval", "always")
+
+
+class Store:
+    """A log-structured key-value store in directory ``path`` (created if needed).
+
+    Options (keywords):
+
+    - ``sync`` ("none"): "always" -- put/delete/write_batch return only once the record is fsync'd; threads
+      writing at the same time share fsyncs (group commit). "interval" -- a background thread fsyncs every
+      ``sync_interval`` seconds, so at most that much acknowledged data can be lost. "none" -- buffered writes
+      reach the OS every ``flush_interval`` seconds or when the write buffer fills; the OS decides when they
+      reach the disk. ``sync()`` makes everything written before it durable in any mode.
+    - ``sync_interval`` (0.1 s), ``flush_interval`` (0.05 s).
+    - ``segment_size`` (64 MiB): a segment file is sealed (and its hint file written) when it reaches this.
+    - ``max_key_size`` (65535 bytes, also the hard cap of the u16 field), ``max_value_size`` (16 MiB):
+      larger keys/values raise KeyTooLarge/ValueTooLarge and nothing is written.
+    - ``compress_threshold`` (4096): values longer than this are lz4-compressed (when that makes them smaller).
+    - ``write_buffer_size`` (1 MiB): appends collect in memory (reads see them) until this much is buffered.
+    - ``merge_trigger`` (0.5): a sealed segment whose dead/total byte ratio reaches this is merged.
+    - ``background_merge`` (True) and ``merge_check_interval`` (1.0 s): merge by itself in a thread.
+    - ``engine``: the engine module (default ``dynafast._impl.load("logstore")``); tests pass the reference.
+
+    Keys and values are bytes (bytearray and memoryview accepted; anything else, str included, raises
+    TypeError). Iteration (``keys``, ``items``) is unordered and safe while writes and merges go on: keys
+    present for the whole iteration come exactly once, keys added or deleted meanwhile may or may not.
+
+    Corruption: every record's checksum is verified when it is read. On open, a torn tail of a segment is
+    truncated and a damaged record is skipped (the key then shows its previous intact version, if any);
+    a record found damaged later by ``get`` raises CorruptionError -- a damaged record is never returned.
+    A disk full raises StorageFull: acknowledged writes are kept, and the store works again once space
+    is freed (a write that raised may still land later: it was not acknowledged).
+
+    A second process (or a second Store in this one) opening the directory gets StoreLocked.
+    """
+
+    def __init__(
+        self,
+        path,
+        *,
+        sync="none",
+        sync_interval=0.1,
+        flush_interval=0.05,
+        segment_size=64 << 20,
+        max_key_size=0xFFFF,
+        max_value_size=16 << 20,
+        compress_threshold=4096,
+        write_buffer_size=1 << 20,
+        merge_trigger=0.5,
+        background_merge=True,
+        merge_check_interval=1.0,
+        engine=None,
+    ):
+        if sync not in _SYNC_MODES:
+            raise ValueError(f"sync must be one of {_SYNC_MODES}, not {sync!r}")
+        self.path = os.fspath(path)
+        self.sync_mode = sync
+        self.sync_interval = float(sync_interval)
+        self.flush_interval = float(flush_interval)
+        self.merge_trigger = float(merge_trigger)
+        self.merge_check_interval = float(merge_check_interval)
+        self._module = engine if engine is not None else _impl.load("logstore")
+        os.makedirs(self.path, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StoreLocked(f"{self.path} is open in another process (or Store)") from None
+        try:
+            self._engine = self._module.LogStore(
+                self.path,
+                segment_size=segment_size,
+                max_key_size=max_key_size,
+                max_value_size=max_value_size,
+                compress_threshold=compress_threshold,
+                write_buffer_size=write_buffer_size,
+                sync_always=(sync == "always"),
+            )
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        e = self._engine
+        # The hot calls go straight to the engine (no Python frame in between); it checks its arguments
+        # and raises StoreClosed itself.
+        self.put = e.put
+        self.get = e.get
+        self.delete = e.delete
+        self.write_batch = e.write_batch
+        self.delete_prefix = e.delete_prefix
+        self.count = e.count
+        self.keys = e.keys
+        self.items = e.items
+        self.sync = e.sync
+        self.flush = e.flush
+        self.background_error = None
+        self._stop = threading.Event()
+        self._thread = None
+        if sync == "interval" or self.flush_interval > 0 or background_merge:
+            self._background_merge = bool(background_merge)
+            self._thread = threading.Thread(target=self._background, name="dynafast-store", daemon=True)
+            self._thread.start()
+
+    # Documented signatures; __init__ binds the engine's methods over these for speed.
+    def put(self, key, value):
+        """Store value under key."""
+        self._engine.put(key, value)
+
+    def get(self, key):
+        """The value of key (bytes), or None when absent."""
+        return self._engine.get(key)
+
+    def delete(self, key):
+        """Remove key; deleting an absent key is not an error."""
+        self._engine.delete(key)
+
+    def write_batch(self, ops):
+        """Apply [(key, value-or-None)] atomically; None deletes."""
+        self._engine.write_batch(ops)
+
+    def delete_prefix(self, prefix):
+        """Delete every key starting with prefix (one atomic batch); returns how many."""
+        return self._engine.delete_prefix(prefix)
+
+    def count(self, prefix=b""):
+        """Number of live keys starting with prefix."""
+        return self._engine.count(prefix)
+
+    def keys(self, prefix=b""):
+        """Iterator over the live keys starting with prefix (unordered)."""
+        return self._engine.keys(prefix)
+
+    def items(self, prefix=b""):
+        """Iterator over (key, value) of the live keys starting with prefix (unordered)."""
+        return self._engine.items(prefix)
+
+    def sync(self):
+        """Return once everything written before the call is durable (shares fsyncs with other callers)."""
+        self._engine.sync()
+
+    def flush(self):
+        """Hand buffered writes to the OS now (no fsync)."""
+        self._engine.flush()
+
+    def merge(self):
+        """Compact now: rewrite live data out of segments holding dead records. Returns segments merged."""
+        return self._engine.merge(None)
+
+    def stats(self):
+        """dict: keys, live_bytes, dead_bytes, segments, disk_bytes, buffer_bytes, keydir_bytes,
+        keydir_bytes_per_key, seq, merges, implementation, sync."""
+        s = self._engine.stats()
+        s["sync"] = self.sync_mode
+        return s
+
+    # -- mapping sugar ---------------------------------------------------------------------------
+    def __getitem__(self, key):
+        value = self._engine.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key, value):
+        self._engine.put(key, value)
+
+    def __delitem__(self, key):
+        self._engine.delete(key)
+
+    def __contains__(self, key):
+        return key in self._engine
+
+    def __len__(self):
+        return len(self._engine)
+
+    def __iter__(self):
+        return self._engine.keys(b"")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def closed(self):
+        return self._engine.closed
+
+    # -- background ------------------------------------------------------------------------------
+    def _background(self):
+        tick = self.sync_interval if self.sync_mode == "interval" else self.flush_interval
+        if tick <= 0:
+            tick = self.merge_check_interval
+        next_merge = time.monotonic() + self.merge_check_interval
+        while not self._stop.wait(tick):
+            try:
+                if self.sync_mode == "interval":
+                    self._engine.sync()
+                elif self.flush_interval > 0:
+                    self._engine.flush()
+                if self._background_merge and time.monotonic() >= next_merge:
+                    next_merge = time.monotonic() + self.merge_check_interval
+                    if self._engine.needs_merge(self.merge_trigger):
+                        self._engine.merge(self.merge_trigger)
+            except StoreClosed:
+                return
+            except Exception as exc:  # e.g. StorageFull: keep trying; the caller sees it on its own calls
+                self.background_error = exc
+
+    def close(self):
+        """Stop the background thread, flush, fsync and close. Idempotent."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if not self._engine.closed:
+            self._engine.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def __del__(self):
+        # Leave a dropped Store's files consistent (best effort; close() is the way).
+        try:
+            if getattr(self, "_lock_fd", -1) >= 0:
+                self.close()
+        except Exception:
+            pass
