@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dynafast import _impl
 from dynafast.errors import ProtocolError
-from tests.conftest import implementations
+from conftest import implementations
 
 impl = implementations("ring")
 ref = _impl.reference("ring")
@@ -22,7 +22,7 @@ node_names = st.lists(st.text("abcdefgh", min_size=1, max_size=6), min_size=1, m
 
 
 def spread(owners, w):
-    """Size of the largest window that is always distinct, capped at w: True when every w window is."""
+    """True when every w consecutive owners (wrapping) are distinct."""
     q = len(owners)
     return all(len({owners[(p + d) % q] for d in range(w)}) == w for p in range(q))
 

@@ -157,6 +157,11 @@ cdef class Ring:
 
     cdef int _set_owners(self, object owner) except -1:
         cdef Py_ssize_t p, q = self.partitions
+        # __init__ may run twice on one object: drop the old tables first.
+        PyMem_Free(self._owner)
+        PyMem_Free(self._walk_buf)
+        PyMem_Free(self._mark)
+        self._epoch = 0
         self._owner = <uint16_t*>PyMem_Malloc(q * sizeof(uint16_t))
         self._walk_buf = <uint16_t*>PyMem_Malloc(self._count * sizeof(uint16_t))
         self._mark = <uint32_t*>PyMem_Malloc(self._count * sizeof(uint32_t))
