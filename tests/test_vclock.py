@@ -1,5 +1,6 @@
 """Vector clocks and dotted version vector sets, on the compiled build and the reference, and against each other."""
 import itertools
+import pickle
 import random
 
 import pytest
@@ -274,6 +275,29 @@ def test_siblings_from_bytes_rejects(impl):
                 b"\x01\x02\x00\x00\x00\x00\x00"]:  # anonymous values repeated
         with pytest.raises(ProtocolError):
             S.from_bytes(bad)
+
+
+def test_types_and_pickle(impl):
+    S, V = impl.Siblings, impl.VClock
+    s = S.new(b"v", V([(b"a", 2, 3)])).update(None, b"b", 4)
+    assert S.new(b"v", V([(b"a", 2, 3)])).context() == V([(b"a", 2, 3)]).to_bytes()
+    assert pickle.loads(pickle.dumps(s)) == s
+    assert pickle.loads(pickle.dumps(s.clock())) == s.clock()
+    with pytest.raises(TypeError):
+        hash(s)
+    assert hash(V([(b"a", 1, 1)])) == hash(V([(b"a", 1, 1)]))
+    assert V([(b"a", 1, 1)]) != V([(b"a", 1, 2)])  # equality includes timestamps; compare() does not
+    assert V([(b"a", 1, 1)]).compare(V([(b"a", 1, 2)])) == impl.EQUAL
+    assert (s == 1) is False and (V() == b"") is False
+    for call in (lambda: s.sync(s.clock()), lambda: s.compare(None), lambda: V().merge(s),
+                 lambda: V().compare(s), lambda: S.new(b"v").update(s.clock(), b"a"),
+                 lambda: S.new(b"v").update(None, "a"), lambda: V().prune("1"), lambda: S.new(b"v").update(None, b"a", 1.5)):
+        with pytest.raises(TypeError):
+            call()
+    with pytest.raises(ValueError):
+        V().prune(-1)
+    with pytest.raises(ValueError):
+        S.new(b"v").update(None, b"a", 2**64)
 
 
 @st.composite

@@ -504,6 +504,9 @@ cdef class VClock:
     def __hash__(self):
         return hash(self.to_bytes())
 
+    def __reduce__(self):
+        return (VClock.from_bytes, (self.to_bytes(),))
+
     def __len__(self):
         return self.n
 
@@ -989,6 +992,9 @@ cdef class Siblings:
         return True
 
     __hash__ = None
+
+    def __reduce__(self):
+        return (Siblings.from_bytes, (self._encode(),))
 
     def __repr__(self):
         return f"Siblings(values={self.values!r}, clock={self.clock()!r})"

@@ -247,6 +247,9 @@ class VClock:
     def __hash__(self):
         return hash(self.to_bytes())
 
+    def __reduce__(self):
+        return (VClock.from_bytes, (self.to_bytes(),))
+
     def __len__(self):
         return len(self._entries)
 
@@ -526,6 +529,9 @@ class Siblings:
         return self._entries == other._entries and self._anon == other._anon
 
     __hash__ = None
+
+    def __reduce__(self):
+        return (Siblings.from_bytes, (self.to_bytes(),))
 
     def __repr__(self):
         return f"Siblings(values={self.values!r}, clock={self.clock()!r})"
