@@ -1,0 +1,458 @@
+"""The embedded engine (Store over the compiled logstore and over its reference), on real files."""
+import errno
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import dynafast
+from dynafast import CorruptionError, KeyTooLarge, StorageFull, StoreClosed, StoreLocked, ValueTooLarge
+from dynafast._ref import logstore as fmt
+from dynafast.storage import Store
+
+from conftest import implementations
+
+impl = implementations("logstore")
+
+
+def open_store(path, impl, **kw):
+    kw.setdefault("background_merge", False)
+    kw.setdefault("flush_interval", 0)
+    return Store(path, engine=impl, **kw)
+
+
+def segment_files(path):
+    return sorted(n for n in os.listdir(path) if n.endswith(".data"))
+
+
+def records(path, name):
+    with open(os.path.join(path, name), "rb") as f:
+        data = f.read()
+    return fmt.scan_records(data)[0]  # [(offset, size, flags, key)]
+
+
+def test_put_get_delete_basics(tmp_path, impl):
+    with open_store(tmp_path / "db", impl) as db:
+        assert db.get(b"a") is None
+        db.put(b"a", b"1")
+        db[b"b"] = b"2"
+        assert db.get(b"a") == b"1" and db[b"b"] == b"2"
+        assert b"a" in db and b"zz" not in db and len(db) == 2
+        db.put(b"a", b"11")
+        assert db[b"a"] == b"11" and len(db) == 2
+        db.delete(b"a")
+        del db[b"b"]
+        db.delete(b"never-there")  # not an error
+        assert db.get(b"a") is None and len(db) == 0
+        with pytest.raises(KeyError):
+            db[b"a"]
+        db.put(b"", b"empty key")
+        db.put(b"k", b"")
+        assert db[b""] == b"empty key" and db[b"k"] == b""
+
+
+def test_buffers_accepted_str_rejected(tmp_path, impl):
+    with open_store(tmp_path / "db", impl) as db:
+        db.put(bytearray(b"k1"), memoryview(b"v1"))
+        assert db.get(memoryview(b"k1")) == b"v1"
+        db.write_batch([(bytearray(b"k2"), bytearray(b"v2"))])
+        assert db[b"k2"] == b"v2"
+        for bad in ("str", 1, None, 1.5):
+            with pytest.raises(TypeError):
+                db.put(bad, b"v")
+            with pytest.raises(TypeError):
+                db.get(bad)
+        with pytest.raises(TypeError):
+            db.put(b"k", "str value")
+        with pytest.raises(TypeError):
+            db.write_batch([(b"k3", "v")])
+        with pytest.raises(TypeError):
+            "x" in db  # noqa: B015
+        assert b"k3" not in db
+
+
+def test_limits_write_nothing(tmp_path, impl):
+    with open_store(tmp_path / "db", impl, max_key_size=8, max_value_size=100) as db:
+        db.put(b"ok", b"v")
+        seq = db.stats()["seq"]
+        with pytest.raises(KeyTooLarge):
+            db.put(b"k" * 9, b"v")
+        with pytest.raises(ValueTooLarge):
+            db.put(b"k", b"v" * 101)
+        with pytest.raises(ValueTooLarge):
+            db.write_batch([(b"a", b"1"), (b"b", b"v" * 101)])
+        with pytest.raises(KeyTooLarge):
+            db.delete(b"k" * 9)
+        assert db.stats()["seq"] == seq and len(db) == 1 and b"a" not in db
+        db.put(b"k" * 8, b"v" * 100)  # exactly at the limits is fine
+    with pytest.raises(ValueError):
+        open_store(tmp_path / "db2", impl, max_key_size=70000)
+
+
+def test_reopen_with_and_without_hints(tmp_path, impl):
+    path = tmp_path / "db"
+    expected = {}
+    with open_store(path, impl, segment_size=2000) as db:
+        for i in range(300):
+            k, v = b"key%d" % (i % 120), b"value-%d" % i
+            db.put(k, v)
+            expected[k] = v
+        for i in range(0, 120, 7):
+            db.delete(b"key%d" % i)
+            expected.pop(b"key%d" % i)
+        assert db.stats()["segments"] > 3
+    with open_store(path, impl) as db:
+        assert dict(db.items()) == expected
+    for name in os.listdir(path):
+        if name.endswith(".hint"):
+            os.unlink(path / name)
+    with open_store(path, impl) as db:
+        assert dict(db.items()) == expected and len(db) == len(expected)
+    assert any(n.endswith(".hint") for n in os.listdir(path))  # rebuilt
+
+
+def test_compression_flagged_per_record(tmp_path, impl):
+    path = tmp_path / "db"
+    big = b"abc" * 10000
+    noise = os.urandom(9000)
+    with open_store(path, impl, compress_threshold=4096) as db:
+        db.put(b"big", big)
+        db.put(b"noise", noise)
+        db.put(b"small", b"x" * 4096)
+        assert db[b"big"] == big and db[b"noise"] == noise
+    with open_store(path, impl) as db:
+        assert db[b"big"] == big and db[b"noise"] == noise and db[b"small"] == b"x" * 4096
+    flags = {key: f for name in segment_files(path) for _, _, f, key in records(path, name)}
+    assert flags[b"big"] & fmt.FLAG_LZ4 and not flags[b"noise"] & fmt.FLAG_LZ4
+    assert not flags[b"small"] & fmt.FLAG_LZ4
+    assert sum(os.path.getsize(path / n) for n in segment_files(path)) < len(big) // 10 + 20000
+
+
+def test_write_batch_and_torn_batch(tmp_path, impl):
+    path = tmp_path / "db"
+    with open_store(path, impl) as db:
+        db.put(b"before", b"1")
+        db.put(b"gone", b"x")
+        db.write_batch([(b"b1", b"v1"), (b"gone", None), (b"b2", b"v2")])
+        assert db[b"b1"] == b"v1" and b"gone" not in db and db[b"b2"] == b"v2"
+        db.write_batch([])
+    with open_store(path, impl) as db:
+        assert db[b"b1"] == b"v1" and b"gone" not in db
+        db.write_batch([(b"t%d" % i, b"val%d" % i) for i in range(5)])
+        db.sync()
+        db.close()
+    # Cut the newest segment inside the last batch: the whole batch must go, nothing else.
+    name = segment_files(path)[-1]
+    recs = records(path, name)
+    batch = [r for r in recs if r[3].startswith(b"t")]
+    assert len(batch) == 5 and all(r[2] & fmt.FLAG_BATCH for r in batch)
+    cut = batch[2][0] + 5
+    with open(path / name, "r+b") as f:
+        f.truncate(cut)
+    with open_store(path, impl) as db:
+        assert db.count(b"t") == 0
+        assert db[b"before"] == b"1" and db[b"b2"] == b"v2"
+    assert os.path.getsize(path / name) == batch[0][0]  # torn batch truncated away
+
+
+def test_prefix_operations(tmp_path, impl):
+    with open_store(tmp_path / "db", impl) as db:
+        for p in (b"a:", b"b:", b"ab"):
+            for i in range(20):
+                db.put(p + b"%d" % i, p)
+        assert db.count(b"a:") == 20 and db.count(b"a") == 40 and db.count() == 60
+        assert sorted(db.keys(b"b:")) == sorted(b"b:%d" % i for i in range(20))
+        assert all(v == b"b:" for _, v in db.items(b"b:"))
+        assert db.delete_prefix(b"a:") == 20
+        assert db.count(b"a:") == 0 and db.count() == 40
+        assert db.delete_prefix(b"zz") == 0
+        db.close()
+    with open_store(tmp_path / "db", impl) as db:
+        assert db.count(b"a:") == 0 and db.count(b"ab") == 20
+
+
+def test_iteration_under_concurrent_writes(tmp_path, impl):
+    with open_store(tmp_path / "db", impl, segment_size=4000) as db:
+        stable = {b"s%04d" % i: b"v%d" % i for i in range(400)}
+        for k, v in stable.items():
+            db.put(k, v)
+        for i in range(200):
+            db.put(b"t%04d" % i, b"x")
+        seen = []
+        for n, (k, v) in enumerate(db.items()):
+            seen.append(k)
+            if k in stable:
+                assert v == stable[k]
+            # writes, deletes and merges while iterating
+            db.put(b"new%d" % n, b"y")
+            db.delete(b"t%04d" % (n % 200))
+            db.put(b"s%04d" % (n % 400), stable[b"s%04d" % (n % 400)])
+            if n % 150 == 0:
+                db.merge()
+        assert len(seen) == len(set(seen))
+        assert set(stable) <= set(seen)
+
+
+def test_merge_reclaims_and_keeps_contents(tmp_path, impl):
+    path = tmp_path / "db"
+    with open_store(path, impl, segment_size=8192) as db:
+        for round_ in range(10):
+            for i in range(100):
+                db.put(b"k%03d" % i, b"round%d-%d" % (round_, i) + b"." * 50)
+        for i in range(0, 100, 3):
+            db.delete(b"k%03d" % i)
+        expected = dict(db.items())
+        before = db.stats()
+        assert before["dead_bytes"] > before["live_bytes"]
+        assert db.merge() > 0
+        after = db.stats()
+        assert after["dead_bytes"] == 0 and after["live_bytes"] == before["live_bytes"]
+        disk = sum(os.path.getsize(path / n) for n in segment_files(path))
+        assert disk == after["disk_bytes"] < before["disk_bytes"] // 3
+        assert dict(db.items()) == expected
+        db.put(b"after", b"merge")
+        expected[b"after"] = b"merge"
+    with open_store(path, impl) as db:
+        assert dict(db.items()) == expected
+    assert not [n for n in os.listdir(path) if n.endswith(".tmp")]
+
+
+def test_merge_keeps_tombstone_hiding_an_older_segment(tmp_path, impl):
+    path = tmp_path / "db"
+    with open_store(path, impl, segment_size=1000) as db:
+        db.put(b"victim", b"old value")
+        for i in range(20):
+            db.put(b"fill%d" % i, b"f" * 40)  # segment 1 stays mostly live
+        db.delete(b"victim")
+        for i in range(30):
+            db.put(b"churn", b"c" * 40)  # the tombstone's segment is mostly dead
+        eng = db._engine
+        assert eng.merge(0.6) >= 1
+        assert db.get(b"victim") is None
+    with open_store(path, impl) as db:
+        assert db.get(b"victim") is None
+        assert db[b"churn"] == b"c" * 40 and db.count(b"fill") == 20
+
+
+def test_background_merge_runs(tmp_path, impl):
+    with open_store(tmp_path / "db", impl, segment_size=4096, background_merge=True,
+                    merge_check_interval=0.02, merge_trigger=0.5) as db:
+        for i in range(2000):
+            db.put(b"k%d" % (i % 10), b"v%d" % i)
+        deadline = time.monotonic() + 20
+        while db.stats()["merges"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert db.stats()["merges"] > 0
+        assert db[b"k9"] == b"v1999" and len(db) == 10
+
+
+def test_flipped_byte_detected_on_read(tmp_path, impl):
+    path = tmp_path / "db"
+    with open_store(path, impl) as db:
+        for i in range(10):
+            db.put(b"k%d" % i, b"value%d" % i)
+    name = segment_files(path)[-1]
+    off, size, _, key = [r for r in records(path, name) if r[3] == b"k4"][0]
+    with open(path / name, "r+b") as f:
+        f.seek(off + size - 2)
+        b = f.read(1)
+        f.seek(off + size - 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with open_store(path, impl) as db:  # the hint is intact: the damage is found by get
+        with pytest.raises(CorruptionError):
+            db.get(b"k4")
+        assert db[b"k3"] == b"value3" and db[b"k5"] == b"value5"
+        with pytest.raises(CorruptionError):
+            dict(db.items())
+    for n in os.listdir(path):
+        if n.endswith(".hint"):
+            os.unlink(path / n)
+    with open_store(path, impl) as db:  # rebuilt from data: the damaged record is skipped, not served
+        assert db.get(b"k4") is None
+        assert db[b"k3"] == b"value3" and db[b"k5"] == b"value5" and len(db) == 9
+
+
+def test_damaged_record_falls_back_to_older_version(tmp_path, impl):
+    path = tmp_path / "db"
+    with open_store(path, impl) as db:
+        db.put(b"k", b"old")
+        db.put(b"other", b"o")
+        db.put(b"k", b"new")
+        db.put(b"last", b"l")
+    name = segment_files(path)[-1]
+    off, size, _, _ = [r for r in records(path, name) if r[3] == b"k"][1]
+    with open(path / name, "r+b") as f:
+        f.seek(off + 1)
+        f.write(b"\x00\x00")
+    os.unlink(path / name.replace(".data", ".hint"))
+    with open_store(path, impl) as db:
+        assert db[b"k"] == b"old" and db[b"last"] == b"l"
+
+
+def test_torn_tail_truncated(tmp_path, impl):
+    path = tmp_path / "db"
+    with open_store(path, impl) as db:
+        for i in range(10):
+            db.put(b"k%d" % i, b"v" * 30)
+    name = segment_files(path)[-1]
+    full = os.path.getsize(path / name)
+    last_off = records(path, name)[-1][0]
+    with open(path / name, "r+b") as f:
+        f.truncate(full - 7)
+    with open_store(path, impl) as db:  # hint no longer matches the file size: data is scanned
+        assert len(db) == 9 and b"k9" not in db and db[b"k8"] == b"v" * 30
+        db.put(b"k9", b"again")
+    assert os.path.getsize(path / name) == last_off
+    with open_store(path, impl) as db:
+        assert db[b"k9"] == b"again" and len(db) == 10
+
+
+def test_corrupt_hint_is_ignored(tmp_path, impl):
+    path = tmp_path / "db"
+    with open_store(path, impl, segment_size=500) as db:
+        for i in range(50):
+            db.put(b"k%d" % i, b"v%d" % i)
+        expected = dict(db.items())
+    hints = sorted(n for n in os.listdir(path) if n.endswith(".hint"))
+    assert len(hints) > 2
+    with open(path / hints[0], "r+b") as f:
+        f.seek(3)
+        f.write(b"\xff\xfe")
+    with open(path / hints[1], "r+b") as f:
+        f.truncate(10)
+    with open_store(path, impl) as db:
+        assert dict(db.items()) == expected
+
+
+def test_locked_in_process_and_across_processes(tmp_path, impl):
+    path = tmp_path / "db"
+    with open_store(path, impl) as db:
+        db.put(b"k", b"v")
+        with pytest.raises(StoreLocked):
+            open_store(path, impl)
+        code = (
+            "import sys, dynafast\n"
+            "try:\n    dynafast.open(sys.argv[1])\nexcept dynafast.StoreLocked:\n    sys.exit(7)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], timeout=60)
+        assert proc.returncode == 7
+    with open_store(path, impl) as db:  # released on close
+        assert db[b"k"] == b"v"
+
+
+def test_closed_store_raises(tmp_path, impl):
+    db = open_store(tmp_path / "db", impl)
+    db.put(b"k", b"v")
+    it = db.keys()
+    db.close()
+    db.close()  # idempotent
+    for call in (lambda: db.put(b"k", b"v"), lambda: db.get(b"k"), lambda: db.delete(b"k"),
+                 lambda: db.sync(), lambda: db.merge(), lambda: db.stats(), lambda: len(db),
+                 lambda: b"k" in db, lambda: list(db.items()), lambda: db.count(),
+                 lambda: db.write_batch([(b"a", b"b")]), lambda: next(it)):
+        with pytest.raises(StoreClosed):
+            call()
+
+
+def test_disk_full_keeps_acknowledged_and_recovers(tmp_path, impl):
+    path = tmp_path / "db"
+    db = open_store(path, impl, sync="always")
+    try:
+        for i in range(20):
+            db.put(b"acked%d" % i, b"v%d" % i)
+        impl.set_io_fault(errno.ENOSPC, after_bytes=10)  # a partial write, then the disk is full
+        with pytest.raises(StorageFull):
+            db.put(b"failed", b"x" * 100)
+        with pytest.raises(StorageFull):
+            db.sync()
+        assert db[b"acked3"] == b"v3"
+        impl.clear_io_fault()
+        db.put(b"later", b"ok")  # usable again once space is back
+        assert db[b"later"] == b"ok" and db[b"acked19"] == b"v19"
+    finally:
+        impl.clear_io_fault()
+        db.close()
+    with open_store(path, impl) as db:
+        assert all(db[b"acked%d" % i] == b"v%d" % i for i in range(20))
+        assert db[b"later"] == b"ok"
+
+
+def test_disk_full_on_buffer_flush_writes_nothing(tmp_path, impl):
+    path = tmp_path / "db"
+    db = open_store(path, impl, write_buffer_size=256)
+    try:
+        for i in range(5):
+            db.put(b"k%d" % i, b"v" * 40)
+        impl.set_io_fault(errno.ENOSPC)
+        with pytest.raises(StorageFull):
+            for i in range(5, 50):
+                db.put(b"k%d" % i, b"v" * 40)
+        n = len(db)
+        with pytest.raises(StorageFull):
+            db.put(b"nope", b"v" * 300)
+        assert b"nope" not in db and len(db) == n
+        with pytest.raises(StorageFull):
+            db.close()
+        assert not db.closed
+        impl.clear_io_fault()
+        db.close()
+    finally:
+        impl.clear_io_fault()
+        db.close()
+    with open_store(path, impl) as db:
+        assert len(db) == n and all(db[b"k%d" % i] == b"v" * 40 for i in range(n))
+
+
+def test_threads_share_the_store(tmp_path, impl):
+    with open_store(tmp_path / "db", impl, sync="always", segment_size=20000) as db:
+        errors = []
+
+        def writer(t):
+            try:
+                for i in range(40):
+                    db.put(b"t%d-%d" % (t, i), b"v%d" % i)
+                    assert db.get(b"t%d-%d" % (t, i)) == b"v%d" % i
+                    if i % 10 == 0:
+                        db.sync()
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def merger():
+            for _ in range(5):
+                db.merge()
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+        threads.append(threading.Thread(target=merger))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert len(db) == 320
+        db.close()
+    with open_store(tmp_path / "db", impl) as db:
+        assert len(db) == 320 and db[b"t7-39"] == b"v39"
+
+
+def test_sync_modes_and_stats(tmp_path, impl):
+    for mode in ("none", "interval", "always"):
+        path = tmp_path / mode
+        with open_store(path, impl, sync=mode, sync_interval=0.01, flush_interval=0.01) as db:
+            db.put(b"k", b"v")
+            db.sync()
+            s = db.stats()
+            assert s["keys"] == 1 and s["sync"] == mode and s["keydir_bytes"] > 0
+            assert s["keydir_bytes_per_key"] > 0
+    with pytest.raises(ValueError):
+        open_store(tmp_path / "bad", impl, sync="sometimes")
+
+
+def test_open_returns_store(tmp_path):
+    with dynafast.open(tmp_path / "db", sync="none") as db:
+        assert isinstance(db, Store)
+        db[b"k"] = b"v"
+    with dynafast.open(str(tmp_path / "db")) as db:
+        assert db[b"k"] == b"v"
