@@ -21,6 +21,10 @@ from dynafast._ref import ring as _ref
 
 cnp.import_array()
 
+# Claim helpers are shared with the reference (the claim is not hot); re-exported so both have the same names.
+spread_window = _ref.spread_window
+zone_window = _ref.zone_window
+
 cdef enum:
     MIN_PARTITIONS = 8
     MAX_PARTITIONS = 4096
