@@ -137,7 +137,7 @@ def test_server_connection_fed_bytes():
     assert conn.stats.errors == 5
 
 
-def test_server_connection_broken_stream():
+def test_server_connection_broken_stream(caplog):
     conn = ServerConnection(echo_handler)
     ok = codec.encode(Msg.GET, 1, (b"x",))
     assert conn.feed(ok + struct.pack(">IBBI", 6, 7, 1, 1)) is False  # version 7
@@ -146,6 +146,31 @@ def test_server_connection_broken_stream():
     assert (t2, rid2) == (Msg.ERROR, 0) and f2[0] == ErrorCode.PROTOCOL
     oversized = ServerConnection(echo_handler, max_frame=100)
     assert oversized.feed(struct.pack(">I", 101)) is False
+    assert sum("closing connection" in r.getMessage() for r in caplog.records) == 2  # both were logged
+
+
+def test_oversized_frame_closes_only_that_connection(run):
+    async def main():
+        server = await slow_handler_server(max_frame=1000)
+        other = await Connection.open(HOST, server.port)
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(struct.pack(">IBBI", 5000, 1, Msg.GET, 3))  # claims 5000 bytes: never waited for
+        data = await reader.read()  # the server answers with a connection error, then hangs up
+        writer.close()
+        ((msg_type, request_id, fields),) = frames_of(data)
+        assert (msg_type, request_id, fields[0]) == (Msg.ERROR, 0, ErrorCode.PROTOCOL)
+        assert await other.call(Msg.GET, (0, b"still here")) == (Msg.GET_REPLY, (0, b"still here"))
+        assert server.stats.protocol_errors == 1
+        # A request over the server's limit: the call learns why the server hung up.
+        with pytest.raises(errors.ProtocolError, match="exceeds the limit"):
+            await other.call(Msg.GET, (0, b"x" * 2000))
+        with pytest.raises(errors.Unavailable):
+            await other.call(Msg.PING, ())
+        await other.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
 
 
 # -- real sockets ------------------------------------------------------------------------------------------

@@ -49,12 +49,16 @@ class _ClientProtocol(asyncio.Protocol):
             self._deliver(*frame)
 
     def _deliver(self, msg_type, request_id, fields):
+        if request_id == 0 and msg_type == Msg.ERROR:
+            # The server found our stream broken and hangs up: the calls in flight get its reason.
+            log.warning("%s reported a connection error: %r", self.peer, fields)
+            self._fail(Unavailable(f"connection to {self.peer} was closed by the server"),
+                       pending_error=error_from_fields(fields))
+            self.transport.close()
+            return
         future = self.pending.pop(request_id, None)
         if future is None:
-            if msg_type == Msg.ERROR and request_id == 0:
-                log.warning("%s reported a connection error: %r", self.peer, fields)
-            else:
-                log.debug("reply to unknown or timed out request %d from %s", request_id, self.peer)
+            log.debug("reply to unknown or timed out request %d from %s", request_id, self.peer)
             return
         if future.done():
             return
@@ -71,14 +75,15 @@ class _ClientProtocol(asyncio.Protocol):
         if self._write_ready is not None and not self._write_ready.done():
             self._write_ready.set_result(None)
 
-    def _fail(self, error):
+    def _fail(self, error, pending_error=None):
+        """From now on calls raise ``error``; the ones in flight get ``pending_error`` (default ``error``)."""
         if self.lost is None:
             self.lost = error
         self._timers.clear()  # nothing left to expire; the timers that still fire find no bucket
         pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(pending_error or error)
 
     @property
     def peer(self):

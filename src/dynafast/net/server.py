@@ -17,6 +17,7 @@ codec = _impl.load("codec")
 log = logging.getLogger("dynafast.net.server")
 
 DEFAULT_MAX_INFLIGHT = 4096  # per connection: async handler calls not yet answered
+LINGER_SECONDS = 1.0  # after a broken stream: how long to wait for the peer to close before closing anyway
 
 
 @dataclasses.dataclass
@@ -175,6 +176,8 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._flush_scheduled = False
         self._half_closed = False
+        self._draining = False  # the stream broke: discard input until the peer closes
+        self._linger = None
 
     def connection_made(self, transport):
         self._transport = transport
@@ -184,19 +187,32 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
         self._server._connections.add(self)
 
     def connection_lost(self, exc):
+        if self._linger is not None:
+            self._linger.cancel()
         self.stats.connections -= 1
         self._server._connections.discard(self)
         self._transport = None
         self.connection_closed()
 
     def data_received(self, data):
+        if self._draining:
+            return
         if not self.feed(data):
             self._flush()
-            if self._transport is not None:
-                self._transport.close()
             self.closed = True
+            self._draining = True
+            transport = self._transport
+            if transport.can_write_eof():
+                # Half-close and discard what still arrives: closing with unread data would send a reset,
+                # and a reset can destroy the error frame before the peer reads it.
+                transport.write_eof()
+                self._linger = self._loop.call_later(LINGER_SECONDS, transport.close)
+            else:
+                transport.close()
 
     def eof_received(self):
+        if self._draining:
+            return False
         # The peer will send nothing more; answer what is in flight, then close.
         self._flush()
         if not self._tasks:
