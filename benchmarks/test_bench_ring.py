@@ -1,4 +1,7 @@
-"""Ring lookups: compiled beside the plain-Python reference (run: pytest -m bench benchmarks/test_bench_ring.py)."""
+"""Ring lookups, compiled beside the plain-Python reference.
+
+Run: pytest -m bench benchmarks/test_bench_ring.py; the claim movement table: python benchmarks/test_bench_ring.py
+"""
 import os
 
 import numpy

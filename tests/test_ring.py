@@ -181,7 +181,8 @@ def test_claim_zones_equal_sized(impl, q, per_zone, zones):
 def test_claim_after_change_keeps_laws(impl, q, s, n, data):
     members = [f"node-{i}" for i in range(s)]
     ring = impl.Ring(q, members, n=n)
-    new = data.draw(st.lists(st.sampled_from(members + [f"new-{i}" for i in range(5)]), min_size=1, unique=True))
+    pool = members + [f"new-{i}" for i in range(5)]
+    new = data.draw(st.lists(st.sampled_from(pool), min_size=1, unique=True))
     after = ring.with_members(new)
     assert after.version == ring.version + 1
     assert after.members == tuple(sorted(new))

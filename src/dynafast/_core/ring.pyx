@@ -47,7 +47,8 @@ cdef inline uint64_t _fmix(uint64_t k) noexcept nogil:
 cdef inline uint64_t _load64(const uint8_t* p) noexcept nogil:
     # Byte by byte: little-endian on every host and no unaligned access; compilers fold it to one load.
     return (<uint64_t>p[0] | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16) | (<uint64_t>p[3] << 24)
-            | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40) | (<uint64_t>p[6] << 48) | (<uint64_t>p[7] << 56))
+            | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40) | (<uint64_t>p[6] << 48)
+            | (<uint64_t>p[7] << 56))
 
 
 cdef uint64_t murmur3_low64(const uint8_t* data, Py_ssize_t length) noexcept nogil:

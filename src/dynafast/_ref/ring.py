@@ -14,8 +14,8 @@ What the claim guarantees, for S members, replication factor N and Q partitions:
   ``W = min(N, S, Q // ceil(Q/S))`` (see ``spread_window``). W == N whenever S >= N and ceil(Q/S) * N <= Q,
   which is also the exact condition under which a balanced layout with N distinct can exist at all (a member
   owning ceil(Q/S) partitions needs N - 1 foreign partitions after each of its own); the claim reaching W
-  for every fresh layout was checked for every power-of-two Q up to 4096, S up to 40 (and 50..300), N 2..5. When W < N the claim
-  keeps the largest window that is possible, and ``replicas()`` still returns N distinct nodes by walking on.
+  for every fresh layout was checked for every power-of-two Q up to 4096, S up to 40 (and 50..300), N 2..5.
+  When W < N the claim keeps the largest window that is possible, and ``replicas()`` still returns N distinct nodes by walking on.
 * Zones: when zones are set and there are at least N distinct zones, the claim first looks for a layout in
   which any N consecutive partitions (W when W < N) belong to distinct zones; it finds one at least when the
   zones have equal numbers of members and Q is a multiple of S (tested). When it finds none it keeps the
@@ -491,7 +491,7 @@ def _relabel(layout, prev, targets, keys):
 
 # -- the wire layout (shared by both builds) ----------------------------------------------------------
 def pack(log2q, n, version, members, zones, owner_le):
-    """Serialised ring: header, (member id, zone) pairs as length-prefixed UTF-8, owner indices as uint16 LE."""
+    """Serialised ring: header, (member id, zone) pairs as length-prefixed UTF-8, owners as uint16 LE."""
     parts = [_HEADER.pack(MAGIC, FORMAT_VERSION, log2q, n, version, len(members))]
     for m in members:
         for text in (m, zones[m]):
