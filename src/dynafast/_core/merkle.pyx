@@ -372,11 +372,14 @@ cdef class MerkleTree:
             for i in range(n):
                 out[i] = _hash_bytes(level[i])
             return out
-        out = []
-        for obj in indices:
-            index = obj
+        if type(indices) is not list:
+            indices = list(indices)
+        n = len(<list>indices)
+        out = [None] * n
+        for i in range(n):
+            index = (<list>indices)[i]
             self.c_check_index(depth, index)
-            out.append(_hash_bytes(level[index]))
+            out[i] = _hash_bytes(level[index])
         return out
 
     def leaf_hash(self, Py_ssize_t leaf):
@@ -497,10 +500,6 @@ cdef class TreeExchange:
         n = len(self.pending)
         if len(theirs) != n:
             raise ProtocolError(f"expected {n} hashes, got {len(theirs)}")
-        for h in theirs:
-            if not isinstance(h, (bytes, bytearray, memoryview)) or len(h) != MERKLE_HASH_SIZE:
-                raise ProtocolError(f"a hash is {MERKLE_HASH_SIZE} bytes")
-        self.bytes_received += MERKLE_HASH_SIZE * n
         if self.level < tree.depth:
             tree.c_flush()
         level = tree.nodes + tree.offset[self.level]
@@ -508,13 +507,16 @@ cdef class TreeExchange:
         for i in range(n):
             index = self.pending[i]
             h = theirs[i]
-            if PyBytes_CheckExact(h):
-                p = <const unsigned char *>PyBytes_AS_STRING(h)
-                if load_le64(p) == level[index]:
-                    continue
-            elif bytes(h) == _hash_bytes(level[index]):
+            if PyBytes_CheckExact(h) and PyBytes_GET_SIZE(h) == MERKLE_HASH_SIZE:
+                if load_le64(<const unsigned char *>PyBytes_AS_STRING(h)) != level[index]:
+                    differing.append(index)
                 continue
-            differing.append(index)
+            if not isinstance(h, (bytes, bytearray, memoryview)) or len(h) != MERKLE_HASH_SIZE:
+                raise ProtocolError(f"a hash is {MERKLE_HASH_SIZE} bytes")
+            if bytes(h) != _hash_bytes(level[index]):
+                differing.append(index)
+        # Counted only once the whole answer was accepted.
+        self.bytes_received += MERKLE_HASH_SIZE * n
         self.c_advance(differing)
 
     cdef int c_step_against(self, MerkleTree remote) except -1:
