@@ -1,6 +1,7 @@
 """Ring lookups, compiled beside the plain-Python reference.
 
-Run: pytest -m bench benchmarks/test_bench_ring.py; the claim movement table: python benchmarks/test_bench_ring.py
+Run: pytest -m bench benchmarks/test_bench_ring.py
+Claim movement table: python benchmarks/test_bench_ring.py
 """
 import os
 

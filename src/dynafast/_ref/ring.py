@@ -15,7 +15,8 @@ What the claim guarantees, for S members, replication factor N and Q partitions:
   which is also the exact condition under which a balanced layout with N distinct can exist at all (a member
   owning ceil(Q/S) partitions needs N - 1 foreign partitions after each of its own); the claim reaching W
   for every fresh layout was checked for every power-of-two Q up to 4096, S up to 40 (and 50..300), N 2..5.
-  When W < N the claim keeps the largest window that is possible, and ``replicas()`` still returns N distinct nodes by walking on.
+  When W < N the claim keeps the largest window that is possible, and ``replicas()`` still returns N
+  distinct nodes by walking on.
 * Zones: when zones are set and there are at least N distinct zones, the claim first looks for a layout in
   which any N consecutive partitions (W when W < N) belong to distinct zones; it finds one at least when the
   zones have equal numbers of members and Q is a multiple of S (tested). When it finds none it keeps the
