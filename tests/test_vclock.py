@@ -198,7 +198,7 @@ def test_siblings_basics(impl):
     d = S.new(None, s3.context()).update(s3, b"n1", 13)
     assert d.values == [None] and d.is_deleted() and d.live_values() == [] and len(d) == 1
     both_ = S.new(b"x", s3.context()).update(d, b"n2", 14)
-    assert sorted(both_.values, key=lambda v: v or b"") == [None, b"x"]
+    assert sorted(both_.values, key=lambda v: (v is not None, v or b"")) == [None, b"x"]
     assert both_.live_values() == [b"x"] and not both_.is_deleted()
     assert S.from_bytes(both_.to_bytes()) == both_
     assert impl.VClock.from_bytes(both_.context()) == both_.clock()
@@ -291,7 +291,8 @@ def test_types_and_pickle(impl):
     assert (s == 1) is False and (V() == b"") is False
     for call in (lambda: s.sync(s.clock()), lambda: s.compare(None), lambda: V().merge(s),
                  lambda: V().compare(s), lambda: S.new(b"v").update(s.clock(), b"a"),
-                 lambda: S.new(b"v").update(None, "a"), lambda: V().prune("1"), lambda: S.new(b"v").update(None, b"a", 1.5)):
+                 lambda: S.new(b"v").update(None, "a"), lambda: V().prune("1"),
+                 lambda: S.new(b"v").update(None, b"a", 1.5)):
         with pytest.raises(TypeError):
             call()
     with pytest.raises(ValueError):
@@ -396,10 +397,25 @@ def test_siblings_prune_keeps_siblings(impl, ops, now, small, big):
     replicas, _ = run_history(impl, ops, check_model=False)
     merged = impl.reconcile(replicas)
     pruned = merged.prune(now, small=small, big=big, young=0, old=10)
-    assert sorted(pruned.values, key=lambda v: v or b"") == sorted(merged.values, key=lambda v: v or b"")
+    assert pruned.values == merged.values
     assert set(pruned.clock().entries()) <= set(merged.clock().entries())
     assert pruned.compare(merged) in (impl.EQUAL, impl.DOMINATED)
-    assert len(pruned.clock()) <= max(len(merged.clock()), small)
+    assert impl.Siblings.from_bytes(pruned.to_bytes()) == pruned
+
+
+def test_siblings_prune_keeps_entries_with_siblings(impl):
+    S = impl.Siblings
+    chain = None
+    for i in range(1, 30):  # 29 actors, each write saw the one before: one sibling, at a29
+        chain = S.new(b"c%d" % i, chain.context() if chain else None).update(chain, b"a%02d" % i, i)
+    x = S.new(b"x").update(None, b"actor-x", 0)  # the oldest entry, and it holds a sibling
+    merged = chain.sync(x)
+    assert sorted(merged.values) == [b"c29", b"x"] and len(merged.clock()) == 30
+    pruned = merged.prune(10**6)
+    assert [a for a, _c, _t in pruned.clock().entries()] == [b"a%02d" % i for i in range(21, 30)] + [b"actor-x"]
+    assert pruned.values == merged.values
+    assert merged.prune(10).clock() == merged.clock()  # the oldest entry is younger than `young`
+    assert merged.prune(25).clock() == merged.clock()  # old enough, but neither over `big` nor older than `old`
 
 
 # -- the two builds agree -------------------------------------------------------------------------------------
