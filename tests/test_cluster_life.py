@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 
 def fast_config(tmp_path, **extra):
-    options = {"ae_interval": 0.1, "handoff_interval": 0.2, "probe_interval": 0.3, **extra}
+    options = {"ae_interval": 0.1, "handoff_interval": 0.2, "gossip_interval": 0.3, **extra}
     path = tmp_path / "node.toml"
     path.write_text("".join(f"{k} = {v!r}\n" for k, v in options.items()))
     return ["--config", str(path)]

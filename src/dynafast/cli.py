@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     _add_client_options(status)
 
+    leave = verbs.add_parser("leave", help="decommission a node: hand its partitions off, then it stops")
+    leave.add_argument("--node", help="id of the node that leaves (default: the node --cluster names)")
+    leave.add_argument("--wait", type=float, default=0,
+                       help="wait up to this many seconds until the node has left (0: do not wait)")
+    _add_client_options(leave)
+
     bench = verbs.add_parser("bench", help="closed-loop YCSB-style load against a cluster")
     from dynafast import bench as bench_module
 
@@ -237,6 +243,30 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_leave(args) -> int:
+    from dynafast.net.messages import Msg
+
+    with _client(args) as client:
+        address = args.cluster.split(",")[0]
+        node_id = args.node or client.status(address)["node"]
+        client._call(address, Msg.LEAVE, (node_id,), args.timeout)
+        print(f"{node_id} is leaving: its partitions are handed off, then it stops")
+        if args.wait:
+            deadline = time.monotonic() + args.wait
+            while time.monotonic() < deadline:
+                try:
+                    members = {m["id"]: m for m in client.status()["members"]}
+                except DynafastError:
+                    members = {}
+                if members and (node_id not in members or members[node_id]["state"] == "left"):
+                    print(f"{node_id} has left")
+                    return 0
+                time.sleep(0.5)
+            print(f"dynafast leave: {node_id} has not left after {args.wait}s", file=sys.stderr)
+            return 1
+    return 0
+
+
 def cmd_bench(args) -> int:
     from dynafast import bench
 
@@ -250,6 +280,7 @@ VERBS = {
     "get": cmd_get,
     "delete": cmd_delete,
     "status": cmd_status,
+    "leave": cmd_leave,
     "bench": cmd_bench,
 }
 

@@ -40,9 +40,12 @@ class NodeConfig:
     segment_size: int = 256 * 1024 * 1024
     # deletes: how long a fully replicated tombstone is kept before it is removed
     tombstone_delay: float = 3.0
-    # membership
-    ring_check_interval: float = 1.0
-    probe_interval: float = 1.0
+    # membership: gossip rounds and phi-accrual failure detection
+    gossip_interval: float = 1.0
+    phi_threshold: float = 8.0
+    # join/leave: vnode transfers to new owners
+    transfer_bytes_per_second: float = 8 * 1024 * 1024
+    drop_grace: float = 5.0
     # hinted handoff
     handoff_interval: float = 1.0
     handoff_batch: int = 256

@@ -13,7 +13,8 @@ import dynafast
 from dynafast import _impl
 from dynafast.cluster.antientropy import AntiEntropy, VnodeTrees
 from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
-from dynafast.cluster.membership import SeedMembership
+from dynafast.cluster.handoff import Transfers
+from dynafast.cluster.membership import ClusterMembership
 from dynafast.cluster.replica import DurabilityBatcher, ReplicaStore
 from dynafast.config import NodeConfig, split_address
 from dynafast.errors import (
@@ -71,7 +72,11 @@ class Node:
         self.trees = VnodeTrees(self.replicas, leaves=config.merkle_leaves)
         self.replicas.on_write = self.trees.on_write
         self.pool = PeerPool(connect_timeout=config.peer_timeout)
-        self.membership = SeedMembership(config, self.pool)
+        self.membership = ClusterMembership(config, self.pool)
+        self.transfers = Transfers(self, bytes_per_second=config.transfer_bytes_per_second,
+                                   drop_grace=config.drop_grace, peer_timeout=config.peer_timeout * 5)
+        self.membership.listeners.append(self.transfers.on_state)
+        self.stopped = asyncio.Event()
         self.durable = DurabilityBatcher(self.store)
         self.antientropy = AntiEntropy(self, self.trees, interval=config.ae_interval,
                                        bytes_per_second=config.ae_bytes_per_second,
@@ -92,6 +97,10 @@ class Node:
             Msg.REPLICA_PUT: self.replica_put,
             Msg.JOIN: self.join,
             Msg.RING_PUSH: self.ring_push,
+            Msg.GOSSIP: self.gossip,
+            Msg.TRANSFER: self.transfer,
+            Msg.TRANSFER_DONE: self.transfer_done,
+            Msg.LEAVE: self.leave,
             Msg.MERKLE_GET: self.merkle_get,
             Msg.KEYS_GET: self.keys_get,
         }
@@ -117,6 +126,7 @@ class Node:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.antientropy.stop()
+        await self.transfers.close()
         await self.membership.stop()
         if self.http is not None:
             await self.http.cleanup()
@@ -228,6 +238,16 @@ class Node:
         state = _Request(loop, machine, partition, key, stored, stored.to_bytes(), reply_type)
         state.previous = existing
         self._send_puts(state, machine.start())
+        next_ring = self.membership.next_ring
+        if next_ring is not None:
+            # The cluster is changing shape: new replicas get every write while their vnode streams in.
+            sent = {node for node, _ in targets}
+            for node in next_ring.replicas(partition, self.config.n):
+                if node not in sent and node != self.node_id:
+                    fields = (partition, key, state.raw, False, None)
+                    call = asyncio.ensure_future(self.pool.call(
+                        self.membership.address_of(node), Msg.REPLICA_PUT, fields, self.config.peer_timeout))
+                    call.add_done_callback(_ignore_result)
         state.arm(timeout)
         return state.answer
 
@@ -298,7 +318,9 @@ class Node:
         result = machine.result
         if result is None:
             return ([], b"")
-        return (result.live_values(), result.context())
+        # Concurrent writes of the same bytes (a retried blind write) are one value to the application.
+        values = list(dict.fromkeys(result.live_values()))
+        return (values, result.context())
 
     def _send_gets(self, state, sends):
         for send in sends:
@@ -381,11 +403,28 @@ class Node:
     def membership_ping(self, fields):
         return (Msg.PONG, self.membership.handle_ping(fields))
 
+    def gossip(self, fields):
+        return (Msg.GOSSIP_REPLY, self.membership.handle_gossip(fields))
+
+    def leave(self, fields):
+        return _reply(Msg.LEAVE_REPLY, self.membership.handle_leave(fields))
+
+    def transfer(self, fields):
+        partition, keys, raws = fields[:3]
+        return (Msg.TRANSFER_REPLY, (self.transfers.receive(partition, keys, raws),))
+
+    def transfer_done(self, fields):
+        return _reply(Msg.TRANSFER_DONE_REPLY, self.membership.handle_transfer_done(fields))
+
+    def request_stop(self) -> None:
+        """Ask the serving loop to stop this node (after it has left the cluster)."""
+        self.stopped.set()
+
     def ring_get(self, fields):
         return (Msg.RING_REPLY, self.membership.state_fields())
 
     def join(self, fields):
-        return (Msg.JOIN_REPLY, self.membership.handle_join(fields))
+        return _reply(Msg.JOIN_REPLY, self.membership.handle_join(fields))
 
     def ring_push(self, fields):
         return (Msg.RING_PUSH_REPLY, self.membership.handle_ring_push(fields))
@@ -404,7 +443,7 @@ class Node:
                 "id": member.id,
                 "address": member.address,
                 "zone": member.zone,
-                "state": "up" if member.id == self.node_id else member.state,
+                "state": member.state if member.id != self.node_id or member.state != "down" else "up",
                 "partitions": owned.get(member.id, 0),
             })
         stats = self.store.stats()
@@ -422,6 +461,8 @@ class Node:
             "storage": {k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
             "hints_for": sorted(self.replicas.hint_owners()),
             "antientropy": self.antientropy.status(),
+            "transfers": self.transfers.status(),
+            "next_ring_version": None if self.membership.next_ring is None else self.membership.next_ring.version,
         }
 
     # -- hinted handoff ----------------------------------------------------------------------------------------
@@ -429,6 +470,8 @@ class Node:
         while True:
             await asyncio.sleep(self.config.handoff_interval)
             try:
+                self.membership.check_claimant_duties()
+                self.transfers.schedule(self.membership.state)
                 await self.deliver_hints()
             except asyncio.CancelledError:
                 raise
@@ -508,6 +551,15 @@ class _Request:
                 self.on_finish(self)
 
 
+def _reply(msg_type, result):
+    """Wrap a handler result that may be a coroutine (a request forwarded to the claimant)."""
+    if asyncio.iscoroutine(result):
+        async def wrapped():
+            return (msg_type, await result)
+        return wrapped()
+    return (msg_type, result)
+
+
 def _ignore_result(call):
     if not call.cancelled():
         call.exception()
@@ -534,7 +586,8 @@ async def _serve(config: NodeConfig) -> int:
         await node.stop()
         raise
     print(f"dynafast node {node.node_id} serving on {config.advertise}", flush=True)
-    await stop.wait()
+    stopper = asyncio.ensure_future(node.stopped.wait())
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), stopper], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping")
     await node.stop()
     return 0

@@ -1,27 +1,45 @@
 """Cluster membership: who is in the cluster, at which address, who is up, and the ring.
 
-``Membership`` is the interface the node relies on. ``SeedMembership`` implements it simply: a joining node
-asks a seed, the seed computes the new ring (moving as few partitions as possible) and pushes it to every
-member; every member pings the others each ``probe_interval`` with its ring version, so a member that missed a
-push catches up, and a peer that stops answering is marked down (and up again when it answers).
+The shared part is one versioned ``ClusterState``: the members with their status (joining, valid, leaving,
+left), the active ring, and while the cluster changes shape, the next ring and the partition transfers towards it
+that are done. Only the *claimant* changes it (the valid member with the lowest id that is up in the deciding
+node's view, as in Riak); everyone else forwards joins, leaves and finished transfers to the claimant. The state
+spreads by gossip (``GossipCore``): each round a node swaps heartbeats and its state with one random peer, and the
+newer state (by version, then digest) wins.
+
+Liveness is local: a phi-accrual failure detector fed by gossiped heartbeats marks peers down and up; a refused
+connection marks a peer down at once, until its heartbeat moves again.
+
+Changing shape without losing data (Dynamo's join/leave with Riak's handoff rules): a join or leave makes a next
+ring that moves as few partitions as possible. For every partition that gains a replica, the first live old
+replica streams the vnode to it (while coordinators also send new writes there); the claimant records each
+finished transfer and activates the next ring only when all are done. Old replicas drop their copy afterwards,
+and a node that was leaving then stops.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynafast import _impl
-from dynafast.errors import DynafastError
+from dynafast.cluster.failure import FailureDetector
+from dynafast.cluster.gossip import GossipCore, state_order
+from dynafast.errors import DynafastError, ProtocolError
 from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.membership")
 
-UP, DOWN, JOINING, LEAVING, LEFT = "up", "down", "joining", "leaving", "left"
+# Shared statuses (part of the cluster state) ...
+JOINING, VALID, LEAVING, LEFT = "joining", "valid", "leaving", "left"
+# ... and what `status` shows, mixing in local liveness.
+UP, DOWN = "up", "down"
 
 
 @dataclass
@@ -29,57 +47,109 @@ class Member:
     id: str
     address: str
     zone: str = ""
-    state: str = UP
+    status: str = VALID
+    state: str = UP  # as shown: joining | leaving | left | up | down
 
 
-class Membership:
-    """What the node needs from membership. Implementations: SeedMembership (now), gossip (later)."""
-
-    node_id: str
-    ring: object
+@dataclass
+class ClusterState:
+    version: int
     members: dict[str, Member]
+    ring: object
+    next_ring: object = None
+    done: set = field(default_factory=set)  # {(partition, target)} transfers finished towards next_ring
 
-    def address_of(self, node_id: str) -> str:
-        raise NotImplementedError
+    def to_fields(self) -> tuple:
+        """Wire form. The first three fields (ring, ids, addresses) are what clients read."""
+        ids = sorted(self.members)
+        done = sorted(self.done)
+        return (
+            self.ring.to_bytes(),
+            ids,
+            [self.members[i].address for i in ids],
+            [self.members[i].zone for i in ids],
+            [self.members[i].status for i in ids],
+            self.version,
+            None if self.next_ring is None else self.next_ring.to_bytes(),
+            [p for p, _ in done],
+            [t for _, t in done],
+        )
 
-    def down(self) -> frozenset[str]:
-        raise NotImplementedError
+    @classmethod
+    def from_fields(cls, fields, rings) -> "ClusterState":
+        try:
+            ring_bytes, ids, addresses, zones, statuses, version, next_bytes, done_p, done_t = fields[:9]
+            members = {
+                i: Member(i, a, z, s) for i, a, z, s in zip(ids, addresses, zones, statuses, strict=True)
+            }
+            ring = rings.Ring.from_bytes(ring_bytes)
+            next_ring = None if next_bytes is None else rings.Ring.from_bytes(next_bytes)
+            done = set(zip(done_p, done_t, strict=True))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed cluster state: {exc}") from exc
+        if not isinstance(version, int):
+            raise ProtocolError("malformed cluster state: version")
+        return cls(version, members, ring, next_ring, done)
 
-    def mark_down(self, node_id: str) -> None:
-        raise NotImplementedError
+    def digest(self) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr(self.to_fields()).encode())
+        return h.digest()
 
-    def mark_up(self, node_id: str) -> None:
-        raise NotImplementedError
+    def required_transfers(self) -> set:
+        """(partition, target) pairs that must be done before next_ring can become the ring."""
+        if self.next_ring is None:
+            return set()
+        needed = set()
+        for p in range(self.ring.partitions):
+            old = set(self.ring.replicas(p))
+            for target in self.next_ring.replicas(p):
+                if target not in old:
+                    needed.add((p, target))
+        return needed
 
-    async def start(self) -> None:
-        raise NotImplementedError
-
-    async def stop(self) -> None:
-        raise NotImplementedError
+    def copy(self) -> "ClusterState":
+        members = {i: Member(m.id, m.address, m.zone, m.status) for i, m in self.members.items()}
+        return ClusterState(self.version, members, self.ring, self.next_ring, set(self.done))
 
 
-class SeedMembership(Membership):
-    FAILURES_TO_DOWN = 2
+class ClusterMembership:
+    """Membership over gossip. ``listeners`` are called with (old_state, new_state) after each change."""
 
-    def __init__(self, config, pool, *, on_change=None):
+    def __init__(self, config, pool):
         self.config = config
         self.node_id = config.node_id
         self.pool = pool
         self.rings = _impl.load("ring")
-        self.members: dict[str, Member] = {}
-        self.ring = None
-        self.on_change = on_change
-        self._failures: dict[str, int] = {}
+        self.state: ClusterState | None = None
+        detector = FailureDetector(config.phi_threshold, first_interval=config.gossip_interval,
+                                   acceptable_pause=config.gossip_interval)
+        self.gossip = GossipCore(self.node_id, detector=detector)
+        self.listeners: list = []
+        self._forced_down: set[str] = set()
         self._down: frozenset[str] = frozenset()
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._state_path = Path(config.data_dir) / "cluster.json"
+        self._first_seen: dict[str, float] = {}
 
-    # -- queries ---------------------------------------------------------------------------------------
+    # -- queries used on every request (kept cheap) ------------------------------------------------------
+    @property
+    def ring(self):
+        return self.state.ring
+
+    @property
+    def next_ring(self):
+        return self.state.next_ring
+
+    @property
+    def members(self) -> dict[str, Member]:
+        return self.state.members
+
     def address_of(self, node_id: str) -> str:
         route = self.config.peer_routes.get(node_id)
         if route:
             return route
-        return self.members[node_id].address
+        return self.state.members[node_id].address
 
     def down(self) -> frozenset[str]:
         return self._down
@@ -88,55 +158,88 @@ class SeedMembership(Membership):
         return node_id not in self._down
 
     def mark_down(self, node_id: str) -> None:
-        if node_id == self.node_id or node_id not in self.members:
+        """A call to the peer failed to connect: treat it as down until its heartbeat moves again."""
+        if node_id == self.node_id or node_id not in self.state.members:
             return
-        self._failures[node_id] = self._failures.get(node_id, 0) + 1
-        if self._failures[node_id] >= self.FAILURES_TO_DOWN and node_id not in self._down:
-            log.warning("peer %s marked down", node_id)
-            self._down = self._down | {node_id}
-            self.members[node_id].state = DOWN
+        if node_id not in self._forced_down:
+            self._forced_down.add(node_id)
+            self._refresh_liveness()
 
     def mark_up(self, node_id: str) -> None:
-        self._failures.pop(node_id, None)
-        if node_id in self._down:
-            log.info("peer %s is up again", node_id)
-            self._down = self._down - {node_id}
-            if node_id in self.members:
-                self.members[node_id].state = UP
+        if node_id in self._forced_down:
+            self._forced_down.discard(node_id)
+            self._refresh_liveness()
 
-    # -- the ring state as message fields -------------------------------------------------------------
+    def _refresh_liveness(self) -> None:
+        now = time.monotonic()
+        detector = self.gossip.detector
+        down = set()
+        for node_id, member in self.state.members.items():
+            if node_id == self.node_id or member.status == LEFT:
+                continue
+            if node_id in self._forced_down:
+                down.add(node_id)
+            elif node_id in detector.peers:
+                if not detector.available(node_id, now):
+                    down.add(node_id)
+            elif now - self._first_seen.setdefault(node_id, now) > 3 * self.config.gossip_interval + 5:
+                # Never heard from since we learnt of it: suspect it.
+                down.add(node_id)
+        if down != self._down:
+            for node_id in down - self._down:
+                log.warning("peer %s marked down", node_id)
+            for node_id in self._down - down:
+                log.info("peer %s is up", node_id)
+            self._down = frozenset(down)
+        for node_id, member in self.state.members.items():
+            member.state = self._shown_state(member)
+
+    def _shown_state(self, member: Member) -> str:
+        if member.status in (JOINING, LEAVING, LEFT):
+            return member.status
+        return DOWN if member.id in self._down else UP
+
+    def claimant(self) -> str:
+        """The member allowed to change the cluster state (lowest valid id that is up)."""
+        candidates = [i for i, m in self.state.members.items() if m.status == VALID and self.is_up(i)]
+        if not candidates:
+            candidates = [i for i, m in self.state.members.items() if m.status != LEFT and self.is_up(i)]
+        return min(candidates) if candidates else self.node_id
+
     def state_fields(self) -> tuple:
-        ids = sorted(self.members)
-        return (
-            self.ring.to_bytes(),
-            ids,
-            [self.members[i].address for i in ids],
-            [self.members[i].zone for i in ids],
-        )
+        return self.state.to_fields()
 
-    def _adopt(self, fields, *, force: bool = False) -> bool:
-        ring_bytes, ids, addresses, zones = fields[:4]
-        ring = self.rings.Ring.from_bytes(ring_bytes)
-        if self.ring is not None and not force:
-            if (ring.version, ring.digest()) <= (self.ring.version, self.ring.digest()):
-                return False
-        self.members = {}
-        for node_id, address, zone in zip(ids, addresses, zones):
-            member = Member(node_id, address, zone)
-            if node_id in self._down:
-                member.state = DOWN
-            self.members[node_id] = member
-        self._down = frozenset(n for n in self._down if n in self.members)
-        self.ring = ring
+    # -- adopting states ----------------------------------------------------------------------------------
+    def _adopt(self, new: ClusterState, *, force: bool = False) -> bool:
+        old = self.state
+        if old is not None and not force and state_order(new) <= state_order(old):
+            return False
+        self.state = new
+        self.gossip.state = new
+        for node_id in list(self.gossip.heartbeats):
+            if node_id not in new.members:
+                self.gossip.forget(node_id)
+        self._forced_down &= set(new.members)
+        self._refresh_liveness()
         self._save()
-        if self.on_change is not None:
-            self.on_change(ring)
+        for listener in self.listeners:
+            try:
+                listener(old, new)
+            except Exception:  # noqa: BLE001 - a listener bug must not stop membership
+                log.exception("membership listener failed")
         return True
+
+    def _commit(self, new: ClusterState) -> ClusterState:
+        """Claimant-side change: bump the version, adopt, and spread it at once."""
+        new.version = self.state.version + 1
+        self._adopt(new)
+        self._spread()
+        return new
 
     def _save(self) -> None:
         tmp = self._state_path.with_suffix(".tmp")
-        ring_bytes, ids, addresses, zones = self.state_fields()
-        data = {"ring": ring_bytes.hex(), "ids": ids, "addresses": addresses, "zones": zones}
+        fields = self.state.to_fields()
+        data = {"fields": [f.hex() if isinstance(f, bytes) else f for f in fields]}
         with open(tmp, "w") as f:
             json.dump(data, f)
             f.flush()
@@ -146,123 +249,243 @@ class SeedMembership(Membership):
     def _load(self) -> bool:
         try:
             with open(self._state_path) as f:
-                data = json.load(f)
-            fields = (bytes.fromhex(data["ring"]), data["ids"], data["addresses"], data["zones"])
-            return self._adopt(fields, force=True)
+                raw = json.load(f)["fields"]
+            fields = list(raw)
+            fields[0] = bytes.fromhex(fields[0])
+            fields[6] = None if fields[6] is None else bytes.fromhex(fields[6])
+            return self._adopt(ClusterState.from_fields(fields, self.rings), force=True)
         except FileNotFoundError:
             return False
-        except (ValueError, KeyError, DynafastError) as exc:
+        except (ValueError, KeyError, TypeError, DynafastError) as exc:
             log.error("ignoring unreadable cluster state %s: %s", self._state_path, exc)
             return False
 
     # -- life cycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._load()
-        me = self.members.get(self.node_id)
-        if self.ring is None and not self.config.seeds:
-            # First node of a new cluster.
-            self.members = {self.node_id: Member(self.node_id, self.config.advertise, self.config.zone)}
-            self.ring = self.rings.Ring(self.config.partitions, [self.node_id], n=self.config.n,
-                                        zones={self.node_id: self.config.zone})
-            self._save()
-        elif self.config.seeds and (me is None or me.address != self.config.advertise):
+        me = self.state.members.get(self.node_id) if self.state is not None else None
+        if self.state is None and not self.config.seeds:
+            ring = self.rings.Ring(self.config.partitions, [self.node_id], n=self.config.n,
+                                   zones={self.node_id: self.config.zone})
+            member = Member(self.node_id, self.config.advertise, self.config.zone, VALID)
+            self._adopt(ClusterState(1, {self.node_id: member}, ring), force=True)
+        elif self.config.seeds and (me is None or me.address != self.config.advertise or me.status == LEFT):
             await self._join()
-        self._task = asyncio.create_task(self._probe_loop())
+        self._tasks.append(asyncio.create_task(self._gossip_loop()))
+        self._tasks.append(asyncio.create_task(self._liveness_loop()))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
-            self._task = None
+        self._tasks = []
 
     async def _join(self) -> None:
         fields = (self.node_id, self.config.advertise, self.config.zone)
         last_error = None
-        for attempt in range(30):
+        for attempt in range(60):
             for seed in self.config.seeds:
                 if seed == self.config.advertise:
                     continue
                 try:
                     _, reply = await self.pool.call(seed, Msg.JOIN, fields, self.config.peer_timeout * 5)
-                    self._adopt(reply, force=True)
-                    log.info("joined the cluster through %s (ring version %d)", seed, self.ring.version)
+                    self._adopt(ClusterState.from_fields(reply, self.rings), force=self.state is None)
+                    log.info("joined the cluster through %s (state version %d)", seed, self.state.version)
                     return
                 except DynafastError as exc:
                     last_error = exc
             await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
-        if self.ring is None:
+        if self.state is None:
             raise DynafastError(f"could not join through seeds {self.config.seeds}: {last_error}")
 
-    # -- handlers of membership messages ----------------------------------------------------------------
-    def handle_join(self, fields) -> tuple:
-        node_id, address, zone = fields[:3]
-        member = self.members.get(node_id)
-        if member is None or member.address != address or member.zone != zone:
-            members = dict(self.members)
-            members[node_id] = Member(node_id, address, zone)
-            zones = {m.id: m.zone for m in members.values()}
-            ring = self.ring.with_members(sorted(members), zones=zones)
-            self.members = members
-            self.ring = ring
-            self._save()
-            log.info("admitted %s at %s; ring version %d", node_id, address, ring.version)
-            if self.on_change is not None:
-                self.on_change(ring)
-            self.mark_up(node_id)
-            self._push_ring()
-        return self.state_fields()
-
-    def handle_ring_push(self, fields) -> tuple:
-        self._adopt(fields)
-        return (self.ring.version,)
-
-    def handle_ping(self, fields) -> tuple:
-        sender = fields[0] if fields else None
-        if sender in self.members:
-            self.mark_up(sender)
-        return (self.node_id, self.ring.version, self.ring.digest())
-
-    def _push_ring(self) -> None:
-        state = self.state_fields()
-        for node_id in self.members:
-            if node_id != self.node_id:
-                asyncio.ensure_future(self._send_ring(node_id, state))
-
-    async def _send_ring(self, node_id: str, state) -> None:
-        try:
-            await self.pool.call(self.address_of(node_id), Msg.RING_PUSH, state, self.config.peer_timeout)
-        except DynafastError as exc:
-            log.debug("ring push to %s failed: %s", node_id, exc)
-
-    async def _probe_loop(self) -> None:
+    # -- gossip ---------------------------------------------------------------------------------------------
+    async def _gossip_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.probe_interval * (0.8 + 0.4 * random.random()))
-            peers = [node_id for node_id in self.members if node_id != self.node_id]
-            await asyncio.gather(*(self._probe(node_id) for node_id in peers), return_exceptions=True)
-            if self.node_id not in self.members and self.config.seeds:
-                # A concurrent join elsewhere won over ours: ask again.
+            await asyncio.sleep(self.config.gossip_interval * (0.75 + 0.5 * random.random()))
+            try:
+                await self.gossip_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("gossip round failed")
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.2, self.config.gossip_interval / 2))
+            self._refresh_liveness()
+            if self.node_id not in self.state.members and self.config.seeds:
                 try:
-                    await self._join()
+                    await self._join()  # a concurrent change elsewhere dropped us: ask again
                 except DynafastError as exc:
                     log.warning("rejoin failed: %s", exc)
 
-    async def _probe(self, node_id: str) -> None:
+    def _gossip_fields(self) -> tuple:
+        ids, counters, state = self.gossip.message()
+        # Flat: the codec nests lists one level only, so the state's fields follow the gossip header.
+        return (self.node_id, ids, counters, state.version, state.digest()) + state.to_fields()
+
+    def _gossip_targets(self) -> list[str]:
+        return [i for i, m in self.state.members.items() if i != self.node_id and m.status != LEFT]
+
+    async def gossip_round(self) -> None:
+        self.gossip.tick()
+        peer = self.gossip.choose_peer(self._gossip_targets())
+        if peer is None:
+            return
+        await self._gossip_with(peer)
+
+    async def _gossip_with(self, peer: str) -> None:
         try:
-            _, reply = await self.pool.call(self.address_of(node_id), Msg.PING, (self.node_id, self.ring.version),
+            _, reply = await self.pool.call(self.address_of(peer), Msg.GOSSIP, self._gossip_fields(),
                                             self.config.peer_timeout)
         except DynafastError:
-            self.mark_down(node_id)
+            self.mark_down(peer)
             return
-        self.mark_up(node_id)
-        _, version, digest = reply[:3]
-        if (version, digest) > (self.ring.version, self.ring.digest()):
-            try:
-                _, state = await self.pool.call(self.address_of(node_id), Msg.RING_GET, (), self.config.peer_timeout)
-                self._adopt(state)
-            except DynafastError as exc:
-                log.debug("ring fetch from %s failed: %s", node_id, exc)
-        elif (version, digest) < (self.ring.version, self.ring.digest()):
-            await self._send_ring(node_id, self.state_fields())
+        self.mark_up(peer)
+        self._receive_gossip(reply)
+
+    def _receive_gossip(self, fields) -> None:
+        sender, ids, counters, version, digest = fields[:5]
+        if (version, digest) > state_order(self.state):
+            new = ClusterState.from_fields(fields[5:], self.rings)
+        else:
+            new = None
+        self.gossip.receive(ids, counters, None, time.monotonic())
+        if sender in self._forced_down:
+            self.mark_up(sender)
+        if new is not None:
+            self._adopt(new)
+
+    def _spread(self) -> None:
+        """Push a fresh change to every member now instead of waiting for random rounds."""
+        for peer in self._gossip_targets():
+            asyncio.ensure_future(self._gossip_with(peer))
+
+    # -- handlers ----------------------------------------------------------------------------------------
+    def handle_gossip(self, fields) -> tuple:
+        self._receive_gossip(fields)
+        return self._gossip_fields()
+
+    def handle_ping(self, fields) -> tuple:
+        return (self.node_id, self.state.version, self.state.digest())
+
+    def handle_ring_push(self, fields) -> tuple:
+        self._adopt(ClusterState.from_fields(fields, self.rings))
+        return (self.state.version,)
+
+    async def _at_claimant(self, msg_type, fields):
+        claimant = self.claimant()
+        if claimant == self.node_id:
+            return None
+        _, reply = await self.pool.call(self.address_of(claimant), msg_type, fields, self.config.peer_timeout * 5)
+        return reply
+
+    def handle_join(self, fields):
+        if self.claimant() != self.node_id:
+            return self._forwarded(Msg.JOIN, fields)
+        node_id, address, zone = fields[:3]
+        if not isinstance(node_id, str) or not isinstance(address, str) or not isinstance(zone, str):
+            raise ProtocolError("join needs (node id, address, zone) strings")
+        member = self.state.members.get(node_id)
+        if member is not None and member.address == address and member.zone == zone and member.status != LEFT:
+            return self.state_fields()
+        new = self.state.copy()
+        status = VALID if member is not None and member.status == VALID else JOINING
+        new.members[node_id] = Member(node_id, address, zone, status)
+        self._plan(new)
+        self._commit(new)
+        log.info("admitted %s at %s (state version %d)", node_id, address, new.version)
+        self._maybe_activate()
+        return self.state_fields()
+
+    def handle_leave(self, fields):
+        node_id = fields[0] if fields and fields[0] else self.node_id
+        if self.claimant() != self.node_id:
+            return self._forwarded(Msg.LEAVE, (node_id,))
+        member = self.state.members.get(node_id)
+        if member is None:
+            raise ProtocolError(f"{node_id} is not a member")
+        active = [i for i, m in self.state.members.items() if m.status in (VALID, JOINING) and i != node_id]
+        if not active:
+            raise ProtocolError("the last member cannot leave")
+        if member.status in (LEAVING, LEFT):
+            return (self.state.version,)
+        new = self.state.copy()
+        new.members[node_id].status = LEAVING
+        self._plan(new)
+        self._commit(new)
+        log.info("%s is leaving (state version %d)", node_id, new.version)
+        self._maybe_activate()
+        return (self.state.version,)
+
+    def handle_transfer_done(self, fields):
+        """(partitions, targets, next ring digest): transfers a sender finished."""
+        if self.claimant() != self.node_id:
+            return self._forwarded(Msg.TRANSFER_DONE, fields)
+        partitions, targets, next_digest = fields[:3]
+        nxt = self.state.next_ring
+        if nxt is None or nxt.digest() != next_digest:
+            return (False,)
+        finished = set(zip(partitions, targets, strict=True)) - self.state.done
+        if finished:
+            new = self.state.copy()
+            new.done |= finished
+            self._commit(new)
+            self._maybe_activate()
+        return (True,)
+
+    async def _forwarded(self, msg_type, fields):
+        reply = await self._at_claimant(msg_type, fields)
+        if reply is None:  # we became the claimant meanwhile
+            handler = {Msg.JOIN: self.handle_join, Msg.LEAVE: self.handle_leave,
+                       Msg.TRANSFER_DONE: self.handle_transfer_done}[msg_type]
+            result = handler(fields)
+            return await result if asyncio.iscoroutine(result) else result
+        if msg_type == Msg.JOIN:
+            self._adopt(ClusterState.from_fields(reply, self.rings))
+        return reply
+
+    # -- planning ring changes (claimant) -------------------------------------------------------------
+    def _plan(self, new: ClusterState) -> None:
+        """Set new.next_ring for the members that will hold data once the change completes."""
+        targets = sorted(i for i, m in new.members.items() if m.status in (VALID, JOINING))
+        zones = {i: new.members[i].zone for i in targets}
+        ring = new.ring
+        if sorted(ring.members) == targets:
+            new.next_ring = None
+        else:
+            new.next_ring = self.rings.Ring(ring.partitions, targets, n=ring.n, zones=zones, previous=ring,
+                                            version=ring.version + 1)
+        new.done = set()
+
+    def _maybe_activate(self) -> None:
+        state = self.state
+        if state.next_ring is None:
+            if any(m.status == JOINING for m in state.members.values()):
+                new = state.copy()
+                for m in new.members.values():
+                    if m.status == JOINING:
+                        m.status = VALID
+                self._commit(new)
+            return
+        if state.required_transfers() <= state.done:
+            new = state.copy()
+            new.ring = state.next_ring
+            new.next_ring = None
+            new.done = set()
+            for m in new.members.values():
+                if m.status == JOINING:
+                    m.status = VALID
+                elif m.status == LEAVING:
+                    m.status = LEFT
+            self._commit(new)
+            log.info("ring version %d is active (state version %d)", new.ring.version, new.version)
+
+    def check_claimant_duties(self) -> None:
+        """Called periodically: a new claimant finishes what a failed one left (activation)."""
+        if self.claimant() == self.node_id:
+            self._maybe_activate()

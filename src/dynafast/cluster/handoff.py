@@ -1,0 +1,212 @@
+"""Ownership handoff: streaming vnodes to the nodes that gain them when the cluster changes shape.
+
+When the cluster state carries a next ring, every partition that gains a replica needs the data first. The first
+live replica of the partition under the current ring sends it: the vnode's objects go in key order, in batches,
+through a byte-rate throttle, and the position reached is saved after each batch so an interrupted transfer
+resumes there instead of starting over. The receiver reconciles each object into its store, so sending an object
+twice is harmless. Finished transfers are reported to the claimant, which activates the next ring once all are
+done. After the ring changes, a node drops its copy of each vnode it no longer holds (after a grace period for
+requests in flight), and a node that has left stops.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+from dynafast.cluster.antientropy import TokenBucket
+from dynafast.cluster.membership import LEFT
+from dynafast.errors import DynafastError
+from dynafast.net.messages import Msg
+
+log = logging.getLogger("dynafast.handoff")
+
+
+class Transfers:
+    def __init__(self, node, *, bytes_per_second: float = 8 << 20, batch_bytes: int = 256 << 10,
+                 drop_grace: float = 5.0, peer_timeout: float = 5.0):
+        self.node = node
+        self.bucket = TokenBucket(bytes_per_second, burst=max(batch_bytes * 2, bytes_per_second))
+        self.batch_bytes = batch_bytes
+        self.drop_grace = drop_grace
+        self.peer_timeout = peer_timeout
+        self.running: dict[tuple[int, str], asyncio.Task] = {}
+        self.completed = 0
+        self.objects_sent = 0
+        self.bytes_sent = 0
+        self._cursor_path = Path(node.config.data_dir) / "transfers.json"
+        self._cursors: dict[str, str] = self._load_cursors()
+        self._unreported: set[tuple[int, str]] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+
+    # -- persistence of the positions reached ------------------------------------------------------------
+    def _load_cursors(self) -> dict[str, str]:
+        try:
+            with open(self._cursor_path) as f:
+                data = json.load(f)
+            return data if isinstance(data, dict) else {}
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _save_cursors(self) -> None:
+        tmp = self._cursor_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self._cursors, f)
+        os.replace(tmp, self._cursor_path)
+
+    @staticmethod
+    def _cursor_name(partition: int, target: str, digest: bytes) -> str:
+        return f"{partition}:{target}:{digest.hex()}"
+
+    # -- reacting to cluster state changes -----------------------------------------------------------------
+    def on_state(self, old, new) -> None:
+        if self._closed:
+            return
+        self.schedule(new)
+        if old is not None and old.ring.digest() != new.ring.digest():
+            self._spawn(self._drop_unowned_later())
+        me = new.members.get(self.node.node_id)
+        if me is not None and me.status == LEFT and old is not None:
+            old_me = old.members.get(self.node.node_id)
+            if old_me is None or old_me.status != LEFT:
+                self._spawn(self._leave_later())
+
+    def schedule(self, state) -> None:
+        """Start the transfers this node must send for the state's next ring."""
+        if state.next_ring is None:
+            self._cursors = {}
+            return
+        membership = self.node.membership
+        me = self.node.node_id
+        for partition, target in sorted(state.required_transfers() - state.done):
+            if (partition, target) in self.running:
+                continue
+            senders = [n for n in state.ring.replicas(partition) if n == me or membership.is_up(n)]
+            if not senders or senders[0] != me:
+                continue
+            task = asyncio.ensure_future(self._transfer(partition, target, state.next_ring.digest()))
+            self.running[(partition, target)] = task
+            task.add_done_callback(lambda t, key=(partition, target): self.running.pop(key, None))
+
+    async def _transfer(self, partition: int, target: str, next_digest: bytes) -> None:
+        node = self.node
+        name = self._cursor_name(partition, target, next_digest)
+        after = bytes.fromhex(self._cursors.get(name, "")) if name in self._cursors else None
+        keys = sorted(key for key, _ in node.replicas.items(partition))
+        if after is not None:
+            keys = [k for k in keys if k > after]
+        try:
+            batch_keys, batch_raws, size = [], [], 0
+            for key in keys:
+                raw = node.replicas.get_raw(partition, key)
+                if raw is None:
+                    continue
+                batch_keys.append(key)
+                batch_raws.append(raw)
+                size += len(key) + len(raw)
+                if size >= self.batch_bytes:
+                    await self._send(partition, target, batch_keys, batch_raws, size, name)
+                    batch_keys, batch_raws, size = [], [], 0
+            if batch_keys:
+                await self._send(partition, target, batch_keys, batch_raws, size, name)
+        except DynafastError as exc:
+            log.info("transfer of partition %d to %s paused: %s", partition, target, exc)
+            await asyncio.sleep(1.0)
+            self._retry_later()
+            return
+        self.completed += 1
+        self._unreported.add((partition, target))
+        await self._report(next_digest)
+
+    async def _send(self, partition, target, keys, raws, size, cursor_name) -> None:
+        await self.bucket.take(size)
+        address = self.node.membership.address_of(target)
+        await self.node.pool.call(address, Msg.TRANSFER, (partition, keys, raws), self.peer_timeout)
+        self.objects_sent += len(keys)
+        self.bytes_sent += size
+        self._cursors[cursor_name] = keys[-1].hex()
+        self._save_cursors()
+
+    async def _report(self, next_digest: bytes) -> None:
+        await asyncio.sleep(0.05)  # transfers that finish together are reported together
+        if not self._unreported:
+            return
+        done = sorted(self._unreported)
+        fields = ([p for p, _ in done], [t for _, t in done], next_digest)
+        try:
+            result = self.node.membership.handle_transfer_done(fields)
+            if asyncio.iscoroutine(result):
+                await result
+            self._unreported -= set(done)
+        except DynafastError as exc:
+            log.info("could not report finished transfers yet: %s", exc)
+            self._retry_later()
+
+    def _retry_later(self) -> None:
+        async def again():
+            await asyncio.sleep(1.0)
+            state = self.node.membership.state
+            if state.next_ring is not None:
+                self._unreported &= state.required_transfers()
+                if self._unreported:
+                    await self._report(state.next_ring.digest())
+                self.schedule(state)
+        self._spawn(again())
+
+    # -- after the ring changed ---------------------------------------------------------------------------
+    async def _drop_unowned_later(self) -> None:
+        await asyncio.sleep(self.drop_grace)
+        state = self.node.membership.state
+        me = self.node.node_id
+        for partition in range(state.ring.partitions):
+            holds = me in state.ring.replicas(partition)
+            will_hold = state.next_ring is not None and me in state.next_ring.replicas(partition)
+            if holds or will_hold or any(p == partition for p, _ in self.running):
+                continue
+            if self.node.replicas.count(partition):
+                self.node.replicas.drop_vnode(partition)
+                self.node.trees.drop(partition)
+                log.info("dropped partition %d: it moved to its new owners", partition)
+
+    async def _leave_later(self) -> None:
+        await self._drop_unowned_later()
+        log.info("%s has left the cluster; stopping", self.node.node_id)
+        self.node.request_stop()
+
+    # -- bookkeeping ----------------------------------------------------------------------------------------
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._tasks) + list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def status(self) -> dict:
+        state = self.node.membership.state
+        pending = len(state.required_transfers() - state.done) if state.next_ring is not None else 0
+        return {
+            "running": len(self.running),
+            "pending_cluster_wide": pending,
+            "completed": self.completed,
+            "objects_sent": self.objects_sent,
+            "bytes_sent": self.bytes_sent,
+        }
+
+    def receive(self, partition: int, keys, raws) -> int:
+        """A batch of a vnode streamed to us: reconcile each object into our replica."""
+        Siblings = self.node.Siblings
+        for key, raw in zip(keys, raws, strict=True):
+            self.node.merge_local(partition, key, Siblings.from_bytes(raw))
+        return len(keys)
