@@ -277,12 +277,13 @@ cdef class MerkleTree:
         cdef int d
         cdef Py_ssize_t i, j, parent, slot
         if self.all_dirty:
-            with nogil:
-                for d in range(self.depth - 1, -1, -1):
-                    for i in range(self.size[d]):
-                        self._rehash(d, i)
-                    self.ndirty[d] = 0
-                memset(self.dirty_flag, 0, self.offset[self.depth])
+            # Holding the GIL on purpose: an insert from another thread meanwhile would skip marking
+            # (all_dirty) and then be lost when all_dirty is cleared.
+            for d in range(self.depth - 1, -1, -1):
+                for i in range(self.size[d]):
+                    self._rehash(d, i)
+                self.ndirty[d] = 0
+            memset(self.dirty_flag, 0, self.offset[self.depth])
             self.all_dirty = False
             return 0
         for d in range(self.depth - 1, -1, -1):
