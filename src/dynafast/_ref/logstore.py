@@ -694,6 +694,10 @@ class LogStore:
                         self._keydir[key] = new
                         seg.live += new[2]
                         seg.dead -= new[2]
+            # Keys still pointing into the inputs had damaged records there: drop them, never serve them.
+            gone = {seg.id for seg in inputs}
+            for key in [k for k, loc in self._keydir.items() if loc[0] in gone]:
+                del self._keydir[key]
             # Oldest first: a tombstone outlives every older value it hides.
             for seg in inputs:
                 del self._segs[seg.id]
