@@ -1,0 +1,103 @@
+"""Gossip dissemination and failure detection, simulated in-process on a deterministic clock."""
+import hashlib
+import math
+import random
+
+from dynafast import _impl
+from dynafast.cluster.failure import FailureDetector
+from dynafast.cluster.gossip import GossipCore, exchange
+from dynafast.cluster.membership import VALID, ClusterState, Member
+
+
+class Version:
+    """The smallest state gossip can carry: a version and its digest."""
+
+    def __init__(self, version, payload=b""):
+        self.version = version
+        self.payload = payload
+
+    def digest(self):
+        return hashlib.blake2b(self.payload + self.version.to_bytes(8, "big"), digest_size=8).digest()
+
+
+def simulate(n, seed, rounds_limit=100):
+    """Members gossip push-pull with one random peer per round; returns rounds until all have the change."""
+    rng = random.Random(seed)
+    ids = [f"m{i}" for i in range(n)]
+    cores = [GossipCore(i, Version(1), rng=random.Random(rng.random())) for i in ids]
+    cores[0].state = Version(2, b"change")
+    for round_no in range(1, rounds_limit + 1):
+        now = float(round_no)
+        for core in cores:
+            core.tick()
+        order = list(range(n))
+        rng.shuffle(order)
+        for i in order:
+            peer = cores[i].choose_peer(ids)
+            exchange(cores[i], cores[int(peer[1:])], now)
+        if all(core.state.version == 2 for core in cores):
+            return round_no
+    return None
+
+
+def test_a_change_reaches_1000_members_in_log_rounds():
+    rounds = [simulate(1000, seed) for seed in range(1)]
+    assert all(r is not None for r in rounds)
+    # push-pull spreads in about log2(n) + ln(ln(n)) rounds; allow a generous constant, still O(log n)
+    assert max(rounds) <= 2 * math.ceil(math.log2(1000))
+    print(f"rounds to converge over 1,000 members: {rounds}")
+
+
+def test_rounds_grow_logarithmically():
+    small = max(simulate(16, seed) for seed in range(3))
+    large = max(simulate(512, seed) for seed in range(3))
+    # 32x more members costs a few more rounds, not 32x more
+    assert large <= small + 2 * math.log2(512 / 16) + 2
+
+
+def test_heartbeats_spread_and_silence_is_detected():
+    ids = [f"m{i}" for i in range(20)]
+    rng = random.Random(7)
+    cores = {i: GossipCore(i, Version(1), detector=FailureDetector(8.0), rng=random.Random(rng.random()))
+             for i in ids}
+    dead = "m13"
+    for round_no in range(1, 60):
+        now = float(round_no)
+        for node_id, core in cores.items():
+            if node_id == dead and round_no > 30:
+                continue  # crashed: no more rounds, no answers
+            core.tick()
+            peer = core.choose_peer(ids)
+            if peer == dead and round_no > 30:
+                continue
+            exchange(core, cores[peer], now)
+    observer = cores["m0"]
+    assert not observer.detector.available(dead, 59.0)
+    alive = [i for i in ids if i not in (dead, "m0")]
+    assert all(observer.detector.available(i, 59.0) for i in alive)
+
+
+def test_newer_state_wins_and_ties_break_by_digest():
+    a = GossipCore("a", Version(3, b"x"))
+    b = GossipCore("b", Version(2, b"y"))
+    exchange(a, b, 1.0)
+    assert a.state.version == b.state.version == 3
+    c = GossipCore("c", Version(5, b"p"))
+    d = GossipCore("d", Version(5, b"q"))
+    exchange(c, d, 1.0)
+    assert c.state is d.state
+
+
+def test_cluster_state_round_trips_and_plans_transfers():
+    rings = _impl.load("ring")
+    ring = rings.Ring(64, ["n1", "n2", "n3"], n=3)
+    nxt = ring.with_members(["n1", "n2", "n3", "n4"])
+    members = {i: Member(i, f"127.0.0.1:{7100 + k}", "", VALID) for k, i in enumerate(["n1", "n2", "n3", "n4"])}
+    state = ClusterState(9, members, ring, nxt, {(1, "n4")})
+    back = ClusterState.from_fields(state.to_fields(), rings)
+    assert back.digest() == state.digest()
+    assert back.version == 9 and back.done == {(1, "n4")}
+    needed = state.required_transfers()
+    # exactly the partitions whose replica set gains n4, each once
+    assert {t for _, t in needed} == {"n4"}
+    assert len(needed) == sum(1 for p in range(64) if "n4" in nxt.replicas(p) and "n4" not in ring.replicas(p))
