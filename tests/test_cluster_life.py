@@ -86,3 +86,141 @@ def test_wiped_node_gets_every_key_back_through_anti_entropy(tmp_path):
             assert wait_for(restored, 60, 0.5), "anti-entropy did not restore the wiped node"
             for key in keys:
                 assert replica_copy(victim, key).live_values() == [key]
+
+
+def merkle_roots(node, partitions):
+    """The root of each partition's Merkle tree on ``node``."""
+    from dynafast.net.blocking import BlockingConnection
+    from dynafast.net.messages import Msg
+
+    host, port = node.address.rsplit(":", 1)
+    with BlockingConnection(host, int(port), 5.0) as conn:
+        return {p: conn.call(Msg.MERKLE_GET, (p, 0, [0]), 5.0)[1][0][0] for p in partitions}
+
+
+def read_set(client, key, **kw):
+    result = client.get(key, **kw)
+    elements = set()
+    for value in result.values:
+        elements.update(e for e in value.split(b",") if e)
+    return elements, result.context
+
+
+def test_partitioned_set_adds_survive_the_heal(tmp_path):
+    """Jepsen's set test: both sides of a partition keep adding; after the heal nothing acknowledged is lost."""
+    keys = [b"set-a", b"set-b", b"set-c"]
+    with LocalCluster(3, base_dir=tmp_path / "c", proxied=True, extra_args=fast_config(tmp_path)) as c:
+        n1, n2, n3 = c.nodes
+        with Client(c.addresses) as client:
+            wait_members(client, 3)
+        acknowledged = {key: set() for key in keys}
+        lock = threading.Lock()
+
+        def adder(name, addresses, count):
+            with Client(addresses, timeout=2.0, partition_aware=False) as cl:
+                for i in range(count):
+                    key = keys[i % len(keys)]
+                    element = f"{name}{i}".encode()
+                    try:
+                        elements, context = read_set(cl, key, r=1)
+                        elements.add(element)
+                        cl.put(key, b",".join(sorted(elements)), context=context or None, w=1)
+                    except DynafastError:
+                        continue
+                    with lock:
+                        acknowledged[key].add(element)
+
+        def run_round(tag, count):
+            threads = [threading.Thread(target=adder, args=(f"{tag}a", [n1.address], count)),
+                       threading.Thread(target=adder, args=(f"{tag}b", [n2.address, n3.address], count))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+                assert not t.is_alive()
+
+        run_round("pre", 30)
+        c.partition(["n1"], ["n2", "n3"])
+        time.sleep(1.0)
+        run_round("cut", 60)
+        # the two sides really diverged while cut off
+        assert any(replica_copy(n1, key) != replica_copy(n2, key) for key in keys)
+        c.heal()
+        run_round("post", 15)
+
+        with Client(c.addresses, timeout=5.0) as client:
+            wait_members(client, 3)
+            for key in keys:
+                assert acknowledged[key], key
+                elements, _ = read_set(client, key, r=3)
+                missing = acknowledged[key] - elements
+                assert not missing, f"lost acknowledged elements of {key}: {sorted(missing)[:10]}"
+            ring = client._routing.ring
+            partitions = sorted({ring.partition_of(k) for k in keys})
+
+            def converged():
+                roots = [merkle_roots(node, partitions) for node in c.nodes]
+                return roots[0] == roots[1] == roots[2]
+
+            assert wait_for(converged, 60, 0.5), "replicas did not converge"
+
+
+def test_join_and_decommission_under_load_lose_nothing(tmp_path):
+    with LocalCluster(3, base_dir=tmp_path / "c", extra_args=fast_config(tmp_path)) as c:
+        with Client(c.addresses) as client:
+            wait_members(client, 3)
+        acknowledged: dict[bytes, bytes] = {}
+        errors: list[Exception] = []
+        stop = threading.Event()
+
+        def load():
+            with Client(c.addresses, timeout=5.0, ring_refresh=1.0) as cl:
+                i = 0
+                while not stop.is_set() and i < 20000:
+                    key = f"move-{i}".encode()
+                    try:
+                        cl.put(key, key, w=2)
+                        acknowledged[key] = key
+                        if i % 3 == 0:
+                            probe = f"move-{i // 2}".encode()
+                            if probe in acknowledged:
+                                assert cl.get(probe).values == [probe]
+                    except DynafastError as exc:
+                        errors.append(exc)
+                    i += 1
+
+        writer = threading.Thread(target=load)
+        writer.start()
+        try:
+            time.sleep(1.0)
+            n4 = c.add_node()
+            with Client(c.addresses) as client:
+                def joined():
+                    status = client.status(c.nodes[0].address)
+                    ids = {m["id"] for m in status["members"] if m["state"] == "up"}
+                    return ids == {"n1", "n2", "n3", "n4"} and status["next_ring_version"] is None \
+                        and any(m["id"] == "n4" and m["partitions"] > 0 for m in status["members"])
+
+                assert wait_for(joined, 60, 0.3), "n4 did not join"
+                time.sleep(1.0)
+                from dynafast.net.messages import Msg
+
+                client._call(c.nodes[0].address, Msg.LEAVE, ("n4",), 5.0)
+
+                def left():
+                    status = client.status(c.nodes[0].address)
+                    owners = {m["id"]: m["partitions"] for m in status["members"]}
+                    return owners.get("n4", 0) == 0 and status["next_ring_version"] is None
+
+                assert wait_for(left, 60, 0.3), "n4 did not hand off"
+                # a node that has left stops by itself
+                assert wait_for(lambda: not n4.is_running(), 30, 0.3)
+        finally:
+            stop.set()
+            writer.join(60)
+        assert not writer.is_alive()
+        assert not errors, f"client errors during join/leave: {errors[:5]}"
+        assert len(acknowledged) > 100
+        with Client(c.addresses[:3]) as client:
+            for key, value in acknowledged.items():
+                assert client.get(key, r=2).values == [value], key

@@ -70,9 +70,14 @@ def _write_request(key, value, context, w, dw, timeout, defaults):
 
 
 class _Routing:
-    """The client's view of the cluster: ring, member addresses, and which node to try for a key."""
+    """The client's view of the cluster: ring, member addresses, and which node to try for a key.
 
-    def __init__(self, seeds, ring_refresh: float):
+    With ``partition_aware=False`` the client sends every request to the nodes it was given, in order, and they
+    coordinate or forward (for clients behind a load balancer, or pinned to one side of a network partition).
+    """
+
+    def __init__(self, seeds, ring_refresh: float, partition_aware: bool = True):
+        self.partition_aware = partition_aware
         self.seeds = [s.strip() for s in seeds if s.strip()]
         if not self.seeds:
             raise ValueError("give at least one node address HOST:PORT")
@@ -94,16 +99,20 @@ class _Routing:
         self.fetched_at = time.monotonic()
 
     def stale(self) -> bool:
+        if not self.partition_aware:
+            return False
         return self.ring is None or time.monotonic() - self.fetched_at > self.ring_refresh
 
     def ring_sources(self) -> list[str]:
+        if not self.partition_aware:
+            return list(self.seeds)
         known = list(self.addresses.values())
         random.shuffle(known)
         return known + [s for s in self.seeds if s not in known]
 
     def candidates(self, key: bytes) -> list[str]:
         """Addresses to try for ``key``: its replicas first (healthy ones first), then the other nodes."""
-        if self.ring is None:
+        if self.ring is None or not self.partition_aware:
             return list(self.seeds)
         partition = self.ring.partition_of(key)
         replicas = self.ring.replicas(partition)
@@ -123,13 +132,13 @@ class Client:
     """Blocking client. Thread-safe: each node connection is used by one thread at a time."""
 
     def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
-                 r: int | None = None, w: int | None = None, dw: int | None = None):
+                 r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True):
         if isinstance(nodes, str):
             nodes = nodes.split(",")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.defaults = {"r": r, "w": w, "dw": dw}
-        self._routing = _Routing(nodes, ring_refresh)
+        self._routing = _Routing(nodes, ring_refresh, partition_aware)
         self._conns: dict[str, object] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -245,13 +254,13 @@ class AsyncClient:
     """The same API as Client, as coroutines, over multiplexed asyncio connections (one per node)."""
 
     def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
-                 r: int | None = None, w: int | None = None, dw: int | None = None):
+                 r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True):
         if isinstance(nodes, str):
             nodes = nodes.split(",")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.defaults = {"r": r, "w": w, "dw": dw}
-        self._routing = _Routing(nodes, ring_refresh)
+        self._routing = _Routing(nodes, ring_refresh, partition_aware)
         self._pool = None
         self._closed = False
 
