@@ -406,13 +406,24 @@ def test_disk_full_on_buffer_flush_writes_nothing(tmp_path, impl):
         assert len(db) == n and all(db[b"k%d" % i] == b"v" * 40 for i in range(n))
 
 
-def test_threads_share_the_store(tmp_path, impl):
-    with open_store(tmp_path / "db", impl, sync="always", segment_size=20000) as db:
+@pytest.mark.parametrize("round_", range(3))
+def test_threads_share_the_store(tmp_path, impl, round_):
+    # Switch threads often: rolls, group-commit flushes and merges interleave with every put.
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        _threads_share_the_store(tmp_path, impl)
+    finally:
+        sys.setswitchinterval(old)
+
+
+def _threads_share_the_store(tmp_path, impl):
+    with open_store(tmp_path / "db", impl, sync="always", segment_size=3000) as db:
         errors = []
 
         def writer(t):
             try:
-                for i in range(40):
+                for i in range(120):
                     db.put(b"t%d-%d" % (t, i), b"v%d" % i)
                     assert db.get(b"t%d-%d" % (t, i)) == b"v%d" % i
                     if i % 10 == 0:
@@ -421,7 +432,7 @@ def test_threads_share_the_store(tmp_path, impl):
                 errors.append(exc)
 
         def merger():
-            for _ in range(5):
+            for _ in range(15):
                 db.merge()
 
         threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
@@ -431,10 +442,10 @@ def test_threads_share_the_store(tmp_path, impl):
         for t in threads:
             t.join()
         assert not errors
-        assert len(db) == 320
+        assert len(db) == 960
         db.close()
     with open_store(tmp_path / "db", impl) as db:
-        assert len(db) == 320 and db[b"t7-39"] == b"v39"
+        assert len(db) == 960 and db[b"t7-119"] == b"v119"
 
 
 def test_sync_modes_and_stats(tmp_path, impl):

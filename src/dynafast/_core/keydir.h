@@ -1,11 +1,14 @@
 /* The logstore's in-memory keydir, CRC-32 and growable byte buffers, in plain C.
  *
- * Keydir layout (about 30 bytes per key plus the key itself):
- *   - an arena of items {u32 seg, u32 off, u32 size, u16 klen, key bytes}, padded to 4 bytes, appended in
+ * Keydir layout (12 bytes + the key, padded to 4, plus 10-15 bytes of index per key):
+ *   - an arena of items {u16 seg, u16 klen, u32 off, u32 size, key bytes}, padded to 4 bytes, appended in
  *     insertion order; a deleted item is marked dead (seg = DF_DEAD) and the arena is compacted when half
  *     of it is dead and no iterator is walking it;
  *   - an open-addressing index of 8-byte slots {u32 hash, u32 ref}, linear probing, backward-shift
- *     deletion (no tombstone slots), ref = 1 + arena offset / 4 (0 = empty), grown at 3/4 load.
+ *     deletion (no tombstone slots), ref = 1 + arena offset / 4 (0 = empty). The slot count is any
+ *     integer (the home slot is (hash * nslots) >> 32), so the index grows by 1.5x at 0.8 load and stays
+ *     between 0.53 and 0.8 full.
+ * Both arrays are large and randomly accessed: they ask for transparent huge pages (fewer TLB misses).
  * Iterators walk the arena by offset: positions stay valid across inserts, updates and deletes.
  */
 #ifndef DYNAFAST_KEYDIR_H
@@ -14,9 +17,18 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
-#define DF_DEAD 0xFFFFFFFFu
-#define DF_ITEM_HEADER 14u
+#define DF_DEAD 0xFFFFu
+#define DF_MAX_SEGS 0xFFFEu
+#define DF_ITEM_HEADER 12u
+
+static void df_hugepages(void *p, size_t n) {
+#ifdef MADV_HUGEPAGE
+    uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+    if (n > (2u << 20) && (uintptr_t)p + n > a) madvise((void *)a, (uintptr_t)p + n - a, MADV_HUGEPAGE);
+#endif
+}
 
 /* ---- CRC-32 (zlib's polynomial 0xEDB88320, so the reference can use zlib.crc32), slicing-by-8 ---- */
 static uint32_t df_crc_table[8][256];
@@ -109,16 +121,16 @@ typedef struct {
 } df_slot;
 
 typedef struct {
-    uint32_t seg;
+    uint16_t seg; /* index into the engine's segment table; DF_DEAD once deleted */
+    uint16_t klen;
     uint32_t off;
     uint32_t size;
-    uint16_t klen;
-    unsigned char key[2]; /* klen bytes; the item is padded to a multiple of 4 */
+    unsigned char key[4]; /* klen bytes; the item is padded to a multiple of 4 */
 } df_item;
 
 typedef struct {
     df_slot *slots;
-    size_t mask;
+    size_t nslots;
     size_t count;      /* live keys */
     unsigned char *arena;
     size_t arena_len;
@@ -129,12 +141,14 @@ typedef struct {
 static inline size_t df_item_span(size_t klen) { return (DF_ITEM_HEADER + klen + 3) & ~(size_t)3; }
 static inline df_item *df_kd_item(df_keydir *kd, size_t pos) { return (df_item *)(kd->arena + pos); }
 
+static inline size_t df_home(uint32_t h, size_t n) { return (size_t)(((uint64_t)h * n) >> 32); }
+
 static int df_kd_init(df_keydir *kd) {
     memset(kd, 0, sizeof(*kd));
     kd->slots = (df_slot *)calloc(1024, sizeof(df_slot));
     kd->arena = (unsigned char *)malloc(1 << 16);
     if (!kd->slots || !kd->arena) return -1;
-    kd->mask = 1023;
+    kd->nslots = 1024;
     kd->arena_cap = 1 << 16;
     return 0;
 }
@@ -145,13 +159,19 @@ static void df_kd_free(df_keydir *kd) {
     memset(kd, 0, sizeof(*kd));
 }
 
+/* Bytes in use: the whole index (it is touched everywhere) and the used part of the arena (capacity
+ * beyond it is never touched, so never resident). */
 static size_t df_kd_memory(const df_keydir *kd) {
-    return kd->slots ? (kd->mask + 1) * sizeof(df_slot) + kd->arena_cap : 0;
+    return kd->slots ? kd->nslots * sizeof(df_slot) + kd->arena_len : 0;
+}
+
+static size_t df_kd_allocated(const df_keydir *kd) {
+    return kd->slots ? kd->nslots * sizeof(df_slot) + kd->arena_cap : 0;
 }
 
 /* Slot index holding key, or -1. */
 static inline ptrdiff_t df_kd_slot(const df_keydir *kd, const unsigned char *key, size_t klen, uint32_t h) {
-    size_t i = h & kd->mask;
+    size_t i = df_home(h, kd->nslots);
     for (;;) {
         df_slot s = kd->slots[i];
         if (s.ref == 0) return -1;
@@ -159,7 +179,7 @@ static inline ptrdiff_t df_kd_slot(const df_keydir *kd, const unsigned char *key
             df_item *it = (df_item *)(kd->arena + ((size_t)(s.ref - 1) << 2));
             if (it->klen == klen && memcmp(it->key, key, klen) == 0) return (ptrdiff_t)i;
         }
-        i = (i + 1) & kd->mask;
+        if (++i == kd->nslots) i = 0;
     }
 }
 
@@ -169,31 +189,35 @@ static inline df_item *df_kd_find(const df_keydir *kd, const unsigned char *key,
 }
 
 static int df_kd_grow(df_keydir *kd) {
-    size_t ncap = (kd->mask + 1) * 2, nmask = ncap - 1;
-    df_slot *ns = (df_slot *)calloc(ncap, sizeof(df_slot));
+    size_t n = kd->nslots + kd->nslots / 2;
+    if (n >= ((size_t)1 << 32)) return -1;
+    df_slot *ns = (df_slot *)calloc(n, sizeof(df_slot));
     if (!ns) return -1;
-    for (size_t i = 0; i <= kd->mask; i++) {
+    df_hugepages(ns, n * sizeof(df_slot));
+    for (size_t i = 0; i < kd->nslots; i++) {
         df_slot s = kd->slots[i];
         if (s.ref == 0) continue;
-        size_t j = s.hash & nmask;
-        while (ns[j].ref) j = (j + 1) & nmask;
+        size_t j = df_home(s.hash, n);
+        while (ns[j].ref)
+            if (++j == n) j = 0;
         ns[j] = s;
     }
     free(kd->slots);
     kd->slots = ns;
-    kd->mask = nmask;
+    kd->nslots = n;
     return 0;
 }
 
 static int df_kd_arena_room(df_keydir *kd, size_t need) {
     if (kd->arena_len + need <= kd->arena_cap) return 0;
     size_t cap = kd->arena_cap;
-    while (cap < kd->arena_len + need) cap *= 2;
+    while (cap < kd->arena_len + need) cap += cap / 2;
     if (cap > ((size_t)0xFFFFFFFEu << 2)) return -1; /* refs are u32 in 4-byte units: 16 GiB */
     unsigned char *a = (unsigned char *)realloc(kd->arena, cap);
     if (!a) return -1;
     kd->arena = a;
     kd->arena_cap = cap;
+    df_hugepages(a, cap);
     return 0;
 }
 
@@ -207,24 +231,25 @@ static int df_kd_put(df_keydir *kd, const unsigned char *key, size_t klen, uint3
         old->seg = it->seg;
         old->off = it->off;
         old->size = it->size;
-        it->seg = seg;
+        it->seg = (uint16_t)seg;
         it->off = off;
         it->size = size;
         return 1;
     }
-    if ((kd->count + 1) * 4 > (kd->mask + 1) * 3 && df_kd_grow(kd) < 0) return -1;
+    if ((kd->count + 1) * 5 > kd->nslots * 4 && df_kd_grow(kd) < 0) return -1;
     size_t span = df_item_span(klen);
     if (df_kd_arena_room(kd, span) < 0) return -1;
     size_t pos = kd->arena_len;
     df_item *it = (df_item *)(kd->arena + pos);
-    it->seg = seg;
+    it->seg = (uint16_t)seg;
     it->off = off;
     it->size = size;
     it->klen = (uint16_t)klen;
     memcpy(it->key, key, klen);
     kd->arena_len += span;
-    size_t j = h & kd->mask;
-    while (kd->slots[j].ref) j = (j + 1) & kd->mask;
+    size_t j = df_home(h, kd->nslots);
+    while (kd->slots[j].ref)
+        if (++j == kd->nslots) j = 0;
     kd->slots[j].hash = h;
     kd->slots[j].ref = (uint32_t)(pos >> 2) + 1;
     kd->count++;
@@ -232,13 +257,13 @@ static int df_kd_put(df_keydir *kd, const unsigned char *key, size_t klen, uint3
 }
 
 static void df_kd_unslot(df_keydir *kd, size_t i) {
-    size_t mask = kd->mask, j = i;
+    size_t n = kd->nslots, j = i;
     for (;;) {
-        j = (j + 1) & mask;
+        if (++j == n) j = 0;
         if (kd->slots[j].ref == 0) break;
-        size_t home = kd->slots[j].hash & mask;
+        size_t home = df_home(kd->slots[j].hash, n);
         /* move j back into the hole at i unless its home lies cyclically in (i, j] */
-        if (((j - home) & mask) >= ((j - i) & mask)) {
+        if ((j + n - home) % n >= (j + n - i) % n) {
             kd->slots[i] = kd->slots[j];
             i = j;
         }
@@ -266,10 +291,11 @@ static int df_kd_remove(df_keydir *kd, const unsigned char *key, size_t klen, df
 /* Rebuild the arena without dead items (order kept) and the index over it. */
 static int df_kd_compact(df_keydir *kd) {
     size_t live = kd->arena_len - kd->arena_dead, cap = 1 << 16;
-    while (cap < live) cap *= 2;
+    while (cap < live) cap += cap / 2;
     unsigned char *na = (unsigned char *)malloc(cap);
     if (!na) return -1;
-    memset(kd->slots, 0, (kd->mask + 1) * sizeof(df_slot));
+    df_hugepages(na, cap);
+    memset(kd->slots, 0, kd->nslots * sizeof(df_slot));
     size_t out = 0;
     for (size_t pos = 0; pos < kd->arena_len;) {
         df_item *it = (df_item *)(kd->arena + pos);
@@ -277,8 +303,9 @@ static int df_kd_compact(df_keydir *kd) {
         if (it->seg != DF_DEAD) {
             memcpy(na + out, it, span);
             uint32_t h = df_hash(it->key, it->klen);
-            size_t j = h & kd->mask;
-            while (kd->slots[j].ref) j = (j + 1) & kd->mask;
+            size_t j = df_home(h, kd->nslots);
+            while (kd->slots[j].ref)
+                if (++j == kd->nslots) j = 0;
             kd->slots[j].hash = h;
             kd->slots[j].ref = (uint32_t)(out >> 2) + 1;
             out += span;

@@ -10,11 +10,11 @@ cdef extern from "keydir.h" nogil:
         size_t cap
 
     ctypedef struct df_item:
-        uint32_t seg
+        uint16_t seg
+        uint16_t klen
         uint32_t off
         uint32_t size
-        uint16_t klen
-        unsigned char key[2]
+        unsigned char key[4]
 
     ctypedef struct df_keydir:
         size_t count
@@ -23,6 +23,7 @@ cdef extern from "keydir.h" nogil:
         unsigned char *arena
 
     const uint32_t DF_DEAD
+    const uint32_t DF_MAX_SEGS
     void df_crc_init()
     uint32_t df_crc32(const unsigned char *p, size_t n)
     int df_buf_reserve(df_buf *b, size_t extra)
@@ -33,12 +34,28 @@ cdef extern from "keydir.h" nogil:
     int df_kd_init(df_keydir *kd)
     void df_kd_free(df_keydir *kd)
     size_t df_kd_memory(const df_keydir *kd)
+    size_t df_kd_allocated(const df_keydir *kd)
     df_item *df_kd_find(const df_keydir *kd, const unsigned char *key, size_t klen)
     int df_kd_put(df_keydir *kd, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
                   uint32_t size, df_item *old)
     int df_kd_remove(df_keydir *kd, const unsigned char *key, size_t klen, df_item *old)
     int df_kd_compact(df_keydir *kd)
     size_t df_kd_next(const df_keydir *kd, size_t pos, size_t end, const unsigned char *prefix, size_t plen)
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_broadcast(pthread_cond_t *c)
 
 
 # Every on-disk field width, in one place (the reference dynafast._ref.logstore packs the same):
@@ -124,6 +141,13 @@ cdef class LogStore:
     cdef uint64_t appended    # bytes ever appended: the clock group commit compares against
     cdef uint64_t synced      # bytes of those known durable
     cdef uint64_t merges
+    cdef uint64_t fsyncs
+    # Group commit: one leader fsyncs at a time; the others sleep on sync_cond (without the GIL) and
+    # return as soon as `synced` covers their write, without queueing on a lock one after another.
+    cdef pthread_mutex_t sync_mutex
+    cdef pthread_cond_t sync_cond
+    cdef bint sync_leader
+    cdef bint sync_init
     cdef Py_ssize_t iterators # open iterators: the arena is not compacted under them
     cdef PyThread_type_lock io_lock     # flush, fsync, roll (taken before the GIL-protected state)
     cdef PyThread_type_lock merge_lock  # one merge (or close) at a time
@@ -136,6 +160,7 @@ cdef class LogStore:
                     uint32_t size, int flags) except -1
     cdef int _apply_hint(self, uint32_t seg, const unsigned char *p, size_t n) except -1
     cdef int _open_active(self, uint64_t seg_id) except -1
+    cdef int _activate(self, uint64_t seg_id, int fd) except -1
     cdef int _append(self, const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen,
                      int flags) except -1
     cdef int _room(self, size_t size) except -1

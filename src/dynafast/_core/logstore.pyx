@@ -338,6 +338,9 @@ cdef class LogStore:
         self.merge_lock = PyThread_allocate_lock()
         if self.io_lock == NULL or self.merge_lock == NULL:
             raise MemoryError()
+        pthread_mutex_init(&self.sync_mutex, NULL)
+        pthread_cond_init(&self.sync_cond, NULL)
+        self.sync_init = True
 
     def __init__(self, path, *, segment_size=64 << 20, max_key_size=MAX_KEY_SIZE, max_value_size=16 << 20,
                  compress_threshold=4096, write_buffer_size=1 << 20, sync_always=False):
@@ -372,6 +375,9 @@ cdef class LogStore:
             PyThread_free_lock(self.io_lock)
         if self.merge_lock != NULL:
             PyThread_free_lock(self.merge_lock)
+        if self.sync_init:
+            pthread_cond_destroy(&self.sync_cond)
+            pthread_mutex_destroy(&self.sync_mutex)
 
     # -- small helpers ---------------------------------------------------------------------------
     cdef int _check_open(self) except -1:
@@ -394,6 +400,8 @@ cdef class LogStore:
                 slot = i
                 break
         if slot == NO_SEG:
+            if self.nsegs * 2 + 8 > DF_MAX_SEGS:
+                raise OSError(_errno.EMFILE, "too many segment files open; merge to reduce them")
             grown = <Seg *>realloc(self.segs, (self.nsegs * 2 + 8) * sizeof(Seg))
             if grown == NULL:
                 raise MemoryError()
@@ -576,17 +584,21 @@ cdef class LogStore:
         return 0
 
     cdef int _open_active(self, uint64_t seg_id) except -1:
-        path = os.path.join(self.path, data_name(seg_id))
+        self._activate(seg_id, self._create_segment(seg_id))
+        return 0
+
+    def _create_segment(self, uint64_t seg_id):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            return os.open(os.path.join(self.path, data_name(seg_id)), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as exc:
             raise_io(exc.errno)
+
+    cdef int _activate(self, uint64_t seg_id, int fd) except -1:
+        """Make the new, empty file fd the active segment. Runs no Python code (so the GIL stays held):
+        callers rely on nothing being appended between their last flush and the switch."""
         # Map a whole segment's worth up front: pages past the end of the file are never touched.
-        try:
-            self.active = self._new_seg(seg_id, fd, 0, max(self.segment_size, 4096))
-        except BaseException:
-            os.close(fd)
-            raise
+        cdef size_t map_len = self.segment_size if self.segment_size > 4096 else 4096
+        self.active = self._new_seg(seg_id, fd, 0, map_len)
         self.buf_base = 0
         return 0
 
@@ -683,11 +695,20 @@ cdef class LogStore:
 
     cdef int _roll_locked(self) except -1:
         """Seal the active segment (durable, with its hint) and start the next one (holds io_lock)."""
-        self._flush_locked(False)  # GIL held: nothing can be appended to the old segment meanwhile
         cdef uint32_t old = self.active
-        cdef uint64_t old_id = self.segs[old].id, end = self.appended
+        cdef uint64_t old_id = self.segs[old].id, end
+        cdef uint64_t new_id = (old_id // SEGMENT_ID_STEP + 1) * SEGMENT_ID_STEP
         cdef int fd = self.segs[old].fd, err
-        self._open_active((old_id // SEGMENT_ID_STEP + 1) * SEGMENT_ID_STEP)
+        cdef int new_fd = self._create_segment(new_id)  # Python I/O (may let other threads run) first
+        try:
+            # From the flush to the switch the GIL is never released: nothing can be appended in between.
+            self._flush_locked(False)
+            end = self.appended
+            self._activate(new_id, new_fd)
+        except BaseException:
+            os.close(new_fd)
+            os.unlink(os.path.join(self.path, data_name(new_id)))
+            raise
         cdef df_buf hint = self.hint
         memset(&self.hint, 0, sizeof(self.hint))
         try:
@@ -708,22 +729,41 @@ cdef class LogStore:
             return 0
         cdef uint64_t end
         cdef int fd, err
-        self._lock(self.io_lock)
+        cdef bint covered
+        with nogil:
+            pthread_mutex_lock(&self.sync_mutex)
+            while self.synced < target and self.sync_leader:
+                pthread_cond_wait(&self.sync_cond, &self.sync_mutex)
+            covered = self.synced >= target
+            if not covered:
+                self.sync_leader = True
+            pthread_mutex_unlock(&self.sync_mutex)
+        if covered:
+            return 0  # a leader's fsync covered this write
+        cdef uint64_t done = 0  # stays 0 unless the fsync succeeded
         try:
-            if self.synced >= target:
-                return 0  # a leader's fsync already covered this write
-            self._check_open()
-            end = self.appended
-            self._flush_locked(True)
-            fd = self.segs[self.active].fd
-            with nogil:
-                err = io_fsync(fd)
-            if err:
-                raise_io(err)
-            if end > self.synced:
-                self.synced = end
+            self._lock(self.io_lock)
+            try:
+                self._check_open()
+                end = self.appended
+                self._flush_locked(True)
+                fd = self.segs[self.active].fd
+                with nogil:
+                    err = io_fsync(fd)
+                self.fsyncs += 1
+                if err:
+                    raise_io(err)
+                done = end
+            finally:
+                PyThread_release_lock(self.io_lock)
         finally:
-            PyThread_release_lock(self.io_lock)
+            with nogil:
+                pthread_mutex_lock(&self.sync_mutex)
+                if done > self.synced:
+                    self.synced = done
+                self.sync_leader = False
+                pthread_cond_broadcast(&self.sync_cond)
+                pthread_mutex_unlock(&self.sync_mutex)
         return 0
 
     def put(self, key, value):
@@ -1133,6 +1173,27 @@ cdef class LogStore:
             if it.seg != DF_DEAD and it.seg in slots:
                 df_kd_remove(&self.kd, it.key, it.klen, &old)
 
+    def _check_keydir(self):
+        """Test hook: (key, slot, offset) of keydir entries that point outside a live segment's data."""
+        self._check_open()
+        cdef size_t pos = 0
+        cdef df_item *it
+        cdef uint64_t limit
+        bad = []
+        while pos < self.kd.arena_len:
+            it = df_kd_item(&self.kd, pos)
+            pos += df_item_span(it.klen)
+            if it.seg == DF_DEAD:
+                continue
+            limit = self.segs[it.seg].size
+            if it.seg == self.active:
+                limit = self.buf_base + self.wbuf.len
+            if it.seg >= self.nsegs or self.segs[it.seg].fd < 0 or it.off + it.size > limit:
+                bad.append((PyBytes_FromStringAndSize(<const char *>it.key, it.klen), it.seg, it.off, it.size,
+                            limit, self.active, self.segs[it.seg].id, self.buf_base, self.infl_base,
+                            self.inflight.len))
+        return bad
+
     # -- stats / close ---------------------------------------------------------------------------
     def stats(self):
         """Counters: keys, live_bytes, dead_bytes, segments, keydir_bytes, keydir_bytes_per_key, ..."""
@@ -1162,6 +1223,8 @@ cdef class LogStore:
             "disk_bytes": disk,
             "buffer_bytes": self.wbuf.len + self.inflight.len,
             "keydir_bytes": mem,
+            "keydir_allocated_bytes": df_kd_allocated(&self.kd),
+            "fsyncs": self.fsyncs,
             "keydir_bytes_per_key": mem / n if n else 0.0,
             "keydir_overhead_per_key": (mem - key_bytes) / n if n else 0.0,
             "seq": self.seq,
@@ -1181,13 +1244,21 @@ cdef class LogStore:
             try:
                 if self.closed:
                     return
-                self._flush_locked(False)
-                fd = self.segs[self.active].fd
+                # Closed from here (other threads get StoreClosed instead of writing into a closing
+                # store); reopened below if the final flush fails.
+                self.closed = True
+                try:
+                    self._flush_locked(False)
+                    fd = self.segs[self.active].fd
+                    if self.segs[self.active].size:
+                        with nogil:
+                            err = io_fsync(fd)
+                        if err:
+                            raise_io(err)
+                except BaseException:
+                    self.closed = False
+                    raise
                 if self.segs[self.active].size:
-                    with nogil:
-                        err = io_fsync(fd)
-                    if err:
-                        raise_io(err)
                     self._write_hint(self.segs[self.active].id, &self.hint, self.segs[self.active].size)
                 else:
                     os.unlink(os.path.join(self.path, data_name(self.segs[self.active].id)))

@@ -269,6 +269,7 @@ class LogStore:
         self._appended = 0  # bytes ever appended (logical clock for group commit)
         self._synced = 0  # of those, bytes known durable
         self._merges = 0
+        self._fsyncs = 0
         self._active = None
         os.makedirs(self.path, exist_ok=True)
         self._recover()
@@ -492,6 +493,7 @@ class LogStore:
                 self._flush_locked()
                 end = self._appended
                 fd = self._active.fd
+            self._fsyncs += 1
             _fsync(fd)
             self._synced = end
 
@@ -725,6 +727,9 @@ class LogStore:
                 "buffer_bytes": len(self._buf),
                 "keydir_bytes": kd,
                 "keydir_bytes_per_key": kd / n if n else 0.0,
+                "keydir_allocated_bytes": kd,
+                "keydir_overhead_per_key": (kd - sum(len(k) for k in self._keydir)) / n if n else 0.0,
+                "fsyncs": self._fsyncs,
                 "seq": self._seq,
                 "merges": self._merges,
                 "implementation": "reference",
