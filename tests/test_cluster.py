@@ -193,3 +193,19 @@ def test_durable_writes_survive_sigkill_of_every_node(tmp_path):
                     assert copy is not None and copy.live_values() == [key * 3], (node.node_id, key)
             for key in keys:
                 assert client.get(key, r=3).values == [key * 3]
+
+
+def test_tombstones_are_reaped_once_every_replica_has_them(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text("tombstone_delay = 0.2\n")
+    with LocalCluster(3, base_dir=tmp_path / "c", extra_args=["--config", str(config)]) as c:
+        with Client(c.addresses) as client:
+            wait_members(client, 3)
+            client.put(b"gone", b"v", w=3)
+            r = client.get(b"gone", r=3)
+            client.delete(b"gone", context=r.context, w=3)
+            assert client.get(b"gone").values == []
+            assert wait_for(lambda: all(replica_copy(n, b"gone") is None for n in c.nodes), 15)
+            # and a later write of the key is unaffected
+            client.put(b"gone", b"back")
+            assert client.get(b"gone").values == [b"back"]

@@ -49,6 +49,8 @@ class NodeConfig:
     # hinted handoff
     handoff_interval: float = 1.0
     handoff_batch: int = 256
+    handoff_bytes_per_second: float = 8 * 1024 * 1024
+    hint_window: float = 3 * 3600.0
     # anti-entropy
     ae_interval: float = 10.0
     ae_bytes_per_second: float = 4 * 1024 * 1024

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dynafast
 from dynafast import _impl
-from dynafast.cluster.antientropy import AntiEntropy, VnodeTrees
+from dynafast.cluster.antientropy import AntiEntropy, TokenBucket, VnodeTrees
 from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
 from dynafast.cluster.handoff import Transfers
 from dynafast.cluster.membership import ClusterMembership
@@ -77,6 +77,10 @@ class Node:
                                    drop_grace=config.drop_grace, peer_timeout=config.peer_timeout * 5)
         self.membership.listeners.append(self.transfers.on_state)
         self.stopped = asyncio.Event()
+        self.handoff_bucket = TokenBucket(config.handoff_bytes_per_second)
+        self.hints_delivered = 0
+        self.tombstones_reaped = 0
+        self.loop = None
         self.durable = DurabilityBatcher(self.store)
         self.antientropy = AntiEntropy(self, self.trees, interval=config.ae_interval,
                                        bytes_per_second=config.ae_bytes_per_second,
@@ -99,6 +103,8 @@ class Node:
             Msg.RING_PUSH: self.ring_push,
             Msg.GOSSIP: self.gossip,
             Msg.TRANSFER: self.transfer,
+            Msg.HINT_PUSH: self.hint_push,
+            Msg.REAP: self.reap,
             Msg.TRANSFER_DONE: self.transfer_done,
             Msg.LEAVE: self.leave,
             Msg.MERKLE_GET: self.merkle_get,
@@ -107,6 +113,7 @@ class Node:
 
     # -- life cycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         host, port = split_address(self.config.listen)
         self.server = await start_server(self.handle, host, port, max_frame=self.config.max_frame)
         await self.membership.start()
@@ -237,6 +244,8 @@ class Node:
         loop = asyncio.get_running_loop()
         state = _Request(loop, machine, partition, key, stored, stored.to_bytes(), reply_type)
         state.previous = existing
+        if stored.is_deleted() and len(targets) >= self.config.n:
+            state.on_all_acked = self._schedule_reap
         self._send_puts(state, machine.start())
         next_ring = self.membership.next_ring
         if next_ring is not None:
@@ -460,6 +469,8 @@ class Node:
             "uptime": round(time.time() - self.started, 3),
             "storage": {k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
             "hints_for": sorted(self.replicas.hint_owners()),
+            "hints_delivered": self.hints_delivered,
+            "tombstones_reaped": self.tombstones_reaped,
             "antientropy": self.antientropy.status(),
             "transfers": self.transfers.status(),
             "next_ring_version": None if self.membership.next_ring is None else self.membership.next_ring.version,
@@ -479,35 +490,96 @@ class Node:
                 log.exception("hint delivery failed")
 
     async def deliver_hints(self) -> int:
-        """Replay hints to owners that are up; a hint is dropped only after a durable ack."""
+        """Replay hints to owners that are up, in batches, throttled; a hint is dropped only after the owner
+        acknowledged it durably, so an interrupted delivery resumes with what is left. Hints older than the hint
+        window are dropped undelivered: anti-entropy repairs those keys."""
         delivered = 0
+        now = time.time()
         for owner in sorted(self.replicas.hint_owners()):
             if owner not in self.membership.members or not self.membership.is_up(owner):
                 continue
-            address = self.membership.address_of(owner)
-            batch = []
+            batch, expired = [], 0
             for partition, key, siblings in self.replicas.hints(owner):
-                batch.append((partition, key, siblings))
+                newest = max((ts for _, _, ts in siblings.clock().entries()), default=now)
+                if now - newest > self.config.hint_window:
+                    self.replicas.drop_hint_if_equal(owner, partition, key, siblings)
+                    expired += 1
+                    continue
+                batch.append((partition, key, siblings, siblings.to_bytes()))
                 if len(batch) >= self.config.handoff_batch:
                     break
-            for partition, key, siblings in batch:
-                fields = (partition, key, siblings.to_bytes(), True, None)
-                try:
-                    _, reply = await self.pool.call(address, Msg.REPLICA_PUT, fields, self.config.peer_timeout)
-                except _PEER_FAILURES:
-                    self.membership.mark_down(owner)
-                    break
-                if reply and reply[0]:
-                    self.replicas.drop_hint_if_equal(owner, partition, key, siblings)
-                    delivered += 1
+            if expired:
+                log.info("dropped %d hints for %s older than the hint window", expired, owner)
+            if not batch:
+                continue
+            size = sum(len(key) + len(raw) for _, key, _, raw in batch)
+            await self.handoff_bucket.take(size)
+            fields = ([p for p, _, _, _ in batch], [k for _, k, _, _ in batch], [r for _, _, _, r in batch])
+            try:
+                _, reply = await self.pool.call(self.membership.address_of(owner), Msg.HINT_PUSH, fields,
+                                                self.config.peer_timeout * 5)
+            except _PEER_FAILURES:
+                self.membership.mark_down(owner)
+                continue
+            if reply and reply[0]:
+                for partition, key, siblings, _ in batch:
+                    # A newer hint that arrived meanwhile stays for the next round.
+                    if self.replicas.drop_hint_if_equal(owner, partition, key, siblings):
+                        delivered += 1
+        self.hints_delivered += delivered
         return delivered
+
+    def hint_push(self, fields):
+        """Hints delivered to us, their owner: reconcile them all, then one durable sync for the batch."""
+        partitions, keys, raws = fields[:3]
+        for partition, key, raw in zip(partitions, keys, raws, strict=True):
+            self.merge_local(partition, key, self.Siblings.from_bytes(raw))
+        return self._durable_reply(Msg.HINT_PUSH_REPLY)
+
+    async def _durable_reply(self, msg_type):
+        await self.durable.wait()
+        return (msg_type, (True,))
+
+    # -- deletes: tombstones leave once every replica holds them ------------------------------------------------
+    def _schedule_reap(self, state) -> None:
+        self.loop.call_later(self.config.tombstone_delay, lambda: asyncio.ensure_future(self._reap(state)))
+
+    async def _reap(self, state) -> None:
+        """Remove a tombstone from every primary, unless a newer write reached any of them meanwhile."""
+        ring = self.membership.ring
+        primaries = ring.replicas(state.partition, self.config.n)
+        fields = (state.partition, state.key, state.raw)
+        for node in primaries:
+            if node == self.node_id:
+                continue
+            try:
+                _, reply = await self.pool.call(self.membership.address_of(node), Msg.REPLICA_GET,
+                                                (state.partition, state.key, None), self.config.peer_timeout)
+            except DynafastError:
+                return  # not every replica can confirm: keep the tombstone (anti-entropy spreads it)
+            if reply[0] is None or self.Siblings.from_bytes(reply[0]) != state.obj:
+                return
+        for node in primaries:
+            if node == self.node_id:
+                self.replicas.remove_if_equal(state.partition, state.key, state.obj)
+                continue
+            try:
+                await self.pool.call(self.membership.address_of(node), Msg.REAP, fields, self.config.peer_timeout)
+            except DynafastError:
+                pass
+        self.tombstones_reaped += 1
+
+    def reap(self, fields):
+        partition, key, raw = fields[:3]
+        removed = self.replicas.remove_if_equal(partition, key, self.Siblings.from_bytes(raw))
+        return (Msg.REAP_REPLY, (removed,))
 
 
 class _Request:
     """Glue between one state machine and the client's answer: deadline, answer future, completion hooks."""
 
     __slots__ = ("loop", "machine", "partition", "key", "obj", "raw", "reply_type", "answer", "timer",
-                 "on_answer", "on_finish", "finished", "previous")
+                 "on_answer", "on_finish", "finished", "previous", "on_all_acked")
 
     def __init__(self, loop, machine, partition, key, obj, raw, reply_type):
         self.loop = loop
@@ -523,6 +595,7 @@ class _Request:
         self.on_finish = None
         self.finished = False
         self.previous = None
+        self.on_all_acked = None
 
     def arm(self, timeout):
         if not self.finished:
@@ -535,6 +608,11 @@ class _Request:
 
     def settle(self, force_finish=False):
         machine = self.machine
+        if self.on_all_acked is not None and machine.finished and machine.ok and not self.finished:
+            # Only when every target acked as a primary: then every replica holds the tombstone.
+            if machine.primary_acks == len(machine.targets) and not machine.failed:
+                self.on_all_acked(self)
+            self.on_all_acked = None
         if machine.done and not self.answer.done():
             if machine.error is not None:
                 self.answer.set_exception(machine.error)

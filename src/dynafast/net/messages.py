@@ -27,6 +27,8 @@ class Msg(enum.IntEnum):
     REPLICA_GET_REPLY = 31
     REPLICA_PUT = 32
     REPLICA_PUT_REPLY = 33
+    REAP = 34
+    REAP_REPLY = 35
     JOIN = 40
     JOIN_REPLY = 41
     RING_PUSH = 42
