@@ -147,6 +147,8 @@ cdef class LogStore:
     cdef pthread_mutex_t sync_mutex
     cdef pthread_cond_t sync_cond
     cdef bint sync_leader
+    cdef int sync_waiting     # followers sleeping on sync_cond
+    cdef int last_group       # writers the last fsync covered: the next leader waits for that many
     cdef bint sync_init
     cdef Py_ssize_t iterators # open iterators: the arena is not compacted under them
     cdef PyThread_type_lock io_lock     # flush, fsync, roll (taken before the GIL-protected state)
