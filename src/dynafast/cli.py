@@ -132,6 +132,13 @@ def cmd_local(args) -> int:
     base = Path(args.data_dir).resolve()
     base.mkdir(parents=True, exist_ok=True)
     seed = f"127.0.0.1:{args.base_port}"
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM both stop the cluster (a shell may have started us with SIGINT ignored).
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     procs: list[tuple[str, str, subprocess.Popen]] = []
 
     def stop_all() -> None:

@@ -1,0 +1,117 @@
+"""The command line as a user runs it: `dynafast local`, the client verbs, exit codes."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dynafast.testing.cluster import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run(*args, timeout=30):
+    return subprocess.run([sys.executable, "-m", "dynafast.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def consecutive_ports(count):
+    for _ in range(50):
+        base = free_port()
+        socks = []
+        try:
+            for i in range(count):
+                s = socket.socket()
+                s.bind(("127.0.0.1", base + i))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no consecutive free ports")
+
+
+def test_help_lists_every_verb():
+    result = run("--help")
+    assert result.returncode == 0
+    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "bench"):
+        assert verb in result.stdout
+    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "bench"):
+        assert run(verb, "--help").returncode == 0
+
+
+def test_client_verb_against_nothing_fails_with_one_line():
+    port = free_port()
+    result = run("get", "k", "--cluster", f"127.0.0.1:{port}", "--timeout", "1")
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0
+    assert "error" in result.stderr
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("no_such_option = 1\n")
+    result = run("node", "--config", str(config), "--data-dir", str(tmp_path / "d"))
+    assert result.returncode != 0
+    assert "no_such_option" in result.stderr
+
+
+def test_local_cluster_serves_the_client_verbs_and_stops(tmp_path):
+    base = consecutive_ports(3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dynafast.cli", "local", "--nodes", "3", "--base-port", str(base),
+         "--http-base-port", "0", "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        assert any("Ctrl-C stops" in line for line in lines), "".join(lines) + proc.stderr.read()
+        pids = [int(line.split("pid")[1].split()[0]) for line in lines if " pid " in line]
+        assert len(pids) == 3
+        cluster = f"127.0.0.1:{base}"
+
+        def status_up():
+            result = run("status", "--cluster", cluster, "--json")
+            if result.returncode != 0:
+                return False
+            members = json.loads(result.stdout)["members"]
+            return len(members) == 3 and all(m["state"] == "up" for m in members)
+
+        for _ in range(100):
+            if status_up():
+                break
+            time.sleep(0.2)
+        assert status_up()
+        assert run("put", "greeting", "hello", "--cluster", cluster).returncode == 0
+        assert run("put", "greeting", "hello again", "--cluster", cluster).returncode == 0
+        got = run("get", "greeting", "--cluster", f"127.0.0.1:{base + 1}")
+        assert got.returncode == 0 and got.stdout == "hello again\n"
+        assert run("delete", "greeting", "--cluster", cluster).returncode == 0
+        missing = run("get", "greeting", "--cluster", cluster)
+        assert missing.returncode == 1 and "not found" in missing.stderr
+        table = run("status", "--cluster", cluster)
+        assert table.returncode == 0 and "n3" in table.stdout
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
