@@ -349,7 +349,7 @@ def main(argv=None):
             print(f"  dynafast: open of {args.open_keys} keys ...", file=sys.stderr)
             hinted, unhinted, stats = bench_open(base, args.open_keys, value)
             print(f"open of {args.open_keys} keys: {hinted:.3f} s with hints, {unhinted:.3f} s without")
-            print(f"keydir: {stats['keydir_bytes_per_key']:.1f} bytes/key allocated "
+            print(f"keydir: {stats['keydir_bytes_per_key']:.1f} bytes/key in use "
                   f"({stats['keydir_overhead_per_key']:.1f} + the {args.key_size}-byte key), "
                   f"{stats['keydir_bytes'] / 2**20:.1f} MiB for {stats['keys']} keys")
     finally:
