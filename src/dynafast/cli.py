@@ -172,6 +172,7 @@ def cmd_local(args) -> int:
                 proc.wait(timeout=10)
                 raise DynafastError(f"node {node_id} did not start; see {base / (node_id + '.log')}")
             procs.append((node_id, address, proc))
+        _wait_settled(seed, len(procs))
         print(f"dynafast local cluster: {len(procs)} nodes, data in {base}")
         for i, (node_id, address, proc) in enumerate(procs):
             http = f"  console http://127.0.0.1:{args.http_base_port + i}/" if args.http_base_port else ""
@@ -192,6 +193,24 @@ def cmd_local(args) -> int:
         return 0
     finally:
         stop_all()
+
+
+def _wait_settled(address: str, members: int, timeout: float = 60.0) -> None:
+    """Wait until every node has joined and the ring that includes them all is active."""
+    from dynafast.client import Client
+
+    deadline = time.monotonic() + timeout
+    with Client([address], timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                status = client.status(address)
+                if (len(status["members"]) == members and status.get("next_ring_version") is None
+                        and all(m["state"] == "up" for m in status["members"])):
+                    return
+            except DynafastError:
+                pass
+            time.sleep(0.2)
+    raise DynafastError(f"the cluster did not settle within {timeout:.0f}s")
 
 
 def _client(args):

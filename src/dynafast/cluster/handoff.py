@@ -36,6 +36,7 @@ class Transfers:
         self.completed = 0
         self.objects_sent = 0
         self.bytes_sent = 0
+        self.objects_received = 0
         self._cursor_path = Path(node.config.data_dir) / "transfers.json"
         self._cursors: dict[str, str] = self._load_cursors()
         self._unreported: set[tuple[int, str]] = set()
@@ -201,6 +202,7 @@ class Transfers:
             "pending_cluster_wide": pending,
             "completed": self.completed,
             "objects_sent": self.objects_sent,
+            "objects_received": self.objects_received,
             "bytes_sent": self.bytes_sent,
         }
 
@@ -209,4 +211,5 @@ class Transfers:
         Siblings = self.node.Siblings
         for key, raw in zip(keys, raws, strict=True):
             self.node.merge_local(partition, key, Siblings.from_bytes(raw))
+        self.objects_received += len(keys)
         return len(keys)
