@@ -33,7 +33,8 @@ def new_event_loop(name: str | None = None) -> asyncio.AbstractEventLoop:
         if uvloop is None:
             raise RuntimeError("uvloop is not installed")
         return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
+    # Not asyncio.new_event_loop(): that follows the installed policy, which may be uvloop's.
+    return asyncio.DefaultEventLoopPolicy().new_event_loop()
 
 
 __all__ = ["install", "new_event_loop", "loop_name"]
