@@ -5,7 +5,8 @@
 Every operation is one call from Python. Workloads: random puts (each engine's fastest non-durable
 mode), random gets, a full scan, durable puts (each engine's fsync-per-acknowledgement mode) from 1 and
 from 16 threads, reopen time of a store holding --open-keys keys with and without hint files, and keydir
-memory per key. Prints a table of ops/s with dynafast's ratio against each peer.
+memory per key. Prints a table of ops/s with dynafast's ratio against each peer. With --repeat N the engines take turns N
+times and each figure is the best of its N rounds (the machine is shared and noisy).
 """
 import argparse
 import gc
@@ -302,6 +303,7 @@ def main(argv=None):
     ap.add_argument("--value-size", type=int, default=100)
     ap.add_argument("--durable-ops", type=int, default=2000, help="durable puts per run (split over threads)")
     ap.add_argument("--open-keys", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds; the best round of each figure is kept")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temporary one here)")
     ap.add_argument("--engines", default=",".join(c.name for c in ENGINES))
     ap.add_argument("--skip", default="", help="comma list of: ops,durable,open")
@@ -315,17 +317,25 @@ def main(argv=None):
     value = rng.randbytes(args.value_size)
     results = {}
     try:
-        if "ops" not in skip:
-            for cls in engines:
-                print(f"  {cls.name}: puts/gets/scan of {len(keys)} keys ...", file=sys.stderr)
-                results[cls.name] = bench_engine(cls, base, keys, value)
-        if "durable" not in skip:
-            for cls in engines:
-                for threads in (1, 16):
-                    print(f"  {cls.name}: durable puts, {threads} thread(s) ...", file=sys.stderr)
-                    results.setdefault(cls.name, {})[f"durable put x{threads}"] = bench_durable(
-                        cls, base, threads, args.durable_ops, value
-                    )
+        def keep_best(name, workload, rate):
+            # the machine is shared: the best of the rounds is the least disturbed one
+            r = results.setdefault(name, {})
+            r[workload] = max(r.get(workload, 0.0), rate)
+
+        for round_ in range(args.repeat):
+            if "ops" not in skip:
+                for cls in engines:
+                    print(f"  [{round_ + 1}/{args.repeat}] {cls.name}: puts/gets/scan of {len(keys)} keys ...",
+                          file=sys.stderr)
+                    for w, rate in bench_engine(cls, base, keys, value).items():
+                        keep_best(cls.name, w, rate)
+            if "durable" not in skip:
+                for cls in engines:
+                    for threads in (1, 16):
+                        print(f"  [{round_ + 1}/{args.repeat}] {cls.name}: durable puts, {threads} thread(s) ...",
+                              file=sys.stderr)
+                        keep_best(cls.name, f"durable put x{threads}",
+                                  bench_durable(cls, base, threads, args.durable_ops, value))
         rows = sorted({w for r in results.values() for w in r}, key=lambda w: list(results["dynafast"]).index(w)
                       if "dynafast" in results and w in results["dynafast"] else 99)
         names = [c.name for c in engines]

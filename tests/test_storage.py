@@ -467,3 +467,31 @@ def test_open_returns_store(tmp_path):
         db[b"k"] = b"v"
     with dynafast.open(str(tmp_path / "db")) as db:
         assert db[b"k"] == b"v"
+
+
+def test_both_builds_read_each_others_files(tmp_path):
+    from dynafast import _impl
+
+    try:
+        compiled = _impl.compiled("logstore")
+    except ImportError:
+        pytest.skip("dynafast._core.logstore is not built")
+    reference = _impl.reference("logstore")
+    big = b"compressible " * 1000
+    for writer, reader in ((compiled, reference), (reference, compiled)):
+        path = tmp_path / writer.__name__
+        with open_store(path, writer, segment_size=3000) as db:
+            for i in range(200):
+                db.put(b"k%d" % i, b"v%d" % i * (i % 7))
+            db.write_batch([(b"b1", big), (b"k3", None)])
+            db.delete(b"k5")
+            expected = dict(db.items())
+        for drop_hints in (False, True):
+            if drop_hints:
+                for n in os.listdir(path):
+                    if n.endswith(".hint"):
+                        os.unlink(path / n)
+            with open_store(path, reader) as db:
+                assert dict(db.items()) == expected
+                db.merge()
+                assert dict(db.items()) == expected

@@ -519,14 +519,14 @@ class LogStore:
                 raise CorruptionError("compressed value does not decode") from exc
         return value
 
-    def get(self, key, default=None):
-        """The value of key, or default when absent. CorruptionError when its record fails its checksum."""
+    def get(self, key):
+        """The value of key, or None when absent. CorruptionError when its record fails its checksum."""
         k = _as_bytes(key, "key")
         with self._lock:
             self._check_open()
             loc = self._keydir.get(k)
             if loc is None:
-                return default
+                return None
             data = self._read(loc)
         return self._decode(data, loc[2])
 
