@@ -141,6 +141,7 @@ def test_write_batch_and_torn_batch(tmp_path, impl):
         db.write_batch([])
     with open_store(path, impl) as db:
         assert db[b"b1"] == b"v1" and b"gone" not in db
+        db.put(b"pre", b"p")
         db.write_batch([(b"t%d" % i, b"val%d" % i) for i in range(5)])
         db.sync()
         db.close()
@@ -154,7 +155,7 @@ def test_write_batch_and_torn_batch(tmp_path, impl):
         f.truncate(cut)
     with open_store(path, impl) as db:
         assert db.count(b"t") == 0
-        assert db[b"before"] == b"1" and db[b"b2"] == b"v2"
+        assert db[b"before"] == b"1" and db[b"b2"] == b"v2" and db[b"pre"] == b"p"
     assert os.path.getsize(path / name) == batch[0][0]  # torn batch truncated away
 
 
@@ -232,6 +233,8 @@ def test_merge_keeps_tombstone_hiding_an_older_segment(tmp_path, impl):
         eng = db._engine
         assert eng.merge(0.6) >= 1
         assert db.get(b"victim") is None
+        assert eng.merge(0.6) == 0  # the kept tombstone is not rewritten over and over
+        assert not eng.needs_merge(0.6)
     with open_store(path, impl) as db:
         assert db.get(b"victim") is None
         assert db[b"churn"] == b"c" * 40 and db.count(b"fill") == 20
@@ -495,3 +498,13 @@ def test_both_builds_read_each_others_files(tmp_path):
                 assert dict(db.items()) == expected
                 db.merge()
                 assert dict(db.items()) == expected
+
+
+def test_empty_segment_left_by_a_crash_is_removed(tmp_path, impl):
+    path = tmp_path / "db"
+    with open_store(path, impl) as db:
+        db.put(b"k", b"v")
+    (path / ("%016x.data" % (5 << 16))).write_bytes(b"")  # a roll that created its file, then crashed
+    with open_store(path, impl) as db:
+        assert db[b"k"] == b"v"
+    assert "%016x.data" % (5 << 16) not in os.listdir(path)

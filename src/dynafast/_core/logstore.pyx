@@ -266,6 +266,7 @@ cdef class _Output:
     cdef str tmp
     cdef int fd
     cdef uint64_t size
+    cdef uint64_t tombs  # bytes of tombstones this merge had to keep
     cdef df_buf data
     cdef df_buf hint
     cdef df_buf moves
@@ -554,6 +555,8 @@ cdef class LogStore:
                 df_buf_free(&entries)
         if max_seq > self.seq:
             self.seq = max_seq
+        if size == 0:  # e.g. a roll cut short by a crash: nothing in it
+            self._drop_seg(slot, True)
 
     cdef int _write_hint(self, uint64_t seg_id, df_buf *entries, uint64_t data_size) except -1:
         """Write entries + trailer as the segment's hint file. A hint is only an accelerator: failing to
@@ -1139,9 +1142,10 @@ cdef class LogStore:
                         st32(rec + REC_CRC, df_crc32(rec + 4, rsize - 4))
                     if hint_entry(&out.hint, mv.new_off, rsize, key, klen, flags) < 0:
                         raise MemoryError()
-                    if not flags & FLAG_TOMBSTONE:
-                        if df_buf_append(&out.moves, &mv, sizeof(Move)) < 0:
-                            raise MemoryError()
+                    if flags & FLAG_TOMBSTONE:
+                        out.tombs += rsize
+                    elif df_buf_append(&out.moves, &mv, sizeof(Move)) < 0:
+                        raise MemoryError()
                     if out.data.len >= self.write_buffer_size:
                         out.write()
                     copied += 1
@@ -1173,7 +1177,9 @@ cdef class LogStore:
         for out in outputs:
             nslot = self._new_seg(out.seg_id, out.fd, out.size, out.size)
             out.fd = -1  # the segment table owns it now
-            self.segs[nslot].dead = out.size
+            # Tombstones a merge had to keep count as live: merging them again would gain nothing.
+            self.segs[nslot].live = out.tombs
+            self.segs[nslot].dead = out.size - out.tombs
             mvs = <Move *>out.moves.data
             nmoves = out.moves.len // sizeof(Move)
             for j in range(nmoves):

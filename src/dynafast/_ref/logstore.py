@@ -313,6 +313,13 @@ class LogStore:
                 seg.size = size = valid_end
             self._write_hint(seg_id, entries, size, max_seq)
         self._seq = max(self._seq, max_seq)
+        if size == 0:  # e.g. a roll cut short by a crash: nothing in it
+            del self._segs[seg_id]
+            os.close(fd)
+            for p in (hpath, path):
+                if os.path.exists(p):
+                    os.unlink(p)
+            return
         for off, rsize, flags, key in entries:
             self._apply(key, seg_id, off, rsize, flags)
 
@@ -331,13 +338,20 @@ class LogStore:
             seg.live += size
 
     def _write_hint(self, seg_id, entries, data_size, max_seq):
+        # A hint is only an accelerator: failing to write one is ignored (the data file is read instead),
+        # and a lost or torn one fails its checksum.
         tmp = os.path.join(self.path, hint_name(seg_id) + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError:
+            return
         try:
             _pwrite(fd, encode_hint(entries, data_size, max_seq), 0)
-        finally:
+        except OSError:
             os.close(fd)
-        # A hint is only an accelerator: a lost or torn one fails its checksum and the data file is read.
+            os.unlink(tmp)
+            return
+        os.close(fd)
         os.rename(tmp, os.path.join(self.path, hint_name(seg_id)))
 
     def _open_active(self, seg_id):
@@ -634,7 +648,7 @@ class LogStore:
             next_id += 1
             tmp = os.path.join(self.path, data_name(seg_id) + ".tmp")
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            outputs.append([seg_id, tmp, fd, 0, [], []])
+            outputs.append([seg_id, tmp, fd, 0, [], [], 0])
             return outputs[-1]
 
         out = None
@@ -668,7 +682,9 @@ class LogStore:
                         out = new_output()
                     _pwrite(out[2], rec, out[3])
                     out[4].append((out[3], size, flags, key))
-                    if not flags & FLAG_TOMBSTONE:
+                    if flags & FLAG_TOMBSTONE:
+                        out[6] += size
+                    else:
                         out[5].append((key, (seg.id, off, size), (out[0], out[3], size)))
                     out[3] += size
             for o in outputs:
@@ -687,10 +703,12 @@ class LogStore:
                     os.unlink(hp)
             raise
         with self._lock:
-            for seg_id, tmp, fd, size, entries, moves in outputs:
+            for seg_id, tmp, fd, size, entries, moves, tombs in outputs:
                 seg = _Segment(seg_id, os.path.join(self.path, data_name(seg_id)), fd, size)
                 self._segs[seg_id] = seg
-                seg.dead = size
+                # Tombstones a merge had to keep count as live: merging them again would gain nothing.
+                seg.live = tombs
+                seg.dead = size - tombs
                 for key, old, new in moves:
                     if self._keydir.get(key) == old:
                         self._keydir[key] = new
