@@ -314,9 +314,12 @@ cdef class _Iter:
             raise StopIteration
         cdef df_item *it = df_kd_item(&store.kd, pos)
         self.pos = pos + df_item_span(it.klen)
+        # Copy the location out first: allocating the key may run a finaliser that writes (and so
+        # moves the arena).
+        cdef uint32_t seg = it.seg, off = it.off, size = it.size
         key = PyBytes_FromStringAndSize(<const char *>it.key, it.klen)
         if self.values:
-            return (key, store._value_at(it.seg, it.off, it.size))
+            return (key, store._value_at(seg, off, size))
         return key
 
     cdef void _done(self) noexcept:
@@ -1226,13 +1229,14 @@ cdef class LogStore:
             pos += df_item_span(it.klen)
             if it.seg == DF_DEAD:
                 continue
-            limit = self.segs[it.seg].size
-            if it.seg == self.active:
-                limit = self.buf_base + self.wbuf.len
+            limit = 0
+            if it.seg < self.nsegs:
+                limit = self.segs[it.seg].size
+                if it.seg == self.active:
+                    limit = self.buf_base + self.wbuf.len
             if it.seg >= self.nsegs or self.segs[it.seg].fd < 0 or it.off + it.size > limit:
-                bad.append((PyBytes_FromStringAndSize(<const char *>it.key, it.klen), it.seg, it.off, it.size,
-                            limit, self.active, self.segs[it.seg].id, self.buf_base, self.infl_base,
-                            self.inflight.len))
+                bad.append((it.seg, it.off, it.size, limit, self.active,
+                            PyBytes_FromStringAndSize(<const char *>it.key, it.klen)))
         return bad
 
     # -- stats / close ---------------------------------------------------------------------------
