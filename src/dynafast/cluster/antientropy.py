@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from dynafast import _impl
+from dynafast.cluster.background import cancel_and_wait, periodic
 from dynafast.errors import DynafastError
 from dynafast.net.messages import Msg
 
@@ -126,26 +127,11 @@ class AntiEntropy:
     # -- scheduling ---------------------------------------------------------------------------------------
     def start(self) -> None:
         if self.interval > 0:
-            self._task = asyncio.create_task(self._loop())
+            self._task = asyncio.create_task(periodic(self.interval, self.run_once, log, "anti-entropy exchange"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval * (0.75 + 0.5 * random.random()))
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - one failed exchange must not stop anti-entropy
-                log.exception("anti-entropy exchange failed")
+        await cancel_and_wait([self._task])
+        self._task = None
 
     def _owned(self) -> list[int]:
         ring = self.node.membership.ring

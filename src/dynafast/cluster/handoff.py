@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from dynafast.cluster.antientropy import TokenBucket
+from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.membership import LEFT
 from dynafast.errors import DynafastError
 from dynafast.net.messages import Msg
@@ -185,14 +186,7 @@ class Transfers:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = list(self._tasks) + list(self.running.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(list(self._tasks) + list(self.running.values()))
 
     def status(self) -> dict:
         state = self.node.membership.state

@@ -23,12 +23,12 @@ import hashlib
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynafast import _impl
+from dynafast.cluster.background import cancel_and_wait, periodic
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, state_order
 from dynafast.errors import DynafastError, ProtocolError
@@ -271,17 +271,12 @@ class ClusterMembership:
             self._adopt(ClusterState(1, {self.node_id: member}, ring), force=True)
         elif self.config.seeds and (me is None or me.address != self.config.advertise or me.status == LEFT):
             await self._join()
-        self._tasks.append(asyncio.create_task(self._gossip_loop()))
+        self._tasks.append(asyncio.create_task(
+            periodic(self.config.gossip_interval, self.gossip_round, log, "gossip round")))
         self._tasks.append(asyncio.create_task(self._liveness_loop()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def _join(self) -> None:
@@ -303,16 +298,6 @@ class ClusterMembership:
             raise DynafastError(f"could not join through seeds {self.config.seeds}: {last_error}")
 
     # -- gossip ---------------------------------------------------------------------------------------------
-    async def _gossip_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.gossip_interval * (0.75 + 0.5 * random.random()))
-            try:
-                await self.gossip_round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001
-                log.exception("gossip round failed")
-
     async def _liveness_loop(self) -> None:
         while True:
             await asyncio.sleep(min(0.2, self.config.gossip_interval / 2))
