@@ -92,6 +92,15 @@ def clear_io_fault():
     _fault_budget = 0
 
 
+cdef int64_t _group_wait_ns = 50000
+
+
+def _set_group_wait(ns):
+    """Tuning knob: how long (at most) a group-commit leader waits for the writers of the last group."""
+    global _group_wait_ns
+    _group_wait_ns = ns
+
+
 cdef int io_pwrite(int fd, const unsigned char *p, size_t n, uint64_t off) noexcept nogil:
     """Write all of p at off; 0 or an errno value."""
     global _fault_budget
@@ -755,7 +764,7 @@ cdef class LogStore:
         if covered:
             return 0  # a leader's fsync covered this write
         # Leader. Let the other writers append first: they are about to wait for this fsync, and each one
-        # that gets in now saves an fsync of its own. Wait (without the GIL, a bounded 200 us at most)
+        # that gets in now saves an fsync of its own. Wait (without the GIL, a bounded 50 us by default)
         # until as many are waiting as the last group had; one writer alone never waits.
         cdef timespec t0, t1
         cdef int waiting
@@ -769,7 +778,7 @@ cdef class LogStore:
                     break
                 sched_yield()
                 clock_gettime(CLOCK_MONOTONIC, &t1)
-                if (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec) > 200000:
+                if (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec) > _group_wait_ns:
                     break
         cdef bint locked = False, woke = False
         try:
