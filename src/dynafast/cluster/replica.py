@@ -11,7 +11,9 @@ so that iterating a vnode or one owner's hints is a prefix scan of the keydir.
 from __future__ import annotations
 
 import asyncio
+import queue
 import struct
+import threading
 
 OBJECT = b"o"
 HINT = b"h"
@@ -128,8 +130,10 @@ class ReplicaStore:
 class DurabilityBatcher:
     """Group commit for the event loop: every durable write waiting in one loop turn shares one sync().
 
-    The store's sync() blocks (fsync), so it runs in the default executor; writers that arrive while a sync is
-    running wait for the next one, which covers them.
+    The store's sync() blocks (fsync), so it runs in a thread of its own; writers that arrive while a sync is
+    running wait for the next one, which covers them. A dedicated thread fed by a queue costs a fraction of
+    what the default executor does per hand-off (work item, concurrent future, chained asyncio future), and
+    at a few hundred fsyncs a second that hand-off showed up in profiles.
     """
 
     def __init__(self, store, loop: asyncio.AbstractEventLoop | None = None):
@@ -137,29 +141,55 @@ class DurabilityBatcher:
         self._loop = loop
         self._waiting: list[asyncio.Future] = []
         self._running = False
+        self._jobs: queue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
         self.syncs = 0
 
     async def wait(self) -> None:
         """Return once everything written before the call is durable."""
+        await self.waiter()
+
+    def waiter(self) -> asyncio.Future:
+        """A future done once everything written before the call is durable (no coroutine, no Task: the
+        write path adds a callback to it)."""
         loop = self._loop or asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting.append(future)
         if not self._running:
             self._running = True
             loop.call_soon(self._start, loop)
-        await future
+        return future
 
     def _start(self, loop) -> None:
         batch, self._waiting = self._waiting, []
         if not batch:
             self._running = False
             return
-        job = loop.run_in_executor(None, self.store.sync)
-        job.add_done_callback(lambda done: self._finish(loop, batch, done))
+        if self._thread is None:
+            self._jobs = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._syncer, name="dynafast-group-commit", daemon=True)
+            self._thread.start()
+        self._jobs.put((loop, batch))
 
-    def _finish(self, loop, batch, done) -> None:
+    def _syncer(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            loop, batch = job
+            try:
+                self.store.sync()
+                error = None
+            except Exception as exc:  # noqa: BLE001 - handed to the writers waiting for this sync
+                error = exc
+            try:
+                loop.call_soon_threadsafe(self._finish, loop, batch, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+    def _finish(self, loop, batch, error) -> None:
         self.syncs += 1
-        error = done.exception()
         for future in batch:
             if future.done():
                 continue
@@ -169,3 +199,10 @@ class DurabilityBatcher:
                 future.set_exception(error)
         # Writers that queued during this sync get the next one.
         self._start(loop)
+
+    def close(self) -> None:
+        """Stop the sync thread once it has done the syncs already asked for."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None

@@ -6,6 +6,7 @@ and replies collect in a per-connection buffer that is written once per loop tur
 """
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 
@@ -112,15 +113,38 @@ class ServerConnection:
             return
         try:
             result = self.handler(self, msg_type, request_id, fields)
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(self._finish(request_id, result))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                return
+            if type(result) is not tuple and result is not None:
+                if isinstance(result, asyncio.Future):
+                    # A future needs no Task (a Task per request costs more than the request): answer from
+                    # its done callback, or right now when it is already done.
+                    if result.done():
+                        self._future_done(request_id, result)
+                    else:
+                        self._tasks.add(result)
+                        result.add_done_callback(functools.partial(self._future_done, request_id))
+                    return
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(self._finish(request_id, result))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    return
         except Exception as exc:
             self._handler_failed(msg_type, request_id, exc)
             return
         self._reply(request_id, result)
+
+    def _future_done(self, request_id, future):
+        tasks = self._tasks
+        tasks.discard(future)
+        if future.cancelled():
+            return  # only connection_closed cancels them: nobody to answer
+        exc = future.exception()
+        if exc is None:
+            self._reply(request_id, future.result())
+        else:
+            self._handler_failed(None, request_id, exc)
+        if not tasks and self.closed is False:
+            self._idle()
 
     async def _finish(self, request_id, awaitable):
         try:
