@@ -280,7 +280,7 @@ class AsyncClient:
 
             self._pool = PeerPool(connect_timeout=self.connect_timeout)
         try:
-            return await self._pool.call(address, msg_type, fields, timeout)
+            return await self._pool.request(address, msg_type, fields, timeout)
         except (Unavailable, OSError) as exc:
             self._routing.failed(address)
             if isinstance(exc, Unavailable):

@@ -189,6 +189,26 @@ class Connection:
         finally:
             protocol.pending.pop(request_id, None)  # when the caller was cancelled
 
+    def request(self, msg_type: int, fields, timeout: float | None = DEFAULT_TIMEOUT) -> asyncio.Future:
+        """``call`` as a future, without a coroutine or a Task when the connection can take the request now
+        (a coordinator makes one or two replica calls per client request, and a Task each cost more than the
+        call). The future gets the reply or the same exception ``call`` would raise."""
+        protocol = self._protocol
+        transport = protocol.transport
+        if transport is None or transport.is_closing() or protocol.lost is not None \
+                or protocol._write_ready is not None:
+            return asyncio.ensure_future(self.call(msg_type, fields, timeout))
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        try:
+            request_id, future = protocol.request(msg_type, fields)
+        except Exception as exc:  # noqa: BLE001 - e.g. unencodable fields: the future carries it, as call's would
+            future = protocol.loop.create_future()
+            future.set_exception(exc)
+            return future
+        protocol.set_deadline(request_id, timeout)
+        return future
+
     async def close(self):
         protocol = self._protocol
         if protocol.transport is not None and not protocol.transport.is_closing():
@@ -224,6 +244,17 @@ class PeerPool:
             timeout = DEFAULT_TIMEOUT
         conn = await self.get(address, timeout=min(timeout, self.connect_timeout))
         return await conn.call(msg_type, fields, timeout)
+
+    def request(self, address: str, msg_type: int, fields, timeout: float | None = DEFAULT_TIMEOUT) -> asyncio.Future:
+        """``call`` as a future: on an open pooled connection no coroutine and no Task is made."""
+        slots = self._slots.get(address)
+        if slots is not None and not self._closed:
+            turn = self._turn[address]
+            conn = slots[turn]
+            if isinstance(conn, Connection) and not conn.closed:
+                self._turn[address] = (turn + 1) % self.connections_per_peer
+                return conn.request(msg_type, fields, timeout)
+        return asyncio.ensure_future(self.call(address, msg_type, fields, timeout))
 
     async def get(self, address: str, *, timeout: float | None = None) -> Connection:
         """An open connection to ``address`` (connecting if needed)."""
