@@ -66,3 +66,19 @@ def test_unknown_peer_is_available_and_recovers_after_heartbeat():
 def test_threshold_must_be_positive():
     with pytest.raises(ValueError):
         PhiAccrualDetector(threshold=0)
+
+
+def test_an_outage_does_not_slow_down_the_next_detection():
+    d = PhiAccrualDetector(threshold=8.0)
+    last = beat(d, 0.0, 30, 1.0)
+
+    def first_suspected(after):
+        t = after
+        while d.available(t):
+            t += 0.1
+        return t - after
+
+    before = first_suspected(last)
+    # a 20-second outage, then regular heartbeats again
+    last = beat(d, last + 20.0, 30, 1.0)
+    assert abs(first_suspected(last) - before) < 0.3

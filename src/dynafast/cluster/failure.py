@@ -51,7 +51,7 @@ class PhiAccrualDetector:
     ``acceptable_pause`` is added to the mean to tolerate known pauses (GC, fsync stalls).
     """
 
-    __slots__ = ("threshold", "min_std", "acceptable_pause", "history", "last", "first_interval")
+    __slots__ = ("threshold", "min_std", "acceptable_pause", "history", "last", "first_interval", "max_sample")
 
     def __init__(self, threshold: float = 8.0, *, window: int = 200, min_std: float = 0.2,
                  acceptable_pause: float = 1.0, first_interval: float = 1.0):
@@ -63,6 +63,9 @@ class PhiAccrualDetector:
         self.first_interval = first_interval
         self.history = HeartbeatHistory(window)
         self.last: float | None = None
+        # A silence longer than this (a pause, a partition) is an outage, not a sample of the heartbeat rhythm:
+        # recording it would make the detector ever slower to suspect the next one (Cassandra does the same).
+        self.max_sample = 4 * first_interval
 
     def heartbeat(self, now: float) -> None:
         if self.last is None:
@@ -72,7 +75,7 @@ class PhiAccrualDetector:
             self.history.add(self.first_interval + std)
         else:
             interval = now - self.last
-            if interval >= 0:
+            if 0 <= interval <= self.max_sample:
                 self.history.add(interval)
         self.last = now
 

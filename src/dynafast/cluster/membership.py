@@ -31,7 +31,7 @@ from dynafast import _impl
 from dynafast.cluster.background import cancel_and_wait, periodic
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, state_order
-from dynafast.errors import DynafastError, ProtocolError
+from dynafast.errors import DynafastError, ProtocolError, Timeout
 from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.membership")
@@ -157,9 +157,14 @@ class ClusterMembership:
     def is_up(self, node_id: str) -> bool:
         return node_id not in self._down
 
-    def mark_down(self, node_id: str) -> None:
-        """A call to the peer failed to connect: treat it as down until its heartbeat moves again."""
+    def mark_down(self, node_id: str, error: BaseException | None = None) -> None:
+        """A call to the peer failed to connect: treat it as down until its heartbeat moves again.
+
+        A call that merely timed out proves nothing (the peer may be slow): the failure detector decides.
+        """
         if node_id == self.node_id or node_id not in self.state.members:
+            return
+        if isinstance(error, (Timeout, TimeoutError)):
             return
         if node_id not in self._forced_down:
             self._forced_down.add(node_id)
@@ -327,8 +332,8 @@ class ClusterMembership:
         try:
             _, reply = await self.pool.call(self.address_of(peer), Msg.GOSSIP, self._gossip_fields(),
                                             self.config.peer_timeout)
-        except DynafastError:
-            self.mark_down(peer)
+        except DynafastError as exc:
+            self.mark_down(peer, exc)
             return
         self.mark_up(peer)
         self._receive_gossip(reply)
