@@ -91,6 +91,9 @@ class Node:
         self.http = None
         self.metrics = None
         self._tasks: list[asyncio.Task] = []
+        self._routes: dict = {}  # partition -> route, for _routes_ring and _routes_down (see _route)
+        self._routes_ring = None
+        self._routes_down = None
         self.started = time.time()
         self.handlers = {
             Msg.PING: self.membership_ping,
@@ -201,12 +204,30 @@ class Node:
         reply_type = Msg.PUT_REPLY if msg_type == Msg.PUT else Msg.DELETE_REPLY
         return self._put(key, incoming, w, dw, timeout, reply_type, (msg_type, fields))
 
-    def _placement(self, key):
-        ring = self.membership.ring
+    def _route(self, key):
+        """(partition, primaries, targets, spares) of ``key``; targets is None when this node holds no replica.
+
+        Routes depend only on the ring and the set of down nodes, which change rarely (a new ring, a new
+        frozenset), so they are cached per partition until either changes: working them out per request
+        cost more than a local read.
+        """
+        membership = self.membership
+        ring = membership.ring
+        down = membership.down()
+        if ring is not self._routes_ring or down is not self._routes_down:
+            self._routes = {}
+            self._routes_ring = ring
+            self._routes_down = down
         partition = ring.partition_of(key)
-        n = self.config.n
-        primaries = ring.replicas(partition, n)
-        return ring, partition, primaries
+        route = self._routes.get(partition)
+        if route is None:
+            primaries = ring.replicas(partition, self.config.n)
+            if self.node_id in primaries:
+                targets, spares = self._targets(ring, partition, primaries, down)
+            else:
+                targets = spares = None
+            route = self._routes[partition] = (partition, primaries, targets, spares)
+        return route
 
     async def _forward(self, primaries, request, timeout):
         """This node holds no replica of the key: hand the request to one that does."""
@@ -222,8 +243,7 @@ class Node:
                 last = exc
         raise Unavailable(f"no replica of the key answered: {last}")
 
-    def _targets(self, ring, partition, primaries):
-        down = self.membership.down()
+    def _targets(self, ring, partition, primaries, down):
         targets = ring.preference_list(partition, self.config.n, down)
         if len(targets) < self.config.n:
             # Too few live nodes to stand in: try the down primaries too, they may be back already.
@@ -231,15 +251,14 @@ class Node:
             targets += [(node, None) for node in primaries if node not in used]
         # The coordinator's own replica goes first: its write is the local, durable one.
         targets.sort(key=lambda target: target[0] != self.node_id)
-        spares = [node for node in ring.fallbacks(partition, self.config.n) if node not in down]
-        return targets, spares
+        spares = tuple(node for node in ring.fallbacks(partition, self.config.n) if node not in down)
+        return tuple(targets), spares
 
     # put -------------------------------------------------------------------------------------------------
     def _put(self, key, incoming, w, dw, timeout, reply_type, request):
-        ring, partition, primaries = self._placement(key)
-        if self.node_id not in primaries:
+        partition, primaries, targets, spares = self._route(key)
+        if targets is None:
             return self._forward(primaries, request, timeout)
-        targets, spares = self._targets(ring, partition, primaries)
         existing = self.replicas.get(partition, key)
         # Stamp the new version and write it locally in the same loop step as the read: no other write of
         # this key can slip in between.
@@ -313,10 +332,9 @@ class Node:
 
     # get -------------------------------------------------------------------------------------------------
     def _get(self, key, r, timeout, request):
-        ring, partition, primaries = self._placement(key)
-        if self.node_id not in primaries:
+        partition, primaries, targets, spares = self._route(key)
+        if targets is None:
             return self._forward(primaries, request, timeout)
-        targets, spares = self._targets(ring, partition, primaries)
         machine = GetCoordinator(targets, spares, r=r, versions=self.versions)
         loop = asyncio.get_running_loop()
         state = _Request(loop, machine, partition, key, None, None, Msg.GET_REPLY)

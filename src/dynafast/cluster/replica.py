@@ -128,17 +128,19 @@ class ReplicaStore:
 
 
 class DurabilityBatcher:
-    """Group commit for the event loop: every durable write waiting in one loop turn shares one sync().
+    """Group commit for the event loop: durable writes share fsyncs.
 
-    The store's sync() blocks (fsync), so it runs in a thread of its own; writers that arrive while a sync is
-    running wait for the next one, which covers them. A dedicated thread fed by a queue costs a fraction of
-    what the default executor does per hand-off (work item, concurrent future, chained asyncio future), and
-    at a few hundred fsyncs a second that hand-off showed up in profiles.
+    The store's sync() blocks (fsync), so it runs in a thread of its own. The first writer of an idle batcher
+    wakes that thread at the end of the loop turn (every writer of that turn shares the first sync); while
+    writers keep coming, the thread takes the next batch itself right after each sync, so a busy node pays
+    one hand-off back to the loop per fsync and nothing to start one. Writers that arrive while a sync is
+    running wait for the next one, which covers them.
     """
 
     def __init__(self, store, loop: asyncio.AbstractEventLoop | None = None):
         self.store = store
         self._loop = loop
+        self._lock = threading.Lock()  # guards _waiting and _running between the loop and the sync thread
         self._waiting: list[asyncio.Future] = []
         self._running = False
         self._jobs: queue.SimpleQueue | None = None
@@ -154,41 +156,46 @@ class DurabilityBatcher:
         write path adds a callback to it)."""
         loop = self._loop or asyncio.get_running_loop()
         future = loop.create_future()
-        self._waiting.append(future)
-        if not self._running:
+        with self._lock:
+            self._waiting.append(future)
+            if self._running:
+                return future
             self._running = True
-            loop.call_soon(self._start, loop)
+        loop.call_soon(self._start, loop)
         return future
 
     def _start(self, loop) -> None:
-        batch, self._waiting = self._waiting, []
-        if not batch:
-            self._running = False
-            return
         if self._thread is None:
             self._jobs = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._syncer, name="dynafast-group-commit", daemon=True)
             self._thread.start()
-        self._jobs.put((loop, batch))
+        self._jobs.put(loop)
 
     def _syncer(self) -> None:
         jobs = self._jobs
         while True:
-            job = jobs.get()
-            if job is None:
+            loop = jobs.get()
+            if loop is None:
                 return
-            loop, batch = job
-            try:
-                self.store.sync()
-                error = None
-            except Exception as exc:  # noqa: BLE001 - handed to the writers waiting for this sync
-                error = exc
-            try:
-                loop.call_soon_threadsafe(self._finish, loop, batch, error)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                return
+            while True:
+                with self._lock:
+                    batch, self._waiting = self._waiting, []
+                    if not batch:
+                        self._running = False
+                        break
+                try:
+                    self.store.sync()
+                    error = None
+                except Exception as exc:  # noqa: BLE001 - handed to the writers waiting for this sync
+                    error = exc
+                try:
+                    loop.call_soon_threadsafe(self._finish, batch, error)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    with self._lock:
+                        self._running = False
+                    break
 
-    def _finish(self, loop, batch, error) -> None:
+    def _finish(self, batch, error) -> None:
         self.syncs += 1
         for future in batch:
             if future.done():
@@ -197,8 +204,6 @@ class DurabilityBatcher:
                 future.set_result(None)
             else:
                 future.set_exception(error)
-        # Writers that queued during this sync get the next one.
-        self._start(loop)
 
     def close(self) -> None:
         """Stop the sync thread once it has done the syncs already asked for."""
