@@ -156,7 +156,7 @@ cdef class LogStore:
 
     cdef int _check_open(self) except -1
     cdef int _lock(self, PyThread_type_lock lock) except -1
-    cdef uint32_t _new_seg(self, uint64_t seg_id, int fd, uint64_t size, size_t map_len) except NO_SEG
+    cdef int64_t _new_seg(self, uint64_t seg_id, int fd, uint64_t size, size_t map_len) except -1
     cdef int _drop_seg(self, uint32_t slot, bint unlink) except -1
     cdef int _apply(self, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
                     uint32_t size, int flags) except -1

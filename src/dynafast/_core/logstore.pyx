@@ -411,7 +411,7 @@ cdef class LogStore:
                 PyThread_acquire_lock(lock, WAIT_LOCK)
         return 0
 
-    cdef uint32_t _new_seg(self, uint64_t seg_id, int fd, uint64_t size, size_t map_len) except NO_SEG:
+    cdef int64_t _new_seg(self, uint64_t seg_id, int fd, uint64_t size, size_t map_len) except -1:
         cdef uint32_t i, slot = NO_SEG
         cdef Seg *grown
         for i in range(self.nsegs):
@@ -1090,7 +1090,7 @@ cdef class LogStore:
         cdef uint8_t flags
         cdef uint64_t seg_id, mseq = 0, max_seq
         cdef int64_t valid_end
-        cdef size_t pos, size, copied = 0
+        cdef size_t pos, size, visited = 0
         cdef bint damaged = False
         cdef int err
         cdef const unsigned char *m
@@ -1119,6 +1119,10 @@ cdef class LogStore:
                     flags = entries.data[pos + HINT_FLAGS]
                     key = entries.data + pos + HINT_ENTRY_SIZE
                     pos += HINT_ENTRY_SIZE + klen
+                    visited += 1
+                    if visited % 4096 == 0:
+                        with nogil:
+                            pass  # let readers and writers in between chunks
                     it = df_kd_find(&self.kd, key, klen)
                     if flags & FLAG_TOMBSTONE:
                         # Keep it while an older segment that stays could still hold a value for the key.
@@ -1160,10 +1164,6 @@ cdef class LogStore:
                         raise MemoryError()
                     if out.data.len >= self.write_buffer_size:
                         out.write()
-                    copied += 1
-                    if copied % 4096 == 0:
-                        with nogil:
-                            pass  # let readers and writers in between chunks
             for out in outputs:
                 out.write()
                 with nogil:
