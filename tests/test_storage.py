@@ -510,3 +510,41 @@ def test_empty_segment_left_by_a_crash_is_removed(tmp_path, impl):
     with open_store(path, impl) as db:
         assert db[b"k"] == b"v"
     assert "%016x.data" % (5 << 16) not in os.listdir(path)
+
+
+def test_keydir_compaction_with_and_without_open_iterators(tmp_path, impl):
+    with open_store(tmp_path / "db", impl) as db:
+        for i in range(20000):
+            db.put(b"key-%06d" % i, b"v%d" % i)
+        it = db.keys()
+        first = [next(it) for _ in range(10)]
+        for i in range(0, 20000, 2):  # enough deletes to compact the keydir, but an iterator is open
+            db.delete(b"key-%06d" % i)
+        rest = list(it)
+        seen = first + rest
+        assert len(seen) == len(set(seen))
+        assert {b"key-%06d" % i for i in range(1, 20000, 2)} <= set(seen)
+        for i in range(0, 20000, 4):  # no iterator now: compaction may run
+            db.put(b"key-%06d" % i, b"back")
+            db.delete(b"key-%06d" % (i + 1))
+        expected = {b"key-%06d" % i: b"back" for i in range(0, 20000, 4)}
+        expected.update({b"key-%06d" % i: b"v%d" % i for i in range(3, 20000, 4)})
+        assert dict(db.items()) == expected and len(db) == len(expected)
+        assert db.count(b"key-00") == sum(1 for k in expected if k.startswith(b"key-00"))
+        assert all(db[k] == v for k, v in list(expected.items())[::97])
+
+
+def test_record_larger_than_a_segment(tmp_path, impl):
+    path = tmp_path / "db"
+    big = os.urandom(3000)
+    with open_store(path, impl, segment_size=1000, compress_threshold=10**6) as db:
+        db.put(b"a", b"1")
+        db.put(b"big", big)
+        db.put(b"b", b"2")
+        assert db[b"big"] == big and db[b"a"] == b"1" and db[b"b"] == b"2"
+        db.write_batch([(b"c%d" % i, big) for i in range(3)])
+        assert db[b"c2"] == big
+    with open_store(path, impl) as db:
+        assert db[b"big"] == big and db[b"c1"] == big and db[b"b"] == b"2"
+        db.merge()
+        assert db[b"big"] == big and db[b"c0"] == big
