@@ -5,8 +5,8 @@
 Every operation is one call from Python. Workloads: random puts (each engine's fastest non-durable
 mode), random gets, a full scan, durable puts (each engine's fsync-per-acknowledgement mode) from 1 and
 from 16 threads, reopen time of a store holding --open-keys keys with and without hint files, and keydir
-memory per key. Prints a table of ops/s with dynafast's ratio against each peer. With --repeat N the engines take turns N
-times and each figure is the best of its N rounds (the machine is shared and noisy).
+memory per key. Prints a table of ops/s with dynafast's ratio against each peer. With --repeat N the
+engines take turns N times and each figure is the best of its N rounds (the machine is shared and noisy).
 """
 import argparse
 import gc
@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from dynafast.storage import Store  # noqa: E402
+from dynafast.storage import Store  # noqa: E402 - after the path setup above
 
 
 # -- engines: each returns an object with put/get/scan/close and durable_put/threads_ok -------------

@@ -521,8 +521,9 @@ cdef class LogStore:
                     ids.append(int(name[: len(name) - 5], 16))
                 except ValueError:
                     pass
-            elif name.endswith(".hint") and not os.path.exists(os.path.join(self.path, name[: len(name) - 5] + ".data")):
-                os.unlink(os.path.join(self.path, name))
+            elif name.endswith(".hint"):
+                if not os.path.exists(os.path.join(self.path, name[: len(name) - 5] + ".data")):
+                    os.unlink(os.path.join(self.path, name))
         for seg_id in sorted(ids):
             self._load_segment(seg_id)
         top = max(ids) if ids else 0
