@@ -548,3 +548,23 @@ def test_record_larger_than_a_segment(tmp_path, impl):
         assert db[b"big"] == big and db[b"c1"] == big and db[b"b"] == b"2"
         db.merge()
         assert db[b"big"] == big and db[b"c0"] == big
+
+
+def test_dropped_store_is_closed_and_unlocked(tmp_path, impl):
+    import gc
+
+    path = tmp_path / "db"
+    db = open_store(path, impl, flush_interval=0.01, background_merge=True, merge_check_interval=0.01)
+    db.put(b"k", b"v")
+    del db
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while True:  # the background thread lets go of it within a tick
+        try:
+            db = open_store(path, impl)
+            break
+        except StoreLocked:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    with db:
+        assert db[b"k"] == b"v"

@@ -7,6 +7,7 @@ import fcntl
 import os
 import threading
 import time
+import weakref
 
 from dynafast import _impl
 from dynafast.errors import StoreClosed, StoreLocked
@@ -109,9 +110,14 @@ class Store:
         self.background_error = None
         self._stop = threading.Event()
         self._thread = None
+        self._background_merge = bool(background_merge)
         if sync == "interval" or self.flush_interval > 0 or background_merge:
-            self._background_merge = bool(background_merge)
-            self._thread = threading.Thread(target=self._background, name="dynafast-store", daemon=True)
+            # The thread holds only a weak reference: a Store dropped without close() is still collected
+            # (and __del__ closes it).
+            self._thread = threading.Thread(
+                target=_background, args=(weakref.ref(self), self._stop), name="dynafast-store",
+                daemon=True,
+            )
             self._thread.start()
 
     # Documented signatures; __init__ binds the engine's methods over these for speed.
@@ -199,31 +205,24 @@ class Store:
         return self._engine.closed
 
     # -- background ------------------------------------------------------------------------------
-    def _background(self):
-        tick = self.sync_interval if self.sync_mode == "interval" else self.flush_interval
-        if tick <= 0:
-            tick = self.merge_check_interval
-        next_merge = time.monotonic() + self.merge_check_interval
-        while not self._stop.wait(tick):
-            try:
-                if self.sync_mode == "interval":
-                    self._engine.sync()
-                elif self.flush_interval > 0:
-                    self._engine.flush()
-                if self._background_merge and time.monotonic() >= next_merge:
-                    next_merge = time.monotonic() + self.merge_check_interval
-                    if self._engine.needs_merge(self.merge_trigger):
-                        self._engine.merge(self.merge_trigger)
-            except StoreClosed:
-                return
-            except Exception as exc:  # e.g. StorageFull: keep trying; the caller sees it on its own calls
-                self.background_error = exc
+    def _background_step(self, next_merge):
+        """One tick of the background thread: flush or sync per the policy, merge when due."""
+        if self.sync_mode == "interval":
+            self._engine.sync()
+        elif self.flush_interval > 0:
+            self._engine.flush()
+        if self._background_merge and time.monotonic() >= next_merge:
+            next_merge = time.monotonic() + self.merge_check_interval
+            if self._engine.needs_merge(self.merge_trigger):
+                self._engine.merge(self.merge_trigger)
+        return next_merge
 
     def close(self):
         """Stop the background thread, flush, fsync and close. Idempotent."""
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
+            if self._thread is not threading.current_thread():  # __del__ can run on that thread
+                self._thread.join()
             self._thread = None
         if not self._engine.closed:
             self._engine.close()
@@ -238,3 +237,26 @@ class Store:
                 self.close()
         except Exception:
             pass
+
+
+def _background(store_ref, stop):
+    store = store_ref()
+    if store is None:
+        return
+    tick = store.sync_interval if store.sync_mode == "interval" else store.flush_interval
+    if tick <= 0:
+        tick = store.merge_check_interval
+    next_merge = time.monotonic() + store.merge_check_interval
+    del store
+    while not stop.wait(tick):
+        store = store_ref()
+        if store is None:
+            return
+        try:
+            next_merge = store._background_step(next_merge)
+        except StoreClosed:
+            return
+        except Exception as exc:  # e.g. StorageFull: keep trying; callers see it on their own calls
+            store.background_error = exc
+        finally:
+            del store
