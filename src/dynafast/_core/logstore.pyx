@@ -95,10 +95,15 @@ def clear_io_fault():
 cdef int64_t _group_wait_ns = 50000
 
 
-def _set_group_wait(ns):
-    """Tuning knob: how long (at most) a group-commit leader waits for the writers of the last group."""
-    global _group_wait_ns
+cdef int _group_percent = 100
+
+
+def _set_group_wait(ns, percent=100):
+    """Tuning knobs: how long (at most) a group-commit leader waits, and for what share (in %) of the
+    number of writers its predecessor's fsync covered."""
+    global _group_wait_ns, _group_percent
     _group_wait_ns = ns
+    _group_percent = percent
 
 
 cdef int io_pwrite(int fd, const unsigned char *p, size_t n, uint64_t off) noexcept nogil:
@@ -775,7 +780,7 @@ cdef class LogStore:
                 pthread_mutex_lock(&self.sync_mutex)
                 waiting = self.sync_waiting
                 pthread_mutex_unlock(&self.sync_mutex)
-                if waiting + 1 >= self.last_group:
+                if (waiting + 1) * 100 >= self.last_group * _group_percent:
                     break
                 sched_yield()
                 clock_gettime(CLOCK_MONOTONIC, &t1)
