@@ -291,6 +291,7 @@ class LogStore:
             self._load_segment(seg_id)
         top = max(ids) if ids else 0
         self._open_active((top // SEGMENT_ID_STEP + 1) * SEGMENT_ID_STEP)
+        _fsync_dir(self.path)  # the new segment's name must survive a crash before anything in it can
 
     def _load_segment(self, seg_id):
         path = os.path.join(self.path, data_name(seg_id))
