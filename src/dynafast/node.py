@@ -598,8 +598,7 @@ class Node:
 class _Deadlines:
     """Request deadlines in buckets of one tick, one loop timer per bucket.
 
-    A loop timer per request costs more than the rest of a local request; deadlines of requests that finished
-    in time are skipped when their bucket expires instead of being cancelled. They fire up to one tick late,
+    A loop timer per request costs more than the rest of a local request. Deadlines fire up to one tick late,
     never early.
     """
 
@@ -613,12 +612,15 @@ class _Deadlines:
         tick = int((self.loop.time() + timeout) / self.TICK) + 1
         bucket = self._buckets.get(tick)
         if bucket is None:
-            bucket = self._buckets[tick] = []
+            bucket = self._buckets[tick] = set()
             self.loop.call_at(tick * self.TICK, self._expire, tick)
-        bucket.append(request)
+        bucket.add(request)
+        # A request leaves its bucket when it finishes: it is freed then, not seconds later at its deadline.
+        request.deadline_bucket = bucket
 
     def _expire(self, tick: int) -> None:
-        for request in self._buckets.pop(tick, ()):
+        for request in list(self._buckets.pop(tick, ())):
+            request.deadline_bucket = None
             if not request.finished:
                 request._deadline()
 
@@ -631,7 +633,7 @@ class _Request:
     """
 
     __slots__ = ("loop", "machine", "partition", "key", "obj", "raw", "reply_type", "answer", "answered",
-                 "reply", "on_answer", "on_finish", "finished", "previous", "on_all_acked")
+                 "reply", "on_answer", "on_finish", "finished", "previous", "on_all_acked", "deadline_bucket")
 
     def __init__(self, loop, machine, partition, key, obj, raw, reply_type):
         self.loop = loop
@@ -649,6 +651,7 @@ class _Request:
         self.finished = False
         self.previous = None
         self.on_all_acked = None
+        self.deadline_bucket = None
 
     def arm(self, deadlines: _Deadlines, timeout: float):
         """What the handler returns: the reply when the machine is done already, else a future of it."""
@@ -684,6 +687,9 @@ class _Request:
                     answer.set_result(self.reply)
         if not self.finished and (machine.finished or force_finish) and machine.done:
             self.finished = True
+            if self.deadline_bucket is not None:
+                self.deadline_bucket.discard(self)
+                self.deadline_bucket = None
             if self.on_finish is not None:
                 self.on_finish(self)
 
