@@ -568,3 +568,23 @@ def test_dropped_store_is_closed_and_unlocked(tmp_path, impl):
             time.sleep(0.01)
     with db:
         assert db[b"k"] == b"v"
+
+
+def test_fsync_failure_while_sealing_a_segment(tmp_path, impl):
+    path = tmp_path / "db"
+    db = open_store(path, impl, sync="always", segment_size=200)
+    try:
+        for i in range(3):
+            db.put(b"k%d" % i, b"v" * 40)  # 61-byte records: the 4th does not fit
+        impl.set_io_fault(errno.ENOSPC)
+        with pytest.raises(StorageFull):
+            db.put(b"k3", b"v" * 40)
+        impl.clear_io_fault()
+        db.put(b"k3", b"v" * 40)
+        db.put(b"k4", b"v" * 40)
+        assert [db[b"k%d" % i] for i in range(5)] == [b"v" * 40] * 5
+    finally:
+        impl.clear_io_fault()
+        db.close()
+    with open_store(path, impl) as db:
+        assert [db[b"k%d" % i] for i in range(5)] == [b"v" * 40] * 5

@@ -142,6 +142,7 @@ cdef class LogStore:
     cdef uint64_t synced      # bytes of those known durable
     cdef uint64_t merges
     cdef uint64_t fsyncs
+    cdef int64_t unsynced_seg # a sealed segment whose fsync failed at roll time (-1: none)
     # Group commit: one leader fsyncs at a time; the others sleep on sync_cond (without the GIL) and
     # return as soon as `synced` covers their write, without queueing on a lock one after another.
     cdef pthread_mutex_t sync_mutex
@@ -169,6 +170,7 @@ cdef class LogStore:
     cdef int _flush_locked(self, bint release_gil) except -1
     cdef int _roll_locked(self) except -1
     cdef int _sync_to(self, uint64_t target) except -1
+    cdef int _sync_sealed(self) except -1
     cdef const unsigned char *_locate(self, uint32_t seg, uint32_t off, uint32_t size) except NULL
     cdef object _value_at(self, uint32_t seg, uint32_t off, uint32_t size)
     cdef int _release_all(self) except -1

@@ -358,6 +358,7 @@ cdef class LogStore:
 
     def __cinit__(self):
         self.closed = True  # until __init__ has opened everything
+        self.unsynced_seg = -1
         self.io_lock = PyThread_allocate_lock()
         self.merge_lock = PyThread_allocate_lock()
         if self.io_lock == NULL or self.merge_lock == NULL:
@@ -452,6 +453,8 @@ cdef class LogStore:
 
     cdef int _drop_seg(self, uint32_t slot, bint unlink) except -1:
         cdef Seg *s = &self.segs[slot]
+        if self.unsynced_seg == slot:
+            self.unsynced_seg = -1  # dropped by a merge, which made its live records durable elsewhere
         seg_id = s.id
         if s.map != NULL:
             munmap(s.map, s.map_len)
@@ -743,6 +746,8 @@ cdef class LogStore:
             with nogil:
                 err = io_fsync(fd)
             if err:
+                # The next sync() retries this segment's fsync before it acknowledges anything.
+                self.unsynced_seg = old
                 raise_io(err)
             if end > self.synced:
                 self.synced = end
@@ -750,6 +755,18 @@ cdef class LogStore:
         finally:
             df_buf_free(&hint)
         _fsync_dir(self.path)
+        return 0
+
+    cdef int _sync_sealed(self) except -1:
+        """fsync the sealed segment a failed roll left behind, if any (caller holds io_lock)."""
+        cdef int err, fd
+        if self.unsynced_seg >= 0:
+            fd = self.segs[self.unsynced_seg].fd
+            with nogil:
+                err = io_fsync(fd)
+            if err:
+                raise_io(err)
+            self.unsynced_seg = -1
         return 0
 
     cdef int _sync_to(self, uint64_t target) except -1:
@@ -793,6 +810,7 @@ cdef class LogStore:
             locked = True
             self._check_open()
             end = self.appended
+            self._sync_sealed()
             self._flush_locked(True)
             fd = self.segs[self.active].fd
             with nogil:
@@ -1309,6 +1327,7 @@ cdef class LogStore:
                 # store); reopened below if the final flush fails.
                 self.closed = True
                 try:
+                    self._sync_sealed()
                     self._flush_locked(False)
                     fd = self.segs[self.active].fd
                     if self.segs[self.active].size:
