@@ -24,7 +24,7 @@ def main():
     while True:
         if mode == "merge":
             key = b"m%d" % (i % 40)
-            if i % 50 == 0:
+            if i % 10 == 0:  # often, so that kills land inside merges too
                 db.merge()
         else:
             key = b"w%d" % i

@@ -54,7 +54,7 @@ def test_acknowledged_writes_survive_sigkill(tmp_path, impl, mode):
     path = tmp_path / "db"
     latest = {}  # key -> highest acknowledged round
     start = 0
-    for _ in range(3):
+    for _ in range(4):
         for key, rnd in run_and_kill(path, engine, mode, start, rng):
             latest[key] = max(latest.get(key, -1), rnd)
             start = max(start, rnd + 1)
