@@ -32,6 +32,9 @@ from dynafast.net.server import start_server
 
 log = logging.getLogger("dynafast.node")
 
+# What unpacking fields of the wrong shape or type raises in a handler.
+_MALFORMED = (TypeError, ValueError, IndexError, KeyError, AttributeError, OverflowError)
+
 # Errors after which a peer is suspected: it did not answer, as opposed to answering with an error.
 _PEER_FAILURES = (Unavailable, Timeout, ConnectionError, OSError)
 
@@ -157,7 +160,13 @@ class Node:
         handler = self.handlers.get(msg_type)
         if handler is None:
             raise ProtocolError(f"unknown message type {msg_type}")
-        return handler(fields)
+        try:
+            return handler(fields)
+        except DynafastError:
+            raise  # KeyTooLarge and ValueTooLarge are ValueErrors too, and must reach the client as they are
+        except _MALFORMED as exc:
+            # Fields of the wrong number or type: the sender's fault, answered with a protocol error.
+            raise ProtocolError(f"malformed {Msg(msg_type).name} request: {exc}") from None
 
     # -- client requests --------------------------------------------------------------------------------------
     def _check_key(self, key) -> bytes:
@@ -239,7 +248,7 @@ class Node:
             try:
                 return await self.pool.call(self.membership.address_of(node), msg_type, fields, timeout)
             except _PEER_FAILURES as exc:
-                self.membership.mark_down(node)
+                self.membership.mark_down(node, exc)
                 last = exc
         raise Unavailable(f"no replica of the key answered: {last}")
 
@@ -325,7 +334,7 @@ class Node:
             state.settle()
             return
         if isinstance(exc, _PEER_FAILURES):
-            self.membership.mark_down(node)
+            self.membership.mark_down(node, exc)
         else:
             log.warning("replica put on %s failed: %s", node, exc)
         self._send_puts(state, machine.on_failure(node, exc))
@@ -368,7 +377,7 @@ class Node:
         exc = None if call.cancelled() else call.exception()
         if call.cancelled() or exc is not None:
             if isinstance(exc, _PEER_FAILURES):
-                self.membership.mark_down(node)
+                self.membership.mark_down(node, exc)
             self._send_gets(state, machine.on_failure(node, exc))
             return
         self.membership.mark_up(node)
@@ -538,8 +547,8 @@ class Node:
             try:
                 _, reply = await self.pool.call(self.membership.address_of(owner), Msg.HINT_PUSH, fields,
                                                 self.config.peer_timeout * 5)
-            except _PEER_FAILURES:
-                self.membership.mark_down(owner)
+            except _PEER_FAILURES as exc:
+                self.membership.mark_down(owner, exc)
                 continue
             if reply and reply[0]:
                 for partition, key, siblings, _ in batch:
