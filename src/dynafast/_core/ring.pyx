@@ -201,6 +201,9 @@ cdef class Ring:
     cdef Py_ssize_t _check_n(self, object n) except -1:
         if n is None:
             return self.n
+        # The common case inline (a call into the Python reference costs more than the lookup itself).
+        if type(n) is int and 1 <= n <= 65535:
+            return <Py_ssize_t>n
         return _ref._check_n(n)
 
     cdef uint32_t _next_epoch(self) noexcept:
