@@ -45,6 +45,9 @@ def test_health_status_metrics_and_console(node):
     assert content_type.startswith("text/plain")
     keys = [line for line in body.splitlines() if line.startswith("dynafast_storage_keys{")]
     assert keys and float(keys[0].rsplit(" ", 1)[1]) >= 1
+    puts = [line for line in body.splitlines() if line.startswith('dynafast_requests_total{node="h1",op="put"}')]
+    assert puts and float(puts[0].rsplit(" ", 1)[1]) >= 1
+    assert 'dynafast_request_seconds_bucket{le="+Inf",node="h1",op="put"}' in body
 
     status, content_type, body = fetch(f"http://{http}/")
     assert content_type.startswith("text/html") and "dynafast node h1" in body

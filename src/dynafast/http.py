@@ -5,9 +5,11 @@ import html
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dynafast.config import split_address
+from dynafast.metrics import BOUNDS
 
 _CONSOLE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>dynafast {node}</title>
@@ -24,6 +26,33 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}.down{{color:#b00
 <p><a href="/status">/status</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
 </body></html>
 """
+
+
+class RequestCollector:
+    """Client requests this node coordinated: counts, errors by type, and latency histograms."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def collect(self):
+        nid = self.node.node_id
+        requests = CounterMetricFamily("dynafast_requests", "Client requests coordinated", labels=["node", "op"])
+        errors = CounterMetricFamily("dynafast_request_errors", "Client requests that failed",
+                                     labels=["node", "op", "error"])
+        latency = HistogramMetricFamily("dynafast_request_seconds", "Client request latency at the coordinator",
+                                        labels=["node", "op"])
+        for op, stats in self.node.requests.ops.items():
+            requests.add_metric([nid, op], stats.count)
+            for name, count in stats.errors.items():
+                errors.add_metric([nid, op, name], count)
+            cumulative, buckets = 0, []
+            for bound, count in zip(list(BOUNDS) + [float("inf")], stats.buckets):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([nid, op], buckets, stats.total_seconds)
+        yield requests
+        yield errors
+        yield latency
 
 
 class NodeMetrics:
@@ -43,6 +72,7 @@ class NodeMetrics:
         self.syncs = Gauge("dynafast_group_commits", "Group-commit fsyncs done for durable writes", labels,
                            registry=self.registry)
         self.server = Gauge("dynafast_server", "Server counters", ["node", "counter"], registry=self.registry)
+        self.registry.register(RequestCollector(node))
 
     def render(self) -> bytes:
         node = self.node

@@ -26,11 +26,14 @@ from dynafast.errors import (
     Unavailable,
     ValueTooLarge,
 )
+from dynafast.metrics import RequestStats
 from dynafast.net.connection import PeerPool
 from dynafast.net.messages import Msg
 from dynafast.net.server import start_server
 
 log = logging.getLogger("dynafast.node")
+
+_CLIENT_OPS = {Msg.GET: "get", Msg.PUT: "put", Msg.DELETE: "delete"}
 
 # What unpacking fields of the wrong shape or type raises in a handler.
 _MALFORMED = (TypeError, ValueError, IndexError, KeyError, AttributeError, OverflowError)
@@ -82,6 +85,7 @@ class Node:
         self.membership.listeners.append(self.transfers.on_state)
         self.stopped = asyncio.Event()
         self.handoff_bucket = TokenBucket(config.handoff_bytes_per_second)
+        self.requests = RequestStats(_CLIENT_OPS.values())
         self.hints_delivered = 0
         self.tombstones_reaped = 0
         self.loop = None
@@ -160,13 +164,23 @@ class Node:
         handler = self.handlers.get(msg_type)
         if handler is None:
             raise ProtocolError(f"unknown message type {msg_type}")
+        op = _CLIENT_OPS.get(msg_type)
+        started = self.requests.started() if op is not None else 0.0
         try:
-            return handler(fields)
-        except DynafastError:
+            result = handler(fields)
+        except DynafastError as exc:
+            if op is not None:
+                self.requests.finished(op, started, exc)
             raise  # KeyTooLarge and ValueTooLarge are ValueErrors too, and must reach the client as they are
         except _MALFORMED as exc:
             # Fields of the wrong number or type: the sender's fault, answered with a protocol error.
-            raise ProtocolError(f"malformed {Msg(msg_type).name} request: {exc}") from None
+            error = ProtocolError(f"malformed {Msg(msg_type).name} request: {exc}")
+            if op is not None:
+                self.requests.finished(op, started, error)
+            raise error from None
+        if op is not None:
+            return self.requests.track(op, started, result)
+        return result
 
     # -- client requests --------------------------------------------------------------------------------------
     def _check_key(self, key) -> bytes:
@@ -500,6 +514,7 @@ class Node:
             "hints_for": sorted(self.replicas.hint_owners()),
             "hints_delivered": self.hints_delivered,
             "tombstones_reaped": self.tombstones_reaped,
+            "requests": self.requests.snapshot(),
             "antientropy": self.antientropy.status(),
             "transfers": self.transfers.status(),
             "next_ring_version": None if self.membership.next_ring is None else self.membership.next_ring.version,
