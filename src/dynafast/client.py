@@ -146,8 +146,15 @@ class _Routing:
         self.fetched_at = 0.0  # refresh the ring on the next request
 
 
-class Client:
-    """Blocking client. Thread-safe: each node connection is used by one thread at a time."""
+class _ClientOptions:
+    """What both clients are configured with.
+
+    ``nodes``: "HOST:PORT" addresses (a list, or one comma-separated string) of any nodes of the cluster; the
+    rest are discovered. ``timeout``: seconds per request (the coordinator's quorum deadline; the client allows
+    one more second for the hop). ``connect_timeout``. ``ring_refresh``: seconds after which the ring is
+    fetched again. ``r``, ``w``, ``dw``: default quorums (None: the node's). ``partition_aware=False`` sends
+    every request to ``nodes`` in order instead of to a replica of the key.
+    """
 
     def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
                  r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True):
@@ -157,10 +164,18 @@ class Client:
         self.connect_timeout = connect_timeout
         self.defaults = {"r": r, "w": w, "dw": dw}
         self._routing = _Routing(nodes, ring_refresh, partition_aware)
+        self._closed = False
+
+
+class Client(_ClientOptions):
+    """Blocking client (options: see _ClientOptions). Thread-safe: each node connection is used by one thread
+    at a time."""
+
+    def __init__(self, nodes, **options):
+        super().__init__(nodes, **options)
         self._conns: dict[str, object] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _conn(self, address: str):
@@ -268,19 +283,13 @@ class Client:
         self.close()
 
 
-class AsyncClient:
-    """The same API as Client, as coroutines, over multiplexed asyncio connections (one per node)."""
+class AsyncClient(_ClientOptions):
+    """The same API as Client, as coroutines, over multiplexed asyncio connections (one per node); options:
+    see _ClientOptions."""
 
-    def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
-                 r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True):
-        if isinstance(nodes, str):
-            nodes = nodes.split(",")
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.defaults = {"r": r, "w": w, "dw": dw}
-        self._routing = _Routing(nodes, ring_refresh, partition_aware)
+    def __init__(self, nodes, **options):
+        super().__init__(nodes, **options)
         self._pool = None
-        self._closed = False
 
     async def connect(self) -> "AsyncClient":
         if self._pool is None:
