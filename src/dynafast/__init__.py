@@ -1,4 +1,5 @@
 """dynafast: a Dynamo-style distributed key-value store with a compiled hot path."""
+from dynafast import errors as _errors
 from dynafast.errors import (
     CorruptionError,
     DynafastError,
@@ -32,20 +33,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'dynafast' has no attribute {name!r}")
 
 
-__all__ = [
-    "open",
-    "Client",
-    "AsyncClient",
-    "DynafastError",
-    "StoreLocked",
-    "StoreClosed",
-    "CorruptionError",
-    "KeyTooLarge",
-    "ValueTooLarge",
-    "StorageFull",
-    "ProtocolError",
-    "QuorumNotMet",
-    "Timeout",
-    "Unavailable",
-    "__version__",
-]
+__all__ = ["open", "Client", "AsyncClient", "GetResult", "__version__", *_errors.__all__]
