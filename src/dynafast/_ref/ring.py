@@ -369,66 +369,138 @@ def _incremental(q, s, prev, held, targets, keys, w):
             count[o] -= 1
             excess[o] -= 1
             _update_distances(dist, best, q)
-    # 3. Fill vacancies from members below target: a maximum matching of vacancies to members (each up to
-    #    its deficit) over the non-clashing pairs, so a member is never left without a place it could take.
-    deficit = [targets[i] - count[i] for i in range(s)]
-    vacant = [p for p in range(q) if owner[p] < 0]
-    allowed = {}
-    for p in vacant:
-        cands = [i for i in range(s) if deficit[i] > 0 and not _conflicts_at(owner, keys, p, keys[i], w, q)]
-        cands.sort(key=lambda i: (-deficit[i], i))
-        allowed[p] = cands
-    match = _match(vacant, allowed, deficit, s)
-    for p, i in match.items():
+    # 3. Fill the vacancies (see _Filler); whatever it cannot place goes to the neediest member and repair
+    #    swaps it away.
+    filler = _Filler(q, s, owner, prev, count, held, targets, keys, w)
+    left = filler.fill()
+    for p in left:
+        i = filler.neediest()
         owner[p] = i
-        deficit[i] -= 1
-    for p in vacant:
-        if owner[p] < 0:  # no clash-free member left: take the neediest and let repair swap it away
-            i = max(range(s), key=lambda i: (deficit[i], -i))
-            owner[p] = i
-            deficit[i] -= 1
+        count[i] += 1
     if _repair(owner, keys, w, q, budget=2 * q):
         return owner
     return None
 
 
-def _match(vacant, allowed, cap, s):
-    """Maximum b-matching of vacancies to members (member i takes at most cap[i]) by BFS augmenting paths."""
-    assigned = [[] for _ in range(s)]
-    match = {}
-    for p in vacant:
+class _Filler:
+    """Fill vacancies with as few moves as possible, keeping balance and the spread window.
+
+    Each vacancy is filled by a chain: member y0 (clash-free there) takes it, gives up one of its own
+    partitions to y1, ... until a member that may still grow takes the last one. A link through a partition
+    that has already moved in this claim is free (a vacancy is reassigned), a link through a partition still
+    with its previous owner costs one move; the chain of least cost is found by 0-1 breadth-first search.
+    Pass one allows only free links (a maximum matching of vacancies to members), pass two any link.
+
+    Which members end at ceil(Q/S) is left open where balance allows: members that held more than floor(Q/S)
+    keep their extra one, and the rest of the extras go to whichever members the chains reach.
+    """
+
+    def __init__(self, q, s, owner, prev, count, held, targets, keys, w):
+        self.q, self.s, self.owner, self.prev, self.count, self.keys, self.w = q, s, owner, prev, count, keys, w
+        base = min(targets)
+        self.base = base
+        # Fixed at base + 1: those that keep an extra partition they already had; the others may take one
+        # of the remaining extras ("pool") if the chains need it.
+        self.fixed = [targets[i] > base and held[i] > base for i in range(s)]
+        self.pool = sum(1 for i in range(s) if targets[i] > base) - sum(self.fixed)
+        self.parts = [set() for _ in range(s)]
+        for p, o in enumerate(owner):
+            if o >= 0:
+                self.parts[o].add(p)
+
+    def _room(self, i):
+        """0: full; 1: below its floor (or its fixed target); 2: may take one of the pooled extras."""
+        c = self.count[i]
+        low = self.base + 1 if self.fixed[i] else self.base
+        if c < low:
+            return 1
+        if not self.fixed[i] and c == self.base and self.pool > 0:
+            return 2
+        return 0
+
+    def neediest(self):
+        i = max(range(self.s), key=lambda i: (self._room(i) == 1, self._room(i) > 0, -self.count[i], -i))
+        if self._room(i) == 2:
+            self.pool -= 1
+        return i
+
+    def _moved(self, p):
+        return self.owner[p] != self.prev[p]
+
+    def fill(self):
+        vacant = [p for p in range(self.q) if self.owner[p] < 0]
+        left = [p for p in vacant if not self._chain(p, free_only=True)]
+        return [p for p in left if not self._chain(p, free_only=False)]
+
+    def _chain(self, v, free_only):
+        owner, keys, w, q, s = self.owner, self.keys, self.w, self.q, self.s
         parent = {}
-        frontier = []
-        for i in allowed[p]:
-            if i not in parent:
-                parent[i] = p
-                frontier.append(i)
+        cost = {}
+        queue = []  # two lists as a 0-1 deque: (cost, member)
+        front, back = [], []
+        for y in range(s):
+            if not _conflicts_at(owner, keys, v, keys[y], w, q):
+                parent[y] = (-1, v)
+                cost[y] = 0
+                front.append(y)
+        front.reverse()  # pop() takes the lowest index first
+        done = set()
+        level = 0
         found = -1
-        k = 0
-        while k < len(frontier):
-            i = frontier[k]
-            k += 1
-            if len(assigned[i]) < cap[i]:
-                found = i
+        while front or back:
+            if not front:
+                front = back[::-1]
+                back = []
+                level += 1
+            y = front.pop()
+            if y in done or cost[y] != level:
+                continue
+            done.add(y)
+            if self._room(y):
+                found = y
                 break
-            for v in assigned[i]:
-                for j in allowed[v]:
-                    if j not in parent:
-                        parent[j] = v
-                        frontier.append(j)
+            for r in sorted(self.parts[y]):
+                step = 0 if self._moved(r) else 1
+                if step and free_only:
+                    continue
+                for z in range(s):
+                    if z == y or z in done:
+                        continue
+                    c = level + step
+                    if z in cost and cost[z] <= c:
+                        continue
+                    if _conflicts_at(owner, keys, r, keys[z], w, q):
+                        continue
+                    cost[z] = c
+                    parent[z] = (y, r)
+                    if step:
+                        back.append(z)
+                    else:
+                        front.append(z)
         if found < 0:
-            continue
-        i = found
-        while True:  # shift each vacancy on the path to the next member
-            v = parent[i]
-            prev = match.get(v)
-            match[v] = i
-            assigned[i].append(v)
-            if prev is None:
+            return False
+        # Apply the chain, then check it: links close together on the ring can clash with each other.
+        undo = []
+        z = found
+        while True:
+            y, r = parent[z]
+            undo.append((r, owner[r]))
+            owner[r] = z
+            if y < 0:
                 break
-            assigned[prev].remove(v)
-            i = prev
-    return match
+            z = y
+        if any(_conflicts_at(owner, keys, r, keys[owner[r]], w, q) for r, _ in undo):
+            for r, old in reversed(undo):
+                owner[r] = old
+            return False
+        for r, old in undo:
+            if old >= 0:
+                self.parts[old].discard(r)
+            self.parts[owner[r]].add(r)
+        if self._room(found) == 2:
+            self.pool -= 1
+        self.count[found] += 1
+        return True
 
 
 def _distances(owner, q):
