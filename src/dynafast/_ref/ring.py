@@ -174,8 +174,41 @@ def _laps(q, counts, w):
     blocks = laps - 1
     for j, i in enumerate(out_keys):
         sit_out[i] = 1 + (j * blocks) // len(out_keys)  # even runs over laps 1..L-1, increasing keys
-    seq = [i for lap in range(laps) for i in range(k) if sit_out.get(i) != lap]
-    return seq if _spread_ok(seq, w) else None
+    rows = [[i for i in range(k) if sit_out.get(i) != lap] for lap in range(laps)]
+    seq = [i for row in rows for i in row]
+    if not _spread_ok(seq, w):
+        return None
+    mixed = _mix(rows, w)
+    return mixed if mixed is not None and _spread_ok(mixed, w) else seq
+
+
+def _mix(rows, w):
+    """The laps of ``_laps`` each in its own fixed pseudo-random order, or None.
+
+    In plain laps a key has the same ring neighbours in every lap, so when it leaves, the few members beside
+    it can take none of its partitions and each needs an extra swap. Shuffled laps give every key different
+    neighbours in each lap. Each lap tries a few orders until the windows across the join with the previous
+    lap (and, for the last lap, with the first) are distinct.
+    """
+    out = []
+    for lap, row in enumerate(rows):
+        for attempt in range(64):
+            order = sorted(row, key=lambda i: mmh3.hash64(struct.pack("<III", lap, attempt, i), seed=1)[0])
+            tail = out[-(w - 1) :] if w > 1 and out else []
+            if not _seam_ok(tail, order, w):
+                continue
+            if lap == len(rows) - 1 and not _seam_ok((out + order)[-(w - 1) :], out[: w - 1], w):
+                continue
+            out.extend(order)
+            break
+        else:
+            return None
+    return out
+
+
+def _seam_ok(tail, head, w):
+    joined = list(tail) + list(head[: w - 1])
+    return all(len(set(joined[p : p + w])) == len(joined[p : p + w]) for p in range(len(joined)))
 
 
 def _spread_ok(seq, w):
