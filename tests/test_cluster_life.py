@@ -232,3 +232,30 @@ def test_join_and_decommission_under_load_lose_nothing(tmp_path):
         with Client(c.addresses[:3]) as client:
             for key, value in acknowledged.items():
                 assert client.get(key, r=2).values == [value], key
+
+
+def test_anti_entropy_on_demand_over_http(tmp_path):
+    import json
+    import urllib.request
+
+    from dynafast.testing.cluster import free_port
+
+    args = fast_config(tmp_path, ae_interval=0.0)  # no schedule: only the on-demand pass repairs
+    with LocalCluster(3, base_dir=tmp_path / "c", extra_args=args) as c:
+        with Client(c.addresses) as client:
+            wait_members(client, 3)
+            keys = [f"od-{i}".encode() for i in range(100)]
+            for key in keys:
+                client.put(key, key, w=3)
+            victim = c.node("n3")
+            victim.stop()
+            victim.wipe()
+            http = f"127.0.0.1:{free_port()}"
+            victim.args += ["--http", http]
+            victim.restart()
+            wait_members(client, 3)
+            assert all(replica_copy(victim, k) is None for k in keys)
+            request = urllib.request.Request(f"http://{http}/antientropy", method="POST")
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert response.status == 202 and json.loads(response.read())["started"] is True
+            assert wait_for(lambda: all(replica_copy(victim, k) is not None for k in keys), 60, 0.5)

@@ -1,4 +1,5 @@
-"""The node's HTTP side: /health, /status (as `status --json`), /metrics (Prometheus) and a small console."""
+"""The node's HTTP side: /health, /status (as `status --json`), /metrics (Prometheus), a small console, and
+POST /antientropy to start a full anti-entropy pass now."""
 from __future__ import annotations
 
 import html
@@ -120,10 +121,16 @@ async def start_http(node, address: str) -> web.AppRunner:
                                **{k: s[k] for k in ("ring_version", "partitions", "n", "r", "w", "dw", "uptime")})
         return web.Response(text=page, content_type="text/html")
 
+    async def antientropy_now(request):
+        # On demand (after a disk was replaced, say): every owned partition against every other live replica.
+        task = node.antientropy.run_all_soon()
+        return web.json_response({"started": task is not None}, status=202)
+
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", prometheus)
+    app.router.add_post("/antientropy", antientropy_now)
     app.router.add_get("/", console)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -123,6 +123,7 @@ class AntiEntropy:
         self.keys_repaired = 0
         self._cursor = 0
         self._task: asyncio.Task | None = None
+        self._full: asyncio.Task | None = None
 
     # -- scheduling ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,8 +131,8 @@ class AntiEntropy:
             self._task = asyncio.create_task(periodic(self.interval, self.run_once, log, "anti-entropy exchange"))
 
     async def stop(self) -> None:
-        await cancel_and_wait([self._task])
-        self._task = None
+        await cancel_and_wait([self._task, self._full])
+        self._task = self._full = None
 
     def _owned(self) -> list[int]:
         ring = self.node.membership.ring
@@ -150,6 +151,13 @@ class AntiEntropy:
         if not peers:
             return None
         return await self.exchange(partition, random.choice(peers))
+
+    def run_all_soon(self) -> asyncio.Task | None:
+        """Start ``exchange_all`` in the background unless one is already running; returns its task or None."""
+        if self._full is not None and not self._full.done():
+            return None
+        self._full = asyncio.ensure_future(self.exchange_all())
+        return self._full
 
     async def exchange_all(self) -> list[ExchangeReport]:
         """Every owned partition against every other live replica (on demand: after a disk was lost)."""
