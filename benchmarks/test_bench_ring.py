@@ -1,7 +1,7 @@
 """Ring lookups, compiled beside the plain-Python reference.
 
 Run: pytest -m bench benchmarks/test_bench_ring.py
-Claim movement table: python benchmarks/test_bench_ring.py
+Claim movement tables (fresh ring +-1 member, then runs of joins and leaves): python benchmarks/test_bench_ring.py
 """
 import os
 
@@ -103,5 +103,36 @@ def movement_table(partitions=(64, 256, 1024), sizes=range(3, 21), n=3):
     return "\n".join(lines)
 
 
+def churn_summary(partitions=(64, 256, 1024), runs=3, steps=30, n=3):
+    """Moved/ideal along runs of random joins and leaves (S 7..24, from 12 members with random names)."""
+    ref = _impl.reference("ring")
+    lines = ["| Q | joins | mean | max | leaves | mean | max |", "|---|---|---|---|---|---|---|"]
+    for q in partitions:
+        ratios = {"join": [], "leave": []}
+        for run in range(runs):
+            rng = numpy.random.default_rng(run)
+            ring = ref.Ring(q, [f"m{x:06d}" for x in rng.integers(0, 10**6, 12)], n=n)
+            for step in range(steps):
+                cur = list(ring.members)
+                if (rng.random() < 0.5 and len(cur) > 7) or len(cur) >= 24:
+                    who = cur[int(rng.integers(0, len(cur)))]
+                    after = ring.with_members([m for m in cur if m != who])
+                    kind, ideal = "leave", len(ring.partitions_owned(who))
+                else:
+                    who = f"joiner-{run}-{step:02d}"
+                    after = ring.with_members(cur + [who])
+                    kind, ideal = "join", len(after.partitions_owned(who))
+                ratios[kind].append(ring.moved_partitions(after) / ideal)
+                ring = after
+        cells = []
+        for kind in ("join", "leave"):
+            r = ratios[kind]
+            cells += [str(len(r)), f"{sum(r) / len(r):.2f}", f"{max(r):.2f}"]
+        lines.append(f"| {q} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(movement_table())
+    print()
+    print(churn_summary())
