@@ -370,7 +370,7 @@ def claim(partitions, members, n, zones, previous=None):
         ok = _repair(fresh, keys, win, q, budget=4 * q)
         if ok:
             if previous is not None:
-                fresh = _relabel(fresh, owner, targets, keys)
+                fresh = _align(fresh, owner, targets, keys)
             return fresh
         if best is None:
             best = fresh
@@ -560,6 +560,37 @@ def _update_distances(dist, v, q):
                 changed = True
         if not changed:
             break
+
+
+def _align(layout, prev, targets, keys):
+    """Turn (rotate, mirror) and relabel a fresh layout to keep as many previous owners as possible.
+
+    Turning keeps balance and spread, and a rebuilt layout lines up with the old one far better at some
+    offsets than at others. Each offset is scored by the best previous owner of each fresh member (an upper
+    bound on what relabelling keeps); the best few are relabelled for real.
+    """
+    q, s = len(layout), len(targets)
+    if s > 64:  # the score tables grow as S squared; large S rebuilds are rare (W < N only when S > Q / N)
+        return _relabel(layout, prev, targets, keys)
+    prev_arr = numpy.asarray(prev, dtype=numpy.int64)
+    known = prev_arr >= 0
+    base = numpy.asarray(layout, dtype=numpy.int64)
+    scored = []
+    for mirror in (False, True):
+        seq = base[::-1] if mirror else base
+        for k in range(q):
+            turned = numpy.roll(seq, -k)
+            table = numpy.bincount(turned[known] * s + prev_arr[known], minlength=s * s).reshape(s, s)
+            scored.append((-int(table.max(axis=1).sum()), mirror, k))
+    scored.sort()
+    best, best_kept = None, -1
+    for _, mirror, k in scored[:8]:
+        seq = layout[::-1] if mirror else layout
+        cand = _relabel(seq[k:] + seq[:k], prev, targets, keys)
+        kept = sum(1 for a, b in zip(cand, prev) if a == b)
+        if kept > best_kept:
+            best, best_kept = cand, kept
+    return best
 
 
 def _relabel(layout, prev, targets, keys):
