@@ -141,6 +141,9 @@ async def main_async(args):
         traffic = Traffic(addresses, args.keys, args.value_size)
         runner = asyncio.ensure_future(traffic.run())
         await asyncio.sleep(2.0)
+        ops_before = traffic.ops
+        await asyncio.sleep(5.0)
+        report["client_ops_per_s_before"] = round((traffic.ops - ops_before) / 5.0, 1)
         n4 = None
 
         def join():

@@ -26,7 +26,7 @@ log = logging.getLogger("dynafast.handoff")
 
 
 class Transfers:
-    def __init__(self, node, *, bytes_per_second: float = 8 << 20, batch_bytes: int = 256 << 10,
+    def __init__(self, node, *, bytes_per_second: float = 8 << 20, batch_bytes: int = 64 << 10,
                  drop_grace: float = 5.0, peer_timeout: float = 5.0):
         self.node = node
         self.bucket = TokenBucket(bytes_per_second, burst=max(batch_bytes * 2, bytes_per_second))
