@@ -107,6 +107,10 @@ class Store:
         self.items = e.items
         self.sync = e.sync
         self.flush = e.flush
+        self.sync_request = e.sync_request
+        self.sync_poll = e.sync_poll
+        self.durable_seq = e.durable_seq
+        self.sync_fd = e.sync_fd
         self.background_error = None
         self._stop = threading.Event()
         self._thread = None
@@ -160,6 +164,26 @@ class Store:
     def flush(self):
         """Hand buffered writes to the OS now (no fsync)."""
         self._engine.flush()
+
+    # Asynchronous sync, for event loops: nothing here blocks on an fsync (the engine's own thread does it).
+    def sync_request(self):
+        """Start making everything written so far durable; return its ticket (durable once
+        ``durable_seq() >= ticket``). Concurrent tickets share fsyncs."""
+        return self._engine.sync_request()
+
+    def sync_poll(self):
+        """Call when ``sync_fd()`` is readable: collect the finished fsync, start the next one if tickets
+        wait, return ``durable_seq()``. Raises the fsync's error (StorageFull, OSError) when it failed."""
+        return self._engine.sync_poll()
+
+    def durable_seq(self):
+        """The highest ticket known durable."""
+        return self._engine.durable_seq()
+
+    def sync_fd(self):
+        """File descriptor readable once an fsync started by ``sync_request()`` finished (watch it with
+        ``loop.add_reader``); it stays valid until the store is freed, close() included."""
+        return self._engine.sync_fd()
 
     def merge(self):
         """Compact now: rewrite live data out of segments holding dead records. Returns segments merged."""

@@ -56,6 +56,11 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_destroy(pthread_cond_t *c)
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
     int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_cond_signal(pthread_cond_t *c)
+    ctypedef struct pthread_t:
+        pass
+    int pthread_create(pthread_t *t, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t t, void **ret)
 
 
 # Every on-disk field width, in one place (the reference dynafast._ref.logstore packs the same):
@@ -102,6 +107,21 @@ cdef struct Seg:
     uint64_t size       # bytes in the file (active segment: bytes flushed)
     uint64_t live
     uint64_t dead
+
+
+# Asynchronous sync: the engine's own fsync thread (no GIL, ever) and what it shares with the callers.
+# Every field is guarded by mutex; the thread touches nothing else of the store.
+cdef struct BgSync:
+    pthread_mutex_t mutex
+    pthread_cond_t cond
+    int efd             # eventfd written after each finished fsync (-1 until first asked for)
+    bint stop
+    bint job            # fd/fd2 wait for the thread
+    bint done           # a finished fsync not collected yet by sync_poll()
+    int fd              # dup of the active segment's fd (the thread closes it)
+    int fd2             # dup of a sealed segment whose fsync failed at roll time, or -1
+    int err             # errno of the finished fsync, 0 when it succeeded
+    uint64_t fsyncs
 
 
 cdef class LogStore
@@ -151,6 +171,14 @@ cdef class LogStore:
     cdef int sync_waiting     # followers sleeping on sync_cond
     cdef int last_group       # writers the last fsync covered: the next leader waits for that many
     cdef bint sync_init
+    # Asynchronous sync (sync_request / sync_poll): the fields below BgSync are touched only with the GIL.
+    cdef BgSync bg
+    cdef pthread_t bg_thread
+    cdef bint bg_started
+    cdef bint bg_busy         # a job was handed to the thread and sync_poll() has not collected it yet
+    cdef uint64_t bg_requested  # highest ticket asked for
+    cdef uint64_t bg_target   # what the job in flight makes durable
+    cdef int64_t bg_unsynced_id  # id of the sealed segment the job retries (-1: none)
     cdef Py_ssize_t iterators # open iterators: the arena is not compacted under them
     cdef PyThread_type_lock io_lock     # flush, fsync, roll (taken before the GIL-protected state)
     cdef PyThread_type_lock merge_lock  # one merge (or close) at a time
@@ -171,6 +199,9 @@ cdef class LogStore:
     cdef int _roll_locked(self) except -1
     cdef int _sync_to(self, uint64_t target) except -1
     cdef int _sync_sealed(self) except -1
+    cdef int _bg_start(self) except -1
+    cdef int _bg_submit(self) except -1
+    cdef int _bg_stop(self) except -1
     cdef const unsigned char *_locate(self, uint32_t seg, uint32_t off, uint32_t size) except NULL
     cdef object _value_at(self, uint32_t seg, uint32_t off, uint32_t size)
     cdef int _release_all(self) except -1

@@ -30,12 +30,18 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
 from posix.types cimport off_t
-from posix.unistd cimport close as c_close, fsync as c_fsync, pwrite as c_pwrite
+from posix.unistd cimport close as c_close, dup as c_dup, fsync as c_fsync, pwrite as c_pwrite
+from posix.unistd cimport read as c_read, write as c_write
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK
+    int EFD_CLOEXEC
 
 df_crc_init()
 
@@ -137,6 +143,41 @@ cdef int io_fsync(int fd) noexcept nogil:
     if c_fsync(fd) < 0:
         return errno
     return 0
+
+
+cdef void *_bg_main(void *arg) noexcept nogil:
+    """The engine's fsync thread: fsync each job's files, publish the result, signal the eventfd.
+    It only ever touches its BgSync (never the GIL, never the store's buffers or segment table): the
+    caller flushed the buffer and dup'd the descriptors, so a roll or merge meanwhile cannot pull a file
+    from under it."""
+    cdef BgSync *bg = <BgSync *>arg
+    cdef int fd, fd2, err
+    cdef uint64_t one = 1
+    pthread_mutex_lock(&bg.mutex)
+    while True:
+        while not bg.job and not bg.stop:
+            pthread_cond_wait(&bg.cond, &bg.mutex)
+        if not bg.job:
+            break
+        fd = bg.fd
+        fd2 = bg.fd2
+        pthread_mutex_unlock(&bg.mutex)
+        err = 0
+        if fd2 >= 0:
+            err = io_fsync(fd2)
+            c_close(fd2)
+        if err == 0:
+            err = io_fsync(fd)
+        c_close(fd)
+        pthread_mutex_lock(&bg.mutex)
+        bg.job = False
+        bg.fd = bg.fd2 = -1
+        bg.done = True
+        bg.err = err
+        bg.fsyncs += 1
+        c_write(bg.efd, &one, 8)  # cannot fail short of the counter overflowing (2**64 - 2 wakeups)
+    pthread_mutex_unlock(&bg.mutex)
+    return NULL
 
 
 cdef int raise_io(int err) except -1:
@@ -365,6 +406,10 @@ cdef class LogStore:
             raise MemoryError()
         pthread_mutex_init(&self.sync_mutex, NULL)
         pthread_cond_init(&self.sync_cond, NULL)
+        pthread_mutex_init(&self.bg.mutex, NULL)
+        pthread_cond_init(&self.bg.cond, NULL)
+        self.bg.efd = self.bg.fd = self.bg.fd2 = -1
+        self.bg_unsynced_id = -1
         self.sync_init = True
 
     def __init__(self, path, *, segment_size=64 << 20, max_key_size=MAX_KEY_SIZE, max_value_size=16 << 20,
@@ -393,6 +438,8 @@ cdef class LogStore:
             raise
 
     def __dealloc__(self):
+        if self.sync_init and self.bg_started:
+            self._bg_stop()
         if not self.closed:
             self._release_all()
         df_kd_free(&self.kd)
@@ -403,6 +450,10 @@ cdef class LogStore:
         if self.sync_init:
             pthread_cond_destroy(&self.sync_cond)
             pthread_mutex_destroy(&self.sync_mutex)
+            pthread_cond_destroy(&self.bg.cond)
+            pthread_mutex_destroy(&self.bg.mutex)
+            if self.bg.efd >= 0:
+                c_close(self.bg.efd)
 
     # -- small helpers ---------------------------------------------------------------------------
     cdef int _check_open(self) except -1:
@@ -955,6 +1006,131 @@ cdef class LogStore:
         self._check_open()
         self._sync_to(self.appended)
 
+    # -- asynchronous sync (for event loops) ---------------------------------------------------------
+    # Tickets are positions of the write clock (bytes ever appended). sync_request() flushes the buffer
+    # (with the GIL, so nothing can be appended half-way) and hands the fsync to the engine's thread; while
+    # that fsync runs, further requests only raise bg_requested, and the sync_poll() that collects it starts
+    # the next one covering all of them (group commit, one GIL-free fsync per batch).
+    cdef int _bg_start(self) except -1:
+        cdef int rc
+        if self.bg.efd < 0:
+            self.bg.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if self.bg.efd < 0:
+                raise OSError(errno, os.strerror(errno))
+        if not self.bg_started:
+            self.bg.stop = False
+            rc = pthread_create(&self.bg_thread, NULL, _bg_main, &self.bg)
+            if rc:
+                raise OSError(rc, os.strerror(rc))
+            self.bg_started = True
+        return 0
+
+    cdef int _bg_stop(self) except -1:
+        """Let the thread finish the job it has, then join it."""
+        if not self.bg_started:
+            return 0
+        with nogil:
+            pthread_mutex_lock(&self.bg.mutex)
+            self.bg.stop = True
+            pthread_cond_signal(&self.bg.cond)
+            pthread_mutex_unlock(&self.bg.mutex)
+            pthread_join(self.bg_thread, NULL)
+        self.bg_started = False
+        return 0
+
+    cdef int _bg_submit(self) except -1:
+        """Flush and hand an fsync of everything appended so far to the thread (none in flight)."""
+        cdef int fd = -1, fd2 = -1
+        cdef int64_t unsynced_id = -1
+        cdef uint64_t target
+        self._bg_start()
+        self.bg_busy = True  # claimed before io_lock, which may let another thread in
+        try:
+            self._lock(self.io_lock)
+            try:
+                self._check_open()
+                self._flush_locked(False)
+                target = self.appended
+                fd = c_dup(self.segs[self.active].fd)
+                if fd < 0:
+                    raise OSError(errno, os.strerror(errno))
+                if self.unsynced_seg >= 0:
+                    fd2 = c_dup(self.segs[self.unsynced_seg].fd)
+                    if fd2 < 0:
+                        c_close(fd)
+                        raise OSError(errno, os.strerror(errno))
+                    unsynced_id = self.segs[self.unsynced_seg].id
+            finally:
+                PyThread_release_lock(self.io_lock)
+        except BaseException:
+            self.bg_busy = False
+            raise
+        self.bg_target = target
+        self.bg_unsynced_id = unsynced_id
+        pthread_mutex_lock(&self.bg.mutex)  # held only briefly by the thread, which never needs the GIL
+        self.bg.fd = fd
+        self.bg.fd2 = fd2
+        self.bg.job = True
+        pthread_cond_signal(&self.bg.cond)
+        pthread_mutex_unlock(&self.bg.mutex)
+        return 0
+
+    def sync_request(self):
+        """Ask for everything written so far to be made durable, without waiting; returns the ticket.
+        The write is durable once durable_seq() >= ticket; sync_fd() becomes readable when an fsync
+        finishes, and sync_poll() must then be called to collect it (and start the next one)."""
+        self._check_open()
+        cdef uint64_t ticket = self.appended
+        if ticket <= self.synced:
+            return ticket
+        if ticket > self.bg_requested:
+            self.bg_requested = ticket
+        if not self.bg_busy:
+            self._bg_submit()
+        return ticket
+
+    def sync_poll(self):
+        """Collect a finished fsync and return durable_seq(); start the next fsync if tickets wait.
+        Raises the fsync's error (StorageFull, OSError) when it failed: durable_seq() did not move, and
+        every ticket above it must be asked for again."""
+        cdef uint64_t junk
+        cdef bint done
+        cdef int err = 0
+        if self.bg.efd >= 0:
+            c_read(self.bg.efd, &junk, 8)  # drain; EAGAIN when there was nothing
+        pthread_mutex_lock(&self.bg.mutex)
+        done = self.bg.done
+        if done:
+            err = self.bg.err
+            self.bg.done = False
+            self.bg.err = 0
+        pthread_mutex_unlock(&self.bg.mutex)
+        if done and self.bg_busy:
+            self.bg_busy = False
+            if err:
+                self.bg_requested = self.synced
+                raise_io(err)
+            if self.bg_target > self.synced:
+                self.synced = self.bg_target
+            if (self.bg_unsynced_id >= 0 and not self.closed and self.unsynced_seg >= 0
+                    and self.segs[self.unsynced_seg].id == <uint64_t>self.bg_unsynced_id):
+                self.unsynced_seg = -1
+        if not self.closed and not self.bg_busy and self.bg_requested > self.synced:
+            self._bg_submit()
+        return self.synced
+
+    def durable_seq(self):
+        """Write-clock position known durable: every ticket up to it is on disk."""
+        return self.synced
+
+    def sync_fd(self):
+        """An eventfd, readable when an fsync asked for by sync_request() has finished (or failed).
+        It stays open until the store object is freed, so a watcher may outlive close()."""
+        if self.bg.efd < 0:
+            self._check_open()
+            self._bg_start()
+        return self.bg.efd
+
     # -- reads -------------------------------------------------------------------------------------
     cdef const unsigned char *_locate(self, uint32_t seg, uint32_t off, uint32_t size) except NULL:
         if seg == self.active:
@@ -1303,7 +1479,7 @@ cdef class LogStore:
             "buffer_bytes": self.wbuf.len + self.inflight.len,
             "keydir_bytes": mem,
             "keydir_allocated_bytes": df_kd_allocated(&self.kd),
-            "fsyncs": self.fsyncs,
+            "fsyncs": self.fsyncs + self.bg.fsyncs,
             "keydir_bytes_per_key": mem / n if n else 0.0,
             "keydir_overhead_per_key": (mem - key_bytes) / n if n else 0.0,
             "seq": self.seq,
@@ -1317,6 +1493,7 @@ cdef class LogStore:
         if self.closed:
             return
         cdef int err, fd
+        cdef uint64_t junk
         self._lock(self.merge_lock)
         try:
             self._lock(self.io_lock)
@@ -1326,6 +1503,7 @@ cdef class LogStore:
                 # Closed from here (other threads get StoreClosed instead of writing into a closing
                 # store); reopened below if the final flush fails.
                 self.closed = True
+                self._bg_stop()  # its last job is finished (and collectable) after this
                 try:
                     self._sync_sealed()
                     self._flush_locked(False)
@@ -1338,6 +1516,17 @@ cdef class LogStore:
                 except BaseException:
                     self.closed = False
                     raise
+                # Everything is durable now: wake a watcher so its waiters resolve.
+                if self.appended > self.synced:
+                    self.synced = self.appended
+                self.bg_requested = self.synced
+                pthread_mutex_lock(&self.bg.mutex)
+                self.bg.err = 0
+                self.bg.done = True
+                pthread_mutex_unlock(&self.bg.mutex)
+                if self.bg.efd >= 0:
+                    junk = 1
+                    c_write(self.bg.efd, &junk, 8)
                 if self.segs[self.active].size:
                     self._write_hint(self.segs[self.active].id, &self.hint, self.segs[self.active].size)
                 else:

@@ -271,6 +271,16 @@ class LogStore:
         self._merges = 0
         self._fsyncs = 0
         self._active = None
+        # Asynchronous sync (sync_request/sync_poll): a thread of the engine fsyncs, an eventfd tells.
+        self._bg_cond = threading.Condition(threading.Lock())  # guards _bg_job, _bg_done, _bg_stop
+        self._bg_job = None  # (fd, target) for the thread; it closes fd
+        self._bg_done = None  # (target, error) of a finished fsync not collected yet
+        self._bg_stop = False
+        self._bg_fsyncs = 0
+        self._bg_thread = None
+        self._bg_fd = -1
+        self._bg_busy = False  # a job was handed over and sync_poll() has not collected it yet
+        self._bg_requested = 0
         os.makedirs(self.path, exist_ok=True)
         self._recover()
 
@@ -512,6 +522,128 @@ class LogStore:
             _fsync(fd)
             self._synced = end
 
+    # -- asynchronous sync (for event loops) ---------------------------------------------------------
+    # Tickets are positions of the write clock (bytes ever appended). sync_request() flushes and hands the
+    # fsync to the engine's thread; while it runs, further requests only raise _bg_requested, and the
+    # sync_poll() collecting it starts the next one covering all of them.
+    def _bg_start(self):
+        if self._bg_fd < 0:
+            self._bg_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        if self._bg_thread is None:
+            self._bg_stop = False
+            self._bg_thread = threading.Thread(target=self._bg_main, name="dynafast-fsync", daemon=True)
+            self._bg_thread.start()
+
+    def _bg_halt(self):
+        """Let the thread finish the job it has, then join it."""
+        if self._bg_thread is not None:
+            with self._bg_cond:
+                self._bg_stop = True
+                self._bg_cond.notify()
+            self._bg_thread.join()
+            self._bg_thread = None
+
+    def _bg_main(self):
+        cond = self._bg_cond
+        while True:
+            with cond:
+                while self._bg_job is None and not self._bg_stop:
+                    cond.wait()
+                if self._bg_job is None:
+                    return
+                fd, target = self._bg_job
+            error = None
+            try:
+                _fsync(fd)
+            except OSError as exc:
+                error = exc
+            finally:
+                os.close(fd)
+            with cond:
+                self._bg_job = None
+                self._bg_done = (target, error)
+                self._bg_fsyncs += 1
+            os.eventfd_write(self._bg_fd, 1)
+
+    def _bg_submit(self):
+        """Flush and hand an fsync of everything appended so far to the thread (caller claimed _bg_busy)."""
+        self._bg_start()
+        with self._io:
+            with self._lock:
+                self._check_open()
+                self._flush_locked()
+                target = self._appended
+                fd = os.dup(self._active.fd)
+        with self._bg_cond:
+            self._bg_job = (fd, target)
+            self._bg_cond.notify()
+
+    def _bg_kick(self):
+        with self._lock:
+            if self._bg_busy or self._closed or self._bg_requested <= self._synced:
+                return
+            self._bg_busy = True
+        try:
+            self._bg_submit()
+        except BaseException:
+            self._bg_busy = False
+            raise
+
+    def sync_request(self):
+        """Ask for everything written so far to be made durable, without waiting; returns the ticket.
+        The write is durable once durable_seq() >= ticket; sync_fd() becomes readable when an fsync
+        finishes, and sync_poll() must then be called to collect it (and start the next one)."""
+        with self._lock:
+            self._check_open()
+            ticket = self._appended
+            if ticket <= self._synced:
+                return ticket
+            self._bg_requested = max(self._bg_requested, ticket)
+        self._bg_kick()
+        return ticket
+
+    def sync_poll(self):
+        """Collect a finished fsync and return durable_seq(); start the next fsync if tickets wait.
+        Raises the fsync's error (StorageFull, OSError) when it failed: durable_seq() did not move, and
+        every ticket above it must be asked for again."""
+        if self._bg_fd >= 0:
+            try:
+                os.eventfd_read(self._bg_fd)
+            except BlockingIOError:
+                pass
+        with self._bg_cond:
+            done, self._bg_done = self._bg_done, None
+        if done is not None:
+            target, error = done
+            with self._lock:
+                busy, self._bg_busy = self._bg_busy, False
+                if busy:
+                    if error is not None:
+                        self._bg_requested = self._synced
+                        raise error
+                    self._synced = max(self._synced, target)
+        self._bg_kick()
+        return self._synced
+
+    def durable_seq(self):
+        """Write-clock position known durable: every ticket up to it is on disk."""
+        return self._synced
+
+    def sync_fd(self):
+        """An eventfd, readable when an fsync asked for by sync_request() has finished (or failed).
+        It stays open until the store object is freed, so a watcher may outlive close()."""
+        if self._bg_fd < 0:
+            self._check_open()
+            self._bg_start()
+        return self._bg_fd
+
+    def __del__(self):
+        if getattr(self, "_bg_thread", None) is not None:
+            self._bg_halt()
+        if getattr(self, "_bg_fd", -1) >= 0:
+            os.close(self._bg_fd)
+            self._bg_fd = -1
+
     # -- reads -------------------------------------------------------------------------------------
     def _read(self, loc):
         seg_id, off, size = loc
@@ -748,7 +880,7 @@ class LogStore:
                 "keydir_bytes_per_key": kd / n if n else 0.0,
                 "keydir_allocated_bytes": kd,
                 "keydir_overhead_per_key": (kd - sum(len(k) for k in self._keydir)) / n if n else 0.0,
-                "fsyncs": self._fsyncs,
+                "fsyncs": self._fsyncs + self._bg_fsyncs,
                 "seq": self._seq,
                 "merges": self._merges,
                 "implementation": "reference",
@@ -766,6 +898,7 @@ class LogStore:
                     if self._closed:
                         return
                     # A failure here (disk full) leaves the store open so the caller can retry.
+                    self._bg_halt()  # its last job is finished (and collectable) after this
                     seg = self._active
                     self._flush_locked()
                     if seg.size:
@@ -773,6 +906,12 @@ class LogStore:
                         self._write_hint(seg.id, seg.hint, seg.size, self._seq)
                     else:
                         os.unlink(seg.path)
+                    # Everything is durable now: wake a watcher so its waiters resolve.
+                    self._synced = self._bg_requested = self._appended
+                    with self._bg_cond:
+                        self._bg_done = (self._synced, None)
+                    if self._bg_fd >= 0:
+                        os.eventfd_write(self._bg_fd, 1)
                     self._closed = True
                     for s in self._segs.values():
                         os.close(s.fd)

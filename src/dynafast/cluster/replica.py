@@ -11,9 +11,8 @@ so that iterating a vnode or one owner's hints is a prefix scan of the keydir.
 from __future__ import annotations
 
 import asyncio
-import queue
+import collections
 import struct
-import threading
 
 OBJECT = b"o"
 HINT = b"h"
@@ -136,21 +135,21 @@ class ReplicaStore:
 class DurabilityBatcher:
     """Group commit for the event loop: durable writes share fsyncs.
 
-    The store's sync() blocks (fsync), so it runs in a thread of its own. The first writer of an idle batcher
-    wakes that thread at the end of the loop turn (every writer of that turn shares the first sync); while
-    writers keep coming, the thread takes the next batch itself right after each sync, so a busy node pays
-    one hand-off back to the loop per fsync and nothing to start one. Writers that arrive while a sync is
-    running wait for the next one, which covers them.
+    The fsync runs in the store engine's own thread, which never takes the GIL; it signals each finished
+    fsync on a file descriptor this loop watches. The first writer of a loop turn asks for a sync at the
+    end of the turn (every writer of that turn shares that ticket); writers that come while an fsync runs
+    are covered by the next one, which the engine starts when the loop collects the finished one. No
+    Python thread, no per-batch GIL hand-off.
     """
 
     def __init__(self, store, loop: asyncio.AbstractEventLoop | None = None):
         self.store = store
         self._loop = loop
-        self._lock = threading.Lock()  # guards _waiting and _running between the loop and the sync thread
-        self._waiting: list[asyncio.Future] = []
-        self._running = False
-        self._jobs: queue.SimpleQueue | None = None
-        self._thread: threading.Thread | None = None
+        self._new: list[asyncio.Future] = []  # writers of this loop turn, ticket not asked for yet
+        self._waiting: collections.deque = collections.deque()  # (ticket, [future]), tickets ascending
+        self._watching: asyncio.AbstractEventLoop | None = None
+        self._fd = -1
+        self._durable = 0
         self.syncs = 0
 
     async def wait(self) -> None:
@@ -162,58 +161,78 @@ class DurabilityBatcher:
         write path adds a callback to it)."""
         loop = self._loop or asyncio.get_running_loop()
         future = loop.create_future()
-        with self._lock:
-            self._waiting.append(future)
-            if self._running:
-                return future
-            self._running = True
-        loop.call_soon(self._start, loop)
+        self._new.append(future)
+        if len(self._new) == 1:
+            loop.call_soon(self._request, loop)
         return future
 
-    def _start(self, loop) -> None:
-        if self._thread is None:
-            self._jobs = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._syncer, name="dynafast-group-commit", daemon=True)
-            self._thread.start()
-        self._jobs.put(loop)
+    def _watch(self, loop) -> None:
+        self._unwatch()
+        self._fd = self.store.sync_fd()
+        loop.add_reader(self._fd, self._collect)
+        self._watching = loop
 
-    def _syncer(self) -> None:
-        jobs = self._jobs
-        while True:
-            loop = jobs.get()
-            if loop is None:
-                return
-            while True:
-                with self._lock:
-                    batch, self._waiting = self._waiting, []
-                    if not batch:
-                        self._running = False
-                        break
-                try:
-                    self.store.sync()
-                    error = None
-                except Exception as exc:  # noqa: BLE001 - handed to the writers waiting for this sync
-                    error = exc
-                try:
-                    loop.call_soon_threadsafe(self._finish, batch, error)
-                except RuntimeError:  # the loop is closed: nobody waits any more
-                    with self._lock:
-                        self._running = False
-                    break
+    def _unwatch(self) -> None:
+        if self._watching is not None:
+            if not self._watching.is_closed():
+                self._watching.remove_reader(self._fd)
+            self._watching = None
 
-    def _finish(self, batch, error) -> None:
-        self.syncs += 1
-        for future in batch:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
+    def _request(self, loop) -> None:
+        batch, self._new = self._new, []
+        try:
+            if self._watching is not loop:
+                self._watch(loop)
+            ticket = self.store.sync_request()
+        except Exception as exc:  # noqa: BLE001 - handed to the writers of this turn
+            _settle(batch, exc)
+            return
+        if ticket <= self.store.durable_seq():
+            _settle(batch, None)
+        else:
+            self._waiting.append((ticket, batch))
+
+    def _collect(self) -> None:
+        try:
+            self.store.sync_poll()
+            error = None
+        except Exception as exc:  # noqa: BLE001 - handed to the writers the failed fsync covered
+            error = exc
+        durable = self.store.durable_seq()
+        if durable > self._durable:
+            self._durable = durable
+            self.syncs += 1
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= durable:
+            _settle(waiting.popleft()[1], None)
+        if error is not None:
+            # The engine forgets the tickets of a failed fsync: their writers learn it; later ones ask anew.
+            while waiting:
+                _settle(waiting.popleft()[1], error)
 
     def close(self) -> None:
-        """Stop the sync thread once it has done the syncs already asked for."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join()
-            self._thread = None
+        """Stop watching the store; writers still waiting are settled by one blocking sync."""
+        self._unwatch()
+        batches = [batch for _, batch in self._waiting]
+        if self._new:
+            batches.append(self._new)
+        self._waiting.clear()
+        self._new = []
+        if batches:
+            try:
+                self.store.sync()
+                error = None
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+            for batch in batches:
+                _settle(batch, error)
+
+
+def _settle(batch, error) -> None:
+    for future in batch:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
