@@ -259,3 +259,18 @@ def test_anti_entropy_on_demand_over_http(tmp_path):
             with urllib.request.urlopen(request, timeout=5) as response:
                 assert response.status == 202 and json.loads(response.read())["started"] is True
             assert wait_for(lambda: all(replica_copy(victim, k) is not None for k in keys), 60, 0.5)
+
+
+def test_a_client_learns_from_replies_that_its_ring_is_stale(tmp_path):
+    with LocalCluster(3, base_dir=tmp_path / "c", extra_args=fast_config(tmp_path)) as c:
+        with Client(c.addresses, ring_refresh=1e9) as client:
+            wait_members(client, 3)
+            client.put(b"k", b"v")
+            version = client._routing.ring.version
+            c.add_node()
+            wait_members(client, 4)
+            assert client._routing.ring.version == version  # it never refreshes on a timer here
+            client.get(b"k")   # the reply carries the newer ring version ...
+            client.get(b"k")   # ... so this request fetches the ring first
+            assert client._routing.ring.version > version
+            assert "n4" in client._routing.ring.members

@@ -92,6 +92,11 @@ class _Routing:
         self._order: dict[int, tuple[str, ...]] = {}  # partition -> candidates while no node is bad
         self._order_ring = None  # the ring _order was worked out for
 
+    def note_reply(self, reply) -> None:
+        """Replies to get/put/delete end with the coordinator's ring version: a newer one means ours is stale."""
+        if reply and type(reply[-1]) is int and self.ring is not None and reply[-1] > self.ring.version:
+            self.fetched_at = float("-inf")  # fetch the ring before the next request
+
     def adopt(self, fields) -> None:
         ring_bytes, ids, addresses = fields[:3]
         ring = self.rings.Ring.from_bytes(ring_bytes)
@@ -143,7 +148,7 @@ class _Routing:
         for node, addr in self.addresses.items():
             if addr == address:
                 self.bad[node] = time.monotonic() + 2.0
-        self.fetched_at = 0.0  # refresh the ring on the next request
+        self.fetched_at = float("-inf")  # refresh the ring on the next request
 
 
 class _ClientOptions:
@@ -234,9 +239,12 @@ class Client(_ClientOptions):
         # The coordinator answers within the request's own timeout; allow for the hop on top.
         for address in self._routing.candidates(key):
             try:
-                return self._call(address, msg_type, fields, timeout + 1.0)
+                result = self._call(address, msg_type, fields, timeout + 1.0)
             except Unavailable as exc:
                 last = exc
+                continue
+            self._routing.note_reply(result[1])
+            return result
         raise Unavailable(f"no node could take the request: {last}")
 
     # -- the API -----------------------------------------------------------------------------------------
@@ -344,13 +352,17 @@ class AsyncClient(_ClientOptions):
 
                 pool = self._pool = PeerPool(connect_timeout=self.connect_timeout)
             try:
-                return await pool.request(address, msg_type, fields, timeout + 1.0)
+                result = await pool.request(address, msg_type, fields, timeout + 1.0)
             except Unavailable as exc:
                 self._routing.failed(address)
                 last = exc
+                continue
             except OSError as exc:
                 self._routing.failed(address)
                 last = Unavailable(f"{address}: {exc}")
+                continue
+            self._routing.note_reply(result[1])
+            return result
         raise Unavailable(f"no node could take the request: {last}")
 
     async def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:

@@ -290,6 +290,7 @@ class Node:
         loop = asyncio.get_running_loop()
         state = _Request(loop, machine, partition, key, stored, stored.to_bytes(), reply_type)
         state.previous = existing
+        state.on_answer = self._write_answer
         if stored.is_deleted() and len(targets) >= self.config.n:
             state.on_all_acked = self._schedule_reap
         self._send_puts(state, machine.start())
@@ -366,13 +367,17 @@ class Node:
         self._send_gets(state, machine.start())
         return state.arm(self.deadlines, timeout)
 
+    def _write_answer(self, machine):
+        return (self.membership.ring.version,)
+
     def _get_answer(self, machine):
         result = machine.result
+        version = self.membership.ring.version  # lets a client see that its ring is stale
         if result is None:
-            return ([], b"")
+            return ([], b"", version)
         # Concurrent writes of the same bytes (a retried blind write) are one value to the application.
         values = list(dict.fromkeys(result.live_values()))
-        return (values, result.context())
+        return (values, result.context(), version)
 
     def _send_gets(self, state, sends):
         for send in sends:
