@@ -1,7 +1,6 @@
 """The node-process harness, driven with a stand-in node (tests/helpers/fake_node.py) that takes the real
 node's arguments, prints the same serving line and echoes; plus one smoke test with the real node."""
 import json
-import os
 import socket
 import subprocess
 import sys

@@ -12,3 +12,7 @@ def test_impl_pure_switch_is_a_boolean():
 
     assert isinstance(_impl.PURE, bool)
     assert isinstance(_impl.REQUIRE_COMPILED, bool)
+
+
+def test_package_exports_every_error():
+    assert set(errors.__all__) <= set(dynafast.__all__)

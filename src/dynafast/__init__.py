@@ -1,5 +1,4 @@
 """dynafast: a Dynamo-style distributed key-value store with a compiled hot path."""
-from dynafast import errors as _errors
 from dynafast.errors import (
     CorruptionError,
     DynafastError,
@@ -33,4 +32,21 @@ def __getattr__(name):
     raise AttributeError(f"module 'dynafast' has no attribute {name!r}")
 
 
-__all__ = ["open", "Client", "AsyncClient", "GetResult", "__version__", *_errors.__all__]
+__all__ = [
+    "open",
+    "Client",
+    "AsyncClient",
+    "GetResult",
+    "__version__",
+    "DynafastError",
+    "StoreLocked",
+    "StoreClosed",
+    "CorruptionError",
+    "KeyTooLarge",
+    "ValueTooLarge",
+    "StorageFull",
+    "ProtocolError",
+    "QuorumNotMet",
+    "Timeout",
+    "Unavailable",
+]

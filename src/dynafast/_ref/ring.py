@@ -480,8 +480,7 @@ class _Filler:
         owner, keys, w, q, s = self.owner, self.keys, self.w, self.q, self.s
         parent = {}
         cost = {}
-        queue = []  # two lists as a 0-1 deque: (cost, member)
-        front, back = [], []
+        front, back = [], []  # two lists as a 0-1 deque of members
         for y in range(s):
             if not _conflicts_at(owner, keys, v, keys[y], w, q):
                 parent[y] = (-1, v)
