@@ -468,7 +468,7 @@ class Node:
 
     def transfer(self, fields):
         partition, keys, raws = fields[:3]
-        return (Msg.TRANSFER_REPLY, (self.transfers.receive(partition, keys, raws),))
+        return _reply(Msg.TRANSFER_REPLY, self.transfers.receive(partition, keys, raws))
 
     def transfer_done(self, fields):
         return _reply(Msg.TRANSFER_DONE_REPLY, self.membership.handle_transfer_done(fields))

@@ -19,7 +19,7 @@ from pathlib import Path
 from dynafast.cluster.antientropy import TokenBucket
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.membership import LEFT
-from dynafast.errors import DynafastError
+from dynafast.errors import DynafastError, ProtocolError
 from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.handoff")
@@ -200,10 +200,18 @@ class Transfers:
             "bytes_sent": self.bytes_sent,
         }
 
-    def receive(self, partition: int, keys, raws) -> int:
+    # Objects reconciled per slice before the event loop gets a turn: clients are served between slices.
+    RECEIVE_SLICE = 128
+
+    async def receive(self, partition: int, keys, raws) -> tuple:
         """A batch of a vnode streamed to us: reconcile each object into our replica."""
+        if len(keys) != len(raws):
+            raise ProtocolError("a transfer batch needs as many objects as keys")
         Siblings = self.node.Siblings
-        for key, raw in zip(keys, raws, strict=True):
-            self.node.merge_local(partition, key, Siblings.from_bytes(raw))
+        merge = self.node.merge_local
+        for start in range(0, len(keys), self.RECEIVE_SLICE):
+            for key, raw in zip(keys[start:start + self.RECEIVE_SLICE], raws[start:start + self.RECEIVE_SLICE]):
+                merge(partition, key, Siblings.from_bytes(raw))
+            await asyncio.sleep(0)
         self.objects_received += len(keys)
-        return len(keys)
+        return (len(keys),)
