@@ -2,6 +2,7 @@
 import hashlib
 import math
 import random
+import time
 
 from dynafast import _impl
 from dynafast.cluster.failure import FailureDetector
@@ -101,3 +102,17 @@ def test_cluster_state_round_trips_and_plans_transfers():
     # exactly the partitions whose replica set gains n4, each once
     assert {t for _, t in needed} == {"n4"}
     assert len(needed) == sum(1 for p in range(64) if "n4" in nxt.replicas(p) and "n4" not in ring.replicas(p))
+
+
+def test_a_restarted_member_is_heard_at_once():
+    a = GossipCore("a", Version(1), detector=FailureDetector(8.0))
+    # a first life that began 100 s ago with one round a second
+    old = GossipCore("b", Version(1), first_heartbeat=int(time.time() * 1000) - 100_000)
+    for _ in range(100):
+        old.tick()
+    exchange(a, old, 1.0)
+    reborn = GossipCore("b", Version(1))  # same id, new process: its counter restarts from the clock
+    reborn.tick()
+    before = a.heartbeats["b"]
+    exchange(a, reborn, 2.0)
+    assert a.heartbeats["b"] > before

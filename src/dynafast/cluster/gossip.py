@@ -11,6 +11,7 @@ stand-in and the node uses its real ``ClusterState``.
 from __future__ import annotations
 
 import random
+import time
 
 from dynafast.cluster.failure import FailureDetector
 
@@ -21,13 +22,15 @@ def state_order(state) -> tuple:
 
 class GossipCore:
     def __init__(self, node_id: str, state=None, *, detector: FailureDetector | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, first_heartbeat: int | None = None):
         self.node_id = node_id
         self.state = state
         self.detector = detector if detector is not None else FailureDetector()
         self.rng = rng if rng is not None else random.Random()
-        self.heartbeat = 0
-        self.heartbeats: dict[str, int] = {node_id: 0}
+        # A restarted node must beat above what its previous life reached, or peers would ignore it until
+        # it caught up: start from the wall clock in milliseconds (one round adds 1, a second adds 1,000).
+        self.heartbeat = int(time.time() * 1000) if first_heartbeat is None else first_heartbeat
+        self.heartbeats: dict[str, int] = {node_id: self.heartbeat}
 
     def tick(self) -> None:
         """Start a round: our own heartbeat goes up."""

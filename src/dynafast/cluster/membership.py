@@ -344,9 +344,14 @@ class ClusterMembership:
             new = ClusterState.from_fields(fields[5:], self.rings)
         else:
             new = None
+        known = self.gossip.heartbeats
+        before = {node: known.get(node, -1) for node in self._forced_down}
         self.gossip.receive(ids, counters, None, time.monotonic())
-        if sender in self._forced_down:
-            self.mark_up(sender)
+        # A peer forced down by a refused connection is up again once its heartbeat moves (heard first- or
+        # second-hand), or once it talks to us itself.
+        for node, beat in before.items():
+            if node == sender or known.get(node, -1) > beat:
+                self.mark_up(node)
         if new is not None:
             self._adopt(new)
 
