@@ -5,6 +5,8 @@ import asyncio
 import logging
 import random
 
+from dynafast.errors import DynafastError
+
 
 async def periodic(interval: float, job, log: logging.Logger, what: str, *, jitter: float = 0.25) -> None:
     """Run ``await job()`` every ``interval`` seconds (+- ``jitter`` of it, so nodes do not beat in step).
@@ -17,6 +19,8 @@ async def periodic(interval: float, job, log: logging.Logger, what: str, *, jitt
             await job()
         except asyncio.CancelledError:
             raise
+        except DynafastError as exc:  # a peer that did not answer: expected while nodes come and go
+            log.warning("%s failed: %s", what, exc)
         except Exception:  # noqa: BLE001 - see the docstring
             log.exception("%s failed", what)
 
