@@ -116,3 +116,29 @@ def test_a_restarted_member_is_heard_at_once():
     before = a.heartbeats["b"]
     exchange(a, reborn, 2.0)
     assert a.heartbeats["b"] > before
+
+
+def test_leave_before_the_join_finished_ends_in_left(tmp_path):
+    import asyncio
+
+    from dynafast.cluster.membership import LEFT, ClusterMembership
+    from dynafast.config import NodeConfig
+
+    async def scenario():
+        config = NodeConfig(node_id="a", listen="127.0.0.1:7001", data_dir=str(tmp_path))
+        m = ClusterMembership(config, pool=None)
+        m._spread = lambda: None  # no peers to tell in this in-process test
+        await m.start()
+        try:
+            m.handle_join(("b", "127.0.0.1:7002", ""))
+            assert m.state.next_ring is not None
+            m.handle_leave(("b",))
+            assert m.state.members["b"].status == LEFT
+            assert m.state.next_ring is None and "b" not in m.state.ring.members
+            # and it may come back
+            m.handle_join(("b", "127.0.0.1:7002", ""))
+            assert m.state.members["b"].status != LEFT
+        finally:
+            await m.stop()
+
+    asyncio.run(scenario())

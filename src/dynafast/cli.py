@@ -167,11 +167,10 @@ def cmd_local(args) -> int:
             log = open(base / f"{node_id}.log", "ab")
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
             log.close()
+            procs.append((node_id, address, proc))  # from now on stop_all() takes care of it
             line = proc.stdout.readline().decode(errors="replace").strip()
             if "serving on" not in line:
-                proc.wait(timeout=10)
                 raise DynafastError(f"node {node_id} did not start; see {base / (node_id + '.log')}")
-            procs.append((node_id, address, proc))
         _wait_settled(seed, len(procs))
         print(f"dynafast local cluster: {len(procs)} nodes, data in {base}")
         for i, (node_id, address, proc) in enumerate(procs):

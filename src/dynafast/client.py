@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from dynafast import _impl
 from dynafast.config import split_address
-from dynafast.errors import Unavailable
+from dynafast.errors import DynafastError, Unavailable
 from dynafast.net.messages import Msg
 
 
@@ -126,7 +126,8 @@ class _Routing:
         partition = ring.partition_of(key)
         if self.bad:
             now = time.monotonic()
-            self.bad = {node: until for node, until in self.bad.items() if until >= now}
+            # A copy: other threads of a blocking Client may mark nodes bad meanwhile.
+            self.bad = {node: until for node, until in list(self.bad.items()) if until >= now}
         if not self.bad:
             # All healthy: the order depends only on the ring and the addresses, so it is worked out once per
             # partition (per request it cost the client more than the rest of a call).
@@ -211,7 +212,13 @@ class Client(_ClientOptions):
             conn, lock = self._conn(address)
             with lock:
                 return conn.call(msg_type, fields, timeout)
-        except (Unavailable, OSError) as exc:
+        except DynafastError as exc:
+            if not isinstance(exc, Unavailable):
+                raise  # Timeout, QuorumNotMet, StorageFull, ...: the node is there; trying another won't help
+            self._drop(address)
+            self._routing.failed(address)
+            raise
+        except OSError as exc:
             self._drop(address)
             self._routing.failed(address)
             raise Unavailable(f"{address}: {exc}") from exc
@@ -357,6 +364,8 @@ class AsyncClient(_ClientOptions):
                 self._routing.failed(address)
                 last = exc
                 continue
+            except DynafastError:
+                raise  # Timeout, QuorumNotMet, StorageFull, ...: the node is there; trying another won't help
             except OSError as exc:
                 self._routing.failed(address)
                 last = Unavailable(f"{address}: {exc}")

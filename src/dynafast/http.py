@@ -82,7 +82,7 @@ class NodeMetrics:
         self.keys.labels(nid).set(stats.get("keys", 0))
         self.live.labels(nid).set(stats.get("live_bytes", 0))
         self.dead.labels(nid).set(stats.get("dead_bytes", 0))
-        counts: dict[str, int] = {"up": 0, "down": 0}
+        counts: dict[str, int] = dict.fromkeys(("up", "down", "joining", "leaving", "left"), 0)
         for member in node.membership.members.values():
             counts[member.state] = counts.get(member.state, 0) + 1
         for state, count in counts.items():

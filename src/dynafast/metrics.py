@@ -5,6 +5,7 @@ when /metrics is scraped.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
 
@@ -41,6 +42,8 @@ class RequestStats:
 
     def track(self, op: str, started: float, result):
         """Record ``result`` (a reply, or a future of one) when it is ready; returns it unchanged."""
+        if asyncio.iscoroutine(result):
+            result = asyncio.ensure_future(result)  # a forwarded request: rare, worth a Task to be counted
         add = getattr(result, "add_done_callback", None)
         if add is None:
             self.finished(op, started)

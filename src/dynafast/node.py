@@ -13,6 +13,7 @@ from pathlib import Path
 import dynafast
 from dynafast import _impl
 from dynafast.cluster.antientropy import AntiEntropy, TokenBucket, VnodeTrees
+from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
 from dynafast.cluster.handoff import Transfers
 from dynafast.cluster.membership import ClusterMembership
@@ -39,7 +40,12 @@ _CLIENT_OPS = {Msg.GET: "get", Msg.PUT: "put", Msg.DELETE: "delete"}
 _MALFORMED = (TypeError, ValueError, IndexError, KeyError, AttributeError, OverflowError)
 
 # Errors after which a peer is suspected: it did not answer, as opposed to answering with an error.
-_PEER_FAILURES = (Unavailable, Timeout, ConnectionError, OSError)
+_PEER_FAILURES = (Unavailable, Timeout, ConnectionError)
+
+
+def _peer_failed(exc) -> bool:
+    """The peer did not answer (as opposed to answering with an error such as StorageFull)."""
+    return isinstance(exc, _PEER_FAILURES) or (isinstance(exc, OSError) and not isinstance(exc, DynafastError))
 
 
 def _ms(timeout_ms, default: float) -> float:
@@ -88,6 +94,9 @@ class Node:
         self.requests = RequestStats(_CLIENT_OPS.values())
         self.hints_delivered = 0
         self.tombstones_reaped = 0
+        self._reap_timers: set = set()
+        self._closing = False
+        self._background: set[asyncio.Task] = set()
         self.loop = None
         self.deadlines = None
         self.durable = DurabilityBatcher(self.store)
@@ -138,13 +147,10 @@ class Node:
         self.antientropy.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        self._closing = True
+        for handle in self._reap_timers:
+            handle.cancel()
+        await cancel_and_wait(list(self._tasks) + list(self._background))
         await self.antientropy.stop()
         await self.transfers.close()
         await self.membership.stop()
@@ -260,9 +266,14 @@ class Node:
         last = None
         for node in order:
             try:
-                return await self.pool.call(self.membership.address_of(node), msg_type, fields, timeout)
-            except _PEER_FAILURES as exc:
+                # The replica answers within `timeout` (its own deadline); allow for the extra hop.
+                return await self.pool.call(self.membership.address_of(node), msg_type, fields, timeout + 0.5)
+            except Exception as exc:  # noqa: BLE001 - filtered just below
+                if not _peer_failed(exc):
+                    raise
                 self.membership.mark_down(node, exc)
+                if isinstance(exc, Timeout) and msg_type != Msg.GET:
+                    raise  # the write may have happened there: doing it again elsewhere would duplicate it
                 last = exc
         raise Unavailable(f"no replica of the key answered: {last}")
 
@@ -348,7 +359,7 @@ class Node:
             machine.on_ack(node, bool(reply[0]))
             state.settle()
             return
-        if isinstance(exc, _PEER_FAILURES):
+        if _peer_failed(exc):
             self.membership.mark_down(node, exc)
         else:
             log.warning("replica put on %s failed: %s", node, exc)
@@ -395,7 +406,7 @@ class Node:
         machine = state.machine
         exc = None if call.cancelled() else call.exception()
         if call.cancelled() or exc is not None:
-            if isinstance(exc, _PEER_FAILURES):
+            if _peer_failed(exc):
                 self.membership.mark_down(node, exc)
             self._send_gets(state, machine.on_failure(node, exc))
             return
@@ -436,7 +447,7 @@ class Node:
         incoming = self.Siblings.from_bytes(raw)
         self.replicas.merge_in(partition, key, incoming, hint_for)
         if durable:
-            return self._durable_ack()
+            return self._durable_reply(Msg.REPLICA_PUT_REPLY)
         return (Msg.REPLICA_PUT_REPLY, (False,))
 
     def merge_local(self, partition, key, incoming):
@@ -451,10 +462,6 @@ class Node:
         partition, leaves = fields[:2]
         keys, digests = self.trees.keys_in_leaves(partition, leaves)
         return (Msg.KEYS_REPLY, (keys, digests))
-
-    async def _durable_ack(self):
-        await self.durable.wait()
-        return (Msg.REPLICA_PUT_REPLY, (True,))
 
     # -- membership and ring ---------------------------------------------------------------------------------
     def membership_ping(self, fields):
@@ -544,16 +551,22 @@ class Node:
         window are dropped undelivered: anti-entropy repairs those keys."""
         delivered = 0
         now = time.time()
+        members = self.membership.members
         for owner in sorted(self.replicas.hint_owners()):
-            if owner not in self.membership.members or not self.membership.is_up(owner):
-                continue
+            member = members.get(owner)
+            # An owner that left (or was never admitted) will not take them: its partitions' new owners got
+            # the data by transfer, and anti-entropy covers the rest.
+            gone = member is None or member.status == "left"
+            deliverable = not gone and self.membership.is_up(owner)
             batch, expired = [], 0
             for partition, key, siblings in self.replicas.hints(owner):
                 newest = max((ts for _, _, ts in siblings.clock().entries()), default=now)
-                if now - newest > self.config.hint_window:
+                if gone or now - newest > self.config.hint_window:
                     self.replicas.drop_hint_if_equal(owner, partition, key, siblings)
                     expired += 1
                     continue
+                if not deliverable:
+                    continue  # only expiring them this round
                 batch.append((partition, key, siblings, siblings.to_bytes()))
                 if len(batch) >= self.config.handoff_batch:
                     break
@@ -567,7 +580,9 @@ class Node:
             try:
                 _, reply = await self.pool.call(self.membership.address_of(owner), Msg.HINT_PUSH, fields,
                                                 self.config.peer_timeout * 5)
-            except _PEER_FAILURES as exc:
+            except Exception as exc:  # noqa: BLE001 - filtered just below
+                if not _peer_failed(exc):
+                    raise
                 self.membership.mark_down(owner, exc)
                 continue
             if reply and reply[0]:
@@ -585,38 +600,66 @@ class Node:
             self.merge_local(partition, key, self.Siblings.from_bytes(raw))
         return self._durable_reply(Msg.HINT_PUSH_REPLY)
 
-    async def _durable_reply(self, msg_type):
-        await self.durable.wait()
-        return (msg_type, (True,))
+    def _durable_reply(self, msg_type):
+        """A future of the reply ``(msg_type, (True,))``, set once what was written so far is on disk."""
+        reply = self.loop.create_future()
+
+        def synced(waiter):
+            if reply.done():
+                return
+            if waiter.cancelled():
+                reply.cancel()
+            elif waiter.exception() is not None:
+                reply.set_exception(waiter.exception())
+            else:
+                reply.set_result((msg_type, (True,)))
+
+        self.durable.waiter().add_done_callback(synced)
+        return reply
 
     # -- deletes: tombstones leave once every replica holds them ------------------------------------------------
     def _schedule_reap(self, state) -> None:
-        self.loop.call_later(self.config.tombstone_delay, lambda: asyncio.ensure_future(self._reap(state)))
+        handle = self.loop.call_later(self.config.tombstone_delay, self._start_reap, state)
+        self._reap_timers.add(handle)
+
+    def _start_reap(self, state) -> None:
+        self._reap_timers = {h for h in self._reap_timers if not h.cancelled() and h.when() > self.loop.time()}
+        if not self._closing:
+            self._spawn(self._reap(state))
 
     async def _reap(self, state) -> None:
-        """Remove a tombstone from every primary, unless a newer write reached any of them meanwhile."""
-        ring = self.membership.ring
-        primaries = ring.replicas(state.partition, self.config.n)
+        """Remove a tombstone from every primary, unless a newer write reached any of them meanwhile.
+
+        The other replicas go first and this node last: if any of them cannot confirm or remove it, this node
+        keeps its tombstone (its next write of the key then supersedes it). Nothing is reaped while the ring
+        is changing (a next-ring replica may hold the tombstone too).
+        """
+        if self.membership.next_ring is not None:
+            return
+        primaries = self.membership.ring.replicas(state.partition, self.config.n)
+        others = [node for node in primaries if node != self.node_id]
         fields = (state.partition, state.key, state.raw)
-        for node in primaries:
-            if node == self.node_id:
-                continue
-            try:
+        try:
+            for node in others:
                 _, reply = await self.pool.call(self.membership.address_of(node), Msg.REPLICA_GET,
                                                 (state.partition, state.key, None), self.config.peer_timeout)
-            except DynafastError:
-                return  # not every replica can confirm: keep the tombstone (anti-entropy spreads it)
-            if reply[0] is None or self.Siblings.from_bytes(reply[0]) != state.obj:
-                return
-        for node in primaries:
-            if node == self.node_id:
-                self.replicas.remove_if_equal(state.partition, state.key, state.obj)
-                continue
-            try:
-                await self.pool.call(self.membership.address_of(node), Msg.REAP, fields, self.config.peer_timeout)
-            except DynafastError:
-                pass
+                if reply[0] is None or self.Siblings.from_bytes(reply[0]) != state.obj:
+                    return
+            for node in others:
+                _, reply = await self.pool.call(self.membership.address_of(node), Msg.REAP, fields,
+                                                self.config.peer_timeout)
+                if not reply[0]:
+                    return
+        except DynafastError:
+            return  # keep the tombstone here; anti-entropy spreads it back where it was removed
+        if self.node_id in primaries:
+            self.replicas.remove_if_equal(state.partition, state.key, state.obj)
         self.tombstones_reaped += 1
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def reap(self, fields):
         partition, key, raw = fields[:3]

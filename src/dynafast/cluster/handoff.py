@@ -213,5 +213,8 @@ class Transfers:
             for key, raw in zip(keys[start:start + self.RECEIVE_SLICE], raws[start:start + self.RECEIVE_SLICE]):
                 merge(partition, key, Siblings.from_bytes(raw))
             await asyncio.sleep(0)
+        # The sender moves its cursor past this batch on our reply, and the old owner drops its copy once the
+        # move completes: the batch must be on disk first.
+        await self.node.durable.wait()
         self.objects_received += len(keys)
         return (len(keys),)

@@ -131,6 +131,7 @@ class ClusterMembership:
         self._tasks: list[asyncio.Task] = []
         self._state_path = Path(config.data_dir) / "cluster.json"
         self._first_seen: dict[str, float] = {}
+        self._pushes: set[asyncio.Task] = set()
 
     # -- queries used on every request (kept cheap) ------------------------------------------------------
     @property
@@ -281,7 +282,7 @@ class ClusterMembership:
         self._tasks.append(asyncio.create_task(self._liveness_loop()))
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
+        await cancel_and_wait(list(self._tasks) + list(self._pushes))
         self._tasks = []
 
     async def _join(self) -> None:
@@ -358,7 +359,9 @@ class ClusterMembership:
     def _spread(self) -> None:
         """Push a fresh change to every member now instead of waiting for random rounds."""
         for peer in self._gossip_targets():
-            asyncio.ensure_future(self._gossip_with(peer))
+            task = asyncio.ensure_future(self._gossip_with(peer))
+            self._pushes.add(task)
+            task.add_done_callback(self._pushes.discard)
 
     # -- handlers ----------------------------------------------------------------------------------------
     def handle_gossip(self, fields) -> tuple:
@@ -386,7 +389,8 @@ class ClusterMembership:
         if not isinstance(node_id, str) or not isinstance(address, str) or not isinstance(zone, str):
             raise ProtocolError("join needs (node id, address, zone) strings")
         member = self.state.members.get(node_id)
-        if member is not None and member.address == address and member.zone == zone and member.status != LEFT:
+        if (member is not None and member.address == address and member.zone == zone
+                and member.status in (VALID, JOINING)):
             return self.state_fields()
         new = self.state.copy()
         status = VALID if member is not None and member.status == VALID else JOINING
@@ -460,11 +464,14 @@ class ClusterMembership:
     def _maybe_activate(self) -> None:
         state = self.state
         if state.next_ring is None:
-            if any(m.status == JOINING for m in state.members.values()):
+            # Nothing to move: joiners are in, and leavers the ring does not hold (one told to leave before
+            # its join finished) are out.
+            settle = [m for m in state.members.values()
+                      if m.status == JOINING or (m.status == LEAVING and m.id not in state.ring.members)]
+            if settle:
                 new = state.copy()
-                for m in new.members.values():
-                    if m.status == JOINING:
-                        m.status = VALID
+                for m in settle:
+                    new.members[m.id].status = VALID if m.status == JOINING else LEFT
                 self._commit(new)
             return
         if state.required_transfers() <= state.done:
