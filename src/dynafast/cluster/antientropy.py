@@ -100,10 +100,13 @@ class VnodeTrees:
         tree = self.tree(partition)
         wanted = set(leaves)
         keys, digests = [], []
-        for key, siblings in self.replicas.items(partition):
+        # Pick the keys by leaf first (a hash of the key); only those objects are read and decoded.
+        for key in self.replicas.keys(partition):
             if tree.leaf_of(key) in wanted:
-                keys.append(key)
-                digests.append(siblings.digest())
+                siblings = self.replicas.get(partition, key)
+                if siblings is not None:
+                    keys.append(key)
+                    digests.append(siblings.digest())
         return keys, digests
 
 

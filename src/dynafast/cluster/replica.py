@@ -97,6 +97,13 @@ class ReplicaStore:
             self.on_write(partition, key, current, None)
         return True
 
+    def keys(self, partition: int):
+        """The keys of one vnode (no values read)."""
+        prefix = vnode_prefix(partition)
+        cut = len(prefix)
+        for stored_key in self.store.keys(prefix=prefix):
+            yield bytes(stored_key[cut:])
+
     def items(self, partition: int):
         """(key, Siblings) of one vnode."""
         prefix = vnode_prefix(partition)
