@@ -15,6 +15,7 @@ from dynafast import _impl
 from dynafast.cluster.antientropy import AntiEntropy, TokenBucket, VnodeTrees
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
+from dynafast.cluster import incarnation
 from dynafast.cluster.handoff import Transfers
 from dynafast.cluster.membership import ClusterMembership
 from dynafast.cluster.replica import DurabilityBatcher, ReplicaStore
@@ -68,7 +69,6 @@ class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.node_id = config.node_id
-        self.actor = self.node_id.encode()
         self.versions = _impl.load("vclock")
         self.Siblings = self.versions.Siblings
         data = Path(config.data_dir)
@@ -81,6 +81,9 @@ class Node:
             max_key_size=65535,  # the widest the record header holds; room for the vnode/hint prefixes
             max_value_size=config.max_value_size * 4 + 1024 * 1024,
         )
+        # The store's lock is held now: no other process can be using this directory's incarnation.
+        self.incarnation = incarnation.begin(data)
+        self.actor = f"{self.node_id}.{self.incarnation}".encode()
         self.replicas = ReplicaStore(self.store, self.versions)
         self.trees = VnodeTrees(self.replicas, leaves=config.merkle_leaves)
         self.replicas.on_write = self.trees.on_write
@@ -161,9 +164,10 @@ class Node:
             await self.server.wait_closed()
         await self.pool.close()
         self.durable.close()
-        # Flush the write buffer and fsync before the store closes.
+        # Flush the write buffer and fsync before the store closes; then the next start may keep the actor.
         self.store.sync()
         self.store.close()
+        incarnation.end_clean(self.config.data_dir, self.incarnation)
 
     # -- dispatch -------------------------------------------------------------------------------------------
     def handle(self, conn, msg_type, request_id, fields):
@@ -296,7 +300,9 @@ class Node:
         existing = self.replicas.get(partition, key)
         # Stamp the new version and write it locally in the same loop step as the read: no other write of
         # this key can slip in between.
-        stored = incoming.update(existing, self.actor, int(time.time()))
+        now = int(time.time())
+        # Pruned as Riak does (by size and age): clocks gain an entry per coordinator incarnation.
+        stored = incoming.update(existing, self.actor, now).prune(now)
         machine = PutCoordinator(targets, spares, w=w, dw=dw)
         loop = asyncio.get_running_loop()
         state = _Request(loop, machine, partition, key, stored, stored.to_bytes(), reply_type)
