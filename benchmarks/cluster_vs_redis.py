@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from dynafast.bench import format_number
+
 # Every process this script starts, so that all of them are stopped by PID whatever happens.
 STARTED: list[subprocess.Popen] = []
 
@@ -277,14 +279,6 @@ ROWS = [
 ]
 
 
-def fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.1f}"
-    return f"{v:,}"
-
-
 def comparison_table(reports: dict) -> str:
     names = [n for n in SYSTEMS if n in reports]
     pairs = [(a, b) for a, b in PAIRS if a in reports and b in reports and "error" not in reports[a]
@@ -294,7 +288,7 @@ def comparison_table(reports: dict) -> str:
     for label, get in ROWS:
         row = [label]
         for n in names:
-            row.append("failed" if "error" in reports[n] else fmt(get(reports[n])))
+            row.append("failed" if "error" in reports[n] else format_number(get(reports[n])))
         for a, b in pairs:
             va, vb = get(reports[a]), get(reports[b])
             row.append(f"{va / vb:.2f}x" if va is not None and vb and label != "errors" else "-")

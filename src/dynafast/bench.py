@@ -540,7 +540,8 @@ def run_benchmark(config: dict) -> dict:
     return report
 
 
-def _fmt(v) -> str:
+def format_number(v) -> str:
+    """A table cell: '-' for missing, thousands separators, one decimal for floats."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -556,13 +557,13 @@ def format_table(report: dict) -> str:
     ]
     if report.get("load"):
         ld = report["load"]
-        lines.append(f"load: {ld['count']} records in {ld['seconds']} s ({_fmt(ld['ops_per_s'])} ops/s)")
+        lines.append(f"load: {ld['count']} records in {ld['seconds']} s ({format_number(ld['ops_per_s'])} ops/s)")
     header = ("op", "count", "ops/s", "p50 us", "p99 us", "p99.9 us", "max us", "errors")
     rows = []
     for op, s in list(report["operations"].items()) + [("overall", report["overall"])]:
         errs = s["errors"] if isinstance(s["errors"], int) else sum(s["errors"].values())
         rows.append((op, s["count"], s["ops_per_s"], s["p50_us"], s["p99_us"], s["p999_us"], s["max_us"], errs))
-    cells = [header] + [tuple(_fmt(v) if i else v for i, v in enumerate(row)) for row in rows]
+    cells = [header] + [tuple(format_number(v) if i else v for i, v in enumerate(row)) for row in rows]
     widths = [max(len(str(r[i])) for r in cells) for i in range(len(header))]
     for n, row in enumerate(cells):
         lines.append("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
@@ -573,7 +574,7 @@ def format_table(report: dict) -> str:
             lines.append(f"error: {op} {kind} x{n}")
     cpu = report.get("server_cpu")
     if cpu:
-        lines.append(f"server CPU: {cpu['cpu_s']} s over pids {cpu['pids']} = {_fmt(cpu['us_per_op'])} us/op")
+        lines.append(f"server CPU: {cpu['cpu_s']} s over pids {cpu['pids']} = {format_number(cpu['us_per_op'])} us/op")
     return "\n".join(lines)
 
 

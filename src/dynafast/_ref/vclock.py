@@ -137,6 +137,24 @@ def _prune_order(entries, now, small, big, young, old, keep=None):
     return dropped
 
 
+def _merge_sorted(a, b, combine):
+    """Merge two lists of entries sorted by actor (item 0); ``combine`` merges the entries of one actor."""
+    out = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        if j >= len(b) or (i < len(a) and a[i][0] < b[j][0]):
+            out.append(a[i])
+            i += 1
+        elif i >= len(a) or b[j][0] < a[i][0]:
+            out.append(b[j])
+            j += 1
+        else:
+            out.append(combine(a[i], b[j]))
+            i += 1
+            j += 1
+    return out
+
+
 class VClock:
     """An immutable vector clock: actor (bytes) -> counter, with the timestamp of the actor's last event."""
 
@@ -197,20 +215,8 @@ class VClock:
     def merge(self, other):
         if not isinstance(other, VClock):
             raise TypeError("can only merge with a VClock")
-        a, b = self._entries, other._entries
-        out = []
-        i = j = 0
-        while i < len(a) or j < len(b):
-            if j >= len(b) or (i < len(a) and a[i][0] < b[j][0]):
-                out.append(a[i])
-                i += 1
-            elif i >= len(a) or b[j][0] < a[i][0]:
-                out.append(b[j])
-                j += 1
-            else:
-                out.append((a[i][0], *_merge_ts(a[i][1], a[i][2], b[j][1], b[j][2])))
-                i += 1
-                j += 1
+        out = _merge_sorted(self._entries, other._entries,
+                            lambda x, y: (x[0], *_merge_ts(x[1], x[2], y[1], y[2])))
         return VClock._make(out)
 
     def prune(self, now, small=10, big=50, young=20, old=86400):
@@ -378,20 +384,7 @@ class Siblings:
             anon = self._anon
         else:
             anon = sorted(set(self._anon) | set(other._anon), key=_anon_key)
-        out = []
-        i = j = 0
-        while i < len(a) or j < len(b):
-            if j >= len(b) or (i < len(a) and a[i][0] < b[j][0]):
-                out.append(a[i])
-                i += 1
-            elif i >= len(a) or b[j][0] < a[i][0]:
-                out.append(b[j])
-                j += 1
-            else:
-                out.append(_merge_entry(a[i], b[j]))
-                i += 1
-                j += 1
-        return Siblings._make(out, list(anon))
+        return Siblings._make(_merge_sorted(a, b, _merge_entry), list(anon))
 
     @property
     def values(self):
