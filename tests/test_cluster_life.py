@@ -297,10 +297,14 @@ def test_a_wiped_node_does_not_reuse_its_old_version_counters(tmp_path):
 
 
 def test_the_actor_survives_a_clean_restart_only(tmp_path):
-    from dynafast.cluster import incarnation
+    import random
 
-    first = incarnation.begin(tmp_path)
-    assert incarnation.begin(tmp_path) != first  # no clean end: a crash, a new incarnation
-    second = incarnation.begin(tmp_path)
-    incarnation.end_clean(tmp_path, second)
-    assert incarnation.begin(tmp_path) == second
+    from dynafast.cluster import incarnation
+    from dynafast.cluster.ports import DirectoryFiles
+
+    files, rng = DirectoryFiles(tmp_path), random.Random()
+    first = incarnation.begin(files, rng)
+    assert incarnation.begin(files, rng) != first  # no clean end: a crash, a new incarnation
+    second = incarnation.begin(files, rng)
+    incarnation.end_clean(files, second)
+    assert incarnation.begin(files, rng) == second

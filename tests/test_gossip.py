@@ -121,12 +121,15 @@ def test_a_restarted_member_is_heard_at_once():
 def test_leave_before_the_join_finished_ends_in_left(tmp_path):
     import asyncio
 
+    import random
+
     from dynafast.cluster.membership import LEFT, ClusterMembership
+    from dynafast.cluster.ports import DirectoryFiles, SystemClock
     from dynafast.config import NodeConfig
 
     async def scenario():
         config = NodeConfig(node_id="a", listen="127.0.0.1:7001", data_dir=str(tmp_path))
-        m = ClusterMembership(config, pool=None)
+        m = ClusterMembership(config, None, clock=SystemClock(), rng=random.Random(0), files=DirectoryFiles(tmp_path))
         m._spread = lambda: None  # no peers to tell in this in-process test
         await m.start()
         try:

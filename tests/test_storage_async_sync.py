@@ -7,7 +7,7 @@ import select
 import pytest
 
 from dynafast import StorageFull, StoreClosed
-from dynafast.cluster.replica import DurabilityBatcher
+from dynafast.cluster.durability import DurabilityBatcher
 from dynafast.storage import Store
 
 from conftest import implementations

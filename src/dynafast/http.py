@@ -3,6 +3,8 @@ POST /antientropy to start a full anti-entropy pass now."""
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
+from typing import Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -29,20 +31,32 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}.down{{color:#b00
 """
 
 
+@dataclass
+class NodeView:
+    """What the HTTP side reads and may do: the status the services publish, counters, and an on-demand repair."""
+
+    node_id: str
+    status: Callable[[], dict]
+    request_stats: object
+    server_stats: Callable[[], dict]
+    durable_syncs: Callable[[], int]
+    repair_all: Callable[[], object]
+
+
 class RequestCollector:
     """Client requests this node coordinated: counts, errors by type, and latency histograms."""
 
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, view: NodeView):
+        self.view = view
 
     def collect(self):
-        nid = self.node.node_id
+        nid = self.view.node_id
         requests = CounterMetricFamily("dynafast_requests", "Client requests coordinated", labels=["node", "op"])
         errors = CounterMetricFamily("dynafast_request_errors", "Client requests that failed",
                                      labels=["node", "op", "error"])
         latency = HistogramMetricFamily("dynafast_request_seconds", "Client request latency at the coordinator",
                                         labels=["node", "op"])
-        for op, stats in self.node.requests.ops.items():
+        for op, stats in self.view.request_stats.ops.items():
             requests.add_metric([nid, op], stats.count)
             for name, count in stats.errors.items():
                 errors.add_metric([nid, op, name], count)
@@ -57,10 +71,10 @@ class RequestCollector:
 
 
 class NodeMetrics:
-    """Prometheus gauges read from the node when scraped (no cost on the request path)."""
+    """Prometheus gauges read from the node's published status when scraped (no cost on the request path)."""
 
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, view: NodeView):
+        self.view = view
         self.registry = CollectorRegistry()
         labels = ["node"]
         self.keys = Gauge("dynafast_storage_keys", "Live keys in the node's store", labels, registry=self.registry)
@@ -73,29 +87,30 @@ class NodeMetrics:
         self.syncs = Gauge("dynafast_group_commits", "Group-commit fsyncs done for durable writes", labels,
                            registry=self.registry)
         self.server = Gauge("dynafast_server", "Server counters", ["node", "counter"], registry=self.registry)
-        self.registry.register(RequestCollector(node))
+        self.registry.register(RequestCollector(view))
 
     def render(self) -> bytes:
-        node = self.node
-        nid = node.node_id
-        stats = node.store.stats()
+        view = self.view
+        nid = view.node_id
+        status = view.status()
+        stats = status["storage"]
         self.keys.labels(nid).set(stats.get("keys", 0))
         self.live.labels(nid).set(stats.get("live_bytes", 0))
         self.dead.labels(nid).set(stats.get("dead_bytes", 0))
         counts: dict[str, int] = dict.fromkeys(("up", "down", "joining", "leaving", "left"), 0)
-        for member in node.membership.members.values():
-            counts[member.state] = counts.get(member.state, 0) + 1
+        for member in status["members"]:
+            counts[member["state"]] = counts.get(member["state"], 0) + 1
         for state, count in counts.items():
             self.members.labels(nid, state).set(count)
-        self.ring_version.labels(nid).set(node.membership.ring.version)
-        self.syncs.labels(nid).set(node.durable.syncs)
-        for name, value in node.server.stats.as_dict().items():
+        self.ring_version.labels(nid).set(status["ring_version"])
+        self.syncs.labels(nid).set(view.durable_syncs())
+        for name, value in view.server_stats().items():
             if isinstance(value, (int, float)):
                 self.server.labels(nid, name).set(value)
         return generate_latest(self.registry)
 
 
-async def start_http(node, address: str) -> web.AppRunner:
+async def start_http(node: NodeView, address: str) -> web.AppRunner:
     metrics = NodeMetrics(node)
 
     async def health(request):
@@ -123,7 +138,7 @@ async def start_http(node, address: str) -> web.AppRunner:
 
     async def antientropy_now(request):
         # On demand (after a disk was replaced, say): every owned partition against every other live replica.
-        task = node.antientropy.run_all_soon()
+        task = node.repair_all()
         return web.json_response({"started": task is not None}, status=202)
 
     app = web.Application()

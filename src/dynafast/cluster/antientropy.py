@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dynafast import _impl
 from dynafast.cluster.background import cancel_and_wait, periodic
+from dynafast.cluster.throttle import TokenBucket
 from dynafast.errors import DynafastError
 from dynafast.net.messages import Msg
 
@@ -36,43 +35,14 @@ class ExchangeReport:
     repaired_remote: int = 0
     bytes: int = 0
     seconds: float = 0.0
-    finished_at: float = field(default_factory=time.time)
-
-
-class TokenBucket:
-    """Bytes-per-second throttle; ``take`` sleeps when the bucket runs dry."""
-
-    def __init__(self, rate: float, burst: float | None = None, clock=time.monotonic):
-        self.rate = float(rate)
-        self.capacity = float(burst if burst is not None else rate)
-        self.tokens = self.capacity
-        self.clock = clock
-        self.stamp = clock()
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def delay_for(self, amount: float) -> float:
-        """Take ``amount`` tokens and return how long to wait before using them."""
-        if self.rate <= 0:
-            return 0.0
-        self._refill()
-        self.tokens -= amount
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-    async def take(self, amount: float) -> None:
-        delay = self.delay_for(amount)
-        if delay > 0:
-            await asyncio.sleep(delay)
+    finished_at: float = 0.0  # the node's monotonic clock
 
 
 class VnodeTrees:
     """The Merkle trees of the vnodes a node holds, kept current by the write path."""
 
-    def __init__(self, replicas, leaves: int = 1024, fanout: int = 16):
-        self.replicas = replicas
+    def __init__(self, vnodes, leaves: int = 1024, fanout: int = 16):
+        self.replicas = vnodes
         self.merkle = _impl.load("merkle")
         self.leaves = leaves
         self.fanout = fanout
@@ -81,7 +51,7 @@ class VnodeTrees:
     def tree(self, partition: int):
         tree = self.trees.get(partition)
         if tree is None:
-            items = ((key, siblings.digest()) for key, siblings in self.replicas.items(partition))
+            items = ((key, siblings.digest()) for key, siblings in self.replicas.fold(partition))
             tree = self.merkle.MerkleTree.build(items, self.leaves, self.fanout)
             self.trees[partition] = tree
         return tree
@@ -111,14 +81,24 @@ class VnodeTrees:
 
 
 class AntiEntropy:
-    """Schedules and runs tree exchanges for one node."""
+    """Schedules and runs tree exchanges for one node.
 
-    def __init__(self, node, trees: VnodeTrees, *, interval: float = 10.0, bytes_per_second: float = 4 << 20,
-                 peer_timeout: float = 2.0):
-        self.node = node
+    Ports: the node's id and replication factor, a membership view, the trees and vnodes, the transport, the
+    clock and a random source (which replica to exchange with).
+    """
+
+    def __init__(self, *, me: str, n: int, membership, trees: VnodeTrees, vnodes, transport, clock, rng,
+                 interval: float = 10.0, bytes_per_second: float = 4 << 20, peer_timeout: float = 2.0):
+        self.me = me
+        self.n = n
+        self.membership = membership
         self.trees = trees
+        self.vnodes = vnodes
+        self.transport = transport
+        self.clock = clock
+        self.rng = rng
         self.interval = interval
-        self.bucket = TokenBucket(bytes_per_second, burst=max(bytes_per_second, 1 << 20))
+        self.bucket = TokenBucket(bytes_per_second, burst=max(bytes_per_second, 1 << 20), clock=clock.monotonic)
         self.peer_timeout = peer_timeout
         self.lock = asyncio.Lock()
         self.last: dict[int, ExchangeReport] = {}
@@ -131,16 +111,16 @@ class AntiEntropy:
     # -- scheduling ---------------------------------------------------------------------------------------
     def start(self) -> None:
         if self.interval > 0:
-            self._task = asyncio.create_task(periodic(self.interval, self.run_once, log, "anti-entropy exchange"))
+            self._task = asyncio.create_task(
+                periodic(self.interval, self.run_once, log, "anti-entropy exchange", rng=self.rng))
 
     async def stop(self) -> None:
         await cancel_and_wait([self._task, self._full])
         self._task = self._full = None
 
     def _owned(self) -> list[int]:
-        ring = self.node.membership.ring
-        me = self.node.node_id
-        return [p for p in range(ring.partitions) if me in ring.replicas(p, self.node.config.n)]
+        ring = self.membership.ring
+        return [p for p in range(ring.partitions) if self.me in ring.replicas(p, self.n)]
 
     async def run_once(self) -> ExchangeReport | None:
         """Exchange the next owned partition (round robin) with a random other replica that is up."""
@@ -149,11 +129,11 @@ class AntiEntropy:
             return None
         partition = owned[self._cursor % len(owned)]
         self._cursor += 1
-        peers = [p for p in self.node.membership.ring.replicas(partition, self.node.config.n)
-                 if p != self.node.node_id and self.node.membership.is_up(p)]
+        peers = [p for p in self.membership.ring.replicas(partition, self.n)
+                 if p != self.me and self.membership.is_up(p)]
         if not peers:
             return None
-        return await self.exchange(partition, random.choice(peers))
+        return await self.exchange(partition, self.rng.choice(peers))
 
     def run_all_soon(self) -> asyncio.Task | None:
         """Start ``exchange_all`` in the background unless one is already running; returns its task or None."""
@@ -166,8 +146,8 @@ class AntiEntropy:
         """Every owned partition against every other live replica (on demand: after a disk was lost)."""
         reports = []
         for partition in self._owned():
-            for peer in self.node.membership.ring.replicas(partition, self.node.config.n):
-                if peer != self.node.node_id and self.node.membership.is_up(peer):
+            for peer in self.membership.ring.replicas(partition, self.n):
+                if peer != self.me and self.membership.is_up(peer):
                     try:
                         reports.append(await self.exchange(partition, peer))
                     except DynafastError as exc:
@@ -176,13 +156,13 @@ class AntiEntropy:
 
     # -- one exchange -------------------------------------------------------------------------------------
     async def _call(self, peer: str, msg_type, fields):
-        _, reply = await self.node.pool.call(self.node.membership.address_of(peer), msg_type, fields,
+        _, reply = await self.transport.call(self.membership.address_of(peer), msg_type, fields,
                                              self.peer_timeout)
         return reply
 
     async def exchange(self, partition: int, peer: str) -> ExchangeReport:
         async with self.lock:
-            started = time.monotonic()
+            started = self.clock.monotonic()
             report = ExchangeReport(partition, peer)
             tree = self.trees.tree(partition)
             exchange = self.trees.merkle.TreeExchange(tree)
@@ -199,8 +179,8 @@ class AntiEntropy:
             report.differing_leaves = len(leaves)
             for start in range(0, len(leaves), 64):
                 await self._repair_leaves(partition, peer, leaves[start:start + 64], report)
-            report.seconds = time.monotonic() - started
-            report.finished_at = time.time()
+            report.finished_at = self.clock.monotonic()
+            report.seconds = report.finished_at - started
             self.last[partition] = report
             self.exchanges += 1
             self.keys_repaired += report.repaired_local + report.repaired_remote
@@ -214,21 +194,20 @@ class AntiEntropy:
         local_keys, local_digests = self.trees.keys_in_leaves(partition, leaves)
         remote = dict(zip(remote_keys, remote_digests))
         local = dict(zip(local_keys, local_digests))
-        differing = [k for k in remote.keys() | local.keys() if remote.get(k) != local.get(k)]
+        differing = sorted(k for k in remote.keys() | local.keys() if remote.get(k) != local.get(k))
         report.differing_keys += len(differing)
         report.bytes += sum(len(k) + 16 for k in remote_keys)
         await self.bucket.take(sum(len(k) + 16 for k in remote_keys))
-        Siblings = self.node.Siblings
-        replicas = self.node.replicas
+        replicas = self.vnodes
         for key in differing:
             theirs = None
             if key in remote:
                 raw = (await self._call(peer, Msg.REPLICA_GET, (partition, key, None)))[0]
-                theirs = None if raw is None else Siblings.from_bytes(raw)
+                theirs = None if raw is None else replicas.versions.Siblings.from_bytes(raw)
                 await self.bucket.take(len(key) + (len(raw) if raw else 0))
             if theirs is not None:
                 before = replicas.get(partition, key)
-                merged = self.node.merge_local(partition, key, theirs)
+                merged = replicas.merge_in(partition, key, theirs)
                 if before is None or merged != before:
                     report.repaired_local += 1
             else:
@@ -243,8 +222,17 @@ class AntiEntropy:
     def merkle_hashes(self, partition: int, depth: int, indices) -> list[bytes]:
         return self.trees.tree(partition).hashes(depth, list(indices))
 
+    def handle_merkle_get(self, fields):
+        partition, depth, indices = fields[:3]
+        return (Msg.MERKLE_REPLY, (self.merkle_hashes(partition, depth, indices),))
+
+    def handle_keys_get(self, fields):
+        partition, leaves = fields[:2]
+        keys, digests = self.trees.keys_in_leaves(partition, leaves)
+        return (Msg.KEYS_REPLY, (keys, digests))
+
     def status(self) -> dict:
-        now = time.time()
+        now = self.clock.monotonic()
         last = max((r.finished_at for r in self.last.values()), default=None)
         return {
             "exchanges": self.exchanges,

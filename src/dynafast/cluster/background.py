@@ -8,13 +8,15 @@ import random
 from dynafast.errors import DynafastError
 
 
-async def periodic(interval: float, job, log: logging.Logger, what: str, *, jitter: float = 0.25) -> None:
+async def periodic(interval: float, job, log: logging.Logger, what: str, *, jitter: float = 0.25,
+                   rng: random.Random | None = None) -> None:
     """Run ``await job()`` every ``interval`` seconds (+- ``jitter`` of it, so nodes do not beat in step).
 
     A failing round is logged and the next round tries again: one bad exchange must not stop the loop.
     """
+    draw = (rng or random).random
     while True:
-        await asyncio.sleep(interval * (1 - jitter + 2 * jitter * random.random()))
+        await asyncio.sleep(interval * (1 - jitter + 2 * jitter * draw()))
         try:
             await job()
         except asyncio.CancelledError:

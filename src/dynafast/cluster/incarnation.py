@@ -9,42 +9,26 @@ restarts only: a start after a crash or with an empty directory begins a new one
 from __future__ import annotations
 
 import json
-import os
-import secrets
-from pathlib import Path
 
 FILE = "incarnation.json"
 
 
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def begin(files, rng) -> str:
+    """The incarnation to use from now on; marks it in use until ``end_clean``.
 
-
-def begin(data_dir) -> str:
-    """The incarnation to use from now on; marks it in use until ``end_clean``."""
-    path = Path(data_dir) / FILE
+    ``files`` is the node's metadata files port, ``rng`` its random source (a new incarnation's id).
+    """
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(files.read(FILE) or b"null")
         incarnation = data["id"] if data.get("clean") and isinstance(data.get("id"), str) else None
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         incarnation = None
     if incarnation is None:
-        incarnation = secrets.token_hex(4)
-    _write(path, {"id": incarnation, "clean": False})
+        incarnation = "%08x" % rng.getrandbits(32)
+    files.write(FILE, json.dumps({"id": incarnation, "clean": False}).encode())
     return incarnation
 
 
-def end_clean(data_dir, incarnation: str) -> None:
+def end_clean(files, incarnation: str) -> None:
     """Everything this incarnation acknowledged is on disk: the next start may keep it."""
-    _write(Path(data_dir) / FILE, {"id": incarnation, "clean": True})
+    files.write(FILE, json.dumps({"id": incarnation, "clean": True}).encode())

@@ -22,10 +22,7 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dynafast import _impl
 from dynafast.cluster.background import cancel_and_wait, periodic
@@ -114,22 +111,32 @@ class ClusterState:
 
 
 class ClusterMembership:
-    """Membership over gossip. ``listeners`` are called with (old_state, new_state) after each change."""
+    """Membership over gossip. ``listeners`` are called with (old_state, new_state) after each change.
 
-    def __init__(self, config, pool):
+    Ports: config, the transport, the clock, a random source (gossip peers, jitter) and the metadata files
+    (the cluster state survives restarts in ``cluster.json``).
+    """
+
+    STATE_FILE = "cluster.json"
+
+    def __init__(self, config, transport, *, clock, rng, files):
         self.config = config
         self.node_id = config.node_id
-        self.pool = pool
+        self.pool = transport
+        self.clock = clock
+        self.rng = rng
+        self.files = files
         self.rings = _impl.load("ring")
         self.state: ClusterState | None = None
         detector = FailureDetector(config.phi_threshold, first_interval=config.gossip_interval,
                                    acceptable_pause=config.gossip_interval)
-        self.gossip = GossipCore(self.node_id, detector=detector)
+        # A restarted node must beat above what its previous life reached: start from the wall clock in ms.
+        self.gossip = GossipCore(self.node_id, detector=detector, rng=rng,
+                                 first_heartbeat=int(clock.wall() * 1000))
         self.listeners: list = []
         self._forced_down: set[str] = set()
         self._down: frozenset[str] = frozenset()
         self._tasks: list[asyncio.Task] = []
-        self._state_path = Path(config.data_dir) / "cluster.json"
         self._first_seen: dict[str, float] = {}
         self._pushes: set[asyncio.Task] = set()
 
@@ -177,7 +184,7 @@ class ClusterMembership:
             self._refresh_liveness()
 
     def _refresh_liveness(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         detector = self.gossip.detector
         down = set()
         for node_id, member in self.state.members.items():
@@ -243,27 +250,22 @@ class ClusterMembership:
         return new
 
     def _save(self) -> None:
-        tmp = self._state_path.with_suffix(".tmp")
         fields = self.state.to_fields()
         data = {"fields": [f.hex() if isinstance(f, bytes) else f for f in fields]}
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._state_path)
+        self.files.write(self.STATE_FILE, json.dumps(data).encode())
 
     def _load(self) -> bool:
         try:
-            with open(self._state_path) as f:
-                raw = json.load(f)["fields"]
+            stored = self.files.read(self.STATE_FILE)
+            if stored is None:
+                return False
+            raw = json.loads(stored)["fields"]
             fields = list(raw)
             fields[0] = bytes.fromhex(fields[0])
             fields[6] = None if fields[6] is None else bytes.fromhex(fields[6])
             return self._adopt(ClusterState.from_fields(fields, self.rings), force=True)
-        except FileNotFoundError:
-            return False
         except (ValueError, KeyError, TypeError, DynafastError) as exc:
-            log.error("ignoring unreadable cluster state %s: %s", self._state_path, exc)
+            log.error("ignoring unreadable cluster state %s: %s", self.STATE_FILE, exc)
             return False
 
     # -- life cycle -------------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ class ClusterMembership:
         elif self.config.seeds and (me is None or me.address != self.config.advertise or me.status == LEFT):
             await self._join()
         self._tasks.append(asyncio.create_task(
-            periodic(self.config.gossip_interval, self.gossip_round, log, "gossip round")))
+            periodic(self.config.gossip_interval, self.gossip_round, log, "gossip round", rng=self.rng)))
         self._tasks.append(asyncio.create_task(self._liveness_loop()))
 
     async def stop(self) -> None:
@@ -347,7 +349,7 @@ class ClusterMembership:
             new = None
         known = self.gossip.heartbeats
         before = {node: known.get(node, -1) for node in self._forced_down}
-        self.gossip.receive(ids, counters, None, time.monotonic())
+        self.gossip.receive(ids, counters, None, self.clock.monotonic())
         # A peer forced down by a refused connection is up again once its heartbeat moves (heard first- or
         # second-hand), or once it talks to us itself.
         for node, beat in before.items():

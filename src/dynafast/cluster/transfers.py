@@ -13,23 +13,37 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-from pathlib import Path
 
-from dynafast.cluster.antientropy import TokenBucket
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.membership import LEFT
+from dynafast.cluster.throttle import TokenBucket
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.handoff")
 
 
+CURSORS = "transfers.json"
+
+
 class Transfers:
-    def __init__(self, node, *, bytes_per_second: float = 8 << 20, batch_bytes: int = 64 << 10,
-                 drop_grace: float = 5.0, peer_timeout: float = 5.0):
-        self.node = node
-        self.bucket = TokenBucket(bytes_per_second, burst=max(batch_bytes * 2, bytes_per_second))
+    """Ports: the node's id, a membership view (which also takes finished transfers), the vnodes and their trees,
+    durability, the transport, the clock, the metadata files, and ``on_left`` (called once this node has left and
+    handed everything off)."""
+
+    def __init__(self, *, me: str, membership, vnodes, trees, durability, transport, clock, files, on_left,
+                 bytes_per_second: float = 8 << 20, batch_bytes: int = 64 << 10, drop_grace: float = 5.0,
+                 peer_timeout: float = 5.0):
+        self.me = me
+        self.membership = membership
+        self.vnodes = vnodes
+        self.trees = trees
+        self.durability = durability
+        self.transport = transport
+        self.files = files
+        self.on_left = on_left
+        self.bucket = TokenBucket(bytes_per_second, burst=max(batch_bytes * 2, bytes_per_second),
+                                  clock=clock.monotonic)
         self.batch_bytes = batch_bytes
         self.drop_grace = drop_grace
         self.peer_timeout = peer_timeout
@@ -38,7 +52,6 @@ class Transfers:
         self.objects_sent = 0
         self.bytes_sent = 0
         self.objects_received = 0
-        self._cursor_path = Path(node.config.data_dir) / "transfers.json"
         self._cursors: dict[str, str] = self._load_cursors()
         self._unreported: set[tuple[int, str]] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -46,18 +59,15 @@ class Transfers:
 
     # -- persistence of the positions reached ------------------------------------------------------------
     def _load_cursors(self) -> dict[str, str]:
+        raw = self.files.read(CURSORS)
         try:
-            with open(self._cursor_path) as f:
-                data = json.load(f)
-            return data if isinstance(data, dict) else {}
-        except (FileNotFoundError, ValueError):
+            data = json.loads(raw) if raw else {}
+        except ValueError:
             return {}
+        return data if isinstance(data, dict) else {}
 
     def _save_cursors(self) -> None:
-        tmp = self._cursor_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self._cursors, f)
-        os.replace(tmp, self._cursor_path)
+        self.files.write(CURSORS, json.dumps(self._cursors).encode())
 
     @staticmethod
     def _cursor_name(partition: int, target: str, digest: bytes) -> str:
@@ -70,9 +80,9 @@ class Transfers:
         self.schedule(new)
         if old is not None and old.ring.digest() != new.ring.digest():
             self._spawn(self._drop_unowned_later())
-        me = new.members.get(self.node.node_id)
+        me = new.members.get(self.me)
         if me is not None and me.status == LEFT and old is not None:
-            old_me = old.members.get(self.node.node_id)
+            old_me = old.members.get(self.me)
             if old_me is None or old_me.status != LEFT:
                 self._spawn(self._leave_later())
 
@@ -81,8 +91,8 @@ class Transfers:
         if state.next_ring is None:
             self._cursors = {}
             return
-        membership = self.node.membership
-        me = self.node.node_id
+        membership = self.membership
+        me = self.me
         for partition, target in sorted(state.required_transfers() - state.done):
             if (partition, target) in self.running:
                 continue
@@ -94,18 +104,11 @@ class Transfers:
             task.add_done_callback(lambda t, key=(partition, target): self.running.pop(key, None))
 
     async def _transfer(self, partition: int, target: str, next_digest: bytes) -> None:
-        node = self.node
         name = self._cursor_name(partition, target, next_digest)
         after = bytes.fromhex(self._cursors.get(name, "")) if name in self._cursors else None
-        keys = sorted(key for key, _ in node.replicas.items(partition))
-        if after is not None:
-            keys = [k for k in keys if k > after]
         try:
             batch_keys, batch_raws, size = [], [], 0
-            for key in keys:
-                raw = node.replicas.get_raw(partition, key)
-                if raw is None:
-                    continue
+            for key, raw in self.vnodes.handoff_items(partition, after):
                 batch_keys.append(key)
                 batch_raws.append(raw)
                 size += len(key) + len(raw)
@@ -125,8 +128,8 @@ class Transfers:
 
     async def _send(self, partition, target, keys, raws, size, cursor_name) -> None:
         await self.bucket.take(size)
-        address = self.node.membership.address_of(target)
-        await self.node.pool.call(address, Msg.TRANSFER, (partition, keys, raws), self.peer_timeout)
+        address = self.membership.address_of(target)
+        await self.transport.call(address, Msg.TRANSFER, (partition, keys, raws), self.peer_timeout)
         self.objects_sent += len(keys)
         self.bytes_sent += size
         self._cursors[cursor_name] = keys[-1].hex()
@@ -139,7 +142,7 @@ class Transfers:
         done = sorted(self._unreported)
         fields = ([p for p, _ in done], [t for _, t in done], next_digest)
         try:
-            result = self.node.membership.handle_transfer_done(fields)
+            result = self.membership.handle_transfer_done(fields)
             if asyncio.iscoroutine(result):
                 await result
             self._unreported -= set(done)
@@ -150,7 +153,7 @@ class Transfers:
     def _retry_later(self) -> None:
         async def again():
             await asyncio.sleep(1.0)
-            state = self.node.membership.state
+            state = self.membership.state
             if state.next_ring is not None:
                 self._unreported &= state.required_transfers()
                 if self._unreported:
@@ -161,22 +164,22 @@ class Transfers:
     # -- after the ring changed ---------------------------------------------------------------------------
     async def _drop_unowned_later(self) -> None:
         await asyncio.sleep(self.drop_grace)
-        state = self.node.membership.state
-        me = self.node.node_id
+        state = self.membership.state
+        me = self.me
         for partition in range(state.ring.partitions):
             holds = me in state.ring.replicas(partition)
             will_hold = state.next_ring is not None and me in state.next_ring.replicas(partition)
             if holds or will_hold or any(p == partition for p, _ in self.running):
                 continue
-            if self.node.replicas.count(partition):
-                self.node.replicas.drop_vnode(partition)
-                self.node.trees.drop(partition)
+            if not self.vnodes.is_empty(partition):
+                self.vnodes.drop(partition)
+                self.trees.drop(partition)
                 log.info("dropped partition %d: it moved to its new owners", partition)
 
     async def _leave_later(self) -> None:
         await self._drop_unowned_later()
-        log.info("%s has left the cluster; stopping", self.node.node_id)
-        self.node.request_stop()
+        log.info("%s has left the cluster; stopping", self.me)
+        self.on_left()
 
     # -- bookkeeping ----------------------------------------------------------------------------------------
     def _spawn(self, coro) -> None:
@@ -189,7 +192,7 @@ class Transfers:
         await cancel_and_wait(list(self._tasks) + list(self.running.values()))
 
     def status(self) -> dict:
-        state = self.node.membership.state
+        state = self.membership.state
         pending = len(state.required_transfers() - state.done) if state.next_ring is not None else 0
         return {
             "running": len(self.running),
@@ -203,18 +206,21 @@ class Transfers:
     # Objects reconciled per slice before the event loop gets a turn: clients are served between slices.
     RECEIVE_SLICE = 128
 
+    def handle_transfer(self, fields):
+        partition, keys, raws = fields[:3]
+        return self.receive(partition, keys, raws)
+
     async def receive(self, partition: int, keys, raws) -> tuple:
         """A batch of a vnode streamed to us: reconcile each object into our replica."""
         if len(keys) != len(raws):
             raise ProtocolError("a transfer batch needs as many objects as keys")
-        Siblings = self.node.Siblings
-        merge = self.node.merge_local
+        take = self.vnodes.handoff_data
         for start in range(0, len(keys), self.RECEIVE_SLICE):
             for key, raw in zip(keys[start:start + self.RECEIVE_SLICE], raws[start:start + self.RECEIVE_SLICE]):
-                merge(partition, key, Siblings.from_bytes(raw))
+                take(partition, key, raw)
             await asyncio.sleep(0)
         # The sender moves its cursor past this batch on our reply, and the old owner drops its copy once the
         # move completes: the batch must be on disk first.
-        await self.node.durable.wait()
+        await self.durability.wait()
         self.objects_received += len(keys)
         return (len(keys),)

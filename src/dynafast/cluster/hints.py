@@ -1,0 +1,116 @@
+"""Hinted handoff: a fallback replays the writes it holds for a primary that was down, once it is back.
+
+Hints are replayed in batches, throttled; a hint is dropped only after the owner acknowledged it durably, so an
+interrupted delivery resumes with what is left. Hints older than the hint window are dropped undelivered (their
+keys are left to anti-entropy), and so are hints for owners that left the cluster (the new owners got the data
+by transfer).
+
+``plan`` decides (no I/O): which hints of one owner go in the next batch and which expire. ``deliver`` carries
+it out over the transport. Ports: config, a membership view, the vnodes (hints live in the node's store),
+durability, the transport, the clock.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from dynafast.cluster.requests import durable_reply, peer_failed
+from dynafast.cluster.throttle import TokenBucket
+from dynafast.net.messages import Msg
+
+log = logging.getLogger("dynafast.hints")
+
+
+@dataclass
+class Plan:
+    """What to do with one owner's hints this round."""
+
+    owner: str
+    batch: list = field(default_factory=list)    # (partition, key, siblings, raw) to send
+    expired: list = field(default_factory=list)  # (partition, key, siblings) to drop undelivered
+
+
+def plan(owner: str, hints, *, now: float, window: float, gone: bool, deliverable: bool, batch_size: int) -> Plan:
+    """Choose this round's batch for ``owner`` from its hints ``(partition, key, siblings)``.
+
+    A hint's age is that of the newest timestamp in its clock.
+    """
+    result = Plan(owner)
+    for partition, key, siblings in hints:
+        newest = max((ts for _, _, ts in siblings.clock().entries()), default=now)
+        if gone or now - newest > window:
+            result.expired.append((partition, key, siblings))
+            continue
+        if not deliverable:
+            continue  # only expiring them this round
+        result.batch.append((partition, key, siblings, siblings.to_bytes()))
+        if len(result.batch) >= batch_size:
+            break
+    return result
+
+
+class HintedHandoff:
+    def __init__(self, *, config, versions, membership, vnodes, durability, transport, clock):
+        self.config = config
+        self.Siblings = versions.Siblings
+        self.membership = membership
+        self.vnodes = vnodes
+        self.durability = durability
+        self.transport = transport
+        self.clock = clock
+        self.bucket = TokenBucket(config.handoff_bytes_per_second, clock=clock.monotonic)
+        self.delivered = 0
+        self.expired = 0
+
+    def plans(self) -> list[Plan]:
+        now = self.clock.wall()
+        members = self.membership.members
+        result = []
+        for owner in sorted(self.vnodes.hint_owners()):
+            member = members.get(owner)
+            # An owner that left (or was never admitted) will not take them.
+            gone = member is None or member.status == "left"
+            deliverable = not gone and self.membership.is_up(owner)
+            result.append(plan(owner, self.vnodes.hints(owner), now=now, window=self.config.hint_window,
+                               gone=gone, deliverable=deliverable, batch_size=self.config.handoff_batch))
+        return result
+
+    async def deliver(self) -> int:
+        """One round: each owner's next batch; returns how many hints were delivered."""
+        delivered = 0
+        for step in self.plans():
+            for partition, key, siblings in step.expired:
+                if self.vnodes.drop_hint_if_equal(step.owner, partition, key, siblings):
+                    self.expired += 1
+            if step.expired:
+                log.info("dropped %d hints for %s older than the hint window", len(step.expired), step.owner)
+            if step.batch:
+                delivered += await self._send(step.owner, step.batch)
+        self.delivered += delivered
+        return delivered
+
+    async def _send(self, owner: str, batch) -> int:
+        await self.bucket.take(sum(len(key) + len(raw) for _, key, _, raw in batch))
+        fields = ([p for p, _, _, _ in batch], [k for _, k, _, _ in batch], [r for _, _, _, r in batch])
+        try:
+            _, reply = await self.transport.call(self.membership.address_of(owner), Msg.HINT_PUSH, fields,
+                                                 self.config.peer_timeout * 5)
+        except Exception as exc:  # noqa: BLE001 - filtered just below
+            if not peer_failed(exc):
+                raise
+            self.membership.mark_down(owner, exc)
+            return 0
+        delivered = 0
+        if reply and reply[0]:
+            for partition, key, siblings, _ in batch:
+                # A newer hint that arrived meanwhile stays for the next round.
+                if self.vnodes.drop_hint_if_equal(owner, partition, key, siblings):
+                    delivered += 1
+        return delivered
+
+    def handle_hint_push(self, fields):
+        """Hints delivered to us, their owner: reconcile them all, then one durable sync for the batch."""
+        partitions, keys, raws = fields[:3]
+        for partition, key, raw in zip(partitions, keys, raws, strict=True):
+            self.vnodes.handoff_data(partition, key, raw)
+        return durable_reply(self.durability, Msg.HINT_PUSH_REPLY)

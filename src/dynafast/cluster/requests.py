@@ -1,0 +1,400 @@
+"""Request coordination: a node's side of client gets, puts and deletes, and of the replica calls they make.
+
+The quorum rules live in the I/O-free state machines of ``coordinator``; this module routes a request
+(``preflist``), forwards it when this node holds no replica of the key, stamps the new version, carries out the
+machines' sends over the transport, keeps deadlines, answers the client, repairs stale replicas after a read,
+and hands fully acknowledged deletes to the reaper.
+
+Ports: the node's config and actor, a membership view (ring, next ring, down set, addresses, mark up/down), the
+vnodes, durability, the transport and the clock. Nothing here knows the Node.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
+from dynafast.cluster.preflist import Routes
+from dynafast.errors import DynafastError, KeyTooLarge, ProtocolError, Timeout, Unavailable, ValueTooLarge
+from dynafast.net.deadlines import DeadlineWheel
+from dynafast.net.messages import Msg
+
+log = logging.getLogger("dynafast.requests")
+
+# Errors after which a peer is suspected: it did not answer, as opposed to answering with an error.
+_PEER_FAILURES = (Unavailable, Timeout, ConnectionError)
+
+
+def peer_failed(exc) -> bool:
+    """The peer did not answer (as opposed to answering with an error such as StorageFull)."""
+    return isinstance(exc, _PEER_FAILURES) or (isinstance(exc, OSError) and not isinstance(exc, DynafastError))
+
+
+def _ms(timeout_ms, default: float) -> float:
+    if timeout_ms is None:
+        return default
+    if not isinstance(timeout_ms, int) or timeout_ms <= 0:
+        raise ProtocolError("timeout must be a positive number of milliseconds")
+    return timeout_ms / 1000.0
+
+
+def _quorum(value, default: int, name: str, n: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
+        raise ProtocolError(f"{name} must be an integer in 0..{n}")
+    return value
+
+
+def _ignore_result(call):
+    if not call.cancelled():
+        call.exception()
+
+
+class RequestCoordinator:
+    """Coordinates client requests and serves replica requests for this node."""
+
+    def __init__(self, *, config, actor: bytes, versions, membership, vnodes, durability, transport, clock,
+                 reaper=None):
+        self.config = config
+        self.me = config.node_id
+        self.actor = actor
+        self.Siblings = versions.Siblings
+        self.versions = versions
+        self.membership = membership
+        self.vnodes = vnodes
+        self.durability = durability
+        self.transport = transport
+        self.clock = clock
+        self.reaper = reaper
+        self.routes = Routes(self.me, config.n)
+        self.deadlines: DeadlineWheel | None = None
+        self.read_repairs = 0
+
+    def start(self, loop) -> None:
+        self.deadlines = DeadlineWheel(loop)
+
+    def _route(self, key):
+        membership = self.membership
+        if membership.state is None:
+            # Serving starts before a new (or wiped) node has joined: it cannot route anything yet.
+            raise Unavailable(f"{self.me} has not joined the cluster yet")
+        return self.routes.route(membership.ring, membership.down(), key)
+
+    def _address(self, node):
+        return self.membership.address_of(node)
+
+    # -- validating client fields --------------------------------------------------------------------------
+    def _check_key(self, key) -> bytes:
+        if not isinstance(key, bytes):
+            raise ProtocolError("key must be bytes")
+        if len(key) > self.config.max_key_size:
+            raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of {self.config.max_key_size}")
+        return key
+
+    def _check_value(self, value) -> bytes:
+        if not isinstance(value, bytes):
+            raise ProtocolError("value must be bytes")
+        if len(value) > self.config.max_value_size:
+            raise ValueTooLarge(
+                f"value of {len(value)} bytes is over the limit of {self.config.max_value_size}"
+            )
+        return value
+
+    # -- client requests --------------------------------------------------------------------------------------
+    def client_get(self, fields):
+        key = self._check_key(fields[0])
+        r = _quorum(fields[1] if len(fields) > 1 else None, self.config.r, "r", self.config.n) or 1
+        timeout = _ms(fields[2] if len(fields) > 2 else None, self.config.request_timeout)
+        return self._get(key, r, timeout, (Msg.GET, fields))
+
+    def client_put(self, fields):
+        key = self._check_key(fields[0])
+        value = self._check_value(fields[1])
+        return self._write(key, value, fields[2:], Msg.PUT, fields)
+
+    def client_delete(self, fields):
+        key = self._check_key(fields[0])
+        return self._write(key, None, fields[1:], Msg.DELETE, fields)
+
+    def _write(self, key, value, rest, msg_type, fields):
+        context = rest[0] if len(rest) > 0 else None
+        if context is not None and not isinstance(context, bytes):
+            raise ProtocolError("context must be bytes")
+        w = _quorum(rest[1] if len(rest) > 1 else None, self.config.w, "w", self.config.n) or 1
+        dw = _quorum(rest[2] if len(rest) > 2 else None, min(self.config.dw, w), "dw", self.config.n)
+        if dw > w:
+            raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
+        timeout = _ms(rest[3] if len(rest) > 3 else None, self.config.request_timeout)
+        incoming = self.Siblings.new(value, context or None)
+        reply_type = Msg.PUT_REPLY if msg_type == Msg.PUT else Msg.DELETE_REPLY
+        return self._put(key, incoming, w, dw, timeout, reply_type, (msg_type, fields))
+
+    async def _forward(self, primaries, request, timeout):
+        """This node holds no replica of the key: hand the request to one that does."""
+        msg_type, fields = request
+        down = self.membership.down()
+        order = [p for p in primaries if p not in down] + [p for p in primaries if p in down]
+        last = None
+        for node in order:
+            try:
+                # The replica answers within `timeout` (its own deadline); allow for the extra hop.
+                return await self.transport.call(self._address(node), msg_type, fields, timeout + 0.5)
+            except Exception as exc:  # noqa: BLE001 - filtered just below
+                if not peer_failed(exc):
+                    raise
+                self.membership.mark_down(node, exc)
+                if isinstance(exc, Timeout) and msg_type != Msg.GET:
+                    raise  # the write may have happened there: doing it again elsewhere would duplicate it
+                last = exc
+        raise Unavailable(f"no replica of the key answered: {last}")
+
+    # put -------------------------------------------------------------------------------------------------
+    def _put(self, key, incoming, w, dw, timeout, reply_type, request):
+        partition, primaries, targets, spares = self._route(key)
+        if targets is None:
+            return self._forward(primaries, request, timeout)
+        existing = self.vnodes.get(partition, key)
+        # Stamp the new version and write it locally in the same loop step as the read: no other write of
+        # this key can slip in between.
+        now = int(self.clock.wall())
+        # Pruned as Riak does (by size and age): clocks gain an entry per coordinator incarnation.
+        stored = incoming.update(existing, self.actor, now).prune(now)
+        machine = PutCoordinator(targets, spares, w=w, dw=dw)
+        state = _Request(asyncio.get_running_loop(), machine, partition, key, stored, stored.to_bytes(),
+                         reply_type)
+        state.previous = existing
+        state.on_answer = self._write_answer
+        if self.reaper is not None and stored.is_deleted() and len(targets) >= self.config.n:
+            state.on_all_acked = self.reaper.schedule
+        self._send_puts(state, machine.start())
+        next_ring = self.membership.next_ring
+        if next_ring is not None:
+            # The cluster is changing shape: new replicas get every write while their vnode streams in.
+            sent = {node for node, _ in targets}
+            for node in next_ring.replicas(partition, self.config.n):
+                if node not in sent and node != self.me:
+                    fields = (partition, key, state.raw, False, None)
+                    call = self.transport.request(self._address(node), Msg.REPLICA_PUT, fields,
+                                                  self.config.peer_timeout)
+                    call.add_done_callback(_ignore_result)
+        return state.arm(self.deadlines, timeout)
+
+    def _send_puts(self, state, sends):
+        for send in sends:
+            if send.node == self.me:
+                if send.hint_for is None:
+                    self.vnodes.write(state.partition, state.key, state.obj, previous=state.previous,
+                                      raw=state.raw)
+                else:
+                    self.vnodes.merge_in(state.partition, state.key, state.obj, send.hint_for)
+                if send.durable:
+                    self.durability.waiter().add_done_callback(functools.partial(self._local_durable, state))
+                else:
+                    state.machine.on_ack(self.me, False)
+            else:
+                fields = (state.partition, state.key, state.raw, send.durable, send.hint_for)
+                call = self.transport.request(self._address(send.node), Msg.REPLICA_PUT, fields,
+                                              self.config.peer_timeout)
+                call.add_done_callback(functools.partial(self._put_replied, state, send.node))
+        state.settle()
+
+    def _local_durable(self, state, synced):
+        exc = synced.exception() if not synced.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            # A failed fsync fails this replica's ack, not the node.
+            log.error("durable write failed: %s", exc)
+            self._send_puts(state, state.machine.on_failure(self.me, exc))
+            return
+        state.machine.on_ack(self.me, True)
+        state.settle()
+
+    def _put_replied(self, state, node, call):
+        machine = state.machine
+        if call.cancelled():
+            self._send_puts(state, machine.on_failure(node))
+            return
+        exc = call.exception()
+        if exc is None:
+            self.membership.mark_up(node)
+            _, reply = call.result()
+            machine.on_ack(node, bool(reply[0]))
+            state.settle()
+            return
+        if peer_failed(exc):
+            self.membership.mark_down(node, exc)
+        else:
+            log.warning("replica put on %s failed: %s", node, exc)
+        self._send_puts(state, machine.on_failure(node, exc))
+
+    def _write_answer(self, machine):
+        return (self.membership.ring.version,)
+
+    # get -------------------------------------------------------------------------------------------------
+    def _get(self, key, r, timeout, request):
+        partition, primaries, targets, spares = self._route(key)
+        if targets is None:
+            return self._forward(primaries, request, timeout)
+        machine = GetCoordinator(targets, spares, r=r, versions=self.versions)
+        state = _Request(asyncio.get_running_loop(), machine, partition, key, None, None, Msg.GET_REPLY)
+        state.on_answer = self._get_answer
+        state.on_finish = self._read_repair
+        self._send_gets(state, machine.start())
+        return state.arm(self.deadlines, timeout)
+
+    def _get_answer(self, machine):
+        result = machine.result
+        version = self.membership.ring.version  # lets a client see that its ring is stale
+        if result is None:
+            return ([], b"", version)
+        # Concurrent writes of the same bytes (a retried blind write) are one value to the application.
+        values = list(dict.fromkeys(result.live_values()))
+        return (values, result.context(), version)
+
+    def _send_gets(self, state, sends):
+        for send in sends:
+            if send.node == self.me:
+                state.machine.on_reply(self.me, self.vnodes.get(state.partition, state.key, send.hint_for))
+            else:
+                fields = (state.partition, state.key, send.hint_for)
+                call = self.transport.request(self._address(send.node), Msg.REPLICA_GET, fields,
+                                              self.config.peer_timeout)
+                call.add_done_callback(functools.partial(self._get_replied, state, send.node))
+        state.settle()
+
+    def _get_replied(self, state, node, call):
+        machine = state.machine
+        exc = None if call.cancelled() else call.exception()
+        if call.cancelled() or exc is not None:
+            if peer_failed(exc):
+                self.membership.mark_down(node, exc)
+            self._send_gets(state, machine.on_failure(node, exc))
+            return
+        self.membership.mark_up(node)
+        _, reply = call.result()
+        try:
+            siblings = None if reply[0] is None else self.Siblings.from_bytes(reply[0])
+        except DynafastError as exc:
+            log.error("unreadable object from %s: %s", node, exc)
+            self._send_gets(state, machine.on_failure(node, exc))
+            return
+        machine.on_reply(node, siblings)
+        state.settle()
+
+    def _read_repair(self, state):
+        merged, stale = state.machine.repairs()
+        if merged is None:
+            return
+        raw = None
+        for node in stale:
+            self.read_repairs += 1
+            if node == self.me:
+                self.vnodes.merge_in(state.partition, state.key, merged)
+                continue
+            raw = raw or merged.to_bytes()
+            fields = (state.partition, state.key, raw, False, None)
+            call = self.transport.request(self._address(node), Msg.REPLICA_PUT, fields, self.config.peer_timeout)
+            call.add_done_callback(_ignore_result)
+
+    # -- replica requests from coordinators ----------------------------------------------------------------
+    def replica_get(self, fields):
+        partition, key, hint_for = fields[:3]
+        return (Msg.REPLICA_GET_REPLY, (self.vnodes.get_raw(partition, key, hint_for),))
+
+    def replica_put(self, fields):
+        partition, key, raw, durable, hint_for = fields[:5]
+        self.vnodes.merge_in(partition, key, self.Siblings.from_bytes(raw), hint_for)
+        if durable:
+            return durable_reply(self.durability, Msg.REPLICA_PUT_REPLY)
+        return (Msg.REPLICA_PUT_REPLY, (False,))
+
+
+def durable_reply(durability, msg_type):
+    """A future of the reply ``(msg_type, (True,))``, set once what was written so far is on disk."""
+    waiter = durability.waiter()
+    reply = asyncio.get_running_loop().create_future()
+
+    def synced(done):
+        if reply.done():
+            return
+        if done.cancelled():
+            reply.cancel()
+        elif done.exception() is not None:
+            reply.set_exception(done.exception())
+        else:
+            reply.set_result((msg_type, (True,)))
+
+    waiter.add_done_callback(synced)
+    return reply
+
+
+class _Request:
+    """Glue between one state machine and the client's answer: deadline, answer, completion hooks.
+
+    The answer future is made only when the handler has to return before the machine is done: a request
+    answered within the handler (a local read) returns its reply directly.
+    """
+
+    __slots__ = ("loop", "machine", "partition", "key", "obj", "raw", "reply_type", "answer", "answered",
+                 "reply", "on_answer", "on_finish", "finished", "previous", "on_all_acked", "deadline")
+
+    def __init__(self, loop, machine, partition, key, obj, raw, reply_type):
+        self.loop = loop
+        self.machine = machine
+        self.partition = partition
+        self.key = key
+        self.obj = obj
+        self.raw = raw
+        self.reply_type = reply_type
+        self.answer = None
+        self.answered = False
+        self.reply = None
+        self.on_answer = None
+        self.on_finish = None
+        self.finished = False
+        self.previous = None
+        self.on_all_acked = None
+        self.deadline = None
+
+    def arm(self, deadlines: DeadlineWheel, timeout: float):
+        """What the handler returns: the reply when the machine is done already, else a future of it."""
+        if not self.finished:
+            self.deadline = deadlines.add(timeout, self)
+        if self.answered:
+            if self.machine.error is not None:
+                raise self.machine.error
+            return self.reply
+        self.answer = self.loop.create_future()
+        return self.answer
+
+    def on_deadline(self):
+        self.deadline = None
+        if not self.finished:
+            self.machine.on_deadline()
+            self.settle(force_finish=True)
+
+    def settle(self, force_finish=False):
+        machine = self.machine
+        if self.on_all_acked is not None and machine.finished and machine.ok and not self.finished:
+            # Only when every target acked as a primary: then every replica holds the tombstone.
+            if machine.primary_acks == len(machine.targets) and not machine.failed:
+                self.on_all_acked(self.partition, self.key, self.obj, self.raw)
+            self.on_all_acked = None
+        if machine.done and not self.answered:
+            self.answered = True
+            if machine.error is None:
+                self.reply = (self.reply_type, self.on_answer(machine) if self.on_answer is not None else ())
+            answer = self.answer
+            if answer is not None and not answer.done():
+                if machine.error is not None:
+                    answer.set_exception(machine.error)
+                else:
+                    answer.set_result(self.reply)
+        if not self.finished and (machine.finished or force_finish) and machine.done:
+            self.finished = True
+            if self.deadline is not None:
+                self.deadline.pop(self, None)
+                self.deadline = None
+            if self.on_finish is not None:
+                self.on_finish(self)

@@ -1,0 +1,108 @@
+"""Clients of a simulated cluster, and the history of what they asked and were told."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from dynafast.errors import DynafastError, Timeout
+from dynafast.net.messages import Msg
+
+
+@dataclass
+class Op:
+    client: int
+    kind: str                      # get | put | delete
+    key: bytes
+    value: bytes | None = None     # what a put wrote (unique per put)
+    seen: frozenset = frozenset()  # the values of the read whose context the write carried
+    blind: bool = True
+    outcome: str = ""              # ok | failed | unknown (timed out: it may have happened)
+    result: tuple = ()             # a get's values
+    start: float = 0.0
+    end: float = 0.0
+
+
+@dataclass
+class History:
+    ops: list[Op] = field(default_factory=list)
+
+    def record(self, op: Op) -> Op:
+        self.ops.append(op)
+        return op
+
+
+class SimClient:
+    """Sends the native protocol's GET/PUT/DELETE to a node of its choice, as a client would; on a refused
+    connection it tries the next node. Reads keep the context they returned for the client's next write."""
+
+    def __init__(self, index: int, network, history: History, rng, *, timeout: float = 1.0):
+        self.index = index
+        self.transport = network.transport(f"client-{index}.sim:1")
+        self.history = history
+        self.rng = rng
+        self.timeout = timeout
+        self.loop = network.loop
+        self.contexts: dict[bytes, tuple[bytes, frozenset]] = {}
+        self.serial = 0
+
+    async def _call(self, nodes, msg_type, fields):
+        order = list(nodes)
+        self.rng.shuffle(order)
+        last = None
+        for address in order[:2]:
+            try:
+                return await self.transport.call(address, msg_type, fields, self.timeout + 1.0)
+            except Timeout:
+                raise
+            except DynafastError as exc:
+                last = exc
+                if msg_type != Msg.GET and not _refused(exc):
+                    raise
+        raise last
+
+    async def get(self, nodes, key: bytes, r: int | None = None) -> Op:
+        op = self.history.record(Op(self.index, "get", key, start=self.loop.time()))
+        try:
+            _, reply = await self._call(nodes, Msg.GET, (key, r, int(self.timeout * 1000)))
+            values, context = reply[0], reply[1]
+            op.result = tuple(values)
+            op.outcome = "ok"
+            self.contexts[key] = (context, frozenset(values))
+        except DynafastError:
+            op.outcome = "failed"
+        op.end = self.loop.time()
+        return op
+
+    async def put(self, nodes, key: bytes, *, with_context: bool) -> Op:
+        self.serial += 1
+        value = b"c%d-%d" % (self.index, self.serial)
+        context, seen = self.contexts.pop(key, (None, frozenset())) if with_context else (None, frozenset())
+        op = self.history.record(Op(self.index, "put", key, value, seen, blind=context is None,
+                                    start=self.loop.time()))
+        await self._write(op, nodes, Msg.PUT, (key, value, context or None, None, None, int(self.timeout * 1000)))
+        return op
+
+    async def delete(self, nodes, key: bytes) -> Op | None:
+        if key not in self.contexts:
+            return None
+        context, seen = self.contexts.pop(key)
+        op = self.history.record(Op(self.index, "delete", key, None, seen, blind=False, start=self.loop.time()))
+        await self._write(op, nodes, Msg.DELETE, (key, context or None, None, None, int(self.timeout * 1000)))
+        return op
+
+    async def _write(self, op: Op, nodes, msg_type, fields) -> None:
+        try:
+            await self._call(nodes, msg_type, fields)
+            op.outcome = "ok"
+        except Timeout:
+            op.outcome = "unknown"
+        except DynafastError:
+            op.outcome = "unknown"  # a quorum not met may still have reached some replicas
+        except asyncio.CancelledError:
+            op.outcome = "unknown"
+            raise
+        op.end = self.loop.time()
+
+
+def _refused(exc) -> bool:
+    return "refused" in str(exc) or "closed" in str(exc)
