@@ -119,6 +119,8 @@ class AntiEntropy:
         self._task = self._full = None
 
     def _owned(self) -> list[int]:
+        if self.membership.state is None:
+            return []  # not joined yet
         ring = self.membership.ring
         return [p for p in range(ring.partitions) if self.me in ring.replicas(p, self.n)]
 

@@ -42,6 +42,7 @@ class SimNode:
         self.transport = None
         self.starts = 0
         self.left = False
+        self.ready = False  # started and serving (faults pick only ready nodes)
 
     @property
     def running(self) -> bool:
@@ -67,16 +68,19 @@ class SimNode:
                           serve=serve, http=False)
         self.node = Node(self.config, env)
         await self.node.start()
+        self.ready = True
 
     async def stop(self) -> None:
         """A clean stop: everything is flushed, the incarnation is kept."""
         node, self.node = self.node, None
+        self.ready = False
         if node is not None:
             await node.stop()
 
     async def crash(self) -> None:
         """kill -9 at a random instant (and the power with it): what was not fsync'd is lost."""
         node, self.node = self.node, None
+        self.ready = False
         if node is None:
             return
         self.network.crash(self.address)

@@ -116,9 +116,15 @@ class SimNetwork:
         fields = _wire(msg_type, request_id, fields)
         timer = self.loop.call_later(timeout, _expire, reply, target, timeout)
         reply.add_done_callback(lambda _: timer.cancel())
-        copies = 2 if self.rng.random() < self.duplicate else 1
+        # Duplicates model a peer re-sending an internal message; a client's request is sent once (over TCP
+        # a duplicate would be the client's own retry, which is a new write).
+        copies = 2 if not source.startswith("client-") and self.rng.random() < self.duplicate else 1
         for copy in range(copies):
-            answer = reply if copy == 0 else self.loop.create_future()
+            if copy == 0:
+                answer = reply
+            else:
+                answer = self.loop.create_future()  # the duplicate's reply is read by nobody
+                answer.add_done_callback(_discard)
             self._deliver_later(source, target, self._handle, source, target, msg_type, request_id, fields, answer)
         return reply
 
@@ -162,6 +168,11 @@ class SimNetwork:
             return
         fields = _wire(Msg.ERROR, request_id, error_fields(exc))
         self._deliver_later(target, source, _fail, reply, fields)
+
+
+def _discard(future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _expire(reply, target, timeout) -> None:
