@@ -113,3 +113,22 @@ def test_it_finds_a_tombstone_reaped_without_asking_the_replicas(monkeypatch):
     monkeypatch.setattr(Reaper, "reap", reap_blindly)
     seed, result = first_failing_seed(range(60), faults=("pause", "partition", "one-way"), ops=150)
     assert result is not None, "the simulator missed blind reaping"
+
+
+# -- holes the simulator found that the causality work closes: pinned until then -----------------------------
+# Each replays one seed (python -m dynafast.sim --seeds 1 --seed S --ops 150). When the hole is closed the seed
+# runs clean, the test passes unexpectedly, and strict xfail makes that a failure: remove the mark then.
+KNOWN_HOLES = [
+    pytest.param(2038, id="kv679-blind-put-after-half-failed-reap-during-join", marks=pytest.mark.xfail(
+        strict=True, reason="counter reuse after a reap removed the coordinator's tombstone only (causality issue)")),
+    pytest.param(2138, id="kv679-blind-puts-after-reap-while-paused", marks=pytest.mark.xfail(
+        strict=True, reason="counter reuse after a reap removed the coordinator's tombstone only (causality issue)")),
+    pytest.param(2188, id="delete-undone-around-a-leave-and-partition", marks=pytest.mark.xfail(
+        strict=True, reason="an acknowledged delete is undone around a leave under partition (causality issue)")),
+]
+
+
+@pytest.mark.parametrize("seed", KNOWN_HOLES)
+def test_known_holes(seed):
+    result = run(seed, ops=150)
+    assert not result.violations, [str(v) for v in result.violations]

@@ -109,3 +109,22 @@ def _settle(batch, error) -> None:
             future.set_result(None)
         else:
             future.set_exception(error)
+
+
+def durable_reply(durability, msg_type):
+    """A future of the reply ``(msg_type, (True,))``, set once what was written so far is on disk."""
+    waiter = durability.waiter()
+    reply = asyncio.get_running_loop().create_future()
+
+    def synced(done):
+        if reply.done():
+            return
+        if done.cancelled():
+            reply.cancel()
+        elif done.exception() is not None:
+            reply.set_exception(done.exception())
+        else:
+            reply.set_result((msg_type, (True,)))
+
+    waiter.add_done_callback(synced)
+    return reply

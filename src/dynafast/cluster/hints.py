@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from dynafast.cluster.requests import durable_reply, peer_failed
+from dynafast.cluster.durability import durable_reply
+from dynafast.cluster.ports import peer_failed
 from dynafast.cluster.throttle import TokenBucket
 from dynafast.net.messages import Msg
 

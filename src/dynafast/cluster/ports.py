@@ -24,7 +24,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dynafast.errors import DynafastError, Timeout, Unavailable
 from dynafast.files import write_atomic
+
+
+# Transport errors after which a peer is suspected: it did not answer, as opposed to answering with an error.
+_PEER_FAILURES = (Unavailable, Timeout, ConnectionError)
+
+
+def peer_failed(exc) -> bool:
+    """The peer did not answer (as opposed to answering with an error such as StorageFull)."""
+    return isinstance(exc, _PEER_FAILURES) or (isinstance(exc, OSError) and not isinstance(exc, DynafastError))
+
 
 
 class SystemClock:

@@ -15,21 +15,14 @@ import functools
 import logging
 
 from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
+from dynafast.cluster.durability import durable_reply
+from dynafast.cluster.ports import peer_failed
 from dynafast.cluster.preflist import Routes
 from dynafast.errors import DynafastError, KeyTooLarge, ProtocolError, Timeout, Unavailable, ValueTooLarge
 from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.requests")
-
-# Errors after which a peer is suspected: it did not answer, as opposed to answering with an error.
-_PEER_FAILURES = (Unavailable, Timeout, ConnectionError)
-
-
-def peer_failed(exc) -> bool:
-    """The peer did not answer (as opposed to answering with an error such as StorageFull)."""
-    return isinstance(exc, _PEER_FAILURES) or (isinstance(exc, OSError) and not isinstance(exc, DynafastError))
-
 
 def _ms(timeout_ms, default: float) -> float:
     if timeout_ms is None:
@@ -308,25 +301,6 @@ class RequestCoordinator:
         if durable:
             return durable_reply(self.durability, Msg.REPLICA_PUT_REPLY)
         return (Msg.REPLICA_PUT_REPLY, (False,))
-
-
-def durable_reply(durability, msg_type):
-    """A future of the reply ``(msg_type, (True,))``, set once what was written so far is on disk."""
-    waiter = durability.waiter()
-    reply = asyncio.get_running_loop().create_future()
-
-    def synced(done):
-        if reply.done():
-            return
-        if done.cancelled():
-            reply.cancel()
-        elif done.exception() is not None:
-            reply.set_exception(done.exception())
-        else:
-            reply.set_result((msg_type, (True,)))
-
-    waiter.add_done_callback(synced)
-    return reply
 
 
 class _Request:
