@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from pathlib import Path
 
 from dynafast.cluster.antientropy import TokenBucket
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.membership import LEFT
 from dynafast.errors import DynafastError, ProtocolError
+from dynafast.files import write_json_atomic
 from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.handoff")
@@ -54,10 +54,7 @@ class Transfers:
             return {}
 
     def _save_cursors(self) -> None:
-        tmp = self._cursor_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self._cursors, f)
-        os.replace(tmp, self._cursor_path)
+        write_json_atomic(self._cursor_path, self._cursors)
 
     @staticmethod
     def _cursor_name(partition: int, target: str, digest: bytes) -> str:

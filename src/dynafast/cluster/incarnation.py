@@ -9,25 +9,12 @@ restarts only: a start after a crash or with an empty directory begins a new one
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
+from dynafast.files import write_json_atomic
+
 FILE = "incarnation.json"
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def begin(data_dir) -> str:
@@ -41,10 +28,10 @@ def begin(data_dir) -> str:
         incarnation = None
     if incarnation is None:
         incarnation = secrets.token_hex(4)
-    _write(path, {"id": incarnation, "clean": False})
+    write_json_atomic(path, {"id": incarnation, "clean": False})
     return incarnation
 
 
 def end_clean(data_dir, incarnation: str) -> None:
     """Everything this incarnation acknowledged is on disk: the next start may keep it."""
-    _write(Path(data_dir) / FILE, {"id": incarnation, "clean": True})
+    write_json_atomic(Path(data_dir) / FILE, {"id": incarnation, "clean": True})

@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from dynafast.cluster.background import cancel_and_wait, periodic
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, state_order
 from dynafast.errors import DynafastError, ProtocolError, Timeout
+from dynafast.files import write_json_atomic
 from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.membership")
@@ -243,14 +243,9 @@ class ClusterMembership:
         return new
 
     def _save(self) -> None:
-        tmp = self._state_path.with_suffix(".tmp")
         fields = self.state.to_fields()
         data = {"fields": [f.hex() if isinstance(f, bytes) else f for f in fields]}
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._state_path)
+        write_json_atomic(self._state_path, data)
 
     def _load(self) -> bool:
         try:
