@@ -19,7 +19,8 @@ from dynafast.cluster import incarnation
 from dynafast.cluster.handoff import Transfers
 from dynafast.cluster.membership import ClusterMembership
 from dynafast.cluster.replica import DurabilityBatcher, ReplicaStore
-from dynafast.config import NodeConfig, split_address
+from dynafast.address import parse_address
+from dynafast.config import NodeConfig
 from dynafast.errors import (
     DynafastError,
     KeyTooLarge,
@@ -139,7 +140,7 @@ class Node:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.deadlines = _Deadlines(self.loop)
-        host, port = split_address(self.config.listen)
+        host, port = parse_address(self.config.listen)
         self.server = await start_server(self.handle, host, port, max_frame=self.config.max_frame)
         await self.membership.start()
         if self.config.http:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from dynafast import _impl
+from dynafast.address import format_address, parse_address
 from dynafast.errors import ProtocolError, Timeout, Unavailable
 from dynafast.net.messages import Msg, error_from_fields
 
@@ -158,7 +159,7 @@ class Connection:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     @property
     def closed(self) -> bool:
@@ -284,10 +285,8 @@ class PeerPool:
         return conn
 
     async def _open(self, address, timeout):
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"bad peer address {address!r}; expected host:port")
-        return await Connection.open(host.strip("[]"), int(port), timeout=timeout, max_frame=self.max_frame)
+        host, port = parse_address(address)
+        return await Connection.open(host, port, timeout=timeout, max_frame=self.max_frame)
 
     def connections(self, address: str) -> list:
         """The open connections to ``address`` (for tests and stats)."""
