@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dynafast.config import NodeConfig, parse_routes, split_address
+from dynafast.config import NodeConfig, parse_routes
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -41,4 +41,4 @@ def test_peer_routes_from_the_environment(monkeypatch):
     assert NodeConfig.load().peer_routes == {"n2": "127.0.0.1:7002", "n3": "127.0.0.1:7003"}
     with pytest.raises(ValueError):
         parse_routes("n2")
-    assert split_address("[::1]:7000") == ("[::1]", 7000)
+    assert parse_routes("n2=[::1]:7002") == {"n2": "[::1]:7002"}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dynafast.address import parse_address
 from dynafast.testing import LocalCluster, NodeProcess, NodeStartError, free_port, wait_until
 
 FAKE_NODE = (sys.executable, str(Path(__file__).parent / "helpers" / "fake_node.py"))
@@ -21,8 +22,7 @@ def fake(tmp_path, node_id="n1", **kwargs):
 
 
 def echo_once(address, payload=b"ping"):
-    host, _, port = address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=5.0) as sock:
+    with socket.create_connection(parse_address(address), timeout=5.0) as sock:
         sock.sendall(payload)
         return sock.recv(100)
 
@@ -124,8 +124,7 @@ def test_start_twice_is_an_error(node):
 def test_pause_holds_answers_until_resume_and_stop_still_works(node):
     node.start()
     node.pause()
-    host, _, port = node.address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=5.0) as sock:  # the kernel still accepts
+    with socket.create_connection(parse_address(node.address), timeout=5.0) as sock:  # the kernel still accepts
         sock.sendall(b"hung?")
         sock.settimeout(0.3)
         with pytest.raises(socket.timeout):

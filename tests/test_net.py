@@ -252,6 +252,25 @@ def test_timeout_then_connection_still_usable(run):
         await asyncio.sleep(0.35)  # the late reply arrives and is dropped
         assert await conn.call(Msg.GET, (0, "ok2")) == (Msg.GET_REPLY, (0, "ok2"))
         assert conn.in_flight == 0
+        assert len(conn._protocol.deadlines) == 0  # answered calls took their deadlines with them
+        await conn.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_cancelled_call_drops_its_deadline(run):
+    async def main():
+        server = await slow_handler_server()
+        conn = await Connection.open(HOST, server.port)
+        task = asyncio.ensure_future(conn.call(Msg.PUT, (), timeout=30))  # never answered
+        await asyncio.sleep(0.02)
+        assert conn.in_flight == 1 and len(conn._protocol.deadlines) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert conn.in_flight == 0 and len(conn._protocol.deadlines) == 0
         await conn.close()
         server.close()
         await server.wait_closed()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
+from dynafast.address import parse_address
 from dynafast.bench_targets import TARGETS, make_target
 from dynafast.bench_zipf import ScrambledZipfianGenerator
 
@@ -580,9 +581,10 @@ def format_table(report: dict) -> str:
 
 def _address(text: str) -> str:
     for part in text.split(","):
-        host, sep, port = part.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise argparse.ArgumentTypeError(f"expected HOST:PORT[,HOST:PORT...], got {text!r}")
+        try:
+            parse_address(part)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT[,HOST:PORT...]: {exc}") from None
     return text
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from dynafast.address import parse_address
+
 
 class Read(NamedTuple):
     values: list  # list[bytes]: one per sibling, empty when the key is absent
@@ -27,13 +29,6 @@ class Target(Protocol):
     async def read_modify_write(self, key: bytes, value: bytes) -> None: ...
 
     async def close(self) -> None: ...
-
-
-def parse_address(text: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep:
-        return text.strip(), default_port
-    return host or "127.0.0.1", int(port)
 
 
 class DynafastTarget:

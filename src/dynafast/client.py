@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from dynafast import _impl
-from dynafast.config import split_address
+from dynafast.address import parse_address
 from dynafast.errors import DynafastError, Unavailable
 from dynafast.net.messages import Msg
 
@@ -82,7 +82,7 @@ class _Routing:
         if not self.seeds:
             raise ValueError("give at least one node address HOST:PORT")
         for seed in self.seeds:
-            split_address(seed)
+            parse_address(seed)
         self.rings = _impl.load("ring")
         self.ring = None
         self.addresses: dict[str, str] = {}
@@ -190,7 +190,7 @@ class Client(_ClientOptions):
         with self._lock:
             conn = self._conns.get(address)
             if conn is None:
-                host, port = split_address(address)
+                host, port = parse_address(address)
                 conn = BlockingConnection(host, port, self.connect_timeout)
                 self._conns[address] = conn
                 self._locks[address] = threading.Lock()

@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dynafast.address import parse_address
+
 
 @dataclass
 class NodeConfig:
@@ -79,11 +81,11 @@ class NodeConfig:
         if self.sync not in ("none", "interval", "always"):
             raise ValueError(f"sync must be none, interval or always, not {self.sync!r}")
         for name in ("listen", "advertise"):
-            split_address(getattr(self, name))
+            parse_address(getattr(self, name))
         if self.http:
-            split_address(self.http)
+            parse_address(self.http)
         for seed in self.seeds:
-            split_address(seed)
+            parse_address(seed)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> "NodeConfig":
@@ -112,13 +114,6 @@ class NodeConfig:
         return Path(self.data_dir)
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"bad address {address!r}: expected HOST:PORT")
-    return host, int(port)
-
-
 def parse_routes(text: str) -> dict[str, str]:
     routes = {}
     for item in text.split(","):
@@ -128,6 +123,6 @@ def parse_routes(text: str) -> dict[str, str]:
         node, sep, address = item.partition("=")
         if not sep:
             raise ValueError(f"bad peer route {item!r}: expected NODE=HOST:PORT")
-        split_address(address)
+        parse_address(address)
         routes[node.strip()] = address.strip()
     return routes

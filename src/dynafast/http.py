@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from dynafast.config import split_address
+from dynafast.address import parse_address
 from dynafast.metrics import BOUNDS
 
 _CONSOLE = """<!doctype html>
@@ -149,6 +149,6 @@ async def start_http(node: NodeView, address: str) -> web.AppRunner:
     app.router.add_get("/", console)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, port = split_address(address)
+    host, port = parse_address(address)
     await web.TCPSite(runner, host, port).start()
     return runner

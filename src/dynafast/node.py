@@ -27,7 +27,8 @@ from dynafast.cluster.reaper import Reaper
 from dynafast.cluster.requests import RequestCoordinator
 from dynafast.cluster.transfers import Transfers
 from dynafast.cluster.vnode import Vnodes
-from dynafast.config import NodeConfig, split_address
+from dynafast.address import parse_address
+from dynafast.config import NodeConfig
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.metrics import RequestStats
 from dynafast.net.connection import PeerPool
@@ -121,7 +122,7 @@ class Node:
     # -- life cycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.requests.start(asyncio.get_running_loop())
-        host, port = split_address(self.config.listen)
+        host, port = parse_address(self.config.listen)
         serve = self.env.serve or start_server
         self.server = await serve(self.handle, host, port, max_frame=self.config.max_frame)
         await self.membership.start()

@@ -334,7 +334,7 @@ class _Request:
     def arm(self, deadlines: DeadlineWheel, timeout: float):
         """What the handler returns: the reply when the machine is done already, else a future of it."""
         if not self.finished:
-            self.deadline = deadlines.add(timeout, self)
+            self.deadline = deadlines.add(timeout, self)  # the request itself is the callback
         if self.answered:
             if self.machine.error is not None:
                 raise self.machine.error
@@ -342,7 +342,8 @@ class _Request:
         self.answer = self.loop.create_future()
         return self.answer
 
-    def on_deadline(self):
+    def __call__(self):
+        """The deadline passed (the deadline wheel calls this)."""
         self.deadline = None
         if not self.finished:
             self.machine.on_deadline()
@@ -368,7 +369,7 @@ class _Request:
         if not self.finished and (machine.finished or force_finish) and machine.done:
             self.finished = True
             if self.deadline is not None:
-                self.deadline.pop(self, None)
+                DeadlineWheel.cancel(self.deadline, self)
                 self.deadline = None
             if self.on_finish is not None:
                 self.on_finish(self)

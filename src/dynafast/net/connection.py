@@ -7,7 +7,9 @@ import asyncio
 import logging
 
 from dynafast import _impl
+from dynafast.address import format_address, parse_address
 from dynafast.errors import ProtocolError, Timeout, Unavailable
+from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg, error_from_fields
 
 codec = _impl.load("codec")
@@ -16,21 +18,40 @@ log = logging.getLogger("dynafast.net.connection")
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 1.0
 _MAX_REQUEST_ID = 0xFFFFFFFF
-_TIMER_TICK = 0.005  # seconds: the granularity of call deadlines
+
+
+class _Call:
+    """A request waiting for its reply; the deadline wheel calls it when the reply is late."""
+
+    __slots__ = ("protocol", "request_id", "timeout", "future", "deadline")
+
+    def __init__(self, protocol, request_id, timeout, future):
+        self.protocol = protocol
+        self.request_id = request_id
+        self.timeout = timeout
+        self.future = future  # of (reply_type, fields)
+        self.deadline = protocol.deadlines.add(timeout, self)
+
+    def __call__(self):
+        protocol = self.protocol
+        protocol.pending.pop(self.request_id, None)
+        if not self.future.done():
+            self.future.set_exception(Timeout(f"no reply from {protocol.peer} within {self.timeout}s"))
 
 
 class _ClientProtocol(asyncio.Protocol):
     def __init__(self, loop, max_frame):
         self.loop = loop
         self.transport = None
-        self.pending = {}  # request id -> future of (reply_type, fields)
+        self.pending = {}  # request id -> _Call
+        # One wheel per connection: a lost connection drops all its deadlines at once.
+        self.deadlines = DeadlineWheel(loop)
         self.lost = None  # the exception every later call gets, once the connection is gone
         self._decoder = codec.Decoder(max_frame)
         self._out = bytearray()
         self._flush_scheduled = False
         self._next_id = 0
         self._write_ready = None  # a future while the transport asks us to stop writing
-        self._timers = {}  # deadline tick -> [(request id, timeout)]
 
     def connection_made(self, transport):
         self.transport = transport
@@ -56,10 +77,11 @@ class _ClientProtocol(asyncio.Protocol):
                        pending_error=error_from_fields(fields))
             self.transport.close()
             return
-        future = self.pending.pop(request_id, None)
-        if future is None:
+        call = self.forget(request_id)
+        if call is None:
             log.debug("reply to unknown or timed out request %d from %s", request_id, self.peer)
             return
+        future = call.future
         if future.done():
             return
         if isinstance(fields, ProtocolError):
@@ -79,11 +101,11 @@ class _ClientProtocol(asyncio.Protocol):
         """From now on calls raise ``error``; the ones in flight get ``pending_error`` (default ``error``)."""
         if self.lost is None:
             self.lost = error
-        self._timers.clear()  # nothing left to expire; the timers that still fire find no bucket
+        self.deadlines.clear()
         pending, self.pending = self.pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(pending_error or error)
+        for call in pending.values():
+            if not call.future.done():
+                call.future.set_exception(pending_error or error)
 
     @property
     def peer(self):
@@ -97,41 +119,32 @@ class _ClientProtocol(asyncio.Protocol):
             self._write_ready.set_result(None)
         self._write_ready = None
 
-    def request(self, msg_type, fields):
-        """Queue a request; return (request_id, future of its reply)."""
+    def request(self, msg_type, fields, timeout):
+        """Queue a request; return (request_id, future of its reply or of Timeout after ``timeout`` seconds)."""
         if self.lost is not None:
             raise self.lost
         # Request ids cycle through 1..2**32-1 (0 is for errors about the connection itself).
         request_id = self._next_id = self._next_id % _MAX_REQUEST_ID + 1
         codec.encode_into(self._out, msg_type, request_id, fields)
         future = self.loop.create_future()
-        self.pending[request_id] = future
+        self.pending[request_id] = _Call(self, request_id, timeout, future)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
         return request_id, future
+
+    def forget(self, request_id):
+        """Stop waiting for the reply to ``request_id`` (its deadline goes too); return its _Call or None."""
+        call = self.pending.pop(request_id, None)
+        if call is not None:
+            DeadlineWheel.cancel(call.deadline, call)
+        return call
 
     def _flush(self):
         self._flush_scheduled = False
         if self._out and self.transport is not None and not self.transport.is_closing():
             out, self._out = self._out, bytearray()  # the transport may keep a reference to it
             self.transport.write(out)
-
-    def set_deadline(self, request_id, timeout):
-        # Requests whose deadlines fall in the same tick share one timer: a timer per call costs more than
-        # the rest of the call. Deadlines fire up to one tick late, never early.
-        tick = int((self.loop.time() + timeout) / _TIMER_TICK) + 1
-        bucket = self._timers.get(tick)
-        if bucket is None:
-            bucket = self._timers[tick] = []
-            self.loop.call_at(tick * _TIMER_TICK, self._expire, tick)
-        bucket.append((request_id, timeout))
-
-    def _expire(self, tick):
-        for request_id, timeout in self._timers.pop(tick, ()):
-            future = self.pending.pop(request_id, None)
-            if future is not None and not future.done():
-                future.set_exception(Timeout(f"no reply from {self.peer} within {timeout}s"))
 
 
 class Connection:
@@ -158,7 +171,7 @@ class Connection:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     @property
     def closed(self) -> bool:
@@ -182,12 +195,11 @@ class Connection:
             raise protocol.lost or Unavailable(f"connection to {self.address} is closed")
         if protocol._write_ready is not None:
             await protocol._write_ready
-        request_id, future = protocol.request(msg_type, fields)
-        protocol.set_deadline(request_id, timeout)
+        request_id, future = protocol.request(msg_type, fields, timeout)
         try:
             return await future
         finally:
-            protocol.pending.pop(request_id, None)  # when the caller was cancelled
+            protocol.forget(request_id)  # when the caller was cancelled
 
     def request(self, msg_type: int, fields, timeout: float | None = DEFAULT_TIMEOUT) -> asyncio.Future:
         """``call`` as a future, without a coroutine or a Task when the connection can take the request now
@@ -201,12 +213,10 @@ class Connection:
         if timeout is None:
             timeout = DEFAULT_TIMEOUT
         try:
-            request_id, future = protocol.request(msg_type, fields)
+            _, future = protocol.request(msg_type, fields, timeout)
         except Exception as exc:  # noqa: BLE001 - e.g. unencodable fields: the future carries it, as call's would
             future = protocol.loop.create_future()
             future.set_exception(exc)
-            return future
-        protocol.set_deadline(request_id, timeout)
         return future
 
     async def close(self):
@@ -284,10 +294,8 @@ class PeerPool:
         return conn
 
     async def _open(self, address, timeout):
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"bad peer address {address!r}; expected host:port")
-        return await Connection.open(host.strip("[]"), int(port), timeout=timeout, max_frame=self.max_frame)
+        host, port = parse_address(address)
+        return await Connection.open(host, port, timeout=timeout, max_frame=self.max_frame)
 
     def connections(self, address: str) -> list:
         """The open connections to ``address`` (for tests and stats)."""

@@ -11,6 +11,7 @@ import inspect
 import logging
 
 from dynafast import _impl
+from dynafast.address import format_address
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.net.messages import ErrorCode, Msg, Overloaded, error_fields
 
@@ -290,7 +291,7 @@ class Server:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     @property
     def sockets(self):

@@ -25,6 +25,8 @@ import socket
 import struct
 import threading
 
+from dynafast.address import format_address, parse_address
+
 __all__ = ["FaultProxy"]
 
 _CHUNK = 64 * 1024
@@ -37,10 +39,7 @@ def _parse_address(address) -> tuple[str, int]:
     if isinstance(address, tuple):
         host, port = address
         return str(host), int(port)
-    host, sep, port = str(address).rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"expected 'host:port', got {address!r}")
-    return host, int(port)
+    return parse_address(str(address))
 
 
 def _reset(writer: asyncio.StreamWriter | None) -> None:
@@ -120,11 +119,11 @@ class FaultProxy:
 
     @property
     def address(self) -> str:
-        return f"{self._host}:{self.port}"
+        return format_address(self._host, self.port)
 
     @property
     def target(self) -> str:
-        return f"{self._target[0]}:{self._target[1]}"
+        return format_address(*self._target)
 
     def set_target(self, target) -> None:
         """Forward connections accepted from now on to ``target`` (current ones keep theirs)."""
