@@ -14,6 +14,7 @@ import logging
 
 from dynafast import _impl
 from dynafast.errors import Timeout, Unavailable
+from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg, error_fields, error_from_fields
 
 log = logging.getLogger("dynafast.sim.network")
@@ -44,6 +45,7 @@ class SimNetwork:
         self.cut: set[tuple[str, str]] = set()     # (from, to) pairs that cannot reach each other
         self.tasks: dict[str, set] = {}            # address -> handler tasks running on it
         self._ids = itertools.count(1)
+        self.deadlines = DeadlineWheel(loop)
         self.sent = 0
         self.dropped = 0
 
@@ -114,8 +116,10 @@ class SimNetwork:
             return reply
         request_id = next(self._ids)
         fields = _wire(msg_type, request_id, fields)
-        timer = self.loop.call_later(timeout, _expire, reply, target, timeout)
-        reply.add_done_callback(lambda _: timer.cancel())
+        # One loop timer per tick for every request's timeout, as the real connections do.
+        expire = _Expiry(reply, target, timeout)
+        handle = self.deadlines.add(timeout, expire)
+        reply.add_done_callback(lambda _: DeadlineWheel.cancel(handle, expire))
         # Duplicates model a peer re-sending an internal message; a client's request is sent once (over TCP
         # a duplicate would be the client's own retry, which is a new write).
         copies = 2 if not source.startswith("client-") and self.rng.random() < self.duplicate else 1
@@ -175,9 +179,15 @@ def _discard(future) -> None:
         future.exception()
 
 
-def _expire(reply, target, timeout) -> None:
-    if not reply.done():
-        reply.set_exception(Timeout(f"no reply from {target} within {timeout}s"))
+class _Expiry:
+    __slots__ = ("reply", "target", "timeout")
+
+    def __init__(self, reply, target, timeout):
+        self.reply, self.target, self.timeout = reply, target, timeout
+
+    def __call__(self) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(Timeout(f"no reply from {self.target} within {self.timeout}s"))
 
 
 def _settle(reply, reply_type, fields) -> None:

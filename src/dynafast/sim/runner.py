@@ -272,11 +272,11 @@ class _Run:
         self.network.loss = self.network.duplicate = 0.0
         if not await self._settle(120.0):
             self.result.violations.extend(check_membership(self._states()))
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(2.0)  # hints go out (every handoff interval)
         for _ in range(2):
             for sim in self._running():
                 await sim.node.antientropy.exchange_all()
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(1.0)
 
     async def _check(self, client: SimClient) -> None:
         result = self.result
