@@ -2,6 +2,7 @@
 we plant by switching off one safety mechanism at a time."""
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -115,20 +116,60 @@ def test_it_finds_a_tombstone_reaped_without_asking_the_replicas(monkeypatch):
     assert result is not None, "the simulator missed blind reaping"
 
 
-# -- holes the simulator found that the causality work closes: pinned until then -----------------------------
-# Each replays one seed (python -m dynafast.sim --seeds 1 --seed S --ops 150). When the hole is closed the seed
-# runs clean, the test passes unexpectedly, and strict xfail makes that a failure: remove the mark then.
-KNOWN_HOLES = [
-    pytest.param(2038, id="kv679-blind-put-after-half-failed-reap-during-join", marks=pytest.mark.xfail(
-        strict=True, reason="counter reuse after a reap removed the coordinator's tombstone only (causality issue)")),
-    pytest.param(2138, id="kv679-blind-puts-after-reap-while-paused", marks=pytest.mark.xfail(
-        strict=True, reason="counter reuse after a reap removed the coordinator's tombstone only (causality issue)")),
-    pytest.param(2188, id="delete-undone-around-a-leave-and-partition", marks=pytest.mark.xfail(
-        strict=True, reason="an acknowledged delete is undone around a leave under partition (causality issue)")),
-]
+# -- holes the causality work closes, pinned until then ---------------------------------------------------------
 
+@pytest.mark.xfail(strict=True, reason="kv679: a coordinator that lost its tombstone to a half-failed reap reuses "
+                                       "its counter (the causality issue fixes it; then remove this mark)")
+def test_a_blind_put_after_a_half_failed_reap_is_kept():
+    """Riak's kv679 "doomstone", scripted: a put via replica A, a delete via n1 (every replica acknowledges);
+    n1's reap removes the tombstone on A but its REAP to replica B is lost, so B and n1 keep it. A blind put via
+    A then stamps (A, 1) again, is acknowledged, and is dropped as already seen by the replicas holding the
+    tombstone."""
+    import random
 
-@pytest.mark.parametrize("seed", KNOWN_HOLES)
-def test_known_holes(seed):
-    result = run(seed, ops=150)
-    assert not result.violations, [str(v) for v in result.violations]
+    from dynafast.net.messages import Msg
+    from dynafast.sim.checker import check_history
+    from dynafast.sim.cluster import SimNode
+    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.network import SimNetwork
+    from dynafast.sim.workload import History, SimClient
+
+    async def scenario():
+        network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
+        options = dict(tombstone_delay=1.0, ae_interval=0)  # no anti-entropy: the repair must not hide it
+        n1 = SimNode("n1", network, random.Random(2), **options)
+        await n1.start()
+        n2 = SimNode("n2", network, random.Random(3), seeds=[n1.address], **options)
+        n3 = SimNode("n3", network, random.Random(4), seeds=[n1.address], **options)
+        await n2.start()
+        await n3.start()
+        sims = {"n1": n1, "n2": n2, "n3": n3}
+        await asyncio.sleep(10)
+        history = History()
+        client = SimClient(0, network, history, random.Random(5))
+        key = b"k"
+        ring = n1.node.membership.ring
+        # n1 coordinates the delete and reaps; it asks the other replicas in this order.
+        first, second = (sims[name] for name in ring.replicas(ring.partition_of(key)) if name != "n1")
+        assert (await client.put([first.address], key, with_context=False)).outcome == "ok"
+        assert (await client.get([n1.address], key, r=3)).outcome == "ok"
+        # The reap reaches the first replica but its REAP to the second is lost.
+        network.drop_rules.append(lambda source, target, msg_type: msg_type == Msg.REAP and target == second.address)
+        assert (await client.delete([n1.address], key)).outcome == "ok"
+        await asyncio.sleep(3)
+        assert first.node.vnodes.get(ring.partition_of(key), key) is None  # reaped there, kept elsewhere
+        network.drop_rules.clear()
+        put = await client.put([first.address], key, with_context=False)
+        assert put.outcome == "ok"
+        await asyncio.sleep(1)
+        final = await client.get([n1.address], key, r=3)
+        for sim in (n1, n2, n3):
+            await sim.stop()
+        return check_history(history, {key: final.result}, sibling_bound=10)
+
+    loop = SimLoop()
+    try:
+        violations = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert not violations, [str(v) for v in violations]

@@ -43,6 +43,7 @@ class SimNetwork:
         self.handlers: dict[str, object] = {}      # address -> handler(conn, type, id, fields)
         self.paused: dict[str, list] = {}          # address -> deliveries held until it resumes
         self.cut: set[tuple[str, str]] = set()     # (from, to) pairs that cannot reach each other
+        self.drop_rules: list = []                 # (source, target, msg_type) -> True drops that request
         self.tasks: dict[str, set] = {}            # address -> handler tasks running on it
         self._ids = itertools.count(1)
         self.deadlines = DeadlineWheel(loop)
@@ -123,6 +124,9 @@ class SimNetwork:
         # Duplicates model a peer re-sending an internal message; a client's request is sent once (over TCP
         # a duplicate would be the client's own retry, which is a new write).
         copies = 2 if not source.startswith("client-") and self.rng.random() < self.duplicate else 1
+        if any(rule(source, target, msg_type) for rule in self.drop_rules):
+            self.dropped += 1
+            return reply  # a scripted fault: the request is lost, the caller times out
         for copy in range(copies):
             if copy == 0:
                 answer = reply
