@@ -13,9 +13,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dynafast import bench
-from dynafast.bench_targets import Read, Target, make_target
-from dynafast.bench_zipf import (
+from dynafast.bench import runner as bench
+from dynafast.bench.targets import Read, Target, make_target
+from dynafast.bench.zipf import (
     SCRAMBLED_ZETAN,
     ScrambledZipfianGenerator,
     ZipfianGenerator,
