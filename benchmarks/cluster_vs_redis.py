@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from dynafast.bench import format_number
+from dynafast.bench.runner import format_number, run_benchmark
 
 # Every process this script starts, so that all of them are stopped by PID whatever happens.
 STARTED: list[subprocess.Popen] = []
@@ -238,8 +238,6 @@ PAIRS = [("dynafast", "redis"), ("dynafast-cluster", "redis-cluster")]
 
 
 def bench_system(name: str, args, tmp: str) -> dict:
-    from dynafast import bench
-
     starter, target, _ = SYSTEMS[name]
     procs, address = starter(tmp, args)
     try:
@@ -261,7 +259,7 @@ def bench_system(name: str, args, tmp: str) -> dict:
             "seed": args.seed,
         }
         print(f"== {name} at {address}: workload {args.workload}, {args.duration} s", file=sys.stderr)
-        return bench.run_benchmark(config)
+        return run_benchmark(config)
     finally:
         stop(procs)
 

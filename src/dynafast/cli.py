@@ -84,16 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wait up to this many seconds until the node has left (0: do not wait)")
     _add_client_options(leave)
 
-    bench = verbs.add_parser("bench", help="closed-loop YCSB-style load against a cluster")
-    from dynafast import bench as bench_module
-
-    bench_module.add_arguments(bench)
+    # The load tool parses its own options (main hands them over), so that its package, and the histogram
+    # and array libraries it needs, are imported only when it runs.
+    verbs.add_parser("bench", help="closed-loop YCSB-style load against a cluster", add_help=False)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.verb == "bench":
+        args.options = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return VERBS[args.verb](args)
     except KeyboardInterrupt:
@@ -293,9 +296,15 @@ def cmd_leave(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from dynafast import bench
-
-    return bench.run(args)
+    try:
+        from dynafast.bench import runner
+    except ImportError as exc:
+        if (exc.name or "").startswith("dynafast"):
+            raise  # a bug in the package, not a missing extra
+        print(f"dynafast bench: the load tool's dependencies are missing (no module {exc.name!r}): "
+              "pip install 'dynafast[bench]'", file=sys.stderr)
+        return 1
+    return runner.main(args.options)
 
 
 VERBS = {

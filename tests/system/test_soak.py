@@ -1,6 +1,6 @@
 """Soak: a proxied 4-node cluster under write load while nodes are killed, restarted and cut off.
 
-Runs on demand: `pytest -m soak tests/test_soak.py` (DYNAFAST_SOAK_SECONDS sets the length, default 120).
+Runs on demand: `pytest -m soak tests/system/test_soak.py` (DYNAFAST_SOAK_SECONDS sets the length, default 120).
 At the end every acknowledged write must read back, and the replicas of the written keys must converge.
 """
 import os

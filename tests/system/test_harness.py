@@ -13,7 +13,7 @@ import pytest
 from dynafast.address import parse_address
 from dynafast.testing import LocalCluster, NodeProcess, NodeStartError, free_port, wait_until
 
-FAKE_NODE = (sys.executable, str(Path(__file__).parent / "helpers" / "fake_node.py"))
+FAKE_NODE = (sys.executable, str(Path(__file__).parents[1] / "helpers" / "fake_node.py"))
 
 
 def fake(tmp_path, node_id="n1", **kwargs):

@@ -7,7 +7,7 @@ import pytest
 
 from dynafast.config import NodeConfig, parse_routes
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_every_option_is_documented_and_nothing_else():

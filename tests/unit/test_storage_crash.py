@@ -15,7 +15,7 @@ from conftest import implementations
 
 impl = implementations("logstore")
 
-CHILD = os.path.join(os.path.dirname(__file__), "storage_crash_child.py")
+CHILD = os.path.join(os.path.dirname(os.path.dirname(__file__)), "helpers", "storage_crash_child.py")
 
 
 def run_and_kill(path, engine, mode, start, rng):

@@ -46,6 +46,30 @@ def test_help_lists_every_verb():
         assert run(verb, "--help").returncode == 0
 
 
+def test_other_verbs_do_not_import_the_load_tool():
+    # The load tool's package and its histogram and array libraries cost a third of a second per command.
+    check = ("import sys; from dynafast.cli import build_parser; build_parser().parse_args(['get', 'k']); "
+             "print(sorted(m for m in ('dynafast.bench', 'hdrh', 'numpy', 'tqdm') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_bench_without_its_extra_says_how_to_install_it():
+    # None in sys.modules makes an import fail as a missing package does.
+    script = ("import sys; sys.modules['hdrh'] = None; from dynafast.cli import main; "
+              "sys.exit(main(['bench', '--cluster', '127.0.0.1:1']))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "pip install 'dynafast[bench]'" in result.stderr
+
+
+def test_bench_options_reach_the_load_tool():
+    result = run("bench", "--workload", "e")
+    assert result.returncode == 2 and "dynafast bench: error: argument --workload" in result.stderr
+    assert run("get", "k", "--workload", "a").returncode == 2  # other verbs still reject unknown options
+
+
 def test_client_verb_against_nothing_fails_with_one_line():
     port = free_port()
     result = run("get", "k", "--cluster", f"127.0.0.1:{port}", "--timeout", "1")

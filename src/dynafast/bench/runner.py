@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from hdrh.histogram import HdrHistogram
 
 from dynafast.address import parse_address
-from dynafast.bench_targets import TARGETS, make_target
-from dynafast.bench_zipf import ScrambledZipfianGenerator
+from dynafast.bench.targets import TARGETS, make_target
+from dynafast.bench.zipf import ScrambledZipfianGenerator
 
 # YCSB core workloads: operation proportions. F's "rmw" reads then writes with the read's context.
 WORKLOADS = {
