@@ -16,6 +16,7 @@ import logging
 
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.membership import LEFT
+from dynafast.cluster.preflist import primaries
 from dynafast.cluster.throttle import TokenBucket
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.net.messages import Msg
@@ -24,6 +25,28 @@ log = logging.getLogger("dynafast.handoff")
 
 
 CURSORS = "transfers.json"
+
+
+def to_send(state, me: str, is_up, running) -> list[tuple[int, str]]:
+    """The (partition, target) transfers ``me`` must start now: those still needed for the next ring whose
+    sender it is (the first live primary of the partition under the current ring), and not running already."""
+    chosen = []
+    for partition, target in sorted(state.required_transfers() - state.done):
+        if (partition, target) in running:
+            continue
+        senders = [n for n in primaries(state.ring, partition, state.ring.n) if n == me or is_up(n)]
+        if senders and senders[0] == me:
+            chosen.append((partition, target))
+    return chosen
+
+
+def unowned(state, me: str, busy) -> list[int]:
+    """Partitions ``me`` neither holds nor will hold, and sends no transfer of: their copies may go."""
+    ring, nxt = state.ring, state.next_ring
+    return [p for p in range(ring.partitions)
+            if me not in primaries(ring, p, ring.n)
+            and not (nxt is not None and me in primaries(nxt, p, nxt.n))
+            and p not in busy]
 
 
 class Transfers:
@@ -91,14 +114,7 @@ class Transfers:
         if state.next_ring is None:
             self._cursors = {}
             return
-        membership = self.membership
-        me = self.me
-        for partition, target in sorted(state.required_transfers() - state.done):
-            if (partition, target) in self.running:
-                continue
-            senders = [n for n in state.ring.replicas(partition) if n == me or membership.is_up(n)]
-            if not senders or senders[0] != me:
-                continue
+        for partition, target in to_send(state, self.me, self.membership.is_up, self.running):
             task = asyncio.ensure_future(self._transfer(partition, target, state.next_ring.digest()))
             self.running[(partition, target)] = task
             task.add_done_callback(lambda t, key=(partition, target): self.running.pop(key, None))
@@ -164,13 +180,8 @@ class Transfers:
     # -- after the ring changed ---------------------------------------------------------------------------
     async def _drop_unowned_later(self) -> None:
         await asyncio.sleep(self.drop_grace)
-        state = self.membership.state
-        me = self.me
-        for partition in range(state.ring.partitions):
-            holds = me in state.ring.replicas(partition)
-            will_hold = state.next_ring is not None and me in state.next_ring.replicas(partition)
-            if holds or will_hold or any(p == partition for p, _ in self.running):
-                continue
+        busy = {p for p, _ in self.running}
+        for partition in unowned(self.membership.state, self.me, busy):
             if not self.vnodes.is_empty(partition):
                 self.vnodes.drop(partition)
                 self.trees.drop(partition)
