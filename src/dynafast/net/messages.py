@@ -81,8 +81,11 @@ class RemoteError(errors.DynafastError):
         self.code = code
 
 
-class WrongNode(errors.Unavailable):
-    """The node asked does not own the key: the sender's ring is stale."""
+class WrongNode(errors.DynafastError):
+    """The node asked holds no replica of the partition: the sender's ring (or the receiver's) is stale.
+
+    Not an Unavailable: the node answered, so a sender must not count it as down; it tries another replica.
+    """
 
 
 class Overloaded(errors.Unavailable):
