@@ -6,7 +6,7 @@ import pytest
 
 from dynafast.net.messages import SCHEMA, Field, Msg, fields_of
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 HEADING = re.compile(r"^#### ([A-Z_]+) \((\d+)\)$")
 SAME = re.compile(r"^Same fields as ([A-Z_]+)\b")
 TABLE_HEADER = ["field", "type", "required", "meaning"]
