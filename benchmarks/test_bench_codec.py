@@ -1,4 +1,5 @@
-"""Wire protocol micro benchmarks: codec compiled vs reference, and loopback echo throughput.
+"""Wire protocol micro benchmarks: codec compiled vs reference, parsing fields into records, and loopback echo
+throughput.
 
     pytest -m bench benchmarks/test_bench_codec.py
 """
@@ -9,14 +10,14 @@ import pytest
 from dynafast import _impl
 from dynafast.net import loop as netloop
 from dynafast.net.connection import Connection
-from dynafast.net.messages import Msg
+from dynafast.net.messages import Msg, parse
 from dynafast.net.server import start_server
 
 pytestmark = pytest.mark.bench
 
 BUILDS = ["compiled", "reference"]
-GET_REPLY = ([b"v" * 100, b"w" * 100, b"x" * 100], b"c" * 40)  # 3 sibling values + a 40-byte context
-PUT_REQUEST = (b"user:0000000042", b"v" * 100, b"c" * 40, 2, 1, 1.0)  # key, value, context, w, dw, timeout
+GET_REPLY = ([b"v" * 100, b"w" * 100, b"x" * 100], b"c" * 40, 7)  # 3 siblings, 40-byte context, ring version
+PUT_REQUEST = (b"user:0000000042", b"v" * 100, b"c" * 40, 2, 1, 1000)  # key, value, context, w, dw, timeout_ms
 MESSAGES = {"get_reply": (Msg.GET_REPLY, GET_REPLY), "put": (Msg.PUT, PUT_REQUEST)}
 
 
@@ -59,6 +60,23 @@ def test_encode_into_batch_of_100(benchmark, build):
 
     benchmark.group = "encode_into x100 get_reply"
     assert len(codec.Decoder().feed(benchmark(batch))) == 100
+
+
+# What a node or client does with decoded fields on every request: check them against the message's record.
+PARSED = {
+    "put": (Msg.PUT, PUT_REQUEST),
+    "put_2_fields": (Msg.PUT, PUT_REQUEST[:2]),
+    "get": (Msg.GET, (b"user:0000000042", 2, 1000)),
+    "get_reply": (Msg.GET_REPLY, GET_REPLY),
+}
+
+
+@pytest.mark.parametrize("message", list(PARSED))
+def test_parse(benchmark, message):
+    msg_type, fields = PARSED[message]
+    benchmark.group = "parse"
+    record = benchmark(parse, int(msg_type), fields)  # the decoder hands over an int
+    assert record[:len(fields)] == fields
 
 
 CONNECTIONS = 50

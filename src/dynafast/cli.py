@@ -272,12 +272,12 @@ def cmd_status(args) -> int:
 
 
 def cmd_leave(args) -> int:
-    from dynafast.net.messages import Msg
+    from dynafast.net.messages import Leave, Msg
 
     with _client(args) as client:
         address = args.cluster.split(",")[0]
         node_id = args.node or client.status(address)["node"]
-        client._call(address, Msg.LEAVE, (node_id,), args.timeout)
+        client._call(address, Msg.LEAVE, Leave(node_id), args.timeout)
         print(f"{node_id} is leaving: its partitions are handed off, then it stops")
         if args.wait:
             deadline = time.monotonic() + args.wait

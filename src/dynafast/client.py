@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from dynafast import _impl
 from dynafast.address import parse_address
 from dynafast.errors import DynafastError, Unavailable
-from dynafast.net.messages import Msg
+from dynafast.net.messages import Delete, Get, Msg, Put, parse_reply
 
 
 @dataclass
@@ -54,7 +54,7 @@ def _timeout_ms(timeout: float | None) -> int | None:
 def _get_request(key, r, timeout, defaults):
     key = _as_bytes("key", key)
     r = defaults["r"] if r is None else r
-    return key, Msg.GET, (key, r, _timeout_ms(timeout))
+    return key, Msg.GET, Get(key, r, _timeout_ms(timeout))
 
 
 def _write_request(key, value, context, w, dw, timeout, defaults):
@@ -64,9 +64,9 @@ def _write_request(key, value, context, w, dw, timeout, defaults):
     w = defaults["w"] if w is None else w
     dw = defaults["dw"] if dw is None else dw
     if value is None:
-        return key, Msg.DELETE, (key, context, w, dw, _timeout_ms(timeout))
+        return key, Msg.DELETE, Delete(key, context, w, dw, _timeout_ms(timeout))
     value = _as_bytes("value", value)
-    return key, Msg.PUT, (key, value, context, w, dw, _timeout_ms(timeout))
+    return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout))
 
 
 class _Routing:
@@ -92,17 +92,17 @@ class _Routing:
         self._order: dict[int, tuple[str, ...]] = {}  # partition -> candidates while no node is bad
         self._order_ring = None  # the ring _order was worked out for
 
-    def note_reply(self, reply) -> None:
-        """Replies to get/put/delete end with the coordinator's ring version: a newer one means ours is stale."""
-        if reply and type(reply[-1]) is int and self.ring is not None and reply[-1] > self.ring.version:
+    def note_ring_version(self, version: int | None) -> None:
+        """Replies to get/put/delete carry the coordinator's ring version: a newer one means ours is stale."""
+        if version is not None and self.ring is not None and version > self.ring.version:
             self.fetched_at = float("-inf")  # fetch the ring before the next request
 
-    def adopt(self, fields) -> None:
-        ring_bytes, ids, addresses = fields[:3]
-        ring = self.rings.Ring.from_bytes(ring_bytes)
+    def adopt(self, state) -> None:
+        """Take the ring and addresses of a RING_REPLY (clients read only these of the cluster state)."""
+        ring = self.rings.Ring.from_bytes(state.ring)
         if self.ring is None or ring.version >= self.ring.version:
             self.ring = ring
-            self.addresses = dict(zip(ids, addresses))
+            self.addresses = dict(zip(state.ids, state.addresses))
             self._order_ring = None  # the addresses may have changed with the same ring
         self.fetched_at = time.monotonic()
 
@@ -227,8 +227,8 @@ class Client(_ClientOptions):
         last = None
         for address in self._routing.ring_sources():
             try:
-                _, fields = self._call(address, Msg.RING_GET, (), self.timeout)
-                self._routing.adopt(fields)
+                result = self._call(address, Msg.RING_GET, (), self.timeout)
+                self._routing.adopt(parse_reply(Msg.RING_GET, result))
                 return
             except Unavailable as exc:
                 last = exc
@@ -250,15 +250,16 @@ class Client(_ClientOptions):
             except Unavailable as exc:
                 last = exc
                 continue
-            self._routing.note_reply(result[1])
-            return result
+            reply = parse_reply(msg_type, result)
+            self._routing.note_ring_version(reply.ring_version)
+            return reply
         raise Unavailable(f"no node could take the request: {last}")
 
     # -- the API -----------------------------------------------------------------------------------------
     def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
         key, msg_type, fields = _get_request(key, r, timeout, self.defaults)
-        _, reply = self._request(key, msg_type, fields, timeout)
-        return GetResult(list(reply[0]), reply[1])
+        reply = self._request(key, msg_type, fields, timeout)
+        return GetResult(list(reply.values), reply.context)
 
     def put(self, key, value, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
             timeout: float | None = None) -> None:
@@ -275,8 +276,8 @@ class Client(_ClientOptions):
         last = None
         for addr in addresses:
             try:
-                _, fields = self._call(addr, Msg.STATUS, (), self.timeout)
-                return json.loads(fields[0])
+                result = self._call(addr, Msg.STATUS, (), self.timeout)
+                return json.loads(parse_reply(Msg.STATUS, result).status)
             except Unavailable as exc:
                 last = exc
         raise Unavailable(f"no node answered: {last}")
@@ -333,8 +334,8 @@ class AsyncClient(_ClientOptions):
         last = None
         for address in self._routing.ring_sources():
             try:
-                _, fields = await self._call(address, Msg.RING_GET, (), self.timeout)
-                self._routing.adopt(fields)
+                result = await self._call(address, Msg.RING_GET, (), self.timeout)
+                self._routing.adopt(parse_reply(Msg.RING_GET, result))
                 return
             except Unavailable as exc:
                 last = exc
@@ -370,14 +371,15 @@ class AsyncClient(_ClientOptions):
                 self._routing.failed(address)
                 last = Unavailable(f"{address}: {exc}")
                 continue
-            self._routing.note_reply(result[1])
-            return result
+            reply = parse_reply(msg_type, result)
+            self._routing.note_ring_version(reply.ring_version)
+            return reply
         raise Unavailable(f"no node could take the request: {last}")
 
     async def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
         key, msg_type, fields = _get_request(key, r, timeout, self.defaults)
-        _, reply = await self._request(key, msg_type, fields, timeout)
-        return GetResult(list(reply[0]), reply[1])
+        reply = await self._request(key, msg_type, fields, timeout)
+        return GetResult(list(reply.values), reply.context)
 
     async def put(self, key, value, *, context: bytes | None = None, w: int | None = None,
                   dw: int | None = None, timeout: float | None = None) -> None:
@@ -394,8 +396,8 @@ class AsyncClient(_ClientOptions):
         last = None
         for addr in addresses:
             try:
-                _, fields = await self._call(addr, Msg.STATUS, (), self.timeout)
-                return json.loads(fields[0])
+                result = await self._call(addr, Msg.STATUS, (), self.timeout)
+                return json.loads(parse_reply(Msg.STATUS, result).status)
             except Unavailable as exc:
                 last = exc
         raise Unavailable(f"no node answered: {last}")

@@ -29,7 +29,7 @@ from dynafast.cluster.background import cancel_and_wait, periodic
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, state_order
 from dynafast.errors import DynafastError, ProtocolError, Timeout
-from dynafast.net.messages import Msg
+from dynafast.net.messages import Msg, parse
 
 log = logging.getLogger("dynafast.membership")
 
@@ -342,18 +342,18 @@ class ClusterMembership:
         self._receive_gossip(reply)
 
     def _receive_gossip(self, fields) -> None:
-        sender, ids, counters, version, digest = fields[:5]
-        if (version, digest) > state_order(self.state):
-            new = ClusterState.from_fields(fields[5:], self.rings)
+        gossip = parse(Msg.GOSSIP, fields)
+        if (gossip.state_version, gossip.state_digest) > state_order(self.state):
+            new = ClusterState.from_fields(gossip.state(), self.rings)
         else:
             new = None
         known = self.gossip.heartbeats
         before = {node: known.get(node, -1) for node in self._forced_down}
-        self.gossip.receive(ids, counters, None, self.clock.monotonic())
+        self.gossip.receive(gossip.heartbeat_ids, gossip.heartbeats, None, self.clock.monotonic())
         # A peer forced down by a refused connection is up again once its heartbeat moves (heard first- or
         # second-hand), or once it talks to us itself.
         for node, beat in before.items():
-            if node == sender or known.get(node, -1) > beat:
+            if node == gossip.sender or known.get(node, -1) > beat:
                 self.mark_up(node)
         if new is not None:
             self._adopt(new)

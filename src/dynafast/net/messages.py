@@ -1,10 +1,17 @@
-"""Message types, error codes, and the mapping between error frames and dynafast exceptions.
+"""What goes over the wire: message types, the named fields of each message, and error codes.
+
+Every message type has a record here (a NamedTuple, so it is still the tuple the codec encodes) listing its
+fields in wire order: required fields first, then optional ones, which default to None and may be left off the
+end. ``SCHEMA`` maps each type to its record, and ``parse(msg_type, fields)`` checks decoded fields against it
+and returns the record. docs/protocol.md documents the same fields, and a test keeps the two equal.
 
 An error frame is ``Msg.ERROR`` with fields ``(code: int, message: str, extra: list[int])``; ``extra`` carries
 numbers that belong to the error (QuorumNotMet sends ``[replied, required]``).
 """
 import enum
-from typing import NoReturn
+import types
+import typing
+from typing import NamedTuple, NoReturn
 
 from dynafast import errors
 
@@ -74,8 +81,11 @@ class RemoteError(errors.DynafastError):
         self.code = code
 
 
-class WrongNode(errors.Unavailable):
-    """The node asked does not own the key: the sender's ring is stale."""
+class WrongNode(errors.DynafastError):
+    """The node asked holds no replica of the partition: the sender's ring (or the receiver's) is stale.
+
+    Not an Unavailable: the node answered, so a sender must not count it as down; it tries another replica.
+    """
 
 
 class Overloaded(errors.Unavailable):
@@ -84,6 +94,389 @@ class Overloaded(errors.Unavailable):
 
 class UnknownMessage(errors.ProtocolError):
     """The remote side does not handle this message type."""
+
+
+# -- the fields of each message ------------------------------------------------------------------------
+# Field types are what the codec carries: bytes, str, int (never bool), bool, and lists of those; ``X | None``
+# may be None. A field with a default (always None) is optional: a sender may leave optional fields off the end.
+# The meaning of each field is in docs/protocol.md.
+
+
+class Error(NamedTuple):
+    code: int
+    message: str
+    extra: list[int]
+
+
+class Ping(NamedTuple):
+    """No fields of its own: the transport answers a PING with a PONG that echoes whatever fields it carried."""
+
+
+class Get(NamedTuple):
+    key: bytes
+    r: int | None = None
+    timeout_ms: int | None = None
+
+
+class GetReply(NamedTuple):
+    values: list[bytes]
+    context: bytes
+    ring_version: int | None = None
+
+
+class Put(NamedTuple):
+    key: bytes
+    value: bytes
+    context: bytes | None = None
+    w: int | None = None
+    dw: int | None = None
+    timeout_ms: int | None = None
+
+
+class PutReply(NamedTuple):
+    ring_version: int | None = None
+
+
+class Delete(NamedTuple):
+    key: bytes
+    context: bytes | None = None
+    w: int | None = None
+    dw: int | None = None
+    timeout_ms: int | None = None
+
+
+class DeleteReply(NamedTuple):
+    ring_version: int | None = None
+
+
+class RingGet(NamedTuple):
+    pass
+
+
+class State(NamedTuple):
+    """The cluster state (RING_REPLY, JOIN_REPLY, RING_PUSH); clients read only the first three fields."""
+
+    ring: bytes
+    ids: list[str]
+    addresses: list[str]
+    zones: list[str]
+    statuses: list[str]
+    version: int
+    next_ring: bytes | None
+    done_partitions: list[int]
+    done_targets: list[str]
+
+
+class Status(NamedTuple):
+    pass
+
+
+class StatusReply(NamedTuple):
+    status: str
+
+
+class ReplicaGet(NamedTuple):
+    partition: int
+    key: bytes
+    hint_for: str | None
+
+
+class ReplicaGetReply(NamedTuple):
+    object: bytes | None
+
+
+class ReplicaPut(NamedTuple):
+    partition: int
+    key: bytes
+    object: bytes
+    durable: bool
+    hint_for: str | None
+
+
+class ReplicaPutReply(NamedTuple):
+    durable: bool
+
+
+class Reap(NamedTuple):
+    partition: int
+    key: bytes
+    object: bytes
+
+
+class ReapReply(NamedTuple):
+    removed: bool
+
+
+class Join(NamedTuple):
+    node_id: str
+    address: str
+    zone: str
+
+
+class RingPushReply(NamedTuple):
+    version: int
+
+
+class Gossip(NamedTuple):
+    """GOSSIP and its reply: the sender's heartbeats and state digest, then its whole state (flat, because the
+    codec nests lists one level only)."""
+
+    sender: str
+    heartbeat_ids: list[str]
+    heartbeats: list[int]
+    state_version: int
+    state_digest: bytes
+    ring: bytes
+    ids: list[str]
+    addresses: list[str]
+    zones: list[str]
+    statuses: list[str]
+    version: int
+    next_ring: bytes | None
+    done_partitions: list[int]
+    done_targets: list[str]
+
+    def state(self) -> State:
+        return State._make(self[5:])
+
+
+class HintPush(NamedTuple):
+    partitions: list[int]
+    keys: list[bytes]
+    objects: list[bytes]
+
+
+class HintPushReply(NamedTuple):
+    durable: bool
+
+
+class Transfer(NamedTuple):
+    partition: int
+    keys: list[bytes]
+    objects: list[bytes]
+
+
+class TransferReply(NamedTuple):
+    count: int
+
+
+class TransferDone(NamedTuple):
+    partitions: list[int]
+    targets: list[str]
+    next_ring_digest: bytes
+
+
+class TransferDoneReply(NamedTuple):
+    accepted: bool
+
+
+class MerkleGet(NamedTuple):
+    partition: int
+    depth: int
+    indices: list[int]
+
+
+class MerkleReply(NamedTuple):
+    hashes: list[bytes]
+
+
+class KeysGet(NamedTuple):
+    partition: int
+    leaves: list[int]
+
+
+class KeysReply(NamedTuple):
+    keys: list[bytes]
+    digests: list[bytes]
+
+
+class Leave(NamedTuple):
+    node_id: str | None = None
+
+
+class LeaveReply(NamedTuple):
+    version: int
+
+
+# Messages that share a shape share a record.
+Pong = Ping
+RingReply = JoinReply = RingPush = State
+GossipReply = Gossip
+
+SCHEMA: dict[Msg, type] = {
+    Msg.ERROR: Error,
+    Msg.PING: Ping,
+    Msg.PONG: Pong,
+    Msg.GET: Get,
+    Msg.GET_REPLY: GetReply,
+    Msg.PUT: Put,
+    Msg.PUT_REPLY: PutReply,
+    Msg.DELETE: Delete,
+    Msg.DELETE_REPLY: DeleteReply,
+    Msg.RING_GET: RingGet,
+    Msg.RING_REPLY: RingReply,
+    Msg.STATUS: Status,
+    Msg.STATUS_REPLY: StatusReply,
+    Msg.REPLICA_GET: ReplicaGet,
+    Msg.REPLICA_GET_REPLY: ReplicaGetReply,
+    Msg.REPLICA_PUT: ReplicaPut,
+    Msg.REPLICA_PUT_REPLY: ReplicaPutReply,
+    Msg.REAP: Reap,
+    Msg.REAP_REPLY: ReapReply,
+    Msg.JOIN: Join,
+    Msg.JOIN_REPLY: JoinReply,
+    Msg.RING_PUSH: RingPush,
+    Msg.RING_PUSH_REPLY: RingPushReply,
+    Msg.GOSSIP: Gossip,
+    Msg.GOSSIP_REPLY: GossipReply,
+    Msg.HINT_PUSH: HintPush,
+    Msg.HINT_PUSH_REPLY: HintPushReply,
+    Msg.TRANSFER: Transfer,
+    Msg.TRANSFER_REPLY: TransferReply,
+    Msg.TRANSFER_DONE: TransferDone,
+    Msg.TRANSFER_DONE_REPLY: TransferDoneReply,
+    Msg.MERKLE_GET: MerkleGet,
+    Msg.MERKLE_REPLY: MerkleReply,
+    Msg.KEYS_GET: KeysGet,
+    Msg.KEYS_REPLY: KeysReply,
+    Msg.LEAVE: Leave,
+    Msg.LEAVE_REPLY: LeaveReply,
+}
+
+
+class Field(NamedTuple):
+    """One field of a record, as parse checks it and docs/protocol.md documents it."""
+
+    name: str
+    type: str  # "bytes", "int or None", "list of str", ...
+    required: bool
+
+
+def _type_name(annotation) -> str:
+    if type(annotation) is types.UnionType:
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return f"{_type_name(inner[0])} or None"
+    if typing.get_origin(annotation) is list:
+        return f"list of {typing.get_args(annotation)[0].__name__}"
+    return annotation.__name__
+
+
+def fields_of(record: type) -> list[Field]:
+    """The fields of a record in wire order."""
+    return [Field(name, _type_name(record.__annotations__[name]), name not in record._field_defaults)
+            for name in record._fields]
+
+
+def _accepted(annotation) -> tuple[tuple, tuple | None]:
+    """(the types a field may have, the types a list field's items may have, or None)."""
+    if type(annotation) is types.UnionType:
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        accepted, items = _accepted(inner[0])
+        return (type(None),) + accepted, items
+    if typing.get_origin(annotation) is list:
+        # The decoder returns lists; local callers may pass tuples, which the encoder also takes as lists.
+        return (list, tuple), typing.get_args(annotation)
+    return (annotation,), None  # exact types: a bool is not an int here
+
+
+def _checker(record: type, accepted: list[tuple]):
+    """A function telling whether a tuple of exactly the record's fields has the right types, in straight-line
+    code (as namedtuple builds its __new__): looping over a table of types cost twice as much per request."""
+    names = [f"f{i}" for i in range(len(accepted))]
+    tests = []
+    for name, types_ in zip(names, accepted):
+        tests.append("(" + " or ".join(f"{name} is None" if t is type(None) else f"type({name}) is {t.__name__}"
+                                       for t in types_) + ")")
+    unpack = f"    {', '.join(names)}, = fields\n" if names else ""
+    source = f"def check(fields):\n{unpack}    return {' and '.join(tests) or 'True'}\n"
+    namespace = {}
+    exec(source, {}, namespace)  # only builtin type names appear in the source
+    check = namespace["check"]
+    check.__qualname__ = f"check_{record.__name__}"
+    return check
+
+
+def _spec(record: type) -> tuple:
+    """What parse needs to know about a record, as a plain tuple (unpacked on every call)."""
+    checks = [_accepted(record.__annotations__[name]) for name in record._fields]
+    required = sum(1 for name in record._fields if name not in record._field_defaults)
+    defaults = tuple(record._field_defaults[name] for name in record._fields[required:])
+    if len(defaults) != len(record._fields) - required:
+        raise TypeError(f"{record.__name__}: optional fields must come after the required ones")
+    check = _checker(record, [accepted for accepted, _ in checks])
+    lists = tuple((i, frozenset(items)) for i, (_, items) in enumerate(checks) if items is not None)
+    return record, check, required, len(record._fields), defaults, lists
+
+
+# Keyed by plain ints: the decoder hands over ints.
+_SPECS = {int(msg_type): _spec(record) for msg_type, record in SCHEMA.items()}
+_new = tuple.__new__
+
+
+def parse(msg_type, fields):
+    """The record of ``msg_type`` holding ``fields`` (a decoded message), or ProtocolError naming what is wrong.
+
+    Optional fields left off the end are filled with None. Fields beyond the record are ignored: new trailing
+    fields are how version 1 of the protocol grows, and a receiver ignores those it does not know. Range checks
+    that depend on a node's configuration (quorums, sizes, partitions) are the receiver's.
+    """
+    try:
+        record, check, required, size, defaults, lists = _SPECS[msg_type]
+    except (KeyError, TypeError):
+        raise UnknownMessage(f"unknown message type {msg_type!r}") from None
+    if type(fields) is not tuple or len(fields) != size:
+        fields = _fit(msg_type, record, fields, required, size, defaults)
+    if not check(fields):
+        raise _wrong_type(msg_type, record, fields)
+    for index, items in lists:
+        for item in fields[index]:
+            if type(item) not in items:
+                raise _malformed(msg_type, record, record._fields[index])
+    return _new(record, fields)
+
+
+def _fit(msg_type, record, fields, required, size, defaults) -> tuple:
+    """``fields`` as a tuple of exactly ``size``: optional fields left off filled in, unknown ones dropped."""
+    if not isinstance(fields, (tuple, list)):
+        kind = type(fields).__name__
+        raise errors.ProtocolError(f"malformed {_what(msg_type)}: fields must be a tuple, not {kind}")
+    fields = tuple(fields)
+    count = len(fields)
+    if count < required:
+        raise _malformed(msg_type, record, record._fields[count], "is missing")
+    return fields[:size] if count > size else fields + defaults[count - required:]
+
+
+def _wrong_type(msg_type, record, fields) -> errors.ProtocolError:
+    for name, value in zip(record._fields, fields):
+        accepted, _ = _accepted(record.__annotations__[name])
+        if type(value) not in accepted:
+            return _malformed(msg_type, record, name)
+    raise AssertionError(f"no field of {fields!r} is wrong for {record.__name__}")
+
+
+def parse_reply(request_type, reply):
+    """The record of ``reply``, a ``(reply_type, fields)`` pair as a connection's ``call`` returns it, after
+    checking that it answers a ``request_type`` request (whose reply type is the request's type + 1)."""
+    reply_type, fields = reply
+    if reply_type != request_type + 1:
+        name = Msg(request_type).name
+        raise errors.ProtocolError(f"a {name} request was answered with message type {reply_type}")
+    return parse(reply_type, fields)
+
+
+def _what(msg_type) -> str:
+    name = Msg(msg_type).name
+    if msg_type == Msg.ERROR:
+        return "ERROR frame"
+    return f"{name} request" if msg_type % 2 == 0 else name  # requests are even, replies odd
+
+
+def _malformed(msg_type, record: type, name: str, problem: str | None = None) -> errors.ProtocolError:
+    if problem is None:
+        expected = _type_name(record.__annotations__[name])
+        problem = f"must be a {expected}" if expected.startswith("list") else f"must be {expected}"
+    return errors.ProtocolError(f"malformed {_what(msg_type)}: field {name!r} {problem}")
 
 
 # Most specific first: error_fields walks this in order and isinstance picks the first match.
@@ -115,16 +508,16 @@ _BY_CODE = {
 }
 
 
-def error_fields(exc: BaseException) -> tuple:
+def error_fields(exc: BaseException) -> Error:
     """The fields of the ERROR frame that reports ``exc`` to the remote side."""
     if isinstance(exc, RemoteError):
-        return (int(exc.code), str(exc), [])
+        return Error(int(exc.code), str(exc), [])
     for cls, code in _BY_CLASS:
         if isinstance(exc, cls):
             extra = [int(exc.replied), int(exc.required)] if code == ErrorCode.QUORUM_NOT_MET else []
-            return (int(code), str(exc), extra)
+            return Error(int(code), str(exc), extra)
     # Not one of ours: say what it was, without a traceback (that is logged on the side where it happened).
-    return (int(ErrorCode.UNKNOWN), f"{type(exc).__name__}: {exc}", [])
+    return Error(int(ErrorCode.UNKNOWN), f"{type(exc).__name__}: {exc}", [])
 
 
 def error_from_fields(fields) -> errors.DynafastError:
@@ -132,20 +525,16 @@ def error_from_fields(fields) -> errors.DynafastError:
     if isinstance(fields, BaseException):
         return fields if isinstance(fields, errors.DynafastError) else errors.ProtocolError(str(fields))
     try:
-        code, message, extra = fields
-        code = int(code)
-        message = str(message)
-        extra = list(extra)
-    except (TypeError, ValueError):
-        return errors.ProtocolError(f"malformed error frame: {fields!r}")
-    if code == ErrorCode.QUORUM_NOT_MET:
-        replied = extra[0] if len(extra) > 0 and isinstance(extra[0], int) else 0
-        required = extra[1] if len(extra) > 1 and isinstance(extra[1], int) else 0
-        return errors.QuorumNotMet(message, replied=replied, required=required)
-    cls = _BY_CODE.get(code)
+        error = parse(Msg.ERROR, fields)
+    except errors.ProtocolError as exc:
+        return exc
+    if error.code == ErrorCode.QUORUM_NOT_MET:
+        replied, required = (error.extra + [0, 0])[:2]
+        return errors.QuorumNotMet(error.message, replied=replied, required=required)
+    cls = _BY_CODE.get(error.code)
     if cls is None:
-        return RemoteError(message, code=code)
-    return cls(message)
+        return RemoteError(error.message, code=error.code)
+    return cls(error.message)
 
 
 def raise_error(fields) -> NoReturn:
@@ -155,6 +544,11 @@ def raise_error(fields) -> NoReturn:
 
 __all__ = [
     "Msg",
+    "SCHEMA",
+    "Field",
+    "fields_of",
+    "parse",
+    "parse_reply",
     "ErrorCode",
     "RemoteError",
     "WrongNode",

@@ -13,7 +13,7 @@ import logging
 from dynafast import _impl
 from dynafast.address import format_address
 from dynafast.errors import DynafastError, ProtocolError
-from dynafast.net.messages import ErrorCode, Msg, Overloaded, error_fields
+from dynafast.net.messages import Error, ErrorCode, Msg, Overloaded, error_fields
 
 codec = _impl.load("codec")
 log = logging.getLogger("dynafast.net.server")
@@ -63,7 +63,7 @@ class ServerConnection:
         except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
             # A reply we cannot encode is our bug, not the peer's: tell the peer something went wrong.
             log.error("cannot encode reply type %r to %s: %s", msg_type, self.peername, exc)
-            codec.encode_into(self._out, Msg.ERROR, request_id, (int(ErrorCode.UNKNOWN), "unencodable reply", []))
+            codec.encode_into(self._out, Msg.ERROR, request_id, Error(int(ErrorCode.UNKNOWN), "unencodable reply", []))
             msg_type = Msg.ERROR
         self.stats.frames_sent += 1
         if msg_type == Msg.ERROR:
@@ -171,7 +171,7 @@ class ServerConnection:
         except (TypeError, ValueError):
             log.error("handler returned %r for request %d; expected (reply_type, fields) or None",
                       result, request_id)
-            self.send(Msg.ERROR, request_id, (int(ErrorCode.UNKNOWN), "bad reply from handler", []))
+            self.send(Msg.ERROR, request_id, Error(int(ErrorCode.UNKNOWN), "bad reply from handler", []))
             return
         self.send(reply_type, request_id, reply_fields)
 
