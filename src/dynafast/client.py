@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from dynafast import _impl
 from dynafast.address import parse_address
+from dynafast.cluster.preflist import primaries
 from dynafast.errors import DynafastError, Unavailable
 from dynafast.net.messages import Delete, Get, Msg, Put, parse_reply
 
@@ -136,9 +137,9 @@ class _Routing:
                 self._order_ring = ring
             order = self._order.get(partition)
             if order is None:
-                order = self._order[partition] = tuple(self._ordered(ring.replicas(partition), 0.0))
+                order = self._order[partition] = tuple(self._ordered(primaries(ring, partition, ring.n), 0.0))
             return order
-        return self._ordered(self.ring.replicas(partition), time.monotonic())
+        return self._ordered(primaries(self.ring, partition, self.ring.n), time.monotonic())
 
     def _ordered(self, replicas, now: float) -> list[str]:
         others = [node for node in self.addresses if node not in replicas]

@@ -22,6 +22,7 @@ from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.durability import DurabilityBatcher
 from dynafast.cluster.hints import HintedHandoff
 from dynafast.cluster.membership import ClusterMembership
+from dynafast.cluster.preflist import Ownership
 from dynafast.cluster.ports import DirectoryFiles, Environment
 from dynafast.cluster.reaper import Reaper
 from dynafast.cluster.requests import RequestCoordinator
@@ -32,7 +33,7 @@ from dynafast.config import NodeConfig
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.metrics import RequestStats
 from dynafast.net.connection import PeerPool
-from dynafast.net.messages import Msg
+from dynafast.net.messages import Msg, parse
 from dynafast.net.server import start_server
 
 log = logging.getLogger("dynafast.node")
@@ -78,17 +79,21 @@ class Node:
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)
         vnodes.on_write = self.trees.on_write
         self.membership = membership = ClusterMembership(config, self.pool, clock=env.clock, rng=env.rng, files=files)
+        # Replica-level requests for a partition this node does not serve answer WRONG_NODE.
+        ownership = Ownership(self.node_id, config.n)
         shared = dict(config=config, versions=versions, membership=membership, vnodes=vnodes, transport=self.pool)
-        self.reaper = Reaper(**shared)
-        self.requests = RequestCoordinator(**shared, actor=actor, durability=self.durable, clock=env.clock,
-                                           reaper=self.reaper)
+        self.reaper = Reaper(**shared, ownership=ownership)
+        self.requests = RequestCoordinator(**shared, ownership=ownership, actor=actor, durability=self.durable,
+                                           clock=env.clock, reaper=self.reaper)
         self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
-        self.transfers = Transfers(me=self.node_id, membership=membership, vnodes=vnodes, trees=self.trees,
+        self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
+                                   trees=self.trees,
                                    durability=self.durable, transport=self.pool, clock=env.clock, files=files,
                                    on_left=self.request_stop, bytes_per_second=config.transfer_bytes_per_second,
                                    drop_grace=config.drop_grace, peer_timeout=config.peer_timeout * 5)
         membership.listeners.append(self.transfers.on_state)
-        self.antientropy = AntiEntropy(me=self.node_id, n=config.n, membership=membership, trees=self.trees,
+        self.antientropy = AntiEntropy(me=self.node_id, n=config.n, membership=membership, ownership=ownership,
+                                       trees=self.trees,
                                        vnodes=vnodes, transport=self.pool, clock=env.clock, rng=env.rng,
                                        interval=config.ae_interval, bytes_per_second=config.ae_bytes_per_second,
                                        peer_timeout=config.peer_timeout * 2)
@@ -106,7 +111,6 @@ class Node:
             Msg.REPLICA_PUT: self.requests.replica_put,
             Msg.RING_GET: lambda fields: (Msg.RING_REPLY, membership.state_fields()),
             Msg.STATUS: lambda fields: (Msg.STATUS_REPLY, (json.dumps(self.status()),)),
-            Msg.PING: lambda fields: (Msg.PONG, membership.handle_ping(fields)),
             Msg.GOSSIP: lambda fields: (Msg.GOSSIP_REPLY, membership.handle_gossip(fields)),
             Msg.RING_PUSH: lambda fields: (Msg.RING_PUSH_REPLY, membership.handle_ring_push(fields)),
             Msg.JOIN: lambda fields: _reply(Msg.JOIN_REPLY, membership.handle_join(fields)),
@@ -175,7 +179,8 @@ class Node:
         op = _CLIENT_OPS.get(msg_type)
         started = self.stats.started() if op is not None else 0.0
         try:
-            result = handler(fields)
+            # Every decoded message is checked against its record before it reaches a service.
+            result = handler(parse(msg_type, fields))
         except DynafastError as exc:
             if op is not None:
                 self.stats.finished(op, started, exc)

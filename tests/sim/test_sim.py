@@ -173,3 +173,50 @@ def test_a_blind_put_after_a_half_failed_reap_is_kept():
     finally:
         loop.close()
     assert not violations, [str(v) for v in violations]
+
+
+def test_replica_requests_for_a_partition_the_node_does_not_hold_answer_wrong_node():
+    import random
+
+    from dynafast.net.messages import Msg, WrongNode
+    from dynafast.sim.cluster import SimNode
+    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.network import SimNetwork
+
+    async def scenario():
+        network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
+        first = SimNode("n1", network, random.Random(2))
+        await first.start()
+        sims = [first] + [SimNode(f"n{i}", network, random.Random(i + 1), seeds=[first.address]) for i in (2, 3, 4)]
+        for sim in sims[1:]:
+            await sim.start()
+        await asyncio.sleep(20)
+        assert first.node.membership.next_ring is None
+        ring = first.node.membership.ring
+        partition = 0
+        outsider = next(s for s in sims if s.name not in ring.replicas(partition, 3))
+        owner = next(s for s in sims if s.name in ring.replicas(partition, 3))
+        transport = network.transport("client-0.sim:1")
+        outcomes = {}
+        for name, request in [("get", (Msg.REPLICA_GET, (partition, b"k", None))),
+                              ("put", (Msg.REPLICA_PUT, (partition, b"k", b"not an object", False, None))),
+                              ("keys", (Msg.KEYS_GET, (partition, [0])))]:
+            try:
+                await transport.call(outsider.address, *request, 1.0)
+                outcomes[name] = "answered"
+            except WrongNode:
+                outcomes[name] = "wrong node"
+        # An owner answers (no object yet); a hinted request to any member is served.
+        _, reply = await transport.call(owner.address, Msg.REPLICA_GET, (partition, b"k", None), 1.0)
+        _, hinted = await transport.call(outsider.address, Msg.REPLICA_GET, (partition, b"k", owner.name), 1.0)
+        for sim in sims:
+            await sim.stop()
+        return outcomes, reply, hinted
+
+    loop = SimLoop()
+    try:
+        outcomes, reply, hinted = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert outcomes == {"get": "wrong node", "put": "wrong node", "keys": "wrong node"}
+    assert reply == (None,) and hinted == (None,)

@@ -1,7 +1,7 @@
 """WRONG_NODE: a node serves replica-level requests only for the partitions it holds under the active or next ring."""
 import pytest
 
-from dynafast.cluster.ownership import Ownership
+from dynafast.cluster.preflist import Ownership
 from dynafast.errors import ProtocolError, Unavailable
 from dynafast.net.messages import ErrorCode, WrongNode, error_fields, error_from_fields
 

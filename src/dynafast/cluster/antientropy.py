@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from dynafast import _impl
 from dynafast.cluster.background import cancel_and_wait, periodic
+from dynafast.cluster.preflist import primaries
 from dynafast.cluster.throttle import TokenBucket
 from dynafast.errors import DynafastError
 from dynafast.net.messages import Msg
@@ -87,11 +88,12 @@ class AntiEntropy:
     clock and a random source (which replica to exchange with).
     """
 
-    def __init__(self, *, me: str, n: int, membership, trees: VnodeTrees, vnodes, transport, clock, rng,
+    def __init__(self, *, me: str, n: int, membership, ownership, trees: VnodeTrees, vnodes, transport, clock, rng,
                  interval: float = 10.0, bytes_per_second: float = 4 << 20, peer_timeout: float = 2.0):
         self.me = me
         self.n = n
         self.membership = membership
+        self.ownership = ownership
         self.trees = trees
         self.vnodes = vnodes
         self.transport = transport
@@ -122,7 +124,7 @@ class AntiEntropy:
         if self.membership.state is None:
             return []  # not joined yet
         ring = self.membership.ring
-        return [p for p in range(ring.partitions) if self.me in ring.replicas(p, self.n)]
+        return [p for p in range(ring.partitions) if self.me in primaries(ring, p, self.n)]
 
     async def run_once(self) -> ExchangeReport | None:
         """Exchange the next owned partition (round robin) with a random other replica that is up."""
@@ -131,7 +133,7 @@ class AntiEntropy:
             return None
         partition = owned[self._cursor % len(owned)]
         self._cursor += 1
-        peers = [p for p in self.membership.ring.replicas(partition, self.n)
+        peers = [p for p in primaries(self.membership.ring, partition, self.n)
                  if p != self.me and self.membership.is_up(p)]
         if not peers:
             return None
@@ -148,7 +150,7 @@ class AntiEntropy:
         """Every owned partition against every other live replica (on demand: after a disk was lost)."""
         reports = []
         for partition in self._owned():
-            for peer in self.membership.ring.replicas(partition, self.n):
+            for peer in primaries(self.membership.ring, partition, self.n):
                 if peer != self.me and self.membership.is_up(peer):
                     try:
                         reports.append(await self.exchange(partition, peer))
@@ -224,13 +226,13 @@ class AntiEntropy:
     def merkle_hashes(self, partition: int, depth: int, indices) -> list[bytes]:
         return self.trees.tree(partition).hashes(depth, list(indices))
 
-    def handle_merkle_get(self, fields):
-        partition, depth, indices = fields[:3]
-        return (Msg.MERKLE_REPLY, (self.merkle_hashes(partition, depth, indices),))
+    def handle_merkle_get(self, request):
+        self.ownership.check_member(self.membership, request.partition)
+        return (Msg.MERKLE_REPLY, (self.merkle_hashes(request.partition, request.depth, request.indices),))
 
-    def handle_keys_get(self, fields):
-        partition, leaves = fields[:2]
-        keys, digests = self.trees.keys_in_leaves(partition, leaves)
+    def handle_keys_get(self, request):
+        self.ownership.check_member(self.membership, request.partition)
+        keys, digests = self.trees.keys_in_leaves(request.partition, request.leaves)
         return (Msg.KEYS_REPLY, (keys, digests))
 
     def status(self) -> dict:

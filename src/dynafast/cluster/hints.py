@@ -111,7 +111,8 @@ class HintedHandoff:
 
     def handle_hint_push(self, fields):
         """Hints delivered to us, their owner: reconcile them all, then one durable sync for the batch."""
-        partitions, keys, raws = fields[:3]
-        for partition, key, raw in zip(partitions, keys, raws, strict=True):
+        # Not checked against ownership: the hints are for this node by name, and refusing one partition would
+        # hold back every other hint of the batch.
+        for partition, key, raw in zip(fields.partitions, fields.keys, fields.objects, strict=True):
             self.vnodes.handoff_data(partition, key, raw)
         return durable_reply(self.durability, Msg.HINT_PUSH_REPLY)

@@ -370,9 +370,6 @@ class ClusterMembership:
         self._receive_gossip(fields)
         return self._gossip_fields()
 
-    def handle_ping(self, fields) -> tuple:
-        return (self.node_id, self.state.version, self.state.digest())
-
     def handle_ring_push(self, fields) -> tuple:
         self._adopt(ClusterState.from_fields(fields, self.rings))
         return (self.state.version,)

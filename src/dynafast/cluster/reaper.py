@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from dynafast.cluster.background import cancel_and_wait
+from dynafast.cluster.preflist import primaries
 from dynafast.errors import DynafastError
 from dynafast.net.messages import Msg
 
@@ -20,11 +21,12 @@ log = logging.getLogger("dynafast.reaper")
 
 
 class Reaper:
-    def __init__(self, *, config, versions, membership, vnodes, transport):
+    def __init__(self, *, config, versions, membership, ownership, vnodes, transport):
         self.config = config
         self.me = config.node_id
         self.Siblings = versions.Siblings
         self.membership = membership
+        self.ownership = ownership
         self.vnodes = vnodes
         self.transport = transport
         self.reaped = 0
@@ -53,8 +55,7 @@ class Reaper:
         """The other primaries, in the order to ask them; None when reaping must wait (the ring changes)."""
         if self.membership.next_ring is not None:
             return None
-        primaries = self.membership.ring.replicas(partition, self.config.n)
-        return [node for node in primaries if node != self.me]
+        return [node for node in primaries(self.membership.ring, partition, self.config.n) if node != self.me]
 
     async def reap(self, partition: int, key: bytes, tombstone, raw: bytes) -> bool:
         others = self.primaries_to_ask(partition)
@@ -74,14 +75,14 @@ class Reaper:
                     return False
         except DynafastError:
             return False  # keep the tombstone here; anti-entropy spreads it back where it was removed
-        if self.me in self.membership.ring.replicas(partition, self.config.n):
+        if self.me in primaries(self.membership.ring, partition, self.config.n):
             self.vnodes.remove_if_equal(partition, key, tombstone)
         self.reaped += 1
         return True
 
-    def handle_reap(self, fields):
-        partition, key, raw = fields[:3]
-        removed = self.vnodes.remove_if_equal(partition, key, self.Siblings.from_bytes(raw))
+    def handle_reap(self, reap):
+        self.ownership.check_member(self.membership, reap.partition)
+        removed = self.vnodes.remove_if_equal(reap.partition, reap.key, self.Siblings.from_bytes(reap.object))
         return (Msg.REAP_REPLY, (removed,))
 
     async def stop(self) -> None:

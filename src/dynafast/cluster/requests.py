@@ -17,6 +17,7 @@ import logging
 from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
 from dynafast.cluster.durability import durable_reply
 from dynafast.cluster.ports import peer_failed
+from dynafast.cluster import preflist
 from dynafast.cluster.preflist import Routes
 from dynafast.errors import DynafastError, KeyTooLarge, ProtocolError, Timeout, Unavailable, ValueTooLarge
 from dynafast.net.deadlines import DeadlineWheel
@@ -48,14 +49,15 @@ def _ignore_result(call):
 class RequestCoordinator:
     """Coordinates client requests and serves replica requests for this node."""
 
-    def __init__(self, *, config, actor: bytes, versions, membership, vnodes, durability, transport, clock,
-                 reaper=None):
+    def __init__(self, *, config, actor: bytes, versions, membership, ownership, vnodes, durability, transport,
+                 clock, reaper=None):
         self.config = config
         self.me = config.node_id
         self.actor = actor
         self.Siblings = versions.Siblings
         self.versions = versions
         self.membership = membership
+        self.ownership = ownership
         self.vnodes = vnodes
         self.durability = durability
         self.transport = transport
@@ -96,33 +98,32 @@ class RequestCoordinator:
         return value
 
     # -- client requests --------------------------------------------------------------------------------------
-    def client_get(self, fields):
-        key = self._check_key(fields[0])
-        r = _quorum(fields[1] if len(fields) > 1 else None, self.config.r, "r", self.config.n) or 1
-        timeout = _ms(fields[2] if len(fields) > 2 else None, self.config.request_timeout)
-        return self._get(key, r, timeout, (Msg.GET, fields))
+    # Handlers receive the message's record (``dynafast.net.messages``): field types are checked already; the
+    # ranges that depend on this node's configuration are checked here.
+    def client_get(self, get):
+        key = self._check_key(get.key)
+        r = _quorum(get.r, self.config.r, "r", self.config.n) or 1
+        timeout = _ms(get.timeout_ms, self.config.request_timeout)
+        return self._get(key, r, timeout, (Msg.GET, get))
 
-    def client_put(self, fields):
-        key = self._check_key(fields[0])
-        value = self._check_value(fields[1])
-        return self._write(key, value, fields[2:], Msg.PUT, fields)
+    def client_put(self, put):
+        key = self._check_key(put.key)
+        value = self._check_value(put.value)
+        return self._write(key, value, put, Msg.PUT)
 
-    def client_delete(self, fields):
-        key = self._check_key(fields[0])
-        return self._write(key, None, fields[1:], Msg.DELETE, fields)
+    def client_delete(self, delete):
+        key = self._check_key(delete.key)
+        return self._write(key, None, delete, Msg.DELETE)
 
-    def _write(self, key, value, rest, msg_type, fields):
-        context = rest[0] if len(rest) > 0 else None
-        if context is not None and not isinstance(context, bytes):
-            raise ProtocolError("context must be bytes")
-        w = _quorum(rest[1] if len(rest) > 1 else None, self.config.w, "w", self.config.n) or 1
-        dw = _quorum(rest[2] if len(rest) > 2 else None, min(self.config.dw, w), "dw", self.config.n)
+    def _write(self, key, value, request, msg_type):
+        w = _quorum(request.w, self.config.w, "w", self.config.n) or 1
+        dw = _quorum(request.dw, min(self.config.dw, w), "dw", self.config.n)
         if dw > w:
             raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
-        timeout = _ms(rest[3] if len(rest) > 3 else None, self.config.request_timeout)
-        incoming = self.Siblings.new(value, context or None)
+        timeout = _ms(request.timeout_ms, self.config.request_timeout)
+        incoming = self.Siblings.new(value, request.context or None)
         reply_type = Msg.PUT_REPLY if msg_type == Msg.PUT else Msg.DELETE_REPLY
-        return self._put(key, incoming, w, dw, timeout, reply_type, (msg_type, fields))
+        return self._put(key, incoming, w, dw, timeout, reply_type, (msg_type, request))
 
     async def _forward(self, primaries, request, timeout):
         """This node holds no replica of the key: hand the request to one that does."""
@@ -166,7 +167,7 @@ class RequestCoordinator:
         if next_ring is not None:
             # The cluster is changing shape: new replicas get every write while their vnode streams in.
             sent = {node for node, _ in targets}
-            for node in next_ring.replicas(partition, self.config.n):
+            for node in preflist.primaries(next_ring, partition, self.config.n):
                 if node not in sent and node != self.me:
                     fields = (partition, key, state.raw, False, None)
                     call = self.transport.request(self._address(node), Msg.REPLICA_PUT, fields,
@@ -291,14 +292,15 @@ class RequestCoordinator:
             call.add_done_callback(_ignore_result)
 
     # -- replica requests from coordinators ----------------------------------------------------------------
-    def replica_get(self, fields):
-        partition, key, hint_for = fields[:3]
-        return (Msg.REPLICA_GET_REPLY, (self.vnodes.get_raw(partition, key, hint_for),))
+    def replica_get(self, request):
+        self.ownership.check_member(self.membership, request.partition, request.hint_for)
+        return (Msg.REPLICA_GET_REPLY, (self.vnodes.get_raw(request.partition, request.key, request.hint_for),))
 
-    def replica_put(self, fields):
-        partition, key, raw, durable, hint_for = fields[:5]
-        self.vnodes.merge_in(partition, key, self.Siblings.from_bytes(raw), hint_for)
-        if durable:
+    def replica_put(self, request):
+        self.ownership.check_member(self.membership, request.partition, request.hint_for)
+        incoming = self.Siblings.from_bytes(request.object)
+        self.vnodes.merge_in(request.partition, request.key, incoming, request.hint_for)
+        if request.durable:
             return durable_reply(self.durability, Msg.REPLICA_PUT_REPLY)
         return (Msg.REPLICA_PUT_REPLY, (False,))
 

@@ -54,11 +54,12 @@ class Transfers:
     durability, the transport, the clock, the metadata files, and ``on_left`` (called once this node has left and
     handed everything off)."""
 
-    def __init__(self, *, me: str, membership, vnodes, trees, durability, transport, clock, files, on_left,
+    def __init__(self, *, me: str, membership, ownership, vnodes, trees, durability, transport, clock, files, on_left,
                  bytes_per_second: float = 8 << 20, batch_bytes: int = 64 << 10, drop_grace: float = 5.0,
                  peer_timeout: float = 5.0):
         self.me = me
         self.membership = membership
+        self.ownership = ownership
         self.vnodes = vnodes
         self.trees = trees
         self.durability = durability
@@ -217,9 +218,9 @@ class Transfers:
     # Objects reconciled per slice before the event loop gets a turn: clients are served between slices.
     RECEIVE_SLICE = 128
 
-    def handle_transfer(self, fields):
-        partition, keys, raws = fields[:3]
-        return self.receive(partition, keys, raws)
+    def handle_transfer(self, transfer):
+        self.ownership.check_member(self.membership, transfer.partition)
+        return self.receive(transfer.partition, transfer.keys, transfer.objects)
 
     async def receive(self, partition: int, keys, raws) -> tuple:
         """A batch of a vnode streamed to us: reconcile each object into our replica."""
