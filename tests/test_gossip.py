@@ -4,7 +4,7 @@ import math
 import random
 import time
 
-from dynafast import _impl
+from dynafast._impl import ring as rings
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, exchange
 from dynafast.cluster.membership import VALID, ClusterState, Member
@@ -90,7 +90,6 @@ def test_newer_state_wins_and_ties_break_by_digest():
 
 
 def test_cluster_state_round_trips_and_plans_transfers():
-    rings = _impl.load("ring")
     ring = rings.Ring(64, ["n1", "n2", "n3"], n=3)
     nxt = ring.with_members(["n1", "n2", "n3", "n4"])
     members = {i: Member(i, f"127.0.0.1:{7100 + k}", "", VALID) for k, i in enumerate(["n1", "n2", "n3", "n4"])}

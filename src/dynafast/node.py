@@ -69,7 +69,7 @@ class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.node_id = config.node_id
-        self.versions = _impl.load("vclock")
+        self.versions = _impl.vclock
         self.Siblings = self.versions.Siblings
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ class VnodeTrees:
 
     def __init__(self, replicas, leaves: int = 1024, fanout: int = 16):
         self.replicas = replicas
-        self.merkle = _impl.load("merkle")
+        self.merkle = _impl.merkle
         self.leaves = leaves
         self.fanout = fanout
         self.trees: dict[int, object] = {}

@@ -120,7 +120,7 @@ class ClusterMembership:
         self.config = config
         self.node_id = config.node_id
         self.pool = pool
-        self.rings = _impl.load("ring")
+        self.rings = _impl.ring
         self.state: ClusterState | None = None
         detector = FailureDetector(config.phi_threshold, first_interval=config.gossip_interval,
                                    acceptable_pause=config.gossip_interval)

@@ -10,11 +10,10 @@ import functools
 import inspect
 import logging
 
-from dynafast import _impl
+from dynafast._impl import codec
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.net.messages import ErrorCode, Msg, Overloaded, error_fields
 
-codec = _impl.load("codec")
 log = logging.getLogger("dynafast.net.server")
 
 DEFAULT_MAX_INFLIGHT = 4096  # per connection: async handler calls not yet answered
