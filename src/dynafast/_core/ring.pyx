@@ -1,9 +1,10 @@
 # cython: language_level=3
 """The partition ring, compiled: tokens, partitions and preference lists in C.
 
-Same public names and behaviour as ``dynafast._ref.ring`` (read its docstring for the claim's guarantees).
-The claim runs only on membership changes, so it is the reference's plain-Python ``claim``; every lookup
-(token, partition, replicas, fallbacks, preference list) runs over a C array of uint16 member indices.
+Same public names and behaviour as its reference ``dynafast._ref.ring``. The claim runs only on membership
+changes, so both builds share the plain-Python ``dynafast.ringclaim``, and the argument checks and byte
+format of ``dynafast.ringformat``; every lookup (token, partition, replicas, fallbacks, preference list)
+runs here over a C array of uint16 member indices.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -17,18 +18,10 @@ import numpy
 
 cimport numpy as cnp
 
-from dynafast._ref import ring as _ref
+from dynafast.ringclaim import claim
+from dynafast.ringformat import check_members, check_n, check_partitions, check_version, pack, parse
 
 cnp.import_array()
-
-# Claim helpers are shared with the reference (the claim is not hot); re-exported so both have the same names.
-spread_window = _ref.spread_window
-zone_window = _ref.zone_window
-
-cdef enum:
-    MIN_PARTITIONS = 8
-    MAX_PARTITIONS = 4096
-
 
 # -- MurmurHash3 x64_128, seed 0; only h1 (the low 64 bits of the 128-bit result) is returned -------------
 cdef inline uint64_t _rotl(uint64_t x, int r) noexcept nogil:
@@ -135,17 +128,16 @@ cdef class Ring:
         PyMem_Free(self._mark)
 
     def __init__(self, partitions, members, *, n=3, zones=None, previous=None, version=1):
-        log2q = _ref._check_partitions(partitions)
-        n = _ref._check_n(n)
-        members, zones = _ref._check_members(members, zones)
-        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**64:
-            raise ValueError("version must be an unsigned 64-bit integer")
+        log2q = check_partitions(partitions)
+        n = check_n(n)
+        members, zones = check_members(members, zones)
+        check_version(version)
         prev = None
         if previous is not None:
             if getattr(previous, "partitions", None) != partitions:
                 raise ValueError("previous must be a Ring with the same number of partitions")
             prev = previous.owners()
-        owner = _ref.claim(partitions, members, n, zones, prev)
+        owner = claim(partitions, members, n, zones, prev)
         self._setup(log2q, n, version, members, zones, owner)
 
     def _setup(self, int log2q, int n, unsigned long long version, tuple members, dict zones, owner):
@@ -201,10 +193,10 @@ cdef class Ring:
     cdef Py_ssize_t _check_n(self, object n) except -1:
         if n is None:
             return self.n
-        # The common case inline (a call into the Python reference costs more than the lookup itself).
+        # The common case inline (a call into Python costs more than the lookup itself).
         if type(n) is int and 1 <= n <= 65535:
             return <Py_ssize_t>n
-        return _ref._check_n(n)
+        return check_n(n)
 
     cdef uint32_t _next_epoch(self) noexcept:
         self._epoch += 1
@@ -346,12 +338,12 @@ cdef class Ring:
             for p in range(q):
                 dst[2 * p] = self._owner[p] & 0xff
                 dst[2 * p + 1] = self._owner[p] >> 8
-            self._wire = _ref.pack(self._log2q, self.n, self.version, self.members, self.zones, table)
+            self._wire = pack(self._log2q, self.n, self.version, self.members, self.zones, table)
         return self._wire
 
     @classmethod
     def from_bytes(cls, data):
-        log2q, n, version, members, zones, owner = _ref.parse(data)
+        log2q, n, version, members, zones, owner = parse(data)
         return cls._build(log2q, n, version, members, zones, owner)
 
     def digest(self):
