@@ -1,8 +1,13 @@
-"""Pick the compiled extension of an algorithm or its plain-Python reference.
+"""The build switch: which implementation of each algorithm this process uses, decided once at import.
 
 Every module in ``dynafast._core`` (Cython) has a twin in ``dynafast._ref`` (plain Python) with the same
-public names; the same tests run against both. ``DYNAFAST_PURE=1`` forces the references, and
-``DYNAFAST_REQUIRE_COMPILED=1`` turns a missing build into an ImportError instead of a silent fallback.
+public names; the same tests run against both. The rest of the package imports the chosen modules from
+here (``from dynafast._impl import codec``) and never decides again.
+
+``DYNAFAST_PURE=1`` takes the references. Otherwise each module is the compiled one when it is built, else
+its reference; ``DYNAFAST_REQUIRE_COMPILED=1`` turns a missing build into an ImportError instead.
+``BUILD`` says what was chosen: "compiled", "reference", or "mixed" when only some modules are built.
+``compiled(name)`` and ``reference(name)`` give one build explicitly, for the tests that compare the two.
 """
 import importlib
 import os
@@ -22,8 +27,7 @@ def reference(name: str) -> ModuleType:
     return importlib.import_module(f"dynafast._ref.{name}")
 
 
-def load(name: str) -> ModuleType:
-    """The implementation to use: compiled unless forced pure or not built."""
+def _choose(name: str) -> ModuleType:
     if PURE:
         return reference(name)
     try:
@@ -32,3 +36,19 @@ def load(name: str) -> ModuleType:
         if REQUIRE_COMPILED:
             raise
         return reference(name)
+
+
+ring = _choose("ring")
+vclock = _choose("vclock")
+merkle = _choose("merkle")
+logstore = _choose("logstore")
+codec = _choose("codec")
+
+
+def _build_of(module: ModuleType) -> str:
+    return "compiled" if module.__name__.startswith("dynafast._core.") else "reference"
+
+
+BUILDS = {"ring": _build_of(ring), "vclock": _build_of(vclock), "merkle": _build_of(merkle),
+          "logstore": _build_of(logstore), "codec": _build_of(codec)}
+BUILD = BUILDS["ring"] if len(set(BUILDS.values())) == 1 else "mixed"

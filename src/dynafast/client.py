@@ -84,7 +84,7 @@ class _Routing:
             raise ValueError("give at least one node address HOST:PORT")
         for seed in self.seeds:
             parse_address(seed)
-        self.rings = _impl.load("ring")
+        self.rings = _impl.ring
         self.ring = None
         self.addresses: dict[str, str] = {}
         self.ring_refresh = ring_refresh

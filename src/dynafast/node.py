@@ -62,7 +62,7 @@ class Node:
         self.node_id = config.node_id
         self.env = env
         self.clock = env.clock
-        versions = _impl.load("vclock")
+        versions = _impl.vclock
         data = Path(config.data_dir)
         files = env.files
         if files is None:

@@ -33,7 +33,7 @@ class Store:
     - ``write_buffer_size`` (1 MiB): appends collect in memory (reads see them) until this much is buffered.
     - ``merge_trigger`` (0.5): a sealed segment whose dead/total byte ratio reaches this is merged.
     - ``background_merge`` (True) and ``merge_check_interval`` (1.0 s): merge by itself in a thread.
-    - ``engine``: the engine module (default ``dynafast._impl.load("logstore")``); tests pass the reference.
+    - ``engine``: the engine module (default ``dynafast._impl.logstore``); tests pass the reference.
 
     Keys and values are bytes (bytearray and memoryview accepted; anything else, str included, raises
     TypeError). Iteration (``keys``, ``items``) is unordered and safe while writes and merges go on: keys
@@ -73,7 +73,7 @@ class Store:
         self.flush_interval = float(flush_interval)
         self.merge_trigger = float(merge_trigger)
         self.merge_check_interval = float(merge_check_interval)
-        self._module = engine if engine is not None else _impl.load("logstore")
+        self._module = engine if engine is not None else _impl.logstore
         os.makedirs(self.path, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self.path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
         try:

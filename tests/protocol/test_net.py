@@ -5,7 +5,8 @@ import struct
 
 import pytest
 
-from dynafast import _impl, errors
+from dynafast import errors
+from dynafast._impl import codec
 from dynafast.net import loop as netloop
 from dynafast.net.blocking import BlockingConnection
 from dynafast.net.connection import Connection, PeerPool
@@ -22,7 +23,6 @@ from dynafast.net.messages import (
 )
 from dynafast.net.server import ServerConnection, start_server
 
-codec = _impl.load("codec")
 pytestmark = pytest.mark.timeout(60)
 LOOPS = ["asyncio"] + (["uvloop"] if netloop.uvloop is not None else [])
 HOST = "127.0.0.1"

@@ -5,14 +5,13 @@ import struct
 
 import pytest
 
-from dynafast import _impl
+from dynafast._impl import codec
 from dynafast.errors import ProtocolError
 from dynafast.net import loop as netloop
 from dynafast.net.connection import Connection
 from dynafast.net.messages import ErrorCode, Msg
 from dynafast.net.server import start_server
 
-codec = _impl.load("codec")
 pytestmark = pytest.mark.timeout(120)
 LOOPS = ["asyncio"] + (["uvloop"] if netloop.uvloop is not None else [])
 HOST = "127.0.0.1"

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from dynafast import Client, ValueTooLarge
-from dynafast import _impl
+from dynafast._impl import ring as rings, vclock as versions
 from dynafast.errors import QuorumNotMet, Unavailable
 from dynafast.net.blocking import BlockingConnection
 from dynafast.net.messages import Msg
@@ -40,8 +40,6 @@ def wait_members(client, count, timeout=20.0):
 
 def replica_copy(node, key, partitions=64):
     """What one node stores for ``key`` (as a primary), read straight from it."""
-    rings = _impl.load("ring")
-    versions = _impl.load("vclock")
     host, port = node.address.rsplit(":", 1)
     conn = BlockingConnection(host, int(port), 5.0)
     try:

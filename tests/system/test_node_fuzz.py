@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from dynafast import Client, _impl
+from dynafast import Client
+from dynafast._impl import codec
 from dynafast.net.messages import Msg
 from dynafast.testing.cluster import NodeProcess
 
-codec = _impl.load("codec")
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 SEED = 424242
 CASES = 400

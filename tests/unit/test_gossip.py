@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dynafast import _impl
+from dynafast._impl import ring as rings
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, exchange
 from dynafast.cluster.membership import VALID, ClusterState, Member
@@ -134,7 +134,6 @@ def test_newer_state_wins_and_ties_break_by_digest():
 
 
 def test_cluster_state_round_trips_and_plans_transfers():
-    rings = _impl.load("ring")
     ring = rings.Ring(64, ["n1", "n2", "n3"], n=3)
     nxt = ring.with_members(["n1", "n2", "n3", "n4"])
     members = {i: Member(i, f"127.0.0.1:{7100 + k}", "", VALID) for k, i in enumerate(["n1", "n2", "n3", "n4"])}

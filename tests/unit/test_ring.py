@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dynafast import _impl
 from dynafast.errors import ProtocolError
+from dynafast.ringclaim import spread_window
 from conftest import implementations
 
 impl = implementations("ring")
@@ -138,7 +139,7 @@ def test_builds_agree(q, members, n, data):
 def test_claim_balance_and_spread(impl, q, s, n):
     ring = impl.Ring(q, [f"node-{i}" for i in range(s)], n=n)
     assert balanced(ring)
-    w = ref.spread_window(q, s, n)
+    w = spread_window(q, s, n)
     assert spread(ring.owners(), w)
     if s >= n and -(-q // s) * n <= q:
         assert w == n  # the documented exact condition for a full N spread
@@ -151,13 +152,13 @@ def test_claim_spread_exhaustive_grid():
             for n in (2, 3, 4, 5):
                 ring = ref.Ring(q, [f"m{i:02d}" for i in range(s)], n=n)
                 assert balanced(ring), (q, s, n)
-                assert spread(ring.owners(), ref.spread_window(q, s, n)), (q, s, n)
+                assert spread(ring.owners(), spread_window(q, s, n)), (q, s, n)
 
 
 def test_claim_impossible_case_keeps_best_window(impl):
     # Q=8, S=3, N=3: three members can't make every 3 consecutive distinct (8 is not a multiple of 3).
     ring = impl.Ring(8, ["a", "b", "c"], n=3)
-    assert ref.spread_window(8, 3, 3) == 2
+    assert spread_window(8, 3, 3) == 2
     assert balanced(ring) and spread(ring.owners(), 2)
     for p in range(8):
         assert sorted(ring.replicas(p)) == ["a", "b", "c"]
@@ -173,7 +174,7 @@ def test_claim_zones_equal_sized(impl, q, per_zone, zones):
     if q % (zones * per_zone) == 0:
         # Documented: equal zones and Q a multiple of S give any N consecutive partitions N distinct zones.
         assert spread([labels[o] for o in ring.owners()], 3)
-    assert spread(ring.owners(), ref.spread_window(q, len(members), 3))
+    assert spread(ring.owners(), spread_window(q, len(members), 3))
 
 
 @FAST
@@ -187,7 +188,7 @@ def test_claim_after_change_keeps_laws(impl, q, s, n, data):
     assert after.version == ring.version + 1
     assert after.members == tuple(sorted(new))
     assert balanced(after)
-    assert spread(after.owners(), ref.spread_window(q, len(new), n))
+    assert spread(after.owners(), spread_window(q, len(new), n))
     # Determinism: the same inputs give the same ring.
     assert after == ring.with_members(new)
 
@@ -252,7 +253,7 @@ def test_movement_under_churn(q, seed):
             after = ring.with_members(cur + [who])
             ideal = len(after.partitions_owned(who))
         assert balanced(after)
-        assert spread(after.owners(), ref.spread_window(q, len(after.members), 3))
+        assert spread(after.owners(), spread_window(q, len(after.members), 3))
         moved = ring.moved_partitions(after)
         assert moved * 10 <= ideal * 11, (q, seed, step, moved, ideal)
         ring = after

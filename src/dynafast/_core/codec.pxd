@@ -1,6 +1,8 @@
 # Wire protocol codec: the contract for other extensions. All field widths live here (docs/protocol.md).
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
+from dynafast._core.varint cimport MAX_VARINT_SIZE  # varints are varint.pxd's
+
 
 cdef enum:
     FRAME_VERSION = 1
@@ -10,7 +12,6 @@ cdef enum:
     REQUEST_ID_SIZE = 4      # u32, big-endian
     HEADER_SIZE = 10         # 4 + 1 + 1 + 4
     MIN_FRAME_LENGTH = 6     # the length field counts version + type + request id + body
-    MAX_VARINT_SIZE = 10     # a u64 in 7-bit groups
     FLOAT_SIZE = 8           # IEEE 754 double, big-endian
     MAX_FRAME_DEFAULT_C = 67108864   # 64 MiB
     WRITE_BUFFER_INITIAL = 4096

@@ -15,6 +15,8 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from dynafast._core.varint cimport put_varint, read_varint
+
 from dynafast.errors import ProtocolError
 
 cdef extern from "Python.h":
@@ -98,14 +100,8 @@ cdef class WriteBuffer:
 
     cdef int write_varint(self, uint64_t value) except -1:
         self.reserve(MAX_VARINT_SIZE)
-        cdef char *p = self.buf + self.size
-        cdef Py_ssize_t n = 0
-        while value >= 0x80:
-            p[n] = <char>((value & 0x7F) | 0x80)
-            value >>= 7
-            n += 1
-        p[n] = <char>value
-        self.size += n + 1
+        cdef unsigned char *start = <unsigned char *>self.buf + self.size
+        self.size += put_varint(start, value) - start
         return 0
 
     cdef int write_data(self, const char *data, Py_ssize_t size) except -1:
@@ -246,29 +242,9 @@ def encode_into(bytearray buf not None, msg_type, request_id, fields):
 
 # -- decoding ---------------------------------------------------------------------------------------------
 
-cdef int _read_varint(const unsigned char *data, Py_ssize_t *pos, Py_ssize_t end, uint64_t *out) except -1:
-    cdef uint64_t result = 0
-    cdef int shift = 0
-    cdef int i
-    cdef unsigned char byte
-    for i in range(MAX_VARINT_SIZE):
-        if pos[0] >= end:
-            raise ProtocolError("truncated varint")
-        byte = data[pos[0]]
-        pos[0] += 1
-        if i == MAX_VARINT_SIZE - 1 and byte > 1:
-            raise ProtocolError("varint overflows 64 bits")
-        result |= (<uint64_t>(byte & 0x7F)) << shift
-        if byte < 0x80:
-            out[0] = result
-            return 0
-        shift += 7
-    raise ProtocolError("varint too long")
-
-
 cdef inline Py_ssize_t _read_length(const unsigned char *data, Py_ssize_t *pos, Py_ssize_t end) except -1:
     cdef uint64_t size
-    _read_varint(data, pos, end, &size)
+    read_varint(data, end, pos, &size, False)
     if size > <uint64_t>(end - pos[0]):
         raise ProtocolError("field runs past the end of its frame")
     return <Py_ssize_t>size
@@ -298,7 +274,7 @@ cdef object _read_value(const unsigned char *data, Py_ssize_t *pos, Py_ssize_t e
     if tag == TAG_FALSE:
         return False
     if tag == TAG_INT:
-        _read_varint(data, pos, end, &z)
+        read_varint(data, end, pos, &z, False)
         return <int64_t>((z >> 1) ^ (0 - (z & 1)))
     if tag == TAG_FLOAT:
         if end - pos[0] < FLOAT_SIZE:
@@ -321,7 +297,7 @@ cdef object _read_value(const unsigned char *data, Py_ssize_t *pos, Py_ssize_t e
     if tag == TAG_LIST or tag == TAG_LIST_BYTES:
         if not top:
             raise ProtocolError("nested list")
-        _read_varint(data, pos, end, &count)
+        read_varint(data, end, pos, &count, False)
         if count > <uint64_t>(end - pos[0]):  # every item takes at least one byte: bounds the allocation
             raise ProtocolError("list count runs past the end of its frame")
         items = []

@@ -13,16 +13,7 @@ cdef enum:
     MERKLE_CHECK_SEED = 0x4D4B4331 # "MKC1"
 
 
-cdef struct Hash128:
-    uint64_t h1
-    uint64_t h2
-
-
-# MurmurHash3 x64_128, identical to mmh3.hash64(data, seed, signed=False).
-cdef Hash128 mm3_x64_128(const unsigned char *data, Py_ssize_t n, uint32_t seed) noexcept nogil
-# The same over the little-endian bytes of n 64-bit words, without serializing them.
-cdef Hash128 mm3_words(const uint64_t *words, Py_ssize_t n, uint32_t seed) noexcept nogil
-# Hash of one (key, version digest) pair: what a leaf sums.
+# Hash of one (key, version digest) pair, MurmurHash3 x64_128 (murmur3.pxd): what a leaf sums.
 cdef int merkle_item_hash(const unsigned char *key, Py_ssize_t klen,
                           const unsigned char *digest, Py_ssize_t dlen, uint64_t *out) except -1
 

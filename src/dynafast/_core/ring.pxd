@@ -2,7 +2,6 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
-cdef uint64_t murmur3_low64(const uint8_t* data, Py_ssize_t length) noexcept nogil
 cdef uint64_t key_token(object key) except? 0
 
 

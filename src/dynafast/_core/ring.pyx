@@ -1,9 +1,10 @@
 # cython: language_level=3
 """The partition ring, compiled: tokens, partitions and preference lists in C.
 
-Same public names and behaviour as ``dynafast._ref.ring`` (read its docstring for the claim's guarantees).
-The claim runs only on membership changes, so it is the reference's plain-Python ``claim``; every lookup
-(token, partition, replicas, fallbacks, preference list) runs over a C array of uint16 member indices.
+Same public names and behaviour as its reference ``dynafast._ref.ring``. The claim runs only on membership
+changes, so both builds share the plain-Python ``dynafast.ringclaim``, and the argument checks and byte
+format of ``dynafast.ringformat``; every lookup (token, partition, replicas, fallbacks, preference list)
+runs here over a C array of uint16 member indices.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -17,90 +18,37 @@ import numpy
 
 cimport numpy as cnp
 
-from dynafast._ref import ring as _ref
+from dynafast._core.murmur3 cimport mm3_x64_128
+
+from dynafast.ringclaim import claim
+from dynafast.ringformat import check_members, check_n, check_partitions, check_version, pack, parse
 
 cnp.import_array()
 
-# Claim helpers are shared with the reference (the claim is not hot); re-exported so both have the same names.
-spread_window = _ref.spread_window
-zone_window = _ref.zone_window
 
-cdef enum:
-    MIN_PARTITIONS = 8
-    MAX_PARTITIONS = 4096
-
-
-# -- MurmurHash3 x64_128, seed 0; only h1 (the low 64 bits of the 128-bit result) is returned -------------
-cdef inline uint64_t _rotl(uint64_t x, int r) noexcept nogil:
-    return (x << r) | (x >> (64 - r))
-
-
-cdef inline uint64_t _fmix(uint64_t k) noexcept nogil:
-    k ^= k >> 33
-    k *= <uint64_t>0xff51afd7ed558ccdULL
-    k ^= k >> 33
-    k *= <uint64_t>0xc4ceb9fe1a85ec53ULL
-    k ^= k >> 33
-    return k
-
-
-cdef inline uint64_t _load64(const uint8_t* p) noexcept nogil:
-    # Byte by byte: little-endian on every host and no unaligned access; compilers fold it to one load.
-    return (<uint64_t>p[0] | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16) | (<uint64_t>p[3] << 24)
-            | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40) | (<uint64_t>p[6] << 48)
-            | (<uint64_t>p[7] << 56))
-
-
-cdef uint64_t murmur3_low64(const uint8_t* data, Py_ssize_t length) noexcept nogil:
-    cdef uint64_t h1 = 0, h2 = 0, k1, k2
-    cdef uint64_t c1 = <uint64_t>0x87c37b91114253d5ULL
-    cdef uint64_t c2 = <uint64_t>0x4cf5ad432745937fULL
-    cdef Py_ssize_t nblocks = length // 16, i
-    cdef const uint8_t* tail
-    cdef int rest
-    for i in range(nblocks):
-        k1 = _load64(data + i * 16)
-        k2 = _load64(data + i * 16 + 8)
-        k1 *= c1; k1 = _rotl(k1, 31); k1 *= c2; h1 ^= k1
-        h1 = _rotl(h1, 27); h1 += h2; h1 = h1 * 5 + 0x52dce729
-        k2 *= c2; k2 = _rotl(k2, 33); k2 *= c1; h2 ^= k2
-        h2 = _rotl(h2, 31); h2 += h1; h2 = h2 * 5 + 0x38495ab5
-    tail = data + nblocks * 16
-    rest = <int>(length & 15)
-    k1 = 0
-    k2 = 0
-    if rest > 8:
-        for i in range(rest - 1, 7, -1):
-            k2 ^= (<uint64_t>tail[i]) << ((i - 8) * 8)
-        k2 *= c2; k2 = _rotl(k2, 33); k2 *= c1; h2 ^= k2
-    if rest > 0:
-        for i in range((rest if rest < 8 else 8) - 1, -1, -1):
-            k1 ^= (<uint64_t>tail[i]) << (i * 8)
-        k1 *= c1; k1 = _rotl(k1, 31); k1 *= c2; h1 ^= k1
-    h1 ^= <uint64_t>length
-    h2 ^= <uint64_t>length
-    h1 += h2
-    h2 += h1
-    h1 = _fmix(h1)
-    h2 = _fmix(h2)
-    h1 += h2
-    return h1
-
-
+# -- tokens: the low 64 bits of MurmurHash3 x64_128, seed 0 (murmur3.pxd) ------------------------------
 cdef uint64_t key_token(object key) except? 0:
     """Token of a bytes-like key; str and non-buffers raise TypeError."""
     cdef Py_buffer view
     cdef uint64_t h
     if type(key) is bytes:
-        return murmur3_low64(<const uint8_t*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        return mm3_x64_128(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), 0).h1
     if isinstance(key, str):
         raise TypeError("keys are bytes, not str")
     PyObject_GetBuffer(key, &view, PyBUF_SIMPLE)
     try:
-        h = murmur3_low64(<const uint8_t*>view.buf, view.len)
+        h = mm3_x64_128(<const unsigned char*>view.buf, view.len, 0).h1
     finally:
         PyBuffer_Release(&view)
     return h
+
+
+cdef inline uint64_t _token(object key) except? 0:
+    # key_token with the hash of bytes keys (nearly all keys) inlined into the lookup itself: a call into
+    # key_token sets up its frame for the buffer path even when the key is bytes.
+    if type(key) is bytes:
+        return mm3_x64_128(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), 0).h1
+    return key_token(key)
 
 
 def token(key):
@@ -115,7 +63,7 @@ def tokens(keys):
     out = numpy.empty(count, dtype=numpy.uint64)
     cdef uint64_t[::1] view = out
     for i in range(count):
-        view[i] = key_token(items[i])
+        view[i] = _token(items[i])
     return out
 
 
@@ -135,17 +83,16 @@ cdef class Ring:
         PyMem_Free(self._mark)
 
     def __init__(self, partitions, members, *, n=3, zones=None, previous=None, version=1):
-        log2q = _ref._check_partitions(partitions)
-        n = _ref._check_n(n)
-        members, zones = _ref._check_members(members, zones)
-        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**64:
-            raise ValueError("version must be an unsigned 64-bit integer")
+        log2q = check_partitions(partitions)
+        n = check_n(n)
+        members, zones = check_members(members, zones)
+        check_version(version)
         prev = None
         if previous is not None:
             if getattr(previous, "partitions", None) != partitions:
                 raise ValueError("previous must be a Ring with the same number of partitions")
             prev = previous.owners()
-        owner = _ref.claim(partitions, members, n, zones, prev)
+        owner = claim(partitions, members, n, zones, prev)
         self._setup(log2q, n, version, members, zones, owner)
 
     def _setup(self, int log2q, int n, unsigned long long version, tuple members, dict zones, owner):
@@ -201,10 +148,10 @@ cdef class Ring:
     cdef Py_ssize_t _check_n(self, object n) except -1:
         if n is None:
             return self.n
-        # The common case inline (a call into the Python reference costs more than the lookup itself).
+        # The common case inline (a call into Python costs more than the lookup itself).
         if type(n) is int and 1 <= n <= 65535:
             return <Py_ssize_t>n
-        return _ref._check_n(n)
+        return check_n(n)
 
     cdef uint32_t _next_epoch(self) noexcept:
         self._epoch += 1
@@ -238,7 +185,7 @@ cdef class Ring:
         return [members[self._owner[p]] for p in range(self.partitions)]
 
     def partition_of(self, key):
-        return key_token(key) >> (64 - self._log2q)
+        return _token(key) >> (64 - self._log2q)
 
     def partition_of_token(self, token):
         cdef uint64_t t
@@ -273,7 +220,7 @@ cdef class Ring:
         out = numpy.empty(count, dtype=numpy.intp)
         dst = <Py_ssize_t*>cnp.PyArray_DATA(out)
         for i in range(count):
-            dst[i] = <Py_ssize_t>(key_token(items[i]) >> shift)
+            dst[i] = <Py_ssize_t>(_token(items[i]) >> shift)
         return out
 
     def partitions_owned(self, node):
@@ -346,12 +293,12 @@ cdef class Ring:
             for p in range(q):
                 dst[2 * p] = self._owner[p] & 0xff
                 dst[2 * p + 1] = self._owner[p] >> 8
-            self._wire = _ref.pack(self._log2q, self.n, self.version, self.members, self.zones, table)
+            self._wire = pack(self._log2q, self.n, self.version, self.members, self.zones, table)
         return self._wire
 
     @classmethod
     def from_bytes(cls, data):
-        log2q, n, version, members, zones, owner = _ref.parse(data)
+        log2q, n, version, members, zones, owner = parse(data)
         return cls._build(log2q, n, version, members, zones, owner)
 
     def digest(self):

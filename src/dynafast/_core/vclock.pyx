@@ -12,6 +12,8 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcmp, memcpy as memcpy_
 
+from dynafast._core.varint cimport put_varint, read_varint, varint_size
+
 from dynafast.errors import ProtocolError
 
 cdef extern from "Python.h":
@@ -128,43 +130,10 @@ cdef int compare_entries(Entry* a, Py_ssize_t na, Entry* b, Py_ssize_t nb) noexc
     return ORDER_EQUAL
 
 
-# -- varints: unsigned LEB128, minimal, at most 10 bytes -------------------------------------------------------
-cdef inline Py_ssize_t varint_size(uint64_t v) noexcept nogil:
-    cdef Py_ssize_t n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-cdef inline unsigned char* put_varint(unsigned char* w, uint64_t v) noexcept nogil:
-    while v >= 0x80:
-        w[0] = <unsigned char>((v & 0x7F) | 0x80)
-        w += 1
-        v >>= 7
-    w[0] = <unsigned char>v
-    return w + 1
-
-
-cdef int get_varint(const unsigned char* p, Py_ssize_t end, Py_ssize_t* pos, uint64_t* out) except -1:
-    cdef uint64_t result = 0
-    cdef int shift = 0
-    cdef unsigned char byte
-    while True:
-        if pos[0] >= end:
-            raise ProtocolError("truncated varint")
-        byte = p[pos[0]]
-        pos[0] += 1
-        if shift == 63 and byte > 1:
-            raise ProtocolError("varint overflows 64 bits")
-        result |= (<uint64_t>(byte & 0x7F)) << shift
-        if byte < 0x80:
-            # A zero last byte after the first one means a longer encoding than needed: not canonical.
-            if byte == 0 and shift:
-                raise ProtocolError("varint is not minimal")
-            out[0] = result
-            return 0
-        shift += 7
+# -- varints (varint.pxd) ----------------------------------------------------------------------------------------
+cdef inline int get_varint(const unsigned char* p, Py_ssize_t end, Py_ssize_t* pos, uint64_t* out) except -1:
+    # The clock formats are canonical: a longer encoding than needed is refused.
+    return read_varint(p, end, pos, out, True)
 
 
 cdef object get_bytes(const unsigned char* p, Py_ssize_t end, Py_ssize_t* pos):

@@ -44,7 +44,7 @@ class VnodeTrees:
 
     def __init__(self, vnodes, leaves: int = 1024, fanout: int = 16):
         self.replicas = vnodes
-        self.merkle = _impl.load("merkle")
+        self.merkle = _impl.merkle
         self.leaves = leaves
         self.fanout = fanout
         self.trees: dict[int, object] = {}

@@ -126,7 +126,7 @@ class ClusterMembership:
         self.clock = clock
         self.rng = rng
         self.files = files
-        self.rings = _impl.load("ring")
+        self.rings = _impl.ring
         self.state: ClusterState | None = None
         detector = FailureDetector(config.phi_threshold, first_interval=config.gossip_interval,
                                    acceptable_pause=config.gossip_interval)

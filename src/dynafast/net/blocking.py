@@ -1,11 +1,9 @@
 """A blocking-socket connection for synchronous callers (the synchronous Client, scripts, tests)."""
 import socket
 
-from dynafast import _impl
+from dynafast._impl import codec
 from dynafast.errors import ProtocolError, Timeout, Unavailable
 from dynafast.net.messages import Msg, error_from_fields
-
-codec = _impl.load("codec")
 
 DEFAULT_TIMEOUT = 5.0
 _RECV_SIZE = 256 * 1024

@@ -6,13 +6,12 @@ queued during one loop turn go out in one write.
 import asyncio
 import logging
 
-from dynafast import _impl
+from dynafast._impl import codec
 from dynafast.address import format_address, parse_address
 from dynafast.errors import ProtocolError, Timeout, Unavailable
 from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg, error_from_fields
 
-codec = _impl.load("codec")
 log = logging.getLogger("dynafast.net.connection")
 
 DEFAULT_TIMEOUT = 5.0

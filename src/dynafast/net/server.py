@@ -10,12 +10,11 @@ import functools
 import inspect
 import logging
 
-from dynafast import _impl
+from dynafast._impl import codec
 from dynafast.address import format_address
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.net.messages import Error, ErrorCode, Msg, Overloaded, error_fields
 
-codec = _impl.load("codec")
 log = logging.getLogger("dynafast.net.server")
 
 DEFAULT_MAX_INFLIGHT = 4096  # per connection: async handler calls not yet answered

@@ -12,13 +12,12 @@ import asyncio
 import itertools
 import logging
 
-from dynafast import _impl
+from dynafast._impl import codec
 from dynafast.errors import Timeout, Unavailable
 from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg, error_fields, error_from_fields
 
 log = logging.getLogger("dynafast.sim.network")
-codec = _impl.load("codec")
 
 
 def _wire(msg_type, request_id, fields):

@@ -285,7 +285,7 @@ class _Run:
         if not running:
             result.violations.append(Violation("membership", "no node is running"))
             return
-        versions = _impl.load("vclock")
+        versions = _impl.vclock
         ring = running[0].node.membership.ring
         n = min(running[0].config.n, len(ring.members))
         final, copies = {}, {}
