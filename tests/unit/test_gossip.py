@@ -188,3 +188,29 @@ def test_leave_before_the_join_finished_ends_in_left(tmp_path):
             await m.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_address_of_a_node_that_is_no_member_is_unavailable(tmp_path):
+    """A job for a node that a newer cluster state dropped (a transfer towards a joiner that was replaced) must
+    fail as a call to a dead peer does, not with a KeyError that kills the job's task unseen (found by the
+    simulator)."""
+    import asyncio
+    import random
+
+    from dynafast.cluster.membership import ClusterMembership
+    from dynafast.cluster.ports import DirectoryFiles, SystemClock
+    from dynafast.config import NodeConfig
+    from dynafast.errors import Unavailable
+
+    async def scenario():
+        config = NodeConfig(node_id="a", listen="127.0.0.1:7001", data_dir=str(tmp_path))
+        m = ClusterMembership(config, None, clock=SystemClock(), rng=random.Random(0), files=DirectoryFiles(tmp_path))
+        await m.start()
+        try:
+            assert m.address_of("a") == "127.0.0.1:7001"
+            with pytest.raises(Unavailable):
+                m.address_of("gone")
+        finally:
+            await m.stop()
+
+    asyncio.run(scenario())

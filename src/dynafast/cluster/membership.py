@@ -28,7 +28,7 @@ from dynafast import _impl
 from dynafast.cluster.background import cancel_and_wait, periodic
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, state_order
-from dynafast.errors import DynafastError, ProtocolError, Timeout
+from dynafast.errors import DynafastError, ProtocolError, Timeout, Unavailable
 from dynafast.net.messages import Msg, parse
 
 log = logging.getLogger("dynafast.membership")
@@ -157,7 +157,11 @@ class ClusterMembership:
         route = self.config.peer_routes.get(node_id)
         if route:
             return route
-        return self.state.members[node_id].address
+        member = self.state.members.get(node_id)
+        if member is None:
+            # A newer cluster state dropped it while a job for it was under way: as unreachable as a dead peer.
+            raise Unavailable(f"{node_id} is not a member of the cluster")
+        return member.address
 
     def down(self) -> frozenset[str]:
         return self._down

@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import traceback
 from dataclasses import dataclass, field
 
 from dynafast import _impl
@@ -97,7 +98,11 @@ class _Run:
         message = context.get("message", "")
         if exc is not None and type(exc).__name__ in ("StoreClosed", "CancelledError", "Unavailable", "Timeout"):
             return  # a crashed node's leftovers
-        self.errors.append(f"{message}: {exc!r}")
+        where = ""
+        if exc is not None and exc.__traceback__ is not None:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f" at {frame.filename.rsplit('/dynafast/', 1)[-1]}:{frame.lineno} in {frame.name}"
+        self.errors.append(f"{message}: {exc!r}{where}")
 
     # -- nodes -----------------------------------------------------------------------------------------------
     def _new_node(self, seeds) -> SimNode:
