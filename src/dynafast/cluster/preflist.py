@@ -93,12 +93,13 @@ class Ownership:
         a member that may stand in for one. A partition outside the ring is a ProtocolError."""
         if self._rings[0] is not ring or self._rings[1] is not next_ring:
             self._update(ring, next_ring)
-        if not 0 <= partition < ring.partitions:
+        if hint_for is None and partition in self._held:
+            return  # the common case, first: one set lookup
+        if not (type(partition) is int and 0 <= partition < ring.partitions):
             raise ProtocolError(f"partition {partition} is outside the ring's 0..{ring.partitions - 1}")
         if hint_for is None:
-            if partition not in self._held:
-                raise WrongNode(f"{self.node_id} holds no replica of partition {partition}")
-        elif not self._member:
+            raise WrongNode(f"{self.node_id} holds no replica of partition {partition}")
+        if not self._member:
             raise WrongNode(f"{self.node_id} is not a member of the ring")
 
     def check_member(self, membership, partition: int, hint_for: str | None = None) -> None:
@@ -106,6 +107,9 @@ class Ownership:
         state = membership.state
         if state is None:
             raise Unavailable(f"{self.node_id} has not joined the cluster yet")
+        if hint_for is None and state.ring is self._rings[0] and state.next_ring is self._rings[1] \
+                and partition in self._held:
+            return  # the request path's case, without a further call
         self.check(state.ring, state.next_ring, partition, hint_for)
 
     def _update(self, ring, next_ring) -> None:

@@ -25,6 +25,11 @@ from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.requests")
 
+# Looked up once: an enum member lookup costs more than the rest of a small handler.
+_REPLICA_GET_REPLY = int(Msg.REPLICA_GET_REPLY)
+_REPLICA_PUT_REPLY = int(Msg.REPLICA_PUT_REPLY)
+
+
 def _ms(timeout_ms, default: float) -> float:
     if timeout_ms is None:
         return default
@@ -293,16 +298,17 @@ class RequestCoordinator:
 
     # -- replica requests from coordinators ----------------------------------------------------------------
     def replica_get(self, request):
-        self.ownership.check_member(self.membership, request.partition, request.hint_for)
-        return (Msg.REPLICA_GET_REPLY, (self.vnodes.get_raw(request.partition, request.key, request.hint_for),))
+        partition, key, hint_for = request  # unpacked once: this runs for most replica calls
+        self.ownership.check_member(self.membership, partition, hint_for)
+        return (_REPLICA_GET_REPLY, (self.vnodes.get_raw(partition, key, hint_for),))
 
     def replica_put(self, request):
-        self.ownership.check_member(self.membership, request.partition, request.hint_for)
-        incoming = self.Siblings.from_bytes(request.object)
-        self.vnodes.merge_in(request.partition, request.key, incoming, request.hint_for)
-        if request.durable:
+        partition, key, raw, durable, hint_for = request
+        self.ownership.check_member(self.membership, partition, hint_for)
+        self.vnodes.merge_in(partition, key, self.Siblings.from_bytes(raw), hint_for)
+        if durable:
             return durable_reply(self.durability, Msg.REPLICA_PUT_REPLY)
-        return (Msg.REPLICA_PUT_REPLY, (False,))
+        return (_REPLICA_PUT_REPLY, (False,))
 
 
 class _Request:

@@ -62,11 +62,11 @@ class Vnodes:
 
     # -- objects -----------------------------------------------------------------------------------------
     def get(self, partition: int, key: bytes, hint_for: str | None = None):
-        raw = self.store.get(self._stored_key(partition, key, hint_for))
+        raw = self.store.get(object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key))
         return None if raw is None else self._siblings.from_bytes(raw)
 
     def get_raw(self, partition: int, key: bytes, hint_for: str | None = None) -> bytes | None:
-        return self.store.get(self._stored_key(partition, key, hint_for))
+        return self.store.get(object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key))
 
     def write(self, partition: int, key: bytes, siblings, hint_for: str | None = None, *, previous=None,
               raw: bytes | None = None) -> None:

@@ -421,9 +421,15 @@ def parse(msg_type, fields):
     that depend on a node's configuration (quorums, sizes, partitions) are the receiver's.
     """
     try:
-        record, check, required, size, defaults, lists = _SPECS[msg_type]
+        fast = _PARSERS[msg_type]
     except (KeyError, TypeError):
         raise UnknownMessage(f"unknown message type {msg_type!r}") from None
+    return fast(fields)
+
+
+def _parse(msg_type, fields):
+    """The general path of ``parse``: fields to fit, list items to check, errors to name."""
+    record, check, required, size, defaults, lists = _SPECS[msg_type]
     if type(fields) is not tuple or len(fields) != size:
         fields = _fit(msg_type, record, fields, required, size, defaults)
     if not check(fields):
@@ -433,6 +439,31 @@ def parse(msg_type, fields):
             if type(item) not in items:
                 raise _malformed(msg_type, record, record._fields[index])
     return _new(record, fields)
+
+
+def _parser(msg_type: int):
+    """``parse`` for one message type, as straight-line code (as namedtuple builds its __new__): a record
+    without list fields that arrives whole and well typed (every request on the hot path) is one size test and
+    inline type tests; anything else takes the general path."""
+    record, _, _, size, _, lists = _SPECS[msg_type]
+    if lists:
+        return lambda fields: _parse(msg_type, fields)
+    names = [f"f{i}" for i in range(size)]
+    tests = []
+    for name, field in zip(names, record._fields):
+        accepted, _ = _accepted(record.__annotations__[field])
+        tests.append("(" + " or ".join(f"{name} is None" if t is type(None) else f"type({name}) is {t.__name__}"
+                                       for t in accepted) + ")")
+    unpack = f"        {', '.join(names)}, = fields\n" if names else ""
+    source = (f"def parse_{record.__name__}(fields):\n"
+              f"    if type(fields) is tuple and len(fields) == {size}:\n"
+              f"{unpack}"
+              f"        if {' and '.join(tests) or 'True'}:\n"
+              f"            return _new(record, fields)\n"
+              f"    return _parse({msg_type}, fields)\n")
+    namespace = {"_new": _new, "record": record, "_parse": _parse}
+    exec(source, namespace)  # only builtin type names and these three names appear in the source
+    return namespace[f"parse_{record.__name__}"]
 
 
 def _fit(msg_type, record, fields, required, size, defaults) -> tuple:
@@ -453,6 +484,9 @@ def _wrong_type(msg_type, record, fields) -> errors.ProtocolError:
         if type(value) not in accepted:
             return _malformed(msg_type, record, name)
     raise AssertionError(f"no field of {fields!r} is wrong for {record.__name__}")
+
+
+_PARSERS = {msg_type: _parser(msg_type) for msg_type in _SPECS}
 
 
 def parse_reply(request_type, reply):
