@@ -56,10 +56,6 @@ class Vnodes:
         # on_write(partition, key, old, new) after each change of a primary object (Merkle trees follow it).
         self.on_write = on_write
 
-    @staticmethod
-    def _stored_key(partition: int, key: bytes, hint_for: str | None) -> bytes:
-        return object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key)
-
     # -- objects -----------------------------------------------------------------------------------------
     def get(self, partition: int, key: bytes, hint_for: str | None = None):
         raw = self.store.get(object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key))
@@ -71,7 +67,7 @@ class Vnodes:
     def write(self, partition: int, key: bytes, siblings, hint_for: str | None = None, *, previous=None,
               raw: bytes | None = None) -> None:
         """Store ``siblings`` as they are (the caller merged them with ``previous``, what was stored)."""
-        self.store.put(self._stored_key(partition, key, hint_for),
+        self.store.put(object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key),
                        raw if raw is not None else siblings.to_bytes())
         if hint_for is None and self.on_write is not None:
             self.on_write(partition, key, previous, siblings)
