@@ -33,7 +33,7 @@ from dynafast.config import NodeConfig
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.metrics import RequestStats
 from dynafast.net.connection import PeerPool
-from dynafast.net.messages import Msg, parse
+from dynafast.net.messages import Msg, parser
 from dynafast.net.server import start_server
 
 log = logging.getLogger("dynafast.node")
@@ -122,6 +122,8 @@ class Node:
             Msg.MERKLE_GET: self.antientropy.handle_merkle_get,
             Msg.KEYS_GET: self.antientropy.handle_keys_get,
         }
+        # One lookup per message: (record check, handler, client op or None), keyed by the decoder's plain ints.
+        self._dispatch = {int(t): (parser(t), h, _CLIENT_OPS.get(t)) for t, h in self.handlers.items()}
 
     # -- life cycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,20 +175,20 @@ class Node:
 
     # -- dispatch -------------------------------------------------------------------------------------------
     def handle(self, conn, msg_type, request_id, fields):
-        handler = self.handlers.get(msg_type)
-        if handler is None:
+        entry = self._dispatch.get(msg_type)
+        if entry is None:
             raise ProtocolError(f"unknown message type {msg_type}")
-        op = _CLIENT_OPS.get(msg_type)
+        # Every decoded message is checked against its record (``check``) before it reaches a service.
+        check, handler, op = entry
         started = self.stats.started() if op is not None else 0.0
         try:
-            # Every decoded message is checked against its record before it reaches a service.
-            result = handler(parse(msg_type, fields))
+            result = handler(check(fields))
         except DynafastError as exc:
             if op is not None:
                 self.stats.finished(op, started, exc)
             raise  # KeyTooLarge and ValueTooLarge are ValueErrors too, and must reach the client as they are
         except _MALFORMED as exc:
-            # Fields of the wrong number or type: the sender's fault, answered with a protocol error.
+            # Fields out of range for this node: the sender's fault, answered with a protocol error.
             error = ProtocolError(f"malformed {Msg(msg_type).name} request: {exc}")
             if op is not None:
                 self.stats.finished(op, started, error)

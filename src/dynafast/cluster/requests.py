@@ -26,8 +26,17 @@ from dynafast.net.messages import Msg
 log = logging.getLogger("dynafast.requests")
 
 # Looked up once: an enum member lookup costs more than the rest of a small handler.
+_GET, _PUT, _DELETE = int(Msg.GET), int(Msg.PUT), int(Msg.DELETE)
+_PUT_REPLY, _DELETE_REPLY = int(Msg.PUT_REPLY), int(Msg.DELETE_REPLY)
 _REPLICA_GET_REPLY = int(Msg.REPLICA_GET_REPLY)
 _REPLICA_PUT_REPLY = int(Msg.REPLICA_PUT_REPLY)
+
+
+def _check_sizes(config, key: bytes, value: bytes | None = None) -> None:
+    if len(key) > config.max_key_size:
+        raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of {config.max_key_size}")
+    if value is not None and len(value) > config.max_value_size:
+        raise ValueTooLarge(f"value of {len(value)} bytes is over the limit of {config.max_value_size}")
 
 
 def _ms(timeout_ms, default: float) -> float:
@@ -77,58 +86,45 @@ class RequestCoordinator:
 
     def _route(self, key):
         membership = self.membership
-        if membership.state is None:
+        state = membership.state
+        if state is None:
             # Serving starts before a new (or wiped) node has joined: it cannot route anything yet.
             raise Unavailable(f"{self.me} has not joined the cluster yet")
-        return self.routes.route(membership.ring, membership.down(), key)
+        return self.routes.route(state.ring, membership.down(), key)
 
     def _address(self, node):
         return self.membership.address_of(node)
-
-    # -- validating client fields --------------------------------------------------------------------------
-    def _check_key(self, key) -> bytes:
-        if not isinstance(key, bytes):
-            raise ProtocolError("key must be bytes")
-        if len(key) > self.config.max_key_size:
-            raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of {self.config.max_key_size}")
-        return key
-
-    def _check_value(self, value) -> bytes:
-        if not isinstance(value, bytes):
-            raise ProtocolError("value must be bytes")
-        if len(value) > self.config.max_value_size:
-            raise ValueTooLarge(
-                f"value of {len(value)} bytes is over the limit of {self.config.max_value_size}"
-            )
-        return value
 
     # -- client requests --------------------------------------------------------------------------------------
     # Handlers receive the message's record (``dynafast.net.messages``): field types are checked already; the
     # ranges that depend on this node's configuration are checked here.
     def client_get(self, get):
-        key = self._check_key(get.key)
-        r = _quorum(get.r, self.config.r, "r", self.config.n) or 1
-        timeout = _ms(get.timeout_ms, self.config.request_timeout)
-        return self._get(key, r, timeout, (Msg.GET, get))
+        key, r, timeout_ms = get
+        config = self.config
+        _check_sizes(config, key)
+        r = _quorum(r, config.r, "r", config.n) or 1
+        timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
+        return self._get(key, r, timeout, (_GET, get))
 
     def client_put(self, put):
-        key = self._check_key(put.key)
-        value = self._check_value(put.value)
-        return self._write(key, value, put, Msg.PUT)
+        key, value, context, w, dw, timeout_ms = put
+        _check_sizes(self.config, key, value)
+        return self._write(key, value, context, w, dw, timeout_ms, _PUT_REPLY, (_PUT, put))
 
     def client_delete(self, delete):
-        key = self._check_key(delete.key)
-        return self._write(key, None, delete, Msg.DELETE)
+        key, context, w, dw, timeout_ms = delete
+        _check_sizes(self.config, key)
+        return self._write(key, None, context, w, dw, timeout_ms, _DELETE_REPLY, (_DELETE, delete))
 
-    def _write(self, key, value, request, msg_type):
-        w = _quorum(request.w, self.config.w, "w", self.config.n) or 1
-        dw = _quorum(request.dw, min(self.config.dw, w), "dw", self.config.n)
+    def _write(self, key, value, context, w, dw, timeout_ms, reply_type, request):
+        config = self.config
+        w = _quorum(w, config.w, "w", config.n) or 1
+        dw = _quorum(dw, min(config.dw, w), "dw", config.n)
         if dw > w:
             raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
-        timeout = _ms(request.timeout_ms, self.config.request_timeout)
-        incoming = self.Siblings.new(value, request.context or None)
-        reply_type = Msg.PUT_REPLY if msg_type == Msg.PUT else Msg.DELETE_REPLY
-        return self._put(key, incoming, w, dw, timeout, reply_type, (msg_type, request))
+        timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
+        incoming = self.Siblings.new(value, context or None)
+        return self._put(key, incoming, w, dw, timeout, reply_type, request)
 
     async def _forward(self, primaries, request, timeout):
         """This node holds no replica of the key: hand the request to one that does."""
@@ -228,7 +224,7 @@ class RequestCoordinator:
         self._send_puts(state, machine.on_failure(node, exc))
 
     def _write_answer(self, machine):
-        return (self.membership.ring.version,)
+        return (self.membership.state.ring.version,)
 
     # get -------------------------------------------------------------------------------------------------
     def _get(self, key, r, timeout, request):
@@ -244,7 +240,7 @@ class RequestCoordinator:
 
     def _get_answer(self, machine):
         result = machine.result
-        version = self.membership.ring.version  # lets a client see that its ring is stale
+        version = self.membership.state.ring.version  # lets a client see that its ring is stale
         if result is None:
             return ([], b"", version)
         # Concurrent writes of the same bytes (a retried blind write) are one value to the application.

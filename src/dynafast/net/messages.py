@@ -427,6 +427,11 @@ def parse(msg_type, fields):
     return fast(fields)
 
 
+def parser(msg_type):
+    """``parse`` of one message type as a function of the fields alone (a dispatcher looks it up once)."""
+    return _PARSERS[int(msg_type)]
+
+
 def _parse(msg_type, fields):
     """The general path of ``parse``: fields to fit, list items to check, errors to name."""
     record, check, required, size, defaults, lists = _SPECS[msg_type]
@@ -591,4 +596,5 @@ __all__ = [
     "error_fields",
     "error_from_fields",
     "raise_error",
+    "parser",
 ]
