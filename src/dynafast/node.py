@@ -17,6 +17,7 @@ from pathlib import Path
 import dynafast
 from dynafast import _impl
 from dynafast.cluster import incarnation
+from dynafast.cluster.actors import Actors
 from dynafast.cluster.antientropy import AntiEntropy, VnodeTrees
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.durability import DurabilityBatcher
@@ -83,7 +84,8 @@ class Node:
         ownership = Ownership(self.node_id, config.n)
         shared = dict(config=config, versions=versions, membership=membership, vnodes=vnodes, transport=self.pool)
         self.reaper = Reaper(**shared, ownership=ownership)
-        self.requests = RequestCoordinator(**shared, ownership=ownership, actor=actor, durability=self.durable,
+        self.requests = RequestCoordinator(**shared, ownership=ownership, actor=actor,
+                                           actors=Actors(actor, files, env.rng), durability=self.durable,
                                            clock=env.clock, reaper=self.reaper)
         self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
         self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,

@@ -63,11 +63,12 @@ def _ignore_result(call):
 class RequestCoordinator:
     """Coordinates client requests and serves replica requests for this node."""
 
-    def __init__(self, *, config, actor: bytes, versions, membership, ownership, vnodes, durability, transport,
-                 clock, reaper=None):
+    def __init__(self, *, config, actor: bytes, actors, versions, membership, ownership, vnodes, durability,
+                 transport, clock, reaper=None):
         self.config = config
         self.me = config.node_id
         self.actor = actor
+        self.actors = actors  # fresh actors for keys this node holds no copy of
         self.Siblings = versions.Siblings
         self.versions = versions
         self.membership = membership
@@ -152,10 +153,12 @@ class RequestCoordinator:
             return self._forward(primaries, request, timeout)
         existing = self.vnodes.get(partition, key)
         # Stamp the new version and write it locally in the same loop step as the read: no other write of
-        # this key can slip in between.
+        # this key can slip in between. Without a local copy our counter for the key is unknown (a reap or a
+        # drop may have removed versions that replicas still hold): a fresh actor cannot collide (kv679).
+        actor = self.actor if existing is not None else self.actors.fresh()
         now = int(self.clock.wall())
         # Pruned as Riak does (by size and age): clocks gain an entry per coordinator incarnation.
-        stored = incoming.update(existing, self.actor, now).prune(now)
+        stored = incoming.update(existing, actor, now).prune(now)
         machine = PutCoordinator(targets, spares, w=w, dw=dw)
         state = _Request(asyncio.get_running_loop(), machine, partition, key, stored, stored.to_bytes(),
                          reply_type)

@@ -1,0 +1,40 @@
+"""Fresh actors for writes a coordinator has no local copy of (Riak's fix for kv679).
+
+A coordinator stamps a write with the next counter of its actor in the object it holds. When it holds no copy
+of the key (never had one, or a reap or a drop removed it) it would start again at counter 1, and replicas that
+still hold an older version or a tombstone carrying that actor's counters would take the new write for one
+they have seen and drop it. So such a write is stamped by a fresh actor that no object can hold yet:
+``<node actor>.<epoch>``, with epochs handed out once. They are leased in blocks that are written durably
+before use, so a crash or a restart never hands out an epoch twice.
+"""
+from __future__ import annotations
+
+import json
+
+FILE = "actor_epochs.json"
+
+
+class Actors:
+    def __init__(self, base: bytes, files, rng, *, block: int = 1024):
+        self.base = base
+        self.files = files
+        self.block = block
+        try:
+            self._next = int(json.loads(files.read(FILE) or b"{}").get("next", 0))
+        except (ValueError, TypeError, AttributeError):
+            # The lease is lost: epochs may have been handed out already, so this life's actors get a prefix of
+            # their own instead of starting over.
+            self.base = b"%s.%08x" % (base, rng.getrandbits(32))
+            self._next = 0
+        self._limit = self._next
+        self.leases = 0
+
+    def fresh(self) -> bytes:
+        """An actor no version anywhere carries yet."""
+        if self._next >= self._limit:
+            self._limit = self._next + self.block
+            self.files.write(FILE, json.dumps({"next": self._limit}).encode())  # durable before any use
+            self.leases += 1
+        epoch = self._next
+        self._next += 1
+        return b"%s.%d" % (self.base, epoch)
