@@ -40,8 +40,9 @@ class NodeConfig:
     sync: str = "interval"
     sync_interval: float = 0.1
     segment_size: int = 256 * 1024 * 1024
-    # deletes: how long a fully replicated tombstone is kept before it is removed
-    tombstone_delay: float = 3.0
+    # deletes: how long a fully replicated tombstone is kept before it is removed; it must outlast every hint
+    # (hint_window) or a hint replayed after the reap brings the deleted value back
+    tombstone_delay: float = 4 * 3600.0
     # membership: gossip rounds and phi-accrual failure detection
     gossip_interval: float = 1.0
     phi_threshold: float = 8.0
@@ -80,6 +81,12 @@ class NodeConfig:
             raise ValueError(f"dw must be in 0..w ({self.w}), not {self.dw}")
         if self.sync not in ("none", "interval", "always"):
             raise ValueError(f"sync must be none, interval or always, not {self.sync!r}")
+        margin = 2 * self.request_timeout
+        if self.tombstone_delay < self.hint_window + margin:
+            raise ValueError(
+                f"tombstone_delay ({self.tombstone_delay:g} s) must exceed hint_window ({self.hint_window:g} s) by "
+                f"at least 2 x request_timeout ({margin:g} s): a hint replayed after its key's tombstone was "
+                f"removed would bring the deleted value back")
         for name in ("listen", "advertise"):
             parse_address(getattr(self, name))
         if self.http:

@@ -26,6 +26,7 @@ from dynafast.cluster.membership import ClusterMembership
 from dynafast.cluster.preflist import Ownership
 from dynafast.cluster.ports import DirectoryFiles, Environment
 from dynafast.cluster.reaper import Reaper
+from dynafast.cluster.repair import Repair
 from dynafast.cluster.requests import RequestCoordinator
 from dynafast.cluster.transfers import Transfers
 from dynafast.cluster.vnode import Vnodes
@@ -71,8 +72,12 @@ class Node:
             files = DirectoryFiles(data)
         self.files = files
         self.store = (env.open_store or open_store)(data / "store", config)
-        # The store's lock is held now: no other process can be using this directory's incarnation.
-        self.incarnation = incarnation.begin(files, env.rng)
+        # The store's lock is held now: no other process can be using this directory's incarnation. A start
+        # that may have forgotten acknowledged writes (a crash, a lost or damaged directory) takes a new actor
+        # and repairs its vnodes from the other replicas before trusting them.
+        recovery = getattr(self.store, "recovery", None) or {}
+        amnesia = incarnation.last_clean(files) is None or bool(recovery.get("lost"))
+        self.incarnation = incarnation.begin(files, env.rng, lost=bool(recovery.get("lost")))
         actor = f"{self.node_id}.{self.incarnation}".encode()
         self.durable = (env.durability or DurabilityBatcher)(self.store)
         self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout)
@@ -83,22 +88,29 @@ class Node:
         # Replica-level requests for a partition this node does not serve answer WRONG_NODE.
         ownership = Ownership(self.node_id, config.n)
         shared = dict(config=config, versions=versions, membership=membership, vnodes=vnodes, transport=self.pool)
-        self.reaper = Reaper(**shared, ownership=ownership)
-        self.requests = RequestCoordinator(**shared, ownership=ownership, actor=actor,
-                                           actors=Actors(actor, files, env.rng), durability=self.durable,
-                                           clock=env.clock, reaper=self.reaper)
-        self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
-        self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
-                                   trees=self.trees,
-                                   durability=self.durable, transport=self.pool, clock=env.clock, files=files,
-                                   on_left=self.request_stop, bytes_per_second=config.transfer_bytes_per_second,
-                                   drop_grace=config.drop_grace, peer_timeout=config.peer_timeout * 5)
-        membership.listeners.append(self.transfers.on_state)
+        self.reaper = Reaper(**shared, ownership=ownership, clock=env.clock)
+        self.trees.on_scan = self.reaper.found
         self.antientropy = AntiEntropy(me=self.node_id, n=config.n, membership=membership, ownership=ownership,
                                        trees=self.trees,
                                        vnodes=vnodes, transport=self.pool, clock=env.clock, rng=env.rng,
                                        interval=config.ae_interval, bytes_per_second=config.ae_bytes_per_second,
                                        peer_timeout=config.peer_timeout * 2)
+        self.repair = Repair(me=self.node_id, n=config.n, membership=membership, antientropy=self.antientropy,
+                             files=files, clock=env.clock)
+        if amnesia:
+            self.repair.begin()
+        membership.listeners.append(self.repair.on_state)
+        repairing = self.repair.partitions
+        self.requests = RequestCoordinator(**shared, ownership=ownership, actor=actor, repairing=repairing,
+                                           actors=Actors(actor, files, env.rng), durability=self.durable,
+                                           clock=env.clock, reaper=self.reaper)
+        self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
+        self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
+                                   trees=self.trees, repairing=repairing,
+                                   durability=self.durable, transport=self.pool, clock=env.clock, files=files,
+                                   on_left=self.request_stop, bytes_per_second=config.transfer_bytes_per_second,
+                                   drop_grace=config.drop_grace, peer_timeout=config.peer_timeout * 5)
+        membership.listeners.append(self.transfers.on_state)
         self.stats = RequestStats(_CLIENT_OPS.values())
         self.stopped = asyncio.Event()
         self.server = None
@@ -139,11 +151,14 @@ class Node:
 
             self.http = await start_http(self.http_view(), self.config.http)
         self._tasks.append(asyncio.create_task(self._handoff_loop()))
+        self.reaper.start()
         self.antientropy.start()
+        self.repair.start()
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
         await self.reaper.stop()
+        await self.repair.stop()
         await self.antientropy.stop()
         await self.transfers.close()
         await self.membership.stop()
@@ -231,9 +246,11 @@ class Node:
             "hints_for": sorted(self.vnodes.hint_owners()),
             "hints_delivered": self.hints.delivered,
             "tombstones_reaped": self.reaper.reaped,
+            "tombstones_queued": self.reaper.pending,
             "read_repairs": self.requests.read_repairs,
             "requests": self.stats.snapshot(),
             "antientropy": self.antientropy.status(),
+            "repair": self.repair.status(),
             "transfers": self.transfers.status(),
             "next_ring_version": None if membership.next_ring is None else membership.next_ring.version,
         }

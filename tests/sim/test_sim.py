@@ -75,7 +75,7 @@ def test_it_finds_a_counter_reused_after_a_lost_disk(monkeypatch):
     reuse counters that replicas still hold, and one of two acknowledged writes is dropped (Riak's kv679)."""
     from dynafast.cluster import incarnation
 
-    monkeypatch.setattr(incarnation, "begin", lambda files, rng: "0")
+    monkeypatch.setattr(incarnation, "begin", lambda files, rng, **kw: "0")
     seed, result = first_failing_seed(range(40), faults=("wipe",), ops=150)
     assert result is not None, "the simulator missed counter reuse"
     assert any(v.kind in ("lost write", "undone") for v in result.violations), result.violations
@@ -128,7 +128,7 @@ def kv679_scenario() -> list[str]:
 
     async def scenario():
         network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
-        options = dict(tombstone_delay=1.0, ae_interval=0)  # no anti-entropy: the repair must not hide it
+        options = dict(hint_window=0.5, tombstone_delay=2.5, ae_interval=0)  # no anti-entropy: the repair must not hide it
         n1 = SimNode("n1", network, random.Random(2), **options)
         await n1.start()
         n2 = SimNode("n2", network, random.Random(3), seeds=[n1.address], **options)

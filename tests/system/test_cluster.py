@@ -195,7 +195,7 @@ def test_durable_writes_survive_sigkill_of_every_node(tmp_path):
 
 def test_tombstones_are_reaped_once_every_replica_has_them(tmp_path):
     config = tmp_path / "node.toml"
-    config.write_text("tombstone_delay = 0.2\n")
+    config.write_text("hint_window = 0.5\ntombstone_delay = 4.5\n")
     with LocalCluster(3, base_dir=tmp_path / "c", extra_args=["--config", str(config)]) as c:
         with Client(c.addresses) as client:
             wait_members(client, 3)

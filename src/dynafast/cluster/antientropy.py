@@ -48,14 +48,22 @@ class VnodeTrees:
         self.leaves = leaves
         self.fanout = fanout
         self.trees: dict[int, object] = {}
+        # on_scan(partition, key, siblings) for each object a tree build reads (the reaper finds tombstones so).
+        self.on_scan = None
 
     def tree(self, partition: int):
         tree = self.trees.get(partition)
         if tree is None:
-            items = ((key, siblings.digest()) for key, siblings in self.replicas.fold(partition))
-            tree = self.merkle.MerkleTree.build(items, self.leaves, self.fanout)
+            tree = self.merkle.MerkleTree.build(self._scan(partition), self.leaves, self.fanout)
             self.trees[partition] = tree
         return tree
+
+    def _scan(self, partition: int):
+        on_scan = self.on_scan
+        for key, siblings in self.replicas.fold(partition):
+            if on_scan is not None:
+                on_scan(partition, key, siblings)
+            yield key, siblings.digest()
 
     def on_write(self, partition: int, key: bytes, old, new) -> None:
         tree = self.trees.get(partition)

@@ -159,7 +159,7 @@ class GetCoordinator(_Quorum):
     objects, or None for a replica that does not have the key.
     """
 
-    __slots__ = ("r", "versions", "replies", "result", "_primaries")
+    __slots__ = ("r", "versions", "replies", "result", "_primaries", "weak")
 
     def __init__(self, targets, spares=(), *, r: int, versions):
         super().__init__(targets, spares)
@@ -170,6 +170,7 @@ class GetCoordinator(_Quorum):
         self.replies: dict[str, object] = {}
         self.result = None
         self._primaries = {node for node, hint_for in self.targets if hint_for is None}
+        self.weak = 0  # "not found" replies from replicas repairing after amnesia
 
     def start(self) -> list[Send]:
         sends = []
@@ -178,15 +179,24 @@ class GetCoordinator(_Quorum):
             sends.append(Send(node, hint_for))
         return sends
 
-    def on_reply(self, node: str, siblings) -> list[Send]:
+    def on_reply(self, node: str, siblings, weak: bool = False) -> list[Send]:
+        """``weak``: a "not found" from a replica that may have forgotten the key (it repairs after amnesia)."""
         if node not in self.outstanding:
             return []
         del self.outstanding[node]
         self.replies[node] = siblings
+        if weak:
+            self.weak += 1
         if not self.done and len(self.replies) >= self.r:
-            self.done = True
-            self.result = self.reconciled()
+            self._conclude(final=False)
         return []
+
+    def _conclude(self, final: bool) -> None:
+        result = self.reconciled()
+        if result is None and self.weak and self.outstanding and not final:
+            return  # a forgetful replica's "not found" must not outvote one that has the key: wait for it
+        self.done = True
+        self.result = result
 
     def on_failure(self, node: str, error: Exception | None = None) -> list[Send]:
         if node not in self.outstanding:
@@ -194,13 +204,19 @@ class GetCoordinator(_Quorum):
         hint_for = self.outstanding.pop(node)
         self.failed.add(node)
         sends = self._replacement(hint_for if hint_for is not None else node, False)
-        if not self.done and len(self.replies) + len(self.outstanding) < self.r:
-            self._fail()
+        if not self.done:
+            if len(self.replies) + len(self.outstanding) < self.r:
+                self._fail()
+            elif len(self.replies) >= self.r:
+                self._conclude(final=False)
         return sends
 
     def on_deadline(self) -> None:
         if not self.done:
-            self._fail()
+            if len(self.replies) >= self.r:
+                self._conclude(final=True)  # only forgetful replicas said "not found": that is all we know
+            else:
+                self._fail()
 
     def _fail(self) -> None:
         self.done = True

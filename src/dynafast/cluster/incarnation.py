@@ -13,16 +13,22 @@ import json
 FILE = "incarnation.json"
 
 
-def begin(files, rng) -> str:
-    """The incarnation to use from now on; marks it in use until ``end_clean``.
-
-    ``files`` is the node's metadata files port, ``rng`` its random source (a new incarnation's id).
-    """
+def last_clean(files) -> str | None:
+    """The incarnation the last run ended cleanly with, or None (a crash, a first start, a lost directory)."""
     try:
         data = json.loads(files.read(FILE) or b"null")
-        incarnation = data["id"] if data.get("clean") and isinstance(data.get("id"), str) else None
+        return data["id"] if data.get("clean") and isinstance(data.get("id"), str) else None
     except (ValueError, KeyError, TypeError, AttributeError):
-        incarnation = None
+        return None
+
+
+def begin(files, rng, *, lost: bool = False) -> str:
+    """The incarnation to use from now on; marks it in use until ``end_clean``.
+
+    ``files`` is the node's metadata files port, ``rng`` its random source (a new incarnation's id). ``lost``:
+    the store's recovery lost records, so even a clean last run's incarnation must not be kept.
+    """
+    incarnation = None if lost else last_clean(files)
     if incarnation is None:
         incarnation = "%08x" % rng.getrandbits(32)
     files.write(FILE, json.dumps({"id": incarnation, "clean": False}).encode())

@@ -1,16 +1,29 @@
-"""Tombstone reaping: a delete's tombstone leaves once every primary holds it and a delay has passed.
+"""Tombstone reaping: a delete's tombstone leaves once every primary holds it and the tombstone delay has passed.
 
-The other primaries go first and this node last: each is asked whether it still holds exactly this tombstone,
-then to remove it. If any cannot confirm or remove it, this node keeps its tombstone (its next write of the key
-then supersedes it, and anti-entropy spreads it back where it was removed). Nothing is reaped while the ring is
-changing: a next-ring replica may hold the tombstone too.
+Why the delay is long: a tombstone is the only thing that tells a replica that an older version it is handed
+later (a hint replayed late, a read repair or transfer still in flight) was deleted. Once it is gone, such a
+version would simply be stored again and the deleted value would be back. Every such carrier is bounded in
+time: a hint is dropped ``hint_window`` after its holder received it, and repairs and transfers are bounded by
+request timeouts. So a tombstone is kept for ``tombstone_delay``, which the configuration requires to exceed
+``hint_window`` (Cassandra's gc_grace plays the same part).
 
-Ports: config, a membership view, the vnodes, the transport; timers are the event loop's.
+Which tombstones: the coordinator of a delete that every primary acknowledged queues it; so does any primary
+that finds a tombstone when it builds a vnode's Merkle tree (after a restart, or when the coordinator's reap
+could not finish). A queued reap waits out the delay on this node's monotonic clock, so wall-clock jumps
+cannot shorten it.
+
+How: the other primaries go first and this node last. Each is asked whether it still holds exactly this
+tombstone, then to remove it. If any cannot confirm or remove it, this node keeps its tombstone (anti-entropy
+spreads it back where it was removed) and tries again later. Nothing is reaped while the ring is changing: a
+next-ring replica may hold the tombstone too.
+
+Ports: config, a membership view, the vnodes, the transport, the clock.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.preflist import primaries
@@ -19,9 +32,14 @@ from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.reaper")
 
+# Queued reaps are (due, partition, key): ~150 bytes each. Past this many, more tombstones are left for the
+# tree scan after the next restart to find, so that a burst of deletes cannot grow the node without bound.
+MAX_QUEUED = 1_000_000
+
 
 class Reaper:
-    def __init__(self, *, config, versions, membership, ownership, vnodes, transport):
+    def __init__(self, *, config, versions, membership, ownership, vnodes, transport, clock,
+                 max_queued: int = MAX_QUEUED):
         self.config = config
         self.me = config.node_id
         self.Siblings = versions.Siblings
@@ -29,27 +47,67 @@ class Reaper:
         self.ownership = ownership
         self.vnodes = vnodes
         self.transport = transport
+        self.clock = clock
+        self.max_queued = max_queued
         self.reaped = 0
-        self._timers: set = set()
-        self._tasks: set[asyncio.Task] = set()
-        self._closing = False
+        self.overflowed = 0
+        # In due order (the delay is the same for all): the loop only ever looks at the head.
+        self._queue: deque = deque()
+        self._queued: set = set()  # (partition, key) in the queue, so a tombstone is queued once
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
 
-    def schedule(self, partition: int, key: bytes, tombstone, raw: bytes) -> None:
-        """Every primary acknowledged this tombstone: reap it after the tombstone delay."""
-        if self._closing:
-            return
-        loop = asyncio.get_running_loop()
-        handle = loop.call_later(self.config.tombstone_delay, self._start, partition, key, tombstone, raw)
-        self._timers.add(handle)
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
 
-    def _start(self, partition, key, tombstone, raw) -> None:
-        now = asyncio.get_running_loop().time()
-        self._timers = {h for h in self._timers if not h.cancelled() and h.when() > now}
-        if self._closing:
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def schedule(self, partition: int, key: bytes, delay: float | None = None) -> None:
+        """Reap this key's tombstone once ``delay`` (default: the tombstone delay) has passed."""
+        entry = (partition, key)
+        if entry in self._queued:
             return
-        task = asyncio.ensure_future(self.reap(partition, key, tombstone, raw))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if len(self._queue) >= self.max_queued:
+            self.overflowed += 1
+            return
+        delay = self.config.tombstone_delay if delay is None else delay
+        self._queued.add(entry)
+        self._queue.append((self.clock.monotonic() + delay, partition, key))
+        if len(self._queue) == 1:
+            self._wake.set()
+
+    def found(self, partition: int, key: bytes, siblings) -> None:
+        """A vnode scan came across an object: queue it when it is a tombstone this node is a primary of."""
+        if siblings.is_deleted() and self.membership.state is not None and \
+                self.me in primaries(self.membership.ring, partition, self.config.n):
+            self.schedule(partition, key)
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            due, partition, key = queue[0]
+            wait = due - self.clock.monotonic()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 60.0))
+                continue
+            queue.popleft()
+            self._queued.discard((partition, key))
+            try:
+                done = await self.reap(partition, key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad reap must not stop the others
+                log.exception("reaping a tombstone failed")
+                done = False
+            if done is False:
+                # Not now (a primary did not answer, or the ring is changing): try again later.
+                self.schedule(partition, key, delay=max(1.0, self.config.tombstone_delay / 10))
 
     def primaries_to_ask(self, partition: int) -> list[str] | None:
         """The other primaries, in the order to ask them; None when reaping must wait (the ring changes)."""
@@ -57,10 +115,15 @@ class Reaper:
             return None
         return [node for node in primaries(self.membership.ring, partition, self.config.n) if node != self.me]
 
-    async def reap(self, partition: int, key: bytes, tombstone, raw: bytes) -> bool:
+    async def reap(self, partition: int, key: bytes) -> bool | None:
+        """Remove the key's tombstone everywhere. None: nothing to reap (the key was written again meanwhile)."""
+        tombstone = self.vnodes.get(partition, key)
+        if tombstone is None or not tombstone.is_deleted():
+            return None
         others = self.primaries_to_ask(partition)
         if others is None:
             return False
+        raw = tombstone.to_bytes()
         call = self.transport.call
         timeout = self.config.peer_timeout
         try:
@@ -86,8 +149,6 @@ class Reaper:
         return (Msg.REAP_REPLY, (removed,))
 
     async def stop(self) -> None:
-        self._closing = True
-        for handle in self._timers:
-            handle.cancel()
-        self._timers.clear()
-        await cancel_and_wait(list(self._tasks))
+        await cancel_and_wait([self._task])
+        self._queue.clear()
+        self._queued.clear()

@@ -64,7 +64,7 @@ class RequestCoordinator:
     """Coordinates client requests and serves replica requests for this node."""
 
     def __init__(self, *, config, actor: bytes, actors, versions, membership, ownership, vnodes, durability,
-                 transport, clock, reaper=None):
+                 transport, clock, reaper=None, repairing=frozenset()):
         self.config = config
         self.me = config.node_id
         self.actor = actor
@@ -78,6 +78,8 @@ class RequestCoordinator:
         self.transport = transport
         self.clock = clock
         self.reaper = reaper
+        # Partitions this node repairs after amnesia: its "not found" there may be a write it forgot.
+        self.repairing = repairing
         self.routes = Routes(self.me, config.n)
         self.deadlines: DeadlineWheel | None = None
         self.read_repairs = 0
@@ -253,7 +255,9 @@ class RequestCoordinator:
     def _send_gets(self, state, sends):
         for send in sends:
             if send.node == self.me:
-                state.machine.on_reply(self.me, self.vnodes.get(state.partition, state.key, send.hint_for))
+                siblings = self.vnodes.get(state.partition, state.key, send.hint_for)
+                weak = siblings is None and send.hint_for is None and state.partition in self.repairing
+                state.machine.on_reply(self.me, siblings, weak)
             else:
                 fields = (state.partition, state.key, send.hint_for)
                 call = self.transport.request(self._address(send.node), Msg.REPLICA_GET, fields,
@@ -277,7 +281,8 @@ class RequestCoordinator:
             log.error("unreadable object from %s: %s", node, exc)
             self._send_gets(state, machine.on_failure(node, exc))
             return
-        machine.on_reply(node, siblings)
+        # A replica repairing after amnesia says so with its "not found": that may be a write it forgot.
+        machine.on_reply(node, siblings, siblings is None and len(reply) > 1 and reply[1] is True)
         state.settle()
 
     def _read_repair(self, state):
@@ -299,7 +304,10 @@ class RequestCoordinator:
     def replica_get(self, request):
         partition, key, hint_for = request  # unpacked once: this runs for most replica calls
         self.ownership.check_member(self.membership, partition, hint_for)
-        return (_REPLICA_GET_REPLY, (self.vnodes.get_raw(partition, key, hint_for),))
+        raw = self.vnodes.get_raw(partition, key, hint_for)
+        if raw is None and hint_for is None and partition in self.repairing:
+            return (_REPLICA_GET_REPLY, (None, True))
+        return (_REPLICA_GET_REPLY, (raw,))
 
     def replica_put(self, request):
         partition, key, raw, durable, hint_for = request
@@ -361,7 +369,7 @@ class _Request:
         if self.on_all_acked is not None and machine.finished and machine.ok and not self.finished:
             # Only when every target acked as a primary: then every replica holds the tombstone.
             if machine.primary_acks == len(machine.targets) and not machine.failed:
-                self.on_all_acked(self.partition, self.key, self.obj, self.raw)
+                self.on_all_acked(self.partition, self.key)
             self.on_all_acked = None
         if machine.done and not self.answered:
             self.answered = True

@@ -27,12 +27,13 @@ log = logging.getLogger("dynafast.handoff")
 CURSORS = "transfers.json"
 
 
-def to_send(state, me: str, is_up, running) -> list[tuple[int, str]]:
+def to_send(state, me: str, is_up, running, repairing=()) -> list[tuple[int, str]]:
     """The (partition, target) transfers ``me`` must start now: those still needed for the next ring whose
-    sender it is (the first live primary of the partition under the current ring), and not running already."""
+    sender it is (the first live primary of the partition under the current ring), and not running already.
+    A vnode being repaired after amnesia is sent once it is whole again."""
     chosen = []
     for partition, target in sorted(state.required_transfers() - state.done):
-        if (partition, target) in running:
+        if (partition, target) in running or partition in repairing:
             continue
         senders = [n for n in primaries(state.ring, partition, state.ring.n) if n == me or is_up(n)]
         if senders and senders[0] == me:
@@ -55,13 +56,15 @@ class Transfers:
     handed everything off)."""
 
     def __init__(self, *, me: str, membership, ownership, vnodes, trees, durability, transport, clock, files, on_left,
-                 bytes_per_second: float = 8 << 20, batch_bytes: int = 64 << 10, drop_grace: float = 5.0,
+                 repairing=frozenset(), bytes_per_second: float = 8 << 20, batch_bytes: int = 64 << 10,
+                 drop_grace: float = 5.0,
                  peer_timeout: float = 5.0):
         self.me = me
         self.membership = membership
         self.ownership = ownership
         self.vnodes = vnodes
         self.trees = trees
+        self.repairing = repairing  # partitions this node is repairing after amnesia: not a source yet
         self.durability = durability
         self.transport = transport
         self.files = files
@@ -115,7 +118,7 @@ class Transfers:
         if state.next_ring is None:
             self._cursors = {}
             return
-        for partition, target in to_send(state, self.me, self.membership.is_up, self.running):
+        for partition, target in to_send(state, self.me, self.membership.is_up, self.running, self.repairing):
             task = asyncio.ensure_future(self._transfer(partition, target, state.next_ring.digest()))
             self.running[(partition, target)] = task
             task.add_done_callback(lambda t, key=(partition, target): self.running.pop(key, None))

@@ -183,6 +183,7 @@ class ReplicaGet(NamedTuple):
 
 class ReplicaGetReply(NamedTuple):
     object: bytes | None
+    repairing: bool | None = None
 
 
 class ReplicaPut(NamedTuple):

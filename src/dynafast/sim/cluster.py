@@ -16,7 +16,7 @@ log = logging.getLogger("dynafast.sim")
 SIM_OPTIONS = dict(
     partitions=16, n=3, r=2, w=2, dw=1,
     request_timeout=1.0, peer_timeout=0.5,
-    gossip_interval=0.5, handoff_interval=0.5, ae_interval=1.0, tombstone_delay=3.0,
+    gossip_interval=0.5, handoff_interval=0.5, ae_interval=1.0, hint_window=4.0, tombstone_delay=6.0,
     transfer_bytes_per_second=1 << 20, drop_grace=2.0, merkle_leaves=64,
     sync="interval", sync_interval=0.1,
 )

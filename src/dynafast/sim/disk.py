@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 
-from dynafast.errors import StoreClosed
+from dynafast.errors import CorruptionError, StoreClosed
+
+_HISTORY = 3   # earlier durable values kept per key: what a truncated log falls back to
+_RECENT = 32   # the most recently synced keys: what a truncation loses
 
 
 class SimDisk:
@@ -22,10 +25,56 @@ class SimDisk:
         self.store: SimStore | None = None
         self.lost_writes = 0
         self.generation = 0  # a crash starts a new one: what the old process still holds can no longer write
+        self.history: dict[bytes, list] = {}  # key -> earlier durable values (None: absent), oldest first
+        self.recent: list[bytes] = []         # keys in the order their last durable write happened
+        self.damaged: set[bytes] = set()      # records that fail their checksum when read
+        self.lost = False                     # the next open finds that records it once had are gone
 
     def open_store(self) -> "SimStore":
-        self.store = SimStore(self)
+        self.store = SimStore(self, lost=self.lost)
+        self.lost = False
         return self.store
+
+    def commit(self, key: bytes, value: bytes | None) -> None:
+        """One write reaches the platter (None: a delete)."""
+        history = self.history.setdefault(key, [])
+        history.append(self.durable.get(key))
+        del history[:-_HISTORY]
+        if value is None:
+            self.durable.pop(key, None)
+        else:
+            self.durable[key] = value
+        self.damaged.discard(key)
+        if key in self.recent:
+            self.recent.remove(key)
+        self.recent.append(key)
+        del self.recent[:-_RECENT]
+
+    def truncate(self, count: int) -> int:
+        """The log loses its last ``count`` durable writes (a truncated or half-copied data file): those keys
+        fall back to their earlier values. The node must not be running. Returns how many keys changed."""
+        assert self.store is None
+        changed = 0
+        for key in reversed(self.recent[-count:]):
+            earlier = self.history.get(key) or [None]
+            value = earlier.pop()
+            if value is None:
+                self.durable.pop(key, None)
+            else:
+                self.durable[key] = value
+            changed += 1
+        self.recent = self.recent[:-count] if count else self.recent
+        self.lost = self.lost or changed > 0
+        return changed
+
+    def corrupt(self, rng, prefix: bytes = b"o") -> bytes | None:
+        """One durable record of an object fails its checksum from now on (until the key is written again)."""
+        keys = sorted(k for k in self.durable if k.startswith(prefix) and k not in self.damaged)
+        if not keys:
+            return None
+        key = rng.choice(keys)
+        self.damaged.add(key)
+        return key
 
     def crash(self) -> None:
         self.generation += 1
@@ -38,6 +87,9 @@ class SimDisk:
         self.crash()
         self.durable = {}
         self.files = {}
+        self.history = {}
+        self.recent = []
+        self.damaged = set()
 
 
 class SimFiles:
@@ -64,13 +116,15 @@ _MISSING = object()
 class SimStore:
     """Keys in order (prefix scans), writes visible at once, durable at the next ``sync``."""
 
-    def __init__(self, disk: SimDisk):
+    def __init__(self, disk: SimDisk, *, lost: bool = False):
         self.disk = disk
         self.data = dict(disk.durable)
         self.order = sorted(self.data)
         self.pending: dict[bytes, bytes | None] = {}
         self.dead = False
         self.syncs = 0
+        # As the real store reports it: records it once had are gone, or there was no store at all.
+        self.recovery = {"lost": lost, "fresh": not disk.durable and not disk.files}
 
     def _check(self) -> None:
         if self.dead:
@@ -78,7 +132,10 @@ class SimStore:
 
     def get(self, key):
         self._check()
-        return self.data.get(bytes(key))
+        key = bytes(key)
+        if key in self.disk.damaged and key not in self.pending:
+            raise CorruptionError("record failed its checksum")
+        return self.data.get(key)
 
     def __contains__(self, key):
         return self.get(key) is not None
@@ -119,7 +176,8 @@ class SimStore:
 
     def items(self, prefix=b""):
         self._check()
-        return [(key, self.data[key]) for key in self._range(bytes(prefix))]
+        for key in self._range(bytes(prefix)):
+            yield key, self.get(key)  # a damaged record fails the iteration there, as on a real disk
 
     def count(self, prefix=b"") -> int:
         return len(self.keys(prefix))
@@ -131,10 +189,7 @@ class SimStore:
     def sync(self) -> None:
         self._check()
         for key, value in self.pending.items():
-            if value is _DELETED:
-                self.disk.durable.pop(key, None)
-            else:
-                self.disk.durable[key] = value
+            self.disk.commit(key, value)
         self.pending = {}
         self.syncs += 1
 
@@ -200,10 +255,7 @@ class SimDurability:
         for key, value in pending.items():
             if store.pending.get(key, _MISSING) is value:
                 del store.pending[key]
-            if value is _DELETED:
-                store.disk.durable.pop(key, None)
-            else:
-                store.disk.durable[key] = value
+            store.disk.commit(key, value)
 
     def start_interval(self) -> None:
         """The background sync of ``sync="interval"``."""

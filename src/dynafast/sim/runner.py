@@ -16,7 +16,8 @@ from dynafast.sim.loop import SimLoop
 from dynafast.sim.network import SimNetwork
 from dynafast.sim.workload import History, SimClient
 
-FAULTS = ("crash", "wipe", "pause", "partition", "one-way", "clock-jump", "join", "leave")
+FAULTS = ("crash", "wipe", "truncate", "corrupt", "pause", "partition", "one-way", "clock-jump", "join", "leave",
+          "lose-reaps", "hold-hints")
 
 
 @dataclass
@@ -188,16 +189,35 @@ class _Run:
         if not members:
             return None
         name = lambda: rng.choice(members).name  # noqa: E731
-        if kind in ("crash", "wipe"):
-            if down or len(members) < 2 or (kind == "wipe" and self.wiped):
+        if kind in ("crash", "wipe", "truncate"):
+            # Amnesia of one node at a time (wiped, or its log cut short) and at most once a run: with n = 3 a
+            # second one while the first is still repairing could take every copy of a write.
+            if down or len(members) < 2 or (kind != "crash" and self.wiped):
                 return None
             sim = self.sims[name()]
             await sim.crash()
+            detail = ""
             if kind == "wipe":
                 sim.wipe()
                 self.wiped = True
+            elif kind == "truncate":
+                detail = f" (lost its last {sim.disk.truncate(rng.randint(1, 12))} records)"
+                self.wiped = True
             self._later(rng.uniform(0.5, 5.0), self._restart, sim)
-            return f"{kind} {sim.name}"
+            return f"{kind} {sim.name}{detail}"
+        if kind == "corrupt":
+            sim = self.sims[name()]
+            damaged = sim.disk.corrupt(rng)
+            return None if damaged is None else f"corrupt {sim.name} {damaged!r}"
+        if kind in ("lose-reaps", "hold-hints"):
+            # A reap that reaches some replicas only; hints held back so that they are still in flight when the
+            # keys they carry are deleted (and their tombstones come due).
+            lost = Msg.REAP if kind == "lose-reaps" else Msg.HINT_PUSH
+            target = self.sims[name()].address
+            rule = lambda source, dest, msg_type: msg_type == lost and dest == target  # noqa: E731
+            self.network.drop_rules.append(rule)
+            self._later(rng.uniform(1.0, 8.0), self._drop_rule_ends, rule)
+            return f"{kind} to {target}"
         if kind == "pause":
             sim = self.sims[name()]
             self.network.pause(sim.address)
@@ -255,6 +275,10 @@ class _Run:
             sim.config.seeds = [s.address for s in self.sims.values() if s is not sim and not s.left]
             await sim.start()
 
+    async def _drop_rule_ends(self, rule) -> None:
+        if rule in self.network.drop_rules:
+            self.network.drop_rules.remove(rule)
+
     async def _resume(self, sim: SimNode) -> None:
         self.network.resume(sim.address)
 
@@ -265,6 +289,7 @@ class _Run:
     async def _heal(self) -> None:
         """Every fault ends: links heal, paused nodes resume, crashed ones restart; then repair and wait."""
         self.network.heal()
+        self.network.drop_rules.clear()
         for sim in self.sims.values():
             self.network.resume(sim.address)
         for start in self.starting:
