@@ -222,6 +222,37 @@ def test_crash_between_merge_and_unlink_loses_nothing(tmp_path, impl):
         assert dict(db.items()) == expected
 
 
+def test_merge_keeps_its_inputs_when_the_manifest_cannot_be_written(tmp_path, impl):
+    """Disk full just as the merge would unlist its inputs: their files stay (the manifest still lists them)."""
+    path = tmp_path / "db"
+    with open_store(path, impl, segment_size=2000) as db:
+        fill(db)
+        for i in range(0, 200, 2):
+            db.delete(b"key%03d" % i)
+        expected = dict(db.items())
+    # The same merge on a copy, without the fault, tells how many bytes it writes before the manifest.
+    shutil.copytree(path, tmp_path / "dry")
+    with open_store(tmp_path / "dry", impl) as db:
+        before = set(os.listdir(tmp_path / "dry"))
+        assert db.merge() > 0
+        made = set(os.listdir(tmp_path / "dry")) - before
+        written = sum(os.path.getsize(tmp_path / "dry" / n) for n in made if n.endswith((".data", ".hint")))
+    inputs = segment_files(path)
+    db = open_store(path, impl)
+    try:
+        impl.set_io_fault(after_bytes=written)  # the outputs and their hints fit; the manifest does not
+        assert db.merge() > 0
+        impl.clear_io_fault()
+        assert dict(db.items()) == expected
+    finally:
+        impl.clear_io_fault()
+        db.close()
+    assert set(inputs) <= set(segment_files(path))
+    with open_store(path, impl) as db:
+        assert_clean(db.recovery)
+        assert dict(db.items()) == expected
+
+
 def run_and_kill(path, engine, start, want):
     """Run the writer child, SIGKILL it after ``want`` acknowledged writes; return the acknowledged ones."""
     proc = subprocess.Popen(

@@ -239,13 +239,13 @@ def encode_manifest(active, sealed):
 
 def decode_manifest(blob):
     """(active id, {sealed id: size}) of a manifest, or None when it fails its checks."""
-    if len(blob) < MANIFEST_HEAD.size + 4 or zlib.crc32(memoryview(blob)[:-4]) != struct.unpack_from("<I", blob, len(blob) - 4)[0]:
+    n = len(blob)
+    if n < MANIFEST_HEAD.size + 4 or zlib.crc32(memoryview(blob)[:-4]) != struct.unpack_from("<I", blob, n - 4)[0]:
         return None
     active, count = MANIFEST_HEAD.unpack_from(blob, 0)
-    if len(blob) != MANIFEST_HEAD.size + count * MANIFEST_ENTRY.size + 4:
+    if n != MANIFEST_HEAD.size + count * MANIFEST_ENTRY.size + 4:
         return None
-    sealed = dict(MANIFEST_ENTRY.iter_unpack(blob[MANIFEST_HEAD.size : len(blob) - 4]))
-    return active, sealed
+    return active, dict(MANIFEST_ENTRY.iter_unpack(blob[MANIFEST_HEAD.size : n - 4]))
 
 
 def read_manifest(path):
