@@ -46,6 +46,35 @@ class Store:
     is freed (a write that raised may still land later: it was not acknowledged).
 
     A second process (or a second Store in this one) opening the directory gets StoreLocked.
+
+    Recovery report: ``recovery`` is a dict saying what opening found, so that a caller whose data must not
+    silently go back in time (a replica's version-vector actor, say) can tell. A ``MANIFEST`` file lists the
+    segments that make up the store -- the sealed ones with the size they were fsync'd at, and the one being
+    written (none after a clean close, which seals it). It changes only when a segment is sealed, created or
+    merged away, never per write. Keys:
+
+    - ``fresh``: the directory held no store (no manifest, no data). A wiped directory looks just like a new
+      one: only something kept elsewhere (the node's incarnation file) can tell them apart.
+    - ``truncated_bytes``: torn tail bytes cut from data files.
+    - ``corrupt_records``: damaged stretches skipped while scanning a data file (found only when its hint file
+      is unusable; otherwise ``get`` finds them later and raises CorruptionError).
+    - ``missing_segments``: segments the manifest lists whose data file is gone.
+    - ``short_segments``: sealed segments shorter than the size the manifest recorded when they were sealed.
+    - ``hint_mismatch``: intact hint files describing a data size their data file does not have.
+    - ``manifest_missing``: data files without a manifest, or a damaged manifest (which segments should be
+      there cannot be checked).
+    - ``details``: one line per finding, for the log.
+    - ``lost``: True when anything that may have held acknowledged records is gone: a missing segment, a short
+      sealed segment, a hint describing more data than there is, a damaged record, a torn tail of a sealed
+      segment, a missing or damaged manifest beside data. A torn tail of the segment that was being written
+      when the process died is normal and not ``lost``: past its last fsync nothing was durable, and the engine
+      does not record each fsync (that would cost every synced write), so a tail cut off it by hand goes
+      unnoticed -- after a clean close it is sealed, and then it would not. The report is conservative the
+      other way: a damaged record in that segment after a power cut may have been an unacknowledged write,
+      and still counts as lost.
+
+    Recovery rewrites the manifest to match what it kept, so the next open reports only what happened since.
+    A store written before manifests existed reports ``manifest_missing`` and ``lost`` on its first open.
     """
 
     def __init__(
@@ -227,6 +256,11 @@ class Store:
     @property
     def closed(self):
         return self._engine.closed
+
+    @property
+    def recovery(self):
+        """What opening the store found, and whether it lost anything (a dict; see the class docstring)."""
+        return self._engine.recovery
 
     # -- background ------------------------------------------------------------------------------
     def _background_step(self, next_merge):

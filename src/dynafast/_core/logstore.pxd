@@ -70,6 +70,9 @@ cdef extern from "<pthread.h>" nogil:
 #   entry   = offset:4 | size:4 | key_size:2 | flags:1 | key                         -> HINT_ENTRY_SIZE 11
 #   trailer = data_size:8 | max_seq:8 | count:4 | crc:4                              -> HINT_TRAILER_SIZE 24
 #             (crc of every hint byte before it; data_size must equal the data file's size)
+#   MANIFEST = active:8 | count:4 | (seg_id:8 | size:8) * count | crc:4
+#             (the sealed segments at their fsync'd sizes, and the active one: 2**64-1 after a clean close;
+#             crc of every byte before it)
 cdef enum:
     REC_CRC = 0
     REC_SEQ = 4
@@ -180,6 +183,7 @@ cdef class LogStore:
     cdef uint64_t bg_target   # what the job in flight makes durable
     cdef int64_t bg_unsynced_id  # id of the sealed segment the job retries (-1: none)
     cdef Py_ssize_t iterators # open iterators: the arena is not compacted under them
+    cdef dict rec             # what opening found (the recovery property)
     cdef PyThread_type_lock io_lock     # flush, fsync, roll (taken before the GIL-protected state)
     cdef PyThread_type_lock merge_lock  # one merge (or close) at a time
 

@@ -13,6 +13,8 @@ a sync() finding its bytes already covered by another thread's fsync returns at 
 """
 import errno as _errno
 import os
+import struct
+import zlib
 
 from lz4.block import compress as _lz4_compress, decompress as _lz4_decompress
 
@@ -229,11 +231,11 @@ cdef inline int hint_entry(df_buf *b, uint32_t off, uint32_t size, const unsigne
 
 
 cdef int64_t scan_records(const unsigned char *data, size_t n, df_buf *out, uint64_t *max_seq,
-                          bint *damaged) noexcept nogil:
+                          size_t *corrupt) noexcept nogil:
     """Append a hint entry to out for every intact, committed record; return where the valid data ends
     (-1: out of memory). A record failing its checksum is skipped by searching forward for the next
-    intact one; when none follows, the rest is a torn tail. Batch records count only once their
-    batch's COMMIT record is there."""
+    intact one (corrupt counts the damaged stretches skipped so); when none follows, the rest is a torn
+    tail. Batch records count only once their batch's COMMIT record is there."""
     cdef df_buf pending
     memset(&pending, 0, sizeof(pending))
     cdef size_t pos = 0, valid_end = 0, size
@@ -243,12 +245,12 @@ cdef int64_t scan_records(const unsigned char *data, size_t n, df_buf *out, uint
     while pos < n:
         size = record_ok(data, pos, n)
         if size == 0:
-            damaged[0] = True
             pos += 1
             while pos + HEADER_SIZE <= n and record_ok(data, pos, n) == 0:
                 pos += 1
             if pos + HEADER_SIZE > n:
                 break
+            corrupt[0] += 1
             continue
         p = data + pos
         flags = p[REC_FLAGS]
@@ -296,6 +298,94 @@ cdef int64_t check_hint(const unsigned char *p, size_t n, uint64_t data_size, ui
         return -1
     max_seq[0] = ld64(t + 8)
     return <int64_t>end
+
+
+# -- manifest: the segments that make up the store (format: logstore.pxd) ---------------------------
+MANIFEST = "MANIFEST"
+NO_ACTIVE = (1 << 64) - 1  # manifest's active field after a clean close
+_MANIFEST_HEAD = struct.Struct("<QI")  # active, count
+_MANIFEST_ENTRY = struct.Struct("<QQ")  # seg_id, size
+
+
+def encode_manifest(active, sealed):
+    body = _MANIFEST_HEAD.pack(active, len(sealed)) + b"".join(_MANIFEST_ENTRY.pack(i, n) for i, n in sealed)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def decode_manifest(bytes blob):
+    """(active id, {sealed id: size}) of a manifest, or None when it fails its checks."""
+    cdef Py_ssize_t n = len(blob)
+    if n < _MANIFEST_HEAD.size + 4 or zlib.crc32(blob[: n - 4]) != struct.unpack_from("<I", blob, n - 4)[0]:
+        return None
+    active, count = _MANIFEST_HEAD.unpack_from(blob, 0)
+    if n != _MANIFEST_HEAD.size + count * _MANIFEST_ENTRY.size + 4:
+        return None
+    return active, dict(_MANIFEST_ENTRY.iter_unpack(blob[_MANIFEST_HEAD.size : n - 4]))
+
+
+def read_manifest(path):
+    """The decoded manifest in directory path; None when there is none, False when it is damaged."""
+    try:
+        with open(os.path.join(path, MANIFEST), "rb") as f:
+            blob = f.read()
+    except FileNotFoundError:
+        return None
+    decoded = decode_manifest(blob)
+    return False if decoded is None else decoded
+
+
+def write_manifest(path, active, sealed):
+    """Replace the manifest atomically and durably; False when that failed (the old one stays)."""
+    cdef bytes blob = encode_manifest(active, sealed)
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(blob)
+    cdef size_t n = PyBytes_GET_SIZE(blob)
+    cdef int fd, err
+    tmp = os.path.join(path, MANIFEST + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError:
+        return False
+    with nogil:
+        err = io_pwrite(fd, p, n, 0)
+        if err == 0:
+            err = io_fsync(fd)
+    os.close(fd)
+    if err:
+        os.unlink(tmp)
+        return False
+    os.rename(tmp, os.path.join(path, MANIFEST))
+    _fsync_dir(path)
+    return True
+
+
+def hint_data_size(bytes blob):
+    """The data size an intact hint file describes, or None when it fails its checksum."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(blob)
+    cdef size_t n = PyBytes_GET_SIZE(blob)
+    if n < HINT_TRAILER_SIZE or df_crc32(p, n - 4) != ld32(p + n - 4):
+        return None
+    return ld64(p + n - HINT_TRAILER_SIZE)
+
+
+def new_recovery():
+    """What opening a store found (LogStore.recovery); see dynafast.storage for the meaning of each key."""
+    return {
+        "fresh": False,
+        "lost": False,
+        "truncated_bytes": 0,
+        "corrupt_records": 0,
+        "missing_segments": 0,
+        "short_segments": 0,
+        "hint_mismatch": 0,
+        "manifest_missing": False,
+        "details": [],
+    }
+
+
+def _found(dict rec, str text, bint lost):
+    rec["details"].append(text)
+    if lost:
+        rec["lost"] = True
 
 
 def _fsync_dir(path):
@@ -571,10 +661,12 @@ cdef class LogStore:
 
     # -- open / recovery ---------------------------------------------------------------------------
     def _recover(self):
+        rec = self.rec = new_recovery()
+        manifest = read_manifest(self.path)
         ids = []
         for name in os.listdir(self.path):
             if name.endswith(".tmp"):
-                os.unlink(os.path.join(self.path, name))  # an unfinished merge or hint: never referenced
+                os.unlink(os.path.join(self.path, name))  # an unfinished merge, hint or manifest: never referenced
             elif name.endswith(".data"):
                 try:
                     ids.append(int(name[: len(name) - 5], 16))
@@ -583,32 +675,65 @@ cdef class LogStore:
             elif name.endswith(".hint"):
                 if not os.path.exists(os.path.join(self.path, name[: len(name) - 5] + ".data")):
                     os.unlink(os.path.join(self.path, name))
+        active, sealed = manifest if manifest else (NO_ACTIVE, {})
+        listed = set(sealed)
+        if active != NO_ACTIVE:
+            listed.add(active)
+        for seg_id in sorted(listed - set(ids)):
+            rec["missing_segments"] += 1
+            _found(rec, f"{data_name(seg_id)} is missing", True)
+        empty = []
+        had_data = False
         for seg_id in sorted(ids):
-            self._load_segment(seg_id)
+            size = self._load_segment(seg_id, sealed.get(seg_id), empty)
+            had_data = had_data or size > 0
+        if manifest is None and had_data:
+            rec["manifest_missing"] = True
+            _found(rec, f"{MANIFEST} is missing beside data files", True)
+        elif manifest is False:
+            rec["manifest_missing"] = True
+            _found(rec, f"{MANIFEST} is damaged", True)
+        rec["fresh"] = manifest is None and not had_data
         top = max(ids) if ids else 0
         self._open_active((top // SEGMENT_ID_STEP + 1) * SEGMENT_ID_STEP)
         _fsync_dir(self.path)  # the new segment's name must survive a crash before anything in it can
+        # Empty segments go only once a manifest without them is durable: a listed file is never missing.
+        if self._write_manifest(False):
+            for path in empty:
+                os.unlink(path)
 
-    def _load_segment(self, uint64_t seg_id):
-        path = os.path.join(self.path, data_name(seg_id))
+    def _load_segment(self, uint64_t seg_id, sealed_size, list empty):
+        """Load one segment into the keydir, noting in the recovery report what it lacks; returns its size
+        as found. sealed_size: its size when sealed, as the manifest records (None: not sealed there)."""
+        rec = self.rec
+        name = data_name(seg_id)
+        path = os.path.join(self.path, name)
         fd = os.open(path, os.O_RDWR)
-        cdef uint64_t size
+        cdef uint64_t size, found
         try:
-            size = os.fstat(fd).st_size
+            size = found = os.fstat(fd).st_size
         except BaseException:
             os.close(fd)
             raise
         cdef uint32_t slot = self._new_seg(seg_id, fd, size, size)
         cdef uint64_t max_seq = 0
         cdef int64_t n = -1, valid_end
-        cdef bint damaged = False
+        cdef size_t corrupt = 0
+        cdef int err, cfd
         cdef df_buf entries
         cdef const unsigned char *m = self.segs[slot].map
         cdef bytes blob
+        if sealed_size is not None and size < sealed_size:
+            rec["short_segments"] += 1
+            _found(rec, f"{name} holds {size} bytes, {sealed_size} were sealed", True)
         hpath = os.path.join(self.path, hint_name(seg_id))
         if os.path.exists(hpath):
             with open(hpath, "rb") as f:
                 blob = f.read()
+            hsize = hint_data_size(blob)
+            if hsize is not None and hsize != size:
+                rec["hint_mismatch"] += 1
+                _found(rec, f"{hint_name(seg_id)} describes {hsize} bytes, {name} holds {size}", hsize > size)
             n = check_hint(<const unsigned char *>PyBytes_AS_STRING(blob), len(blob), size, &max_seq)
         if n >= 0:
             self._apply_hint(slot, <const unsigned char *>PyBytes_AS_STRING(blob), <size_t>n)
@@ -616,10 +741,17 @@ cdef class LogStore:
             memset(&entries, 0, sizeof(entries))
             try:
                 with nogil:
-                    valid_end = scan_records(m, size, &entries, &max_seq, &damaged)
+                    valid_end = scan_records(m, size, &entries, &max_seq, &corrupt)
                 if valid_end < 0:
                     raise MemoryError()
+                if corrupt:
+                    rec["corrupt_records"] += corrupt
+                    _found(rec, f"{name}: {corrupt} damaged stretch(es) skipped", True)
                 if <uint64_t>valid_end < size:
+                    # Past the last fsync of the segment being written a torn tail is normal; a sealed one
+                    # was fsync'd whole.
+                    rec["truncated_bytes"] += size - valid_end
+                    _found(rec, f"{name}: torn tail of {size - valid_end} bytes cut", sealed_size is not None)
                     os.ftruncate(fd, valid_end)  # torn tail (or a torn batch): never acknowledged
                     self.segs[slot].size = size = valid_end
                 self._write_hint(seg_id, &entries, size)
@@ -629,7 +761,36 @@ cdef class LogStore:
         if max_seq > self.seq:
             self.seq = max_seq
         if size == 0:  # e.g. a roll cut short by a crash: nothing in it
-            self._drop_seg(slot, True)
+            self._drop_seg(slot, False)
+            empty.extend(p for p in (hpath, path) if os.path.exists(p))
+        elif sealed_size is None:
+            cfd = fd
+            with nogil:
+                err = io_fsync(cfd)  # the manifest written next lists it as sealed: at this size, durably
+            if err:
+                raise_io(err)
+        return found
+
+    def _write_manifest(self, bint closing):
+        """Record the segments that make up the store now; closing: the active one is sealed too.
+        Returns whether it was written (failures are left to the next roll, merge, close or open).
+        A sealed segment whose fsync failed is not listed as sealed until it has been made durable."""
+        cdef uint32_t i
+        cdef Seg *s
+        sealed = []
+        for i in range(self.nsegs):
+            s = &self.segs[i]
+            if s.fd < 0 or i == self.unsynced_seg:
+                continue
+            if i != self.active or (closing and s.size):
+                sealed.append((s.id, s.size))
+        sealed.sort()
+        return write_manifest(self.path, NO_ACTIVE if closing else self.segs[self.active].id, sealed)
+
+    @property
+    def recovery(self):
+        """What opening the store found; a fresh dict (keys: see dynafast.storage)."""
+        return dict(self.rec, details=list(self.rec["details"]))
 
     cdef int _write_hint(self, uint64_t seg_id, df_buf *entries, uint64_t data_size) except -1:
         """Write entries + trailer as the segment's hint file. A hint is only an accelerator: failing to
@@ -805,7 +966,8 @@ cdef class LogStore:
             self._write_hint(old_id, &hint, self.segs[old].size)
         finally:
             df_buf_free(&hint)
-        _fsync_dir(self.path)
+        _fsync_dir(self.path)  # the new segment's name is durable before the manifest lists it
+        self._write_manifest(False)
         return 0
 
     cdef int _sync_sealed(self) except -1:
@@ -1292,7 +1454,7 @@ cdef class LogStore:
         cdef uint64_t seg_id, mseq = 0, max_seq
         cdef int64_t valid_end
         cdef size_t pos, size, visited = 0
-        cdef bint damaged = False
+        cdef size_t corrupt = 0
         cdef int err
         cdef const unsigned char *m
         cdef const unsigned char *key
@@ -1309,7 +1471,7 @@ cdef class LogStore:
                 entries.len = 0
                 # Sealed segments are immutable and only a merge (this one) deletes them.
                 with nogil:
-                    valid_end = scan_records(m, size, &entries, &mseq, &damaged)
+                    valid_end = scan_records(m, size, &entries, &mseq, &corrupt)
                 if valid_end < 0:
                     raise MemoryError()
                 pos = 0
@@ -1383,7 +1545,20 @@ cdef class LogStore:
             raise
         finally:
             df_buf_free(&entries)
-        # Swap in: the GIL is held from here to the end, so readers see the old or the new layout.
+        self._lock(self.io_lock)  # no roll writes the manifest meanwhile
+        try:
+            self._swap_in(outputs, inputs)
+        finally:
+            PyThread_release_lock(self.io_lock)
+
+    def _swap_in(self, list outputs, list inputs):
+        """Put a merge's outputs in place of its inputs (holds merge_lock and io_lock)."""
+        # The GIL is held up to the manifest's write, so readers see the old or the new layout.
+        cdef _Output out
+        cdef uint32_t slot
+        cdef uint16_t klen
+        cdef const unsigned char *key
+        cdef df_item *it
         cdef uint32_t nslot
         cdef Move *mvs
         cdef size_t j, nmoves
@@ -1411,9 +1586,19 @@ cdef class LogStore:
                 stale = True
         if stale:
             self._forget(inputs)
-        # Oldest first: a tombstone outlives every older value it hides.
+        gone = [self.segs[<uint32_t>slot].id for slot in inputs]
         for slot in inputs:
-            self._drop_seg(slot, True)
+            self._drop_seg(slot, False)
+        # The inputs' files go only once the manifest no longer lists them; if it could not be written
+        # they stay, and the next open replays them before the outputs (as after a crash here).
+        if not self._write_manifest(False):
+            return
+        # Oldest first: a tombstone outlives every older value it hides.
+        for seg_id in gone:
+            hp = os.path.join(self.path, hint_name(seg_id))
+            if os.path.exists(hp):
+                os.unlink(hp)
+            os.unlink(os.path.join(self.path, data_name(seg_id)))
 
     def _forget(self, list inputs):
         """Drop keydir entries still pointing into merged segments: their records were damaged."""
@@ -1513,6 +1698,7 @@ cdef class LogStore:
                             err = io_fsync(fd)
                         if err:
                             raise_io(err)
+                    listed = self._write_manifest(True)
                 except BaseException:
                     self.closed = False
                     raise
@@ -1529,7 +1715,7 @@ cdef class LogStore:
                     c_write(self.bg.efd, &junk, 8)
                 if self.segs[self.active].size:
                     self._write_hint(self.segs[self.active].id, &self.hint, self.segs[self.active].size)
-                else:
+                elif listed:  # unlisted first: a listed file is never missing
                     os.unlink(os.path.join(self.path, data_name(self.segs[self.active].id)))
                 self._release_all()
             finally:

@@ -11,11 +11,19 @@ On-disk format (little-endian; the compiled twin declares the same widths in ``l
     entry   = offset:u32 | size:u32 | key_size:u16 | flags:u8 | key                        (11-byte header)
     trailer = data_size:u64 | max_seq:u64 | count:u32 | crc:u32                            (24 bytes)
               crc covers every byte of the hint file before it; data_size must equal the data file's size.
+    MANIFEST = active:u64 | count:u32 | (seg_id:u64 | size:u64) * count | crc:u32
+              the segments that make up the store: the sealed ones (fsync'd, at that size) and the active one
+              (NO_ACTIVE after a clean close); crc covers every byte before it.
 
 Segments are ``<id:016x>.data`` with an optional ``<id:016x>.hint``; files being written by a merge end in
 ``.tmp`` until they are complete. Ordinary segments get ids that are multiples of 2**16; a merge names its
 outputs just after the newest sealed segment, so replaying segments in id order always replays older data
 first (merge outputs hold only the newest version of each key as of the merge).
+
+The manifest changes only when a segment is sealed, created or merged away (never per write), always by
+write-then-rename with the directory fsync'd: a segment is listed only once its file's name is durable, and
+unlisted before its file is unlinked. On open it tells which segments must be there and how long the sealed
+ones are, so recovery can say whether it lost anything (``LogStore.recovery``).
 """
 import errno as _errno
 import os
@@ -34,6 +42,10 @@ HINT_ENTRY = struct.Struct("<IIHB")  # offset, size, key_size, flags
 HINT_ENTRY_SIZE = HINT_ENTRY.size  # 11
 HINT_TRAILER = struct.Struct("<QQII")  # data_size, max_seq, count, crc
 HINT_TRAILER_SIZE = HINT_TRAILER.size  # 24
+MANIFEST_HEAD = struct.Struct("<QI")  # active, count
+MANIFEST_ENTRY = struct.Struct("<QQ")  # seg_id, size
+MANIFEST = "MANIFEST"
+NO_ACTIVE = (1 << 64) - 1  # manifest's active field after a clean close
 
 FLAG_TOMBSTONE = 0x01
 FLAG_LZ4 = 0x02
@@ -141,21 +153,22 @@ def _record_at(data, pos, end):
 
 
 def scan_records(data):
-    """Intact, committed records of a data file: ([(offset, size, flags, key)], valid_end, max_seq).
+    """Intact, committed records of a data file: ([(offset, size, flags, key)], valid_end, max_seq, corrupt).
 
-    A record failing its checksum is skipped by searching forward for the next intact record; when none
-    follows, the rest is a torn tail and valid_end says where to truncate. Batch records count only when
-    their batch's COMMIT record is there.
+    A record failing its checksum is skipped by searching forward for the next intact record (corrupt counts
+    the damaged stretches skipped so); when none follows, the rest is a torn tail and valid_end says where to
+    truncate. Batch records count only when their batch's COMMIT record is there.
     """
     end = len(data)
     out, pending = [], []
-    pos = valid_end = max_seq = 0
+    pos = valid_end = max_seq = corrupt = 0
     while pos < end:
         rec = _record_at(data, pos, end)
         if rec is None:
             pos = _resync(data, pos + 1, end)
             if pos < 0:
                 break
+            corrupt += 1
             continue
         size, seq, flags, key = rec
         entry = (pos, size, flags, key)
@@ -171,7 +184,7 @@ def scan_records(data):
             pending = []  # a batch without its commit record never happened
             out.append(entry)
             valid_end = pos
-    return out, valid_end, max_seq
+    return out, valid_end, max_seq, corrupt
 
 
 def _resync(data, pos, end):
@@ -207,6 +220,84 @@ def decode_hint(blob, data_size):
         if off + size > data_size:
             return None
     return entries, max_seq
+
+
+def hint_data_size(blob):
+    """The data size an intact hint file describes, or None when it fails its checksum."""
+    if len(blob) < HINT_TRAILER_SIZE:
+        return None
+    hsize, _, _, crc = HINT_TRAILER.unpack_from(blob, len(blob) - HINT_TRAILER_SIZE)
+    if zlib.crc32(memoryview(blob)[:-4]) != crc:
+        return None
+    return hsize
+
+
+def encode_manifest(active, sealed):
+    body = MANIFEST_HEAD.pack(active, len(sealed)) + b"".join(MANIFEST_ENTRY.pack(i, n) for i, n in sealed)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def decode_manifest(blob):
+    """(active id, {sealed id: size}) of a manifest, or None when it fails its checks."""
+    n = len(blob)
+    if n < MANIFEST_HEAD.size + 4 or zlib.crc32(memoryview(blob)[:-4]) != struct.unpack_from("<I", blob, n - 4)[0]:
+        return None
+    active, count = MANIFEST_HEAD.unpack_from(blob, 0)
+    if n != MANIFEST_HEAD.size + count * MANIFEST_ENTRY.size + 4:
+        return None
+    return active, dict(MANIFEST_ENTRY.iter_unpack(blob[MANIFEST_HEAD.size : n - 4]))
+
+
+def read_manifest(path):
+    """The decoded manifest in directory path; None when there is none, False when it is damaged."""
+    try:
+        with open(os.path.join(path, MANIFEST), "rb") as f:
+            blob = f.read()
+    except FileNotFoundError:
+        return None
+    decoded = decode_manifest(blob)
+    return False if decoded is None else decoded
+
+
+def write_manifest(path, active, sealed):
+    """Replace the manifest atomically and durably; False when that failed (the old one stays)."""
+    tmp = os.path.join(path, MANIFEST + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError:
+        return False
+    try:
+        _pwrite(fd, encode_manifest(active, sealed), 0)
+        _fsync(fd)
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp)
+        return False
+    os.close(fd)
+    os.rename(tmp, os.path.join(path, MANIFEST))
+    _fsync_dir(path)
+    return True
+
+
+def new_recovery():
+    """What opening a store found (LogStore.recovery); see dynafast.storage for the meaning of each key."""
+    return {
+        "fresh": False,
+        "lost": False,
+        "truncated_bytes": 0,
+        "corrupt_records": 0,
+        "missing_segments": 0,
+        "short_segments": 0,
+        "hint_mismatch": 0,
+        "manifest_missing": False,
+        "details": [],
+    }
+
+
+def _found(rec, text, lost):
+    rec["details"].append(text)
+    if lost:
+        rec["lost"] = True
 
 
 def _fsync_dir(path):
@@ -286,10 +377,12 @@ class LogStore:
 
     # -- open / recovery ----------------------------------------------------------------------------
     def _recover(self):
+        rec = self._recovery = new_recovery()
+        manifest = read_manifest(self.path)
         ids = []
         for name in os.listdir(self.path):
             if name.endswith(".tmp"):
-                os.unlink(os.path.join(self.path, name))  # an unfinished merge or hint: never referenced
+                os.unlink(os.path.join(self.path, name))  # an unfinished merge, hint or manifest: never referenced
             elif name.endswith(".data"):
                 try:
                     ids.append(int(name[:-5], 16))
@@ -297,29 +390,68 @@ class LogStore:
                     pass
             elif name.endswith(".hint") and not os.path.exists(os.path.join(self.path, name[:-5] + ".data")):
                 os.unlink(os.path.join(self.path, name))
+        active, sealed = manifest if manifest else (NO_ACTIVE, {})
+        listed = set(sealed)
+        if active != NO_ACTIVE:
+            listed.add(active)
+        for seg_id in sorted(listed - set(ids)):
+            rec["missing_segments"] += 1
+            _found(rec, f"{data_name(seg_id)} is missing", True)
+        empty, had_data = [], False
         for seg_id in sorted(ids):
-            self._load_segment(seg_id)
+            size = self._load_segment(seg_id, sealed.get(seg_id), empty)
+            had_data = had_data or size > 0
+        if manifest is None and had_data:
+            rec["manifest_missing"] = True
+            _found(rec, f"{MANIFEST} is missing beside data files", True)
+        elif manifest is False:
+            rec["manifest_missing"] = True
+            _found(rec, f"{MANIFEST} is damaged", True)
+        rec["fresh"] = manifest is None and not had_data
         top = max(ids) if ids else 0
         self._open_active((top // SEGMENT_ID_STEP + 1) * SEGMENT_ID_STEP)
         _fsync_dir(self.path)  # the new segment's name must survive a crash before anything in it can
+        # Empty segments go only once a manifest without them is durable: a listed file is never missing.
+        if self._write_manifest():
+            for path in empty:
+                os.unlink(path)
 
-    def _load_segment(self, seg_id):
-        path = os.path.join(self.path, data_name(seg_id))
+    def _load_segment(self, seg_id, sealed_size, empty):
+        """Load one segment into the keydir, noting in the recovery report what it lacks; returns its size
+        as found. sealed_size: its size when sealed, as the manifest records (None: not sealed there)."""
+        rec = self._recovery
+        name = data_name(seg_id)
+        path = os.path.join(self.path, name)
         fd = os.open(path, os.O_RDWR)
-        size = os.fstat(fd).st_size
+        size = found = os.fstat(fd).st_size
         seg = _Segment(seg_id, path, fd, size)
         self._segs[seg_id] = seg
+        if sealed_size is not None and size < sealed_size:
+            rec["short_segments"] += 1
+            _found(rec, f"{name} holds {size} bytes, {sealed_size} were sealed", True)
         decoded = None
         hpath = os.path.join(self.path, hint_name(seg_id))
         if os.path.exists(hpath):
             with open(hpath, "rb") as f:
-                decoded = decode_hint(f.read(), size)
+                blob = f.read()
+            hsize = hint_data_size(blob)
+            if hsize is not None and hsize != size:
+                rec["hint_mismatch"] += 1
+                _found(rec, f"{hint_name(seg_id)} describes {hsize} bytes, {name} holds {size}", hsize > size)
+            decoded = decode_hint(blob, size)
         if decoded is not None:
             entries, max_seq = decoded
         else:
             data = os.pread(fd, size, 0) if size else b""
-            entries, valid_end, max_seq = scan_records(data)
+            entries, valid_end, max_seq, corrupt = scan_records(data)
+            if corrupt:
+                rec["corrupt_records"] += corrupt
+                _found(rec, f"{name}: {corrupt} damaged stretch(es) skipped", True)
             if valid_end < size:
+                # Past the last fsync of the segment being written a torn tail is normal; a sealed one was
+                # fsync'd whole.
+                rec["truncated_bytes"] += size - valid_end
+                _found(rec, f"{name}: torn tail of {size - valid_end} bytes cut", sealed_size is not None)
                 os.ftruncate(fd, valid_end)  # torn tail (or a torn batch): never acknowledged
                 seg.size = size = valid_end
             self._write_hint(seg_id, entries, size, max_seq)
@@ -327,12 +459,25 @@ class LogStore:
         if size == 0:  # e.g. a roll cut short by a crash: nothing in it
             del self._segs[seg_id]
             os.close(fd)
-            for p in (hpath, path):
-                if os.path.exists(p):
-                    os.unlink(p)
-            return
+            empty.extend(p for p in (hpath, path) if os.path.exists(p))
+            return found
+        if sealed_size is None:
+            _fsync(fd)  # the manifest written next lists it as sealed: at this size, durably
         for off, rsize, flags, key in entries:
             self._apply(key, seg_id, off, rsize, flags)
+        return found
+
+    def _write_manifest(self, closing=False):
+        """Record the segments that make up the store now; closing: the active one is sealed too.
+        Returns whether it was written (failures are left to the next roll, merge, close or open)."""
+        act = self._active
+        sealed = sorted((s.id, s.size) for s in self._segs.values() if s is not act or (closing and s.size))
+        return write_manifest(self.path, NO_ACTIVE if closing else act.id, sealed)
+
+    @property
+    def recovery(self):
+        """What opening the store found; a fresh dict (keys: see dynafast.storage)."""
+        return dict(self._recovery, details=list(self._recovery["details"]))
 
     def _apply(self, key, seg_id, off, size, flags):
         """Account one record in the keydir (on load and on every write)."""
@@ -493,7 +638,8 @@ class LogStore:
         self._write_hint(seg.id, seg.hint, seg.size, self._seq)
         seg.hint = None
         self._open_active((seg.id // SEGMENT_ID_STEP + 1) * SEGMENT_ID_STEP)
-        _fsync_dir(self.path)
+        _fsync_dir(self.path)  # the new segment's name is durable before the manifest lists it
+        self._write_manifest()
 
     def flush(self):
         """Hand buffered writes to the OS (no fsync)."""
@@ -789,7 +935,7 @@ class LogStore:
         try:
             for seg in inputs:
                 data = os.pread(seg.fd, seg.size, 0) if seg.size else b""
-                entries, _, _ = scan_records(data)
+                entries = scan_records(data)[0]
                 for off, size, flags, key in entries:
                     with self._lock:
                         live = self._keydir.get(key) == (seg.id, off, size)
@@ -835,7 +981,7 @@ class LogStore:
                 if os.path.exists(hp):
                     os.unlink(hp)
             raise
-        with self._lock:
+        with self._io, self._lock:  # _io: no roll writes the manifest meanwhile
             for seg_id, tmp, fd, size, entries, moves, tombs in outputs:
                 seg = _Segment(seg_id, os.path.join(self.path, data_name(seg_id)), fd, size)
                 self._segs[seg_id] = seg
@@ -851,10 +997,15 @@ class LogStore:
             gone = {seg.id for seg in inputs}
             for key in [k for k, loc in self._keydir.items() if loc[0] in gone]:
                 del self._keydir[key]
-            # Oldest first: a tombstone outlives every older value it hides.
             for seg in inputs:
                 del self._segs[seg.id]
                 os.close(seg.fd)
+            # The inputs' files go only once the manifest no longer lists them; if it could not be
+            # written they stay, and the next open replays them before the outputs (as after a crash here).
+            if not self._write_manifest():
+                return
+            # Oldest first: a tombstone outlives every older value it hides.
+            for seg in inputs:
                 hp = os.path.join(self.path, hint_name(seg.id))
                 if os.path.exists(hp):
                     os.unlink(hp)
@@ -904,8 +1055,8 @@ class LogStore:
                     if seg.size:
                         _fsync(seg.fd)
                         self._write_hint(seg.id, seg.hint, seg.size, self._seq)
-                    else:
-                        os.unlink(seg.path)
+                    if self._write_manifest(closing=True) and not seg.size:
+                        os.unlink(seg.path)  # unlisted first: a listed file is never missing
                     # Everything is durable now: wake a watcher so its waiters resolve.
                     self._synced = self._bg_requested = self._appended
                     with self._bg_cond:
