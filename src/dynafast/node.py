@@ -108,9 +108,11 @@ class Node:
         self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
                                    trees=self.trees, repairing=repairing,
                                    durability=self.durable, transport=self.pool, clock=env.clock, files=files,
-                                   on_left=self.request_stop, bytes_per_second=config.transfer_bytes_per_second,
+                                   on_left=self.request_stop, hand_off_hints=self.hints.hand_off_all,
+                                   bytes_per_second=config.transfer_bytes_per_second,
                                    drop_grace=config.drop_grace, peer_timeout=config.peer_timeout * 5)
         membership.listeners.append(self.transfers.on_state)
+        membership.listeners.append(self.reaper.on_state)
         self.stats = RequestStats(_CLIENT_OPS.values())
         self.stopped = asyncio.Event()
         self.server = None

@@ -2,12 +2,16 @@
 
 Hints are replayed in batches, throttled; a hint is dropped only after the owner acknowledged it durably, so an
 interrupted delivery resumes with what is left. Hints older than the hint window are dropped undelivered (their
-keys are left to anti-entropy), and so are hints for owners that left the cluster (the new owners got the data
-by transfer).
+keys are left to anti-entropy).
 
-``plan`` decides (no I/O): which hints of one owner go in the next batch and which expire. ``deliver`` carries
-it out over the transport. Ports: config, a membership view, the vnodes (hints live in the node's store),
-durability, the transport, the clock.
+A hint is never dropped because its owner cannot take it any more: hints for an owner that left the cluster go
+to the key's current primaries instead (the owner's vnode moved there, perhaps before this write reached it), and
+so does every hint for an owner that is down when this node itself has left and is handing off before it stops
+(``hand_off_all``); a leaving node expires nothing.
+
+``plan`` decides (no I/O): which hints of one owner go in the next batch, where to, and which expire.
+``deliver`` carries it out over the transport. Ports: config, a membership view, the vnodes (hints live in the
+node's store), durability, the transport, the clock.
 """
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ import logging
 from dataclasses import dataclass, field
 
 from dynafast.cluster.durability import durable_reply
+from dynafast.cluster.handover import give, live_primaries
 from dynafast.cluster.ports import peer_failed
 from dynafast.cluster.throttle import TokenBucket
+from dynafast.errors import DynafastError
 from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.hints")
@@ -29,19 +35,24 @@ class Plan:
     owner: str
     batch: list = field(default_factory=list)    # (partition, key, siblings, raw) to send
     expired: list = field(default_factory=list)  # (partition, key, siblings) to drop undelivered
+    redirect: bool = False                       # the batch goes to the keys' current primaries, not the owner
 
 
-def plan(owner: str, hints, *, now: float, window: float, gone: bool, deliverable: bool, batch_size: int) -> Plan:
+def plan(owner: str, hints, *, now: float, window: float, deliverable: bool, batch_size: int,
+         redirect: bool = False, expire: bool = True) -> Plan:
     """Choose this round's batch for ``owner`` from its hints ``(partition, key, siblings)``.
 
-    A hint's age is that of the newest timestamp in its clock.
+    ``redirect``: the owner cannot take them (it left, or this node is leaving and the owner is down): the batch
+    goes to the keys' current primaries. ``expire``: hints older than ``window`` are dropped; a hint's age is
+    that of the newest timestamp in its clock.
     """
-    result = Plan(owner)
+    result = Plan(owner, redirect=redirect)
     for partition, key, siblings in hints:
-        newest = max((ts for _, _, ts in siblings.clock().entries()), default=now)
-        if gone or now - newest > window:
-            result.expired.append((partition, key, siblings))
-            continue
+        if expire:
+            newest = max((ts for _, _, ts in siblings.clock().entries()), default=now)
+            if now - newest > window:
+                result.expired.append((partition, key, siblings))
+                continue
         if not deliverable:
             continue  # only expiring them this round
         result.batch.append((partition, key, siblings, siblings.to_bytes()))
@@ -63,32 +74,43 @@ class HintedHandoff:
         self.delivered = 0
         self.expired = 0
 
-    def plans(self) -> list[Plan]:
+    def plans(self, leaving: bool = False) -> list[Plan]:
         now = self.clock.wall()
         members = self.membership.members
         result = []
         for owner in sorted(self.vnodes.hint_owners()):
             member = members.get(owner)
-            # An owner that left (or was never admitted) will not take them.
+            # An owner that left (or was never admitted) will not take them: its partitions' primaries will.
             gone = member is None or member.status == "left"
-            deliverable = not gone and self.membership.is_up(owner)
+            up = not gone and self.membership.is_up(owner)
+            redirect = gone or (leaving and not up)
             result.append(plan(owner, self.vnodes.hints(owner), now=now, window=self.config.hint_window,
-                               gone=gone, deliverable=deliverable, batch_size=self.config.handoff_batch))
+                               deliverable=up or redirect, batch_size=self.config.handoff_batch,
+                               redirect=redirect, expire=not gone and not leaving))
         return result
 
-    async def deliver(self) -> int:
-        """One round: each owner's next batch; returns how many hints were delivered."""
+    async def deliver(self, leaving: bool = False) -> int:
+        """One round: each owner's next batch; returns how many hints were delivered (to the owner or not)."""
         delivered = 0
-        for step in self.plans():
+        for step in self.plans(leaving):
             for partition, key, siblings in step.expired:
                 if self.vnodes.drop_hint_if_equal(step.owner, partition, key, siblings):
                     self.expired += 1
             if step.expired:
                 log.info("dropped %d hints for %s older than the hint window", len(step.expired), step.owner)
-            if step.batch:
+            if step.batch and step.redirect:
+                delivered += await self._redirect(step.owner, step.batch)
+            elif step.batch:
                 delivered += await self._send(step.owner, step.batch)
         self.delivered += delivered
         return delivered
+
+    async def hand_off_all(self) -> bool:
+        """This node has left: deliver every hint it holds, wherever it can go. True once none is left."""
+        while self.vnodes.hint_owners():
+            if not await self.deliver(leaving=True):
+                return False  # nobody could take what is left this time: the caller tries again later
+        return True
 
     async def _send(self, owner: str, batch) -> int:
         await self.bucket.take(sum(len(key) + len(raw) for _, key, _, raw in batch))
@@ -105,6 +127,26 @@ class HintedHandoff:
         if reply and reply[0]:
             for partition, key, siblings, _ in batch:
                 # A newer hint that arrived meanwhile stays for the next round.
+                if self.vnodes.drop_hint_if_equal(owner, partition, key, siblings):
+                    delivered += 1
+        return delivered
+
+    async def _redirect(self, owner: str, batch) -> int:
+        """The owner cannot take these: give each partition's hints to its current primaries (but the owner)."""
+        by_partition: dict[int, list] = {}
+        for item in batch:
+            by_partition.setdefault(item[0], []).append(item)
+        delivered = 0
+        for partition, items in sorted(by_partition.items()):
+            await self.bucket.take(sum(len(key) + len(raw) for _, key, _, raw in items))
+            targets = live_primaries(self.membership, partition, self.config.node_id, exclude=owner)
+            try:
+                await give(self.transport, self.membership, targets, partition, [k for _, k, _, _ in items],
+                           [r for _, _, _, r in items], self.config.peer_timeout * 5)
+            except (DynafastError, OSError) as exc:  # down, timed out, or not a primary in its ring (yet)
+                log.info("hints for %s of partition %d not handed to its primaries yet: %s", owner, partition, exc)
+                continue
+            for _, key, siblings, _ in items:
                 if self.vnodes.drop_hint_if_equal(owner, partition, key, siblings):
                     delivered += 1
         return delivered

@@ -13,8 +13,9 @@ connection marks a peer down at once, until its heartbeat moves again.
 Changing shape without losing data (Dynamo's join/leave with Riak's handoff rules): a join or leave makes a next
 ring that moves as few partitions as possible. For every partition that gains a replica, the first live old
 replica streams the vnode to it (while coordinators also send new writes there); the claimant records each
-finished transfer and activates the next ring only when all are done. Old replicas drop their copy afterwards,
-and a node that was leaving then stops.
+finished transfer and activates the next ring only when all are done and every leaving member is reachable. Old
+replicas drop their copy afterwards; a node that was leaving hands its copies and hints off first and stops once
+it holds nothing (``transfers``).
 """
 from __future__ import annotations
 
@@ -477,7 +478,10 @@ class ClusterMembership:
                     new.members[m.id].status = VALID if m.status == JOINING else LEFT
                 self._commit(new)
             return
-        if state.required_transfers() <= state.done:
+        # A leaving member the claimant cannot reach may be acknowledging writes nobody else sees: the ring
+        # without it waits until it is back, learns of the next ring and can hand them off.
+        leavers_up = all(self.is_up(m.id) for m in state.members.values() if m.status == LEAVING)
+        if state.required_transfers() <= state.done and leavers_up:
             new = state.copy()
             new.ring = state.next_ring
             new.next_ring = None

@@ -15,7 +15,9 @@ cannot shorten it.
 How: the other primaries go first and this node last. Each is asked whether it still holds exactly this
 tombstone, then to remove it. If any cannot confirm or remove it, this node keeps its tombstone (anti-entropy
 spreads it back where it was removed) and tries again later. Nothing is reaped while the ring is changing: a
-next-ring replica may hold the tombstone too.
+next-ring replica may hold the tombstone too. Nor for a while after it changed (``hold``): an old owner hands
+its copy of a vnode to the new primaries before dropping it, and an object of that copy whose key was deleted
+and reaped meanwhile would come back as new to them.
 
 Ports: config, a membership view, the vnodes, the transport, the clock.
 """
@@ -109,9 +111,29 @@ class Reaper:
                 # Not now (a primary did not answer, or the ring is changing): try again later.
                 self.schedule(partition, key, delay=max(1.0, self.config.tombstone_delay / 10))
 
+    def on_state(self, old, new) -> None:
+        """A membership listener: note the partitions an adopted ring change took a replica away from (their
+        old owner hands its copy off)."""
+        if old is None or old.ring.digest() == new.ring.digest():
+            return
+        now = self.clock.monotonic()
+        for partition in range(new.ring.partitions):
+            if set(primaries(old.ring, partition, old.ring.n)) - set(primaries(new.ring, partition, new.ring.n)):
+                self._moved_at[partition] = now
+
+    @property
+    def hold(self) -> float:
+        """Seconds after a ring change took a replica of a partition away without reaping there: old owners hand
+        off after ``drop_grace``, and the hand-off of a vnode that was streamed already takes a few tree
+        comparisons."""
+        return 2 * self.config.drop_grace + self.config.tombstone_delay
+
     def primaries_to_ask(self, partition: int) -> list[str] | None:
         """The other primaries, in the order to ask them; None when reaping must wait (the ring changes)."""
         if self.membership.next_ring is not None:
+            return None
+        moved = self._moved_at.get(partition)
+        if moved is not None and self.clock.monotonic() - moved < self.hold:
             return None
         return [node for node in primaries(self.membership.ring, partition, self.config.n) if node != self.me]
 

@@ -5,8 +5,20 @@ live replica of the partition under the current ring sends it: the vnode's objec
 through a byte-rate throttle, and the position reached is saved after each batch so an interrupted transfer
 resumes there instead of starting over. The receiver reconciles each object into its store, so sending an object
 twice is harmless. Finished transfers are reported to the claimant, which activates the next ring once all are
-done. After the ring changes, a node drops its copy of each vnode it no longer holds (after a grace period for
-requests in flight), and a node that has left stops.
+done.
+
+After the ring changes, a node drops its copy of each vnode it no longer holds, after a grace period for requests
+in flight. A node that has left hands its copies off first: every object the partition's current primaries lack
+goes to them (found by comparing Merkle trees, so a vnode that was streamed already costs a few hashes), and a copy
+is dropped once they acknowledged it durably and nothing was written to it meanwhile. The transfers above do not
+make this redundant: a leaver that was cut off while the others streamed its partitions kept accepting writes they
+never saw (the claimant waits until it is back before it activates the ring). It hands off the hints it holds too
+(``hand_off_hints``), and stops only when it holds no data at all; until then it retries.
+
+Only a leaver hands off this way: a copy handed back late may hold a value whose key was deleted, and reaped,
+meanwhile, and the primaries would take it for new. The leaver is reachable when the ring changes and hands off at
+once, within the time the reaper holds back after a ring change; an old owner that merely lost a partition to a
+joiner may have been paused or cut off for any length of time.
 """
 from __future__ import annotations
 
@@ -15,6 +27,7 @@ import json
 import logging
 
 from dynafast.cluster.background import cancel_and_wait
+from dynafast.cluster.handover import give, live_primaries
 from dynafast.cluster.membership import LEFT
 from dynafast.cluster.preflist import primaries
 from dynafast.cluster.throttle import TokenBucket
@@ -52,12 +65,12 @@ def unowned(state, me: str, busy) -> list[int]:
 
 class Transfers:
     """Ports: the node's id, a membership view (which also takes finished transfers), the vnodes and their trees,
-    durability, the transport, the clock, the metadata files, and ``on_left`` (called once this node has left and
-    handed everything off)."""
+    durability, the transport, the clock, the metadata files, ``hand_off_hints`` (async; true once this node holds
+    no hint) and ``on_left`` (called once this node has left and handed everything off)."""
 
     def __init__(self, *, me: str, membership, ownership, vnodes, trees, durability, transport, clock, files, on_left,
-                 repairing=frozenset(), bytes_per_second: float = 8 << 20, batch_bytes: int = 64 << 10,
-                 drop_grace: float = 5.0,
+                 hand_off_hints, repairing=frozenset(), bytes_per_second: float = 8 << 20,
+                 batch_bytes: int = 64 << 10, drop_grace: float = 5.0,
                  peer_timeout: float = 5.0):
         self.me = me
         self.membership = membership
@@ -69,6 +82,7 @@ class Transfers:
         self.transport = transport
         self.files = files
         self.on_left = on_left
+        self.hand_off_hints = hand_off_hints
         self.bucket = TokenBucket(bytes_per_second, burst=max(batch_bytes * 2, bytes_per_second),
                                   clock=clock.monotonic)
         self.batch_bytes = batch_bytes
@@ -83,6 +97,9 @@ class Transfers:
         self._unreported: set[tuple[int, str]] = set()
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
+        self._handing_off: asyncio.Task | None = None
+        self._again = False  # the cluster state changed during a hand-off pass
+        self.handed_off = 0  # vnodes handed off and dropped
 
     # -- persistence of the positions reached ------------------------------------------------------------
     def _load_cursors(self) -> dict[str, str]:
@@ -105,13 +122,13 @@ class Transfers:
         if self._closed:
             return
         self.schedule(new)
-        if old is not None and old.ring.digest() != new.ring.digest():
-            self._spawn(self._drop_unowned_later())
-        me = new.members.get(self.me)
-        if me is not None and me.status == LEFT and old is not None:
-            old_me = old.members.get(self.me)
-            if old_me is None or old_me.status != LEFT:
-                self._spawn(self._leave_later())
+        if old is None:
+            self._hand_off_soon()  # a restart: whatever a hand-off under way then had left to do
+            return
+        me, old_me = new.members.get(self.me), old.members.get(self.me)
+        left = me is not None and me.status == LEFT and (old_me is None or old_me.status != LEFT)
+        if left or old.ring.digest() != new.ring.digest():
+            self._hand_off_soon()
 
     def schedule(self, state) -> None:
         """Start the transfers this node must send for the state's next ring."""
@@ -182,19 +199,121 @@ class Transfers:
         self._spawn(again())
 
     # -- after the ring changed ---------------------------------------------------------------------------
-    async def _drop_unowned_later(self) -> None:
-        await asyncio.sleep(self.drop_grace)
-        busy = {p for p, _ in self.running}
-        for partition in unowned(self.membership.state, self.me, busy):
-            if not self.vnodes.is_empty(partition):
-                self.vnodes.drop(partition)
-                self.trees.drop(partition)
-                log.info("dropped partition %d: it moved to its new owners", partition)
+    def _hand_off_soon(self) -> None:
+        self._again = True
+        if self._handing_off is None or self._handing_off.done():
+            self._handing_off = asyncio.ensure_future(self._hand_off())
+            self._tasks.add(self._handing_off)
+            self._handing_off.add_done_callback(self._tasks.discard)
 
-    async def _leave_later(self) -> None:
-        await self._drop_unowned_later()
-        log.info("%s has left the cluster; stopping", self.me)
-        self.on_left()
+    def _has_left(self) -> bool:
+        me = self.membership.state.members.get(self.me)
+        return me is not None and me.status == LEFT
+
+    async def _hand_off(self) -> None:
+        """Drop every vnode this node no longer holds; once it has left, hand them and its hints off first, then stop.
+
+        Passes repeat (a second apart) until one finds nothing left to do; a node that has left never stops
+        before that, however long its peers stay out of reach.
+        """
+        await asyncio.sleep(self.drop_grace)  # requests in flight under the old ring land first
+        while True:
+            self._again = False
+            done = await self._hand_off_unowned()
+            leaving = self._has_left()
+            if leaving:
+                try:
+                    done = await self.hand_off_hints() and done
+                except (DynafastError, OSError) as exc:
+                    log.info("hints not handed off yet: %s", exc)
+                    done = False
+            if done and not self._again:
+                break
+            if not done:
+                await asyncio.sleep(1.0)
+        if leaving:
+            log.info("%s has left the cluster and handed everything off; stopping", self.me)
+            self.on_left()
+
+    async def _hand_off_unowned(self) -> bool:
+        """One pass over the vnodes this node no longer holds (a leaver hands them off first); true when none is
+        left."""
+        busy = {p for p, _ in self.running}
+        leaving = self._has_left()
+        done = True
+        for partition in unowned(self.membership.state, self.me, busy):
+            if self.vnodes.is_empty(partition):
+                continue
+            if not leaving:
+                self._drop(partition)
+                log.info("dropped partition %d: it moved to its new owners", partition)
+            elif not await self._hand_off_vnode(partition):
+                done = False
+        return done
+
+    def _drop(self, partition: int) -> None:
+        self.vnodes.drop(partition)
+        self.trees.drop(partition)
+
+    async def _hand_off_vnode(self, partition: int) -> bool:
+        """Give the current primaries what they lack of our copy of ``partition``, then drop it; true if dropped."""
+        targets = live_primaries(self.membership, partition, self.me)
+        before = self.trees.tree(partition).root()
+        try:
+            if not targets:
+                raise DynafastError("no primary of it is up")
+            for target in targets:
+                await self._give_missing(partition, target)
+        except (DynafastError, OSError) as exc:
+            log.info("partition %d not handed off yet: %s", partition, exc)
+            return False
+        # Checked and dropped in one step: no write can come in between.
+        if self.trees.tree(partition).root() != before:
+            return False  # written to meanwhile (a read repair of a request in flight): the next pass sends it
+        if partition not in unowned(self.membership.state, self.me, ()):
+            return True  # ours again meanwhile: keep it
+        self._drop(partition)
+        self.handed_off += 1
+        log.info("dropped partition %d: handed off to %s", partition, ", ".join(targets))
+        return True
+
+    async def _give_missing(self, partition: int, target: str) -> None:
+        """Send ``target`` every object of our copy whose version it does not hold; return once it has them on
+        disk. The Merkle trees are compared first, so only the leaves that differ are listed."""
+        address = self.membership.address_of(target)
+
+        async def call(msg_type, fields):
+            return (await self.transport.call(address, msg_type, fields, self.peer_timeout))[1]
+
+        exchange = self.trees.merkle.TreeExchange(self.trees.tree(partition))
+        while (request := exchange.next_request()) is not None:
+            depth, indices = request
+            exchange.feed(list((await call(Msg.MERKLE_GET, (partition, depth, list(indices))))[0]))
+        leaves = exchange.result()
+        keys, raws, size = [], [], 0
+        for start in range(0, len(leaves), 64):
+            chunk = leaves[start:start + 64]
+            theirs_keys, theirs_digests = await call(Msg.KEYS_GET, (partition, chunk))
+            theirs = dict(zip(theirs_keys, theirs_digests))
+            for key, digest in zip(*self.trees.keys_in_leaves(partition, chunk)):
+                raw = self.vnodes.get_raw(partition, key) if theirs.get(key) != digest else None
+                if raw is None:
+                    continue
+                keys.append(key)
+                raws.append(raw)
+                size += len(key) + len(raw)
+                if size >= self.batch_bytes:
+                    await self._give(partition, target, keys, raws, size)
+                    keys, raws, size = [], [], 0
+        # The last batch goes even when empty: its answer comes after the target's next fsync, which makes the
+        # copies it held already (written there without a durable ack, perhaps) durable too.
+        await self._give(partition, target, keys, raws, size)
+
+    async def _give(self, partition, target, keys, raws, size) -> None:
+        await self.bucket.take(size)
+        await give(self.transport, self.membership, [target], partition, keys, raws, self.peer_timeout)
+        self.objects_sent += len(keys)
+        self.bytes_sent += size
 
     # -- bookkeeping ----------------------------------------------------------------------------------------
     def _spawn(self, coro) -> None:
@@ -216,6 +335,8 @@ class Transfers:
             "objects_sent": self.objects_sent,
             "objects_received": self.objects_received,
             "bytes_sent": self.bytes_sent,
+            "handed_off": self.handed_off,
+            "handing_off": self._handing_off is not None and not self._handing_off.done(),
         }
 
     # Objects reconciled per slice before the event loop gets a turn: clients are served between slices.

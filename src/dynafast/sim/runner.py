@@ -17,7 +17,7 @@ from dynafast.sim.network import SimNetwork
 from dynafast.sim.workload import History, SimClient
 
 FAULTS = ("crash", "wipe", "truncate", "corrupt", "pause", "partition", "one-way", "clock-jump", "join", "leave",
-          "lose-reaps", "hold-hints")
+          "leave-cut", "lose-reaps", "hold-hints")
 
 
 @dataclass
@@ -251,16 +251,21 @@ class _Run:
             sim = self._new_node(seeds=(rng.choice(members).address,))
             self.starting.append(asyncio.ensure_future(sim.start()))
             return f"join {sim.name}"
-        if kind == "leave":
+        if kind in ("leave", "leave-cut"):
             staying = [s for s in members if s.name not in self.leaving]
-            if len(staying) <= 3 or down:
+            if len(staying) <= 3 or down or (kind == "leave-cut" and self.network.cut):
                 return None
             leaver = rng.choice(staying).name
             via = self.sims[name()]
+            if kind == "leave-cut":
+                # Told to leave while cut off from everyone: clients still reach it, the other nodes do not.
+                via = rng.choice([s for s in members if s.name != leaver])
+                self.network.partition([self.sims[leaver].address], [s.address for s in members if s.name != leaver])
+                self._later(rng.uniform(2.0, 10.0), self._heal_network)
             self.leaving.add(leaver)
             future = via.transport.request(via.address, Msg.LEAVE, (leaver,), 2.0)
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
-            return f"leave {leaver} via {via.name}"
+            return f"{kind} {leaver} via {via.name}"
         raise ValueError(f"unknown fault {kind!r}")
 
     def _later(self, delay, job, *args) -> None:

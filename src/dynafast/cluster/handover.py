@@ -1,0 +1,37 @@
+"""Handing objects a node must not keep (a vnode it no longer owns, a hint whose owner is gone) to the nodes that
+hold their partition now, before the node lets go of them.
+
+The objects travel as a TRANSFER batch: the receiver reconciles each one with what it stores (siblings merged,
+nothing newer replaced) and answers only once the batch is on disk, so an answered batch may be dropped here.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from dynafast.cluster.preflist import primaries
+from dynafast.errors import Unavailable
+from dynafast.net.messages import Msg
+
+
+def live_primaries(membership, partition: int, me: str, exclude: str | None = None) -> list[str]:
+    """The primaries of ``partition`` under the active ring that are up, other than ``me`` (and ``exclude``).
+
+    A primary that is down is not waited for: its fellow primaries get the objects, and it catches up from them
+    (anti-entropy, read repair) as after any outage.
+    """
+    ring = membership.state.ring
+    return [node for node in primaries(ring, partition, ring.n)
+            if node != me and node != exclude and membership.is_up(node)]
+
+
+async def give(transport, membership, targets, partition: int, keys, raws, timeout: float) -> None:
+    """Send one batch to every node of ``targets``; return once each acknowledged it durably, raise otherwise."""
+    if not targets:
+        raise Unavailable(f"no primary of partition {partition} is up to take its objects")
+    fields = (partition, list(keys), list(raws))
+    results = await asyncio.gather(
+        *(transport.call(membership.address_of(node), Msg.TRANSFER, fields, timeout) for node in targets),
+        return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
