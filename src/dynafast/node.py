@@ -109,9 +109,11 @@ class Node:
                                    trees=self.trees, repairing=repairing,
                                    durability=self.durable, transport=self.pool, clock=env.clock, files=files,
                                    on_left=self.request_stop, hand_off_hints=self.hints.hand_off_all,
+                                   accepts_hand_off=self.reaper.held,
                                    bytes_per_second=config.transfer_bytes_per_second,
                                    drop_grace=config.drop_grace, peer_timeout=config.peer_timeout * 5)
         membership.listeners.append(self.transfers.on_state)
+        self.repair.on_repaired = lambda: self.transfers.schedule(membership.state)  # a source again
         membership.listeners.append(self.reaper.on_state)
         self.stats = RequestStats(_CLIENT_OPS.values())
         self.stopped = asyncio.Event()

@@ -9,8 +9,14 @@ from __future__ import annotations
 import asyncio
 
 from dynafast.cluster.preflist import primaries
-from dynafast.errors import Unavailable
+from dynafast.errors import DynafastError, Unavailable
 from dynafast.net.messages import Msg
+
+REFUSED = -1  # TRANSFER_REPLY's count when an old owner's copy comes too late to be taken
+
+
+class HandOffRefused(DynafastError):
+    """A primary refused an old owner's copy: the ring change is older than its tombstones are held back."""
 
 
 def live_primaries(membership, partition: int, me: str, exclude: str | None = None) -> list[str]:
@@ -32,6 +38,8 @@ async def give(transport, membership, targets, partition: int, keys, raws, timeo
     results = await asyncio.gather(
         *(transport.call(membership.address_of(node), Msg.TRANSFER, fields, timeout) for node in targets),
         return_exceptions=True)
-    for result in results:
+    for node, result in zip(targets, results):
         if isinstance(result, BaseException):
             raise result
+        if result[1][0] == REFUSED:
+            raise HandOffRefused(f"{node} no longer takes copies of partition {partition}")

@@ -58,6 +58,9 @@ class Reaper:
         self._queued: set = set()  # (partition, key) in the queue, so a tombstone is queued once
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._moved_at: dict[int, float] = {}  # partition -> when (monotonic) a ring change took a replica away
+        # What happened to the ring before this start is unknown: every partition counts as just changed.
+        self._started = clock.monotonic()
 
     @property
     def pending(self) -> int:
@@ -128,12 +131,15 @@ class Reaper:
         comparisons."""
         return 2 * self.config.drop_grace + self.config.tombstone_delay
 
+    def held(self, partition: int) -> bool:
+        """Whether the partition's tombstones are held back after a ring change (or this node's start): while
+        they are, old owners may still hand their copies over; after that, such a copy could hold a value
+        whose tombstone is gone, and is refused."""
+        return self.clock.monotonic() - self._moved_at.get(partition, self._started) < self.hold
+
     def primaries_to_ask(self, partition: int) -> list[str] | None:
         """The other primaries, in the order to ask them; None when reaping must wait (the ring changes)."""
-        if self.membership.next_ring is not None:
-            return None
-        moved = self._moved_at.get(partition)
-        if moved is not None and self.clock.monotonic() - moved < self.hold:
+        if self.membership.next_ring is not None or self.held(partition):
             return None
         return [node for node in primaries(self.membership.ring, partition, self.config.n) if node != self.me]
 

@@ -34,6 +34,7 @@ FILE = "repairing.json"
 class Repair:
     def __init__(self, *, me: str, n: int, membership, antientropy, files, clock, retry: float = 1.0):
         self.me = me
+        self.on_repaired = None  # called after a vnode is whole again (it may now be a transfer source)
         self.n = n
         self.membership = membership
         self.antientropy = antientropy
@@ -109,6 +110,8 @@ class Repair:
                     self.repaired += 1
                     self._save()
                     progressed = True
+                    if self.on_repaired is not None:
+                        self.on_repaired()
             if not self.partitions:
                 self.finished_at = self.clock.monotonic()
                 log.info("repair finished in %.1f s", self.finished_at - (self.started_at or self.finished_at))

@@ -15,10 +15,13 @@ make this redundant: a leaver that was cut off while the others streamed its par
 never saw (the claimant waits until it is back before it activates the ring). It hands off the hints it holds too
 (``hand_off_hints``), and stops only when it holds no data at all; until then it retries.
 
-Only a leaver hands off this way: a copy handed back late may hold a value whose key was deleted, and reaped,
-meanwhile, and the primaries would take it for new. The leaver is reachable when the ring changes and hands off at
-once, within the time the reaper holds back after a ring change; an old owner that merely lost a partition to a
-joiner may have been paused or cut off for any length of time.
+Every old owner hands off this way, not only a leaver: the stream came from one old replica, and writes the
+others acknowledged while it ran (a coordinator that had not learned of the next ring yet sends to the old
+replicas only) would otherwise be dropped with them. A copy handed over late may hold a value whose key was
+deleted, and reaped, meanwhile, and the primaries would take it for new; so the primaries hold back reaping in a
+partition for a while after a ring change took a replica of it away (``Reaper.hold``: longer than the tombstone
+delay), and refuse a hand-off that comes later than that (a node cut off for longer). Such a copy is dropped
+without being handed over, and the node logs how many objects that was.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import json
 import logging
 
 from dynafast.cluster.background import cancel_and_wait
-from dynafast.cluster.handover import give, live_primaries
+from dynafast.cluster.handover import REFUSED, HandOffRefused, give, live_primaries
 from dynafast.cluster.membership import LEFT
 from dynafast.cluster.preflist import primaries
 from dynafast.cluster.throttle import TokenBucket
@@ -69,7 +72,7 @@ class Transfers:
     no hint) and ``on_left`` (called once this node has left and handed everything off)."""
 
     def __init__(self, *, me: str, membership, ownership, vnodes, trees, durability, transport, clock, files, on_left,
-                 hand_off_hints, repairing=frozenset(), bytes_per_second: float = 8 << 20,
+                 hand_off_hints, accepts_hand_off=lambda partition: True, repairing=frozenset(), bytes_per_second: float = 8 << 20,
                  batch_bytes: int = 64 << 10, drop_grace: float = 5.0,
                  peer_timeout: float = 5.0):
         self.me = me
@@ -78,6 +81,8 @@ class Transfers:
         self.vnodes = vnodes
         self.trees = trees
         self.repairing = repairing  # partitions this node is repairing after amnesia: not a source yet
+        self.accepts_hand_off = accepts_hand_off  # partition -> whether an old owner's copy may still come
+        self.refused = 0
         self.durability = durability
         self.transport = transport
         self.files = files
@@ -244,10 +249,7 @@ class Transfers:
         for partition in unowned(self.membership.state, self.me, busy):
             if self.vnodes.is_empty(partition):
                 continue
-            if not leaving:
-                self._drop(partition)
-                log.info("dropped partition %d: it moved to its new owners", partition)
-            elif not await self._hand_off_vnode(partition):
+            if not await self._hand_off_vnode(partition):
                 done = False
         return done
 
@@ -264,6 +266,14 @@ class Transfers:
                 raise DynafastError("no primary of it is up")
             for target in targets:
                 await self._give_missing(partition, target)
+        except HandOffRefused as exc:
+            # Too late to be safe (see the module's docstring): what only this copy held cannot be told apart
+            # from what was deleted since.
+            log.warning("partition %d dropped without handing off its %d objects: %s", partition,
+                        self.vnodes.count(partition), exc)
+            self._drop(partition)
+            self.refused += 1
+            return True
         except (DynafastError, OSError) as exc:
             log.info("partition %d not handed off yet: %s", partition, exc)
             return False
@@ -336,6 +346,7 @@ class Transfers:
             "objects_received": self.objects_received,
             "bytes_sent": self.bytes_sent,
             "handed_off": self.handed_off,
+            "hand_offs_refused": self.refused,
             "handing_off": self._handing_off is not None and not self._handing_off.done(),
         }
 
@@ -344,6 +355,8 @@ class Transfers:
 
     def handle_transfer(self, transfer):
         self.ownership.check_member(self.membership, transfer.partition)
+        if self.membership.next_ring is None and not self.accepts_hand_off(transfer.partition):
+            return (REFUSED,)  # an old owner's copy, later than tombstones are held back: see the docstring
         return self.receive(transfer.partition, transfer.keys, transfer.objects)
 
     async def receive(self, partition: int, keys, raws) -> tuple:
