@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from dynafast import _impl
 from dynafast.address import parse_address
 from dynafast.cluster.preflist import primaries
-from dynafast.errors import DynafastError, Unavailable
+from dynafast.errors import CorruptionError, DynafastError, StoreClosed, Unavailable
 from dynafast.net.messages import Delete, Get, Msg, Put, parse_reply
 
 
@@ -48,6 +48,12 @@ def _as_bytes(name: str, value) -> bytes:
     raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
 
 
+# Errors that say this node could not serve the request (its copy of the record is damaged, its store is
+# closing), not that the request cannot be served: another node may, so the client tries the next one.
+_NODE_FAULTS = (CorruptionError, StoreClosed)
+_TRY_NEXT = (Unavailable, *_NODE_FAULTS)
+
+
 def _timeout_ms(timeout: float | None) -> int | None:
     return None if timeout is None else max(1, int(timeout * 1000))
 
@@ -68,6 +74,13 @@ def _write_request(key, value, context, w, dw, timeout, defaults):
         return key, Msg.DELETE, Delete(key, context, w, dw, _timeout_ms(timeout))
     value = _as_bytes("value", value)
     return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout))
+
+
+def _exhausted(last) -> DynafastError:
+    """What a request raises when no node it tried could serve it."""
+    if isinstance(last, _NODE_FAULTS):
+        return last  # the nodes were there: say what went wrong on them
+    return Unavailable(f"no node could take the request: {last}")
 
 
 class _Routing:
@@ -244,17 +257,24 @@ class Client(_ClientOptions):
                 if self._routing.ring is None:
                     raise
         last = None
-        # The coordinator answers within the request's own timeout; allow for the hop on top.
+        # The coordinator answers within the request's own timeout; allow for the hop on top. Trying further
+        # nodes stays within that same total.
+        wait = timeout + 1.0
+        deadline = time.monotonic() + wait
         for address in self._routing.candidates(key):
+            if last is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
             try:
-                result = self._call(address, msg_type, fields, timeout + 1.0)
-            except Unavailable as exc:
+                result = self._call(address, msg_type, fields, wait)
+            except _TRY_NEXT as exc:
                 last = exc
                 continue
             reply = parse_reply(msg_type, result)
             self._routing.note_ring_version(reply.ring_version)
             return reply
-        raise Unavailable(f"no node could take the request: {last}")
+        raise _exhausted(last)
 
     # -- the API -----------------------------------------------------------------------------------------
     def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
@@ -351,7 +371,13 @@ class AsyncClient(_ClientOptions):
                 if self._routing.ring is None:
                     raise
         last = None
+        wait = timeout + 1.0  # as in Client._request: one total for every node tried
+        deadline = time.monotonic() + wait
         for address in self._routing.candidates(key):
+            if last is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
             # _call inlined: one coroutine less per request, the client's own CPU is the load tool's limit.
             if self._closed:
                 raise Unavailable("client is closed")
@@ -361,9 +387,12 @@ class AsyncClient(_ClientOptions):
 
                 pool = self._pool = PeerPool(connect_timeout=self.connect_timeout)
             try:
-                result = await pool.request(address, msg_type, fields, timeout + 1.0)
+                result = await pool.request(address, msg_type, fields, wait)
             except Unavailable as exc:
                 self._routing.failed(address)
+                last = exc
+                continue
+            except _NODE_FAULTS as exc:
                 last = exc
                 continue
             except DynafastError:
@@ -375,7 +404,7 @@ class AsyncClient(_ClientOptions):
             reply = parse_reply(msg_type, result)
             self._routing.note_ring_version(reply.ring_version)
             return reply
-        raise Unavailable(f"no node could take the request: {last}")
+        raise _exhausted(last)
 
     async def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
         key, msg_type, fields = _get_request(key, r, timeout, self.defaults)
