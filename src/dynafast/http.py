@@ -87,6 +87,8 @@ class NodeMetrics:
         self.syncs = Gauge("dynafast_group_commits", "Group-commit fsyncs done for durable writes", labels,
                            registry=self.registry)
         self.server = Gauge("dynafast_server", "Server counters", ["node", "counter"], registry=self.registry)
+        self.corrupt = Gauge("dynafast_corrupt_records", "Damaged records found, repaired, not yet repaired",
+                             ["node", "state"], registry=self.registry)
         self.registry.register(RequestCollector(view))
 
     def render(self) -> bytes:
@@ -104,6 +106,8 @@ class NodeMetrics:
             self.members.labels(nid, state).set(count)
         self.ring_version.labels(nid).set(status["ring_version"])
         self.syncs.labels(nid).set(view.durable_syncs())
+        for state, count in status["corrupt_records"].items():
+            self.corrupt.labels(nid, state).set(count)
         for name, value in view.server_stats().items():
             if isinstance(value, (int, float)):
                 self.server.labels(nid, name).set(value)

@@ -84,6 +84,7 @@ class Node:
         self.vnodes = vnodes = Vnodes(self.store, versions)
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)
         vnodes.on_write = self.trees.on_write
+        vnodes.on_damaged = self.trees.drop  # rebuilt without the damaged record, which the repair then adds
         self.membership = membership = ClusterMembership(config, self.pool, clock=env.clock, rng=env.rng, files=files)
         # Replica-level requests for a partition this node does not serve answer WRONG_NODE.
         ownership = Ownership(self.node_id, config.n)
@@ -252,6 +253,8 @@ class Node:
             "tombstones_reaped": self.reaper.reaped,
             "tombstones_queued": self.reaper.pending,
             "read_repairs": self.requests.read_repairs,
+            "corrupt_records": {"found": self.vnodes.corrupt_found, "repaired": self.vnodes.corrupt_repaired,
+                                "unrepaired": len(self.vnodes.damaged)},
             "requests": self.stats.snapshot(),
             "antientropy": self.antientropy.status(),
             "repair": self.repair.status(),

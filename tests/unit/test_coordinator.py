@@ -2,7 +2,7 @@
 import pytest
 
 from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator, Send
-from dynafast.errors import QuorumNotMet
+from dynafast.errors import CorruptionError, QuorumNotMet, Unavailable
 from conftest import implementations
 
 impl = implementations("vclock")
@@ -146,6 +146,21 @@ def test_get_failure_tries_a_fallback_and_fails_when_impossible(impl):
     m.on_failure("b")
     assert m.done and isinstance(m.error, QuorumNotMet)
     assert m.error.required == 3
+
+
+def test_a_damaged_replica_fails_over_and_is_repaired(impl):
+    """A replica whose copy is damaged does not answer "not found" (that would outvote the others): it fails,
+    a spare is asked instead, and read repair writes it the merged object, unlike a replica that did not answer."""
+    v = impl.Siblings.new(b"v").update(None, b"b", 1)
+    m = GetCoordinator(TARGETS, ["d"], r=2, versions=impl)
+    m.start()
+    assert m.on_failure("a", CorruptionError("record failed its checksum")) == [Send("d", "a")]
+    assert m.on_failure("c", Unavailable("gone")) == []
+    m.on_reply("b", v)
+    m.on_reply("d", None)
+    assert m.done and m.error is None and m.result == v
+    merged, stale = m.repairs()
+    assert merged == v and stale == ["a"]
 
 
 def test_fallback_replies_are_not_repaired(impl):

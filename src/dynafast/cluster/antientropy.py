@@ -82,7 +82,8 @@ class VnodeTrees:
         # Pick the keys by leaf first (a hash of the key); only those objects are read and decoded.
         for key in self.replicas.keys(partition):
             if tree.leaf_of(key) in wanted:
-                siblings = self.replicas.get(partition, key)
+                # A damaged record is left out: the other side then sends its copy, which replaces it.
+                siblings = self.replicas.get_intact(partition, key)
                 if siblings is not None:
                     keys.append(key)
                     digests.append(siblings.digest())
@@ -218,12 +219,12 @@ class AntiEntropy:
                 theirs = None if raw is None else replicas.versions.Siblings.from_bytes(raw)
                 await self.bucket.take(len(key) + (len(raw) if raw else 0))
             if theirs is not None:
-                before = replicas.get(partition, key)
+                before = replicas.get_intact(partition, key)
                 merged = replicas.merge_in(partition, key, theirs)
                 if before is None or merged != before:
                     report.repaired_local += 1
             else:
-                merged = replicas.get(partition, key)
+                merged = replicas.get_intact(partition, key)
             if merged is not None and (theirs is None or merged != theirs):
                 raw = merged.to_bytes()
                 await self._call(peer, Msg.REPLICA_PUT, (partition, key, raw, False, None))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from dynafast.errors import QuorumNotMet
+from dynafast.errors import CorruptionError, QuorumNotMet
 
 
 class Send(NamedTuple):
@@ -156,10 +156,11 @@ class GetCoordinator(_Quorum):
     """One coordinated get: answers after ``r`` replies, then keeps listening for read repair.
 
     ``versions`` is the vclock implementation module (compiled or reference); replies are its ``Siblings``
-    objects, or None for a replica that does not have the key.
+    objects, or None for a replica that does not have the key. A replica whose copy is damaged
+    (CorruptionError) fails like an unreachable one, but it is there: read repair writes it a good copy.
     """
 
-    __slots__ = ("r", "versions", "replies", "result", "_primaries", "weak")
+    __slots__ = ("r", "versions", "replies", "result", "damaged", "_primaries", "weak")
 
     def __init__(self, targets, spares=(), *, r: int, versions):
         super().__init__(targets, spares)
@@ -169,6 +170,7 @@ class GetCoordinator(_Quorum):
         self.versions = versions
         self.replies: dict[str, object] = {}
         self.result = None
+        self.damaged: list[str] = []
         self._primaries = {node for node, hint_for in self.targets if hint_for is None}
         self.weak = 0  # "not found" replies from replicas repairing after amnesia
 
@@ -203,6 +205,8 @@ class GetCoordinator(_Quorum):
             return []
         hint_for = self.outstanding.pop(node)
         self.failed.add(node)
+        if isinstance(error, CorruptionError) and node in self._primaries:
+            self.damaged.append(node)
         sends = self._replacement(hint_for if hint_for is not None else node, False)
         if not self.done:
             if len(self.replies) + len(self.outstanding) < self.r:
@@ -238,7 +242,8 @@ class GetCoordinator(_Quorum):
         return not self.outstanding
 
     def repairs(self) -> tuple[object, list[str]]:
-        """Read repair: the reconciled object and the primaries that answered with something older or nothing.
+        """Read repair: the reconciled object and the primaries that answered with something older or nothing,
+        or whose copy was damaged.
 
         Call once every reply is in (or at the deadline); replicas that did not answer are left to hinted
         handoff and anti-entropy.
@@ -246,7 +251,7 @@ class GetCoordinator(_Quorum):
         merged = self.reconciled()
         if merged is None:
             return None, []
-        stale = []
+        stale = list(self.damaged)
         for node, siblings in self.replies.items():
             if node not in self._primaries:
                 continue

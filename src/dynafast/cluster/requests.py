@@ -19,7 +19,8 @@ from dynafast.cluster.durability import durable_reply
 from dynafast.cluster.ports import peer_failed
 from dynafast.cluster import preflist
 from dynafast.cluster.preflist import Routes
-from dynafast.errors import DynafastError, KeyTooLarge, ProtocolError, Timeout, Unavailable, ValueTooLarge
+from dynafast.errors import (CorruptionError, DynafastError, KeyTooLarge, ProtocolError, Timeout, Unavailable,
+                             ValueTooLarge)
 from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg
 
@@ -153,7 +154,11 @@ class RequestCoordinator:
         partition, primaries, targets, spares = self._route(key)
         if targets is None:
             return self._forward(primaries, request, timeout)
-        existing = self.vnodes.get(partition, key)
+        try:
+            existing = self.vnodes.get(partition, key)
+            damaged = False
+        except CorruptionError:
+            existing, damaged = None, True  # what we held is lost: as if we held nothing (the write replaces it)
         # Stamp the new version and write it locally in the same loop step as the read: no other write of
         # this key can slip in between. Without a local copy our counter for the key is unknown (a reap or a
         # drop may have removed versions that replicas still hold): a fresh actor cannot collide (kv679).
@@ -179,7 +184,19 @@ class RequestCoordinator:
                     call = self.transport.request(self._address(node), Msg.REPLICA_PUT, fields,
                                                   self.config.peer_timeout)
                     call.add_done_callback(_ignore_result)
+        if damaged:
+            self._repair_from_replicas(partition, key, targets, spares)
         return state.arm(self.deadlines, timeout)
+
+    def _repair_from_replicas(self, partition, key, targets, spares):
+        """Our copy of ``key`` was damaged and this write replaced it with the write alone: read it from every
+        replica in the background, so that read repair brings back here the versions only they still hold."""
+        machine = GetCoordinator(targets, spares, r=1, versions=self.versions)
+        state = _Request(asyncio.get_running_loop(), machine, partition, key, None, None, Msg.GET_REPLY)
+        state.on_finish = self._read_repair
+        self._send_gets(state, machine.start())
+        if not state.finished:
+            state.deadline = self.deadlines.add(self.config.request_timeout, state)
 
     def _send_puts(self, state, sends):
         for send in sends:
@@ -255,7 +272,13 @@ class RequestCoordinator:
     def _send_gets(self, state, sends):
         for send in sends:
             if send.node == self.me:
-                siblings = self.vnodes.get(state.partition, state.key, send.hint_for)
+                try:
+                    siblings = self.vnodes.get(state.partition, state.key, send.hint_for)
+                except CorruptionError as exc:
+                    # A failed replica, not "not found" (which would outvote the others); read repair
+                    # replaces the damaged record with what the others hold.
+                    self._send_gets(state, state.machine.on_failure(self.me, exc))
+                    continue
                 weak = siblings is None and send.hint_for is None and state.partition in self.repairing
                 state.machine.on_reply(self.me, siblings, weak)
             else:
@@ -279,7 +302,8 @@ class RequestCoordinator:
             siblings = None if reply[0] is None else self.Siblings.from_bytes(reply[0])
         except DynafastError as exc:
             log.error("unreadable object from %s: %s", node, exc)
-            self._send_gets(state, machine.on_failure(node, exc))
+            # Damaged on the way or on its disk: either way read repair should write it a good copy.
+            self._send_gets(state, machine.on_failure(node, CorruptionError(str(exc))))
             return
         # A replica repairing after amnesia says so with its "not found": that may be a write it forgot.
         machine.on_reply(node, siblings, siblings is None and len(reply) > 1 and reply[1] is True)
@@ -304,12 +328,14 @@ class RequestCoordinator:
     def replica_get(self, request):
         partition, key, hint_for = request  # unpacked once: this runs for most replica calls
         self.ownership.check_member(self.membership, partition, hint_for)
+        # A damaged record raises CorruptionError: the coordinator counts this replica as failed and repairs it.
         raw = self.vnodes.get_raw(partition, key, hint_for)
         if raw is None and hint_for is None and partition in self.repairing:
             return (_REPLICA_GET_REPLY, (None, True))
         return (_REPLICA_GET_REPLY, (raw,))
 
     def replica_put(self, request):
+        # A damaged record here counts as absent: the incoming object replaces it (merge_in).
         partition, key, raw, durable, hint_for = request
         self.ownership.check_member(self.membership, partition, hint_for)
         self.vnodes.merge_in(partition, key, self.Siblings.from_bytes(raw), hint_for)

@@ -9,10 +9,20 @@ group commit pay off. A vnode is a key prefix inside it:
 so that iterating a vnode or one owner's hints is a prefix scan of the keydir. The vnode side follows riak_core's
 vnode behaviour: ``fold`` (the handoff items), ``handoff_data`` (reconcile what a sender streamed), ``is_empty``,
 ``drop``.
+
+A record that cannot be read (the store's checksum fails, or its bytes do not decode) is a missing replica of
+that key, not an outage: ``get`` raises CorruptionError so that a coordinator can count this replica as failed,
+and everything else (merges, anti-entropy, handoff, reaping) treats the key as absent here, so the next write
+of it (a repair) replaces the damaged record.
 """
 from __future__ import annotations
 
+import logging
 import struct
+
+from dynafast.errors import CorruptionError, ProtocolError
+
+log = logging.getLogger("dynafast.vnode")
 
 OBJECT = b"o"
 HINT = b"h"
@@ -49,35 +59,72 @@ def split_hint_key(owner: str, stored_key: bytes) -> tuple[int, bytes]:
 class Vnodes:
     """Versioned objects of the vnodes a node holds, and the hints it keeps for others."""
 
-    def __init__(self, store, versions, on_write=None):
+    def __init__(self, store, versions, on_write=None, on_damaged=None):
         self.store = store
         self.versions = versions
         self._siblings = versions.Siblings
         # on_write(partition, key, old, new) after each change of a primary object (Merkle trees follow it).
         self.on_write = on_write
+        # on_damaged(partition) when a primary object is first found damaged: what was derived from its old
+        # contents (a Merkle tree) is stale now, and a repair will write it as new.
+        self.on_damaged = on_damaged
+        self.damaged: set[bytes] = set()  # stored keys found damaged and not written since
+        self.corrupt_found = 0
+        self.corrupt_repaired = 0
 
     # -- objects -----------------------------------------------------------------------------------------
     def get(self, partition: int, key: bytes, hint_for: str | None = None):
-        raw = self.store.get(object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key))
-        return None if raw is None else self._siblings.from_bytes(raw)
+        """The stored object, or None when absent; CorruptionError when its record cannot be read."""
+        stored_key = object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key)
+        try:
+            raw = self.store.get(stored_key)
+            return None if raw is None else self._siblings.from_bytes(raw)
+        except (CorruptionError, ProtocolError, ValueError) as exc:  # a failed checksum, or bytes that do not decode
+            raise self._found_damaged(stored_key, partition if hint_for is None else None, exc) from exc
+
+    def get_intact(self, partition: int, key: bytes, hint_for: str | None = None):
+        """The stored object, or None when absent or damaged (then the next write of the key replaces it)."""
+        try:
+            return self.get(partition, key, hint_for)
+        except CorruptionError:
+            return None
 
     def get_raw(self, partition: int, key: bytes, hint_for: str | None = None) -> bytes | None:
-        return self.store.get(object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key))
+        """The stored bytes undecoded (the receiver decodes them); CorruptionError when they fail their checksum."""
+        stored_key = object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key)
+        try:
+            return self.store.get(stored_key)
+        except CorruptionError as exc:
+            raise self._found_damaged(stored_key, partition if hint_for is None else None, exc) from exc
+
+    def _found_damaged(self, stored_key: bytes, partition: int | None, exc: Exception) -> CorruptionError:
+        if stored_key not in self.damaged:
+            self.damaged.add(stored_key)
+            self.corrupt_found += 1
+            log.error("damaged record %r (%s): serving it as missing until it is repaired", stored_key, exc)
+            if partition is not None and self.on_damaged is not None:
+                self.on_damaged(partition)
+        return exc if isinstance(exc, CorruptionError) else CorruptionError(f"stored object does not decode: {exc}")
 
     def write(self, partition: int, key: bytes, siblings, hint_for: str | None = None, *, previous=None,
               raw: bytes | None = None) -> None:
         """Store ``siblings`` as they are (the caller merged them with ``previous``, what was stored)."""
-        self.store.put(object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key),
-                       raw if raw is not None else siblings.to_bytes())
+        stored_key = object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key)
+        self.store.put(stored_key, raw if raw is not None else siblings.to_bytes())
+        if self.damaged and stored_key in self.damaged:
+            self.damaged.discard(stored_key)
+            self.corrupt_repaired += 1
+            log.info("damaged record %r repaired", stored_key)
         if hint_for is None and self.on_write is not None:
             self.on_write(partition, key, previous, siblings)
 
     def merge_in(self, partition: int, key: bytes, incoming, hint_for: str | None = None):
         """Reconcile ``incoming`` with the stored object; write and return the result.
 
-        Nothing newer is ever overwritten: the result descends from both sides.
+        Nothing newer is ever overwritten: the result descends from both sides. A damaged record counts as
+        absent: ``incoming`` replaces it.
         """
-        existing = self.get(partition, key, hint_for)
+        existing = self.get_intact(partition, key, hint_for)
         merged = incoming if existing is None else incoming.sync(existing)
         if existing is None or merged != existing:
             self.write(partition, key, merged, hint_for, previous=existing)
@@ -85,7 +132,7 @@ class Vnodes:
 
     def remove_if_equal(self, partition: int, key: bytes, expected) -> bool:
         """Drop a fully replicated tombstone, unless a newer write arrived meanwhile."""
-        current = self.get(partition, key)
+        current = self.get_intact(partition, key)
         if current is None or current != expected:
             return False
         self.store.delete(object_key(partition, key))
@@ -102,18 +149,25 @@ class Vnodes:
             yield bytes(stored_key[cut:])
 
     def fold(self, partition: int):
-        """(key, Siblings) of one vnode, in key order."""
-        prefix = vnode_prefix(partition)
-        cut = len(prefix)
-        for stored_key, raw in self.store.items(prefix=prefix):
-            yield bytes(stored_key[cut:]), self._siblings.from_bytes(raw)
+        """(key, Siblings) of one vnode, unordered; damaged records are left out (they count as missing).
+
+        Each key is read on its own, not by one iteration over the store's items: a damaged record ends such an
+        iteration, and with it the fold.
+        """
+        for key in self.keys(partition):
+            siblings = self.get_intact(partition, key)
+            if siblings is not None:
+                yield key, siblings
 
     def handoff_items(self, partition: int, after: bytes | None = None):
         """(key, encoded object) of one vnode in key order, past ``after``: what a transfer streams."""
         for key in sorted(self.keys(partition)):
             if after is not None and key <= after:
                 continue
-            raw = self.get_raw(partition, key)
+            try:
+                raw = self.get_raw(partition, key)
+            except CorruptionError:
+                continue  # the new owner lacks it for now: anti-entropy brings it from the other replicas
             if raw is not None:
                 yield key, raw
 
@@ -128,14 +182,26 @@ class Vnodes:
         return self.count(partition) == 0
 
     def drop(self, partition: int) -> None:
-        self.store.delete_prefix(vnode_prefix(partition))
+        prefix = vnode_prefix(partition)
+        self.store.delete_prefix(prefix)
+        if self.damaged:
+            self.damaged = {k for k in self.damaged if not k.startswith(prefix)}
 
     # -- hints -------------------------------------------------------------------------------------
     def hints(self, owner: str):
-        """(partition, key, Siblings) of every hint held for ``owner``."""
-        for stored_key, raw in self.store.items(prefix=hint_prefix(owner)):
+        """(partition, key, Siblings) of every intact hint held for ``owner`` (read one by one, as ``fold``)."""
+        for stored_key in self.store.keys(prefix=hint_prefix(owner)):
             partition, key = split_hint_key(owner, stored_key)
-            yield partition, key, self._siblings.from_bytes(raw)
+            try:
+                siblings = self.get(partition, key, owner)
+            except CorruptionError:
+                # Nothing can repair a hint (no other node holds it): drop it, and leave the owner's copy to
+                # read repair and anti-entropy, as for a hint past its window.
+                self.store.delete(stored_key)
+                self.damaged.discard(stored_key)
+                continue
+            if siblings is not None:
+                yield partition, key, siblings
 
     def hint_owners(self) -> set[str]:
         owners = set()
@@ -144,9 +210,8 @@ class Vnodes:
         return owners
 
     def drop_hint_if_equal(self, owner: str, partition: int, key: bytes, delivered) -> bool:
-        stored_key = hint_key(owner, partition, key)
-        raw = self.store.get(stored_key)
-        if raw is None or self._siblings.from_bytes(raw) != delivered:
+        current = self.get_intact(partition, key, owner)
+        if current is None or current != delivered:
             return False
-        self.store.delete(stored_key)
+        self.store.delete(hint_key(owner, partition, key))
         return True

@@ -69,6 +69,7 @@ class ErrorCode(enum.IntEnum):
     OVERLOADED = 10
     STORAGE_FULL = 11
     STORE_CLOSED = 12
+    CORRUPTION = 13  # the node's copy is damaged: it could not serve this, another replica may
 
 
 # Errors that have a code but no class in dynafast.errors. They derive from the nearest existing class so
@@ -532,6 +533,7 @@ _BY_CLASS = [
     (errors.Unavailable, ErrorCode.UNAVAILABLE),
     (errors.StorageFull, ErrorCode.STORAGE_FULL),
     (errors.StoreClosed, ErrorCode.STORE_CLOSED),
+    (errors.CorruptionError, ErrorCode.CORRUPTION),
 ]
 
 _BY_CODE = {
@@ -545,6 +547,7 @@ _BY_CODE = {
     ErrorCode.OVERLOADED: Overloaded,
     ErrorCode.STORAGE_FULL: errors.StorageFull,
     ErrorCode.STORE_CLOSED: errors.StoreClosed,
+    ErrorCode.CORRUPTION: errors.CorruptionError,
 }
 
 
