@@ -74,6 +74,13 @@ class VnodeTrees:
     def drop(self, partition: int) -> None:
         self.trees.pop(partition, None)
 
+    def verify(self, partition: int) -> None:
+        """Read every object of the vnode. A tree counts a record by the digest it had when written, so a record
+        damaged since is found only by reading it; reading it drops the tree (``Vnodes.on_damaged``), which is
+        then built again without it, and the exchange that follows fetches a good copy."""
+        for _ in self.replicas.fold(partition):
+            pass
+
     def keys_in_leaves(self, partition: int, leaves) -> tuple[list[bytes], list[bytes]]:
         """(keys, digests) of every key of the vnode that falls into one of ``leaves``."""
         tree = self.tree(partition)
@@ -156,9 +163,11 @@ class AntiEntropy:
         return self._full
 
     async def exchange_all(self) -> list[ExchangeReport]:
-        """Every owned partition against every other live replica (on demand: after a disk was lost)."""
+        """Every owned partition, each read through first (finding records damaged since its tree was built),
+        against every other live replica (on demand: after a disk was lost or damaged)."""
         reports = []
         for partition in self._owned():
+            self.trees.verify(partition)
             for peer in primaries(self.membership.ring, partition, self.n):
                 if peer != self.me and self.membership.is_up(peer):
                     try:
