@@ -104,6 +104,8 @@ class AntiEntropy:
     clock and a random source (which replica to exchange with).
     """
 
+    PIPELINE = 32  # replica requests of one exchange in flight at once
+
     def __init__(self, *, me: str, n: int, membership, ownership, trees: VnodeTrees, vnodes, transport, clock, rng,
                  interval: float = 10.0, bytes_per_second: float = 4 << 20, peer_timeout: float = 2.0):
         self.me = me
@@ -221,24 +223,32 @@ class AntiEntropy:
         report.bytes += sum(len(k) + 16 for k in remote_keys)
         await self.bucket.take(sum(len(k) + 16 for k in remote_keys))
         replicas = self.vnodes
-        for key in differing:
-            theirs = None
-            if key in remote:
-                raw = (await self._call(peer, Msg.REPLICA_GET, (partition, key, None)))[0]
+        # Keys go in slices whose requests are in flight together: one round trip per key made a wiped node's
+        # repair take as many round trips as it had keys.
+        for start in range(0, len(differing), self.PIPELINE):
+            chunk = differing[start:start + self.PIPELINE]
+            wanted = [key for key in chunk if key in remote]
+            replies = await asyncio.gather(*(self._call(peer, Msg.REPLICA_GET, (partition, key, None))
+                                             for key in wanted))
+            fetched = {key: reply[0] for key, reply in zip(wanted, replies)}
+            await self.bucket.take(sum(len(key) + len(raw or b"") for key, raw in fetched.items()))
+            pushes = []
+            for key in chunk:
+                raw = fetched.get(key)
                 theirs = None if raw is None else replicas.versions.Siblings.from_bytes(raw)
-                await self.bucket.take(len(key) + (len(raw) if raw else 0))
-            if theirs is not None:
-                before = replicas.get_intact(partition, key)
-                merged = replicas.merge_in(partition, key, theirs)
-                if before is None or merged != before:
-                    report.repaired_local += 1
-            else:
-                merged = replicas.get_intact(partition, key)
-            if merged is not None and (theirs is None or merged != theirs):
-                raw = merged.to_bytes()
-                await self._call(peer, Msg.REPLICA_PUT, (partition, key, raw, False, None))
-                await self.bucket.take(len(key) + len(raw))
-                report.repaired_remote += 1
+                if theirs is not None:
+                    before = replicas.get_intact(partition, key)
+                    merged = replicas.merge_in(partition, key, theirs)
+                    if before is None or merged != before:
+                        report.repaired_local += 1
+                else:
+                    merged = replicas.get_intact(partition, key)
+                if merged is not None and (theirs is None or merged != theirs):
+                    pushes.append((key, merged.to_bytes()))
+            await asyncio.gather(*(self._call(peer, Msg.REPLICA_PUT, (partition, key, raw, False, None))
+                                   for key, raw in pushes))
+            await self.bucket.take(sum(len(key) + len(raw) for key, raw in pushes))
+            report.repaired_remote += len(pushes)
 
     # -- serving the other side ---------------------------------------------------------------------------
     def merkle_hashes(self, partition: int, depth: int, indices) -> list[bytes]:
