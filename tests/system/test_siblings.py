@@ -108,3 +108,20 @@ def test_a_delete_without_a_context_deletes(cluster, client):
     client.delete(b"never-written")  # nothing to delete: acknowledged, nothing stored
     assert client.get(b"never-written", r=3).values == []
     assert all(v is None for v in live_copies(cluster, b"never-written").values())
+
+
+def test_the_async_client_has_lww_too(cluster, client):
+    import asyncio
+
+    from dynafast import AsyncClient
+
+    key = b"async-lww"
+    for i in range(3):
+        client.put(key, b"a%d" % i)
+
+    async def overwrite():
+        async with AsyncClient(cluster.addresses) as c:
+            await c.put(key, b"async winner", lww=True)
+            return (await c.get(key, r=3)).values
+
+    assert asyncio.run(overwrite()) == [b"async winner"]
