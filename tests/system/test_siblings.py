@@ -17,7 +17,9 @@ SIBLINGS_WARN = 10
 def cluster(tmp_path_factory):
     base = tmp_path_factory.mktemp("siblings")
     config = base / "node.toml"
-    config.write_text(f"max_siblings = {MAX_SIBLINGS}\nsiblings_warn = {SIBLINGS_WARN}\n")
+    # A short hint window lets tombstones be reaped within the test (the delay must outlast the window).
+    config.write_text(f"max_siblings = {MAX_SIBLINGS}\nsiblings_warn = {SIBLINGS_WARN}\n"
+                      "hint_window = 0.5\ntombstone_delay = 4.5\n")
     with LocalCluster(3, base_dir=base, extra_args=["--config", str(config)]) as c:
         with Client(c.addresses) as client:
             wait_members(client, 3)
