@@ -9,6 +9,7 @@ from dynafast.errors import (
     StoreClosed,
     StoreLocked,
     Timeout,
+    TooManySiblings,
     Unavailable,
     ValueTooLarge,
 )
@@ -49,4 +50,5 @@ __all__ = [
     "QuorumNotMet",
     "Timeout",
     "Unavailable",
+    "TooManySiblings",
 ]

@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     put = verbs.add_parser("put", help="write a value")
     put.add_argument("key")
     put.add_argument("value")
-    put.add_argument("--context", help="hex context from a get (default: the key's current context, so the "
-                     "value replaces what is there)")
+    put.add_argument("--context", help="hex context from a get: the value replaces what that get saw (default: "
+                     "last write wins, the value replaces every version the coordinator reads)")
     put.add_argument("--blind", action="store_true", help="write without a context: a concurrent sibling")
     put.add_argument("--w", type=int)
     put.add_argument("--dw", type=int)
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     delete = verbs.add_parser("delete", help="delete a key")
     delete.add_argument("key")
-    delete.add_argument("--context", help="hex context from a get")
+    delete.add_argument("--context", help="hex context from a get (default: delete every version the "
+                        "coordinator reads)")
     delete.add_argument("--w", type=int)
     _add_client_options(delete)
 
@@ -224,9 +225,8 @@ def _client(args):
 def cmd_put(args) -> int:
     with _client(args) as client:
         context = bytes.fromhex(args.context) if args.context else None
-        if context is None and not args.blind:
-            context = client.get(args.key.encode()).context or None
-        client.put(args.key.encode(), args.value.encode(), context=context, w=args.w, dw=args.dw)
+        lww = context is None and not args.blind
+        client.put(args.key.encode(), args.value.encode(), context=context, w=args.w, dw=args.dw, lww=lww)
     return 0
 
 
@@ -252,8 +252,6 @@ def cmd_get(args) -> int:
 def cmd_delete(args) -> int:
     with _client(args) as client:
         context = bytes.fromhex(args.context) if args.context else None
-        if context is None:
-            context = client.get(args.key.encode()).context or None
         client.delete(args.key.encode(), context=context, w=args.w)
     return 0
 

@@ -64,7 +64,7 @@ def _get_request(key, r, timeout, defaults):
     return key, Msg.GET, Get(key, r, _timeout_ms(timeout))
 
 
-def _write_request(key, value, context, w, dw, timeout, defaults):
+def _write_request(key, value, context, w, dw, timeout, defaults, lww=False):
     """A put (value is bytes) or a delete (value is None)."""
     key = _as_bytes("key", key)
     context = None if context is None else _as_bytes("context", context)
@@ -73,7 +73,7 @@ def _write_request(key, value, context, w, dw, timeout, defaults):
     if value is None:
         return key, Msg.DELETE, Delete(key, context, w, dw, _timeout_ms(timeout))
     value = _as_bytes("value", value)
-    return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout))
+    return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout), True if lww else None)
 
 
 def _exhausted(last) -> DynafastError:
@@ -283,13 +283,18 @@ class Client(_ClientOptions):
         return GetResult(list(reply.values), reply.context)
 
     def put(self, key, value, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
-            timeout: float | None = None) -> None:
+            timeout: float | None = None, lww: bool = False) -> None:
+        """Write ``value``. It replaces the versions ``context`` (from a get) has seen; without a context it is a
+        sibling of whatever is stored. ``lww=True``: the coordinator reads the key first and the value replaces
+        every version that read saw (last write wins). TooManySiblings when the key would exceed the node's
+        ``max_siblings``."""
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
-        self._request(*_write_request(key, value, context, w, dw, timeout, self.defaults), timeout)
+        self._request(*_write_request(key, value, context, w, dw, timeout, self.defaults, lww), timeout)
 
     def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
                timeout: float | None = None) -> None:
+        """Delete the versions ``context`` has seen; without a context, every version the coordinator reads."""
         self._request(*_write_request(key, None, context, w, dw, timeout, self.defaults), timeout)
 
     def status(self, address: str | None = None) -> dict:
@@ -412,10 +417,10 @@ class AsyncClient(_ClientOptions):
         return GetResult(list(reply.values), reply.context)
 
     async def put(self, key, value, *, context: bytes | None = None, w: int | None = None,
-                  dw: int | None = None, timeout: float | None = None) -> None:
+                  dw: int | None = None, timeout: float | None = None, lww: bool = False) -> None:
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
-        await self._request(*_write_request(key, value, context, w, dw, timeout, self.defaults), timeout)
+        await self._request(*_write_request(key, value, context, w, dw, timeout, self.defaults, lww), timeout)
 
     async def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
                      timeout: float | None = None) -> None:

@@ -36,6 +36,9 @@ class NodeConfig:
     max_key_size: int = 32 * 1024
     max_value_size: int = 8 * 1024 * 1024
     max_frame: int = 64 * 1024 * 1024
+    # siblings of one key: a warning in the log above siblings_warn, a refused put above max_siblings
+    siblings_warn: int = 25
+    max_siblings: int = 100
     # storage engine
     sync: str = "interval"
     sync_interval: float = 0.1
@@ -79,6 +82,10 @@ class NodeConfig:
                 raise ValueError(f"{name} must be in 1..n ({self.n}), not {value}")
         if not 0 <= self.dw <= self.w:
             raise ValueError(f"dw must be in 0..w ({self.w}), not {self.dw}")
+        for name in ("siblings_warn", "max_siblings"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
         if self.sync not in ("none", "interval", "always"):
             raise ValueError(f"sync must be none, interval or always, not {self.sync!r}")
         margin = 2 * self.request_timeout

@@ -52,6 +52,19 @@ class Unavailable(DynafastError):
     """No node that could serve the request was reachable."""
 
 
+class TooManySiblings(DynafastError):
+    """The put would leave the key with more live siblings than the node's ``max_siblings``; nothing was written.
+
+    Siblings pile up when clients write without the context of a read. Resolve them: read the key, merge its
+    values, and write the result with the read's context (or put with ``lww=True``).
+    """
+
+    def __init__(self, message: str, *, siblings: int = 0, limit: int = 0):
+        super().__init__(message)
+        self.siblings = siblings
+        self.limit = limit
+
+
 __all__ = [
     "DynafastError",
     "StoreLocked",
@@ -64,4 +77,5 @@ __all__ = [
     "QuorumNotMet",
     "Timeout",
     "Unavailable",
+    "TooManySiblings",
 ]

@@ -255,6 +255,7 @@ class Node:
             "read_repairs": self.requests.read_repairs,
             "corrupt_records": {"found": self.vnodes.corrupt_found, "repaired": self.vnodes.corrupt_repaired,
                                 "unrepaired": len(self.vnodes.damaged)},
+            "siblings": {"warnings": self.requests.sibling_warnings, "refused": self.requests.siblings_refused},
             "requests": self.stats.snapshot(),
             "antientropy": self.antientropy.status(),
             "repair": self.repair.status(),

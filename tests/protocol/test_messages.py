@@ -2,7 +2,7 @@
 message and the field when the count or a type is wrong."""
 import pytest
 
-from dynafast.errors import ProtocolError, QuorumNotMet
+from dynafast.errors import ProtocolError, QuorumNotMet, TooManySiblings
 from dynafast.net import messages
 from dynafast.net.messages import SCHEMA, Msg, UnknownMessage, fields_of, parse, parse_reply
 
@@ -136,5 +136,8 @@ def test_error_frames():
     assert messages.error_fields(QuorumNotMet("1 of 2", replied=1, required=2)) == messages.Error(5, "1 of 2", [1, 2])
     error = messages.error_from_fields((5, "short extra", [1]))
     assert isinstance(error, QuorumNotMet) and (error.replied, error.required) == (1, 0)
+    too_many = messages.error_from_fields(messages.error_fields(TooManySiblings("51 > 50", siblings=51, limit=50)))
+    assert isinstance(too_many, TooManySiblings) and (too_many.siblings, too_many.limit) == (51, 50)
+    assert str(too_many) == "51 > 50"
     malformed = messages.error_from_fields((2, "bad extra", ["x"]))
     assert isinstance(malformed, ProtocolError) and "field 'extra'" in str(malformed)

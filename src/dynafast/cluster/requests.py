@@ -3,7 +3,9 @@
 The quorum rules live in the I/O-free state machines of ``coordinator``; this module routes a request
 (``preflist``), forwards it when this node holds no replica of the key, stamps the new version, carries out the
 machines' sends over the transport, keeps deadlines, answers the client, repairs stale replicas after a read,
-and hands fully acknowledged deletes to the reaper.
+and hands fully acknowledged deletes to the reaper. It also bounds siblings where a version is stamped (a put
+that would leave more than ``max_siblings`` is refused), and carries out the writes that must first read what
+they replace: last-write-wins puts and deletes without a context.
 
 Ports: the node's config and actor, a membership view (ring, next ring, down set, addresses, mark up/down), the
 vnodes, durability, the transport and the clock. Nothing here knows the Node.
@@ -19,8 +21,8 @@ from dynafast.cluster.durability import durable_reply
 from dynafast.cluster.ports import peer_failed
 from dynafast.cluster import preflist
 from dynafast.cluster.preflist import Routes
-from dynafast.errors import (CorruptionError, DynafastError, KeyTooLarge, ProtocolError, Timeout, Unavailable,
-                             ValueTooLarge)
+from dynafast.errors import (CorruptionError, DynafastError, KeyTooLarge, ProtocolError, QuorumNotMet, Timeout,
+                             TooManySiblings, Unavailable, ValueTooLarge)
 from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg
 
@@ -31,6 +33,8 @@ _GET, _PUT, _DELETE = int(Msg.GET), int(Msg.PUT), int(Msg.DELETE)
 _PUT_REPLY, _DELETE_REPLY = int(Msg.PUT_REPLY), int(Msg.DELETE_REPLY)
 _REPLICA_GET_REPLY = int(Msg.REPLICA_GET_REPLY)
 _REPLICA_PUT_REPLY = int(Msg.REPLICA_PUT_REPLY)
+
+_SIBLING_WARNING_EVERY = 10.0  # seconds between log lines about keys with many siblings
 
 
 def _check_sizes(config, key: bytes, value: bytes | None = None) -> None:
@@ -54,6 +58,14 @@ def _quorum(value, default: int, name: str, n: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
         raise ProtocolError(f"{name} must be an integer in 0..{n}")
     return value
+
+
+def _key_text(key: bytes) -> str:
+    return repr(key) if len(key) <= 64 else f"{key[:64]!r}... ({len(key)} bytes)"
+
+
+def _read_result(machine):
+    return machine.result
 
 
 def _ignore_result(call):
@@ -84,6 +96,12 @@ class RequestCoordinator:
         self.routes = Routes(self.me, config.n)
         self.deadlines: DeadlineWheel | None = None
         self.read_repairs = 0
+        # Counting siblings costs a list; len() of the stored object (every version, tombstones too) is an upper
+        # bound that costs nothing, so the count is taken only above the lower of the two limits.
+        self.sibling_check = min(config.siblings_warn, config.max_siblings)
+        self.sibling_warnings = 0
+        self.siblings_refused = 0
+        self._next_sibling_warning = float("-inf")
 
     def start(self, loop) -> None:
         self.deadlines = DeadlineWheel(loop)
@@ -111,24 +129,55 @@ class RequestCoordinator:
         return self._get(key, r, timeout, (_GET, get))
 
     def client_put(self, put):
-        key, value, context, w, dw, timeout_ms = put
+        key, value, context, w, dw, timeout_ms, lww = put
         _check_sizes(self.config, key, value)
-        return self._write(key, value, context, w, dw, timeout_ms, _PUT_REPLY, (_PUT, put))
+        return self._write(key, value, context, w, dw, timeout_ms, _PUT_REPLY, (_PUT, put), lww)
 
     def client_delete(self, delete):
         key, context, w, dw, timeout_ms = delete
         _check_sizes(self.config, key)
-        return self._write(key, None, context, w, dw, timeout_ms, _DELETE_REPLY, (_DELETE, delete))
+        # Without a context a tombstone would only add a sibling: delete what a read finds instead.
+        return self._write(key, None, context, w, dw, timeout_ms, _DELETE_REPLY, (_DELETE, delete), not context)
 
-    def _write(self, key, value, context, w, dw, timeout_ms, reply_type, request):
+    def _write(self, key, value, context, w, dw, timeout_ms, reply_type, request, read_first):
         config = self.config
         w = _quorum(w, config.w, "w", config.n) or 1
         dw = _quorum(dw, min(config.dw, w), "dw", config.n)
         if dw > w:
             raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
         timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
+        if read_first:
+            return self._read_then_write(key, value, context, w, dw, timeout, reply_type, request)
         incoming = self.Siblings.new(value, context or None)
         return self._put(key, incoming, w, dw, timeout, reply_type, request)
+
+    async def _read_then_write(self, key, value, context, w, dw, timeout, reply_type, request):
+        """A last-write-wins put, or a delete without a context: read the key (R replicas, this node's copy
+        among them), then write with the read's context, so the write supersedes every version the read saw.
+
+        Versions the read did not see (written meanwhile, or held only by replicas that did not answer) stay
+        as siblings: this narrows the window of a read-modify-write to one coordinator step, it is no lock.
+        """
+        partition, primaries, targets, _ = self._route(key)
+        if targets is None:
+            return await self._forward(primaries, request, timeout)
+        started = self.clock.monotonic()
+        try:
+            answer = self._get(key, self.config.r, timeout, request, _read_result)
+            _, seen = answer if type(answer) is tuple else await answer
+        except QuorumNotMet as exc:
+            raise QuorumNotMet(f"nothing written: the read this write needs first failed ({exc})",
+                               replied=exc.replied, required=exc.required) from None
+        if value is None and (seen is None or not seen.live_values()):
+            return (reply_type, self._write_answer(None))  # nothing to delete
+        if seen is not None:
+            context = seen.context() if not context else \
+                self.versions.VClock.from_bytes(context).merge(seen.clock()).to_bytes()
+        incoming = self.Siblings.new(value, context or None)
+        # One deadline for both steps: the client waits for the whole request, not for each.
+        remaining = max(timeout - (self.clock.monotonic() - started), 0.001)
+        answer = self._put(key, incoming, w, dw, remaining, reply_type, request)
+        return answer if type(answer) is tuple else await answer
 
     async def _forward(self, primaries, request, timeout):
         """This node holds no replica of the key: hand the request to one that does."""
@@ -166,6 +215,8 @@ class RequestCoordinator:
         now = int(self.clock.wall())
         # Pruned as Riak does (by size and age): clocks gain an entry per coordinator incarnation.
         stored = incoming.update(existing, actor, now).prune(now)
+        if len(stored) > self.sibling_check:
+            self._check_siblings(key, stored)  # raises before anything is written
         machine = PutCoordinator(targets, spares, w=w, dw=dw)
         state = _Request(asyncio.get_running_loop(), machine, partition, key, stored, stored.to_bytes(),
                          reply_type)
@@ -197,6 +248,28 @@ class RequestCoordinator:
         self._send_gets(state, machine.start())
         if not state.finished:
             state.deadline = self.deadlines.add(self.config.request_timeout, state)
+
+    def _check_siblings(self, key, stored):
+        """Refuse a put that would leave more than ``max_siblings`` live siblings; warn above ``siblings_warn``."""
+        config = self.config
+        live = len(stored.live_values())
+        if live > config.max_siblings:
+            self.siblings_refused += 1
+            raise TooManySiblings(
+                f"key {_key_text(key)} would have {live} siblings, over the limit of {config.max_siblings}: "
+                f"they come from writes without a context. Read the key, merge its values and write the result "
+                f"with the read's context (or put with lww=True to replace them all)",
+                siblings=live, limit=config.max_siblings)
+        if live > config.siblings_warn:
+            self.sibling_warnings += 1
+            now = self.clock.monotonic()
+            if now >= self._next_sibling_warning:
+                # Rate-limited: a client writing blindly in a loop would otherwise fill the log.
+                self._next_sibling_warning = now + _SIBLING_WARNING_EVERY
+                log.warning("key %s has %d siblings (warning above %d, puts refused above %d): its clients "
+                            "write without the context of a read; %d such warnings so far",
+                            _key_text(key), live, config.siblings_warn, config.max_siblings,
+                            self.sibling_warnings)
 
     def _send_puts(self, state, sends):
         for send in sends:
@@ -249,13 +322,14 @@ class RequestCoordinator:
         return (self.membership.state.ring.version,)
 
     # get -------------------------------------------------------------------------------------------------
-    def _get(self, key, r, timeout, request):
+    def _get(self, key, r, timeout, request, on_answer=None):
+        """A quorum read. ``on_answer(machine)`` makes the reply's fields (default: the client's GET_REPLY)."""
         partition, primaries, targets, spares = self._route(key)
         if targets is None:
             return self._forward(primaries, request, timeout)
         machine = GetCoordinator(targets, spares, r=r, versions=self.versions)
         state = _Request(asyncio.get_running_loop(), machine, partition, key, None, None, Msg.GET_REPLY)
-        state.on_answer = self._get_answer
+        state.on_answer = on_answer or self._get_answer
         state.on_finish = self._read_repair
         self._send_gets(state, machine.start())
         return state.arm(self.deadlines, timeout)

@@ -6,7 +6,8 @@ end. ``SCHEMA`` maps each type to its record, and ``parse(msg_type, fields)`` ch
 and returns the record. docs/protocol.md documents the same fields, and a test keeps the two equal.
 
 An error frame is ``Msg.ERROR`` with fields ``(code: int, message: str, extra: list[int])``; ``extra`` carries
-numbers that belong to the error (QuorumNotMet sends ``[replied, required]``).
+numbers that belong to the error (QuorumNotMet sends ``[replied, required]``, TooManySiblings
+``[siblings, limit]``).
 """
 import enum
 import types
@@ -70,6 +71,7 @@ class ErrorCode(enum.IntEnum):
     STORAGE_FULL = 11
     STORE_CLOSED = 12
     CORRUPTION = 13  # the node's copy is damaged: it could not serve this, another replica may
+    TOO_MANY_SIBLINGS = 14
 
 
 # Errors that have a code but no class in dynafast.errors. They derive from the nearest existing class so
@@ -132,6 +134,7 @@ class Put(NamedTuple):
     w: int | None = None
     dw: int | None = None
     timeout_ms: int | None = None
+    lww: bool | None = None
 
 
 class PutReply(NamedTuple):
@@ -523,6 +526,7 @@ def _malformed(msg_type, record: type, name: str, problem: str | None = None) ->
 # Most specific first: error_fields walks this in order and isinstance picks the first match.
 _BY_CLASS = [
     (errors.QuorumNotMet, ErrorCode.QUORUM_NOT_MET),
+    (errors.TooManySiblings, ErrorCode.TOO_MANY_SIBLINGS),
     (UnknownMessage, ErrorCode.UNKNOWN_MESSAGE),
     (errors.ProtocolError, ErrorCode.PROTOCOL),
     (errors.KeyTooLarge, ErrorCode.KEY_TOO_LARGE),
@@ -557,7 +561,12 @@ def error_fields(exc: BaseException) -> Error:
         return Error(int(exc.code), str(exc), [])
     for cls, code in _BY_CLASS:
         if isinstance(exc, cls):
-            extra = [int(exc.replied), int(exc.required)] if code == ErrorCode.QUORUM_NOT_MET else []
+            if code == ErrorCode.QUORUM_NOT_MET:
+                extra = [int(exc.replied), int(exc.required)]
+            elif code == ErrorCode.TOO_MANY_SIBLINGS:
+                extra = [int(exc.siblings), int(exc.limit)]
+            else:
+                extra = []
             return Error(int(code), str(exc), extra)
     # Not one of ours: say what it was, without a traceback (that is logged on the side where it happened).
     return Error(int(ErrorCode.UNKNOWN), f"{type(exc).__name__}: {exc}", [])
@@ -574,6 +583,9 @@ def error_from_fields(fields) -> errors.DynafastError:
     if error.code == ErrorCode.QUORUM_NOT_MET:
         replied, required = (error.extra + [0, 0])[:2]
         return errors.QuorumNotMet(error.message, replied=replied, required=required)
+    if error.code == ErrorCode.TOO_MANY_SIBLINGS:
+        siblings, limit = (error.extra + [0, 0])[:2]
+        return errors.TooManySiblings(error.message, siblings=siblings, limit=limit)
     cls = _BY_CODE.get(error.code)
     if cls is None:
         return RemoteError(error.message, code=error.code)

@@ -1,7 +1,9 @@
 """The invariants a simulated run must keep, checked against the clients' history and the final state.
 
 - No acknowledged write is lost: its value is readable at the end unless some write or delete that saw it
-  (carried a context in which it was read) replaced it.
+  (carried a context in which it was read) replaced it, or an overwrite (an lww put or a delete without a
+  context) may have: one that had not answered before the write began. What an overwrite replaced is whatever
+  its coordinator read, which the client never learns, so it counts as having seen nothing.
 - No acknowledged delete or overwrite is undone: a value that an acknowledged write or delete saw and replaced
   never reads back afterwards.
 - Nothing is made up: every value read was written by some client.
@@ -12,6 +14,7 @@
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -32,11 +35,18 @@ def check_history(history, final: dict, *, sibling_bound: int) -> list[Violation
     replaced = defaultdict(set)       # key -> values some write or delete (acknowledged or not) saw
     undone_if_read = defaultdict(set)  # key -> values an acknowledged write or delete saw
     acked = defaultdict(set)          # key -> values of acknowledged puts
+    began = {}                        # value -> when its put was sent
+    overwritten = defaultdict(lambda: -math.inf)  # key -> until when an overwrite may have read the key
     for op in history.ops:
         if op.kind == "put":
             written.add(op.value)
+            began[op.value] = op.start
             if op.outcome == "ok":
                 acked[op.key].add(op.value)
+        if op.overwrite:
+            # Answered: it read before it answered. Not answered: it may still be happening.
+            until = op.end if op.outcome == "ok" else math.inf
+            overwritten[op.key] = max(overwritten[op.key], until)
         if op.kind in ("put", "delete"):
             replaced[op.key] |= op.seen
             if op.outcome == "ok":
@@ -51,7 +61,7 @@ def check_history(history, final: dict, *, sibling_bound: int) -> list[Violation
                                                         f"t={op.end:.3f} (bound {sibling_bound})"))
     for key in sorted(set(acked) | set(undone_if_read) | set(final)):
         values = set(final.get(key, ()))
-        lost = acked[key] - replaced[key] - values
+        lost = {v for v in acked[key] - replaced[key] - values if began[v] >= overwritten[key]}
         for value in sorted(lost):
             violations.append(Violation("lost write", f"{key!r}: acknowledged {value!r} is gone"))
         back = values & undone_if_read[key]

@@ -16,6 +16,8 @@ class Op:
     value: bytes | None = None     # what a put wrote (unique per put)
     seen: frozenset = frozenset()  # the values of the read whose context the write carried
     blind: bool = True
+    overwrite: bool = False        # an lww put or a delete without a context: it replaced what its coordinator
+                                   # read, which the client does not know
     outcome: str = ""              # ok | failed | unknown (timed out: it may have happened)
     result: tuple = ()             # a get's values
     start: float = 0.0
@@ -83,10 +85,13 @@ class SimClient:
         return op
 
     async def delete(self, nodes, key: bytes) -> Op | None:
+        """With the context of the client's last read of ``key``; when that read found nothing the context is
+        empty, and the coordinator deletes whatever it reads then (an overwrite)."""
         if key not in self.contexts:
             return None
         context, seen = self.contexts.pop(key)
-        op = self.history.record(Op(self.index, "delete", key, None, seen, blind=False, start=self.loop.time()))
+        op = self.history.record(Op(self.index, "delete", key, None, seen, blind=not context, overwrite=not context,
+                                    start=self.loop.time()))
         await self._write(op, nodes, Msg.DELETE, (key, context or None, None, None, int(self.timeout * 1000)))
         return op
 
