@@ -60,7 +60,7 @@ def test_deleted_keys_stay_deleted_while_hints_replay_slowly(tmp_path):
 
 
 def test_tombstones_are_reaped_after_the_hint_window_and_stay_gone(tmp_path):
-    args = config(tmp_path, hint_window=1.0, tombstone_delay=6.0)
+    args = config(tmp_path, hint_window=1.0, tombstone_delay=6.0, drop_grace=1.0)
     with LocalCluster(3, base_dir=tmp_path / "c", extra_args=args) as c:
         with Client(c.addresses) as client:
             wait_members(client, 3)
@@ -69,7 +69,7 @@ def test_tombstones_are_reaped_after_the_hint_window_and_stay_gone(tmp_path):
                 client.put(key, b"v", w=3)
             for key in keys:
                 client.delete(key, context=client.get(key, r=3).context, w=3)
-            assert wait_for(lambda: all(replica_copy(n, k) is None for n in c.nodes for k in keys), 30, 0.5)
+            assert wait_for(lambda: all(replica_copy(n, k) is None for n in c.nodes for k in keys), 90, 0.5)
             assert all(client.get(k, r=3).values == [] for k in keys)
 
 
