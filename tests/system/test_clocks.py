@@ -1,0 +1,75 @@
+"""Wall clocks set wrong on real nodes (``DYNAFAST_CLOCK_OFFSET``): liveness and hints must not depend on them."""
+import pytest
+
+from dynafast import Client
+from dynafast.errors import Unavailable
+from dynafast.testing.cluster import LocalCluster
+from test_cluster import replica_copy, wait_for, wait_members
+from test_cluster_life import fast_config
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+HOUR = 3600
+
+
+def states(client, address) -> dict:
+    """node id -> state (up, down, ...) as the node at ``address`` shows its members."""
+    try:
+        return {m["id"]: m["state"] for m in client.status(address)["members"]}
+    except Unavailable:
+        return {}
+
+
+def test_a_node_restarted_with_its_clock_an_hour_back_is_seen_up(tmp_path):
+    with LocalCluster(3, base_dir=tmp_path / "c", extra_args=fast_config(tmp_path)) as c:
+        with Client(c.addresses, timeout=3.0) as client:
+            wait_members(client, 3)
+            n3 = c.node("n3")
+            n3.stop()
+            assert wait_for(lambda: states(client, c.node("n1").address).get("n3") == "down", 30), \
+                "the stopped node was never seen down"
+            n3.start(env={"DYNAFAST_CLOCK_OFFSET": str(-HOUR)})
+            # Before: its heartbeats restarted from its wall clock in ms, 3.6 million below what the others had
+            # heard, so they ignored them and showed it down for that many gossip rounds.
+            wait_members(client, 3, timeout=60)
+
+
+def test_a_fallback_hours_ahead_keeps_and_delivers_the_hint_of_a_w3_write(tmp_path):
+    # No anti-entropy and the key is never read: only the hint can bring the write to the paused primary.
+    with LocalCluster(4, base_dir=tmp_path / "c", extra_args=fast_config(tmp_path, ae_interval=0.0)) as c:
+        with Client(c.addresses, timeout=3.0) as client:
+            wait_members(client, 4)
+            client.refresh_ring()
+            ring = client._routing.ring
+            # A key n4 does not hold: n4 is the one fallback when one of its primaries is down.
+            key = next(k for k in (b"clock-%d" % i for i in range(1000))
+                       if "n4" not in ring.replicas(ring.partition_of(k)))
+            coordinator, _, paused = ring.replicas(ring.partition_of(key))
+            fallback = c.node("n4")
+            fallback.stop()
+            fallback.start(env={"DYNAFAST_CLOCK_OFFSET": str(4 * HOUR)})  # past the 3 h hint window
+            wait_members(client, 4, timeout=60)
+
+            c.node(paused).pause()
+            try:
+                coordinator_address = c.node(coordinator).address
+                assert wait_for(lambda: states(client, coordinator_address).get(paused) == "down", 30), \
+                    "the paused primary was never seen down"
+                with Client([coordinator_address], timeout=10.0, partition_aware=False) as direct:
+                    direct.put(key, b"hinted", w=3)
+                hints_for = lambda: client.status(fallback.address)["hints_for"]  # noqa: E731
+                assert paused in hints_for()
+                # Before: the fallback measured the hint's age from the coordinator's version timestamp on its
+                # own clock, found it 4 h old, and dropped it at the next handoff round.
+                for _ in range(10):
+                    assert paused in hints_for()
+                    wait_for(lambda: False, 0.2)  # a few handoff rounds (every 0.2 s)
+            finally:
+                c.node(paused).resume()
+
+            def delivered():
+                copy = replica_copy(c.node(paused), key)
+                return copy is not None and copy.live_values() == [b"hinted"]
+
+            assert wait_for(delivered, 60, 0.5), "the hint never reached the primary"
+            assert wait_for(lambda: hints_for() == [], 30)
