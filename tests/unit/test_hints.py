@@ -62,3 +62,25 @@ def test_a_hint_stored_without_a_receipt_time_counts_from_the_start(tmp_path, mo
         assert expired(holder.hints("owner"), now=now, unstamped=now - 4 * HOUR) == [b"k"]
         holder.merge_in(2, b"k", S.new(b"w").update(None, b"d", 2), "owner")  # stamped from now on
         assert next(holder.hints("owner"))[3] is not None
+
+
+def test_a_wall_clock_set_back_while_running_does_not_lengthen_the_window():
+    from dynafast.sim.clock import SimClock
+    from dynafast.sim.loop import SimLoop
+
+    loop = SimLoop()
+    try:
+        clock = SimClock(loop)
+        steady = hints.SteadyWall(clock)
+        received = steady.now()
+        loop.advance(HOUR)
+        clock.jump(-10 * HOUR)  # set back 10 h an hour after the hint arrived
+        assert clock.wall() < received
+        loop.advance(2 * HOUR + 1)
+        now = steady.now()
+        assert abs(now - received - (3 * HOUR + 1)) < 1e-6  # three real hours: the hint is past its window
+        assert expired([(1, b"k", S.empty(), received)], now=now) == [b"k"]
+        clock.jump(+HOUR)  # a step forward is not taken back
+        assert abs(steady.now() - (now + HOUR)) < 1e-6
+    finally:
+        loop.close()

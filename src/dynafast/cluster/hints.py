@@ -5,7 +5,8 @@ interrupted delivery resumes with what is left. Hints held longer than the hint 
 (their keys are left to anti-entropy). How long a hint was held is measured on this node's wall clock from when
 it received the hint (kept with the hint): the version timestamps, stamped on the coordinator's clock, play no
 part, so a fallback whose clock runs hours ahead of the coordinator's keeps a fresh hint. A receipt time in this
-clock's future (the clock was set back) counts as just received.
+clock's future (the clock was set back) counts as just received. While the node runs, a step back of its wall
+clock does not lengthen the window (``SteadyWall``): hints must not outlive tombstones (``tombstone_delay``).
 
 A hint is never dropped because its owner cannot take it any more: hints for an owner that left the cluster go
 to the key's current primaries instead (the owner's vnode moved there, perhaps before this write reached it), and
@@ -66,6 +67,27 @@ def plan(owner: str, hints, *, now: float, window: float, deliverable: bool, bat
     return result
 
 
+class SteadyWall:
+    """The wall clock, minus its steps back while this process runs: it never goes backwards here.
+
+    The monotonic clock tells how much time really passed between two reads; whatever the wall clock fell short
+    of that (an operator or NTP set it back) is added back from then on. A step forward is left alone: hints
+    then expire early, which only leaves their keys to anti-entropy.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.set_back = 0.0
+        self._last = (clock.wall(), clock.monotonic())
+
+    def now(self) -> float:
+        wall, mono = self.clock.wall(), self.clock.monotonic()
+        last_wall, last_mono = self._last
+        self._last = (wall, mono)
+        self.set_back += max(0.0, (mono - last_mono) - (wall - last_wall))
+        return wall + self.set_back
+
+
 class HintedHandoff:
     def __init__(self, *, config, versions, membership, vnodes, durability, transport, clock):
         self.config = config
@@ -78,10 +100,11 @@ class HintedHandoff:
         self.bucket = TokenBucket(config.handoff_bytes_per_second, clock=clock.monotonic)
         self.delivered = 0
         self.expired = 0
+        self.wall = SteadyWall(clock)
         self.started = clock.wall()  # when hints stored without a receipt time count as received
 
     def plans(self, leaving: bool = False) -> list[Plan]:
-        now = self.clock.wall()
+        now = self.wall.now()
         members = self.membership.members
         result = []
         for owner in sorted(self.vnodes.hint_owners()):
