@@ -17,7 +17,7 @@ def vnodes(store, monkeypatch, offset: float) -> Vnodes:
 
 
 def expired(held, now, **kw):
-    plan = hints.plan("owner", held, now=now, window=3 * HOUR, gone=False, deliverable=True, batch_size=10,
+    plan = hints.plan("owner", held, now=now, window=3 * HOUR, deliverable=True, batch_size=10,
                       unstamped=kw.get("unstamped", now))
     return [key for _, key, _ in plan.expired]
 
