@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import struct
 
+from dynafast.cluster.ports import SystemClock
 from dynafast.errors import CorruptionError, ProtocolError
 
 log = logging.getLogger("dynafast.vnode")
@@ -67,7 +68,7 @@ def split_hint_key(owner: str, stored_key: bytes) -> tuple[int, bytes]:
 class Vnodes:
     """Versioned objects of the vnodes a node holds, and the hints it keeps for others."""
 
-    def __init__(self, store, versions, on_write=None, on_damaged=None, *, clock):
+    def __init__(self, store, versions, on_write=None, on_damaged=None, *, clock=None):
         self.store = store
         self.versions = versions
         self._siblings = versions.Siblings
@@ -79,7 +80,7 @@ class Vnodes:
         self.damaged: set[bytes] = set()  # stored keys found damaged and not written since
         self.corrupt_found = 0
         self.corrupt_repaired = 0
-        self.clock = clock  # its wall(): when a hint was received
+        self.clock = clock if clock is not None else SystemClock()  # its wall(): when a hint was received
 
     # -- objects (with ``hint_for``: the hint held for that owner) -----------------------------------------
     def get(self, partition: int, key: bytes, hint_for: str | None = None):
