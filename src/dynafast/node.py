@@ -81,7 +81,7 @@ class Node:
         actor = f"{self.node_id}.{self.incarnation}".encode()
         self.durable = (env.durability or DurabilityBatcher)(self.store)
         self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout)
-        self.vnodes = vnodes = Vnodes(self.store, versions)
+        self.vnodes = vnodes = Vnodes(self.store, versions, clock=env.clock)
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)
         vnodes.on_write = self.trees.on_write
         vnodes.on_damaged = self.trees.drop  # rebuilt without the damaged record, which the repair then adds

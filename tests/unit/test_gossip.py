@@ -149,16 +149,49 @@ def test_cluster_state_round_trips_and_plans_transfers():
 
 def test_a_restarted_member_is_heard_at_once():
     a = GossipCore("a", Version(1), detector=FailureDetector(8.0))
-    # a first life that began 100 s ago with one round a second
-    old = GossipCore("b", Version(1), first_heartbeat=int(time.time() * 1000) - 100_000)
-    for _ in range(100):
+    old = GossipCore("b", Version(1), generation=3)  # a first life that went on for many rounds
+    for _ in range(100_000):
         old.tick()
     exchange(a, old, 1.0)
-    reborn = GossipCore("b", Version(1))  # same id, new process: its counter restarts from the clock
+    reborn = GossipCore("b", Version(1), generation=4)  # same id, the next start: no wall clock involved
     reborn.tick()
     before = a.heartbeats["b"]
     exchange(a, reborn, 2.0)
     assert a.heartbeats["b"] > before
+
+
+def test_heartbeats_of_older_nodes_rank_below_any_generation():
+    """Older nodes began their heartbeats at their wall clock in milliseconds: an upgraded node must beat above."""
+    a = GossipCore("a", Version(1), detector=FailureDetector(8.0))
+    a.receive(["b"], [int(time.time() * 1000) + 86_400_000], None, 1.0)
+    upgraded = GossipCore("b", Version(1), generation=1)
+    exchange(a, upgraded, 2.0)
+    assert a.heartbeats["b"] == upgraded.heartbeat
+
+
+def test_a_node_that_lost_its_generation_moves_past_what_peers_remember():
+    a = GossipCore("a", Version(1), detector=FailureDetector(8.0))
+    first = GossipCore("b", Version(1), generation=7)
+    first.tick()
+    exchange(a, first, 1.0)
+    wiped = GossipCore("b", Version(1), generation=1)  # its data directory, generation file included, is gone
+    exchange(wiped, a, 2.0)  # a's reply carries b's old heartbeat back
+    assert wiped.generation == 8
+    before = a.heartbeats["b"]
+    wiped.tick()
+    exchange(wiped, a, 3.0)
+    assert a.heartbeats["b"] > before
+
+
+def test_generation_is_saved_at_every_start(tmp_path):
+    from dynafast.cluster import generation
+    from dynafast.cluster.ports import DirectoryFiles
+
+    files = DirectoryFiles(tmp_path)
+    assert [generation.begin(files) for _ in range(3)] == [1, 2, 3]
+    (tmp_path / generation.FILE).write_bytes(b"garbage")
+    assert generation.begin(files) == 1  # unreadable: peers will hand back how far we got
+    assert generation.begin(DirectoryFiles(tmp_path)) == 2
 
 
 def test_leave_before_the_join_finished_ends_in_left(tmp_path):

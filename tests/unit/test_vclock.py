@@ -152,20 +152,32 @@ def test_clock_prune_rules(impl):
     # over small but the oldest is young: kept
     assert len(clock(60, lambda i: now - 5).prune(now)) == 60
     # over small, older than young but neither over big nor older than old: kept
-    assert len(clock(30, lambda i: now - 100).prune(now)) == 30
+    assert len(clock(30, lambda i: now - 100 if i else now).prune(now)) == 30
     # over big: oldest dropped down to big
-    pruned = clock(60, lambda i: now - 1000 + i).prune(now)
+    pruned = clock(60, lambda i: now - 1000 + i if i < 58 else now).prune(now)
     assert len(pruned) == 50
     assert pruned.entries()[0][0] == b"a010"  # the ten oldest went
     # older than old: dropped down to small
-    pruned = clock(30, lambda i: now - 100_000 + i).prune(now)
+    pruned = clock(30, lambda i: now - 100_000 + i if i < 28 else now).prune(now)
     assert len(pruned) == 10 and pruned.entries()[0][0] == b"a020"
     # only the entries past `old` go; the rest are too recent
     pruned = clock(30, lambda i: now - 100_000 if i < 5 else now - 100).prune(now)
     assert len(pruned) == 25
     # custom limits; ties in age are broken by actor
-    pruned = clock(5, lambda i: 0).prune(100, small=2, big=3, young=1, old=1000)
+    pruned = clock(5, lambda i: 0).prune(100, small=2, big=3, young=0, old=1000)
     assert [e[0] for e in pruned.entries()] == [b"a002", b"a003", b"a004"]
+    # ages count from the second newest timestamp, not from `now` ...
+    assert len(clock(30, lambda i: now - 100_000 + i).prune(now)) == 30
+    # ... and not from the newest one: a single clock far ahead ages nothing
+    assert len(clock(30, lambda i: now + 100_000 if i == 29 else now - 100 + i).prune(now + 100_000)) == 30
+    # `now` still caps the ages (a timestamp in the future is younger than anything)
+    assert len(clock(30, lambda i: now - 100_000 if i < 5 else now + 10).prune(now - 90_000)) == 30
+
+
+def _prune_reference(entries, now):
+    """Where ages count from: the second newest timestamp, or ``now`` if that is earlier."""
+    stamps = sorted(t for _a, _c, t in entries)
+    return min(now, stamps[-2] if len(stamps) > 1 else stamps[0]) if stamps else now
 
 
 @SETTINGS
@@ -174,8 +186,9 @@ def test_clock_prune_rules(impl):
 def test_clock_prune_model(impl, x, now, small, big, young, old):
     v = impl.VClock([(a, c, t % 150) for a, c, t in x])
     remaining = sorted(v.entries(), key=lambda e: (e[2], e[0]))
-    while len(remaining) > small and now - remaining[0][2] >= young and (
-        len(remaining) > big or now - remaining[0][2] > old
+    ref = _prune_reference(remaining, now)
+    while len(remaining) > small and ref - remaining[0][2] >= young and (
+        len(remaining) > big or ref - remaining[0][2] > old
     ):
         remaining.pop(0)
     assert v.prune(now, small=small, big=big, young=young, old=old).entries() == sorted(remaining)
@@ -406,8 +419,9 @@ def test_siblings_prune_keeps_siblings(impl, ops, now, small, big):
 def test_siblings_prune_keeps_entries_with_siblings(impl):
     S = impl.Siblings
     chain = None
-    for i in range(1, 30):  # 29 actors, each write saw the one before: one sibling, at a29
-        chain = S.new(b"c%d" % i, chain.context() if chain else None).update(chain, b"a%02d" % i, i)
+    for i in range(1, 30):  # 29 actors, each write saw the one before: one sibling, at a29; the last two late
+        chain = S.new(b"c%d" % i, chain.context() if chain else None).update(chain, b"a%02d" % i,
+                                                                               i if i < 28 else 10**6)
     x = S.new(b"x").update(None, b"actor-x", 0)  # the oldest entry, and it holds a sibling
     merged = chain.sync(x)
     assert sorted(merged.values) == [b"c29", b"x"] and len(merged.clock()) == 30
@@ -416,6 +430,29 @@ def test_siblings_prune_keeps_entries_with_siblings(impl):
     assert pruned.values == merged.values
     assert merged.prune(10).clock() == merged.clock()  # the oldest entry is younger than `young`
     assert merged.prune(25).clock() == merged.clock()  # old enough, but neither over `big` nor older than `old`
+
+
+def test_prune_after_a_forward_clock_jump_brings_no_replaced_value_back(impl):
+    """A coordinator whose wall clock jumped two days ahead stamps a write: pruning with its `now` would age every
+    other entry past `old` and drop the oldest ones, although they are seconds old. A replica that missed the
+    later writes still holds the first value under the first actor; with that actor's entry gone from the new
+    clock, syncing the two makes the replaced first value a sibling again."""
+    S = impl.Siblings
+    t0 = 1_800_000_000
+    chain = None
+    stale = None
+    for i in range(12):  # twelve coordinators, one after the other, each write saw the one before
+        chain = S.new(b"v%d" % i, chain.context() if chain else None).update(chain, b"node%02d" % i, t0 + i)
+        if i == 0:
+            stale = chain  # a replica that missed every later write
+    jumped = t0 + 12 + 2 * 86400
+    stored = S.new(b"new", chain.context()).update(chain, b"jumper", jumped).prune(jumped)
+    assert stored.sync(stale).values == [b"new"]  # before: [b"v0", b"new"]
+    assert stale.sync(stored).values == [b"new"]
+    assert stored.clock().descends(stale.clock())
+    # Honest age still prunes: once another coordinator's write is two days newer, the old entries go.
+    later = S.new(b"newer", stored.context()).update(stored, b"node00", jumped + 1).prune(jumped + 1)
+    assert len(later.clock()) == 10 and later.values == [b"newer"]
 
 
 # -- the two builds agree -------------------------------------------------------------------------------------

@@ -101,6 +101,6 @@ def test_a_damaged_hint_is_dropped(setup, tmp_path, impl):
     vnodes.write(3, b"other", objects[b"key-01"], hint_for="n2")
     store.flush()
     flip(tmp_path / "store", b"hinted-value:")
-    assert list(vnodes.hints("n2")) == [(3, b"other", objects[b"key-01"])]
+    assert [hint[:3] for hint in vnodes.hints("n2")] == [(3, b"other", objects[b"key-01"])]
     assert store.get(hint_key("n2", 3, b"hinted")) is None
     assert dropped == []  # a hint is in no Merkle tree

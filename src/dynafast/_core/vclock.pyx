@@ -208,7 +208,10 @@ cdef int oldest_first(const void* x, const void* y) noexcept nogil:
 
 cdef int prune_marks(Entry* ents, Py_ssize_t n, char* drop, object now_, object small_, object big_,
                      object young_, object old_, bint keep_live) except -1:
-    """Set drop[i] for the entries Riak's rule removes, oldest first; live entries stay when keep_live."""
+    """Set drop[i] for the entries Riak's rule removes, oldest first; live entries stay when keep_live.
+
+    Ages count from the second newest timestamp (``now`` if earlier), as in the reference: one wall clock set
+    ahead, which stamped the newest entry, cannot age the others."""
     cdef uint64_t now = check_u64(now_, "now")
     cdef uint64_t small = check_u64(small_, "small")
     cdef uint64_t big = check_u64(big_, "big")
@@ -222,6 +225,10 @@ cdef int prune_marks(Entry* ents, Py_ssize_t n, char* drop, object now_, object 
             order[i] = &ents[i]
             drop[i] = 0
         qsort(order, <size_t>n, sizeof(Entry*), oldest_first)
+        if n:
+            e = order[n - 2] if n > 1 else order[0]  # ages count from the second newest timestamp
+            if e.ts < now:
+                now = e.ts
         for i in range(n):
             e = order[i]
             if <uint64_t>remaining <= small:

@@ -116,12 +116,21 @@ def _compare_counts(a, b):
 
 
 def _prune_order(entries, now, small, big, young, old, keep=None):
-    """Indexes of entries to drop under Riak's rule (oldest first); entries with keep(i) true are never dropped."""
+    """Indexes of entries to drop under Riak's rule (oldest first); entries with keep(i) true are never dropped.
+
+    Ages are not measured from ``now`` but from the second newest timestamp of the clock (``now`` if that is
+    earlier): a timestamp is evidence of elapsed time only when some other entry is newer still. The newest entry
+    is usually the one the caller just stamped with its own wall clock; were that clock set ahead, measuring from
+    it would age every other entry at once, and dropping an entry whose actor has no live value left makes every
+    older version that still holds a value of that actor concurrent again: a replaced value would come back.
+    """
     for value, what in ((now, "now"), (small, "small"), (big, "big"), (young, "young"), (old, "old")):
         _check_u64(value, what)
     order = sorted(range(len(entries)), key=lambda i: (entries[i][2], entries[i][0]))
     remaining = len(entries)
     dropped = set()
+    if remaining:
+        now = min(now, entries[order[-2 if remaining > 1 else -1]][2])
     for i in order:
         if remaining <= small:
             break

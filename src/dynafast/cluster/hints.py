@@ -1,8 +1,12 @@
 """Hinted handoff: a fallback replays the writes it holds for a primary that was down, once it is back.
 
 Hints are replayed in batches, throttled; a hint is dropped only after the owner acknowledged it durably, so an
-interrupted delivery resumes with what is left. Hints older than the hint window are dropped undelivered (their
-keys are left to anti-entropy).
+interrupted delivery resumes with what is left. Hints held longer than the hint window are dropped undelivered
+(their keys are left to anti-entropy). How long a hint was held is measured on this node's wall clock from when
+it received the hint (kept with the hint): the version timestamps, stamped on the coordinator's clock, play no
+part, so a fallback whose clock runs hours ahead of the coordinator's keeps a fresh hint. A receipt time in this
+clock's future (the clock was set back) counts as just received. While the node runs, a step back of its wall
+clock does not lengthen the window (``SteadyWall``): hints must not outlive tombstones (``tombstone_delay``).
 
 A hint is never dropped because its owner cannot take it any more: hints for an owner that left the cluster go
 to the key's current primaries instead (the owner's vnode moved there, perhaps before this write reached it), and
@@ -39,18 +43,20 @@ class Plan:
 
 
 def plan(owner: str, hints, *, now: float, window: float, deliverable: bool, batch_size: int,
-         redirect: bool = False, expire: bool = True) -> Plan:
-    """Choose this round's batch for ``owner`` from its hints ``(partition, key, siblings)``.
+         redirect: bool = False, expire: bool = True, unstamped: float | None = None) -> Plan:
+    """Choose this round's batch for ``owner`` from its hints ``(partition, key, siblings, received)``.
 
     ``redirect``: the owner cannot take them (it left, or this node is leaving and the owner is down): the batch
-    goes to the keys' current primaries. ``expire``: hints older than ``window`` are dropped; a hint's age is
-    that of the newest timestamp in its clock.
+    goes to the keys' current primaries. ``expire``: hints held longer than ``window`` are dropped. ``now`` and
+    ``received`` are this node's wall clock; a hint stored without a receipt time (by an older version) counts
+    as received at ``unstamped`` (default ``now``).
     """
     result = Plan(owner, redirect=redirect)
-    for partition, key, siblings in hints:
+    for partition, key, siblings, received in hints:
         if expire:
-            newest = max((ts for _, _, ts in siblings.clock().entries()), default=now)
-            if now - newest > window:
+            if received is None:
+                received = now if unstamped is None else unstamped
+            if now - received > window:
                 result.expired.append((partition, key, siblings))
                 continue
         if not deliverable:
@@ -59,6 +65,27 @@ def plan(owner: str, hints, *, now: float, window: float, deliverable: bool, bat
         if len(result.batch) >= batch_size:
             break
     return result
+
+
+class SteadyWall:
+    """The wall clock, minus its steps back while this process runs: it never goes backwards here.
+
+    The monotonic clock tells how much time really passed between two reads; whatever the wall clock fell short
+    of that (an operator or NTP set it back) is added back from then on. A step forward is left alone: hints
+    then expire early, which only leaves their keys to anti-entropy.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.set_back = 0.0
+        self._last = (clock.wall(), clock.monotonic())
+
+    def now(self) -> float:
+        wall, mono = self.clock.wall(), self.clock.monotonic()
+        last_wall, last_mono = self._last
+        self._last = (wall, mono)
+        self.set_back += max(0.0, (mono - last_mono) - (wall - last_wall))
+        return wall + self.set_back
 
 
 class HintedHandoff:
@@ -73,9 +100,11 @@ class HintedHandoff:
         self.bucket = TokenBucket(config.handoff_bytes_per_second, clock=clock.monotonic)
         self.delivered = 0
         self.expired = 0
+        self.wall = SteadyWall(clock)
+        self.started = clock.wall()  # when hints stored without a receipt time count as received
 
     def plans(self, leaving: bool = False) -> list[Plan]:
-        now = self.clock.wall()
+        now = self.wall.now()
         members = self.membership.members
         result = []
         for owner in sorted(self.vnodes.hint_owners()):
@@ -86,7 +115,7 @@ class HintedHandoff:
             redirect = gone or (leaving and not up)
             result.append(plan(owner, self.vnodes.hints(owner), now=now, window=self.config.hint_window,
                                deliverable=up or redirect, batch_size=self.config.handoff_batch,
-                               redirect=redirect, expire=not gone and not leaving))
+                               redirect=redirect, expire=not gone and not leaving, unstamped=self.started))
         return result
 
     async def deliver(self, leaving: bool = False) -> int:

@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass, field
 
 from dynafast import _impl
+from dynafast.cluster import generation
 from dynafast.cluster.background import cancel_and_wait, periodic
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, state_order
@@ -131,9 +132,8 @@ class ClusterMembership:
         self.state: ClusterState | None = None
         detector = FailureDetector(config.phi_threshold, first_interval=config.gossip_interval,
                                    acceptable_pause=config.gossip_interval)
-        # A restarted node must beat above what its previous life reached: start from the wall clock in ms.
-        self.gossip = GossipCore(self.node_id, detector=detector, rng=rng,
-                                 first_heartbeat=int(clock.wall() * 1000))
+        # A restarted node must beat above what its previous lives reached: a new generation each start.
+        self.gossip = GossipCore(self.node_id, detector=detector, rng=rng, generation=generation.begin(files))
         self.listeners: list = []
         self._forced_down: set[str] = set()
         self._down: frozenset[str] = frozenset()
@@ -354,7 +354,12 @@ class ClusterMembership:
             new = None
         known = self.gossip.heartbeats
         before = {node: known.get(node, -1) for node in self._forced_down}
+        generation_before = self.gossip.generation
         self.gossip.receive(gossip.heartbeat_ids, gossip.heartbeats, None, self.clock.monotonic())
+        if self.gossip.generation != generation_before:
+            # A lost generation file: peers knew a later life of ours. Durable before the new one is sent.
+            generation.save(self.files, self.gossip.generation)
+            log.warning("heartbeat generation moved to %d past what peers remembered", self.gossip.generation)
         # A peer forced down by a refused connection is up again once its heartbeat moves (heard first- or
         # second-hand), or once it talks to us itself.
         for node, beat in before.items():

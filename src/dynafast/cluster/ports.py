@@ -4,9 +4,10 @@ A service never reads a clock, draws a random number, opens a socket or a file o
 A real node hands it the system's; the simulator (``dynafast.sim``) hands it simulated ones, which is what lets
 whole clusters of the real service code run deterministically in one process.
 
-- ``Clock``: ``monotonic()`` for liveness, timeouts and rates; ``wall()`` for version timestamps only (pruning
-  clocks by age, last-write-wins tie-breaks). Timers are the event loop's (``asyncio.sleep``, ``call_later``):
-  the simulator runs a loop whose time is simulated.
+- ``Clock``: ``monotonic()`` for liveness, timeouts and rates; ``wall()`` for version timestamps (pruning
+  clocks by age, last-write-wins tie-breaks) and for what this node measures on its own wall clock alone (when it
+  received a hint). Nothing compares one node's wall clock with another's to decide what is kept. Timers are the
+  event loop's (``asyncio.sleep``, ``call_later``): the simulator runs a loop whose time is simulated.
 - ``rng``: a ``random.Random``: peer choice, jitter, incarnation ids.
 - ``Transport``: ``request(address, msg_type, fields, timeout) -> Future`` of ``(reply_type, fields)`` and
   ``async call(...)``, raising the typed errors of ``dynafast.errors``; ``close()``. ``PeerPool`` is the real one.
@@ -38,12 +39,22 @@ def peer_failed(exc) -> bool:
 
 
 
-class SystemClock:
-    """The machine's clocks."""
+CLOCK_OFFSET_ENV = "DYNAFAST_CLOCK_OFFSET"
 
-    @staticmethod
-    def monotonic() -> float:
-        return time.monotonic()
+
+class SystemClock:
+    """The machine's clocks.
+
+    ``DYNAFAST_CLOCK_OFFSET`` (seconds, may be negative) is added to ``wall()``: a fault-testing knob that starts
+    a node as if its wall clock were set that far off, without touching the machine's clock.
+    """
+
+    monotonic = staticmethod(time.monotonic)
+
+    def __init__(self):
+        offset = float(os.environ.get(CLOCK_OFFSET_ENV) or 0.0)
+        if offset:
+            self.wall = lambda: time.time() + offset
 
     @staticmethod
     def wall() -> float:

@@ -14,12 +14,18 @@ A record that cannot be read (the store's checksum fails, or its bytes do not de
 that key, not an outage: ``get`` raises CorruptionError so that a coordinator can count this replica as failed,
 and everything else (merges, anti-entropy, handoff, reaping) treats the key as absent here, so the next write
 of it (a repair) replaces the damaged record.
+
+A hint's value is ``b"r"`` + when this node received it (8-byte big-endian float, seconds on this node's wall
+clock; the earliest receipt when hints of one key merged) + the encoded object. The hint window is measured
+from there, on the clock of the node that holds the hint: a coordinator's clock plays no part. A value that
+begins with the object's own format byte instead is a hint stored before receipt times were kept.
 """
 from __future__ import annotations
 
 import logging
 import struct
 
+from dynafast.cluster.ports import SystemClock
 from dynafast.errors import CorruptionError, ProtocolError
 
 log = logging.getLogger("dynafast.vnode")
@@ -27,6 +33,9 @@ log = logging.getLogger("dynafast.vnode")
 OBJECT = b"o"
 HINT = b"h"
 _PARTITION = struct.Struct(">H")
+_RECEIVED = b"r"
+_RECEIVED_AT = struct.Struct(">d")
+_RECEIVED_SIZE = 1 + _RECEIVED_AT.size
 
 
 _object_prefixes: dict[int, bytes] = {}  # partition -> b"o" + partition: packing it per call showed in profiles
@@ -59,7 +68,7 @@ def split_hint_key(owner: str, stored_key: bytes) -> tuple[int, bytes]:
 class Vnodes:
     """Versioned objects of the vnodes a node holds, and the hints it keeps for others."""
 
-    def __init__(self, store, versions, on_write=None, on_damaged=None):
+    def __init__(self, store, versions, on_write=None, on_damaged=None, *, clock=None):
         self.store = store
         self.versions = versions
         self._siblings = versions.Siblings
@@ -71,16 +80,20 @@ class Vnodes:
         self.damaged: set[bytes] = set()  # stored keys found damaged and not written since
         self.corrupt_found = 0
         self.corrupt_repaired = 0
+        self.clock = clock if clock is not None else SystemClock()  # its wall(): when a hint was received
 
-    # -- objects -----------------------------------------------------------------------------------------
+    # -- objects (with ``hint_for``: the hint held for that owner) -----------------------------------------
     def get(self, partition: int, key: bytes, hint_for: str | None = None):
         """The stored object, or None when absent; CorruptionError when its record cannot be read."""
-        stored_key = object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key)
+        if hint_for is not None:
+            found = self._hint(hint_for, partition, key)
+            return None if found is None else found[1]
+        stored_key = object_key(partition, key)
         try:
             raw = self.store.get(stored_key)
             return None if raw is None else self._siblings.from_bytes(raw)
         except (CorruptionError, ProtocolError, ValueError) as exc:  # a failed checksum, or bytes that do not decode
-            raise self._found_damaged(stored_key, partition if hint_for is None else None, exc) from exc
+            raise self._found_damaged(stored_key, partition, exc) from exc
 
     def get_intact(self, partition: int, key: bytes, hint_for: str | None = None):
         """The stored object, or None when absent or damaged (then the next write of the key replaces it)."""
@@ -93,9 +106,10 @@ class Vnodes:
         """The stored bytes undecoded (the receiver decodes them); CorruptionError when they fail their checksum."""
         stored_key = object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key)
         try:
-            return self.store.get(stored_key)
+            raw = self.store.get(stored_key)
         except CorruptionError as exc:
             raise self._found_damaged(stored_key, partition if hint_for is None else None, exc) from exc
+        return raw if raw is None or hint_for is None else _split_hint(raw)[1]
 
     def _found_damaged(self, stored_key: bytes, partition: int | None, exc: Exception) -> CorruptionError:
         if stored_key not in self.damaged:
@@ -107,10 +121,17 @@ class Vnodes:
         return exc if isinstance(exc, CorruptionError) else CorruptionError(f"stored object does not decode: {exc}")
 
     def write(self, partition: int, key: bytes, siblings, hint_for: str | None = None, *, previous=None,
-              raw: bytes | None = None) -> None:
-        """Store ``siblings`` as they are (the caller merged them with ``previous``, what was stored)."""
-        stored_key = object_key(partition, key) if hint_for is None else hint_key(hint_for, partition, key)
-        self.store.put(stored_key, raw if raw is not None else siblings.to_bytes())
+              raw: bytes | None = None, received: float | None = None) -> None:
+        """Store ``siblings`` as they are (the caller merged them with ``previous``, what was stored); ``raw`` is
+        their encoding. A hint is stored with its receipt time: ``received``, or now."""
+        if hint_for is None:
+            stored_key = object_key(partition, key)
+            value = raw if raw is not None else siblings.to_bytes()
+        else:
+            stored_key = hint_key(hint_for, partition, key)
+            value = (_RECEIVED + _RECEIVED_AT.pack(self.clock.wall() if received is None else received)
+                     + (raw if raw is not None else siblings.to_bytes()))
+        self.store.put(stored_key, value)
         if self.damaged and stored_key in self.damaged:
             self.damaged.discard(stored_key)
             self.corrupt_repaired += 1
@@ -124,10 +145,12 @@ class Vnodes:
         Nothing newer is ever overwritten: the result descends from both sides. A damaged record counts as
         absent: ``incoming`` replaces it.
         """
-        existing = self.get_intact(partition, key, hint_for)
+        if hint_for is not None:
+            return self._merge_hint(hint_for, partition, key, incoming)
+        existing = self.get_intact(partition, key)
         merged = incoming if existing is None else incoming.sync(existing)
         if existing is None or merged != existing:
-            self.write(partition, key, merged, hint_for, previous=existing)
+            self.write(partition, key, merged, previous=existing)
         return merged
 
     def remove_if_equal(self, partition: int, key: bytes, expected) -> bool:
@@ -188,20 +211,53 @@ class Vnodes:
             self.damaged = {k for k in self.damaged if not k.startswith(prefix)}
 
     # -- hints -------------------------------------------------------------------------------------
+    def _hint(self, owner: str, partition: int, key: bytes):
+        """(received or None, Siblings) of the hint held for ``owner``, None when absent; CorruptionError when
+        its record cannot be read."""
+        stored_key = hint_key(owner, partition, key)
+        try:
+            stored = self.store.get(stored_key)
+            if stored is None:
+                return None
+            received, raw = _split_hint(stored)
+            return received, self._siblings.from_bytes(raw)
+        except (CorruptionError, ProtocolError, ValueError, struct.error) as exc:
+            raise self._found_damaged(stored_key, None, exc) from exc
+
+    def _merge_hint(self, owner: str, partition: int, key: bytes, incoming):
+        try:
+            found = self._hint(owner, partition, key)
+        except CorruptionError:
+            found = None  # a damaged hint counts as absent: incoming replaces it
+        now = self.clock.wall()
+        if found is None:
+            merged, received = incoming, now
+        else:
+            received, existing = found
+            merged = incoming.sync(existing)
+            if merged == existing and received is not None:
+                return merged
+            # The earliest receipt stays: a merged hint expires no later than its oldest part would have.
+            received = now if received is None else min(received, now)
+        self.write(partition, key, merged, owner, received=received)
+        return merged
+
     def hints(self, owner: str):
-        """(partition, key, Siblings) of every intact hint held for ``owner`` (read one by one, as ``fold``)."""
+        """(partition, key, Siblings, received) of every intact hint held for ``owner`` (read one by one, as
+        ``fold``); ``received`` is when this node received it (its wall clock), None for a hint stored before
+        receipt times were kept."""
         for stored_key in self.store.keys(prefix=hint_prefix(owner)):
             partition, key = split_hint_key(owner, stored_key)
             try:
-                siblings = self.get(partition, key, owner)
+                found = self._hint(owner, partition, key)
             except CorruptionError:
                 # Nothing can repair a hint (no other node holds it): drop it, and leave the owner's copy to
                 # read repair and anti-entropy, as for a hint past its window.
                 self.store.delete(stored_key)
                 self.damaged.discard(stored_key)
                 continue
-            if siblings is not None:
-                yield partition, key, siblings
+            if found is not None:
+                yield partition, key, found[1], found[0]
 
     def hint_owners(self) -> set[str]:
         owners = set()
@@ -215,3 +271,11 @@ class Vnodes:
             return False
         self.store.delete(hint_key(owner, partition, key))
         return True
+
+
+def _split_hint(stored) -> tuple[float | None, bytes]:
+    """(receipt time or None, encoded object) of a stored hint."""
+    stored = bytes(stored)
+    if stored[:1] != _RECEIVED:
+        return None, stored
+    return _RECEIVED_AT.unpack_from(stored, 1)[0], stored[_RECEIVED_SIZE:]
