@@ -84,7 +84,7 @@ class Node:
         self.vnodes = vnodes = Vnodes(self.store, versions, clock=env.clock)
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)
         vnodes.on_write = self.trees.on_write
-        vnodes.on_damaged = self.trees.drop  # rebuilt without the damaged record, which the repair then adds
+        vnodes.on_damaged = self._found_damaged
         self.membership = membership = ClusterMembership(config, self.pool, clock=env.clock, rng=env.rng, files=files)
         # Replica-level requests for a partition this node does not serve answer WRONG_NODE.
         ownership = Ownership(self.node_id, config.n)
@@ -178,6 +178,16 @@ class Node:
         self.store.sync()
         self.store.close()
         incarnation.end_clean(self.files, self.incarnation)
+
+    def _found_damaged(self, partition: int) -> None:
+        """A stored object was found damaged: the versions it held are forgotten here."""
+        self.trees.drop(partition)  # rebuilt without the damaged record, which the repair then adds
+        # Our counters for that key are forgotten too: the next write stamped from the rest of what we hold (a
+        # repair brings back only what the others have) could reuse one. A new incarnation cannot (kv679).
+        self.incarnation = incarnation.begin(self.files, self.env.rng, lost=True)
+        actor = f"{self.node_id}.{self.incarnation}".encode()
+        self.requests.actor = self.requests.actors.base = actor
+        log.warning("took incarnation %s after a damaged record", self.incarnation)
 
     def request_stop(self) -> None:
         """Ask the serving loop to stop this node (after it has left the cluster)."""
