@@ -19,6 +19,8 @@ from dynafast.sim.workload import History, SimClient
 FAULTS = ("crash", "wipe", "truncate", "corrupt", "pause", "partition", "one-way", "clock-jump", "join", "leave",
           "leave-cut", "lose-reaps", "hold-hints")
 
+AMNESIA_GAP = 10.0  # simulated seconds between faults that make different nodes forget (repair runs meanwhile)
+
 
 @dataclass
 class Result:
@@ -64,6 +66,7 @@ class _Run:
         self.history = History()
         self.errors: list[str] = []
         self.wiped = False
+        self.last_amnesia: tuple[float, str | None] = (0.0, None)  # when, and which node, last forgot something
         self.leaving: set[str] = set()  # told to leave (the request may still fail)
         self.starting: list[asyncio.Future] = []  # nodes joining in the background
 
@@ -192,12 +195,25 @@ class _Run:
         if not members:
             return None
         name = lambda: rng.choice(members).name  # noqa: E731
+        if kind in ("crash", "wipe", "truncate", "corrupt"):
+            # Each of these makes a node forget something (a crash: what it had not fsync'd). Two on different
+            # nodes close together could take every copy of a write, which no setting promises to survive: so
+            # they are AMNESIA_GAP apart unless they hit the same node, and a wipe or truncation once a run.
+            sim = self.sims[name()]
+            now = asyncio.get_running_loop().time()
+            last_time, last_node = self.last_amnesia
+            if last_node not in (None, sim.name) and now - last_time < AMNESIA_GAP:
+                return None
+        if kind == "corrupt":
+            damaged = sim.disk.corrupt(rng)
+            if damaged is None:
+                return None
+            self.last_amnesia = (now, sim.name)
+            return f"corrupt {sim.name} {damaged!r}"
         if kind in ("crash", "wipe", "truncate"):
-            # Amnesia of one node at a time (wiped, or its log cut short) and at most once a run: with n = 3 a
-            # second one while the first is still repairing could take every copy of a write.
             if down or len(members) < 2 or (kind != "crash" and self.wiped):
                 return None
-            sim = self.sims[name()]
+            self.last_amnesia = (now, sim.name)
             await sim.crash()
             detail = ""
             if kind == "wipe":
@@ -208,10 +224,6 @@ class _Run:
                 self.wiped = True
             self._later(rng.uniform(0.5, 5.0), self._restart, sim)
             return f"{kind} {sim.name}{detail}"
-        if kind == "corrupt":
-            sim = self.sims[name()]
-            damaged = sim.disk.corrupt(rng)
-            return None if damaged is None else f"corrupt {sim.name} {damaged!r}"
         if kind in ("lose-reaps", "hold-hints"):
             # A reap that reaches some replicas only; hints held back so that they are still in flight when the
             # keys they carry are deleted (and their tombstones come due).
