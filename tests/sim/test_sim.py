@@ -68,6 +68,24 @@ def test_two_hundred_seeds_run_clean():
         assert out.strip().splitlines()[-1].startswith("seeds=100 ")
 
 
+@pytest.mark.soak
+def test_a_thousand_seeds_with_every_fault_run_clean():
+    """On demand (`pytest -m soak tests/sim`): 2 x 500 seeds of 150 operations with every kind of fault."""
+    runs = [subprocess.Popen([sys.executable, "-m", "dynafast.sim", "--seeds", "500", "--seed", str(start)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for start in (100_000, 100_500)]
+    try:
+        outputs = [p.communicate(timeout=1800)[0] for p in runs]
+    finally:
+        for p in runs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, out in zip(runs, outputs):
+        assert p.returncode == 0, out
+        assert out.strip().splitlines()[-1].startswith("seeds=500 ")
+
+
 # -- the simulator finds planted bugs -------------------------------------------------------------------------
 
 def test_a_wiped_node_does_not_reuse_its_counters():
