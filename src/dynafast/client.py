@@ -3,6 +3,10 @@
 Both are partition-aware: they fetch the ring from a node, send each request straight to a replica of its key
 (that replica coordinates; client-driven coordination saves a hop), retry on the next replica when one is
 unreachable, and refresh the ring when a node fails or the ring is older than ``ring_refresh`` seconds.
+
+A node's reply is input like any other: every part of it a client uses is checked before use (``_decode``), and
+whatever is wrong with it is a ProtocolError naming the node, never an IndexError or a TypeError. The
+connection that carried it is replaced, and the client goes on serving requests.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from dataclasses import dataclass, field
 from dynafast import _impl
 from dynafast.address import parse_address
 from dynafast.cluster.preflist import primaries
-from dynafast.errors import CorruptionError, DynafastError, StoreClosed, Unavailable
+from dynafast.errors import (CorruptionError, DynafastError, KeyTooLarge, ProtocolError, StoreClosed, Unavailable,
+                             ValueTooLarge)
 from dynafast.net.messages import Delete, Get, Msg, Put, parse_reply
 
 
@@ -58,29 +63,84 @@ def _timeout_ms(timeout: float | None) -> int | None:
     return None if timeout is None else max(1, int(timeout * 1000))
 
 
-def _get_request(key, r, timeout, defaults):
-    key = _as_bytes("key", key)
-    r = defaults["r"] if r is None else r
-    return key, Msg.GET, Get(key, r, _timeout_ms(timeout))
+# The node's defaults (NodeConfig.max_key_size, max_value_size): what a node would refuse is not sent.
+DEFAULT_MAX_KEY_SIZE = 32 * 1024
+DEFAULT_MAX_VALUE_SIZE = 8 * 1024 * 1024
+# Room a put's frame needs besides its key and value (header, context, quorums): the two limits together must
+# leave this much of a frame, or a put under them could still be a frame no node accepts.
+_FRAME_ROOM = 64 * 1024
 
 
-def _write_request(key, value, context, w, dw, timeout, defaults, lww=False):
-    """A put (value is bytes) or a delete (value is None)."""
-    key = _as_bytes("key", key)
-    context = None if context is None else _as_bytes("context", context)
-    w = defaults["w"] if w is None else w
-    dw = defaults["dw"] if dw is None else dw
-    if value is None:
-        return key, Msg.DELETE, Delete(key, context, w, dw, _timeout_ms(timeout))
-    value = _as_bytes("value", value)
-    return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout), True if lww else None)
+def _check_limit(name: str, value, frame_limit: int) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{name} must be a positive number of bytes, not {value!r}")
+    if value > frame_limit:
+        raise ValueError(f"{name} of {value} bytes does not fit in a frame ({frame_limit} bytes)")
+    return value
 
 
 def _exhausted(last) -> DynafastError:
     """What a request raises when no node it tried could serve it."""
-    if isinstance(last, _NODE_FAULTS):
+    if isinstance(last, (ProtocolError, *_NODE_FAULTS)):
         return last  # the nodes were there: say what went wrong on them
     return Unavailable(f"no node could take the request: {last}")
+
+
+def _no_answer(last) -> DynafastError:
+    """What a ring or status request raises when no node it asked gave a usable answer."""
+    if isinstance(last, ProtocolError):
+        return last
+    return Unavailable(f"no node answered: {last}")
+
+
+# Plain ints: comparing with them costs less than with the enum's members (this runs on every request).
+_GET, _PUT, _DELETE, _RING_GET, _STATUS = map(int, (Msg.GET, Msg.PUT, Msg.DELETE, Msg.RING_GET, Msg.STATUS))
+_decode_clock = _impl.vclock.VClock.from_bytes
+
+
+def _decode(request_type, result):
+    """What a client takes from ``result``, the ``(reply_type, fields)`` answering a ``request_type`` request:
+    the record (GET, PUT, DELETE), ``(ring, {node: address})`` (RING_GET) or the status dict (STATUS).
+
+    Everything the client will use is checked here, once: the record's fields and types, and the bytes inside
+    them (a GET's context, the ring, the addresses). Anything wrong raises ProtocolError.
+    """
+    reply = parse_reply(request_type, result)
+    if request_type == _PUT or request_type == _DELETE:
+        return reply
+    try:
+        if request_type == _GET:
+            if reply.context:
+                _decode_clock(reply.context)  # the caller hands it back with its next write
+            return reply
+        if request_type == _RING_GET:
+            return _decode_ring(reply)
+        if request_type == _STATUS:
+            status = json.loads(reply.status)
+            if type(status) is not dict:
+                raise ProtocolError(f"STATUS_REPLY holds a JSON {type(status).__name__}, not an object")
+            return status
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+        # What the decoders say of bytes they cannot read (json's JSONDecodeError is a ValueError)
+        raise ProtocolError(f"malformed {Msg(request_type + 1).name}: {exc}") from None
+    return reply
+
+
+def _decode_ring(state) -> tuple:
+    """``(ring, {node: address})`` of a RING_REPLY (clients read only these of the cluster state)."""
+    ring = _impl.ring.Ring.from_bytes(state.ring)
+    if len(state.ids) != len(state.addresses):
+        raise ProtocolError(f"RING_REPLY has {len(state.ids)} node ids but {len(state.addresses)} addresses")
+    for address in state.addresses:
+        parse_address(address)  # ValueError: the client would fail on it when it connects
+    return ring, dict(zip(state.ids, state.addresses))
+
+
+def _from_node(exc: ProtocolError, address: str) -> ProtocolError:
+    """``exc`` naming the node it came from (its class kept: UnknownMessage stays one)."""
+    return type(exc)(f"{address}: {exc}")
 
 
 class _Routing:
@@ -97,7 +157,6 @@ class _Routing:
             raise ValueError("give at least one node address HOST:PORT")
         for seed in self.seeds:
             parse_address(seed)
-        self.rings = _impl.ring
         self.ring = None
         self.addresses: dict[str, str] = {}
         self.ring_refresh = ring_refresh
@@ -111,12 +170,11 @@ class _Routing:
         if version is not None and self.ring is not None and version > self.ring.version:
             self.fetched_at = float("-inf")  # fetch the ring before the next request
 
-    def adopt(self, state) -> None:
-        """Take the ring and addresses of a RING_REPLY (clients read only these of the cluster state)."""
-        ring = self.rings.Ring.from_bytes(state.ring)
+    def adopt(self, ring, addresses: dict[str, str]) -> None:
+        """Take a ring and the nodes' addresses (from a RING_REPLY, through ``_decode``)."""
         if self.ring is None or ring.version >= self.ring.version:
             self.ring = ring
-            self.addresses = dict(zip(state.ids, state.addresses))
+            self.addresses = addresses
             self._order_ring = None  # the addresses may have changed with the same ring
         self.fetched_at = time.monotonic()
 
@@ -173,18 +231,48 @@ class _ClientOptions:
     rest are discovered. ``timeout``: seconds per request (the coordinator's quorum deadline; the client allows
     one more second for the hop). ``connect_timeout``. ``ring_refresh``: seconds after which the ring is
     fetched again. ``r``, ``w``, ``dw``: default quorums (None: the node's). ``partition_aware=False`` sends
-    every request to ``nodes`` in order instead of to a replica of the key.
+    every request to ``nodes`` in order instead of to a replica of the key. ``max_key_size``,
+    ``max_value_size``: larger keys and values are refused with KeyTooLarge and ValueTooLarge before anything
+    is sent (the defaults are the node's; a node configured lower refuses with the same errors).
     """
 
     def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
-                 r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True):
+                 r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True,
+                 max_key_size: int = DEFAULT_MAX_KEY_SIZE, max_value_size: int = DEFAULT_MAX_VALUE_SIZE):
         if isinstance(nodes, str):
             nodes = nodes.split(",")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.defaults = {"r": r, "w": w, "dw": dw}
+        room = _impl.codec.MAX_FRAME_DEFAULT - _FRAME_ROOM
+        self.max_key_size = _check_limit("max_key_size", max_key_size, room)
+        self.max_value_size = _check_limit("max_value_size", max_value_size, room - max_key_size)
         self._routing = _Routing(nodes, ring_refresh, partition_aware)
         self._closed = False
+
+    def _key(self, key) -> bytes:
+        key = _as_bytes("key", key)
+        if len(key) > self.max_key_size:
+            raise KeyTooLarge(f"key of {len(key)} bytes is over the client's limit of {self.max_key_size}")
+        return key
+
+    def _get_request(self, key, r, timeout):
+        key = self._key(key)
+        r = self.defaults["r"] if r is None else r
+        return key, Msg.GET, Get(key, r, _timeout_ms(timeout))
+
+    def _write_request(self, key, value, context, w, dw, timeout, lww=False):
+        """A put (value is bytes) or a delete (value is None)."""
+        key = self._key(key)
+        context = None if context is None else _as_bytes("context", context)
+        w = self.defaults["w"] if w is None else w
+        dw = self.defaults["dw"] if dw is None else dw
+        if value is None:
+            return key, Msg.DELETE, Delete(key, context, w, dw, _timeout_ms(timeout))
+        value = _as_bytes("value", value)
+        if len(value) > self.max_value_size:
+            raise ValueTooLarge(f"value of {len(value)} bytes is over the client's limit of {self.max_value_size}")
+        return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout), True if lww else None)
 
 
 class Client(_ClientOptions):
@@ -220,17 +308,29 @@ class Client(_ClientOptions):
                 pass
 
     def _call(self, address: str, msg_type, fields, timeout: float):
+        """What ``_decode`` makes of the reply of ``address`` to one request."""
         if self._closed:
             raise Unavailable("client is closed")
+        conn = None
         try:
             conn, lock = self._conn(address)
             with lock:
-                return conn.call(msg_type, fields, timeout)
-        except DynafastError as exc:
-            if not isinstance(exc, Unavailable):
-                raise  # Timeout, QuorumNotMet, StorageFull, ...: the node is there; trying another won't help
+                result = conn.call(msg_type, fields, timeout)
+            return _decode(msg_type, result)
+        except ProtocolError as exc:
+            # The node sent what we cannot read, or hung up saying our stream broke: a new connection replaces
+            # this one, which may be out of step.
             self._drop(address)
             self._routing.failed(address)
+            raise _from_node(exc, address) from None
+        except Unavailable:
+            self._drop(address)
+            self._routing.failed(address)
+            raise
+        except DynafastError:
+            # Timeout, QuorumNotMet, StorageFull, ...: the node is there; trying another won't help.
+            if conn is not None and conn.closed:
+                self._drop(address)
             raise
         except OSError as exc:
             self._drop(address)
@@ -241,19 +341,18 @@ class Client(_ClientOptions):
         last = None
         for address in self._routing.ring_sources():
             try:
-                result = self._call(address, Msg.RING_GET, (), self.timeout)
-                self._routing.adopt(parse_reply(Msg.RING_GET, result))
+                self._routing.adopt(*self._call(address, Msg.RING_GET, (), self.timeout))
                 return
-            except Unavailable as exc:
+            except (Unavailable, ProtocolError) as exc:
                 last = exc
-        raise Unavailable(f"no node answered: {last}")
+        raise _no_answer(last)
 
     def _request(self, key: bytes, msg_type, fields, timeout: float | None):
         timeout = self.timeout if timeout is None else timeout
         if self._routing.stale():
             try:
                 self.refresh_ring()
-            except Unavailable:
+            except (Unavailable, ProtocolError):
                 if self._routing.ring is None:
                     raise
         last = None
@@ -267,18 +366,22 @@ class Client(_ClientOptions):
                 if wait <= 0:
                     break
             try:
-                result = self._call(address, msg_type, fields, wait)
+                reply = self._call(address, msg_type, fields, wait)
             except _TRY_NEXT as exc:
                 last = exc
                 continue
-            reply = parse_reply(msg_type, result)
+            except ProtocolError as exc:
+                if msg_type != Msg.GET:
+                    raise  # the write may have happened there: doing it again elsewhere could duplicate it
+                last = exc
+                continue
             self._routing.note_ring_version(reply.ring_version)
             return reply
         raise _exhausted(last)
 
     # -- the API -----------------------------------------------------------------------------------------
     def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
-        key, msg_type, fields = _get_request(key, r, timeout, self.defaults)
+        key, msg_type, fields = self._get_request(key, r, timeout)
         reply = self._request(key, msg_type, fields, timeout)
         return GetResult(list(reply.values), reply.context)
 
@@ -290,23 +393,22 @@ class Client(_ClientOptions):
         ``max_siblings``."""
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
-        self._request(*_write_request(key, value, context, w, dw, timeout, self.defaults, lww), timeout)
+        self._request(*self._write_request(key, value, context, w, dw, timeout, lww), timeout)
 
     def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
                timeout: float | None = None) -> None:
         """Delete the versions ``context`` has seen; without a context, every version the coordinator reads."""
-        self._request(*_write_request(key, None, context, w, dw, timeout, self.defaults), timeout)
+        self._request(*self._write_request(key, None, context, w, dw, timeout), timeout)
 
     def status(self, address: str | None = None) -> dict:
         addresses = [address] if address else self._routing.ring_sources()
         last = None
         for addr in addresses:
             try:
-                result = self._call(addr, Msg.STATUS, (), self.timeout)
-                return json.loads(parse_reply(Msg.STATUS, result).status)
-            except Unavailable as exc:
+                return self._call(addr, Msg.STATUS, (), self.timeout)
+            except (Unavailable, ProtocolError) as exc:
                 last = exc
-        raise Unavailable(f"no node answered: {last}")
+        raise _no_answer(last)
 
     def close(self) -> None:
         self._closed = True
@@ -349,30 +451,39 @@ class AsyncClient(_ClientOptions):
 
             self._pool = PeerPool(connect_timeout=self.connect_timeout)
         try:
-            return await self._pool.request(address, msg_type, fields, timeout)
+            return _decode(msg_type, await self._pool.request(address, msg_type, fields, timeout))
+        except ProtocolError as exc:
+            raise await self._bad_reply(address, exc) from None
         except (Unavailable, OSError) as exc:
             self._routing.failed(address)
             if isinstance(exc, Unavailable):
                 raise
             raise Unavailable(f"{address}: {exc}") from exc
 
+    async def _bad_reply(self, address: str, exc: ProtocolError) -> ProtocolError:
+        """After ``address`` sent what we cannot read: its connection, which may be out of step, is replaced
+        (calls in flight on it get Unavailable and try elsewhere). Returns the error to raise."""
+        self._routing.failed(address)
+        if self._pool is not None:
+            await self._pool.discard(address)
+        return _from_node(exc, address)
+
     async def refresh_ring(self) -> None:
         last = None
         for address in self._routing.ring_sources():
             try:
-                result = await self._call(address, Msg.RING_GET, (), self.timeout)
-                self._routing.adopt(parse_reply(Msg.RING_GET, result))
+                self._routing.adopt(*await self._call(address, Msg.RING_GET, (), self.timeout))
                 return
-            except Unavailable as exc:
+            except (Unavailable, ProtocolError) as exc:
                 last = exc
-        raise Unavailable(f"no node answered: {last}")
+        raise _no_answer(last)
 
     async def _request(self, key: bytes, msg_type, fields, timeout: float | None):
         timeout = self.timeout if timeout is None else timeout
         if self._routing.stale():
             try:
                 await self.refresh_ring()
-            except Unavailable:
+            except (Unavailable, ProtocolError):
                 if self._routing.ring is None:
                     raise
         last = None
@@ -392,7 +503,7 @@ class AsyncClient(_ClientOptions):
 
                 pool = self._pool = PeerPool(connect_timeout=self.connect_timeout)
             try:
-                result = await pool.request(address, msg_type, fields, wait)
+                reply = _decode(msg_type, await pool.request(address, msg_type, fields, wait))
             except Unavailable as exc:
                 self._routing.failed(address)
                 last = exc
@@ -400,19 +511,23 @@ class AsyncClient(_ClientOptions):
             except _NODE_FAULTS as exc:
                 last = exc
                 continue
+            except ProtocolError as exc:
+                last = await self._bad_reply(address, exc)
+                if msg_type != Msg.GET:
+                    raise last from None  # the write may have happened there: see Client._request
+                continue
             except DynafastError:
                 raise  # Timeout, QuorumNotMet, StorageFull, ...: the node is there; trying another won't help
             except OSError as exc:
                 self._routing.failed(address)
                 last = Unavailable(f"{address}: {exc}")
                 continue
-            reply = parse_reply(msg_type, result)
             self._routing.note_ring_version(reply.ring_version)
             return reply
         raise _exhausted(last)
 
     async def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
-        key, msg_type, fields = _get_request(key, r, timeout, self.defaults)
+        key, msg_type, fields = self._get_request(key, r, timeout)
         reply = await self._request(key, msg_type, fields, timeout)
         return GetResult(list(reply.values), reply.context)
 
@@ -420,22 +535,21 @@ class AsyncClient(_ClientOptions):
                   dw: int | None = None, timeout: float | None = None, lww: bool = False) -> None:
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
-        await self._request(*_write_request(key, value, context, w, dw, timeout, self.defaults, lww), timeout)
+        await self._request(*self._write_request(key, value, context, w, dw, timeout, lww), timeout)
 
     async def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
                      timeout: float | None = None) -> None:
-        await self._request(*_write_request(key, None, context, w, dw, timeout, self.defaults), timeout)
+        await self._request(*self._write_request(key, None, context, w, dw, timeout), timeout)
 
     async def status(self, address: str | None = None) -> dict:
         addresses = [address] if address else self._routing.ring_sources()
         last = None
         for addr in addresses:
             try:
-                result = await self._call(addr, Msg.STATUS, (), self.timeout)
-                return json.loads(parse_reply(Msg.STATUS, result).status)
-            except Unavailable as exc:
+                return await self._call(addr, Msg.STATUS, (), self.timeout)
+            except (Unavailable, ProtocolError) as exc:
                 last = exc
-        raise Unavailable(f"no node answered: {last}")
+        raise _no_answer(last)
 
     async def close(self) -> None:
         self._closed = True

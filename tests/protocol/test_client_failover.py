@@ -5,13 +5,14 @@ import threading
 
 import pytest
 
-from dynafast import AsyncClient, Client
+from dynafast import AsyncClient, Client, _impl
 from dynafast.errors import CorruptionError, QuorumNotMet, StoreClosed
 from dynafast.net.messages import Msg
 from dynafast.net.server import start_server
 
 pytestmark = pytest.mark.timeout(60)
 HOST = "127.0.0.1"
+CONTEXT = _impl.vclock.VClock().increment(b"node-a", 1).to_bytes()  # clients check that a context decodes
 
 
 def failing(error):
@@ -22,7 +23,7 @@ def failing(error):
 
 def serving(conn, msg_type, request_id, fields):
     if msg_type == Msg.GET:
-        return Msg.GET_REPLY, ([b"value"], b"ctx", None)
+        return Msg.GET_REPLY, ([b"value"], CONTEXT, None)
     return Msg(msg_type + 1), (None,)  # PUT_REPLY, DELETE_REPLY
 
 

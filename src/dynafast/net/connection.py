@@ -296,6 +296,16 @@ class PeerPool:
         host, port = parse_address(address)
         return await Connection.open(host, port, timeout=timeout, max_frame=self.max_frame)
 
+    async def discard(self, address: str) -> None:
+        """Close the open connections to ``address``; the next call opens new ones. For a peer that sent
+        something that could not be read: what else it sends on that connection cannot be trusted to line up."""
+        slots = self._slots.get(address, ())
+        for index, entry in enumerate(slots):
+            # A connect in progress is left alone: others may be waiting for it, and it is a new connection.
+            if isinstance(entry, Connection):
+                slots[index] = None
+                await entry.close()
+
     def connections(self, address: str) -> list:
         """The open connections to ``address`` (for tests and stats)."""
         return [c for c in self._slots.get(address, ()) if isinstance(c, Connection) and not c.closed]
