@@ -301,6 +301,8 @@ def test_oversize_keys_and_values_are_refused_without_a_byte_sent(nodes, client_
     client = client_for([node.address])
     with pytest.raises(ValueTooLarge):
         client.put(b"key", b"v" * (8 * 1024 * 1024 + 1))
+    with pytest.raises(ValueTooLarge):
+        client.put(b"key", bytes(codec.MAX_FRAME_DEFAULT + 1))  # not a frame a node would take either
     for request in (lambda: client.put(b"k" * (32 * 1024 + 1), b"v"), lambda: client.get(b"k" * (32 * 1024 + 1)),
                     lambda: client.delete(b"k" * (32 * 1024 + 1))):
         with pytest.raises(KeyTooLarge):
