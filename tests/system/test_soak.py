@@ -109,9 +109,10 @@ def test_chaos_soak(tmp_path):
             def converged():
                 roots = {}
                 for node in c.nodes:
-                    for p, root in merkle_roots(node, partitions).items():
-                        if node.node_id in ring.replicas(p):
-                            roots.setdefault(p, set()).add(root)
+                    # A node answers tree requests only for the partitions it holds (WRONG_NODE otherwise).
+                    held = [p for p in partitions if node.node_id in ring.replicas(p)]
+                    for p, root in merkle_roots(node, held).items():
+                        roots.setdefault(p, set()).add(root)
                 return all(len(r) == 1 for r in roots.values())
 
             assert wait_for(converged, 120, 1.0), "replicas did not converge"
