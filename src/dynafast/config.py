@@ -36,6 +36,9 @@ class NodeConfig:
     max_key_size: int = 32 * 1024
     max_value_size: int = 8 * 1024 * 1024
     max_frame: int = 64 * 1024 * 1024
+    # connections: bytes of frames still arriving (all connections together), and how long one may sit idle
+    max_unfinished_frames: int = 256 * 1024 * 1024
+    idle_timeout: float = 300.0
     # siblings of one key: a warning in the log above siblings_warn, a refused put above max_siblings
     siblings_warn: int = 25
     max_siblings: int = 100
@@ -86,6 +89,10 @@ class NodeConfig:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if self.idle_timeout < 0:
+            raise ValueError(f"idle_timeout must be 0 (none) or positive, not {self.idle_timeout}")
+        if type(self.max_unfinished_frames) is not int or self.max_unfinished_frames < 1:
+            raise ValueError(f"max_unfinished_frames must be a positive integer, not {self.max_unfinished_frames!r}")
         if self.sync not in ("none", "interval", "always"):
             raise ValueError(f"sync must be none, interval or always, not {self.sync!r}")
         margin = 2 * self.request_timeout

@@ -149,7 +149,9 @@ class Node:
         self.requests.start(asyncio.get_running_loop())
         host, port = parse_address(self.config.listen)
         serve = self.env.serve or start_server
-        self.server = await serve(self.handle, host, port, max_frame=self.config.max_frame)
+        self.server = await serve(self.handle, host, port, max_frame=self.config.max_frame,
+                                  idle_timeout=self.config.idle_timeout,
+                                  max_unfinished=self.config.max_unfinished_frames)
         await self.membership.start()
         if self.config.http and self.env.http:
             from dynafast.http import start_http

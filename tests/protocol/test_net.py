@@ -2,6 +2,7 @@
 import asyncio
 import socket
 import struct
+import time
 
 import pytest
 
@@ -222,6 +223,8 @@ def test_out_of_order_replies(run):
     async def main():
         server = await slow_handler_server()
         conn = await Connection.open(HOST, server.port)
+        # A new connection starts with two requests in flight and widens as its replies prove small.
+        await asyncio.gather(*(conn.call(Msg.GET, (0, i)) for i in range(20)))
         order = []
 
         async def one(delay, tag):
@@ -351,6 +354,8 @@ def test_overloaded(run):
     async def main():
         server = await slow_handler_server(max_inflight=2)
         conn = await Connection.open(HOST, server.port)
+        for i in range(20):  # small replies widen the window a new connection starts with (two in flight)
+            await conn.call(Msg.GET, (0, i))
         results = await asyncio.gather(*(conn.call(Msg.GET, (0.2, i)) for i in range(5)), return_exceptions=True)
         assert [r for r in results if isinstance(r, Overloaded)] == results[2:]
         assert results[:2] == [(Msg.GET_REPLY, (0.2, 0)), (Msg.GET_REPLY, (0.2, 1))]
@@ -441,6 +446,79 @@ def test_blocking_connection(run):
         await asyncio.get_running_loop().run_in_executor(None, client)
         server.close()
         await server.wait_closed()
+
+    run(main())
+
+
+def test_blocking_connection_checks_an_idle_connection_without_waiting_and_reconnects_a_closed_one(run):
+    async def main():
+        server = await slow_handler_server(idle_timeout=0)  # the server never closes an idle connection
+        closing = await slow_handler_server(idle_timeout=0.4)
+
+        def client():
+            with BlockingConnection(HOST, server.port, timeout=3.0) as conn:
+                assert conn.call(Msg.PING, (1,)) == (Msg.PONG, (1,))
+                time.sleep(1.2)  # idle long enough to be checked: still open, so it is kept
+                assert conn.call(Msg.PING, (2,), timeout=1.0) == (Msg.PONG, (2,))
+            with BlockingConnection(HOST, closing.port, timeout=3.0) as conn:
+                assert conn.call(Msg.PING, (1,)) == (Msg.PONG, (1,))
+                time.sleep(1.5)  # the server closes it meanwhile; the next call goes on a new connection
+                assert conn.call(Msg.PING, (2,)) == (Msg.PONG, (2,))
+
+        await asyncio.get_running_loop().run_in_executor(None, client)
+        assert server.stats.connections_total == 1
+        assert closing.stats.connections_total == 2 and closing.stats.idle_closed == 1
+        for s in (server, closing):
+            s.close()
+            await s.wait_closed()
+
+    run(main())
+
+
+def test_requests_in_flight_and_unsent_replies_hold_back_further_frames(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        pending = []  # (request id, future) in the order the handler was called
+
+        def handler(conn, msg_type, request_id, fields):
+            future = loop.create_future()
+            pending.append((request_id, future))
+            return future
+
+        def answer(size):
+            for _, future in pending:
+                if not future.done():
+                    future.set_result((Msg.GET_REPLY, (b"x" * size,)))
+
+        def in_flight():
+            return sum(not future.done() for _, future in pending)
+
+        conn = ServerConnection(handler, high_water=1000)
+        conn.feed(b"".join(codec.encode(Msg.GET, i, (i,)) for i in range(1, 41)))
+        assert [i for i, _ in pending] == [1, 2] and conn.held == 38  # a new connection starts at two
+        answer(10)  # small replies: more may be in flight at once
+        await asyncio.sleep(0)
+        assert in_flight() > 2
+        answer(2000)  # a reply above the high-water mark: from now on one request at a time
+        await asyncio.sleep(0)
+        assert in_flight() == 1
+        # A transport full of unsent bytes stops everything until the peer reads.
+        conn.writing_paused()
+        dispatched = len(pending)
+        answer(2000)
+        await asyncio.sleep(0)
+        assert len(pending) == dispatched and in_flight() == 0 and conn.held == 40 - dispatched
+        conn.writing_resumed()
+        assert len(pending) == dispatched + 1
+        for _ in range(100):
+            if not conn.held:
+                break
+            answer(10)
+            await asyncio.sleep(0)
+        answer(10)
+        await asyncio.sleep(0)
+        assert [i for i, _ in pending] == list(range(1, 41)) and conn.held == 0
+        assert [rid for _, rid, _ in frames_of(conn.take_output())] == list(range(1, 41))
 
     run(main())
 

@@ -10,7 +10,8 @@ import pytest
 from dynafast._impl import ring as rings
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, exchange
-from dynafast.cluster.membership import VALID, ClusterState, Member
+from dynafast.cluster.membership import MAX_MEMBERS, VALID, ClusterState, Member
+from dynafast.errors import ProtocolError
 
 
 class Version:
@@ -247,3 +248,22 @@ def test_the_address_of_a_node_that_is_no_member_is_unavailable(tmp_path):
             await m.stop()
 
     asyncio.run(scenario())
+
+
+def test_heartbeats_of_ids_that_are_no_members_are_not_taken_in():
+    core = GossipCore("a")
+    core.receive(["b", "ghost"], [5, 7], None, now=1.0, members={"a", "b"})
+    assert set(core.heartbeats) == {"a", "b"}
+    assert set(core.message()[0]) == {"a", "b"}  # so never passed on
+
+
+def test_a_cluster_state_naming_too_many_members_is_refused():
+    ids = [f"n{i:05d}" for i in range(MAX_MEMBERS + 1)]
+    ring = rings.Ring(64, ids[:3], n=3)
+    fields = (ring.to_bytes(), ids, ["127.0.0.1:1"] * len(ids), [""] * len(ids), [VALID] * len(ids), 2, None,
+              [], [])
+    with pytest.raises(ProtocolError):
+        ClusterState.from_fields(fields, rings)
+    ok = ClusterState.from_fields((ring.to_bytes(), ids[:3], ["127.0.0.1:1"] * 3, [""] * 3, [VALID] * 3, 2, None,
+                                   [], []), rings)
+    assert sorted(ok.members) == ids[:3]

@@ -68,9 +68,14 @@ class GossipCore:
         ids = list(self.heartbeats)
         return ids, [self.heartbeats[i] for i in ids], self.state
 
-    def receive(self, ids, counters, state, now: float) -> bool:
-        """Merge a peer's message; returns True when its state replaced ours."""
+    def receive(self, ids, counters, state, now: float, members=None) -> bool:
+        """Merge a peer's message; returns True when its state replaced ours.
+
+        ``members`` (a container of ids): heartbeats of anyone else are ignored, so a peer cannot make us
+        carry ids that are no members."""
         for node_id, counter in zip(ids, counters):
+            if members is not None and node_id not in members:
+                continue
             if node_id == self.node_id:
                 if counter > self.heartbeat and generation_of(counter) < MAX_GENERATION:
                     # A previous life of ours beat higher: its generation was lost with our data directory.

@@ -31,9 +31,13 @@ from dynafast.cluster.background import cancel_and_wait, periodic
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, state_order
 from dynafast.errors import DynafastError, ProtocolError, Timeout, Unavailable
-from dynafast.net.messages import Msg, parse
+from dynafast.net.messages import Msg, Overloaded, parse
 
 log = logging.getLogger("dynafast.membership")
+
+# Most members a cluster state may name. Gossip and pushed states naming more are refused unread (a forged one
+# would otherwise be carried in every gossip message from then on), and the claimant admits no join past it.
+MAX_MEMBERS = 4096
 
 # Shared statuses (part of the cluster state) ...
 JOINING, VALID, LEAVING, LEFT = "joining", "valid", "leaving", "left"
@@ -78,6 +82,8 @@ class ClusterState:
     def from_fields(cls, fields, rings) -> "ClusterState":
         try:
             ring_bytes, ids, addresses, zones, statuses, version, next_bytes, done_p, done_t = fields[:9]
+            if len(ids) > MAX_MEMBERS:
+                raise ProtocolError(f"cluster state names {len(ids)} members, more than {MAX_MEMBERS}")
             members = {
                 i: Member(i, a, z, s) for i, a, z, s in zip(ids, addresses, zones, statuses, strict=True)
             }
@@ -348,6 +354,8 @@ class ClusterMembership:
 
     def _receive_gossip(self, fields) -> None:
         gossip = parse(Msg.GOSSIP, fields)
+        if len(gossip.heartbeat_ids) > MAX_MEMBERS:
+            raise ProtocolError(f"gossip carries {len(gossip.heartbeat_ids)} heartbeats, more than {MAX_MEMBERS}")
         if (gossip.state_version, gossip.state_digest) > state_order(self.state):
             new = ClusterState.from_fields(gossip.state(), self.rings)
         else:
@@ -355,7 +363,10 @@ class ClusterMembership:
         known = self.gossip.heartbeats
         before = {node: known.get(node, -1) for node in self._forced_down}
         generation_before = self.gossip.generation
-        self.gossip.receive(gossip.heartbeat_ids, gossip.heartbeats, None, self.clock.monotonic())
+        # Heartbeats of members the state we keep does not name are dropped, not carried on: members come
+        # only through a join at the claimant, and reach us in its states.
+        members = (new or self.state).members
+        self.gossip.receive(gossip.heartbeat_ids, gossip.heartbeats, None, self.clock.monotonic(), members)
         if self.gossip.generation != generation_before:
             # A lost generation file: peers knew a later life of ours. Durable before the new one is sent.
             generation.save(self.files, self.gossip.generation)
@@ -401,6 +412,8 @@ class ClusterMembership:
         if (member is not None and member.address == address and member.zone == zone
                 and member.status in (VALID, JOINING)):
             return self.state_fields()
+        if member is None and len(self.state.members) >= MAX_MEMBERS:
+            raise Overloaded(f"the cluster already has {MAX_MEMBERS} members, the most a cluster state holds")
         new = self.state.copy()
         status = VALID if member is not None and member.status == VALID else JOINING
         new.members[node_id] = Member(node_id, address, zone, status)

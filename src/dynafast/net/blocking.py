@@ -1,5 +1,6 @@
 """A blocking-socket connection for synchronous callers (the synchronous Client, scripts, tests)."""
 import socket
+import time
 
 from dynafast._impl import codec
 from dynafast.errors import ProtocolError, Timeout, Unavailable
@@ -8,6 +9,9 @@ from dynafast.net.messages import Msg, error_from_fields
 DEFAULT_TIMEOUT = 5.0
 _RECV_SIZE = 256 * 1024
 _MAX_REQUEST_ID = 0xFFFFFFFF
+# A connection unused for this long is checked before use: the server closes idle connections, and a request
+# sent on one it has closed would fail although nothing went wrong.
+_IDLE_CHECK_SECONDS = 1.0
 
 
 class BlockingConnection:
@@ -22,13 +26,29 @@ class BlockingConnection:
         self._replies = {}  # request id -> (type, fields) that arrived while waiting for another one
         self._abandoned = set()  # ids of timed-out requests whose late replies are to be dropped
         self._next_id = 0
+        self._sock = self._connect()
+        self._last_used = time.monotonic()
+
+    def _connect(self) -> socket.socket:
+        host, port = self.host, self.port
         try:
-            self._sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=self.timeout)
         except socket.timeout:
-            raise Unavailable(f"connecting to {host}:{port} timed out after {timeout}s") from None
+            raise Unavailable(f"connecting to {host}:{port} timed out after {self.timeout}s") from None
         except OSError as exc:
             raise Unavailable(f"cannot connect to {host}:{port}: {exc}") from None
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _closed_by_server(self) -> bool:
+        """True when the server has closed the connection (nothing of ours is in flight when this is asked)."""
+        self._sock.setblocking(False)  # with a timeout set, recv would wait for data first; call_many resets it
+        try:
+            return not self._sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     @property
     def closed(self) -> bool:
@@ -53,6 +73,15 @@ class BlockingConnection:
         """
         if self._sock is None:
             raise Unavailable(f"connection to {self.host}:{self.port} is closed")
+        now = time.monotonic()
+        if now - self._last_used > _IDLE_CHECK_SECONDS and self._closed_by_server():
+            # Closed while idle: nothing was lost, so a new connection takes the requests.
+            self._sock.close()
+            self._sock = None
+            self._decoder = codec.Decoder(self._decoder.max_frame)
+            self._abandoned.clear()
+            self._sock = self._connect()
+        self._last_used = now
         timeout = self.timeout if timeout is None else timeout
         out = bytearray()
         ids = []

@@ -3,8 +3,15 @@
 ``ServerConnection`` holds the protocol logic of one connection and does no I/O: feed it bytes, take its
 output (tests drive it that way). ``ServerProtocol`` adds the asyncio transport: received bytes are fed in,
 and replies collect in a per-connection buffer that is written once per loop turn.
+
+Flow control: a peer that asks faster than it reads must not grow our memory. Replies not yet sent (the
+transport's buffer) stay under a high-water mark: above it, reading stops and so does answering the frames
+already read. Requests in flight hold their replies too, so a connection starts no more of them than the
+high-water mark fits at the size its recent replies had. Frames that have not fully arrived are capped in
+total across connections, and a connection with no complete frame for ``idle_timeout`` seconds is closed.
 """
 import asyncio
+import collections
 import dataclasses
 import functools
 import inspect
@@ -19,6 +26,10 @@ log = logging.getLogger("dynafast.net.server")
 
 DEFAULT_MAX_INFLIGHT = 4096  # per connection: async handler calls not yet answered
 LINGER_SECONDS = 1.0  # after a broken stream: how long to wait for the peer to close before closing anyway
+HIGH_WATER = 2 * 1024 * 1024  # per connection: unsent reply bytes above which we stop reading and answering
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_MAX_UNFINISHED = 256 * 1024 * 1024  # all connections: bytes of frames that have not fully arrived
+SMALL_UNFINISHED = 64 * 1024  # a connection holding no more than this of a frame is never refused for the total
 
 
 @dataclasses.dataclass
@@ -29,6 +40,9 @@ class ServerStats:
     frames_sent: int = 0
     errors: int = 0  # ERROR frames sent, for any reason
     protocol_errors: int = 0  # malformed frames and broken streams received
+    unfinished_bytes: int = 0  # now: bytes of frames not yet complete, all connections together
+    unfinished_refused: int = 0  # connections closed because those bytes went over the limit
+    idle_closed: int = 0  # connections closed for sending no complete frame within the idle timeout
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -42,28 +56,42 @@ class ServerConnection:
     """
 
     def __init__(self, handler, stats: ServerStats | None = None, *, max_frame: int = codec.MAX_FRAME_DEFAULT,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT, peername=None):
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, high_water: int = HIGH_WATER, peername=None):
         self.handler = handler
         self.stats = stats if stats is not None else ServerStats()
         self.peername = peername
         self.max_inflight = max_inflight
+        self.high_water = high_water
         self.closed = False
         self._decoder = codec.Decoder(max_frame)
         self._out = bytearray()
         self._tasks = set()
+        self._held = collections.deque()  # frames read but not yet answered: they wait for the peer to read
+        self._writing_paused = False  # the transport holds more than high_water unsent bytes
+        # What a reply is expected to weigh: the largest recent reply size, decaying towards smaller ones.
+        # Requests in flight times this, plus the bytes the transport has not sent yet, stays under
+        # high_water; a new connection starts with two requests in flight and widens as small replies come.
+        self._reply_estimate = high_water // 2
+        self._unsent = 0  # bytes the transport still held after our last write
+        self.active = False  # a complete frame arrived (or the peer read) since the idle check last looked
 
     # -- output -----------------------------------------------------------------------------------------
     def send(self, msg_type: int, request_id: int, fields) -> bool:
         """Queue one frame for this connection; False when the connection is already closed."""
         if self.closed:
             return False
+        out = self._out
+        start = len(out)
         try:
-            codec.encode_into(self._out, msg_type, request_id, fields)
+            codec.encode_into(out, msg_type, request_id, fields)
         except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
             # A reply we cannot encode is our bug, not the peer's: tell the peer something went wrong.
             log.error("cannot encode reply type %r to %s: %s", msg_type, self.peername, exc)
-            codec.encode_into(self._out, Msg.ERROR, request_id, Error(int(ErrorCode.UNKNOWN), "unencodable reply", []))
+            codec.encode_into(out, Msg.ERROR, request_id, Error(int(ErrorCode.UNKNOWN), "unencodable reply", []))
             msg_type = Msg.ERROR
+        size = len(out) - start
+        estimate = self._reply_estimate
+        self._reply_estimate = size if size > estimate else estimate - ((estimate - size) >> 3)
         self.stats.frames_sent += 1
         if msg_type == Msg.ERROR:
             self.stats.errors += 1
@@ -94,9 +122,54 @@ class ServerConnection:
             log.warning("closing connection from %s: %s", self.peername, exc)
             self.send_error(0, exc)  # request id 0: about the connection, not one request
             return False
-        for frame in frames:
-            self._dispatch(*frame)
+        if frames:
+            self.active = True
+            if self._held:
+                self._held.extend(frames)
+                return True
+            tasks = self._tasks
+            high_water = self.high_water
+            for i, frame in enumerate(frames):
+                if self._writing_paused or (tasks and len(tasks) * self._reply_estimate + self._unsent >= high_water):
+                    # The peer has enough coming: the rest waits (and reading stops) until it takes some.
+                    self._held.extend(frames[i:])
+                    self._pause_input()
+                    break
+                self._dispatch(*frame)
         return True
+
+    @property
+    def held(self) -> int:
+        """Frames read but waiting to be answered until the peer reads what it was sent."""
+        return len(self._held)
+
+    def _release(self):
+        """Answer held frames while the peer keeps up; resume reading once none is left."""
+        held = self._held
+        tasks = self._tasks
+        while held and not self.closed:
+            # With nothing in flight only a paused transport holds frames back: no completion would wake us.
+            if self._writing_paused or (tasks and len(tasks) * self._reply_estimate + self._unsent >= self.high_water):
+                return
+            self._dispatch(*held.popleft())
+        if not self._writing_paused:
+            self._resume_input()
+
+    def writing_paused(self):
+        """The peer is not reading fast enough: stop answering and reading."""
+        self._writing_paused = True
+        self._pause_input()
+
+    def writing_resumed(self):
+        self._writing_paused = False
+        self.active = True  # the peer read: not idle, however long its replies take
+        self._release()
+
+    def _pause_input(self):
+        """Called when held frames wait or writing is paused; the asyncio side stops reading."""
+
+    def _resume_input(self):
+        """Called when nothing is held and writing is not paused; the asyncio side reads again."""
 
     def _dispatch(self, msg_type, request_id, fields):
         self.stats.frames_received += 1
@@ -143,6 +216,8 @@ class ServerConnection:
             self._reply(request_id, future.result())
         else:
             self._handler_failed(None, request_id, exc)
+        if self._held:
+            self._release()
         if not tasks and self.closed is False:
             self._idle()
 
@@ -156,7 +231,10 @@ class ServerConnection:
         else:
             self._reply(request_id, result)
         finally:
-            if self.closed is False and not self._tasks - {asyncio.current_task()}:
+            self._tasks.discard(asyncio.current_task())
+            if self._held:
+                self._release()
+            if self.closed is False and not self._tasks:
                 self._idle()
 
     def _idle(self):
@@ -187,6 +265,7 @@ class ServerConnection:
         for task in list(self._tasks):
             task.cancel()
         self._tasks.clear()
+        self._held.clear()
         self._out = bytearray()
 
 
@@ -202,9 +281,13 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
         self._half_closed = False
         self._draining = False  # the stream broke: discard input until the peer closes
         self._linger = None
+        self._reading_paused = False
+        self._unfinished = 0  # our part of stats.unfinished_bytes
+        self.idle_checks = 0  # idle checks in a row that found this connection idle
 
     def connection_made(self, transport):
         self._transport = transport
+        transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
         self.peername = transport.get_extra_info("peername")
         self.stats.connections += 1
         self.stats.connections_total += 1
@@ -214,6 +297,7 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
         self.stats.connections -= 1
+        self._forget_unfinished()
         self._server._connections.discard(self)
         self._transport = None
         self.connection_closed()
@@ -222,67 +306,130 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
         if self._draining:
             return
         if not self.feed(data):
-            self._flush()
-            self.closed = True
-            self._draining = True
-            transport = self._transport
-            if transport.can_write_eof():
-                # Half-close and discard what still arrives: closing with unread data would send a reset,
-                # and a reset can destroy the error frame before the peer reads it.
-                transport.write_eof()
-                self._linger = self._loop.call_later(LINGER_SECONDS, transport.close)
-            else:
-                transport.close()
+            self._break()
+            return
+        unfinished = self._decoder.buffered
+        if unfinished != self._unfinished:
+            stats = self.stats
+            grew = unfinished > self._unfinished
+            stats.unfinished_bytes += unfinished - self._unfinished
+            self._unfinished = unfinished
+            if grew and unfinished > SMALL_UNFINISHED and stats.unfinished_bytes > self._server.max_unfinished:
+                stats.unfinished_refused += 1
+                log.warning("closing connection from %s: its unfinished frame (%d bytes so far) would take "
+                            "unfinished frames past %d bytes", self.peername, unfinished, self._server.max_unfinished)
+                self.send_error(0, Overloaded(f"too many bytes of unfinished frames on this node "
+                                              f"(limit {self._server.max_unfinished})"))
+                self._break()
+
+    def _forget_unfinished(self):
+        self.stats.unfinished_bytes -= self._unfinished
+        self._unfinished = 0
+
+    def _break(self):
+        """The stream cannot go on: send what is queued (the error among it) and close."""
+        self._flush()
+        self.closed = True
+        self._draining = True
+        self._held.clear()
+        self._forget_unfinished()
+        self._decoder = codec.Decoder(self._decoder.max_frame)  # drop the unfinished frame now
+        transport = self._transport
+        if transport.can_write_eof():
+            # Half-close and discard what still arrives: closing with unread data would send a reset,
+            # and a reset can destroy the error frame before the peer reads it.
+            transport.write_eof()
+            self._linger = self._loop.call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()  # to see the peer close (and discard what it still sends)
 
     def eof_received(self):
         if self._draining:
             return False
-        # The peer will send nothing more; answer what is in flight, then close.
+        # The peer will send nothing more; answer what is in flight and held, then close.
         self._flush()
-        if not self._tasks:
+        if not self._tasks and not self._held:
             return False
         self._half_closed = True
         return True
 
     def _idle(self):
-        if self._half_closed and self._transport is not None:
+        if self._half_closed and not self._held and self._transport is not None:
             self._flush()
             self._transport.close()
 
     def pause_writing(self):
-        # The peer reads slower than it asks: stop reading its requests until it catches up.
-        if self._transport is not None:
-            self._transport.pause_reading()
+        # The peer reads slower than it asks: stop reading and answering its requests until it catches up.
+        self.writing_paused()
 
     def resume_writing(self):
-        if self._transport is not None and not self._transport.is_closing():
+        self._unsent = self._transport.get_write_buffer_size() if self._transport is not None else 0
+        self.writing_resumed()
+
+    def _pause_input(self):
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_input(self):
+        if self._reading_paused and self._transport is not None and not self._transport.is_closing():
+            self._reading_paused = False
             self._transport.resume_reading()
+        if self._half_closed and not self._tasks:
+            self._idle()
 
     def _output_ready(self):
-        if not self._flush_scheduled:
+        if len(self._out) >= self.high_water:
+            # A large reply: hand it to the transport now, so its high-water mark sees it before the next frame.
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _flush(self):
         self._flush_scheduled = False
-        if self._out and self._transport is not None:
+        transport = self._transport
+        if self._out and transport is not None:
             # Hand the buffer over and start a new one: the transport may keep a reference to it.
-            self._transport.write(self.take_output())
+            transport.write(self.take_output())
+            self._unsent = transport.get_write_buffer_size()
+            if self._held:
+                self._release()
 
     def close(self):
         if self._transport is not None:
             self._flush()
             self._transport.close()
 
+    def close_idle(self):
+        """Close a connection that sent nothing complete for the idle timeout (unsent replies are dropped:
+        a peer that does not read would keep them, and the connection, forever)."""
+        transport = self._transport
+        if transport is None:
+            return
+        self.stats.idle_closed += 1
+        log.info("closing connection from %s: idle", self.peername)
+        if transport.get_write_buffer_size() or self._out:
+            transport.abort()
+        else:
+            transport.close()
+
 
 class Server:
     """A running server: ``.port`` (the bound port), ``.stats``, ``close()`` and ``await wait_closed()``."""
 
-    def __init__(self, host: str):
+    def __init__(self, host: str, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 max_unfinished: int = DEFAULT_MAX_UNFINISHED):
         self.host = host
         self.stats = ServerStats()
+        self.idle_timeout = idle_timeout
+        self.max_unfinished = max_unfinished
         self._server = None
         self._connections = set()
+        self._idle_timer = None
 
     @property
     def port(self) -> int:
@@ -296,8 +443,24 @@ class Server:
     def sockets(self):
         return self._server.sockets
 
+    def _check_idle(self):
+        """Every half idle timeout: close connections found idle twice in a row, so each is closed between
+        one and one and a half idle timeouts after its last complete frame. Requests in flight are ours to
+        answer: a connection waiting for them is not idle."""
+        for conn in list(self._connections):
+            if conn.active or conn._tasks:
+                conn.active = False
+                conn.idle_checks = 0
+                continue
+            conn.idle_checks += 1
+            if conn.idle_checks >= 2:
+                conn.close_idle()
+        self._idle_timer = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._check_idle)
+
     def close(self):
         """Stop listening and close every connection (queued replies are still written)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self._server.close()
         for conn in list(self._connections):
             conn.close()
@@ -314,14 +477,25 @@ class Server:
 
 
 async def start_server(handler, host: str, port: int, *, max_frame: int = codec.MAX_FRAME_DEFAULT,
-                       max_inflight: int = DEFAULT_MAX_INFLIGHT, backlog: int = 1024) -> Server:
-    """Listen on host:port (0 picks a free port) and serve the native protocol with ``handler``."""
+                       max_inflight: int = DEFAULT_MAX_INFLIGHT, backlog: int = 1024,
+                       idle_timeout: float = DEFAULT_IDLE_TIMEOUT, max_unfinished: int = DEFAULT_MAX_UNFINISHED,
+                       high_water: int = HIGH_WATER) -> Server:
+    """Listen on host:port (0 picks a free port) and serve the native protocol with ``handler``.
+
+    ``idle_timeout`` (seconds, 0 for none): close connections that send no complete frame for that long.
+    ``max_unfinished``: bytes of not yet complete frames held for all connections together; a connection that
+    takes them past it is refused. ``high_water``: unsent reply bytes per connection above which it is no
+    longer read or answered until the peer reads.
+    """
     loop = asyncio.get_running_loop()
-    server = Server(host)
+    server = Server(host, idle_timeout=idle_timeout, max_unfinished=max_unfinished)
     server._server = await loop.create_server(
-        lambda: ServerProtocol(server, handler, max_frame=max_frame, max_inflight=max_inflight),
+        lambda: ServerProtocol(server, handler, max_frame=max_frame, max_inflight=max_inflight,
+                               high_water=high_water),
         host, port, backlog=backlog, reuse_address=True,
     )
+    if idle_timeout:
+        server._idle_timer = loop.call_later(idle_timeout / 2, server._check_idle)
     return server
 
 

@@ -60,7 +60,7 @@ class SimNode:
                 batcher.start_interval()
             return batcher
 
-        async def serve(handler, host, port, max_frame=None):
+        async def serve(handler, host, port, **_limits):
             return network.serve(self.address, handler)
 
         env = Environment(clock=self.clock, rng=rng, transport=self.transport, files=SimFiles(self.disk),
