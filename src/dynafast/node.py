@@ -196,12 +196,18 @@ class Node:
         self.stopped.set()
 
     async def _handoff_loop(self):
+        # Ring changes move on at least every second (claimant duties, transfers to start or retry), however
+        # far apart hint rounds are set.
+        interval = self.config.handoff_interval
+        last_hints = self.clock.monotonic()
         while True:
-            await asyncio.sleep(self.config.handoff_interval)
+            await asyncio.sleep(min(1.0, interval))
             try:
                 self.membership.check_claimant_duties()
                 self.transfers.schedule(self.membership.state)
-                await self.hints.deliver()
+                if self.clock.monotonic() - last_hints >= interval:
+                    last_hints = self.clock.monotonic()
+                    await self.hints.deliver()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - keep the loop alive; the next round retries
