@@ -53,29 +53,21 @@ def test_the_reference_build_runs_in_it_too():
 
 def test_two_hundred_seeds_run_clean():
     # Two processes, one per core: 2 x 100 seeds with every kind of fault.
-    runs = [subprocess.Popen([sys.executable, "-m", "dynafast.sim", "--seeds", "100", "--seed", str(start),
-                              "--ops", "90"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for start in (0, 100)]
-    try:
-        outputs = [p.communicate(timeout=200)[0] for p in runs]
-    finally:
-        for p in runs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, out in zip(runs, outputs):
-        assert p.returncode == 0, out
-        assert out.strip().splitlines()[-1].startswith("seeds=100 ")
+    run_seeds_in_two_processes((0, 100), 100, ["--ops", "90"], timeout=200)
 
 
 @pytest.mark.soak
 def test_a_thousand_seeds_with_every_fault_run_clean():
     """On demand (`pytest -m soak tests/sim`): 2 x 500 seeds of 150 operations with every kind of fault."""
-    runs = [subprocess.Popen([sys.executable, "-m", "dynafast.sim", "--seeds", "500", "--seed", str(start)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for start in (100_000, 100_500)]
+    run_seeds_in_two_processes((100_000, 100_500), 500, [], timeout=1800)
+
+
+def run_seeds_in_two_processes(starts, count, extra, timeout):
+    runs = [subprocess.Popen([sys.executable, "-m", "dynafast.sim", "--seeds", str(count), "--seed", str(start),
+                              *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for start in starts]
     try:
-        outputs = [p.communicate(timeout=1800)[0] for p in runs]
+        outputs = [p.communicate(timeout=timeout)[0] for p in runs]
     finally:
         for p in runs:
             if p.poll() is None:
@@ -83,7 +75,7 @@ def test_a_thousand_seeds_with_every_fault_run_clean():
                 p.wait()
     for p, out in zip(runs, outputs):
         assert p.returncode == 0, out
-        assert out.strip().splitlines()[-1].startswith("seeds=500 ")
+        assert out.strip().splitlines()[-1].startswith(f"seeds={count} ")
 
 
 # -- the simulator finds planted bugs -------------------------------------------------------------------------

@@ -15,24 +15,14 @@ import pytest
 import dynafast
 from dynafast import _impl
 from dynafast._ref import logstore as fmt
-from dynafast.storage import Store
 
 from conftest import implementations
+from test_storage import open_store, segment_files
 
 impl = implementations("logstore")
 
 CHILD = os.path.join(os.path.dirname(os.path.dirname(__file__)), "helpers", "storage_crash_child.py")
 COUNTS = ("truncated_bytes", "corrupt_records", "missing_segments", "short_segments", "hint_mismatch")
-
-
-def open_store(path, impl, **kw):
-    kw.setdefault("background_merge", False)
-    kw.setdefault("flush_interval", 0)
-    return Store(path, engine=impl, **kw)
-
-
-def segment_files(path):
-    return sorted(n for n in os.listdir(path) if n.endswith(".data"))
 
 
 def records(path, name):
