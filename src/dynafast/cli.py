@@ -18,6 +18,8 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", default=os.environ.get("DYNAFAST_CLUSTER", "127.0.0.1:7101"),
                         help="HOST:PORT of one or more nodes, comma-separated (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds")
+    parser.add_argument("--user", default=os.environ.get("DYNAFAST_USER"),
+                        help="log in as this user (password from DYNAFAST_PASSWORD, or asked for)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--dw", type=int, help="default durable-write quorum (default 1)")
     node.add_argument("--partitions", type=int, help="ring partitions, a power of two (default 64)")
     node.add_argument("--sync", choices=["none", "interval", "always"], help="storage sync policy")
+    node.add_argument("--secret-file", help="cluster secret: every node of the cluster has the same; peers prove "
+                                            "it before any internal message (docs/security.md)")
+    node.add_argument("--insecure", action="store_true", default=None,
+                      help="allow listening beyond loopback with no secret and no users (anyone who reaches "
+                           "the port may do anything)")
 
     local = verbs.add_parser("local", help="run a local cluster of node processes",
                              description="Start a cluster of real node processes on 127.0.0.1; Ctrl-C stops it.")
@@ -125,6 +132,8 @@ def cmd_node(args) -> int:
         "dw": args.dw,
         "partitions": args.partitions,
         "sync": args.sync,
+        "secret_file": args.secret_file,
+        "insecure": args.insecure,
     }
     config = NodeConfig.load(args.config, **overrides)
     return run_node(config)
@@ -216,10 +225,22 @@ def _wait_settled(address: str, members: int, timeout: float = 60.0) -> None:
     raise DynafastError(f"the cluster did not settle within {timeout:.0f}s")
 
 
+def _password(user: str) -> str:
+    password = os.environ.get("DYNAFAST_PASSWORD")
+    if password is None:
+        import getpass
+
+        password = getpass.getpass(f"password for {user}: ")
+    return password
+
+
 def _client(args):
     from dynafast.client import Client
 
-    return Client(args.cluster.split(","), timeout=args.timeout)
+    credentials = {}
+    if args.user:
+        credentials = {"username": args.user, "password": _password(args.user)}
+    return Client(args.cluster.split(","), timeout=args.timeout, **credentials)
 
 
 def cmd_put(args) -> int:

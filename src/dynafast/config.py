@@ -64,6 +64,10 @@ class NodeConfig:
     ae_interval: float = 10.0
     ae_bytes_per_second: float = 4 * 1024 * 1024
     merkle_leaves: int = 1024
+    # security: the cluster secret file (peers prove it before any internal message); --insecure allows
+    # listening beyond loopback with neither a secret nor users
+    secret_file: str = ""
+    insecure: bool = False
     # peer_routes: node id -> "host:port" to use instead of that peer's advertised address
     peer_routes: dict[str, str] = field(default_factory=dict)
 

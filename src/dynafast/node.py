@@ -37,6 +37,7 @@ from dynafast.metrics import RequestStats
 from dynafast.net.connection import PeerPool
 from dynafast.net.messages import Msg, parser
 from dynafast.net.server import start_server
+from dynafast.security.access import Access, peer_login, protected_mode, read_secrets
 
 log = logging.getLogger("dynafast.node")
 
@@ -80,7 +81,12 @@ class Node:
         self.incarnation = incarnation.begin(files, env.rng, lost=bool(recovery.get("lost")))
         actor = f"{self.node_id}.{self.incarnation}".encode()
         self.durable = (env.durability or DurabilityBatcher)(self.store)
-        self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout)
+        # Who may send what: the cluster secret (proved by peers) and the users file (client logins).
+        self.users = None
+        secrets = read_secrets(config.secret_file) if config.secret_file else []
+        self.access = Access(self.node_id, secrets=secrets, users=self.users)
+        login = peer_login(self.node_id, secrets) if secrets else None
+        self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout, login=login)
         self.vnodes = vnodes = Vnodes(self.store, versions, clock=env.clock)
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)
         vnodes.on_write = self.trees.on_write
@@ -149,9 +155,11 @@ class Node:
         self.requests.start(asyncio.get_running_loop())
         host, port = parse_address(self.config.listen)
         serve = self.env.serve or start_server
+        if self.env.serve is None:
+            protected_mode(self.config)
         self.server = await serve(self.handle, host, port, max_frame=self.config.max_frame,
                                   idle_timeout=self.config.idle_timeout,
-                                  max_unfinished=self.config.max_unfinished_frames)
+                                  max_unfinished=self.config.max_unfinished_frames, access=self.access)
         await self.membership.start()
         if self.config.http and self.env.http:
             from dynafast.http import start_http
@@ -275,6 +283,8 @@ class Node:
                                 "unrepaired": len(self.vnodes.damaged)},
             "siblings": {"warnings": self.requests.sibling_warnings, "refused": self.requests.siblings_refused},
             "requests": self.stats.snapshot(),
+            "security": {"peer_secret": bool(self.access.secrets), "users": self.users is not None,
+                         **self.access.stats()},
             "antientropy": self.antientropy.status(),
             "repair": self.repair.status(),
             "transfers": self.transfers.status(),

@@ -15,10 +15,14 @@ _IDLE_CHECK_SECONDS = 1.0
 
 
 class BlockingConnection:
-    """One TCP connection, one caller at a time (not thread-safe); ``call_many`` pipelines requests."""
+    """One TCP connection, one caller at a time (not thread-safe); ``call_many`` pipelines requests.
+
+    ``login(connection)``: run on the new socket before anything else, and again whenever the connection is
+    replaced (the handshake of ``security.access``).
+    """
 
     def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, *,
-                 max_frame: int = codec.MAX_FRAME_DEFAULT):
+                 max_frame: int = codec.MAX_FRAME_DEFAULT, login=None):
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -26,8 +30,19 @@ class BlockingConnection:
         self._replies = {}  # request id -> (type, fields) that arrived while waiting for another one
         self._abandoned = set()  # ids of timed-out requests whose late replies are to be dropped
         self._next_id = 0
-        self._sock = self._connect()
+        self._login = login
         self._last_used = time.monotonic()
+        self._sock = self._connect()
+        self._logged_in()
+
+    def _logged_in(self) -> None:
+        if self._login is None:
+            return
+        try:
+            self._login(self)
+        except BaseException:
+            self.close()
+            raise
 
     def _connect(self) -> socket.socket:
         host, port = self.host, self.port
@@ -81,6 +96,8 @@ class BlockingConnection:
             self._decoder = codec.Decoder(self._decoder.max_frame)
             self._abandoned.clear()
             self._sock = self._connect()
+            self._last_used = now
+            self._logged_in()
         self._last_used = now
         timeout = self.timeout if timeout is None else timeout
         out = bytearray()

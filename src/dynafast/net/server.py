@@ -21,6 +21,7 @@ from dynafast._impl import codec
 from dynafast.address import format_address
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.net.messages import Error, ErrorCode, Msg, Overloaded, error_fields
+from dynafast.security.access import KNOWN as _KNOWN
 
 log = logging.getLogger("dynafast.net.server")
 
@@ -30,6 +31,7 @@ HIGH_WATER = 2 * 1024 * 1024  # per connection: unsent reply bytes above which w
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_UNFINISHED = 256 * 1024 * 1024  # all connections: bytes of frames that have not fully arrived
 SMALL_UNFINISHED = 64 * 1024  # a connection holding no more than this of a frame is never refused for the total
+_OPEN = frozenset(range(256))  # every message type the codec can carry: a server without access control
 
 
 @dataclasses.dataclass
@@ -53,11 +55,23 @@ class ServerConnection:
 
     ``handler(conn, msg_type, request_id, fields)`` returns ``(reply_type, reply_fields)``, None (no reply), or
     an awaitable of those. PING is answered with PONG (same fields) without calling the handler.
+
+    ``access`` (a ``security.access.Access``, or None for a server open to everyone) decides what the
+    connection may send: a request outside ``allowed`` goes to ``access.handle`` (the handshake, or a refusal)
+    instead of the handler.
     """
 
     def __init__(self, handler, stats: ServerStats | None = None, *, max_frame: int = codec.MAX_FRAME_DEFAULT,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT, high_water: int = HIGH_WATER, peername=None):
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, high_water: int = HIGH_WATER, peername=None,
+                 access=None):
         self.handler = handler
+        self.access = access
+        # Message types this connection may send; unknown types are let through so the handler names them.
+        self.allowed = _OPEN if access is None else access.anonymous(peername)
+        self.role = None  # after a login: "peer", "admin", "readwrite" or "read"
+        self.principal = None  # the node or user name it logged in as
+        self.auth_failures = 0
+        self.nonces = None  # (client's, ours) between HELLO and AUTH
         self.stats = stats if stats is not None else ServerStats()
         self.peername = peername
         self.max_inflight = max_inflight
@@ -185,7 +199,10 @@ class ServerConnection:
             self.send_error(request_id, Overloaded(f"more than {self.max_inflight} requests in flight"))
             return
         try:
-            result = self.handler(self, msg_type, request_id, fields)
+            if msg_type in self.allowed:
+                result = self.handler(self, msg_type, request_id, fields)
+            else:
+                result = self._gate(msg_type, request_id, fields)
             if type(result) is not tuple and result is not None:
                 if isinstance(result, asyncio.Future):
                     # A future needs no Task (a Task per request costs more than the request): answer from
@@ -205,6 +222,14 @@ class ServerConnection:
             self._handler_failed(msg_type, request_id, exc)
             return
         self._reply(request_id, result)
+
+    def _gate(self, msg_type, request_id, fields):
+        """A request outside this connection's grant: the handshake, or a refusal (an unknown type goes on to
+        the handler, which answers that it knows no such message)."""
+        access = self.access
+        if access is None or msg_type not in _KNOWN:
+            return self.handler(self, msg_type, request_id, fields)
+        return access.handle(self, msg_type, fields)
 
     def _future_done(self, request_id, future):
         tasks = self._tasks
@@ -289,6 +314,8 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
         self._transport = transport
         transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
         self.peername = transport.get_extra_info("peername")
+        if self.access is not None:
+            self.allowed = self.access.anonymous(self.peername)
         self.stats.connections += 1
         self.stats.connections_total += 1
         self._server._connections.add(self)
@@ -422,8 +449,9 @@ class Server:
     """A running server: ``.port`` (the bound port), ``.stats``, ``close()`` and ``await wait_closed()``."""
 
     def __init__(self, host: str, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 max_unfinished: int = DEFAULT_MAX_UNFINISHED):
+                 max_unfinished: int = DEFAULT_MAX_UNFINISHED, access=None):
         self.host = host
+        self.access = access
         self.stats = ServerStats()
         self.idle_timeout = idle_timeout
         self.max_unfinished = max_unfinished
@@ -479,19 +507,19 @@ class Server:
 async def start_server(handler, host: str, port: int, *, max_frame: int = codec.MAX_FRAME_DEFAULT,
                        max_inflight: int = DEFAULT_MAX_INFLIGHT, backlog: int = 1024,
                        idle_timeout: float = DEFAULT_IDLE_TIMEOUT, max_unfinished: int = DEFAULT_MAX_UNFINISHED,
-                       high_water: int = HIGH_WATER) -> Server:
+                       high_water: int = HIGH_WATER, access=None) -> Server:
     """Listen on host:port (0 picks a free port) and serve the native protocol with ``handler``.
 
     ``idle_timeout`` (seconds, 0 for none): close connections that send no complete frame for that long.
     ``max_unfinished``: bytes of not yet complete frames held for all connections together; a connection that
     takes them past it is refused. ``high_water``: unsent reply bytes per connection above which it is no
-    longer read or answered until the peer reads.
+    longer read or answered until the peer reads. ``access``: who may send what (None: everyone everything).
     """
     loop = asyncio.get_running_loop()
-    server = Server(host, idle_timeout=idle_timeout, max_unfinished=max_unfinished)
+    server = Server(host, idle_timeout=idle_timeout, max_unfinished=max_unfinished, access=access)
     server._server = await loop.create_server(
         lambda: ServerProtocol(server, handler, max_frame=max_frame, max_inflight=max_inflight,
-                               high_water=high_water),
+                               high_water=high_water, access=access),
         host, port, backlog=backlog, reuse_address=True,
     )
     if idle_timeout:

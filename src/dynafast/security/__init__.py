@@ -1,0 +1,1 @@
+"""Who may talk to a node, and how: the cluster secret, users and roles, TLS."""
