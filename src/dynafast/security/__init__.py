@@ -1,0 +1,1 @@
+"""Who may talk to a node, and what they may do."""
