@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--insecure", action="store_true", default=None,
                       help="allow listening beyond loopback with no secret and no users (anyone who reaches "
                            "the port may do anything)")
+    node.add_argument("--users-file", metavar="PATH",
+                      help="users file (dynafast user add): every request but /health then needs a user")
 
     local = verbs.add_parser("local", help="run a local cluster of node processes",
                              description="Start a cluster of real node processes on 127.0.0.1; Ctrl-C stops it.")
@@ -92,6 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wait up to this many seconds until the node has left (0: do not wait)")
     _add_client_options(leave)
 
+    user = verbs.add_parser(
+        "user", help="add, remove or list the users of a users file",
+        description="Manage the users file that nodes started with --users-file check credentials against.\n"
+                    "Running nodes see a change at their next check, without a restart.",
+        epilog="examples:\n"
+               "  dynafast user add alice --role admin --users-file /etc/dynafast/users.json\n"
+               "  DYNAFAST_PASSWORD=s3cret dynafast user add grafana --role read --users-file users.json\n"
+               "  dynafast user list --users-file users.json\n"
+               "  dynafast user remove alice --users-file users.json\n"
+               "\nThe password comes from DYNAFAST_PASSWORD, or else is asked for twice. Roles, each allowed\n"
+               "what the one before is: read, readwrite, admin (docs/security.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    user_verbs = user.add_subparsers(dest="user_verb", metavar="ACTION")
+    user_verbs.required = True
+    user_add = user_verbs.add_parser("add", help="add a user, or change a user's password and role")
+    user_add.add_argument("name")
+    user_add.add_argument("--role", required=True, choices=["read", "readwrite", "admin"])  # security.users.ROLES
+    user_remove = user_verbs.add_parser("remove", help="remove a user")
+    user_remove.add_argument("name")
+    user_list = user_verbs.add_parser("list", help="list users and their roles")
+    for sub in (user_add, user_remove, user_list):
+        sub.add_argument("--users-file", metavar="PATH", required=True, help="the users file")
+
     # The load tool parses its own options (main hands them over), so that its package, and the histogram
     # and array libraries it needs, are imported only when it runs.
     verbs.add_parser("bench", help="closed-loop YCSB-style load against a cluster", add_help=False)
@@ -134,6 +159,7 @@ def cmd_node(args) -> int:
         "sync": args.sync,
         "secret_file": args.secret_file,
         "insecure": args.insecure,
+        "users_file": args.users_file,
     }
     config = NodeConfig.load(args.config, **overrides)
     return run_node(config)
@@ -314,6 +340,36 @@ def cmd_leave(args) -> int:
     return 0
 
 
+def cmd_user(args) -> int:
+    from dynafast.security.users import Users
+
+    users = Users(args.users_file, must_exist=args.user_verb != "add")
+    if args.user_verb == "add":
+        users.add(args.name, _new_password(), args.role)
+        print(f"user {args.name} ({args.role}) saved in {args.users_file}")
+    elif args.user_verb == "remove":
+        if not users.remove(args.name):
+            print(f"dynafast user remove: no user {args.name!r} in {args.users_file}", file=sys.stderr)
+            return 1
+        print(f"user {args.name} removed from {args.users_file}")
+    else:
+        for name, role in users.list():
+            print(f"{name}\t{role}")
+    return 0
+
+
+def _new_password() -> str:
+    password = os.environ.get("DYNAFAST_PASSWORD")
+    if password:
+        return password
+    import getpass
+
+    password = getpass.getpass("password: ")
+    if getpass.getpass("password again: ") != password:
+        raise ValueError("the two passwords differ")
+    return password
+
+
 def cmd_bench(args) -> int:
     try:
         from dynafast.bench import runner
@@ -334,6 +390,7 @@ VERBS = {
     "delete": cmd_delete,
     "status": cmd_status,
     "leave": cmd_leave,
+    "user": cmd_user,
     "bench": cmd_bench,
 }
 

@@ -68,6 +68,9 @@ class NodeConfig:
     # listening beyond loopback with neither a secret nor users
     secret_file: str = ""
     insecure: bool = False
+    # client users: the users file (dynafast user add ...); with one, every request but /health needs a user
+    users_file: str = ""
+    metrics_auth: bool = False  # /metrics needs a user (role read) too
     # peer_routes: node id -> "host:port" to use instead of that peer's advertised address
     peer_routes: dict[str, str] = field(default_factory=dict)
 
@@ -105,6 +108,12 @@ class NodeConfig:
                 f"tombstone_delay ({self.tombstone_delay:g} s) must exceed hint_window ({self.hint_window:g} s) by "
                 f"at least 2 x request_timeout ({margin:g} s): a hint replayed after its key's tombstone was "
                 f"removed would bring the deleted value back")
+        if not isinstance(self.users_file, str):
+            raise ValueError(f"users_file must be a path, not {self.users_file!r}")
+        if type(self.metrics_auth) is not bool:
+            raise ValueError(f"metrics_auth must be true or false, not {self.metrics_auth!r}")
+        if self.metrics_auth and not self.users_file:
+            raise ValueError("metrics_auth needs users_file: there are no users to authenticate")
         for name in ("listen", "advertise"):
             parse_address(getattr(self, name))
         if self.http:

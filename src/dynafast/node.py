@@ -38,6 +38,7 @@ from dynafast.net.connection import PeerPool
 from dynafast.net.messages import Msg, parser
 from dynafast.net.server import start_server
 from dynafast.security.access import Access, peer_login, protected_mode, read_secrets
+from dynafast.security.users import Users
 
 log = logging.getLogger("dynafast.node")
 
@@ -65,6 +66,11 @@ class Node:
         self.node_id = config.node_id
         self.env = env
         self.clock = env.clock
+        # Client users, read before anything is opened: a missing or damaged file stops the start, never opens
+        # the node to everyone.
+        self.users = Users(config.users_file) if config.users_file else None
+        if self.users is not None and not self.users.configured:
+            log.warning("users file %s has no users: every request that needs one is refused", config.users_file)
         versions = _impl.vclock
         data = Path(config.data_dir)
         files = env.files
@@ -82,7 +88,6 @@ class Node:
         actor = f"{self.node_id}.{self.incarnation}".encode()
         self.durable = (env.durability or DurabilityBatcher)(self.store)
         # Who may send what: the cluster secret (proved by peers) and the users file (client logins).
-        self.users = None
         secrets = read_secrets(config.secret_file) if config.secret_file else []
         self.access = Access(self.node_id, secrets=secrets, users=self.users)
         login = peer_login(self.node_id, secrets) if secrets else None
@@ -302,6 +307,8 @@ class Node:
             server_stats=lambda: self.server.stats.as_dict(),
             durable_syncs=lambda: self.durable.syncs,
             repair_all=self.antientropy.run_all_soon,
+            users=self.users,
+            metrics_auth=self.config.metrics_auth,
         )
 
 

@@ -40,9 +40,9 @@ def consecutive_ports(count):
 def test_help_lists_every_verb():
     result = run("--help")
     assert result.returncode == 0
-    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "bench"):
+    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "user", "bench"):
         assert verb in result.stdout
-    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "bench"):
+    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "user", "bench"):
         assert run(verb, "--help").returncode == 0
 
 

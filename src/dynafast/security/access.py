@@ -180,7 +180,12 @@ class Access:
             return self._failed(conn, auth, "wrong user name or password")
         async with self._verifying:
             # Hashing the password takes tens of milliseconds: off the event loop, which serves everyone else.
-            role = await asyncio.get_running_loop().run_in_executor(None, self.users.verify, auth.name, password)
+            try:
+                role = await asyncio.get_running_loop().run_in_executor(None, self.users.verify, auth.name,
+                                                                        password)
+            except ValueError as exc:  # the users file is damaged or gone: nobody logs in until it is back
+                log.error("cannot check a login: %s", exc)
+                return self._failed(conn, auth, "the node cannot read its users file")
         if role is None:
             return self._failed(conn, auth, "wrong user name or password")
         return self._granted(conn, role, auth.name, b"")
