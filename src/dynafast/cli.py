@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--data-dir", default="./dynafast-data", help="parent of the nodes' data directories")
     local.add_argument("--partitions", type=int, default=64)
     local.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
+    local.add_argument("--users", action="store_true",
+                       help="create an admin user (password printed once) and require a login from clients")
 
     put = verbs.add_parser("put", help="write a value")
     put.add_argument("key")
@@ -171,6 +173,7 @@ def cmd_local(args) -> int:
     base = Path(args.data_dir).resolve()
     base.mkdir(parents=True, exist_ok=True)
     seed = f"127.0.0.1:{args.base_port}"
+    security = _local_security(base, args.users)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -201,6 +204,7 @@ def cmd_local(args) -> int:
                    "--n", str(min(3, args.nodes)), "--r", str(min(2, args.nodes)), "--w", str(min(2, args.nodes))]
             if args.http_base_port:
                 cmd += ["--http", f"127.0.0.1:{args.http_base_port + i}"]
+            cmd += security.node_args
             if i > 0:
                 cmd += ["--seeds", seed]
             log = open(base / f"{node_id}.log", "ab")
@@ -210,14 +214,21 @@ def cmd_local(args) -> int:
             line = proc.stdout.readline().decode(errors="replace").strip()
             if "serving on" not in line:
                 raise DynafastError(f"node {node_id} did not start; see {base / (node_id + '.log')}")
-        _wait_settled(seed, len(procs))
+        _wait_settled(seed, len(procs), security.login)
         print(f"dynafast local cluster: {len(procs)} nodes, data in {base}")
         for i, (node_id, address, proc) in enumerate(procs):
             http = f"  console http://127.0.0.1:{args.http_base_port + i}/" if args.http_base_port else ""
             print(f"  {node_id}  {address}  pid {proc.pid}{http}")
-        print(f"try:  dynafast put hello world --cluster {seed}")
-        print(f"      dynafast get hello --cluster {seed}")
-        print(f"      dynafast status --cluster {seed}")
+        print(f"nodes prove the cluster secret in {security.secret_file} to each other")
+        user = ""
+        if security.login:
+            print(f"clients log in: user admin, password {security.login['password']} (once; more users: "
+                  f"dynafast user add NAME --role read|readwrite|admin --users-file {security.users_file})")
+            print(f"      export DYNAFAST_PASSWORD='{security.login['password']}'")
+            user = " --user admin"
+        print(f"try:  dynafast put hello world --cluster {seed}{user}")
+        print(f"      dynafast get hello --cluster {seed}{user}")
+        print(f"      dynafast status --cluster {seed}{user}")
         print("Ctrl-C stops the cluster.", flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:
@@ -233,12 +244,43 @@ def cmd_local(args) -> int:
         stop_all()
 
 
-def _wait_settled(address: str, members: int, timeout: float = 60.0) -> None:
+class _LocalSecurity:
+    """What ``dynafast local`` secures its nodes with: a cluster secret, and users when asked."""
+
+    def __init__(self, secret_file: Path, users_file: Path | None, login: dict | None):
+        self.secret_file = secret_file
+        self.users_file = users_file
+        self.login = login or {}
+        self.node_args = ["--secret-file", str(secret_file)]
+        if users_file is not None:
+            self.node_args += ["--users-file", str(users_file)]
+
+
+def _local_security(base: Path, users: bool) -> _LocalSecurity:
+    # The nodes of a local cluster authenticate each other like any other: a secret kept with their data.
+    from dynafast.security.access import write_secret
+
+    secret_file = base / "secret"
+    if not secret_file.exists():
+        write_secret(secret_file)
+    if not users:
+        return _LocalSecurity(secret_file, None, None)
+    import secrets
+
+    from dynafast.security.users import Users
+
+    users_file = base / "users.json"
+    password = secrets.token_urlsafe(12)
+    Users(users_file, must_exist=False).add("admin", password, "admin")
+    return _LocalSecurity(secret_file, users_file, {"username": "admin", "password": password})
+
+
+def _wait_settled(address: str, members: int, login: dict | None = None, timeout: float = 60.0) -> None:
     """Wait until every node has joined and the ring that includes them all is active."""
     from dynafast.client import Client
 
     deadline = time.monotonic() + timeout
-    with Client([address], timeout=2.0) as client:
+    with Client([address], timeout=2.0, **(login or {})) as client:
         while time.monotonic() < deadline:
             try:
                 status = client.status(address)

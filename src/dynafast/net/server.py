@@ -21,7 +21,6 @@ from dynafast._impl import codec
 from dynafast.address import format_address
 from dynafast.errors import DynafastError, ProtocolError
 from dynafast.net.messages import Error, ErrorCode, Msg, Overloaded, error_fields
-from dynafast.security.access import KNOWN as _KNOWN
 
 log = logging.getLogger("dynafast.net.server")
 
@@ -227,7 +226,7 @@ class ServerConnection:
         """A request outside this connection's grant: the handshake, or a refusal (an unknown type goes on to
         the handler, which answers that it knows no such message)."""
         access = self.access
-        if access is None or msg_type not in _KNOWN:
+        if access is None or msg_type not in access.known:
             return self.handler(self, msg_type, request_id, fields)
         return access.handle(self, msg_type, fields)
 

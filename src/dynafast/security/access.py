@@ -110,6 +110,7 @@ class Access:
         self.secrets = list(secrets or [])
         self.users = users
         self.secured = bool(self.secrets) or users is not None
+        self.known = KNOWN
         self._verifying = None  # a semaphore, made on first use inside the running loop
         self.logins = 0
         self.failures = 0
