@@ -39,6 +39,9 @@ class NodeConfig:
     # connections: bytes of frames still arriving (all connections together), and how long one may sit idle
     max_unfinished_frames: int = 256 * 1024 * 1024
     idle_timeout: float = 300.0
+    # connections open at once (0: as many as the descriptor limit allows), the last peer_reserve for peers
+    max_connections: int = 0
+    peer_reserve: int = 32
     # siblings of one key: a warning in the log above siblings_warn, a refused put above max_siblings
     siblings_warn: int = 25
     max_siblings: int = 100
@@ -100,6 +103,13 @@ class NodeConfig:
             raise ValueError(f"idle_timeout must be 0 (none) or positive, not {self.idle_timeout}")
         if type(self.max_unfinished_frames) is not int or self.max_unfinished_frames < 1:
             raise ValueError(f"max_unfinished_frames must be a positive integer, not {self.max_unfinished_frames!r}")
+        for name in ("max_connections", "peer_reserve"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+        if self.max_connections and self.peer_reserve >= self.max_connections:
+            raise ValueError(f"peer_reserve ({self.peer_reserve}) must be below max_connections "
+                             f"({self.max_connections})")
         if self.sync not in ("none", "interval", "always"):
             raise ValueError(f"sync must be none, interval or always, not {self.sync!r}")
         margin = 2 * self.request_timeout

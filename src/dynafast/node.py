@@ -36,7 +36,7 @@ from dynafast.errors import DynafastError, ProtocolError
 from dynafast.metrics import RequestStats
 from dynafast.net.connection import PeerPool
 from dynafast.net.messages import Msg, parser
-from dynafast.net.server import start_server
+from dynafast.net.server import descriptor_budget, start_server
 from dynafast.security.access import Access, peer_login, protected_mode, read_secrets
 from dynafast.security.users import Users
 
@@ -164,7 +164,9 @@ class Node:
             protected_mode(self.config)
         self.server = await serve(self.handle, host, port, max_frame=self.config.max_frame,
                                   idle_timeout=self.config.idle_timeout,
-                                  max_unfinished=self.config.max_unfinished_frames, access=self.access)
+                                  max_unfinished=self.config.max_unfinished_frames, access=self.access,
+                                  max_connections=self.config.max_connections or descriptor_budget(),
+                                  peer_reserve=self.config.peer_reserve)
         await self.membership.start()
         if self.config.http and self.env.http:
             from dynafast.http import start_http

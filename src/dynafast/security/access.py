@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dynafast.address import parse_address
 from dynafast.errors import AuthenticationFailed, NotPermitted
-from dynafast.net.messages import Auth, AuthReply, Hello, HelloReply, Msg, parse
+from dynafast.net.messages import Auth, AuthReply, Hello, HelloReply, Msg, Overloaded, parse
 
 log = logging.getLogger("dynafast.security")
 
@@ -134,6 +134,8 @@ class Access:
         if msg_type == Msg.AUTH:
             return self._auth(conn, parse(msg_type, fields))
         self.refused += 1
+        if conn.reserved and conn.role is None:
+            raise Overloaded("the node is at its connection limit; the connections left are for cluster peers")
         if not getattr(conn, "refusal_logged", False):
             conn.refusal_logged = True  # once per connection: a flood of refusals must not flood the log
             log.warning("refused %s from %s: %s", _name(msg_type), conn.peername, _who(conn))
@@ -192,6 +194,8 @@ class Access:
         return self._granted(conn, role, auth.name, b"")
 
     def _granted(self, conn, role: str, name: str, proof: bytes):
+        if conn.reserved and role != "peer":
+            raise Overloaded("the node is at its connection limit; the connections left are for cluster peers")
         conn.allowed = GRANTS[role]
         conn.role = role
         conn.principal = name
