@@ -162,6 +162,7 @@ class ClusterMembership:
         self._tasks: list[asyncio.Task] = []
         self._first_seen: dict[str, float] = {}
         self._pushes: set[asyncio.Task] = set()
+        self._exchanges: dict[str, asyncio.Task] = {}  # peer -> our gossip round's exchange with it, under way
 
     # -- queries used on every request (kept cheap) ------------------------------------------------------
     @property
@@ -311,7 +312,7 @@ class ClusterMembership:
         self._tasks.append(asyncio.create_task(self._liveness_loop()))
 
     async def stop(self) -> None:
-        await cancel_and_wait(list(self._tasks) + list(self._pushes))
+        await cancel_and_wait(list(self._tasks) + list(self._pushes) + list(self._exchanges.values()))
         self._tasks = []
 
     async def _join(self) -> None:
@@ -352,11 +353,28 @@ class ClusterMembership:
         return [i for i, m in self.state.members.items() if i != self.node_id and m.status != LEFT]
 
     async def gossip_round(self) -> None:
+        """Beat, and start an exchange with one random peer that has none under way.
+
+        The round does not wait for the exchange: a peer that accepts the connection and answers nothing (paused,
+        overloaded) would hold up our next beat for peer_timeout. Picked twice running, it stopped our heartbeat
+        long enough for the other nodes' failure detectors to suspect us, and coordinators routed around a live
+        node. One exchange per peer at a time bounds those under way by the number of peers.
+        """
         self.gossip.tick()
-        peer = self.gossip.choose_peer(self._gossip_targets())
+        exchanges = self._exchanges
+        peer = self.gossip.choose_peer([p for p in self._gossip_targets() if p not in exchanges])
         if peer is None:
             return
-        await self._gossip_with(peer)
+        task = exchanges[peer] = asyncio.ensure_future(self._exchange(peer))
+        task.add_done_callback(lambda _: exchanges.pop(peer, None))
+
+    async def _exchange(self, peer: str) -> None:
+        try:
+            await self._gossip_with(peer)
+        except DynafastError as exc:  # an unreadable reply: the next round tries another peer
+            log.warning("gossip with %s failed: %s", peer, exc)
+        except Exception:  # noqa: BLE001 - as for the other background rounds: logged, and the next one runs
+            log.exception("gossip with %s failed", peer)
 
     async def _gossip_with(self, peer: str) -> None:
         try:
