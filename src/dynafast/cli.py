@@ -18,6 +18,9 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", default=os.environ.get("DYNAFAST_CLUSTER", "127.0.0.1:7101"),
                         help="HOST:PORT of one or more nodes, comma-separated (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds")
+    parser.add_argument("--tls-ca", metavar="PEM", default=os.environ.get("DYNAFAST_TLS_CA") or None,
+                        help="connect over TLS, checking the nodes' certificates against this CA "
+                             "(default: $DYNAFAST_TLS_CA; none: plain TCP)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--dw", type=int, help="default durable-write quorum (default 1)")
     node.add_argument("--partitions", type=int, help="ring partitions, a power of two (default 64)")
     node.add_argument("--sync", choices=["none", "interval", "always"], help="storage sync policy")
+    node.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
+    node.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    node.add_argument("--tls-ca", metavar="PEM", help="CA that peers' (and clients') certificates must verify against")
+
+    certs = verbs.add_parser("certs", help="write a development CA and node certificates",
+                             description="Write a development CA (ca.pem, ca-key.pem), a certificate and key per "
+                                         "node (NODE.pem, NODE-key.pem) and a client certificate into DIR. "
+                                         "EC P-256 keys, written with mode 0600.")
+    certs.add_argument("dir", metavar="DIR")
+    certs.add_argument("--hosts", default="127.0.0.1,localhost",
+                       help="host names and IP addresses the nodes are reached at, comma-separated: every node "
+                            "certificate names them all (default: %(default)s)")
+    certs.add_argument("--nodes", default="n1,n2,n3", help="node names, comma-separated (default: %(default)s)")
+    certs.add_argument("--days", type=int, default=365, help="validity in days (default: %(default)s)")
+    certs.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
 
     local = verbs.add_parser("local", help="run a local cluster of node processes",
                              description="Start a cluster of real node processes on 127.0.0.1; Ctrl-C stops it.")
@@ -125,6 +143,9 @@ def cmd_node(args) -> int:
         "dw": args.dw,
         "partitions": args.partitions,
         "sync": args.sync,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_ca": args.tls_ca,
     }
     config = NodeConfig.load(args.config, **overrides)
     return run_node(config)
@@ -216,10 +237,27 @@ def _wait_settled(address: str, members: int, timeout: float = 60.0) -> None:
     raise DynafastError(f"the cluster did not settle within {timeout:.0f}s")
 
 
+def cmd_certs(args) -> int:
+    from dynafast.security.certs import write_dev_certs
+
+    def items(text):
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+    for path in write_dev_certs(args.dir, hosts=items(args.hosts), nodes=items(args.nodes), days=args.days,
+                                force=args.force):
+        print(path)
+    return 0
+
+
 def _client(args):
     from dynafast.client import Client
 
-    return Client(args.cluster.split(","), timeout=args.timeout)
+    tls = None
+    if args.tls_ca:
+        from dynafast.security.tls import client_context
+
+        tls = client_context(args.tls_ca)
+    return Client(args.cluster.split(","), timeout=args.timeout, tls=tls)
 
 
 def cmd_put(args) -> int:
@@ -314,6 +352,7 @@ VERBS = {
     "status": cmd_status,
     "leave": cmd_leave,
     "bench": cmd_bench,
+    "certs": cmd_certs,
 }
 
 if __name__ == "__main__":

@@ -233,16 +233,20 @@ class _ClientOptions:
     fetched again. ``r``, ``w``, ``dw``: default quorums (None: the node's). ``partition_aware=False`` sends
     every request to ``nodes`` in order instead of to a replica of the key. ``max_key_size``,
     ``max_value_size``: larger keys and values are refused with KeyTooLarge and ValueTooLarge before anything
-    is sent (the defaults are the node's; a node configured lower refuses with the same errors).
+    is sent (the defaults are the node's; a node configured lower refuses with the same errors). ``tls``: an
+    SSLContext (``dynafast.security.tls.client_context(ca)``) to reach TLS nodes with; each node's certificate
+    must verify and name the host of its address.
     """
 
     def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
                  r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True,
-                 max_key_size: int = DEFAULT_MAX_KEY_SIZE, max_value_size: int = DEFAULT_MAX_VALUE_SIZE):
+                 max_key_size: int = DEFAULT_MAX_KEY_SIZE, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+                 tls=None):
         if isinstance(nodes, str):
             nodes = nodes.split(",")
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.tls = tls
         self.defaults = {"r": r, "w": w, "dw": dw}
         room = _impl.codec.MAX_FRAME_DEFAULT - _FRAME_ROOM
         self.max_key_size = _check_limit("max_key_size", max_key_size, room)
@@ -293,7 +297,7 @@ class Client(_ClientOptions):
             conn = self._conns.get(address)
             if conn is None:
                 host, port = parse_address(address)
-                conn = BlockingConnection(host, port, self.connect_timeout)
+                conn = BlockingConnection(host, port, self.connect_timeout, ssl=self.tls)
                 self._conns[address] = conn
                 self._locks[address] = threading.Lock()
             return conn, self._locks[address]
@@ -439,7 +443,7 @@ class AsyncClient(_ClientOptions):
         if self._pool is None:
             from dynafast.net.connection import PeerPool
 
-            self._pool = PeerPool(connect_timeout=self.connect_timeout)
+            self._pool = PeerPool(connect_timeout=self.connect_timeout, ssl=self.tls)
         await self.refresh_ring()
         return self
 
@@ -449,7 +453,7 @@ class AsyncClient(_ClientOptions):
         if self._pool is None:
             from dynafast.net.connection import PeerPool
 
-            self._pool = PeerPool(connect_timeout=self.connect_timeout)
+            self._pool = PeerPool(connect_timeout=self.connect_timeout, ssl=self.tls)
         try:
             return _decode(msg_type, await self._pool.request(address, msg_type, fields, timeout))
         except ProtocolError as exc:
@@ -501,7 +505,7 @@ class AsyncClient(_ClientOptions):
             if pool is None:
                 from dynafast.net.connection import PeerPool
 
-                pool = self._pool = PeerPool(connect_timeout=self.connect_timeout)
+                pool = self._pool = PeerPool(connect_timeout=self.connect_timeout, ssl=self.tls)
             try:
                 reply = _decode(msg_type, await pool.request(address, msg_type, fields, wait))
             except Unavailable as exc:

@@ -37,6 +37,7 @@ from dynafast.metrics import RequestStats
 from dynafast.net.connection import PeerPool
 from dynafast.net.messages import Msg, parser
 from dynafast.net.server import start_server
+from dynafast.security.tls import node_contexts
 
 log = logging.getLogger("dynafast.node")
 
@@ -80,7 +81,9 @@ class Node:
         self.incarnation = incarnation.begin(files, env.rng, lost=bool(recovery.get("lost")))
         actor = f"{self.node_id}.{self.incarnation}".encode()
         self.durable = (env.durability or DurabilityBatcher)(self.store)
-        self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout)
+        # TLS (when configured) on the port we serve, on HTTP, and on every connection to a peer.
+        self.tls_server, tls_peers = node_contexts(config)
+        self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout, ssl=tls_peers)
         self.vnodes = vnodes = Vnodes(self.store, versions, clock=env.clock)
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)
         vnodes.on_write = self.trees.on_write
@@ -151,12 +154,12 @@ class Node:
         serve = self.env.serve or start_server
         self.server = await serve(self.handle, host, port, max_frame=self.config.max_frame,
                                   idle_timeout=self.config.idle_timeout,
-                                  max_unfinished=self.config.max_unfinished_frames)
+                                  max_unfinished=self.config.max_unfinished_frames, ssl=self.tls_server)
         await self.membership.start()
         if self.config.http and self.env.http:
             from dynafast.http import start_http
 
-            self.http = await start_http(self.http_view(), self.config.http)
+            self.http = await start_http(self.http_view(), self.config.http, ssl=self.tls_server)
         self._tasks.append(asyncio.create_task(self._handoff_loop()))
         self.reaper.start()
         self.antientropy.start()

@@ -30,6 +30,9 @@ HIGH_WATER = 2 * 1024 * 1024  # per connection: unsent reply bytes above which w
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_UNFINISHED = 256 * 1024 * 1024  # all connections: bytes of frames that have not fully arrived
 SMALL_UNFINISHED = 64 * 1024  # a connection holding no more than this of a frame is never refused for the total
+# A TLS connection is ours only once its handshake is done (no idle timeout applies before): one that never
+# finishes it is closed after this many seconds.
+SSL_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclasses.dataclass
@@ -400,7 +403,7 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
                 self._release()
 
     def close(self):
-        if self._transport is not None:
+        if self._transport is not None and not self._transport.is_closing():
             self._flush()
             self._transport.close()
 
@@ -408,7 +411,9 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
         """Close a connection that sent nothing complete for the idle timeout (unsent replies are dropped:
         a peer that does not read would keep them, and the connection, forever)."""
         transport = self._transport
-        if transport is None:
+        # Closing already (a TLS connection stays until its shutdown completes): asyncio's TLS transport
+        # drops its protocol on a second close, and then fails every call.
+        if transport is None or transport.is_closing():
             return
         self.stats.idle_closed += 1
         log.info("closing connection from %s: idle", self.peername)
@@ -479,13 +484,14 @@ class Server:
 async def start_server(handler, host: str, port: int, *, max_frame: int = codec.MAX_FRAME_DEFAULT,
                        max_inflight: int = DEFAULT_MAX_INFLIGHT, backlog: int = 1024,
                        idle_timeout: float = DEFAULT_IDLE_TIMEOUT, max_unfinished: int = DEFAULT_MAX_UNFINISHED,
-                       high_water: int = HIGH_WATER) -> Server:
+                       high_water: int = HIGH_WATER, ssl=None) -> Server:
     """Listen on host:port (0 picks a free port) and serve the native protocol with ``handler``.
 
     ``idle_timeout`` (seconds, 0 for none): close connections that send no complete frame for that long.
     ``max_unfinished``: bytes of not yet complete frames held for all connections together; a connection that
     takes them past it is refused. ``high_water``: unsent reply bytes per connection above which it is no
-    longer read or answered until the peer reads.
+    longer read or answered until the peer reads. ``ssl``: an SSLContext to serve TLS with; a connection that
+    does not finish its handshake within SSL_HANDSHAKE_TIMEOUT seconds is closed.
     """
     loop = asyncio.get_running_loop()
     server = Server(host, idle_timeout=idle_timeout, max_unfinished=max_unfinished)
@@ -493,6 +499,7 @@ async def start_server(handler, host: str, port: int, *, max_frame: int = codec.
         lambda: ServerProtocol(server, handler, max_frame=max_frame, max_inflight=max_inflight,
                                high_water=high_water),
         host, port, backlog=backlog, reuse_address=True,
+        ssl=ssl, ssl_handshake_timeout=SSL_HANDSHAKE_TIMEOUT if ssl is not None else None,
     )
     if idle_timeout:
         server._idle_timer = loop.call_later(idle_timeout / 2, server._check_idle)

@@ -1,0 +1,1 @@
+"""Security: TLS contexts and development certificates (and, beside them, authentication)."""
