@@ -65,6 +65,9 @@ class Node:
         self.node_id = config.node_id
         self.env = env
         self.clock = env.clock
+        # TLS (when configured) on the port we serve, on HTTP, and on every connection to a peer. First: a bad
+        # certificate or key file stops the start before anything is opened.
+        self.tls_server, tls_peers = node_contexts(config)
         versions = _impl.vclock
         data = Path(config.data_dir)
         files = env.files
@@ -81,8 +84,6 @@ class Node:
         self.incarnation = incarnation.begin(files, env.rng, lost=bool(recovery.get("lost")))
         actor = f"{self.node_id}.{self.incarnation}".encode()
         self.durable = (env.durability or DurabilityBatcher)(self.store)
-        # TLS (when configured) on the port we serve, on HTTP, and on every connection to a peer.
-        self.tls_server, tls_peers = node_contexts(config)
         self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout, ssl=tls_peers)
         self.vnodes = vnodes = Vnodes(self.store, versions, clock=env.clock)
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)

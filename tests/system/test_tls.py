@@ -212,6 +212,7 @@ def test_a_key_that_does_not_fit_the_certificate_stops_the_node_with_a_clear_err
                  "--tls-cert", str(certs / "n1.pem"), "--tls-key", str(certs / "n2-key.pem"))
     assert result.returncode == 1
     assert "n2-key.pem does not match the certificate" in result.stderr and "n1.pem" in result.stderr
+    assert not (tmp_path / "d").exists()  # refused before the node touched its data directory
     result = cli("node", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "d"),
                  "--tls-cert", str(certs / "n1.pem"), "--tls-key", str(tmp_path / "missing.pem"))
     assert result.returncode == 1 and "missing.pem" in result.stderr
