@@ -1,8 +1,10 @@
 """dynafast: a Dynamo-style distributed key-value store with a compiled hot path."""
 from dynafast.errors import (
+    AuthenticationFailed,
     CorruptionError,
     DynafastError,
     KeyTooLarge,
+    NotPermitted,
     ProtocolError,
     QuorumNotMet,
     StorageFull,
@@ -51,4 +53,6 @@ __all__ = [
     "Timeout",
     "Unavailable",
     "TooManySiblings",
+    "AuthenticationFailed",
+    "NotPermitted",
 ]

@@ -18,6 +18,8 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", default=os.environ.get("DYNAFAST_CLUSTER", "127.0.0.1:7101"),
                         help="HOST:PORT of one or more nodes, comma-separated (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds")
+    parser.add_argument("--user", default=os.environ.get("DYNAFAST_USER"),
+                        help="log in as this user (password from DYNAFAST_PASSWORD, or asked for)")
     parser.add_argument("--tls-ca", metavar="PEM", default=os.environ.get("DYNAFAST_TLS_CA") or None,
                         help="connect over TLS, checking the nodes' certificates against this CA "
                              "(default: $DYNAFAST_TLS_CA; none: plain TCP)")
@@ -44,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--dw", type=int, help="default durable-write quorum (default 1)")
     node.add_argument("--partitions", type=int, help="ring partitions, a power of two (default 64)")
     node.add_argument("--sync", choices=["none", "interval", "always"], help="storage sync policy")
+    node.add_argument("--secret-file", help="cluster secret: every node of the cluster has the same; peers prove "
+                                            "it before any internal message (docs/security.md)")
+    node.add_argument("--insecure", action="store_true", default=None,
+                      help="allow listening beyond loopback with no secret and no users (anyone who reaches "
+                           "the port may do anything)")
+    node.add_argument("--users-file", metavar="PATH",
+                      help="users file (dynafast user add): every request but /health then needs a user")
     node.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
     node.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     node.add_argument("--tls-ca", metavar="PEM", help="CA that peers' (and clients') certificates must verify against")
@@ -69,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--data-dir", default="./dynafast-data", help="parent of the nodes' data directories")
     local.add_argument("--partitions", type=int, default=64)
     local.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
+    local.add_argument("--users", action="store_true",
+                       help="create an admin user (password printed once) and require a login from clients")
 
     put = verbs.add_parser("put", help="write a value")
     put.add_argument("key")
@@ -102,6 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     leave.add_argument("--wait", type=float, default=0,
                        help="wait up to this many seconds until the node has left (0: do not wait)")
     _add_client_options(leave)
+
+    user = verbs.add_parser(
+        "user", help="add, remove or list the users of a users file",
+        description="Manage the users file that nodes started with --users-file check credentials against.\n"
+                    "Running nodes see a change at their next check, without a restart.",
+        epilog="examples:\n"
+               "  dynafast user add alice --role admin --users-file /etc/dynafast/users.json\n"
+               "  DYNAFAST_PASSWORD=s3cret dynafast user add grafana --role read --users-file users.json\n"
+               "  dynafast user list --users-file users.json\n"
+               "  dynafast user remove alice --users-file users.json\n"
+               "\nThe password comes from DYNAFAST_PASSWORD, or else is asked for twice. Roles, each allowed\n"
+               "what the one before is: read, readwrite, admin (docs/security.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    user_verbs = user.add_subparsers(dest="user_verb", metavar="ACTION")
+    user_verbs.required = True
+    user_add = user_verbs.add_parser("add", help="add a user, or change a user's password and role")
+    user_add.add_argument("name")
+    user_add.add_argument("--role", required=True, choices=["read", "readwrite", "admin"])  # security.users.ROLES
+    user_remove = user_verbs.add_parser("remove", help="remove a user")
+    user_remove.add_argument("name")
+    user_list = user_verbs.add_parser("list", help="list users and their roles")
+    for sub in (user_add, user_remove, user_list):
+        sub.add_argument("--users-file", metavar="PATH", required=True, help="the users file")
 
     # The load tool parses its own options (main hands them over), so that its package, and the histogram
     # and array libraries it needs, are imported only when it runs.
@@ -143,6 +177,9 @@ def cmd_node(args) -> int:
         "dw": args.dw,
         "partitions": args.partitions,
         "sync": args.sync,
+        "secret_file": args.secret_file,
+        "insecure": args.insecure,
+        "users_file": args.users_file,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "tls_ca": args.tls_ca,
@@ -157,6 +194,7 @@ def cmd_local(args) -> int:
     base = Path(args.data_dir).resolve()
     base.mkdir(parents=True, exist_ok=True)
     seed = f"127.0.0.1:{args.base_port}"
+    security = _local_security(base, args.users)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -187,6 +225,7 @@ def cmd_local(args) -> int:
                    "--n", str(min(3, args.nodes)), "--r", str(min(2, args.nodes)), "--w", str(min(2, args.nodes))]
             if args.http_base_port:
                 cmd += ["--http", f"127.0.0.1:{args.http_base_port + i}"]
+            cmd += security.node_args
             if i > 0:
                 cmd += ["--seeds", seed]
             log = open(base / f"{node_id}.log", "ab")
@@ -196,14 +235,21 @@ def cmd_local(args) -> int:
             line = proc.stdout.readline().decode(errors="replace").strip()
             if "serving on" not in line:
                 raise DynafastError(f"node {node_id} did not start; see {base / (node_id + '.log')}")
-        _wait_settled(seed, len(procs))
+        _wait_settled(seed, len(procs), security.login)
         print(f"dynafast local cluster: {len(procs)} nodes, data in {base}")
         for i, (node_id, address, proc) in enumerate(procs):
             http = f"  console http://127.0.0.1:{args.http_base_port + i}/" if args.http_base_port else ""
             print(f"  {node_id}  {address}  pid {proc.pid}{http}")
-        print(f"try:  dynafast put hello world --cluster {seed}")
-        print(f"      dynafast get hello --cluster {seed}")
-        print(f"      dynafast status --cluster {seed}")
+        print(f"nodes prove the cluster secret in {security.secret_file} to each other")
+        user = ""
+        if security.login:
+            print(f"clients log in: user admin, password {security.login['password']} (once; more users: "
+                  f"dynafast user add NAME --role read|readwrite|admin --users-file {security.users_file})")
+            print(f"      export DYNAFAST_PASSWORD='{security.login['password']}'")
+            user = " --user admin"
+        print(f"try:  dynafast put hello world --cluster {seed}{user}")
+        print(f"      dynafast get hello --cluster {seed}{user}")
+        print(f"      dynafast status --cluster {seed}{user}")
         print("Ctrl-C stops the cluster.", flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:
@@ -219,12 +265,43 @@ def cmd_local(args) -> int:
         stop_all()
 
 
-def _wait_settled(address: str, members: int, timeout: float = 60.0) -> None:
+class _LocalSecurity:
+    """What ``dynafast local`` secures its nodes with: a cluster secret, and users when asked."""
+
+    def __init__(self, secret_file: Path, users_file: Path | None, login: dict | None):
+        self.secret_file = secret_file
+        self.users_file = users_file
+        self.login = login or {}
+        self.node_args = ["--secret-file", str(secret_file)]
+        if users_file is not None:
+            self.node_args += ["--users-file", str(users_file)]
+
+
+def _local_security(base: Path, users: bool) -> _LocalSecurity:
+    # The nodes of a local cluster authenticate each other like any other: a secret kept with their data.
+    from dynafast.security.access import write_secret
+
+    secret_file = base / "secret"
+    if not secret_file.exists():
+        write_secret(secret_file)
+    if not users:
+        return _LocalSecurity(secret_file, None, None)
+    import secrets
+
+    from dynafast.security.users import Users
+
+    users_file = base / "users.json"
+    password = secrets.token_urlsafe(12)
+    Users(users_file, must_exist=False).add("admin", password, "admin")
+    return _LocalSecurity(secret_file, users_file, {"username": "admin", "password": password})
+
+
+def _wait_settled(address: str, members: int, login: dict | None = None, timeout: float = 60.0) -> None:
     """Wait until every node has joined and the ring that includes them all is active."""
     from dynafast.client import Client
 
     deadline = time.monotonic() + timeout
-    with Client([address], timeout=2.0) as client:
+    with Client([address], timeout=2.0, **(login or {})) as client:
         while time.monotonic() < deadline:
             try:
                 status = client.status(address)
@@ -249,15 +326,27 @@ def cmd_certs(args) -> int:
     return 0
 
 
+def _password(user: str) -> str:
+    password = os.environ.get("DYNAFAST_PASSWORD")
+    if password is None:
+        import getpass
+
+        password = getpass.getpass(f"password for {user}: ")
+    return password
+
+
 def _client(args):
     from dynafast.client import Client
 
+    credentials = {}
+    if args.user:
+        credentials = {"username": args.user, "password": _password(args.user)}
     tls = None
     if args.tls_ca:
         from dynafast.security.tls import client_context
 
         tls = client_context(args.tls_ca)
-    return Client(args.cluster.split(","), timeout=args.timeout, tls=tls)
+    return Client(args.cluster.split(","), timeout=args.timeout, tls=tls, **credentials)
 
 
 def cmd_put(args) -> int:
@@ -331,6 +420,36 @@ def cmd_leave(args) -> int:
     return 0
 
 
+def cmd_user(args) -> int:
+    from dynafast.security.users import Users
+
+    users = Users(args.users_file, must_exist=args.user_verb != "add")
+    if args.user_verb == "add":
+        users.add(args.name, _new_password(), args.role)
+        print(f"user {args.name} ({args.role}) saved in {args.users_file}")
+    elif args.user_verb == "remove":
+        if not users.remove(args.name):
+            print(f"dynafast user remove: no user {args.name!r} in {args.users_file}", file=sys.stderr)
+            return 1
+        print(f"user {args.name} removed from {args.users_file}")
+    else:
+        for name, role in users.list():
+            print(f"{name}\t{role}")
+    return 0
+
+
+def _new_password() -> str:
+    password = os.environ.get("DYNAFAST_PASSWORD")
+    if password:
+        return password
+    import getpass
+
+    password = getpass.getpass("password: ")
+    if getpass.getpass("password again: ") != password:
+        raise ValueError("the two passwords differ")
+    return password
+
+
 def cmd_bench(args) -> int:
     try:
         from dynafast.bench import runner
@@ -351,6 +470,7 @@ VERBS = {
     "delete": cmd_delete,
     "status": cmd_status,
     "leave": cmd_leave,
+    "user": cmd_user,
     "bench": cmd_bench,
     "certs": cmd_certs,
 }

@@ -21,7 +21,7 @@ from dynafast.address import parse_address
 from dynafast.cluster.preflist import primaries
 from dynafast.errors import (CorruptionError, DynafastError, KeyTooLarge, ProtocolError, StoreClosed, Unavailable,
                              ValueTooLarge)
-from dynafast.net.messages import Delete, Get, Msg, Put, parse_reply
+from dynafast.net.messages import Auth, Delete, Get, Msg, Put, parse_reply
 
 
 @dataclass
@@ -233,17 +233,24 @@ class _ClientOptions:
     fetched again. ``r``, ``w``, ``dw``: default quorums (None: the node's). ``partition_aware=False`` sends
     every request to ``nodes`` in order instead of to a replica of the key. ``max_key_size``,
     ``max_value_size``: larger keys and values are refused with KeyTooLarge and ValueTooLarge before anything
-    is sent (the defaults are the node's; a node configured lower refuses with the same errors). ``tls``: an
-    SSLContext (``dynafast.security.tls.client_context(ca)``) to reach TLS nodes with; each node's certificate
-    must verify and name the host of its address.
+    is sent (the defaults are the node's; a node configured lower refuses with the same errors).
+    ``username``, ``password``: log every connection in as this user (nodes with a users file require it;
+    AuthenticationFailed when refused).
+    ``tls``: an SSLContext (``dynafast.security.tls.client_context(ca)``) to reach TLS nodes with; each node's
+    certificate must verify and name the host of its address.
     """
 
     def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
                  r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True,
                  max_key_size: int = DEFAULT_MAX_KEY_SIZE, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+                 username: str | None = None, password: str | None = None,
                  tls=None):
         if isinstance(nodes, str):
             nodes = nodes.split(",")
+        if (username is None) != (password is None):
+            raise ValueError("give both username and password, or neither")
+        self.username = username
+        self._password = password
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.tls = tls
@@ -297,10 +304,19 @@ class Client(_ClientOptions):
             conn = self._conns.get(address)
             if conn is None:
                 host, port = parse_address(address)
-                conn = BlockingConnection(host, port, self.connect_timeout, ssl=self.tls)
+                conn = BlockingConnection(host, port, self.connect_timeout, login=self._login,
+                                          ssl=self.tls)
                 self._conns[address] = conn
                 self._locks[address] = threading.Lock()
             return conn, self._locks[address]
+
+    def _login(self, conn) -> None:
+        if self.username is None:
+            return
+        from dynafast.security.access import hello
+
+        conn.call(Msg.HELLO, hello(), self.connect_timeout)
+        conn.call(Msg.AUTH, Auth("user", self.username, self._password.encode()), self.connect_timeout)
 
     def _drop(self, address: str) -> None:
         with self._lock:
@@ -440,20 +456,28 @@ class AsyncClient(_ClientOptions):
         self._pool = None
 
     async def connect(self) -> "AsyncClient":
+        self._new_pool()
+        await self.refresh_ring()
+        return self
+
+    def _new_pool(self):
         if self._pool is None:
             from dynafast.net.connection import PeerPool
 
-            self._pool = PeerPool(connect_timeout=self.connect_timeout, ssl=self.tls)
-        await self.refresh_ring()
-        return self
+            login = None
+            if self.username is not None:
+                from dynafast.security.access import login_user
+
+                username, password = self.username, self._password
+                login = lambda conn, timeout: login_user(conn, username, password, timeout)  # noqa: E731
+            self._pool = PeerPool(connect_timeout=self.connect_timeout, login=login, ssl=self.tls)
+        return self._pool
 
     async def _call(self, address: str, msg_type, fields, timeout: float):
         if self._closed:
             raise Unavailable("client is closed")
         if self._pool is None:
-            from dynafast.net.connection import PeerPool
-
-            self._pool = PeerPool(connect_timeout=self.connect_timeout, ssl=self.tls)
+            self._new_pool()
         try:
             return _decode(msg_type, await self._pool.request(address, msg_type, fields, timeout))
         except ProtocolError as exc:
@@ -503,9 +527,7 @@ class AsyncClient(_ClientOptions):
                 raise Unavailable("client is closed")
             pool = self._pool
             if pool is None:
-                from dynafast.net.connection import PeerPool
-
-                pool = self._pool = PeerPool(connect_timeout=self.connect_timeout, ssl=self.tls)
+                pool = self._new_pool()
             try:
                 reply = _decode(msg_type, await pool.request(address, msg_type, fields, wait))
             except Unavailable as exc:

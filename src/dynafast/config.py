@@ -39,6 +39,9 @@ class NodeConfig:
     # connections: bytes of frames still arriving (all connections together), and how long one may sit idle
     max_unfinished_frames: int = 256 * 1024 * 1024
     idle_timeout: float = 300.0
+    # connections open at once (0: as many as the descriptor limit allows), the last peer_reserve for peers
+    max_connections: int = 0
+    peer_reserve: int = 32
     # siblings of one key: a warning in the log above siblings_warn, a refused put above max_siblings
     siblings_warn: int = 25
     max_siblings: int = 100
@@ -64,6 +67,13 @@ class NodeConfig:
     ae_interval: float = 10.0
     ae_bytes_per_second: float = 4 * 1024 * 1024
     merkle_leaves: int = 1024
+    # security: the cluster secret file (peers prove it before any internal message); --insecure allows
+    # listening beyond loopback with neither a secret nor users
+    secret_file: str = ""
+    insecure: bool = False
+    # client users: the users file (dynafast user add ...); with one, every request but /health needs a user
+    users_file: str = ""
+    metrics_auth: bool = False  # /metrics needs a user (role read) too
     # peer_routes: node id -> "host:port" to use instead of that peer's advertised address
     peer_routes: dict[str, str] = field(default_factory=dict)
     # TLS on the native port and HTTP (PEM files; see docs/security.md): certificate and key, and the CA that
@@ -98,6 +108,13 @@ class NodeConfig:
             raise ValueError(f"idle_timeout must be 0 (none) or positive, not {self.idle_timeout}")
         if type(self.max_unfinished_frames) is not int or self.max_unfinished_frames < 1:
             raise ValueError(f"max_unfinished_frames must be a positive integer, not {self.max_unfinished_frames!r}")
+        for name in ("max_connections", "peer_reserve"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+        if self.max_connections and self.peer_reserve >= self.max_connections:
+            raise ValueError(f"peer_reserve ({self.peer_reserve}) must be below max_connections "
+                             f"({self.max_connections})")
         if self.sync not in ("none", "interval", "always"):
             raise ValueError(f"sync must be none, interval or always, not {self.sync!r}")
         margin = 2 * self.request_timeout
@@ -106,6 +123,12 @@ class NodeConfig:
                 f"tombstone_delay ({self.tombstone_delay:g} s) must exceed hint_window ({self.hint_window:g} s) by "
                 f"at least 2 x request_timeout ({margin:g} s): a hint replayed after its key's tombstone was "
                 f"removed would bring the deleted value back")
+        if not isinstance(self.users_file, str):
+            raise ValueError(f"users_file must be a path, not {self.users_file!r}")
+        if type(self.metrics_auth) is not bool:
+            raise ValueError(f"metrics_auth must be true or false, not {self.metrics_auth!r}")
+        if self.metrics_auth and not self.users_file:
+            raise ValueError("metrics_auth needs users_file: there are no users to authenticate")
         for name in ("listen", "advertise"):
             parse_address(getattr(self, name))
         if self.http:

@@ -65,6 +65,14 @@ class TooManySiblings(DynafastError):
         self.limit = limit
 
 
+class AuthenticationFailed(DynafastError):
+    """The node refused the credentials (user name and password, or the cluster secret's proof)."""
+
+
+class NotPermitted(DynafastError):
+    """The connection's identity may not do this: log in, or as a user whose role allows it."""
+
+
 __all__ = [
     "DynafastError",
     "StoreLocked",
@@ -78,4 +86,6 @@ __all__ = [
     "Timeout",
     "Unavailable",
     "TooManySiblings",
+    "AuthenticationFailed",
+    "NotPermitted",
 ]

@@ -12,12 +12,14 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Replace the file at ``path`` with ``data`` durably and atomically."""
+def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
+    """Replace the file at ``path`` with ``data`` durably and atomically; ``mode``: its permission bits."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)  # before the content: a secret is never readable by others
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -36,7 +36,9 @@ from dynafast.errors import DynafastError, ProtocolError
 from dynafast.metrics import RequestStats
 from dynafast.net.connection import PeerPool
 from dynafast.net.messages import Msg, parser
-from dynafast.net.server import start_server
+from dynafast.net.server import descriptor_budget, start_server
+from dynafast.security.access import Access, peer_login, protected_mode, read_secrets
+from dynafast.security.users import Users
 from dynafast.security.tls import node_contexts
 
 log = logging.getLogger("dynafast.node")
@@ -68,6 +70,11 @@ class Node:
         # TLS (when configured) on the port we serve, on HTTP, and on every connection to a peer. First: a bad
         # certificate or key file stops the start before anything is opened.
         self.tls_server, tls_peers = node_contexts(config)
+        # Client users, read before anything is opened: a missing or damaged file stops the start, never opens
+        # the node to everyone.
+        self.users = Users(config.users_file) if config.users_file else None
+        if self.users is not None and not self.users.configured:
+            log.warning("users file %s has no users: every request that needs one is refused", config.users_file)
         versions = _impl.vclock
         data = Path(config.data_dir)
         files = env.files
@@ -84,7 +91,11 @@ class Node:
         self.incarnation = incarnation.begin(files, env.rng, lost=bool(recovery.get("lost")))
         actor = f"{self.node_id}.{self.incarnation}".encode()
         self.durable = (env.durability or DurabilityBatcher)(self.store)
-        self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout, ssl=tls_peers)
+        # Who may send what: the cluster secret (proved by peers) and the users file (client logins).
+        secrets = read_secrets(config.secret_file) if config.secret_file else []
+        self.access = Access(self.node_id, secrets=secrets, users=self.users)
+        login = peer_login(self.node_id, secrets) if secrets else None
+        self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout, login=login, ssl=tls_peers)
         self.vnodes = vnodes = Vnodes(self.store, versions, clock=env.clock)
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)
         vnodes.on_write = self.trees.on_write
@@ -153,9 +164,13 @@ class Node:
         self.requests.start(asyncio.get_running_loop())
         host, port = parse_address(self.config.listen)
         serve = self.env.serve or start_server
+        if self.env.serve is None:
+            protected_mode(self.config)
         self.server = await serve(self.handle, host, port, max_frame=self.config.max_frame,
                                   idle_timeout=self.config.idle_timeout,
-                                  max_unfinished=self.config.max_unfinished_frames, ssl=self.tls_server)
+                                  max_unfinished=self.config.max_unfinished_frames, access=self.access,
+                                  max_connections=self.config.max_connections or descriptor_budget(),
+                                  peer_reserve=self.config.peer_reserve, ssl=self.tls_server)
         await self.membership.start()
         if self.config.http and self.env.http:
             from dynafast.http import start_http
@@ -279,6 +294,8 @@ class Node:
                                 "unrepaired": len(self.vnodes.damaged)},
             "siblings": {"warnings": self.requests.sibling_warnings, "refused": self.requests.siblings_refused},
             "requests": self.stats.snapshot(),
+            "security": {"peer_secret": bool(self.access.secrets), "users": self.users is not None,
+                         **self.access.stats()},
             "antientropy": self.antientropy.status(),
             "repair": self.repair.status(),
             "transfers": self.transfers.status(),
@@ -296,6 +313,8 @@ class Node:
             server_stats=lambda: self.server.stats.as_dict(),
             durable_syncs=lambda: self.durable.syncs,
             repair_all=self.antientropy.run_all_soon,
+            users=self.users,
+            metrics_auth=self.config.metrics_auth,
         )
 
 

@@ -289,3 +289,56 @@ def test_damaged_records_are_repaired_not_lost():
         assert not result.violations, (seed, [str(v) for v in result.violations])
         applied += sum("corrupt" in fault for fault in result.faults)
     assert applied >= 1, "no record was damaged: the fault never applied"
+
+
+def test_a_paused_node_does_not_make_the_others_suspect_each_other():
+    # A paused node accepts connections and answers nothing: every exchange with it waits out peer_timeout.
+    # Each gossip round used to wait for its exchange, so a node that picked the paused peer twice running did
+    # not beat for 2 x (gossip_interval + peer_timeout): the failure detectors of the live nodes suspected it,
+    # coordinators routed around a live primary, and the paused primary's hint went to the wrong node.
+    suspected = paused_peer_scenario()
+    assert not suspected, f"live nodes seen down {len(suspected)} times while a peer was paused: {suspected[:5]}"
+
+
+def paused_peer_scenario() -> list[tuple]:
+    """(simulated time, observer, live node it showed down) while n4 is paused for 30 simulated seconds, with
+    the timings of the clock system test (gossip every 0.3 s, peer calls time out after 1 s)."""
+    import random
+
+    from dynafast.sim.cluster import SimNode
+    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.network import SimNetwork
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        network = SimNetwork(loop, random.Random(1))
+        options = dict(gossip_interval=0.3, peer_timeout=1.0, ae_interval=0)
+        first = SimNode("n1", network, random.Random(2), **options)
+        await first.start()
+        sims = [first] + [SimNode(f"n{i}", network, random.Random(i + 1), seeds=[first.address], **options)
+                          for i in range(2, 5)]
+        for sim in sims[1:]:
+            await sim.start()
+        await asyncio.sleep(10)
+        live = sims[:3]
+        assert all(not sim.node.membership.down() for sim in sims), "the cluster did not form"
+        network.pause(sims[3].address)
+        names = {sim.name for sim in live}
+        suspected = []
+        started = loop.time()
+        while loop.time() - started < 30:
+            await asyncio.sleep(0.05)
+            for sim in live:
+                suspected += [(round(loop.time(), 2), sim.name, peer)
+                              for peer in sorted(sim.node.membership.down() & names)]
+        assert all("n4" in sim.node.membership.down() for sim in live), "the paused node was never seen down"
+        network.resume(sims[3].address)
+        for sim in sims:
+            await sim.stop()
+        return suspected
+
+    loop = SimLoop()
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()

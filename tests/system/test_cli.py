@@ -14,9 +14,37 @@ from dynafast.testing.cluster import free_port
 pytestmark = pytest.mark.timeout(120)
 
 
-def run(*args, timeout=30):
+def run(*args, timeout=30, env=None):
     return subprocess.run([sys.executable, "-m", "dynafast.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def start_local(data_dir, *extra):
+    """``dynafast local`` on 3 consecutive free ports: (process, its output up to "Ctrl-C stops", base port)."""
+    base = consecutive_ports(3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dynafast.cli", "local", "--nodes", "3", "--base-port", str(base),
+         "--http-base-port", "0", "--data-dir", str(data_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C stops" in line:
+            break
+    return proc, lines, base
+
+
+def stop_local(proc, pids):
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def consecutive_ports(count):
@@ -40,9 +68,9 @@ def consecutive_ports(count):
 def test_help_lists_every_verb():
     result = run("--help")
     assert result.returncode == 0
-    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "bench"):
+    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "user", "bench"):
         assert verb in result.stdout
-    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "bench"):
+    for verb in ("node", "local", "put", "get", "delete", "status", "leave", "user", "bench"):
         assert run(verb, "--help").returncode == 0
 
 
@@ -87,22 +115,8 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 
 def test_local_cluster_serves_the_client_verbs_and_stops(tmp_path):
-    base = consecutive_ports(3)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dynafast.cli", "local", "--nodes", "3", "--base-port", str(base),
-         "--http-base-port", "0", "--data-dir", str(tmp_path / "data")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
+    proc, lines, base = start_local(tmp_path / "data")
     try:
-        deadline = time.monotonic() + 60
-        lines = []
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops" in line:
-                break
         assert any("Ctrl-C stops" in line for line in lines), "".join(lines) + proc.stderr.read()
         pids = [int(line.split("pid")[1].split()[0]) for line in lines if " pid " in line]
         assert len(pids) == 3
@@ -129,12 +143,34 @@ def test_local_cluster_serves_the_client_verbs_and_stops(tmp_path):
         assert missing.returncode == 1 and "not found" in missing.stderr
         table = run("status", "--cluster", cluster)
         assert table.returncode == 0 and "n3" in table.stdout
+        # Its nodes prove a secret kept with their data to each other: an outsider is no peer.
+        secret = tmp_path / "data" / "secret"
+        assert secret.stat().st_mode & 0o777 == 0o600
+        assert json.loads(run("status", "--cluster", cluster, "--json").stdout)["security"]["peer_secret"]
+        stop_local(proc, pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-        for pid in pids:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
+
+def test_local_cluster_with_users_needs_a_login(tmp_path):
+    proc, lines, base = start_local(tmp_path / "data", "--users")
+    try:
+        text = "".join(lines)
+        assert "Ctrl-C stops" in text, text + proc.stderr.read()
+        pids = [int(line.split("pid")[1].split()[0]) for line in lines if " pid " in line]
+        password = next(line for line in lines if "DYNAFAST_PASSWORD=" in line).split("'")[1]
+        cluster = f"127.0.0.1:{base}"
+        anonymous = run("put", "k", "v", "--cluster", cluster)
+        assert anonymous.returncode == 1 and "needs a login" in anonymous.stderr
+        admin = {"DYNAFAST_PASSWORD": password}
+        assert run("put", "k", "v", "--cluster", cluster, "--user", "admin", env=admin).returncode == 0
+        got = run("get", "k", "--cluster", f"127.0.0.1:{base + 2}", "--user", "admin", env=admin)
+        assert got.returncode == 0 and got.stdout == "v\n"
+        wrong = run("get", "k", "--cluster", cluster, "--user", "admin", env={"DYNAFAST_PASSWORD": "guess"})
+        assert wrong.returncode == 1 and "wrong user name or password" in wrong.stderr
+        stop_local(proc, pids)
     finally:
         if proc.poll() is None:
             proc.kill()

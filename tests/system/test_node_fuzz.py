@@ -8,7 +8,10 @@ import pytest
 
 from dynafast import Client
 from dynafast._impl import codec
-from dynafast.net.messages import Msg
+from dynafast.net.blocking import BlockingConnection
+from dynafast.net.messages import Auth, Msg, parse
+from dynafast.security.access import hello, peer_proof, write_secret
+from dynafast.security.users import Users
 from dynafast.testing.cluster import NodeProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -64,10 +67,13 @@ def mutate(rng, frame):
     return bytes(data)
 
 
-def blast(address, payloads):
-    """Send payloads on one connection, reading whatever comes back, until the node closes it or we finish."""
-    host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
+def blast(address, payloads, sock=None):
+    """Send payloads on one connection (a new one, or ``sock``), reading whatever comes back, until the node
+    closes it or we finish."""
+    if sock is None:
+        host, port = address.rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=5)
+    with sock:
         sock.settimeout(0.05)
         for payload in payloads:
             try:
@@ -117,5 +123,93 @@ def test_node_survives_random_and_mutated_frames(tmp_path):
             assert client.get(b"after").values == [b"fuzz"]
             status = client.status()
             assert [m["id"] for m in status["members"]] == ["f1"]
+    finally:
+        node.stop()
+
+
+def handshake_frames(rng, secret):
+    """Random, half-right and out-of-order handshakes: HELLO with odd nonces, AUTH of every kind."""
+    rid = rng.randint(1, 2**32 - 1)
+    nonce = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 15, 16, 32, 64, 65, 300])))
+    kind = rng.choice(["peer", "user", "", "root", "peer\0", "x" * 500])
+    name = rng.choice(["n1", "root", "", "\u00e9" * 70, "a" * 5000])
+    proof = rng.choice([b"", bytes(32), peer_proof(secret, nonce, nonce, "n1"),
+                        bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 32, 2000])))])
+    frames = [codec.encode(Msg.HELLO, rid, (nonce,)), codec.encode(Msg.AUTH, rid + 1, (kind, name, proof))]
+    if rng.random() < 0.3:
+        frames.reverse()  # AUTH before HELLO
+    if rng.random() < 0.3:
+        frames.append(codec.encode(Msg.AUTH, rid + 2, (kind, name, proof)))  # AUTH twice
+    if rng.random() < 0.3:
+        frames = [mutate(rng, f) for f in frames]
+    return frames
+
+
+def logged_in(address, login):
+    """A raw socket that has logged in (``login(conn)``), to fuzz an authenticated session."""
+    host, port = address.rsplit(":", 1)
+    conn = BlockingConnection(host, int(port), 10.0)
+    login(conn)
+    sock, conn._sock = conn._sock, None
+    return sock
+
+
+def test_secured_node_survives_fuzzed_handshakes_and_sessions(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret = write_secret(secret_file)
+    users = Users(tmp_path / "users.json", must_exist=False)
+    users.add("root", "root password", "admin")
+    users.add("rw", "rw password", "readwrite")
+    node = NodeProcess("s1", tmp_path / "s1", args=["--n", "1", "--r", "1", "--w", "1", "--secret-file",
+                                                      str(secret_file), "--users-file", str(tmp_path / "users.json")])
+    node.start()
+
+    def as_user(name, password):
+        def login(conn):
+            conn.call(Msg.HELLO, hello())
+            conn.call(Msg.AUTH, Auth("user", name, password.encode()))
+        return login
+
+    def as_peer(conn):
+        sent = hello()
+        _, reply = conn.call(Msg.HELLO, sent)
+        conn.call(Msg.AUTH, Auth("peer", "p9", peer_proof(secret, parse(Msg.HELLO_REPLY, reply).nonce,
+                                                            sent.nonce, "p9")))
+
+    try:
+        with Client([node.address], username="root", password="root password") as client:
+            for i in range(50):
+                client.put(b"keep-%d" % i, b"value-%d" % i)
+        rng = random.Random(SEED + 1)
+        deadline = time.monotonic() + 90
+        for case in range(CASES):
+            if time.monotonic() > deadline:
+                break
+            kind = case % 4
+            if kind == 0:  # the handshake itself, from an anonymous connection
+                blast(node.address, handshake_frames(rng, secret))
+                continue
+            msg_type = rng.choice(FUZZED_TYPES)
+            fields = tuple(random_value(rng) for _ in range(rng.randint(0, 7)))
+            try:
+                payloads = [codec.encode(int(msg_type), rng.randint(0, 2**32 - 1), fields)]
+            except (TypeError, OverflowError, ValueError):
+                continue
+            payloads += [mutate(rng, f) for f in client_frames(rng)]
+            if kind == 1:  # anonymous: every frame refused or malformed
+                blast(node.address, payloads)
+            else:  # a session that logged in, as a user or as a peer
+                login = as_user("rw", "rw password") if kind == 2 else as_peer
+                blast(node.address, payloads, sock=logged_in(node.address, login))
+        assert node.is_running(), node.stderr_tail()
+        with Client([node.address], username="root", password="root password") as client:
+            for i in range(50):
+                assert client.get(b"keep-%d" % i).values == [b"value-%d" % i]
+            client.put(b"after", b"fuzz")
+            assert client.get(b"after").values == [b"fuzz"]
+            status = client.status()
+            assert [m["id"] for m in status["members"]] == ["s1"]
+            assert status["security"]["login_failures"] > 0 and status["security"]["refused"] > 0
+        assert "Traceback" not in node.output()  # every bad frame was an answered error, none a crash
     finally:
         node.stop()

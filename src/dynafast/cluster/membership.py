@@ -41,6 +41,11 @@ MAX_MEMBERS = 4096
 
 # Shared statuses (part of the cluster state) ...
 JOINING, VALID, LEAVING, LEFT = "joining", "valid", "leaving", "left"
+STATUSES = (JOINING, VALID, LEAVING, LEFT)
+# How far a state from a peer may be ahead of ours. Every change (a join, a leave, each finished transfer)
+# adds one; a node that slept through a few thousand catches up, while a state claiming to be millions
+# ahead (which would outrank every real change from then on) is refused.
+MAX_STATE_JUMP = 1_000_000
 # ... and what `status` shows, mixing in local liveness.
 UP, DOWN = "up", "down"
 
@@ -92,8 +97,19 @@ class ClusterState:
             done = set(zip(done_p, done_t, strict=True))
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed cluster state: {exc}") from exc
-        if not isinstance(version, int):
+        if not isinstance(version, int) or version < 0:
             raise ProtocolError("malformed cluster state: version")
+        for member in members.values():
+            if member.status not in STATUSES or not all(isinstance(v, str) for v in (member.address, member.zone)):
+                raise ProtocolError(f"malformed cluster state: member {member.id!r}")
+        for r in (ring, next_ring):
+            if r is None:
+                continue
+            strangers = set(r.owners()) - set(members)
+            if strangers:
+                raise ProtocolError(f"malformed cluster state: the ring names non-members {sorted(strangers)[:5]}")
+        if next_ring is not None and next_ring.partitions != ring.partitions:
+            raise ProtocolError("malformed cluster state: the next ring has another partition count")
         return cls(version, members, ring, next_ring, done)
 
     def digest(self) -> bytes:
@@ -146,6 +162,7 @@ class ClusterMembership:
         self._tasks: list[asyncio.Task] = []
         self._first_seen: dict[str, float] = {}
         self._pushes: set[asyncio.Task] = set()
+        self._exchanges: dict[str, asyncio.Task] = {}  # peer -> our gossip round's exchange with it, under way
 
     # -- queries used on every request (kept cheap) ------------------------------------------------------
     @property
@@ -295,7 +312,7 @@ class ClusterMembership:
         self._tasks.append(asyncio.create_task(self._liveness_loop()))
 
     async def stop(self) -> None:
-        await cancel_and_wait(list(self._tasks) + list(self._pushes))
+        await cancel_and_wait(list(self._tasks) + list(self._pushes) + list(self._exchanges.values()))
         self._tasks = []
 
     async def _join(self) -> None:
@@ -336,11 +353,28 @@ class ClusterMembership:
         return [i for i, m in self.state.members.items() if i != self.node_id and m.status != LEFT]
 
     async def gossip_round(self) -> None:
+        """Beat, and start an exchange with one random peer that has none under way.
+
+        The round does not wait for the exchange: a peer that accepts the connection and answers nothing (paused,
+        overloaded) would hold up our next beat for peer_timeout. Picked twice running, it stopped our heartbeat
+        long enough for the other nodes' failure detectors to suspect us, and coordinators routed around a live
+        node. One exchange per peer at a time bounds those under way by the number of peers.
+        """
         self.gossip.tick()
-        peer = self.gossip.choose_peer(self._gossip_targets())
+        exchanges = self._exchanges
+        peer = self.gossip.choose_peer([p for p in self._gossip_targets() if p not in exchanges])
         if peer is None:
             return
-        await self._gossip_with(peer)
+        task = exchanges[peer] = asyncio.ensure_future(self._exchange(peer))
+        task.add_done_callback(lambda _: exchanges.pop(peer, None))
+
+    async def _exchange(self, peer: str) -> None:
+        try:
+            await self._gossip_with(peer)
+        except DynafastError as exc:  # an unreadable reply: the next round tries another peer
+            log.warning("gossip with %s failed: %s", peer, exc)
+        except Exception:  # noqa: BLE001 - as for the other background rounds: logged, and the next one runs
+            log.exception("gossip with %s failed", peer)
 
     async def _gossip_with(self, peer: str) -> None:
         try:
@@ -357,7 +391,7 @@ class ClusterMembership:
         if len(gossip.heartbeat_ids) > MAX_MEMBERS:
             raise ProtocolError(f"gossip carries {len(gossip.heartbeat_ids)} heartbeats, more than {MAX_MEMBERS}")
         if (gossip.state_version, gossip.state_digest) > state_order(self.state):
-            new = ClusterState.from_fields(gossip.state(), self.rings)
+            new = self._from_peer(gossip.state())
         else:
             new = None
         known = self.gossip.heartbeats
@@ -391,8 +425,20 @@ class ClusterMembership:
         self._receive_gossip(fields)
         return self._gossip_fields()
 
+    def _from_peer(self, fields) -> ClusterState:
+        """A cluster state a peer sent, checked before it may replace ours."""
+        new = ClusterState.from_fields(fields, self.rings)
+        # The partition count is fixed when a cluster is made (a node alone may still be joining one).
+        if len(self.state.members) > 1 and new.ring.partitions != self.state.ring.partitions:
+            raise ProtocolError(f"a cluster state with {new.ring.partitions} partitions; ours has "
+                                f"{self.state.ring.partitions}")
+        if new.version > self.state.version + MAX_STATE_JUMP:
+            raise ProtocolError(f"a cluster state version {new.version} is more than {MAX_STATE_JUMP} ahead of "
+                                f"ours ({self.state.version})")
+        return new
+
     def handle_ring_push(self, fields) -> tuple:
-        self._adopt(ClusterState.from_fields(fields, self.rings))
+        self._adopt(self._from_peer(fields))
         return (self.state.version,)
 
     async def _at_claimant(self, msg_type, fields):

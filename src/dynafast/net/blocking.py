@@ -16,10 +16,15 @@ _IDLE_CHECK_SECONDS = 1.0
 
 
 class BlockingConnection:
-    """One TCP connection, one caller at a time (not thread-safe); ``call_many`` pipelines requests."""
+    """One TCP connection, one caller at a time (not thread-safe); ``call_many`` pipelines requests.
+
+    ``login(connection)``: run on the new socket before anything else, and again whenever the connection is
+    replaced (the handshake of ``security.access``).
+    """
 
     def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, *,
-                 max_frame: int = codec.MAX_FRAME_DEFAULT, ssl: _ssl.SSLContext | None = None):
+                 max_frame: int = codec.MAX_FRAME_DEFAULT, login=None,
+                 ssl: _ssl.SSLContext | None = None):
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -28,8 +33,19 @@ class BlockingConnection:
         self._replies = {}  # request id -> (type, fields) that arrived while waiting for another one
         self._abandoned = set()  # ids of timed-out requests whose late replies are to be dropped
         self._next_id = 0
-        self._sock = self._connect()
+        self._login = login
         self._last_used = time.monotonic()
+        self._sock = self._connect()
+        self._logged_in()
+
+    def _logged_in(self) -> None:
+        if self._login is None:
+            return
+        try:
+            self._login(self)
+        except BaseException:
+            self.close()
+            raise
 
     def _connect(self) -> socket.socket:
         host, port = self.host, self.port
@@ -110,6 +126,8 @@ class BlockingConnection:
             self._decoder = codec.Decoder(self._decoder.max_frame)
             self._abandoned.clear()
             self._sock = self._connect()
+            self._last_used = now
+            self._logged_in()
         self._last_used = now
         timeout = self.timeout if timeout is None else timeout
         out = bytearray()

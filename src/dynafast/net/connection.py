@@ -241,15 +241,21 @@ class Connection:
 
 
 class PeerPool:
-    """Connections to many peers, by "host:port", opened on first use and reopened after they break."""
+    """Connections to many peers, by "host:port", opened on first use and reopened after they break.
+
+    ``login``: ``async login(connection, timeout)`` run on every new connection before its first call (the
+    handshake of ``security.access``); a connection whose login fails is closed and its error raised.
+    """
 
     def __init__(self, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, connections_per_peer: int = 1,
-                 max_frame: int = codec.MAX_FRAME_DEFAULT, ssl=None):
+                 max_frame: int = codec.MAX_FRAME_DEFAULT, login=None,
+                 ssl=None):
         if connections_per_peer < 1:
             raise ValueError("connections_per_peer must be at least 1")
         self.connect_timeout = connect_timeout
         self.connections_per_peer = connections_per_peer
         self.max_frame = max_frame
+        self.login = login
         self.ssl = ssl  # an SSLContext: every connection speaks TLS, checked against the host part of its address
         self._slots = {}  # address -> list of (Connection | Task opening one | None)
         self._turn = {}  # address -> next slot to use
@@ -302,7 +308,14 @@ class PeerPool:
 
     async def _open(self, address, timeout):
         host, port = parse_address(address)
-        return await Connection.open(host, port, timeout=timeout, max_frame=self.max_frame, ssl=self.ssl)
+        conn = await Connection.open(host, port, timeout=timeout, max_frame=self.max_frame, ssl=self.ssl)
+        if self.login is not None:
+            try:
+                await self.login(conn, max(timeout, self.connect_timeout))
+            except BaseException:
+                await conn.close()
+                raise
+        return conn
 
     async def discard(self, address: str) -> None:
         """Close the open connections to ``address``; the next call opens new ones. For a peer that sent

@@ -21,6 +21,10 @@ class Msg(enum.IntEnum):
     ERROR = 1
     PING = 2
     PONG = 3
+    HELLO = 4
+    HELLO_REPLY = 5
+    AUTH = 6
+    AUTH_REPLY = 7
     GET = 10
     GET_REPLY = 11
     PUT = 12
@@ -72,6 +76,8 @@ class ErrorCode(enum.IntEnum):
     STORE_CLOSED = 12
     CORRUPTION = 13  # the node's copy is damaged: it could not serve this, another replica may
     TOO_MANY_SIBLINGS = 14
+    AUTH_FAILED = 15  # wrong credentials, or a handshake out of order: the connection stays unauthenticated
+    NOT_PERMITTED = 16  # the connection's identity may not send this message
 
 
 # Errors that have a code but no class in dynafast.errors. They derive from the nearest existing class so
@@ -113,6 +119,29 @@ class Error(NamedTuple):
 
 class Ping(NamedTuple):
     """No fields of its own: the transport answers a PING with a PONG that echoes whatever fields it carried."""
+
+
+class Hello(NamedTuple):
+    """Opens the handshake: the client's random nonce (16 to 64 bytes)."""
+
+    nonce: bytes
+
+
+class HelloReply(NamedTuple):
+    nonce: bytes  # the server's random nonce for this connection
+    node_id: str
+    secured: bool  # the node asks for credentials: a cluster secret or users are configured
+
+
+class Auth(NamedTuple):
+    kind: str  # "peer" (proof: HMAC over both nonces with the cluster secret) or "user" (proof: the password)
+    name: str
+    proof: bytes
+
+
+class AuthReply(NamedTuple):
+    role: str  # what the connection may do from now on: "peer", "admin", "readwrite" or "read"
+    proof: bytes  # for a peer: the node's own HMAC over both nonces, so the peer knows it is one of the cluster
 
 
 class Get(NamedTuple):
@@ -312,6 +341,10 @@ SCHEMA: dict[Msg, type] = {
     Msg.ERROR: Error,
     Msg.PING: Ping,
     Msg.PONG: Pong,
+    Msg.HELLO: Hello,
+    Msg.HELLO_REPLY: HelloReply,
+    Msg.AUTH: Auth,
+    Msg.AUTH_REPLY: AuthReply,
     Msg.GET: Get,
     Msg.GET_REPLY: GetReply,
     Msg.PUT: Put,
@@ -528,6 +561,8 @@ _BY_CLASS = [
     (errors.QuorumNotMet, ErrorCode.QUORUM_NOT_MET),
     (errors.TooManySiblings, ErrorCode.TOO_MANY_SIBLINGS),
     (UnknownMessage, ErrorCode.UNKNOWN_MESSAGE),
+    (errors.AuthenticationFailed, ErrorCode.AUTH_FAILED),
+    (errors.NotPermitted, ErrorCode.NOT_PERMITTED),
     (errors.ProtocolError, ErrorCode.PROTOCOL),
     (errors.KeyTooLarge, ErrorCode.KEY_TOO_LARGE),
     (errors.ValueTooLarge, ErrorCode.VALUE_TOO_LARGE),
@@ -552,6 +587,8 @@ _BY_CODE = {
     ErrorCode.STORAGE_FULL: errors.StorageFull,
     ErrorCode.STORE_CLOSED: errors.StoreClosed,
     ErrorCode.CORRUPTION: errors.CorruptionError,
+    ErrorCode.AUTH_FAILED: errors.AuthenticationFailed,
+    ErrorCode.NOT_PERMITTED: errors.NotPermitted,
 }
 
 

@@ -30,6 +30,9 @@ HIGH_WATER = 2 * 1024 * 1024  # per connection: unsent reply bytes above which w
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_UNFINISHED = 256 * 1024 * 1024  # all connections: bytes of frames that have not fully arrived
 SMALL_UNFINISHED = 64 * 1024  # a connection holding no more than this of a frame is never refused for the total
+DEFAULT_MAX_CONNECTIONS = 10000
+HANDSHAKE_TIMEOUT = 10.0  # seconds a connection in the peers' reserve has to log in as a peer
+_OPEN = frozenset(range(256))  # every message type the codec can carry: a server without access control
 # A TLS connection is ours only once its handshake is done (no idle timeout applies before): one that never
 # finishes it is closed after this many seconds.
 SSL_HANDSHAKE_TIMEOUT = 10.0
@@ -46,6 +49,8 @@ class ServerStats:
     unfinished_bytes: int = 0  # now: bytes of frames not yet complete, all connections together
     unfinished_refused: int = 0  # connections closed because those bytes went over the limit
     idle_closed: int = 0  # connections closed for sending no complete frame within the idle timeout
+    connections_refused: int = 0  # closed at once: the node had max_connections open
+    reserve_closed: int = 0  # connections in the peer reserve closed for not logging in as a peer in time
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,11 +61,24 @@ class ServerConnection:
 
     ``handler(conn, msg_type, request_id, fields)`` returns ``(reply_type, reply_fields)``, None (no reply), or
     an awaitable of those. PING is answered with PONG (same fields) without calling the handler.
+
+    ``access`` (a ``security.access.Access``, or None for a server open to everyone) decides what the
+    connection may send: a request outside ``allowed`` goes to ``access.handle`` (the handshake, or a refusal)
+    instead of the handler.
     """
 
     def __init__(self, handler, stats: ServerStats | None = None, *, max_frame: int = codec.MAX_FRAME_DEFAULT,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT, high_water: int = HIGH_WATER, peername=None):
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, high_water: int = HIGH_WATER, peername=None,
+                 access=None):
         self.handler = handler
+        self.access = access
+        # Message types this connection may send; unknown types are let through so the handler names them.
+        self.allowed = _OPEN if access is None else access.anonymous(peername)
+        self.role = None  # after a login: "peer", "admin", "readwrite" or "read"
+        self.principal = None  # the node or user name it logged in as
+        self.auth_failures = 0
+        self.nonces = None  # (client's, ours) between HELLO and AUTH
+        self.reserved = False  # opened in the peers' reserve of connections: only a peer login may keep it
         self.stats = stats if stats is not None else ServerStats()
         self.peername = peername
         self.max_inflight = max_inflight
@@ -188,7 +206,10 @@ class ServerConnection:
             self.send_error(request_id, Overloaded(f"more than {self.max_inflight} requests in flight"))
             return
         try:
-            result = self.handler(self, msg_type, request_id, fields)
+            if msg_type in self.allowed:
+                result = self.handler(self, msg_type, request_id, fields)
+            else:
+                result = self._gate(msg_type, request_id, fields)
             if type(result) is not tuple and result is not None:
                 if isinstance(result, asyncio.Future):
                     # A future needs no Task (a Task per request costs more than the request): answer from
@@ -208,6 +229,14 @@ class ServerConnection:
             self._handler_failed(msg_type, request_id, exc)
             return
         self._reply(request_id, result)
+
+    def _gate(self, msg_type, request_id, fields):
+        """A request outside this connection's grant: the handshake, or a refusal (an unknown type goes on to
+        the handler, which answers that it knows no such message)."""
+        access = self.access
+        if access is None or msg_type not in access.known:
+            return self.handler(self, msg_type, request_id, fields)
+        return access.handle(self, msg_type, fields)
 
     def _future_done(self, request_id, future):
         tasks = self._tasks
@@ -292,9 +321,33 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
         self._transport = transport
         transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
         self.peername = transport.get_extra_info("peername")
-        self.stats.connections += 1
-        self.stats.connections_total += 1
-        self._server._connections.add(self)
+        if self.access is not None:
+            self.allowed = self.access.anonymous(self.peername)
+        stats = self.stats
+        stats.connections += 1
+        stats.connections_total += 1
+        server = self._server
+        server._connections.add(self)
+        if stats.connections > server.max_connections:
+            stats.connections_refused += 1
+            if stats.connections_refused & (stats.connections_refused - 1) == 0:  # 1st, 2nd, 4th, ...: not a flood
+                log.warning("refusing connections: %d open, the most this node takes (refused so far: %d)",
+                            server.max_connections, stats.connections_refused)
+            self.send_error(0, Overloaded(f"this node has {server.max_connections} connections open, its limit"))
+            self._break()
+        elif stats.connections > server.max_connections - server.peer_reserve and self.access is not None \
+                and self.access.secrets:
+            # The last connections are kept for cluster nodes: clients that took all the others must not cut
+            # the cluster apart. This one may only log in as a peer, and soon.
+            self.allowed = frozenset()
+            self.reserved = True
+            self._loop.call_later(server.handshake_timeout, self._reserve_expired)
+
+    def _reserve_expired(self):
+        if self.role != "peer" and self._transport is not None and not self.closed:
+            self.stats.reserve_closed += 1
+            self.send_error(0, Overloaded("connections left on this node are for cluster peers"))
+            self._break()
 
     def connection_lost(self, exc):
         if self._linger is not None:
@@ -427,8 +480,14 @@ class Server:
     """A running server: ``.port`` (the bound port), ``.stats``, ``close()`` and ``await wait_closed()``."""
 
     def __init__(self, host: str, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 max_unfinished: int = DEFAULT_MAX_UNFINISHED):
+                 max_unfinished: int = DEFAULT_MAX_UNFINISHED, access=None,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, peer_reserve: int = 0,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT):
         self.host = host
+        self.access = access
+        self.max_connections = max_connections
+        self.peer_reserve = peer_reserve
+        self.handshake_timeout = handshake_timeout
         self.stats = ServerStats()
         self.idle_timeout = idle_timeout
         self.max_unfinished = max_unfinished
@@ -484,20 +543,26 @@ class Server:
 async def start_server(handler, host: str, port: int, *, max_frame: int = codec.MAX_FRAME_DEFAULT,
                        max_inflight: int = DEFAULT_MAX_INFLIGHT, backlog: int = 1024,
                        idle_timeout: float = DEFAULT_IDLE_TIMEOUT, max_unfinished: int = DEFAULT_MAX_UNFINISHED,
-                       high_water: int = HIGH_WATER, ssl=None) -> Server:
+                       high_water: int = HIGH_WATER, access=None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                       peer_reserve: int = 0, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                       ssl=None) -> Server:
     """Listen on host:port (0 picks a free port) and serve the native protocol with ``handler``.
 
     ``idle_timeout`` (seconds, 0 for none): close connections that send no complete frame for that long.
     ``max_unfinished``: bytes of not yet complete frames held for all connections together; a connection that
     takes them past it is refused. ``high_water``: unsent reply bytes per connection above which it is no
-    longer read or answered until the peer reads. ``ssl``: an SSLContext to serve TLS with; a connection that
-    does not finish its handshake within SSL_HANDSHAKE_TIMEOUT seconds is closed.
+    longer read or answered until the peer reads. ``access``: who may send what (None: everyone everything).
+    ``max_connections``: connections open at once; more are closed at once with an OVERLOADED error. With a
+    cluster secret, the last ``peer_reserve`` of them are for peers: such a connection must log in as a peer
+    within ``handshake_timeout`` seconds and may do nothing else. ``ssl``: an SSLContext to serve TLS with; a
+    connection that does not finish its TLS handshake within SSL_HANDSHAKE_TIMEOUT seconds is closed.
     """
     loop = asyncio.get_running_loop()
-    server = Server(host, idle_timeout=idle_timeout, max_unfinished=max_unfinished)
+    server = Server(host, idle_timeout=idle_timeout, max_unfinished=max_unfinished, access=access,
+                    max_connections=max_connections, peer_reserve=peer_reserve, handshake_timeout=handshake_timeout)
     server._server = await loop.create_server(
         lambda: ServerProtocol(server, handler, max_frame=max_frame, max_inflight=max_inflight,
-                               high_water=high_water),
+                               high_water=high_water, access=access),
         host, port, backlog=backlog, reuse_address=True,
         ssl=ssl, ssl_handshake_timeout=SSL_HANDSHAKE_TIMEOUT if ssl is not None else None,
     )
@@ -506,4 +571,22 @@ async def start_server(handler, host: str, port: int, *, max_frame: int = codec.
     return server
 
 
-__all__ = ["start_server", "Server", "ServerStats", "ServerConnection", "ServerProtocol"]
+def descriptor_budget(reserved: int = 256) -> int:
+    """How many connections this process can hold: its descriptor limit (raised to the hard limit, at most
+    65536, when allowed) less ``reserved`` for data files, outgoing peer connections and the HTTP side."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(16, soft - reserved)
+
+
+__all__ = ["descriptor_budget", "start_server", "Server", "ServerStats", "ServerConnection", "ServerProtocol"]

@@ -1,1 +1,1 @@
-"""Security: TLS contexts and development certificates (and, beside them, authentication)."""
+"""Who may talk to a node, and how: the cluster secret, users and roles, TLS."""
