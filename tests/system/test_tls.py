@@ -1,6 +1,7 @@
 """TLS end to end: real node processes with certificates from `dynafast certs`, real handshakes."""
 import asyncio
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -13,11 +14,13 @@ import pytest
 
 from dynafast import AsyncClient, Client
 from dynafast._impl import ring as rings, vclock as versions
-from dynafast.errors import DynafastError, Unavailable
-from dynafast.net.blocking import BlockingConnection
+from dynafast.errors import AuthenticationFailed, DynafastError, Unavailable
+from dynafast.net.connection import Connection
 from dynafast.net.messages import Msg
+from dynafast.security.access import login_peer, read_secrets, write_secret
 from dynafast.security.certs import write_dev_certs
 from dynafast.security.tls import client_context
+from dynafast.security.users import Users
 from dynafast.testing.cluster import LocalCluster, NodeProcess, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -52,8 +55,14 @@ def tls(certs):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, certs, tls):
-    # The CA goes to every node through extra_args; each node serves its own certificate.
-    c = LocalCluster(3, base_dir=tmp_path_factory.mktemp("tls"), extra_args=["--tls-ca", str(certs / "ca.pem")])
+    # The CA and the cluster secret go to every node through extra_args; each node serves its own certificate.
+    # Peers log in to each other (the secret's handshake) inside TLS.
+    base = tmp_path_factory.mktemp("tls")
+    secret = base / "secret"
+    write_secret(secret)
+    c = LocalCluster(3, base_dir=base / "c",
+                     extra_args=["--tls-ca", str(certs / "ca.pem"), "--secret-file", str(secret)])
+    c.secret = secret
     for node in c.nodes:
         node.args += ["--tls-cert", str(certs / f"{node.node_id}.pem"),
                       "--tls-key", str(certs / f"{node.node_id}-key.pem")]
@@ -72,14 +81,24 @@ def cluster(tmp_path_factory, certs, tls):
         yield c
 
 
-def replica_copy(address, key, tls):
-    """What one node stores for ``key`` as a primary, read straight from it over TLS."""
-    host, port = address.rsplit(":", 1)
-    with BlockingConnection(host, int(port), 5.0, ssl=tls) as conn:
-        _, fields = conn.call(Msg.RING_GET, (), 5.0)
-        ring = rings.Ring.from_bytes(fields[0])
-        _, reply = conn.call(Msg.REPLICA_GET, (ring.partition_of(key), key, None), 5.0)
-    return None if reply[0] is None else versions.Siblings.from_bytes(reply[0])
+def replica_copies(address, keys, tls, secret):
+    """What one node stores for each of ``keys`` as a primary, read straight from it over TLS, logged in as
+    a peer (replica reads are internal messages)."""
+    async def read():
+        host, port = address.rsplit(":", 1)
+        conn = await Connection.open(host, int(port), ssl=tls, timeout=5.0)
+        try:
+            await login_peer(conn, "tester", read_secrets(secret), 5.0)
+            _, fields = await conn.call(Msg.RING_GET, (), 5.0)
+            ring = rings.Ring.from_bytes(fields[0])
+            copies = []
+            for key in keys:
+                _, reply = await conn.call(Msg.REPLICA_GET, (ring.partition_of(key), key, None), 5.0)
+                copies.append(None if reply[0] is None else versions.Siblings.from_bytes(reply[0]).live_values())
+            return copies
+        finally:
+            await conn.close()
+    return asyncio.run(read())
 
 
 def test_puts_and_gets_over_tls_replicate_to_every_replica(cluster, tls):
@@ -88,12 +107,13 @@ def test_puts_and_gets_over_tls_replicate_to_every_replica(cluster, tls):
             client.put(b"tls-%d" % i, b"value-%d" % i)
         for i in range(20):
             assert client.get(b"tls-%d" % i).values == [b"value-%d" % i]
+        assert client.status()["security"]["peer_secret"]
     # n=3 on 3 nodes: every node holds every key, and the copies travelled between nodes over TLS (the nodes
     # serve nothing else).
+    keys = [b"tls-%d" % i for i in range(20)]
+    expected = [[b"value-%d" % i] for i in range(20)]
     for address in cluster.addresses:
-        assert wait_for(lambda: all(
-            (copy := replica_copy(address, b"tls-%d" % i, tls)) is not None
-            and copy.live_values() == [b"value-%d" % i] for i in range(20))), address
+        assert wait_for(lambda: replica_copies(address, keys, tls, cluster.secret) == expected), address
 
 
 def test_async_client_over_tls(cluster, tls):
@@ -216,3 +236,33 @@ def test_a_key_that_does_not_fit_the_certificate_stops_the_node_with_a_clear_err
     result = cli("node", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "d"),
                  "--tls-cert", str(certs / "n1.pem"), "--tls-key", str(tmp_path / "missing.pem"))
     assert result.returncode == 1 and "missing.pem" in result.stderr
+
+
+def test_users_log_in_over_tls(certs, tls, tmp_path):
+    # The public surface: Client(nodes, username=..., password=..., tls=...), blocking and async, and the CLI.
+    users = Users(tmp_path / "users.json", must_exist=False)
+    users.add("alice", "alice's password", "readwrite")
+    node = NodeProcess("u1", tmp_path / "u1", args=["--n", "1", "--r", "1", "--w", "1",
+                                                    "--users-file", str(tmp_path / "users.json"),
+                                                    "--tls-cert", str(certs / "n1.pem"),
+                                                    "--tls-key", str(certs / "n1-key.pem")])
+    node.start()
+    try:
+        with Client([node.address], username="alice", password="alice's password", tls=tls) as client:
+            client.put(b"k", b"v")
+            assert client.get(b"k").values == [b"v"]
+        with Client([node.address], username="alice", password="wrong", tls=tls) as client:
+            with pytest.raises(AuthenticationFailed):
+                client.get(b"k")
+
+        async def async_get():
+            async with AsyncClient([node.address], username="alice", password="alice's password", tls=tls) as c:
+                return (await c.get(b"k")).values
+
+        assert asyncio.run(async_get()) == [b"v"]
+        result = subprocess.run([sys.executable, "-m", "dynafast.cli", "get", "k", "--cluster", node.address,
+                                 "--user", "alice", "--tls-ca", str(certs / "ca.pem")], capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "DYNAFAST_PASSWORD": "alice's password"})
+        assert result.returncode == 0 and result.stdout == "v\n", result.stderr
+    finally:
+        node.stop()
