@@ -20,6 +20,9 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds")
     parser.add_argument("--user", default=os.environ.get("DYNAFAST_USER"),
                         help="log in as this user (password from DYNAFAST_PASSWORD, or asked for)")
+    parser.add_argument("--tls-ca", metavar="PEM", default=os.environ.get("DYNAFAST_TLS_CA") or None,
+                        help="connect over TLS, checking the nodes' certificates against this CA "
+                             "(default: $DYNAFAST_TLS_CA; none: plain TCP)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "the port may do anything)")
     node.add_argument("--users-file", metavar="PATH",
                       help="users file (dynafast user add): every request but /health then needs a user")
+    node.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
+    node.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    node.add_argument("--tls-ca", metavar="PEM", help="CA that peers' (and clients') certificates must verify against")
+
+    certs = verbs.add_parser("certs", help="write a development CA and node certificates",
+                             description="Write a development CA (ca.pem, ca-key.pem), a certificate and key per "
+                                         "node (NODE.pem, NODE-key.pem) and a client certificate into DIR. "
+                                         "EC P-256 keys, written with mode 0600.")
+    certs.add_argument("dir", metavar="DIR")
+    certs.add_argument("--hosts", default="127.0.0.1,localhost",
+                       help="host names and IP addresses the nodes are reached at, comma-separated: every node "
+                            "certificate names them all (default: %(default)s)")
+    certs.add_argument("--nodes", default="n1,n2,n3", help="node names, comma-separated (default: %(default)s)")
+    certs.add_argument("--days", type=int, default=365, help="validity in days (default: %(default)s)")
+    certs.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
 
     local = verbs.add_parser("local", help="run a local cluster of node processes",
                              description="Start a cluster of real node processes on 127.0.0.1; Ctrl-C stops it.")
@@ -162,6 +180,9 @@ def cmd_node(args) -> int:
         "secret_file": args.secret_file,
         "insecure": args.insecure,
         "users_file": args.users_file,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_ca": args.tls_ca,
     }
     config = NodeConfig.load(args.config, **overrides)
     return run_node(config)
@@ -293,6 +314,18 @@ def _wait_settled(address: str, members: int, login: dict | None = None, timeout
     raise DynafastError(f"the cluster did not settle within {timeout:.0f}s")
 
 
+def cmd_certs(args) -> int:
+    from dynafast.security.certs import write_dev_certs
+
+    def items(text):
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+    for path in write_dev_certs(args.dir, hosts=items(args.hosts), nodes=items(args.nodes), days=args.days,
+                                force=args.force):
+        print(path)
+    return 0
+
+
 def _password(user: str) -> str:
     password = os.environ.get("DYNAFAST_PASSWORD")
     if password is None:
@@ -308,7 +341,12 @@ def _client(args):
     credentials = {}
     if args.user:
         credentials = {"username": args.user, "password": _password(args.user)}
-    return Client(args.cluster.split(","), timeout=args.timeout, **credentials)
+    tls = None
+    if args.tls_ca:
+        from dynafast.security.tls import client_context
+
+        tls = client_context(args.tls_ca)
+    return Client(args.cluster.split(","), timeout=args.timeout, tls=tls, **credentials)
 
 
 def cmd_put(args) -> int:
@@ -434,6 +472,7 @@ VERBS = {
     "leave": cmd_leave,
     "user": cmd_user,
     "bench": cmd_bench,
+    "certs": cmd_certs,
 }
 
 if __name__ == "__main__":

@@ -236,12 +236,15 @@ class _ClientOptions:
     is sent (the defaults are the node's; a node configured lower refuses with the same errors).
     ``username``, ``password``: log every connection in as this user (nodes with a users file require it;
     AuthenticationFailed when refused).
+    ``tls``: an SSLContext (``dynafast.security.tls.client_context(ca)``) to reach TLS nodes with; each node's
+    certificate must verify and name the host of its address.
     """
 
     def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
                  r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True,
                  max_key_size: int = DEFAULT_MAX_KEY_SIZE, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-                 username: str | None = None, password: str | None = None):
+                 username: str | None = None, password: str | None = None,
+                 tls=None):
         if isinstance(nodes, str):
             nodes = nodes.split(",")
         if (username is None) != (password is None):
@@ -250,6 +253,7 @@ class _ClientOptions:
         self._password = password
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.tls = tls
         self.defaults = {"r": r, "w": w, "dw": dw}
         room = _impl.codec.MAX_FRAME_DEFAULT - _FRAME_ROOM
         self.max_key_size = _check_limit("max_key_size", max_key_size, room)
@@ -300,7 +304,8 @@ class Client(_ClientOptions):
             conn = self._conns.get(address)
             if conn is None:
                 host, port = parse_address(address)
-                conn = BlockingConnection(host, port, self.connect_timeout, login=self._login)
+                conn = BlockingConnection(host, port, self.connect_timeout, login=self._login,
+                                          ssl=self.tls)
                 self._conns[address] = conn
                 self._locks[address] = threading.Lock()
             return conn, self._locks[address]
@@ -465,7 +470,7 @@ class AsyncClient(_ClientOptions):
 
                 username, password = self.username, self._password
                 login = lambda conn, timeout: login_user(conn, username, password, timeout)  # noqa: E731
-            self._pool = PeerPool(connect_timeout=self.connect_timeout, login=login)
+            self._pool = PeerPool(connect_timeout=self.connect_timeout, login=login, ssl=self.tls)
         return self._pool
 
     async def _call(self, address: str, msg_type, fields, timeout: float):

@@ -76,6 +76,11 @@ class NodeConfig:
     metrics_auth: bool = False  # /metrics needs a user (role read) too
     # peer_routes: node id -> "host:port" to use instead of that peer's advertised address
     peer_routes: dict[str, str] = field(default_factory=dict)
+    # TLS on the native port and HTTP (PEM files; see docs/security.md): certificate and key, and the CA that
+    # peers' certificates (and client certificates, when presented) must verify against
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
 
     def __post_init__(self):
         if not self.node_id:
@@ -130,6 +135,17 @@ class NodeConfig:
             parse_address(self.http)
         for seed in self.seeds:
             parse_address(seed)
+        self._validate_tls()
+
+    def _validate_tls(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_ca and not self.tls_cert:
+            raise ValueError("tls_ca is the CA of a TLS node: it needs tls_cert and tls_key too")
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{name}: {path} is not a file")
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> "NodeConfig":

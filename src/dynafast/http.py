@@ -187,7 +187,8 @@ class NodeMetrics:
         return generate_latest(self.registry)
 
 
-async def start_http(node: NodeView, address: str) -> web.AppRunner:
+async def start_http(node: NodeView, address: str, ssl=None) -> web.AppRunner:
+    """Serve the node's HTTP side on ``address`` (HTTPS with ``ssl``, an SSLContext)."""
     metrics = NodeMetrics(node)
 
     async def health(request):
@@ -239,5 +240,5 @@ async def start_http(node: NodeView, address: str) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = parse_address(address)
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, ssl_context=ssl).start()
     return runner

@@ -39,6 +39,7 @@ from dynafast.net.messages import Msg, parser
 from dynafast.net.server import descriptor_budget, start_server
 from dynafast.security.access import Access, peer_login, protected_mode, read_secrets
 from dynafast.security.users import Users
+from dynafast.security.tls import node_contexts
 
 log = logging.getLogger("dynafast.node")
 
@@ -66,6 +67,9 @@ class Node:
         self.node_id = config.node_id
         self.env = env
         self.clock = env.clock
+        # TLS (when configured) on the port we serve, on HTTP, and on every connection to a peer. First: a bad
+        # certificate or key file stops the start before anything is opened.
+        self.tls_server, tls_peers = node_contexts(config)
         # Client users, read before anything is opened: a missing or damaged file stops the start, never opens
         # the node to everyone.
         self.users = Users(config.users_file) if config.users_file else None
@@ -91,7 +95,7 @@ class Node:
         secrets = read_secrets(config.secret_file) if config.secret_file else []
         self.access = Access(self.node_id, secrets=secrets, users=self.users)
         login = peer_login(self.node_id, secrets) if secrets else None
-        self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout, login=login)
+        self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout, login=login, ssl=tls_peers)
         self.vnodes = vnodes = Vnodes(self.store, versions, clock=env.clock)
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)
         vnodes.on_write = self.trees.on_write
@@ -166,12 +170,12 @@ class Node:
                                   idle_timeout=self.config.idle_timeout,
                                   max_unfinished=self.config.max_unfinished_frames, access=self.access,
                                   max_connections=self.config.max_connections or descriptor_budget(),
-                                  peer_reserve=self.config.peer_reserve)
+                                  peer_reserve=self.config.peer_reserve, ssl=self.tls_server)
         await self.membership.start()
         if self.config.http and self.env.http:
             from dynafast.http import start_http
 
-            self.http = await start_http(self.http_view(), self.config.http)
+            self.http = await start_http(self.http_view(), self.config.http, ssl=self.tls_server)
         self._tasks.append(asyncio.create_task(self._handoff_loop()))
         self.reaper.start()
         self.antientropy.start()

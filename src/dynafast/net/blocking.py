@@ -1,9 +1,10 @@
 """A blocking-socket connection for synchronous callers (the synchronous Client, scripts, tests)."""
 import socket
+import ssl as _ssl
 import time
 
 from dynafast._impl import codec
-from dynafast.errors import ProtocolError, Timeout, Unavailable
+from dynafast.errors import DynafastError, ProtocolError, Timeout, Unavailable
 from dynafast.net.messages import Msg, error_from_fields
 
 DEFAULT_TIMEOUT = 5.0
@@ -22,10 +23,12 @@ class BlockingConnection:
     """
 
     def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, *,
-                 max_frame: int = codec.MAX_FRAME_DEFAULT, login=None):
+                 max_frame: int = codec.MAX_FRAME_DEFAULT, login=None,
+                 ssl: _ssl.SSLContext | None = None):
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.ssl = ssl  # TLS, with the server's certificate checked against ``host``
         self._decoder = codec.Decoder(max_frame)
         self._replies = {}  # request id -> (type, fields) that arrived while waiting for another one
         self._abandoned = set()  # ids of timed-out requests whose late replies are to be dropped
@@ -53,17 +56,45 @@ class BlockingConnection:
         except OSError as exc:
             raise Unavailable(f"cannot connect to {host}:{port}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+        if self.ssl is None:
+            return sock
+        try:
+            return self.ssl.wrap_socket(sock, server_hostname=host)  # the handshake, within the socket's timeout
+        except socket.timeout:
+            sock.close()
+            raise Unavailable(f"TLS handshake with {host}:{port} timed out after {self.timeout}s") from None
+        except OSError as exc:  # a certificate that does not verify, a server that does not speak TLS
+            sock.close()
+            raise Unavailable(f"cannot connect to {host}:{port}: {exc}") from None
 
     def _closed_by_server(self) -> bool:
         """True when the server has closed the connection (nothing of ours is in flight when this is asked)."""
         self._sock.setblocking(False)  # with a timeout set, recv would wait for data first; call_many resets it
+        if self.ssl is not None:
+            return self._tls_closed_by_server()
         try:
             return not self._sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
             return False
         except OSError:
             return True
+
+    def _tls_closed_by_server(self) -> bool:
+        # TLS cannot peek (raw bytes may be a session ticket or the server's close notice): read instead, and
+        # keep what arrives (late replies of abandoned requests).
+        try:
+            data = self._sock.recv(_RECV_SIZE)
+        except (BlockingIOError, _ssl.SSLWantReadError):
+            return False
+        except OSError:
+            return True
+        if not data:
+            return True
+        try:
+            self._receive(data)
+        except DynafastError:
+            return True
+        return False
 
     @property
     def closed(self) -> bool:
@@ -91,8 +122,7 @@ class BlockingConnection:
         now = time.monotonic()
         if now - self._last_used > _IDLE_CHECK_SECONDS and self._closed_by_server():
             # Closed while idle: nothing was lost, so a new connection takes the requests.
-            self._sock.close()
-            self._sock = None
+            self.close()
             self._decoder = codec.Decoder(self._decoder.max_frame)
             self._abandoned.clear()
             self._sock = self._connect()
@@ -131,25 +161,29 @@ class BlockingConnection:
             if not data:
                 self.close()
                 raise Unavailable(f"{self.host}:{self.port} closed the connection")
-            try:
-                frames = self._decoder.feed(data)
-            except ProtocolError as exc:
-                self.close()
-                raise Unavailable(f"connection to {self.host}:{self.port} broke: {exc}") from None
-            for msg_type, rid, fields in frames:
-                if rid == 0 and msg_type == Msg.ERROR:
-                    self.close()
-                    raise error_from_fields(fields)
-                if rid in self._abandoned:
-                    self._abandoned.discard(rid)
-                    continue
-                self._replies[rid] = (msg_type, fields)
+            self._receive(data)
         msg_type, fields = self._replies.pop(request_id)
         if isinstance(fields, ProtocolError):
             return fields
         if msg_type == Msg.ERROR:
             return error_from_fields(fields)
         return msg_type, fields
+
+    def _receive(self, data):
+        """Decode ``data`` and keep the replies someone waits for."""
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self.close()
+            raise Unavailable(f"connection to {self.host}:{self.port} broke: {exc}") from None
+        for msg_type, rid, fields in frames:
+            if rid == 0 and msg_type == Msg.ERROR:
+                self.close()
+                raise error_from_fields(fields)
+            if rid in self._abandoned:
+                self._abandoned.discard(rid)
+                continue
+            self._replies[rid] = (msg_type, fields)
 
     def close(self):
         if self._sock is not None:

@@ -156,12 +156,19 @@ class Connection:
 
     @classmethod
     async def open(cls, host: str, port: int, *, timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                   max_frame: int = codec.MAX_FRAME_DEFAULT) -> "Connection":
-        """Connect; raises Unavailable when the peer refuses or does not answer within ``timeout``."""
+                   max_frame: int = codec.MAX_FRAME_DEFAULT, ssl=None,
+                   server_hostname: str | None = None) -> "Connection":
+        """Connect; raises Unavailable when the peer refuses or does not answer within ``timeout``.
+
+        ``ssl``: an SSLContext to speak TLS with; the peer's certificate must name ``server_hostname`` (default
+        ``host``). A handshake that fails (a certificate that does not verify) raises Unavailable saying why.
+        """
         loop = asyncio.get_running_loop()
+        tls = {} if ssl is None else {"ssl": ssl, "server_hostname": server_hostname or host}
         try:
             async with asyncio.timeout(timeout):
-                _, protocol = await loop.create_connection(lambda: _ClientProtocol(loop, max_frame), host, port)
+                _, protocol = await loop.create_connection(lambda: _ClientProtocol(loop, max_frame), host, port,
+                                                           **tls)
         except TimeoutError:
             raise Unavailable(f"connecting to {host}:{port} timed out after {timeout}s") from None
         except OSError as exc:
@@ -241,13 +248,15 @@ class PeerPool:
     """
 
     def __init__(self, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, connections_per_peer: int = 1,
-                 max_frame: int = codec.MAX_FRAME_DEFAULT, login=None):
+                 max_frame: int = codec.MAX_FRAME_DEFAULT, login=None,
+                 ssl=None):
         if connections_per_peer < 1:
             raise ValueError("connections_per_peer must be at least 1")
         self.connect_timeout = connect_timeout
         self.connections_per_peer = connections_per_peer
         self.max_frame = max_frame
         self.login = login
+        self.ssl = ssl  # an SSLContext: every connection speaks TLS, checked against the host part of its address
         self._slots = {}  # address -> list of (Connection | Task opening one | None)
         self._turn = {}  # address -> next slot to use
         self._closed = False
@@ -299,7 +308,7 @@ class PeerPool:
 
     async def _open(self, address, timeout):
         host, port = parse_address(address)
-        conn = await Connection.open(host, port, timeout=timeout, max_frame=self.max_frame)
+        conn = await Connection.open(host, port, timeout=timeout, max_frame=self.max_frame, ssl=self.ssl)
         if self.login is not None:
             try:
                 await self.login(conn, max(timeout, self.connect_timeout))

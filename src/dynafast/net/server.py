@@ -33,6 +33,9 @@ SMALL_UNFINISHED = 64 * 1024  # a connection holding no more than this of a fram
 DEFAULT_MAX_CONNECTIONS = 10000
 HANDSHAKE_TIMEOUT = 10.0  # seconds a connection in the peers' reserve has to log in as a peer
 _OPEN = frozenset(range(256))  # every message type the codec can carry: a server without access control
+# A TLS connection is ours only once its handshake is done (no idle timeout applies before): one that never
+# finishes it is closed after this many seconds.
+SSL_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclasses.dataclass
@@ -453,7 +456,7 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
                 self._release()
 
     def close(self):
-        if self._transport is not None:
+        if self._transport is not None and not self._transport.is_closing():
             self._flush()
             self._transport.close()
 
@@ -461,7 +464,9 @@ class ServerProtocol(ServerConnection, asyncio.Protocol):
         """Close a connection that sent nothing complete for the idle timeout (unsent replies are dropped:
         a peer that does not read would keep them, and the connection, forever)."""
         transport = self._transport
-        if transport is None:
+        # Closing already (a TLS connection stays until its shutdown completes): asyncio's TLS transport
+        # drops its protocol on a second close, and then fails every call.
+        if transport is None or transport.is_closing():
             return
         self.stats.idle_closed += 1
         log.info("closing connection from %s: idle", self.peername)
@@ -539,7 +544,8 @@ async def start_server(handler, host: str, port: int, *, max_frame: int = codec.
                        max_inflight: int = DEFAULT_MAX_INFLIGHT, backlog: int = 1024,
                        idle_timeout: float = DEFAULT_IDLE_TIMEOUT, max_unfinished: int = DEFAULT_MAX_UNFINISHED,
                        high_water: int = HIGH_WATER, access=None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                       peer_reserve: int = 0, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> Server:
+                       peer_reserve: int = 0, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                       ssl=None) -> Server:
     """Listen on host:port (0 picks a free port) and serve the native protocol with ``handler``.
 
     ``idle_timeout`` (seconds, 0 for none): close connections that send no complete frame for that long.
@@ -548,7 +554,8 @@ async def start_server(handler, host: str, port: int, *, max_frame: int = codec.
     longer read or answered until the peer reads. ``access``: who may send what (None: everyone everything).
     ``max_connections``: connections open at once; more are closed at once with an OVERLOADED error. With a
     cluster secret, the last ``peer_reserve`` of them are for peers: such a connection must log in as a peer
-    within ``handshake_timeout`` seconds and may do nothing else.
+    within ``handshake_timeout`` seconds and may do nothing else. ``ssl``: an SSLContext to serve TLS with; a
+    connection that does not finish its TLS handshake within SSL_HANDSHAKE_TIMEOUT seconds is closed.
     """
     loop = asyncio.get_running_loop()
     server = Server(host, idle_timeout=idle_timeout, max_unfinished=max_unfinished, access=access,
@@ -557,6 +564,7 @@ async def start_server(handler, host: str, port: int, *, max_frame: int = codec.
         lambda: ServerProtocol(server, handler, max_frame=max_frame, max_inflight=max_inflight,
                                high_water=high_water, access=access),
         host, port, backlog=backlog, reuse_address=True,
+        ssl=ssl, ssl_handshake_timeout=SSL_HANDSHAKE_TIMEOUT if ssl is not None else None,
     )
     if idle_timeout:
         server._idle_timer = loop.call_later(idle_timeout / 2, server._check_idle)
