@@ -4,12 +4,16 @@ durable). Measures whichever checkout is on PYTHONPATH: run it from two checkout
 
     PYTHONPATH=src python3 benchmarks/request_path.py
 """
-import asyncio, tempfile, time
+import asyncio
+import tempfile
+import time
+
 from dynafast._impl import codec
 from dynafast.config import NodeConfig
 from dynafast.node import Node
 from dynafast.net.messages import Msg
 from dynafast.net.server import ServerConnection
+
 
 async def main():
     tmp = tempfile.mkdtemp()
