@@ -30,8 +30,9 @@ DEFAULT_PAGE_BYTES = 1 << 20
 _BATCH_CHUNK = 256  # requests per pipelined write
 _BATCH_CONCURRENCY = 256  # an AsyncClient's requests in flight per batch
 
-# A replica that could not serve the page; another replica of the partition may.
-_OTHER_REPLICA = (WrongNode, ScanIncomplete, CorruptionError, StoreClosed, Unavailable, Timeout)
+# A replica that could not serve the page; another replica of the partition may (a ProtocolError too: a node that
+# sent what we cannot read, or does not know SCAN_PAGE; the last one is raised when no replica serves).
+_OTHER_REPLICA = (WrongNode, ScanIncomplete, CorruptionError, StoreClosed, Unavailable, Timeout, ProtocolError)
 
 
 class _Walk:
@@ -58,6 +59,9 @@ class _Walk:
         self.plan: dict[int, str] = {}
         self._plan_ring = None
         self._decode = _impl.vclock.Siblings.from_bytes
+        from dynafast.client import GetResult  # here: the client module imports this one
+
+        self._result = GetResult
 
     def begin(self, ring) -> None:
         if self.partitions is None:
@@ -81,6 +85,10 @@ class _Walk:
         if partition >= self.partitions:
             return None
         return encode_cursor(self.partitions, partition, after, self.prefix)
+
+    def wants_more(self) -> bool:
+        """Whether a page beyond those fetched may be needed (so worth reading ahead)."""
+        return not self.exhausted and (self.remaining is None or len(self.page) < self.remaining)
 
     def request(self) -> ScanPage:
         size = self.page_size if self.remaining is None else min(self.page_size, self.remaining)
@@ -119,12 +127,10 @@ class _Walk:
         """The next (key, GetResult) fetched, or None when a page must be fetched (or the scan is over)."""
         if not self.page or self.remaining == 0:
             return None
-        from dynafast.client import GetResult
-
         key, raw = self.page.popleft()
         try:
             siblings = self._decode(raw)
-            result = GetResult(list(dict.fromkeys(siblings.live_values())), siblings.context())
+            result = self._result(list(dict.fromkeys(siblings.live_values())), siblings.context())
         except (ProtocolError, ValueError) as exc:
             raise ProtocolError(f"{address}: a scanned object of {key!r} does not decode: {exc}") from None
         if self.remaining is not None:
@@ -134,13 +140,17 @@ class _Walk:
 
 
 class Scan:
-    """A scan of a blocking Client: iterate for ``(key, GetResult)``; ``cursor`` resumes it (None when done)."""
+    """A scan of a blocking Client: iterate for ``(key, GetResult)``; ``cursor`` resumes it (None when done).
+
+    While the caller works through one page the next is already being fetched (one request ahead, on a shared
+    thread): the node builds a page while the client decodes the last one."""
 
     def __init__(self, client, walk: _Walk, timeout: float):
         self._client = client
         self._walk = walk
         self._timeout = timeout
         self._address = "node"
+        self._ahead = None  # the Future of the next page's (address, reply)
 
     @property
     def cursor(self) -> bytes | None:
@@ -155,11 +165,19 @@ class Scan:
             item = walk.next_item(self._address)
             if item is not None:
                 return item
-            if walk.exhausted:
+            if self._ahead is not None:
+                ahead, self._ahead = self._ahead, None
+                self._address, reply = ahead.result()
+            elif walk.exhausted:
                 raise StopIteration
-            self._fetch()
+            else:
+                self._address, reply = self._fetch()
+            walk.take(reply, self._address)
+            if walk.wants_more():
+                self._ahead = _reader().submit(self._fetch)
 
-    def _fetch(self) -> None:
+    def _fetch(self):
+        """``(address, reply)`` of the next page, from the first replica of its partition that can serve it."""
         client, walk = self._client, self._walk
         routing = client._routing
         deadline = time.monotonic() + self._timeout * 2
@@ -176,27 +194,36 @@ class Scan:
             walk.begin(routing.ring)
             for address in walk.addresses(routing):
                 try:
-                    reply = client._call(address, Msg.SCAN_PAGE, walk.request(), self._timeout)
+                    return address, client._call(address, Msg.SCAN_PAGE, walk.request(), self._timeout)
                 except _OTHER_REPLICA as exc:
                     last = exc
-                    continue
-                self._address = address
-                walk.take(reply, address)
-                return
             if time.monotonic() + pause > deadline:
                 raise _no_replica(walk, last)
             time.sleep(pause)  # a ring change in progress settles, a down node is noticed
             pause = min(pause * 2, 1.0)
 
 
+_readers = None
+
+
+def _reader() -> ThreadPoolExecutor:
+    """The threads that fetch blocking scans' next pages (shared: a scan left unfinished holds none)."""
+    global _readers
+    if _readers is None:
+        _readers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dynafast-scan")
+    return _readers
+
+
 class AsyncScan:
-    """A scan of an AsyncClient: ``async for key, result in scan``; ``cursor`` as for Scan."""
+    """A scan of an AsyncClient: ``async for key, result in scan``; ``cursor`` as for Scan; one page read ahead
+    as there. ``aclose()`` drops the page being read ahead when the scan is left unfinished."""
 
     def __init__(self, client, walk: _Walk, timeout: float):
         self._client = client
         self._walk = walk
         self._timeout = timeout
         self._address = "node"
+        self._ahead: asyncio.Task | None = None
 
     @property
     def cursor(self) -> bytes | None:
@@ -211,11 +238,24 @@ class AsyncScan:
             item = walk.next_item(self._address)
             if item is not None:
                 return item
-            if walk.exhausted:
+            if self._ahead is not None:
+                ahead, self._ahead = self._ahead, None
+                self._address, reply = await ahead
+            elif walk.exhausted:
                 raise StopAsyncIteration
-            await self._fetch()
+            else:
+                self._address, reply = await self._fetch()
+            walk.take(reply, self._address)
+            if walk.wants_more():
+                self._ahead = asyncio.ensure_future(self._fetch())
+                self._ahead.add_done_callback(_retrieved)
 
-    async def _fetch(self) -> None:
+    async def aclose(self) -> None:
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+
+    async def _fetch(self):
         client, walk = self._client, self._walk
         routing = client._routing
         deadline = time.monotonic() + self._timeout * 2
@@ -232,17 +272,19 @@ class AsyncScan:
             walk.begin(routing.ring)
             for address in walk.addresses(routing):
                 try:
-                    reply = await client._call(address, Msg.SCAN_PAGE, walk.request(), self._timeout)
+                    return address, await client._call(address, Msg.SCAN_PAGE, walk.request(), self._timeout)
                 except _OTHER_REPLICA as exc:
                     last = exc
-                    continue
-                self._address = address
-                walk.take(reply, address)
-                return
             if time.monotonic() + pause > deadline:
                 raise _no_replica(walk, last)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    """A page read ahead for a scan left unfinished: its error is nobody's (``__anext__`` raises it otherwise)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _no_replica(walk: _Walk, last) -> DynafastError:
@@ -302,10 +344,14 @@ def run_batch(client, requests, timeout: float | None) -> dict:
                 conn, lock = client._conn(address)
                 with lock:
                     replies = conn.call_many([(m, f) for _, m, f in chunk], timeout + 1.0, return_exceptions=True)
-            except (Unavailable, ProtocolError, OSError):
+            except (Unavailable, ProtocolError, OSError) as exc:
                 client._drop(address)
                 routing.failed(address)
-                again.extend(chunk)  # as a single request does: try the key's other nodes
+                for item in chunk:  # as a single request does: try the key's other nodes, but never write twice
+                    if isinstance(exc, ProtocolError) and item[1] != Msg.GET:
+                        out[item[0]] = exc
+                    else:
+                        again.append(item)
                 continue
             except DynafastError as exc:  # a timeout: the node is there, but the chunk's outcome is unknown
                 out.update((key, exc) for key, _, _ in chunk)

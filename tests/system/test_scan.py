@@ -291,3 +291,26 @@ def test_status_reports_scans_as_json(loaded):
         status = client.status()
     json.dumps(status["scans"])
     assert set(status["scans"]) == {"pages", "keys", "bytes", "refused"}
+
+
+def test_a_scan_reads_around_a_node_that_is_repairing_after_losing_its_data(tmp_path):
+    """n3 comes back with an empty data directory and repairs its vnodes slowly (anti-entropy throttled): its
+    vnodes with holes must not answer for their partitions; the scan reads the other replicas instead."""
+    args = fast_config(tmp_path, ae_interval=0.0, ae_bytes_per_second=20000)
+    with LocalCluster(3, base_dir=tmp_path / "c", extra_args=args) as c:
+        with Client(c.addresses, timeout=10.0) as client:
+            wait_members(client, 3)
+            keys = {b"r:%05d" % i for i in range(3000)}
+            assert all(e is None for e in client.put_many([(k, b"x" * 1000) for k in keys], w=3).values())
+        n3 = c.node("n3")
+        n3.stop()
+        n3.wipe()
+        n3.restart()
+        with Client([n3.address], timeout=5.0) as direct:
+            assert wait_for(lambda: direct.status(n3.address)["repair"]["vnodes_repairing"] > 0, 30, 0.1)
+        with Client(c.addresses, timeout=5.0) as client:
+            seen = [k for k, _ in client.scan(prefix=b"r:")]
+            status = client.status(n3.address)
+        assert status["repair"]["vnodes_repairing"] > 0, "n3 finished repairing before the scan: nothing tested"
+        assert len(seen) == len(set(seen)) and set(seen) == keys, f"{len(keys - set(seen))} keys missed"
+        assert status["scans"]["refused"] > 0
