@@ -139,7 +139,8 @@ def loaded(tmp_path_factory):
         c.node("n1").restart()
         with Client(c.addresses, timeout=10.0) as client:
             wait_members(client, 3, timeout=60)
-            items = [(b"a:%04d" % i, b"A%d" % i) for i in range(600)] + [(b"b:%04d" % i, b"B%d" % i) for i in range(400)]
+            items = [(b"a:%04d" % i, b"A%d" % i) for i in range(600)]
+            items += [(b"b:%04d" % i, b"B%d" % i) for i in range(400)]
             assert all(e is None for e in client.put_many(items, w=3).values())
             for i in range(0, 600, 50):
                 client.delete(b"a:%04d" % i, w=3)
