@@ -7,6 +7,7 @@ from dynafast.errors import (
     NotPermitted,
     ProtocolError,
     QuorumNotMet,
+    ScanIncomplete,
     StorageFull,
     StoreClosed,
     StoreLocked,
@@ -55,4 +56,5 @@ __all__ = [
     "TooManySiblings",
     "AuthenticationFailed",
     "NotPermitted",
+    "ScanIncomplete",
 ]

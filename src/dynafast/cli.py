@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--w", type=int)
     _add_client_options(delete)
 
+    scan = verbs.add_parser("scan", help="every key starting with a prefix, one line per key and sibling",
+                            description="Scan the cluster: each partition in key order, read from one replica of "
+                            "it (r=1). Prints KEY<TAB>VALUE per sibling, or the keys alone.")
+    scan.add_argument("--prefix", default="", help="only keys starting with this")
+    scan.add_argument("--limit", type=int, help="at most this many keys")
+    scan.add_argument("--keys-only", action="store_true", help="print the keys alone")
+    scan.add_argument("--cursor", help="hex cursor printed by an earlier scan that stopped at --limit")
+    _add_client_options(scan)
+
     status = verbs.add_parser("status", help="members, their state and the partitions they own")
     status.add_argument("--json", action="store_true")
     _add_client_options(status)
@@ -383,6 +392,23 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def cmd_scan(args) -> int:
+    out = sys.stdout
+    with _client(args) as client:
+        cursor = bytes.fromhex(args.cursor) if args.cursor else None
+        scan = client.scan(prefix=args.prefix.encode(), limit=args.limit, cursor=cursor)
+        for key, result in scan:
+            shown = key.decode(errors="backslashreplace")
+            if args.keys_only:
+                out.write(shown + "\n")
+                continue
+            for value in result.values:
+                out.write(f"{shown}\t{value.decode(errors='backslashreplace')}\n")
+        if scan.cursor is not None:
+            print(f"(more: --cursor {scan.cursor.hex()})", file=sys.stderr)
+    return 0
+
+
 def cmd_status(args) -> int:
     with _client(args) as client:
         status = client.status()
@@ -469,6 +495,7 @@ VERBS = {
     "get": cmd_get,
     "delete": cmd_delete,
     "status": cmd_status,
+    "scan": cmd_scan,
     "leave": cmd_leave,
     "user": cmd_user,
     "bench": cmd_bench,

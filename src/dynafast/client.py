@@ -420,6 +420,30 @@ class Client(_ClientOptions):
         """Delete the versions ``context`` has seen; without a context, every version the coordinator reads."""
         self._request(*self._write_request(key, None, context, w, dw, timeout), timeout)
 
+    def scan(self, prefix: bytes = b"", limit: int | None = None, *, cursor: bytes | None = None,
+             page_size: int = 1000, max_bytes: int = 1 << 20, timeout: float | None = None):
+        """Every live key starting with ``prefix`` (at most ``limit``), as ``(key, GetResult)``: partition by
+        partition, each in key order, read from one replica per partition (r=1; see dynafast.bulk). The iterator's
+        ``cursor`` (bytes; None once done) resumes the scan, from any client: ``scan(prefix, cursor=...)``."""
+        from dynafast import bulk
+
+        walk = bulk.new_walk(prefix, limit, page_size, max_bytes, cursor)
+        return bulk.Scan(self, walk, self.timeout if timeout is None else timeout)
+
+    def get_many(self, keys, *, r: int | None = None, timeout: float | None = None) -> dict:
+        """``{key: GetResult or exception}``; requests to the same coordinator are pipelined."""
+        from dynafast import bulk
+
+        requests = [(key, lambda key=key: self._get_request(key, r, timeout)) for key in keys]
+        return bulk.get_results(bulk.run_batch(self, requests, timeout))
+
+    def put_many(self, items, *, w: int | None = None, dw: int | None = None, timeout: float | None = None) -> dict:
+        """Write each of ``items``, (key, value) or (key, value, context), as put does (no lww): ``{key: None or
+        exception}``. Two items of one key are two writes (siblings, without contexts)."""
+        from dynafast import bulk
+
+        return bulk.put_results(bulk.run_batch(self, bulk.put_items(self, items, w, dw, timeout), timeout))
+
     def status(self, address: str | None = None) -> dict:
         addresses = [address] if address else self._routing.ring_sources()
         last = None
@@ -566,6 +590,26 @@ class AsyncClient(_ClientOptions):
     async def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
                      timeout: float | None = None) -> None:
         await self._request(*self._write_request(key, None, context, w, dw, timeout), timeout)
+
+    def scan(self, prefix: bytes = b"", limit: int | None = None, *, cursor: bytes | None = None,
+             page_size: int = 1000, max_bytes: int = 1 << 20, timeout: float | None = None):
+        """As Client.scan, for ``async for``."""
+        from dynafast import bulk
+
+        walk = bulk.new_walk(prefix, limit, page_size, max_bytes, cursor)
+        return bulk.AsyncScan(self, walk, self.timeout if timeout is None else timeout)
+
+    async def get_many(self, keys, *, r: int | None = None, timeout: float | None = None) -> dict:
+        from dynafast import bulk
+
+        requests = [(key, lambda key=key: self._get_request(key, r, timeout)) for key in keys]
+        return bulk.get_results(await bulk.run_batch_async(self, requests, timeout))
+
+    async def put_many(self, items, *, w: int | None = None, dw: int | None = None,
+                       timeout: float | None = None) -> dict:
+        from dynafast import bulk
+
+        return bulk.put_results(await bulk.run_batch_async(self, bulk.put_items(self, items, w, dw, timeout), timeout))
 
     async def status(self, address: str | None = None) -> dict:
         addresses = [address] if address else self._routing.ring_sources()

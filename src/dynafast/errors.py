@@ -73,6 +73,11 @@ class NotPermitted(DynafastError):
     """The connection's identity may not do this: log in, or as a user whose role allows it."""
 
 
+class ScanIncomplete(DynafastError):
+    """The node's replica of a partition may lack keys (it is repairing after losing data): a scan reads
+    another replica of that partition."""
+
+
 __all__ = [
     "DynafastError",
     "StoreLocked",
@@ -88,4 +93,5 @@ __all__ = [
     "TooManySiblings",
     "AuthenticationFailed",
     "NotPermitted",
+    "ScanIncomplete",
 ]

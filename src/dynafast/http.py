@@ -162,6 +162,8 @@ class NodeMetrics:
         self.server = Gauge("dynafast_server", "Server counters", ["node", "counter"], registry=self.registry)
         self.corrupt = Gauge("dynafast_corrupt_records", "Damaged records found, repaired, not yet repaired",
                              ["node", "state"], registry=self.registry)
+        self.scans = Gauge("dynafast_scan", "Scan pages, keys and bytes served, pages refused", ["node", "counter"],
+                           registry=self.registry)
         self.registry.register(RequestCollector(view))
 
     def render(self) -> bytes:
@@ -181,6 +183,8 @@ class NodeMetrics:
         self.syncs.labels(nid).set(view.durable_syncs())
         for state, count in status["corrupt_records"].items():
             self.corrupt.labels(nid, state).set(count)
+        for name, value in status.get("scans", {}).items():
+            self.scans.labels(nid, name).set(value)
         for name, value in view.server_stats().items():
             if isinstance(value, (int, float)):
                 self.server.labels(nid, name).set(value)

@@ -28,6 +28,7 @@ from dynafast.cluster.ports import DirectoryFiles, Environment
 from dynafast.cluster.reaper import Reaper
 from dynafast.cluster.repair import Repair
 from dynafast.cluster.requests import RequestCoordinator
+from dynafast.cluster.scan import Scans
 from dynafast.cluster.transfers import Transfers
 from dynafast.cluster.vnode import Vnodes
 from dynafast.address import parse_address
@@ -43,7 +44,7 @@ from dynafast.security.tls import node_contexts
 
 log = logging.getLogger("dynafast.node")
 
-_CLIENT_OPS = {Msg.GET: "get", Msg.PUT: "put", Msg.DELETE: "delete"}
+_CLIENT_OPS = {Msg.GET: "get", Msg.PUT: "put", Msg.DELETE: "delete", Msg.SCAN_PAGE: "scan"}
 
 # What unpacking fields of the wrong shape or type raises in a handler.
 _MALFORMED = (TypeError, ValueError, IndexError, KeyError, AttributeError, OverflowError)
@@ -120,6 +121,7 @@ class Node:
         self.requests = RequestCoordinator(**shared, ownership=ownership, actor=actor, repairing=repairing,
                                            actors=Actors(actor, files, env.rng), durability=self.durable,
                                            clock=env.clock, reaper=self.reaper)
+        self.scans = Scans(me=self.node_id, n=config.n, membership=membership, vnodes=vnodes, repairing=repairing)
         self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
         self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
                                    trees=self.trees, repairing=repairing,
@@ -155,6 +157,7 @@ class Node:
             Msg.REAP: self.reaper.handle_reap,
             Msg.MERKLE_GET: self.antientropy.handle_merkle_get,
             Msg.KEYS_GET: self.antientropy.handle_keys_get,
+            Msg.SCAN_PAGE: self.scans.handle_scan_page,
         }
         # One lookup per message: (record check, handler, client op or None), keyed by the decoder's plain ints.
         self._dispatch = {int(t): (parser(t), h, _CLIENT_OPS.get(t)) for t, h in self.handlers.items()}
@@ -294,6 +297,7 @@ class Node:
                                 "unrepaired": len(self.vnodes.damaged)},
             "siblings": {"warnings": self.requests.sibling_warnings, "refused": self.requests.siblings_refused},
             "requests": self.stats.snapshot(),
+            "scans": self.scans.status(),
             "security": {"peer_secret": bool(self.access.secrets), "users": self.users is not None,
                          **self.access.stats()},
             "antientropy": self.antientropy.status(),

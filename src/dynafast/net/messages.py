@@ -59,6 +59,8 @@ class Msg(enum.IntEnum):
     KEYS_REPLY = 63
     LEAVE = 70
     LEAVE_REPLY = 71
+    SCAN_PAGE = 80
+    SCAN_PAGE_REPLY = 81
 
 
 class ErrorCode(enum.IntEnum):
@@ -78,6 +80,7 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_SIBLINGS = 14
     AUTH_FAILED = 15  # wrong credentials, or a handshake out of order: the connection stays unauthenticated
     NOT_PERMITTED = 16  # the connection's identity may not send this message
+    SCAN_INCOMPLETE = 20  # this replica of the partition may lack keys (repairing): scan another one
 
 
 # Errors that have a code but no class in dynafast.errors. They derive from the nearest existing class so
@@ -332,6 +335,21 @@ class LeaveReply(NamedTuple):
     version: int
 
 
+class ScanPage(NamedTuple):
+    partition: int
+    prefix: bytes
+    after: bytes | None
+    limit: int | None = None
+    max_bytes: int | None = None
+
+
+class ScanPageReply(NamedTuple):
+    keys: list[bytes]
+    objects: list[bytes]
+    more: bool
+    after: bytes | None
+
+
 # Messages that share a shape share a record.
 Pong = Ping
 RingReply = JoinReply = RingPush = State
@@ -379,6 +397,8 @@ SCHEMA: dict[Msg, type] = {
     Msg.KEYS_REPLY: KeysReply,
     Msg.LEAVE: Leave,
     Msg.LEAVE_REPLY: LeaveReply,
+    Msg.SCAN_PAGE: ScanPage,
+    Msg.SCAN_PAGE_REPLY: ScanPageReply,
 }
 
 
@@ -563,6 +583,7 @@ _BY_CLASS = [
     (UnknownMessage, ErrorCode.UNKNOWN_MESSAGE),
     (errors.AuthenticationFailed, ErrorCode.AUTH_FAILED),
     (errors.NotPermitted, ErrorCode.NOT_PERMITTED),
+    (errors.ScanIncomplete, ErrorCode.SCAN_INCOMPLETE),
     (errors.ProtocolError, ErrorCode.PROTOCOL),
     (errors.KeyTooLarge, ErrorCode.KEY_TOO_LARGE),
     (errors.ValueTooLarge, ErrorCode.VALUE_TOO_LARGE),
@@ -589,6 +610,7 @@ _BY_CODE = {
     ErrorCode.CORRUPTION: errors.CorruptionError,
     ErrorCode.AUTH_FAILED: errors.AuthenticationFailed,
     ErrorCode.NOT_PERMITTED: errors.NotPermitted,
+    ErrorCode.SCAN_INCOMPLETE: errors.ScanIncomplete,
 }
 
 

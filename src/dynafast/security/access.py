@@ -34,7 +34,7 @@ def _types(*types) -> frozenset:
     return frozenset(int(t) for t in types)  # plain ints: what the decoder hands the gate
 
 
-READ = _types(Msg.GET, Msg.RING_GET, Msg.STATUS)
+READ = _types(Msg.GET, Msg.RING_GET, Msg.STATUS, Msg.SCAN_PAGE)
 READWRITE = READ | _types(Msg.PUT, Msg.DELETE)
 ADMIN = READWRITE | _types(Msg.LEAVE)
 # Everything a node sends another: what an outsider must never be able to send.
