@@ -130,7 +130,8 @@ class Node:
         requests = self.requests
         self.conditional = ConditionalWrites(config=config, versions=versions, paxos=self.paxos,
                                              membership=membership, clock=env.clock,
-                                             actor=lambda: requests.actor + b".cas")
+                                             actor=lambda current: requests.actor + b".cas" if current is not None
+                                             else requests.actors.fresh())
         self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
         self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
                                    trees=self.trees, repairing=repairing,

@@ -292,3 +292,26 @@ def test_a_killed_holders_lease_expires_and_another_client_gets_it(cluster, tmp_
         if holder.poll() is None:
             holder.kill()
             holder.wait(10)
+
+
+def test_async_client_conditional_writes_and_lock(cluster):
+    import asyncio
+
+    from dynafast import AsyncClient
+
+    async def main():
+        async with AsyncClient(cluster.addresses, timeout=5.0) as client:
+            context = await client.put(b"async-cas", b"1", if_absent=True)
+            with pytest.raises(ConditionFailed) as failed:
+                await client.put(b"async-cas", b"x", if_context=b"")
+            assert failed.value.context == context and failed.value.values == [b"1"]
+            await client.delete(b"async-cas", if_context=context)
+            assert (await client.get(b"async-cas")).values == []
+            async with client.lock(b"async-lock", ttl=5.0) as token:
+                with pytest.raises(LockHeld):
+                    async with client.lock(b"async-lock", ttl=5.0, wait=0.1):
+                        pass
+            async with client.lock(b"async-lock", ttl=5.0) as again:
+                assert again.fencing > token.fencing
+
+    asyncio.run(main())

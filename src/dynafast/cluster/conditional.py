@@ -62,7 +62,7 @@ class _Refused(Exception):
         self.record = record
 
 
-def lock_decision(versions, actor: bytes, now: float, holder: str, ttl: float, release: bool, fencing):
+def lock_decision(versions, actor, now: float, holder: str, ttl: float, release: bool, fencing):
     """``decide(current)`` for a LOCK: returns the new object, or raises _Refused (nothing written)."""
 
     def decide(current):
@@ -84,7 +84,8 @@ def lock_decision(versions, actor: bytes, now: float, holder: str, ttl: float, r
 
 class ConditionalWrites:
     """Handlers of CAS and LOCK. Ports: config, versions, the Paxos driver, a membership view (ring version for
-    replies), the clock, and ``actor()``: the actor conditional versions are stamped with."""
+    replies), the clock, and ``actor(current)``: the actor to stamp a conditional version over ``current`` (the
+    state the round read) with."""
 
     def __init__(self, *, config, versions, paxos, membership, clock, actor):
         self.config = config
@@ -113,7 +114,7 @@ class ConditionalWrites:
             raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of {config.max_key_size}")
         if value is not None and len(value) > config.max_value_size:
             raise ValueTooLarge(f"value of {len(value)} bytes is over the limit of {config.max_value_size}")
-        decide = cas_decision(self.versions, self.actor(), int(self.clock.wall()), value, context, bool(if_absent))
+        decide = cas_decision(self.versions, self.actor, int(self.clock.wall()), value, context, bool(if_absent))
         try:
             obj, _ = await self.paxos.run(key, decide, self._timeout(timeout_ms))
         except ConditionFailed as exc:
@@ -133,7 +134,7 @@ class ConditionalWrites:
         if len(key) > self.config.max_key_size:
             raise KeyTooLarge(f"lock name of {len(name)} bytes is over the key size limit")
         now = self.clock.wall()  # this node's clock decides expiry; see docs/operations.md on skew
-        decide = lock_decision(self.versions, self.actor(), now, holder, ttl_ms / 1000.0, bool(release), fencing)
+        decide = lock_decision(self.versions, self.actor, now, holder, ttl_ms / 1000.0, bool(release), fencing)
         try:
             obj, _ = await self.paxos.run(key, decide, self._timeout(timeout_ms))
         except _Refused as refused:

@@ -148,7 +148,7 @@ def same_state(versions, current, context: bytes | None) -> bool:
         return False
 
 
-def cas_decision(versions, actor: bytes, now: int, value: bytes | None, context: bytes | None, if_absent: bool):
+def cas_decision(versions, actor, now: int, value: bytes | None, context: bytes | None, if_absent: bool):
     """``decide(current)`` for a conditional put (``value``) or delete (``value`` None): the new object, stamped
     by ``actor`` on top of ``current`` so that it replaces every version there; ConditionFailed when ``current``
     is not what the caller named."""
@@ -170,8 +170,12 @@ def cas_decision(versions, actor: bytes, now: int, value: bytes | None, context:
     return decide
 
 
-def stamp(versions, actor: bytes, now: int, current, value: bytes | None):
-    """A new version of ``value`` (None: a tombstone) that replaces every version of ``current``."""
+def stamp(versions, actor, now: int, current, value: bytes | None):
+    """A new version of ``value`` (None: a tombstone) that replaces every version of ``current``. ``actor``:
+    bytes, or ``actor(current)`` giving them (a fresh actor when nothing is read: a replica outside the round
+    may still hold a reaped tombstone carrying our counters, kv679)."""
+    if callable(actor):
+        actor = actor(current)
     base = None if current is None else current.context()
     return versions.Siblings.new(value, base or None).update(current, actor, now).prune(now)
 
