@@ -20,9 +20,11 @@ from dynafast.cluster import incarnation
 from dynafast.cluster.actors import Actors
 from dynafast.cluster.antientropy import AntiEntropy, VnodeTrees
 from dynafast.cluster.background import cancel_and_wait
+from dynafast.cluster.conditional import ConditionalWrites
 from dynafast.cluster.durability import DurabilityBatcher
 from dynafast.cluster.hints import HintedHandoff
 from dynafast.cluster.membership import ClusterMembership
+from dynafast.cluster.paxos import Paxos
 from dynafast.cluster.preflist import Ownership
 from dynafast.cluster.ports import DirectoryFiles, Environment
 from dynafast.cluster.reaper import Reaper
@@ -122,6 +124,14 @@ class Node:
                                            actors=Actors(actor, files, env.rng), durability=self.durable,
                                            clock=env.clock, reaper=self.reaper)
         self.scans = Scans(me=self.node_id, n=config.n, membership=membership, vnodes=vnodes, repairing=repairing)
+        # Conditional writes and leases: a Paxos round per request among the key's primaries.
+        self.paxos = Paxos(**shared, ownership=ownership, durability=self.durable, clock=env.clock, rng=env.rng,
+                           repairing=repairing)
+        requests = self.requests
+        self.conditional = ConditionalWrites(config=config, versions=versions, paxos=self.paxos,
+                                             membership=membership, clock=env.clock,
+                                             actor=lambda current: requests.actor + b".cas" if current is not None
+                                             else requests.actors.fresh())
         self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
         self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
                                    trees=self.trees, repairing=repairing,
@@ -158,6 +168,11 @@ class Node:
             Msg.MERKLE_GET: self.antientropy.handle_merkle_get,
             Msg.KEYS_GET: self.antientropy.handle_keys_get,
             Msg.SCAN_PAGE: self.scans.handle_scan_page,
+            Msg.CAS: self.conditional.client_cas,
+            Msg.LOCK: self.conditional.client_lock,
+            Msg.PAXOS_PREPARE: self.paxos.handle_prepare,
+            Msg.PAXOS_PROPOSE: self.paxos.handle_propose,
+            Msg.PAXOS_COMMIT: self.paxos.handle_commit,
         }
         # One lookup per message: (record check, handler, client op or None), keyed by the decoder's plain ints.
         self._dispatch = {int(t): (parser(t), h, _CLIENT_OPS.get(t)) for t, h in self.handlers.items()}
@@ -298,6 +313,9 @@ class Node:
             "siblings": {"warnings": self.requests.sibling_warnings, "refused": self.requests.siblings_refused},
             "requests": self.stats.snapshot(),
             "scans": self.scans.status(),
+            "paxos": {"rounds": self.paxos.rounds, "contended": self.paxos.contended,
+                      "finished_others": self.paxos.finished_others, "applied": self.conditional.applied,
+                      "condition_failed": self.conditional.failed},
             "security": {"peer_secret": bool(self.access.secrets), "users": self.users is not None,
                          **self.access.stats()},
             "antientropy": self.antientropy.status(),
