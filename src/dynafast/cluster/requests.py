@@ -199,6 +199,22 @@ class RequestCoordinator:
         raise Unavailable(f"no replica of the key answered: {last}")
 
     # put -------------------------------------------------------------------------------------------------
+    def _stamping_actor(self, existing) -> bytes:
+        """The actor to stamp a write of a key with, given our copy of it (kv679).
+
+        Our actors' writes land in our copy first, and a copy only loses counters when it goes as a whole (a
+        reap, a drop): so an actor of ours that our copy carries is one whose last counter for the key we
+        know. Any other of our actors may have issued counters that replicas still hold, and starting it again
+        at 1 would make them drop the write: a fresh actor cannot collide.
+        """
+        if existing is not None:
+            base = self.actor
+            ours = base + b"."
+            for actor, _counter, _time in existing.clock().entries():
+                if actor == base or actor.startswith(ours):
+                    return actor
+        return self.actors.fresh()
+
     def _put(self, key, incoming, w, dw, timeout, reply_type, request):
         partition, primaries, targets, spares = self._route(key)
         if targets is None:
@@ -209,9 +225,8 @@ class RequestCoordinator:
         except CorruptionError:
             existing, damaged = None, True  # what we held is lost: as if we held nothing (the write replaces it)
         # Stamp the new version and write it locally in the same loop step as the read: no other write of
-        # this key can slip in between. Without a local copy our counter for the key is unknown (a reap or a
-        # drop may have removed versions that replicas still hold): a fresh actor cannot collide (kv679).
-        actor = self.actor if existing is not None else self.actors.fresh()
+        # this key can slip in between.
+        actor = self._stamping_actor(existing)
         now = int(self.clock.wall())
         # Pruned as Riak does (by size and age): clocks gain an entry per coordinator incarnation.
         stored = incoming.update(existing, actor, now).prune(now)
