@@ -32,7 +32,7 @@ _BATCH_CONCURRENCY = 256  # an AsyncClient's requests in flight per batch
 
 # A replica that could not serve the page; another replica of the partition may (a ProtocolError too: a node that
 # sent what we cannot read, or does not know SCAN_PAGE; the last one is raised when no replica serves).
-_OTHER_REPLICA = (WrongNode, ScanIncomplete, CorruptionError, StoreClosed, Unavailable, Timeout, ProtocolError)
+OTHER_REPLICA = (WrongNode, ScanIncomplete, CorruptionError, StoreClosed, Unavailable, Timeout, ProtocolError)
 
 
 class _Walk:
@@ -195,7 +195,7 @@ class Scan:
             for address in walk.addresses(routing):
                 try:
                     return address, client._call(address, Msg.SCAN_PAGE, walk.request(), self._timeout)
-                except _OTHER_REPLICA as exc:
+                except OTHER_REPLICA as exc:
                     last = exc
             if time.monotonic() + pause > deadline:
                 raise _no_replica(walk, last)
@@ -273,7 +273,7 @@ class AsyncScan:
             for address in walk.addresses(routing):
                 try:
                     return address, await client._call(address, Msg.SCAN_PAGE, walk.request(), self._timeout)
-                except _OTHER_REPLICA as exc:
+                except OTHER_REPLICA as exc:
                     last = exc
             if time.monotonic() + pause > deadline:
                 raise _no_replica(walk, last)

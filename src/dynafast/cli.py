@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--data-dir", help="directory of the node's data")
     node.add_argument("--seeds", help="HOST:PORT of nodes of the cluster to join, comma-separated")
     node.add_argument("--node-id", help="the node's id (default: derived from --listen); keep it across restarts")
-    node.add_argument("--http", help="HOST:PORT for /health, /status, /metrics and the console")
+    node.add_argument("--http", help="HOST:PORT for /health, /status, /metrics, the console and /kv")
     node.add_argument("--config", help="TOML file of node options (docs/configuration.md)")
     node.add_argument("--zone", help="the node's zone: replicas are spread over zones")
     node.add_argument("--n", type=int, help="replicas per key (default 3)")

@@ -326,8 +326,16 @@ class Node:
 
     def http_view(self):
         """What the HTTP front end may see and do: published figures and the on-demand repair, not the node."""
+        from dynafast.cluster.nodescan import NodeScans
         from dynafast.http import NodeView
+        from dynafast.httpkv import KvBackend
 
+        config = self.config
+        # The KV API's requests go through the dispatch native ones take (checks, metrics), in-process.
+        kv = KvBackend(call=lambda msg_type, fields: self.handle(None, msg_type, 0, fields),
+                       scans=NodeScans(me=self.node_id, membership=self.membership, scans=self.scans,
+                                       transport=self.pool, clock=self.clock, timeout=config.request_timeout),
+                       max_key_size=config.max_key_size, max_value_size=config.max_value_size)
         return NodeView(
             node_id=self.node_id,
             status=self.status,
@@ -337,6 +345,7 @@ class Node:
             repair_all=self.antientropy.run_all_soon,
             users=self.users,
             metrics_auth=self.config.metrics_auth,
+            kv=kv,
         )
 
 
