@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from dynafast import Client
+from dynafast.net.messages import Put
 from dynafast.testing import LocalCluster
 from dynafast.testing.cluster import NodeProcess, free_port
 
@@ -163,7 +164,6 @@ def test_if_match_and_if_none_match(cluster):
     ("GET", "/kv/k?r=many", {}, 400, "bad_parameter"),
     ("GET", "/kv/k?r=7", {}, 400, "bad_request"),
     ("GET", "/kv/k?colour=red", {}, 400, "bad_parameter"),
-    ("PUT", "/kv/k?ttl=30", {"data": b"v"}, 501, "not_supported"),
     ("GET", "/kv?cursor=AAAA", {}, 400, "bad_cursor"),
 ])
 def test_errors_are_json_with_their_status(cluster, method, path, kwargs, status, error):
@@ -171,6 +171,16 @@ def test_errors_are_json_with_their_status(cluster, method, path, kwargs, status
     assert got == status, body
     assert headers["Content-Type"].startswith("application/json")
     assert json.loads(body)["error"] == error
+
+
+def test_ttl_until_per_object_ttl_exists(cluster):
+    url = cluster.http["n1"] + "/kv/ttl?ttl=30"
+    assert run(call("PUT", url.replace("30", "soon"), data=b"v"))[0] == 400
+    status, _, body = run(call("PUT", url, data=b"v"))
+    if "ttl_ms" in Put._fields:  # per-object TTL has landed: the parameter is passed on
+        assert status == 204 and run(call("GET", cluster.http["n1"] + "/kv/ttl"))[2] == b"v"
+    else:
+        assert status == 501 and json.loads(body)["error"] == "not_supported"
 
 
 def scan(base, **params):
