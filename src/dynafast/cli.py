@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--blind", action="store_true", help="write without a context: a concurrent sibling")
     put.add_argument("--w", type=int)
     put.add_argument("--dw", type=int)
+    put.add_argument("--ttl", type=float, help="the value expires this many seconds after the write")
     _add_client_options(put)
 
     get = verbs.add_parser("get", help="read a key: prints each sibling on its own line")
@@ -362,7 +363,8 @@ def cmd_put(args) -> int:
     with _client(args) as client:
         context = bytes.fromhex(args.context) if args.context else None
         lww = context is None and not args.blind
-        client.put(args.key.encode(), args.value.encode(), context=context, w=args.w, dw=args.dw, lww=lww)
+        client.put(args.key.encode(), args.value.encode(), context=context, w=args.w, dw=args.dw, lww=lww,
+                   ttl=args.ttl)
     return 0
 
 

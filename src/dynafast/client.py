@@ -30,10 +30,13 @@ from dynafast.net.messages import Auth, Cas, Delete, Get, Lock, Msg, Overloaded,
 
 @dataclass
 class GetResult:
-    """The answer of a get: one value per sibling (empty when the key is absent) and the causal context."""
+    """The answer of a get: one value per sibling (empty when the key is absent) and the causal context;
+    ``ttls``: None when no value expires, else per value the seconds it has left (None for a value that does
+    not expire)."""
 
     values: list[bytes] = field(default_factory=list)
     context: bytes = b""
+    ttls: list[float | None] | None = None
 
     @property
     def found(self) -> bool:
@@ -47,6 +50,32 @@ class GetResult:
         if len(self.values) > 1:
             raise ValueError(f"{len(self.values)} siblings: resolve them with values and context")
         return self.values[0]
+
+    @property
+    def ttl(self) -> float | None:
+        """Seconds until the key expires (its longest-lived value); None when a value never expires; KeyError
+        when the key is absent (or expired)."""
+        if not self.values:
+            raise KeyError("the key is absent (or expired)")
+        if self.ttls is None or None in self.ttls:
+            return None
+        return max(self.ttls)
+
+
+def _get_result(reply) -> GetResult:
+    ttls = reply.ttls_ms
+    if ttls is not None:
+        ttls = [None if t < 0 else t / 1000.0 for t in ttls]
+    return GetResult(list(reply.values), reply.context, ttls)
+
+
+def _ttl_ms(ttl) -> int | None:
+    """A TTL in seconds as the PUT field (whole milliseconds, at least 1)."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+    return max(1, round(ttl * 1000))
 
 
 @dataclass
@@ -156,6 +185,8 @@ def _decode(request_type, result):
         if request_type == _GET:
             if reply.context:
                 _decode_clock(reply.context)  # the caller hands it back with its next write
+            if reply.ttls_ms is not None and len(reply.ttls_ms) != len(reply.values):
+                raise ProtocolError(f"GET_REPLY has {len(reply.ttls_ms)} TTLs for {len(reply.values)} values")
             return reply
         if request_type == _RING_GET:
             return _decode_ring(reply)
@@ -316,7 +347,7 @@ class _ClientOptions:
         r = self.defaults["r"] if r is None else r
         return key, Msg.GET, Get(key, r, _timeout_ms(timeout))
 
-    def _write_request(self, key, value, context, w, dw, timeout, lww=False):
+    def _write_request(self, key, value, context, w, dw, timeout, lww=False, ttl=None):
         """A put (value is bytes) or a delete (value is None)."""
         key = self._key(key)
         context = None if context is None else _as_bytes("context", context)
@@ -327,10 +358,13 @@ class _ClientOptions:
         value = _as_bytes("value", value)
         if len(value) > self.max_value_size:
             raise ValueTooLarge(f"value of {len(value)} bytes is over the client's limit of {self.max_value_size}")
-        return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout), True if lww else None)
+        return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout), True if lww else None,
+                                 _ttl_ms(ttl))
 
-    def _cas_request(self, key, value, if_context, if_absent, context, lww, timeout):
+    def _cas_request(self, key, value, if_context, if_absent, context, lww, timeout, ttl=None):
         """A conditional put (value is bytes) or delete (value is None)."""
+        if ttl is not None:
+            raise ValueError("a conditional write takes no ttl")
         if context is not None or lww:
             raise ValueError("a conditional write names its precondition with if_context (or if_absent) alone")
         if if_context is not None and if_absent:
@@ -473,27 +507,51 @@ class Client(_ClientOptions):
     def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
         key, msg_type, fields = self._get_request(key, r, timeout)
         reply = self._request(key, msg_type, fields, timeout)
-        return GetResult(list(reply.values), reply.context)
+        return _get_result(reply)
 
     def put(self, key, value, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
             timeout: float | None = None, lww: bool = False, if_context: bytes | None = None,
-            if_absent: bool = False) -> bytes | None:
+            if_absent: bool = False, ttl: float | None = None) -> bytes | None:
         """Write ``value``. It replaces the versions ``context`` (from a get) has seen; without a context it is a
         sibling of whatever is stored. ``lww=True``: the coordinator reads the key first and the value replaces
-        every version that read saw (last write wins). TooManySiblings when the key would exceed the node's
-        ``max_siblings``.
+        every version that read saw (last write wins). ``ttl``: the value expires that many seconds after the
+        coordinator receives the put (docs/operations.md, TTL). TooManySiblings when the key would exceed the
+        node's ``max_siblings``.
 
         Conditional (linearizable, one Paxos round among the key's replicas): ``if_context=ctx`` writes only if
         the key's current versions are exactly those ``ctx`` (from a get, or a ConditionFailed) names;
         ``if_absent=True`` only if the key has no live value. ConditionFailed (with the current ``context`` and
         ``values``) when not; returns the key's new context when written. Timeout or QuorumNotMet: the outcome
-        is unknown (read the key to learn it)."""
+        is unknown (read the key to learn it). A conditional write takes no ``ttl`` (ValueError)."""
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
         if if_context is not None or if_absent:
-            request = self._cas_request(key, value, if_context, if_absent, context, lww, timeout)
+            request = self._cas_request(key, value, if_context, if_absent, context, lww, timeout, ttl)
             return _cas_result(self._request(*request, timeout, once=True))
-        self._request(*self._write_request(key, value, context, w, dw, timeout, lww), timeout)
+        self._request(*self._write_request(key, value, context, w, dw, timeout, lww, ttl), timeout)
+
+    def ttl(self, key, *, r: int | None = None, timeout: float | None = None) -> float | None:
+        """Seconds until ``key`` expires; None when it does not expire; KeyError when it is absent or expired."""
+        return self.get(key, r=r, timeout=timeout).ttl
+
+    def expire(self, key, ttl: float, *, w: int | None = None, dw: int | None = None,
+               timeout: float | None = None) -> bool:
+        """Make ``key`` expire ``ttl`` seconds from now: a read, then a put of its value with the read's context.
+        False when the key is absent (or expired); ValueError when it has siblings (resolve them first)."""
+        found = self.get(key, timeout=timeout)
+        if not found.found:
+            return False
+        self.put(key, found.value, context=found.context, w=w, dw=dw, timeout=timeout, ttl=ttl)
+        return True
+
+    def persist(self, key, *, w: int | None = None, dw: int | None = None, timeout: float | None = None) -> bool:
+        """Remove ``key``'s expiry (a read, then a put of its value with the read's context). False when the key
+        is absent or does not expire; ValueError when it has siblings."""
+        found = self.get(key, timeout=timeout)
+        if found.ttls is None:
+            return False
+        self.put(key, found.value, context=found.context, w=w, dw=dw, timeout=timeout)
+        return True
 
     def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
                timeout: float | None = None, if_context: bytes | None = None) -> None:
@@ -714,17 +772,37 @@ class AsyncClient(_ClientOptions):
     async def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
         key, msg_type, fields = self._get_request(key, r, timeout)
         reply = await self._request(key, msg_type, fields, timeout)
-        return GetResult(list(reply.values), reply.context)
+        return _get_result(reply)
 
     async def put(self, key, value, *, context: bytes | None = None, w: int | None = None,
                   dw: int | None = None, timeout: float | None = None, lww: bool = False,
-                  if_context: bytes | None = None, if_absent: bool = False) -> bytes | None:
+                  if_context: bytes | None = None, if_absent: bool = False,
+                  ttl: float | None = None) -> bytes | None:
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
         if if_context is not None or if_absent:
-            request = self._cas_request(key, value, if_context, if_absent, context, lww, timeout)
+            request = self._cas_request(key, value, if_context, if_absent, context, lww, timeout, ttl)
             return _cas_result(await self._request(*request, timeout, once=True))
-        await self._request(*self._write_request(key, value, context, w, dw, timeout, lww), timeout)
+        await self._request(*self._write_request(key, value, context, w, dw, timeout, lww, ttl), timeout)
+
+    async def ttl(self, key, *, r: int | None = None, timeout: float | None = None) -> float | None:
+        return (await self.get(key, r=r, timeout=timeout)).ttl
+
+    async def expire(self, key, ttl: float, *, w: int | None = None, dw: int | None = None,
+                     timeout: float | None = None) -> bool:
+        found = await self.get(key, timeout=timeout)
+        if not found.found:
+            return False
+        await self.put(key, found.value, context=found.context, w=w, dw=dw, timeout=timeout, ttl=ttl)
+        return True
+
+    async def persist(self, key, *, w: int | None = None, dw: int | None = None,
+                      timeout: float | None = None) -> bool:
+        found = await self.get(key, timeout=timeout)
+        if found.ttls is None:
+            return False
+        await self.put(key, found.value, context=found.context, w=w, dw=dw, timeout=timeout)
+        return True
 
     async def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
                      timeout: float | None = None, if_context: bytes | None = None) -> None:

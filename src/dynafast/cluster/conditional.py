@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from dynafast.cluster import expiry
 from dynafast.cluster.paxos import cas_decision, stamp
 from dynafast.errors import ConditionFailed, KeyTooLarge, ProtocolError, ValueTooLarge
 from dynafast.net.messages import Msg
@@ -114,14 +115,17 @@ class ConditionalWrites:
             raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of {config.max_key_size}")
         if value is not None and len(value) > config.max_value_size:
             raise ValueTooLarge(f"value of {len(value)} bytes is over the limit of {config.max_value_size}")
-        decide = cas_decision(self.versions, self.actor, int(self.clock.wall()), value, context, bool(if_absent))
+        if value is not None:
+            value = expiry.wrap(value)  # a plain value: escaped if it looks like an envelope
+        wall = self.clock.wall()
+        decide = cas_decision(self.versions, self.actor, int(wall), value, context, bool(if_absent), int(wall * 1000))
         try:
             obj, _ = await self.paxos.run(key, decide, self._timeout(timeout_ms))
         except ConditionFailed as exc:
             self.failed += 1
             return (Msg.CAS_REPLY, (False, exc.values, exc.context, self._version()))
         self.applied += 1
-        values = [] if obj is None else list(dict.fromkeys(obj.live_values()))
+        values = [] if obj is None else expiry.visible(obj.live_values(), int(wall * 1000))[0]
         return (Msg.CAS_REPLY, (True, values, b"" if obj is None else obj.context(), self._version()))
 
     async def client_lock(self, lock):

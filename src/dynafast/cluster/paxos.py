@@ -36,6 +36,7 @@ import logging
 import struct
 from typing import NamedTuple
 
+from dynafast.cluster import expiry
 from dynafast.cluster import preflist
 from dynafast.cluster.ports import peer_failed
 from dynafast.errors import ConditionFailed, QuorumNotMet, Timeout, Unavailable
@@ -148,13 +149,16 @@ def same_state(versions, current, context: bytes | None) -> bool:
         return False
 
 
-def cas_decision(versions, actor, now: int, value: bytes | None, context: bytes | None, if_absent: bool):
+def cas_decision(versions, actor, now: int, value: bytes | None, context: bytes | None, if_absent: bool,
+                 now_ms: int | None = None):
     """``decide(current)`` for a conditional put (``value``) or delete (``value`` None): the new object, stamped
     by ``actor`` on top of ``current`` so that it replaces every version there; ConditionFailed when ``current``
     is not what the caller named."""
 
     def decide(current):
-        live = current.live_values() if current is not None else []
+        # Expired values are absent (``expiry``; now_ms: the wall clock in ms, default ``now`` in seconds).
+        live = [] if current is None else expiry.visible(current.live_values(),
+                                                         now * 1000 if now_ms is None else now_ms)[0]
         if if_absent:
             ok = not live
         else:

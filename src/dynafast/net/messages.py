@@ -169,6 +169,7 @@ class GetReply(NamedTuple):
     values: list[bytes]
     context: bytes
     ring_version: int | None = None
+    ttls_ms: list[int] | None = None  # per value: ms left before it expires, -1 for never; absent: none expires
 
 
 class Put(NamedTuple):
@@ -179,6 +180,7 @@ class Put(NamedTuple):
     dw: int | None = None
     timeout_ms: int | None = None
     lww: bool | None = None
+    ttl_ms: int | None = None  # the value expires this many ms after the coordinator receives the put
 
 
 class PutReply(NamedTuple):
@@ -596,7 +598,7 @@ def _parse(msg_type, fields):
     if not check(fields):
         raise _wrong_type(msg_type, record, fields)
     for index, items in lists:
-        for item in fields[index]:
+        for item in fields[index] or ():  # an optional list may be None (the type check allowed it)
             if type(item) not in items:
                 raise _malformed(msg_type, record, record._fields[index])
     return _new(record, fields)
