@@ -34,3 +34,12 @@ def test_a_lost_lease_gives_actors_a_prefix_of_their_own(tmp_path):
     again = {after.fresh() for _ in range(3)}
     assert not handed_out & again
     assert all(a.startswith(b"n1.x.") for a in again)
+
+
+def test_it_knows_the_actors_it_issued_and_no_others(tmp_path):
+    actors = Actors(b"n1.7", DirectoryFiles(tmp_path), random.Random(1))
+    fresh = [actors.fresh() for _ in range(3)]
+    assert all(actors.issued(actor) for actor in fresh)
+    # The node's usual actor, the conditional writes' actor and other nodes' actors are not fresh ones.
+    for actor in (b"n1.7", b"n1.7.cas", b"n1.70.1", b"n1.7.", b"n1.7.1x", b"n2.7.0"):
+        assert not actors.issued(actor), actor

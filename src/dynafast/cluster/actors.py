@@ -29,6 +29,12 @@ class Actors:
         self._limit = self._next
         self.leases = 0
 
+    def issued(self, actor: bytes) -> bool:
+        """Whether ``actor`` is one ``fresh`` handed out in this incarnation (``<base>.<epoch>``)."""
+        base = self.base
+        return (len(actor) > len(base) + 1 and actor.startswith(base) and actor[len(base)] == 0x2E
+                and actor[len(base) + 1:].isdigit())
+
     def fresh(self) -> bytes:
         """An actor no version anywhere carries yet."""
         if self._next >= self._limit:

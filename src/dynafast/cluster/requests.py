@@ -223,9 +223,10 @@ class RequestCoordinator:
         """
         if existing is not None:
             base = self.actor
-            ours = base + b"."
+            issued = self.actors.issued
+            # (Not the conditional writes' actor: those stamp from a quorum read, which our copy may not be in.)
             for actor, _counter, _time in existing.clock().entries():
-                if actor == base or actor.startswith(ours):
+                if actor == base or issued(actor):
                     return actor
         return self.actors.fresh()
 
