@@ -108,7 +108,9 @@ def preflist_report(ring, status: dict, key: bytes) -> dict:
     members = _states(status)
     n = min(status["n"], len(ring.members))
     partition = ring.partition_of(key)
-    down = frozenset(node for node in ring.members if members.get(node, {}).get("state", "down") != "up")
+    # Joining and leaving nodes still serve their replicas; down and departed ones do not.
+    serving = ("up", "joining", "leaving")
+    down = frozenset(node for node in ring.members if members.get(node, {}).get("state") not in serving)
     primaries = [{"node": node, "address": members.get(node, {}).get("address"),
                   "state": members.get(node, {}).get("state", "unknown")} for node in ring.replicas(partition, n)]
     targets = [{"node": node, "hint_for": hint_for} for node, hint_for in ring.preference_list(partition, n, down)]
@@ -135,7 +137,7 @@ def node_statuses(client, status: dict) -> dict[str, dict]:
         if member["id"] == status["node"]:
             result[member["id"]] = status
             continue
-        if member["state"] in ("left",):
+        if member["state"] == "left":
             result[member["id"]] = {"error": "left the cluster"}
             continue
         try:
