@@ -11,10 +11,15 @@ import time
 from pathlib import Path
 
 from dynafast import __version__
+from dynafast.config import LOG_LEVELS
 from dynafast.errors import DynafastError
+from dynafast.playground import LocalNodes, request_restart
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    if parser.epilog:
+        parser.epilog += ("\n\nThe node asked is --cluster, else $DYNAFAST_CLUSTER, else 127.0.0.1:7101; with "
+                          "--user, the password comes from $DYNAFAST_PASSWORD or is asked for.")
     parser.add_argument("--cluster", default=os.environ.get("DYNAFAST_CLUSTER", "127.0.0.1:7101"),
                         help="HOST:PORT of one or more nodes, comma-separated (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds")
@@ -23,6 +28,19 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", metavar="PEM", default=os.environ.get("DYNAFAST_TLS_CA") or None,
                         help="connect over TLS, checking the nodes' certificates against this CA "
                              "(default: $DYNAFAST_TLS_CA; none: plain TCP)")
+
+
+class _Help(argparse.HelpFormatter):
+    """Paragraphs of a description or epilog are filled to the terminal; examples (indented lines) are kept."""
+
+    def _fill_text(self, text, width, indent):
+        return "\n\n".join(paragraph if "\n  " in paragraph else super(_Help, self)._fill_text(paragraph, width, indent)
+                            for paragraph in text.split("\n\n"))
+
+
+def _examples(*lines: str) -> str:
+    """An epilog of example command lines for a verb's --help."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
     node.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     node.add_argument("--tls-ca", metavar="PEM", help="CA that peers' (and clients') certificates must verify against")
+    node.add_argument("--log-level", choices=LOG_LEVELS, help="least severe log records written (default info)")
+    node.add_argument("--log-format", choices=["text", "json"],
+                      help="log lines as text, or one JSON object per line (default text)")
 
     certs = verbs.add_parser("certs", help="write a development CA and node certificates",
                              description="Write a development CA (ca.pem, ca-key.pem), a certificate and key per "
@@ -81,9 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--users", action="store_true",
                        help="create an admin user (password printed once) and require a login from clients")
 
-    put = verbs.add_parser("put", help="write a value")
+    put = verbs.add_parser("put", help="write a value", epilog=_examples(
+        "dynafast put greeting hello",
+        "dynafast put photo --file cat.jpg",
+        "gzip -c log.txt | dynafast put log.gz -",
+        "dynafast put greeting 'hello again' --context $(dynafast get greeting --json | jq -r .context)"),
+        formatter_class=_Help)
     put.add_argument("key")
-    put.add_argument("value")
+    put.add_argument("value", nargs="?", help="the value; - reads it from stdin")
+    put.add_argument("--file", metavar="PATH", help="read the value from this file")
     put.add_argument("--context", help="hex context from a get: the value replaces what that get saw (default: "
                      "last write wins, the value replaces every version the coordinator reads)")
     put.add_argument("--blind", action="store_true", help="write without a context: a concurrent sibling")
@@ -92,13 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--ttl", type=float, help="the value expires this many seconds after the write")
     _add_client_options(put)
 
-    get = verbs.add_parser("get", help="read a key: prints each sibling on its own line")
+    get = verbs.add_parser("get", help="read a key: prints each sibling on its own line",
+                           epilog=_examples("dynafast get greeting", "dynafast get greeting --json",
+                                            "DYNAFAST_CLUSTER=10.0.0.5:7101 dynafast get greeting --r 3"),
+                           formatter_class=_Help)
     get.add_argument("key")
     get.add_argument("--r", type=int)
     get.add_argument("--json", action="store_true", help="print values and context as JSON")
     _add_client_options(get)
 
-    delete = verbs.add_parser("delete", help="delete a key")
+    delete = verbs.add_parser("delete", help="delete a key", epilog=_examples("dynafast delete greeting"),
+                              formatter_class=_Help)
     delete.add_argument("key")
     delete.add_argument("--context", help="hex context from a get (default: delete every version the "
                         "coordinator reads)")
@@ -107,18 +138,86 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = verbs.add_parser("scan", help="every key starting with a prefix, one line per key and sibling",
                             description="Scan the cluster: each partition in key order, read from one replica of "
-                            "it (r=1). Prints KEY<TAB>VALUE per sibling, or the keys alone.")
+                            "it (r=1). Prints KEY<TAB>VALUE per sibling, or the keys alone.",
+                            epilog=_examples("dynafast scan --prefix user: --keys-only",
+                                             "dynafast scan --limit 100"),
+                            formatter_class=_Help)
     scan.add_argument("--prefix", default="", help="only keys starting with this")
     scan.add_argument("--limit", type=int, help="at most this many keys")
     scan.add_argument("--keys-only", action="store_true", help="print the keys alone")
     scan.add_argument("--cursor", help="hex cursor printed by an earlier scan that stopped at --limit")
     _add_client_options(scan)
 
-    status = verbs.add_parser("status", help="members, their state and the partitions they own")
-    status.add_argument("--json", action="store_true")
+    status = verbs.add_parser("status", help="members, their state, and each node's keys, storage, hints, "
+                              "anti-entropy, repair and transfers",
+                              epilog=_examples("dynafast status", "dynafast status --cluster 10.0.0.5:7101 --json"),
+                              formatter_class=_Help)
+    status.add_argument("--json", action="store_true", help="the STATUS of the node asked, as JSON")
     _add_client_options(status)
 
-    leave = verbs.add_parser("leave", help="decommission a node: hand its partitions off, then it stops")
+    ring = verbs.add_parser("ring", help="ring ownership per node, with shares and balance",
+                            description="How the ring's partitions are spread: partitions each node owns (is the "
+                                        "first replica of) and replicas it holds, and how far the most loaded "
+                                        "node is from an even share.",
+                            epilog=_examples("dynafast ring", "dynafast ring --json | jq .balance"),
+                            formatter_class=_Help)
+    ring.add_argument("--json", action="store_true")
+    _add_client_options(ring)
+
+    preflist = verbs.add_parser("preflist", help="a key's partition and the nodes that hold it",
+                                description="The key's partition, its primary replicas with their state, and "
+                                            "the nodes a write goes to now (fallbacks stand in for down primaries).",
+                                epilog=_examples("dynafast preflist user:42", "dynafast preflist user:42 --json"),
+                                formatter_class=_Help)
+    preflist.add_argument("key")
+    preflist.add_argument("--json", action="store_true")
+    _add_client_options(preflist)
+
+    transfers = verbs.add_parser("transfers", help="partition transfers in progress (join, leave), per node",
+                                 epilog=_examples("dynafast transfers", "watch -n1 dynafast transfers"),
+                                 formatter_class=_Help)
+    transfers.add_argument("--json", action="store_true")
+    _add_client_options(transfers)
+
+    config = verbs.add_parser("config", help="a node's effective settings",
+                              description="The settings a node runs with (defaults, its config file and flags "
+                                          "applied), as TOML; paths of secrets are left out.",
+                              epilog=_examples("dynafast config", "dynafast config --node n2 --json"),
+                              formatter_class=_Help)
+    config.add_argument("--node", help="id of the node (default: the node --cluster names)")
+    config.add_argument("--json", action="store_true")
+    _add_client_options(config)
+
+    compact = verbs.add_parser("compact", help="merge a node's store now, reclaiming the space of dead records",
+                               description="Rewrite the node's log segments that hold overwritten or deleted "
+                                           "records, whatever their dead ratio (nodes merge by themselves past "
+                                           "it). Requests are served meanwhile. Needs the admin role.",
+                               epilog=_examples("dynafast compact", "dynafast compact --node n2",
+                                                "dynafast compact --all --json"),
+                               formatter_class=_Help)
+    which = compact.add_mutually_exclusive_group()
+    which.add_argument("--node", help="id of the node (default: the node --cluster names)")
+    which.add_argument("--all", action="store_true", help="every node, one after the other")
+    compact.add_argument("--json", action="store_true")
+    _add_client_options(compact)
+    compact.set_defaults(timeout=600.0)  # a merge of a large store takes a while
+
+    restart = verbs.add_parser("node-restart", help="restart a node of a running dynafast local",
+                               description="Ask the dynafast local whose data is in --data-dir to restart one of "
+                                           "its nodes (stopped or not); it is supervised again by that "
+                                           "dynafast local, whose Ctrl-C stops it with the others.",
+                               epilog=_examples("dynafast node-restart n3",
+                                                "dynafast node-restart n2 --data-dir /tmp/play"),
+                               formatter_class=_Help)
+    restart.add_argument("node", metavar="NODE", help="node id, as dynafast local printed it (n1, n2, ...)")
+    restart.add_argument("--data-dir", default="./dynafast-data",
+                         help="the data directory dynafast local was given (default %(default)s)")
+    restart.add_argument("--wait", type=float, default=60.0,
+                         help="seconds to wait for the node to serve (default %(default)s)")
+
+    leave = verbs.add_parser("leave", help="decommission a node: hand its partitions off, then it stops",
+                             epilog=_examples("dynafast leave --node n3 --wait 600"),
+                             formatter_class=_Help)
     leave.add_argument("--node", help="id of the node that leaves (default: the node --cluster names)")
     leave.add_argument("--wait", type=float, default=0,
                        help="wait up to this many seconds until the node has left (0: do not wait)")
@@ -193,6 +292,8 @@ def cmd_node(args) -> int:
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "tls_ca": args.tls_ca,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     config = NodeConfig.load(args.config, **overrides)
     return run_node(config)
@@ -212,20 +313,8 @@ def cmd_local(args) -> int:
     # Ctrl-C and SIGTERM both stop the cluster (a shell may have started us with SIGINT ignored).
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    procs: list[tuple[str, str, subprocess.Popen]] = []
-
-    def stop_all() -> None:
-        for _, _, proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, _, proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
+    # A node that exits is reported and stays down until `dynafast node-restart` asks for it back.
+    nodes = LocalNodes(base)
     try:
         for i in range(args.nodes):
             node_id = f"n{i + 1}"
@@ -238,18 +327,13 @@ def cmd_local(args) -> int:
             cmd += security.node_args
             if i > 0:
                 cmd += ["--seeds", seed]
-            log = open(base / f"{node_id}.log", "ab")
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-            log.close()
-            procs.append((node_id, address, proc))  # from now on stop_all() takes care of it
-            line = proc.stdout.readline().decode(errors="replace").strip()
-            if "serving on" not in line:
-                raise DynafastError(f"node {node_id} did not start; see {base / (node_id + '.log')}")
-        _wait_settled(seed, len(procs), security.login)
-        print(f"dynafast local cluster: {len(procs)} nodes, data in {base}")
-        for i, (node_id, address, proc) in enumerate(procs):
+            nodes.start(node_id, address, cmd)
+        _wait_settled(seed, len(nodes.nodes), security.login)
+        print(f"dynafast local cluster: {len(nodes.nodes)} nodes, data in {base} (kept between runs: to start "
+              f"afresh, stop this and delete that directory)")
+        for i, node in enumerate(nodes.nodes.values()):
             http = f"  console http://127.0.0.1:{args.http_base_port + i}/" if args.http_base_port else ""
-            print(f"  {node_id}  {address}  pid {proc.pid}{http}")
+            print(f"  {node.node_id}  {node.address}  pid {node.proc.pid}{http}")
         print(f"nodes prove the cluster secret in {security.secret_file} to each other")
         user = ""
         if security.login:
@@ -257,22 +341,23 @@ def cmd_local(args) -> int:
                   f"dynafast user add NAME --role read|readwrite|admin --users-file {security.users_file})")
             print(f"      export DYNAFAST_PASSWORD='{security.login['password']}'")
             user = " --user admin"
+        data_dir = "" if base == Path("./dynafast-data").resolve() else f" --data-dir {base}"
         print(f"try:  dynafast put hello world --cluster {seed}{user}")
         print(f"      dynafast get hello --cluster {seed}{user}")
         print(f"      dynafast status --cluster {seed}{user}")
+        print("a node that stops is reported here; the others go on. kill -9 one, then bring it back with:")
+        print(f"      dynafast node-restart n{len(nodes.nodes)}{data_dir}")
         print("Ctrl-C stops the cluster.", flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:
-            for node_id, _, proc in procs:
-                if proc.poll() is not None:
-                    raise DynafastError(f"node {node_id} exited with code {proc.returncode}")
+            nodes.watch()
             time.sleep(0.2)
         return 0
     except KeyboardInterrupt:
         print("\nstopping the cluster", flush=True)
         return 0
     finally:
-        stop_all()
+        nodes.stop_all()
 
 
 class _LocalSecurity:
@@ -360,12 +445,44 @@ def _client(args):
 
 
 def cmd_put(args) -> int:
+    value = _value(args)
+    context = _context(args.context)
     with _client(args) as client:
-        context = bytes.fromhex(args.context) if args.context else None
         lww = context is None and not args.blind
-        client.put(args.key.encode(), args.value.encode(), context=context, w=args.w, dw=args.dw, lww=lww,
-                   ttl=args.ttl)
+        client.put(args.key.encode(), value, context=context, w=args.w, dw=args.dw, lww=lww, ttl=args.ttl)
     return 0
+
+
+def _value(args) -> bytes:
+    """The value of ``put``: the argument, stdin (``-``) or --file, exactly one of them."""
+    if args.file is not None:
+        if args.value is not None:
+            raise ValueError("give the value or --file, not both")
+        with open(args.file, "rb") as f:
+            return f.read()
+    if args.value is None:
+        raise ValueError("give a value, - to read it from stdin, or --file PATH")
+    if args.value == "-":
+        return sys.stdin.buffer.read()
+    return args.value.encode()
+
+
+def _context(text: str | None) -> bytes | None:
+    """A --context argument as bytes; a clear error for anything that is not the hex a get printed."""
+    if not text:
+        return None
+    try:
+        context = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"--context {text!r} is not a context: give the hex string dynafast get --json "
+                         "printed as \"context\"") from None
+    from dynafast import _impl
+
+    try:
+        _impl.vclock.VClock.from_bytes(context)
+    except Exception:  # noqa: BLE001 - whatever the decoder says of bytes that are no context
+        raise ValueError(f"--context {text!r} is not a context dynafast get printed (it does not decode)") from None
+    return context
 
 
 def cmd_get(args) -> int:
@@ -388,8 +505,8 @@ def cmd_get(args) -> int:
 
 
 def cmd_delete(args) -> int:
+    context = _context(args.context)
     with _client(args) as client:
-        context = bytes.fromhex(args.context) if args.context else None
         client.delete(args.key.encode(), context=context, w=args.w)
     return 0
 
@@ -412,15 +529,108 @@ def cmd_scan(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from dynafast import admin
+
     with _client(args) as client:
         status = client.status()
+        if args.json:
+            print(json.dumps(status, indent=2))
+            return 0
+        statuses = admin.node_statuses(client, status)
+    print(admin.format_status(status, statuses))
+    return 0
+
+
+def _ring(client, args):
+    """(the ring, the STATUS) of the node --cluster names."""
+    from dynafast.net.messages import Msg
+
+    address = args.cluster.split(",")[0]
+    status = client.status(address)
+    ring, _ = client._call(address, Msg.RING_GET, (), args.timeout)
+    return ring, status
+
+
+def cmd_ring(args) -> int:
+    from dynafast import admin
+
+    with _client(args) as client:
+        report = admin.ring_report(*_ring(client, args))
+    print(json.dumps(report, indent=2) if args.json else admin.format_ring(report))
+    return 0
+
+
+def cmd_preflist(args) -> int:
+    from dynafast import admin
+
+    with _client(args) as client:
+        ring, status = _ring(client, args)
+    report = admin.preflist_report(ring, status, args.key.encode())
+    print(json.dumps(report, indent=2) if args.json else admin.format_preflist(report))
+    return 0
+
+
+def cmd_transfers(args) -> int:
+    from dynafast import admin
+
+    with _client(args) as client:
+        status = client.status(args.cluster.split(",")[0])
+        report = admin.transfers_report(status, admin.node_statuses(client, status))
+    print(json.dumps(report, indent=2) if args.json else admin.format_transfers(report))
+    return 0
+
+
+def _node_address(client, args, node_id: str | None) -> str:
+    """The address of ``node_id`` as the cluster knows it, or of the node --cluster names."""
+    address = args.cluster.split(",")[0]
+    if not node_id:
+        return address
+    members = {m["id"]: m for m in client.status(address)["members"]}
+    if node_id not in members:
+        raise ValueError(f"no node {node_id!r} in the cluster (members: {', '.join(members)})")
+    return members[node_id]["address"]
+
+
+def cmd_config(args) -> int:
+    from dynafast import admin
+
+    with _client(args) as client:
+        status = client.status(_node_address(client, args, args.node))
+    if "config" not in status:
+        raise DynafastError(f"node {status['node']} does not publish its settings (an older version)")
     if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-    print(f"ring: {status['partitions']} partitions, n={status['n']}, version {status['ring_version']}")
-    print(f"{'id':<12} {'address':<22} {'state':<8} {'partitions':>10}")
-    for member in status["members"]:
-        print(f"{member['id']:<12} {member['address']:<22} {member['state']:<8} {member['partitions']:>10}")
+        print(json.dumps(status["config"], indent=2))
+    else:
+        print(admin.format_config(status["node"], status["config"]))
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from dynafast import admin
+    from dynafast.net.messages import Compact, Msg
+
+    results = []
+    with _client(args) as client:
+        if args.all:
+            members = client.status(args.cluster.split(",")[0])["members"]
+            targets = [(m["id"], m["address"]) for m in members if m["state"] == "up"]
+        else:
+            address = _node_address(client, args, args.node)
+            targets = [(args.node or client.status(address)["node"], address)]
+        for node_id, address in targets:
+            reply = client._call(address, Msg.COMPACT, Compact(), args.timeout)
+            results.append({"node": node_id, **reply._asdict()})
+            if not args.json:
+                print(f"{node_id}: {reply.segments_merged} segments merged, "
+                      f"{admin.human_bytes(reply.disk_bytes_before)} -> {admin.human_bytes(reply.disk_bytes_after)}",
+                      flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_node_restart(args) -> int:
+    print(request_restart(Path(args.data_dir).resolve(), args.node, args.wait))
     return 0
 
 
@@ -502,6 +712,12 @@ VERBS = {
     "user": cmd_user,
     "bench": cmd_bench,
     "certs": cmd_certs,
+    "ring": cmd_ring,
+    "preflist": cmd_preflist,
+    "transfers": cmd_transfers,
+    "config": cmd_config,
+    "compact": cmd_compact,
+    "node-restart": cmd_node_restart,
 }
 
 if __name__ == "__main__":

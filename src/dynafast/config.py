@@ -13,6 +13,9 @@ from pathlib import Path
 from dynafast.address import parse_address
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 @dataclass
 class NodeConfig:
     # identity and addresses
@@ -81,6 +84,9 @@ class NodeConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+    # logging (stderr): the least severe level logged, and text lines or one JSON object per line
+    log_level: str = "info"
+    log_format: str = "text"
 
     def __post_init__(self):
         if not self.node_id:
@@ -115,6 +121,10 @@ class NodeConfig:
         if self.max_connections and self.peer_reserve >= self.max_connections:
             raise ValueError(f"peer_reserve ({self.peer_reserve}) must be below max_connections "
                              f"({self.max_connections})")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.sync not in ("none", "interval", "always"):
             raise ValueError(f"sync must be none, interval or always, not {self.sync!r}")
         margin = 2 * self.request_timeout

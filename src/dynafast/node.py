@@ -8,6 +8,7 @@ simulator hands in its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -170,6 +171,7 @@ class Node:
             Msg.SCAN_PAGE: self.scans.handle_scan_page,
             Msg.CAS: self.conditional.client_cas,
             Msg.LOCK: self.conditional.client_lock,
+            Msg.COMPACT: lambda fields: self.compact(),
             Msg.PAXOS_PREPARE: self.paxos.handle_prepare,
             Msg.PAXOS_PROPOSE: self.paxos.handle_propose,
             Msg.PAXOS_COMMIT: self.paxos.handle_commit,
@@ -274,6 +276,13 @@ class Node:
             return self.stats.track(op, started, result)
         return result
 
+    async def compact(self):
+        """Merge the store now (COMPACT, an operator's request), in a thread: requests go on being served."""
+        before = self.store.stats()["disk_bytes"]
+        merged = await asyncio.to_thread(self.store.merge)
+        log.info("compacted the store on request: %d segments merged", merged)
+        return Msg.COMPACT_REPLY, (merged, before, self.store.stats()["disk_bytes"])
+
     # -- what the node publishes -------------------------------------------------------------------------------
     def status(self) -> dict:
         membership = self.membership
@@ -322,6 +331,7 @@ class Node:
             "repair": self.repair.status(),
             "transfers": self.transfers.status(),
             "next_ring_version": None if membership.next_ring is None else membership.next_ring.version,
+            "config": public_settings(self.config),
         }
 
     def http_view(self):
@@ -349,6 +359,19 @@ class Node:
         )
 
 
+# Settings that name where a secret is kept: the effective configuration a node publishes leaves them out
+# (``security`` in the status says whether a secret and users are in use).
+_PRIVATE_SETTINGS = ("secret_file", "users_file", "tls_key")
+
+
+def public_settings(config: NodeConfig) -> dict:
+    """The node's effective settings (defaults, file and flags applied), as ``dynafast config`` shows them."""
+    settings = dataclasses.asdict(config)
+    for name in _PRIVATE_SETTINGS:
+        settings.pop(name, None)
+    return settings
+
+
 def _reply(msg_type, result):
     """Wrap a handler result that may be a coroutine (a request forwarded to the claimant)."""
     if asyncio.iscoroutine(result):
@@ -363,8 +386,35 @@ def run_node(config: NodeConfig) -> int:
     from dynafast.net.loop import install
 
     install()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.log_level, config.log_format)
     return asyncio.run(_serve(config))
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (``log_format = "json"``), for log shippers: time, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    """Log to stderr at ``level`` (debug, info, warning, error), as text lines or JSON objects."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
 
 
 async def _serve(config: NodeConfig) -> int:

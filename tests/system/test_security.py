@@ -91,6 +91,7 @@ def test_peers_authenticate_and_replicate(secured):
     (Msg.DELETE, (b"kept-6",)),
     (Msg.STATUS, ()),
     (Msg.RING_GET, ()),
+    (Msg.COMPACT, ()),
 ], ids=lambda v: v.name if isinstance(v, Msg) else "")
 def test_an_anonymous_connection_is_refused_everything(secured, msg_type, fields):
     conn = raw(secured.node("n2"))

@@ -601,7 +601,9 @@ def _pids(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `dynafast bench`."""
-    parser.add_argument("--cluster", type=_address, metavar="HOST:PORT[,...]", help="dynafast nodes to connect to")
+    parser.add_argument("--cluster", type=_address, metavar="HOST:PORT[,...]",
+                        default=os.environ.get("DYNAFAST_CLUSTER", "127.0.0.1:7101"),
+                        help="dynafast nodes to connect to (default: $DYNAFAST_CLUSTER, else 127.0.0.1:7101)")
     parser.add_argument("--target", choices=TARGETS, default="dynafast", help="what to load (default dynafast)")
     parser.add_argument("--redis", type=_address, default="127.0.0.1:6379", metavar="HOST:PORT",
                         help="Redis server, or one node of a Redis Cluster (default 127.0.0.1:6379)")

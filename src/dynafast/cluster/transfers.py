@@ -340,6 +340,7 @@ class Transfers:
         pending = len(state.required_transfers() - state.done) if state.next_ring is not None else 0
         return {
             "running": len(self.running),
+            "in_progress": [{"partition": p, "target": t} for p, t in sorted(self.running)],
             "pending_cluster_wide": pending,
             "completed": self.completed,
             "objects_sent": self.objects_sent,

@@ -71,6 +71,8 @@ class Msg(enum.IntEnum):
     PAXOS_COMMIT_REPLY = 97
     LOCK = 98
     LOCK_REPLY = 99
+    COMPACT = 110
+    COMPACT_REPLY = 111
 
 
 class ErrorCode(enum.IntEnum):
@@ -440,6 +442,16 @@ class LockReply(NamedTuple):
     ring_version: int | None = None
 
 
+class Compact(NamedTuple):
+    """Merge the node's store now (an operator's ``dynafast compact``), whatever its dead-byte ratios."""
+
+
+class CompactReply(NamedTuple):
+    segments_merged: int
+    disk_bytes_before: int
+    disk_bytes_after: int
+
+
 # Messages that share a shape share a record.
 Pong = Ping
 RingReply = JoinReply = RingPush = State
@@ -499,6 +511,8 @@ SCHEMA: dict[Msg, type] = {
     Msg.PAXOS_COMMIT_REPLY: PaxosCommitReply,
     Msg.LOCK: Lock,
     Msg.LOCK_REPLY: LockReply,
+    Msg.COMPACT: Compact,
+    Msg.COMPACT_REPLY: CompactReply,
 }
 
 

@@ -36,7 +36,7 @@ def _types(*types) -> frozenset:
 
 READ = _types(Msg.GET, Msg.RING_GET, Msg.STATUS, Msg.SCAN_PAGE)
 READWRITE = READ | _types(Msg.PUT, Msg.DELETE, Msg.CAS, Msg.LOCK)
-ADMIN = READWRITE | _types(Msg.LEAVE)
+ADMIN = READWRITE | _types(Msg.LEAVE, Msg.COMPACT)
 # Everything a node sends another: what an outsider must never be able to send.
 INTERNAL = _types(Msg.REPLICA_GET, Msg.REPLICA_PUT, Msg.REAP, Msg.JOIN, Msg.RING_PUSH, Msg.GOSSIP,
                   Msg.HINT_PUSH, Msg.TRANSFER, Msg.TRANSFER_DONE, Msg.MERKLE_GET, Msg.KEYS_GET,
@@ -123,7 +123,7 @@ class Access:
             return frozenset()
         if not self.secrets:
             return PEER
-        # A secret but no users: clients read and write; admin verbs (leave) only from this machine.
+        # A secret but no users: clients read and write; admin verbs (leave, compact) only from this machine.
         host = peername[0] if isinstance(peername, tuple) and peername else ""
         return ADMIN if is_loopback(host) else READWRITE
 
