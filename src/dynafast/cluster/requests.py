@@ -128,6 +128,17 @@ class RequestCoordinator:
         timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
         return self._get(key, r, timeout, (_GET, get))
 
+    def read_object(self, get):
+        """``client_get`` for front ends that resolve siblings their own way (RESP picks the newest): the reply's
+        fields are the merged object itself (a Siblings, None when not found) when this node coordinates; a key
+        it holds no replica of is forwarded, and the reply is the other node's GET_REPLY fields."""
+        key, r, timeout_ms = get
+        config = self.config
+        _check_sizes(config, key)
+        r = _quorum(r, config.r, "r", config.n) or 1
+        timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
+        return self._get(key, r, timeout, (_GET, get), _read_result)
+
     def client_put(self, put):
         key, value, context, w, dw, timeout_ms, lww = put
         _check_sizes(self.config, key, value)
