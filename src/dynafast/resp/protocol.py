@@ -22,7 +22,12 @@ DEFAULT_MAX_ARGS = 256 * 1024
 
 
 class RespProtocolError(Exception):
-    """The client broke the protocol; ``str()`` is the error text to send (then the connection closes)."""
+    """The client broke the protocol; ``str()`` is the error text to send (then the connection closes).
+    ``requests``: the complete requests that came before the error (they are answered first)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.requests = []
 
 
 def _bad(what: str) -> RespProtocolError:
@@ -54,10 +59,14 @@ class PythonParser:
         pos = 0
         end = len(buf)
         while pos < end:
-            if buf[pos] == 0x2A:  # '*'
-                request, pos2 = self._multibulk(buf, pos)
-            else:
-                request, pos2 = self._inline(buf, pos)
+            try:
+                if buf[pos] == 0x2A:  # '*'
+                    request, pos2 = self._multibulk(buf, pos)
+                else:
+                    request, pos2 = self._inline(buf, pos)
+            except RespProtocolError as exc:
+                exc.requests = out
+                raise
             if pos2 < 0:
                 break
             pos = pos2
@@ -195,11 +204,20 @@ class HiredisParser:
             # Inline requests (someone typing): this connection is parsed in Python from now on.
             self._python = PythonParser(self.max_bulk, self.max_args)
             return self._python.feed(data)
-        reader = self._reader
         out = []
+        try:
+            self._parse(data, out)
+        except RespProtocolError as exc:
+            exc.requests = out + exc.requests
+            raise
+        return out
+
+    def _parse(self, data, out) -> None:
+        reader = self._reader
         reader.feed(data)
         gets = reader.gets
         max_bulk = self.max_bulk
+        before = self._unparsed
         try:
             while True:
                 request = gets()
@@ -209,7 +227,7 @@ class HiredisParser:
                     raise _bad("expected '*'")
                 for arg in request:
                     if type(arg) is not bytes:
-                        raise _bad("expected '$'")
+                        raise _bad("expected '$', got '*'" if type(arg) is list else "expected '$'")
                     if len(arg) > max_bulk:
                         raise _bad("invalid bulk length")
                 if len(request) > self.max_args:
@@ -220,10 +238,22 @@ class HiredisParser:
                     self._unparsed -= 4  # "*0\r\n": nothing to answer, as in Redis
         except hiredis.ProtocolError as exc:
             text = str(exc)
-            raise _bad("invalid multibulk length" if "length" in text else text) from None
+            consumed = sum(map(_encoded_size, out)) - before
+            if "reply type byte" in text and 0 <= consumed <= len(data):
+                # An inline request after multibulk ones: the rest of this connection is parsed in Python.
+                self._python = PythonParser(self.max_bulk, self.max_args)
+                self._unparsed = 0
+                out.extend(self._python.feed(data[consumed:]))
+                return
+            if "Bulk string length" in text:
+                text = "invalid bulk length"
+            elif "depth" in text:
+                text = "expected '$', got '*'"
+            elif "length" in text:
+                text = "invalid multibulk length"
+            raise _bad(text) from None
         # What is left of a request that did not arrive whole, from the sizes of the requests completed (the
         # reader does not say; clients send lengths in their canonical form).
-        before = self._unparsed
         self._unparsed += len(data) - sum(map(_encoded_size, out))
         if self._unparsed < 0:
             self._unparsed = 0  # lengths sent in a longer form than needed: only the estimate is off
@@ -231,7 +261,6 @@ class HiredisParser:
             # Its headers so far must not ask for more than the limits (the only way a request asks for memory
             # it did not send); later headers are bounded by the server's cap on a request's bytes.
             PythonParser(self.max_bulk, self.max_args).feed(data[len(data) - self._unparsed:])
-        return out
 
 
 def _encoded_size(request) -> int:

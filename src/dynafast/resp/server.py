@@ -263,6 +263,8 @@ class RespConnection(asyncio.Protocol):
         self._writing_paused = False
         self._flush_scheduled = False
         self._unfinished = 0
+        self._broken = None  # the protocol error to send once the requests before it are answered
+        self._half_closed = False
         self.reset()
 
     def reset(self):
@@ -307,24 +309,24 @@ class RespConnection(asyncio.Protocol):
         server.unfinished -= self._unfinished
         self._unfinished = 0
         server.connections.pop(self.id, None)
-        for future, _ in self._pending:
-            if future is not None:
-                future.cancel()
+        for slot in self._pending:
+            if slot[0] is not None:
+                slot[0].cancel()
         self._pending.clear()
         self._held.clear()
         self.transport = None
 
     def data_received(self, data):
-        if self.closed:
+        if self.closed or self._broken is not None:
             return
         self.active = True
         try:
             requests = self.parser.feed(data)
         except RespProtocolError as exc:
+            # What came before the error is answered, then the error, then the connection closes (as Redis).
             self.server.stats["protocol_errors"] += 1
-            self._out += b"-" + str(exc).encode() + b"\r\n"
-            self._close()
-            return
+            self._broken = str(exc).encode()
+            requests = exc.requests
         if not self._account_unfinished():
             return
         if self._held:
@@ -332,6 +334,26 @@ class RespConnection(asyncio.Protocol):
         else:
             self._run(requests)
         self._flush()
+        self._maybe_done()
+
+    def _maybe_done(self):
+        """Once everything received is answered: after a protocol error, the error and close (as Redis does);
+        after the client's half-close, close."""
+        if self._pending or self._held or self.transport is None:
+            return
+        if self._broken is not None:
+            self._out += b"-" + self._broken + b"\r\n"
+            self._close()
+        elif self._half_closed:
+            self._close()
+
+    def eof_received(self):
+        # The client sends nothing more: answer what it sent (a pipeline, then a half-close), then close.
+        self._half_closed = True
+        if not self._pending and not self._held:
+            self._flush()
+            return False
+        return True
 
     def _account_unfinished(self) -> bool:
         buffered = self.parser.buffered
@@ -411,8 +433,8 @@ class RespConnection(asyncio.Protocol):
             if isinstance(reply, RespError):
                 self.app.errors += 1
             encode(out, reply, self.resp3)
-        if self.quit and not pending:
-            self._close()
+        if not pending and not self._held and (self._broken is not None or self._half_closed):
+            self._maybe_done()
             return
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -438,6 +460,7 @@ class RespConnection(asyncio.Protocol):
             self._resume_reading()
         self._run(held)
         self._flush()
+        self._maybe_done()
 
     def _flush(self):
         self._flush_scheduled = False
