@@ -180,17 +180,24 @@ def _object(reply):
         values, context = fields[0], fields[1]
         # No timestamps travel with a forwarded reply: the greatest value stands in (see docs/resp.md).
         return (max(values) if values else None), context
-    newest = fields.lww().live_values()
+    # One version (the common case) needs no choosing.
+    newest = (fields if len(fields) == 1 else fields.lww()).live_values()
     return (newest[0] if newest else None), fields.context()
+
+
+def read_object(app, conn, key):
+    """The coordinator's read of ``key``: a reply, or a future or coroutine of one. On a node that is the key's
+    one replica (N=1) the local copy, without a quorum machine."""
+    return app.requests.read_local(key) or app.requests.read_object(Get(key, conn.r, None))
 
 
 def read(app, conn, key):
     """A future (or the value) of (newest value or None, context) of ``key``."""
-    return then(app.requests.read_object(Get(key, conn.r, None)), _object)
+    return then(read_object(app, conn, key), _object)
 
 
 def read_value(app, conn, key):
-    return then(app.requests.read_object(Get(key, conn.r, None)), lambda reply: _object(reply)[0])
+    return then(read_object(app, conn, key), lambda reply: _object(reply)[0])
 
 
 def write(app, conn, key, value, context):
@@ -450,13 +457,13 @@ def cmd_exists(app, conn, args):
 
 @command("type", 2, "read", ("readonly", "fast"), (1, 1, 1), "The type of a key")
 def cmd_type(app, conn, args):
-    return then(app.requests.read_object(Get(args[1], conn.r, None)),
+    return then(read_object(app, conn, args[1]),
                 lambda reply: Simple("none" if _object(reply)[0] is None else "string"))
 
 
 @command("strlen", 2, "read", ("readonly", "fast"), (1, 1, 1), "The length of a key's value")
 def cmd_strlen(app, conn, args):
-    return then(app.requests.read_object(Get(args[1], conn.r, None)),
+    return then(read_object(app, conn, args[1]),
                 lambda reply: len(_object(reply)[0] or b""))
 
 
@@ -473,7 +480,7 @@ def cmd_getrange(app, conn, args):
             return b""
         e = min(e, n - 1)
         return value[s:e + 1] if s <= e else b""
-    return then(app.requests.read_object(Get(args[1], conn.r, None)), cut)
+    return then(read_object(app, conn, args[1]), cut)
 
 
 @command("getdel", 2, "readwrite", ("write", "fast"), (1, 1, 1), "Get a key's value and delete the key")
@@ -567,7 +574,7 @@ def cmd_df_get(app, conn, args):
         if type(fields) is list:
             return [fields[1], list(fields[0])]
         return [fields.context(), list(dict.fromkeys(fields.live_values()))]
-    return then(app.requests.read_object(Get(args[1], conn.r, None)), answer)
+    return then(read_object(app, conn, args[1]), answer)
 
 
 @command("df.put", -3, "readwrite", ("write", "denyoom"), (1, 1, 1), "Write a value with a context")
