@@ -4,6 +4,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -286,3 +287,20 @@ def test_auth_without_users_answers_as_redis_does(cluster):
     r = connect(cluster.nodes[0])
     with pytest.raises(redis.AuthenticationError, match="called without any password configured"):
         r.execute_command("AUTH", "secret")
+
+
+def test_tls_on_the_resp_port(tmp_path):
+    from dynafast.security.certs import write_dev_certs  # noqa: F401 - the CLI below uses it
+
+    certs = tmp_path / "certs"
+    made = subprocess.run([sys.executable, "-m", "dynafast.cli", "certs", str(certs), "--hosts", "127.0.0.1",
+                           "--nodes", "n1"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    with LocalCluster(1, base_dir=tmp_path / "c", n=1, r=1, w=1, resp=True,
+                      extra_args=["--tls-cert", str(certs / "n1.pem"), "--tls-key", str(certs / "n1-key.pem")]) as c:
+        host, port = c.nodes[0].resp_address.rsplit(":", 1)
+        secure = redis.Redis(host=host, port=int(port), ssl=True, ssl_ca_certs=str(certs / "ca.pem"),
+                             socket_timeout=10)
+        assert secure.set("tls-key", "v") and secure.get("tls-key") == b"v"
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(host=host, port=int(port), socket_timeout=5, protocol=2, retry_on_timeout=False).ping()

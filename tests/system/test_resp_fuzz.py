@@ -72,7 +72,8 @@ def serves(node) -> bool:
      b"+OK\r\n$%d\r\n%s\r\n" % (MAX_VALUE - 10, b"v" * (MAX_VALUE - 10))),
     (frame([b"SET", b"k" * 2000, b"v"]), b"-ERR key of 2000 bytes is over the limit of 1024 (max_key_size)\r\n"),
     (frame([b"GET"]) + b"PING\r\n", b"-ERR wrong number of arguments for 'get' command\r\n+PONG\r\n"),
-])
+], ids=["bulk-over-max-value", "huge-bulk-length", "too-many-args", "deep-arrays", "negative-bulk-after-ping",
+        "huge-inline", "largest-value-set-and-get", "key-over-max-key", "arity-then-inline"])
 def test_limits_answer_as_redis_does(node, data, answer):
     assert exchange(node.resp_address, data) == answer
     assert serves(node)
