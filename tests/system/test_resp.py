@@ -304,3 +304,40 @@ def test_tls_on_the_resp_port(tmp_path):
         assert secure.set("tls-key", "v") and secure.get("tls-key") == b"v"
         with pytest.raises(redis.ConnectionError):
             redis.Redis(host=host, port=int(port), socket_timeout=5, protocol=2, retry_on_timeout=False).ping()
+
+
+def test_dynafast_local_serves_resp_and_prints_the_addresses(tmp_path):
+    from test_cli import consecutive_ports, start_local, stop_local
+
+    resp = consecutive_ports(3)
+    proc, lines, base = start_local(tmp_path / "data", "--resp-base-port", str(resp))
+    try:
+        assert any("Ctrl-C stops" in line for line in lines), "".join(lines) + proc.stderr.read()
+        pids = [int(line.split("pid")[1].split()[0]) for line in lines if " pid " in line]
+        for i in range(3):
+            assert any(f"redis 127.0.0.1:{resp + i}" in line for line in lines), "".join(lines)
+        first = redis.Redis(port=resp, socket_timeout=10, protocol=2)
+        third = redis.Redis(port=resp + 2, socket_timeout=10, protocol=2)
+        assert wait_for(lambda: _try(lambda: first.set("local", "yes")), timeout=30)
+        assert third.get("local") == b"yes"
+        stop_local(proc, pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _try(fn):
+    try:
+        return fn()
+    except redis.RedisError:
+        return False
+
+
+def test_protected_mode_covers_the_resp_address():
+    from dynafast.config import NodeConfig
+    from dynafast.security.access import protected_mode
+
+    with pytest.raises(ValueError, match="0.0.0.0:6379"):
+        protected_mode(NodeConfig(resp="0.0.0.0:6379"))
+    protected_mode(NodeConfig(resp="127.0.0.1:6379"))
+    protected_mode(NodeConfig(resp="0.0.0.0:6379", insecure=True))

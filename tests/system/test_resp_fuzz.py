@@ -47,7 +47,8 @@ def exchange(address, data: bytes, wait: float = 3.0) -> bytes:
 def node(tmp_path_factory):
     base = tmp_path_factory.mktemp("resp-fuzz")
     config = base / "node.toml"
-    config.write_text(f"max_value_size = {MAX_VALUE}\nmax_key_size = 1024\nmax_frame = {1 << 20}\n")
+    config.write_text(f"max_value_size = {MAX_VALUE}\nmax_key_size = 1024\nmax_frame = {1 << 20}\n"
+                      "idle_timeout = 2.0\n")
     with LocalCluster(1, base_dir=base / "c", n=1, r=1, w=1, resp=True, extra_args=["--config", str(config)]) as c:
         yield c.nodes[0]
 
@@ -108,3 +109,19 @@ def test_random_and_mutated_frames_never_stop_the_node(node):
             assert node.is_running() and serves(node)
     assert node.is_running() and serves(node)
     assert "Traceback" not in node.stderr_tail(200_000)
+
+
+def test_an_idle_connection_is_closed(node):
+    host, port = node.resp_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=15) as s:
+        s.sendall(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nSET\r\n$1\r\n")  # half a request, then silence
+        started = time.monotonic()
+        received = b""
+        while True:
+            chunk = s.recv(1024)
+            if not chunk:
+                break
+            received += chunk
+        assert received == b"+PONG\r\n"
+        assert time.monotonic() - started < 14  # closed after 1 to 1.5 idle timeouts (2 s here)
+    assert serves(node)
