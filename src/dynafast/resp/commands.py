@@ -301,7 +301,7 @@ def cmd_hello(app, conn, args):
         if name is not None:
             conn.name = name
         return {b"server": b"redis", b"version": REDIS_VERSION.encode(), b"proto": 3 if conn.resp3 else 2,
-                b"id": conn.id, b"mode": b"cluster", b"role": b"master", b"modules": [],
+                b"id": conn.id, b"mode": b"standalone", b"role": b"master", b"modules": [],
                 b"dynafast": dynafast.__version__.encode()}
 
     if login is not None:

@@ -161,8 +161,7 @@ class Keyspace:
                     membership.mark_down(node, exc)
                 last = exc
                 continue
-            keys, _objects, more, next_after = fields[0], fields[1], fields[2], fields[3]
-            return keys, more, next_after
+            return fields[0], fields[2], fields[3]  # keys, more, after (the objects are not needed)
         raise Unavailable(f"no replica of partition {partition} could be scanned: {last}")
 
     async def walk(self, pattern=None, limit: int = 1000):

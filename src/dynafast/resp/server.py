@@ -147,7 +147,7 @@ class RespApp:
             "server": {
                 "redis_version": commands.REDIS_VERSION,
                 "dynafast_version": dynafast.__version__,
-                "redis_mode": "cluster",
+                "redis_mode": "standalone",
                 "os": " ".join(os.uname()[0:3:2]),
                 "process_id": os.getpid(),
                 "tcp_port": server.port if server is not None else port,
