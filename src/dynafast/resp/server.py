@@ -87,6 +87,9 @@ class RespApp:
             return exc
         except (DynafastError, ValueError) as exc:
             return coordinator_error(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not take the connection's other replies
+            log.exception("RESP command %r failed", args[0][:64])
+            return coordinator_error(exc)
 
     # -- logins ---------------------------------------------------------------------------------------
     def anonymous_role(self, peername) -> str | None:
@@ -516,6 +519,8 @@ def _outcome(future):
     exc = future.exception()
     if exc is None:
         return future.result()
+    if not isinstance(exc, (DynafastError, RespError, ValueError, OSError)):
+        log.error("RESP command failed", exc_info=exc)
     return coordinator_error(exc)
 
 
