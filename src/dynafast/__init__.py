@@ -1,9 +1,11 @@
 """dynafast: a Dynamo-style distributed key-value store with a compiled hot path."""
 from dynafast.errors import (
     AuthenticationFailed,
+    ConditionFailed,
     CorruptionError,
     DynafastError,
     KeyTooLarge,
+    LockHeld,
     NotPermitted,
     ProtocolError,
     QuorumNotMet,
@@ -57,4 +59,6 @@ __all__ = [
     "AuthenticationFailed",
     "NotPermitted",
     "ScanIncomplete",
+    "ConditionFailed",
+    "LockHeld",
 ]

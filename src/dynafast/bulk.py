@@ -20,6 +20,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from dynafast import _impl
+from dynafast.cluster import expiry
 from dynafast.cluster.coverage import candidates, covering_set, decode_cursor, encode_cursor
 from dynafast.errors import (CorruptionError, DynafastError, ProtocolError, ScanIncomplete, StoreClosed, Timeout,
                              Unavailable)
@@ -32,7 +33,7 @@ _BATCH_CONCURRENCY = 256  # an AsyncClient's requests in flight per batch
 
 # A replica that could not serve the page; another replica of the partition may (a ProtocolError too: a node that
 # sent what we cannot read, or does not know SCAN_PAGE; the last one is raised when no replica serves).
-_OTHER_REPLICA = (WrongNode, ScanIncomplete, CorruptionError, StoreClosed, Unavailable, Timeout, ProtocolError)
+OTHER_REPLICA = (WrongNode, ScanIncomplete, CorruptionError, StoreClosed, Unavailable, Timeout, ProtocolError)
 
 
 class _Walk:
@@ -125,18 +126,23 @@ class _Walk:
 
     def next_item(self, address: str = "node"):
         """The next (key, GetResult) fetched, or None when a page must be fetched (or the scan is over)."""
-        if not self.page or self.remaining == 0:
-            return None
-        key, raw = self.page.popleft()
-        try:
-            siblings = self._decode(raw)
-            result = self._result(list(dict.fromkeys(siblings.live_values())), siblings.context())
-        except (ProtocolError, ValueError) as exc:
-            raise ProtocolError(f"{address}: a scanned object of {key!r} does not decode: {exc}") from None
-        if self.remaining is not None:
-            self.remaining -= 1
-        self.position = (self.page_partition, key) if self.page else (self.partition, self.after)
-        return key, result
+        while self.page and self.remaining != 0:
+            key, raw = self.page.popleft()
+            try:
+                siblings = self._decode(raw)
+                # Expired values read as deleted (on this client's clock; the replica left out objects whose
+                # values had all expired on its own).
+                values, ttls = expiry.visible(siblings.live_values(), int(time.time() * 1000))
+                result = self._result(values, siblings.context(), _seconds(ttls))
+            except (ProtocolError, ValueError) as exc:
+                raise ProtocolError(f"{address}: a scanned object of {key!r} does not decode: {exc}") from None
+            self.position = (self.page_partition, key) if self.page else (self.partition, self.after)
+            if not values:
+                continue
+            if self.remaining is not None:
+                self.remaining -= 1
+            return key, result
+        return None
 
 
 class Scan:
@@ -195,7 +201,7 @@ class Scan:
             for address in walk.addresses(routing):
                 try:
                     return address, client._call(address, Msg.SCAN_PAGE, walk.request(), self._timeout)
-                except _OTHER_REPLICA as exc:
+                except OTHER_REPLICA as exc:
                     last = exc
             if time.monotonic() + pause > deadline:
                 raise _no_replica(walk, last)
@@ -273,7 +279,7 @@ class AsyncScan:
             for address in walk.addresses(routing):
                 try:
                     return address, await client._call(address, Msg.SCAN_PAGE, walk.request(), self._timeout)
-                except _OTHER_REPLICA as exc:
+                except OTHER_REPLICA as exc:
                     last = exc
             if time.monotonic() + pause > deadline:
                 raise _no_replica(walk, last)
@@ -415,8 +421,13 @@ def get_results(replies: dict) -> dict:
     """``{key: GetResult or exception}`` of a batch of gets."""
     from dynafast.client import GetResult
 
-    return {key: reply if isinstance(reply, BaseException) else GetResult(list(reply.values), reply.context)
-            for key, reply in replies.items()}
+    return {key: reply if isinstance(reply, BaseException) else
+            GetResult(list(reply.values), reply.context, _seconds(reply.ttls_ms)) for key, reply in replies.items()}
+
+
+def _seconds(ttls_ms):
+    """A reply's ``ttls_ms`` as GetResult's ``ttls``: seconds, None for a value that does not expire."""
+    return None if ttls_ms is None else [None if t < 0 else t / 1000.0 for t in ttls_ms]
 
 
 def put_results(replies: dict) -> dict:

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--data-dir", help="directory of the node's data")
     node.add_argument("--seeds", help="HOST:PORT of nodes of the cluster to join, comma-separated")
     node.add_argument("--node-id", help="the node's id (default: derived from --listen); keep it across restarts")
-    node.add_argument("--http", help="HOST:PORT for /health, /status, /metrics and the console")
+    node.add_argument("--http", help="HOST:PORT for /health, /status, /metrics, the console and /kv")
     node.add_argument("--resp", help="HOST:PORT to serve the Redis protocol (RESP) on (docs/resp.md)")
     node.add_argument("--config", help="TOML file of node options (docs/configuration.md)")
     node.add_argument("--zone", help="the node's zone: replicas are spread over zones")
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--blind", action="store_true", help="write without a context: a concurrent sibling")
     put.add_argument("--w", type=int)
     put.add_argument("--dw", type=int)
+    put.add_argument("--ttl", type=float, help="the value expires this many seconds after the write")
     _add_client_options(put)
 
     get = verbs.add_parser("get", help="read a key: prints each sibling on its own line")
@@ -370,7 +371,8 @@ def cmd_put(args) -> int:
     with _client(args) as client:
         context = bytes.fromhex(args.context) if args.context else None
         lww = context is None and not args.blind
-        client.put(args.key.encode(), args.value.encode(), context=context, w=args.w, dw=args.dw, lww=lww)
+        client.put(args.key.encode(), args.value.encode(), context=context, w=args.w, dw=args.dw, lww=lww,
+                   ttl=args.ttl)
     return 0
 
 

@@ -10,26 +10,33 @@ connection that carried it is replaced, and the client goes on serving requests.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import random
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from dynafast import _impl
 from dynafast.address import parse_address
+from dynafast.cluster.conditional import lock_key
 from dynafast.cluster.preflist import primaries
-from dynafast.errors import (CorruptionError, DynafastError, KeyTooLarge, ProtocolError, StoreClosed, Unavailable,
-                             ValueTooLarge)
-from dynafast.net.messages import Auth, Delete, Get, Msg, Put, parse_reply
+from dynafast.errors import (ConditionFailed, CorruptionError, DynafastError, KeyTooLarge, LockHeld, ProtocolError,
+                             QuorumNotMet, StoreClosed, Timeout, Unavailable, ValueTooLarge)
+from dynafast.net.messages import Auth, Cas, Delete, Get, Lock, Msg, Overloaded, Put, parse_reply
 
 
 @dataclass
 class GetResult:
-    """The answer of a get: one value per sibling (empty when the key is absent) and the causal context."""
+    """The answer of a get: one value per sibling (empty when the key is absent) and the causal context;
+    ``ttls``: None when no value expires, else per value the seconds it has left (None for a value that does
+    not expire)."""
 
     values: list[bytes] = field(default_factory=list)
     context: bytes = b""
+    ttls: list[float | None] | None = None
 
     @property
     def found(self) -> bool:
@@ -44,6 +51,49 @@ class GetResult:
             raise ValueError(f"{len(self.values)} siblings: resolve them with values and context")
         return self.values[0]
 
+    @property
+    def ttl(self) -> float | None:
+        """Seconds until the key expires (its longest-lived value); None when a value never expires; KeyError
+        when the key is absent (or expired)."""
+        if not self.values:
+            raise KeyError("the key is absent (or expired)")
+        if self.ttls is None or None in self.ttls:
+            return None
+        return max(self.ttls)
+
+
+def _get_result(reply) -> GetResult:
+    ttls = reply.ttls_ms
+    if ttls is not None:
+        ttls = [None if t < 0 else t / 1000.0 for t in ttls]
+    return GetResult(list(reply.values), reply.context, ttls)
+
+
+def _ttl_ms(ttl) -> int | None:
+    """A TTL in seconds as the PUT field (whole milliseconds, at least 1)."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+    return max(1, round(ttl * 1000))
+
+
+@dataclass
+class LockToken:
+    """A granted lease. ``fencing`` grows with every grant of the lock: hand it to what the lock protects, which
+    refuses a token lower than one it has seen (a holder paused past its lease cannot do harm). ``expires``: the
+    ``time.monotonic()`` by which the lease has surely ended, counted from before the request was sent."""
+
+    name: bytes
+    holder: str
+    fencing: int
+    ttl: float
+    expires: float
+
+    @property
+    def valid(self) -> bool:
+        return time.monotonic() < self.expires
+
 
 def _as_bytes(name: str, value) -> bytes:
     if isinstance(value, bytes):
@@ -57,6 +107,29 @@ def _as_bytes(name: str, value) -> bytes:
 # closing), not that the request cannot be served: another node may, so the client tries the next one.
 _NODE_FAULTS = (CorruptionError, StoreClosed)
 _TRY_NEXT = (Unavailable, *_NODE_FAULTS)
+# Errors after which a lock request is asked again (until its wait ends): it may or may not have been granted,
+# and asking again as the same holder only renews a lease that was.
+_LOCK_RETRY = (Unavailable, Timeout, QuorumNotMet, *_NODE_FAULTS)
+
+
+def _not_sent(exc) -> bool:
+    """Whether a failed request surely never reached the node (it could not connect, or refused at once): a
+    request that must not run twice (a conditional write) may then go to the next node."""
+    text = str(exc)
+    return isinstance(exc, Overloaded) or "cannot connect" in text or "connecting to" in text or "is closed" in text
+
+
+def _cas_result(reply) -> bytes:
+    if not reply.applied:
+        raise ConditionFailed("the key is not in the state the conditional write named: nothing written",
+                              context=reply.context, values=list(reply.values))
+    return reply.context
+
+
+def _lock_pause(reply, attempt: int, left: float) -> float:
+    """How long to wait before asking for a held lock again: not past the holder's lease, nor past ``left``."""
+    lease = reply.remaining_ms / 1000.0 if reply is not None else 0.05
+    return max(0.0, min(left, max(0.005, min(lease, random.uniform(0.01, 0.05 * (attempt + 1))))))
 
 
 def _timeout_ms(timeout: float | None) -> int | None:
@@ -112,6 +185,8 @@ def _decode(request_type, result):
         if request_type == _GET:
             if reply.context:
                 _decode_clock(reply.context)  # the caller hands it back with its next write
+            if reply.ttls_ms is not None and len(reply.ttls_ms) != len(reply.values):
+                raise ProtocolError(f"GET_REPLY has {len(reply.ttls_ms)} TTLs for {len(reply.values)} values")
             return reply
         if request_type == _RING_GET:
             return _decode_ring(reply)
@@ -272,7 +347,7 @@ class _ClientOptions:
         r = self.defaults["r"] if r is None else r
         return key, Msg.GET, Get(key, r, _timeout_ms(timeout))
 
-    def _write_request(self, key, value, context, w, dw, timeout, lww=False):
+    def _write_request(self, key, value, context, w, dw, timeout, lww=False, ttl=None):
         """A put (value is bytes) or a delete (value is None)."""
         key = self._key(key)
         context = None if context is None else _as_bytes("context", context)
@@ -283,7 +358,32 @@ class _ClientOptions:
         value = _as_bytes("value", value)
         if len(value) > self.max_value_size:
             raise ValueTooLarge(f"value of {len(value)} bytes is over the client's limit of {self.max_value_size}")
-        return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout), True if lww else None)
+        return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout), True if lww else None,
+                                 _ttl_ms(ttl))
+
+    def _cas_request(self, key, value, if_context, if_absent, context, lww, timeout, ttl=None):
+        """A conditional put (value is bytes) or delete (value is None)."""
+        if ttl is not None:
+            raise ValueError("a conditional write takes no ttl")
+        if context is not None or lww:
+            raise ValueError("a conditional write names its precondition with if_context (or if_absent) alone")
+        if if_context is not None and if_absent:
+            raise ValueError("give if_context or if_absent, not both")
+        key = self._key(key)
+        if_context = None if if_context is None else _as_bytes("if_context", if_context)
+        if value is not None:
+            value = _as_bytes("value", value)
+            if len(value) > self.max_value_size:
+                raise ValueTooLarge(f"value of {len(value)} bytes is over the client's limit of {self.max_value_size}")
+        return key, Msg.CAS, Cas(key, value, if_context, True if if_absent else None, _timeout_ms(timeout))
+
+    def _lock_request(self, name, holder, ttl, release=False, fencing=None, timeout=None):
+        name = _as_bytes("name", name)
+        if not 0 < ttl <= 24 * 3600:
+            raise ValueError(f"ttl must be a positive number of seconds up to a day, not {ttl!r}")
+        key = self._key(lock_key(name))
+        return key, Msg.LOCK, Lock(name, holder, max(1, int(ttl * 1000)), True if release else None, fencing,
+                                   _timeout_ms(timeout))
 
 
 class Client(_ClientOptions):
@@ -367,7 +467,9 @@ class Client(_ClientOptions):
                 last = exc
         raise _no_answer(last)
 
-    def _request(self, key: bytes, msg_type, fields, timeout: float | None):
+    def _request(self, key: bytes, msg_type, fields, timeout: float | None, once: bool = False):
+        """``once``: the request must not run twice (a conditional write), so it goes to another node only when
+        it surely did not reach the first."""
         timeout = self.timeout if timeout is None else timeout
         if self._routing.stale():
             try:
@@ -388,6 +490,8 @@ class Client(_ClientOptions):
             try:
                 reply = self._call(address, msg_type, fields, wait)
             except _TRY_NEXT as exc:
+                if once and not _not_sent(exc):
+                    raise
                 last = exc
                 continue
             except ProtocolError as exc:
@@ -403,21 +507,60 @@ class Client(_ClientOptions):
     def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
         key, msg_type, fields = self._get_request(key, r, timeout)
         reply = self._request(key, msg_type, fields, timeout)
-        return GetResult(list(reply.values), reply.context)
+        return _get_result(reply)
 
     def put(self, key, value, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
-            timeout: float | None = None, lww: bool = False) -> None:
+            timeout: float | None = None, lww: bool = False, if_context: bytes | None = None,
+            if_absent: bool = False, ttl: float | None = None) -> bytes | None:
         """Write ``value``. It replaces the versions ``context`` (from a get) has seen; without a context it is a
         sibling of whatever is stored. ``lww=True``: the coordinator reads the key first and the value replaces
-        every version that read saw (last write wins). TooManySiblings when the key would exceed the node's
-        ``max_siblings``."""
+        every version that read saw (last write wins). ``ttl``: the value expires that many seconds after the
+        coordinator receives the put (docs/operations.md, TTL). TooManySiblings when the key would exceed the
+        node's ``max_siblings``.
+
+        Conditional (linearizable, one Paxos round among the key's replicas): ``if_context=ctx`` writes only if
+        the key's current versions are exactly those ``ctx`` (from a get, or a ConditionFailed) names;
+        ``if_absent=True`` only if the key has no live value. ConditionFailed (with the current ``context`` and
+        ``values``) when not; returns the key's new context when written. Timeout or QuorumNotMet: the outcome
+        is unknown (read the key to learn it). A conditional write takes no ``ttl`` (ValueError)."""
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
-        self._request(*self._write_request(key, value, context, w, dw, timeout, lww), timeout)
+        if if_context is not None or if_absent:
+            request = self._cas_request(key, value, if_context, if_absent, context, lww, timeout, ttl)
+            return _cas_result(self._request(*request, timeout, once=True))
+        self._request(*self._write_request(key, value, context, w, dw, timeout, lww, ttl), timeout)
+
+    def ttl(self, key, *, r: int | None = None, timeout: float | None = None) -> float | None:
+        """Seconds until ``key`` expires; None when it does not expire; KeyError when it is absent or expired."""
+        return self.get(key, r=r, timeout=timeout).ttl
+
+    def expire(self, key, ttl: float, *, w: int | None = None, dw: int | None = None,
+               timeout: float | None = None) -> bool:
+        """Make ``key`` expire ``ttl`` seconds from now: a read, then a put of its value with the read's context.
+        False when the key is absent (or expired); ValueError when it has siblings (resolve them first)."""
+        found = self.get(key, timeout=timeout)
+        if not found.found:
+            return False
+        self.put(key, found.value, context=found.context, w=w, dw=dw, timeout=timeout, ttl=ttl)
+        return True
+
+    def persist(self, key, *, w: int | None = None, dw: int | None = None, timeout: float | None = None) -> bool:
+        """Remove ``key``'s expiry (a read, then a put of its value with the read's context). False when the key
+        is absent or does not expire; ValueError when it has siblings."""
+        found = self.get(key, timeout=timeout)
+        if found.ttls is None:
+            return False
+        self.put(key, found.value, context=found.context, w=w, dw=dw, timeout=timeout)
+        return True
 
     def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
-               timeout: float | None = None) -> None:
-        """Delete the versions ``context`` has seen; without a context, every version the coordinator reads."""
+               timeout: float | None = None, if_context: bytes | None = None) -> None:
+        """Delete the versions ``context`` has seen; without a context, every version the coordinator reads.
+        ``if_context``: conditional, as for ``put``."""
+        if if_context is not None:
+            request = self._cas_request(key, None, if_context, False, context, False, timeout)
+            _cas_result(self._request(*request, timeout, once=True))
+            return
         self._request(*self._write_request(key, None, context, w, dw, timeout), timeout)
 
     def scan(self, prefix: bytes = b"", limit: int | None = None, *, cursor: bytes | None = None,
@@ -443,6 +586,50 @@ class Client(_ClientOptions):
         from dynafast import bulk
 
         return bulk.put_results(bulk.run_batch(self, bulk.put_items(self, items, w, dw, timeout), timeout))
+
+    def acquire(self, name, *, ttl: float = 10.0, wait: float = 0.0, timeout: float | None = None) -> LockToken:
+        """Take the lease ``name`` for ``ttl`` seconds (see ``lock``); LockHeld when not granted within ``wait``."""
+        holder = uuid.uuid4().hex
+        deadline = time.monotonic() + wait
+        attempt = 0
+        while True:
+            sent = time.monotonic()
+            reply, error = None, None
+            try:
+                # A retry after an unknown outcome is safe: the same holder asking again renews its own lease.
+                reply = self._request(*self._lock_request(name, holder, ttl, timeout=timeout), timeout, once=True)
+                if reply.granted:
+                    return LockToken(_as_bytes("name", name), holder, reply.fencing, ttl, sent + ttl)
+            except _LOCK_RETRY as exc:
+                error = exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if reply is None:
+                    raise error
+                raise LockHeld(f"lock {name!r} is held by another holder ({reply.remaining_ms} ms of its lease "
+                               "left)", remaining=reply.remaining_ms / 1000.0)
+            time.sleep(_lock_pause(reply, attempt, left))
+            attempt += 1
+
+    def release(self, token: LockToken, *, timeout: float | None = None) -> bool:
+        """Give the lease back if it is still the token's; False when it was not (it had expired)."""
+        request = self._lock_request(token.name, token.holder, token.ttl, True, token.fencing, timeout)
+        return self._request(*request, timeout, once=True).granted
+
+    @contextlib.contextmanager
+    def lock(self, name, *, ttl: float = 10.0, wait: float = 0.0, timeout: float | None = None):
+        """A lease on ``name`` as a context manager: yields a LockToken (``.fencing`` grows with every grant),
+        released on exit if still held. LockHeld when not granted within ``wait`` seconds. The lease ends after
+        ``ttl`` seconds even if its holder dies or hangs (the coordinating node's clock decides, see
+        docs/operations.md): check ``token.valid``, and pass ``token.fencing`` to what the lock protects."""
+        token = self.acquire(name, ttl=ttl, wait=wait, timeout=timeout)
+        try:
+            yield token
+        finally:
+            try:
+                self.release(token, timeout=timeout)
+            except DynafastError:
+                pass  # the lease expires by itself
 
     def status(self, address: str | None = None) -> dict:
         addresses = [address] if address else self._routing.ring_sources()
@@ -530,7 +717,7 @@ class AsyncClient(_ClientOptions):
                 last = exc
         raise _no_answer(last)
 
-    async def _request(self, key: bytes, msg_type, fields, timeout: float | None):
+    async def _request(self, key: bytes, msg_type, fields, timeout: float | None, once: bool = False):
         timeout = self.timeout if timeout is None else timeout
         if self._routing.stale():
             try:
@@ -556,9 +743,13 @@ class AsyncClient(_ClientOptions):
                 reply = _decode(msg_type, await pool.request(address, msg_type, fields, wait))
             except Unavailable as exc:
                 self._routing.failed(address)
+                if once and not _not_sent(exc):
+                    raise  # see Client._request
                 last = exc
                 continue
             except _NODE_FAULTS as exc:
+                if once:
+                    raise
                 last = exc
                 continue
             except ProtocolError as exc:
@@ -571,6 +762,8 @@ class AsyncClient(_ClientOptions):
             except OSError as exc:
                 self._routing.failed(address)
                 last = Unavailable(f"{address}: {exc}")
+                if once:
+                    raise last from exc
                 continue
             self._routing.note_ring_version(reply.ring_version)
             return reply
@@ -579,16 +772,44 @@ class AsyncClient(_ClientOptions):
     async def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
         key, msg_type, fields = self._get_request(key, r, timeout)
         reply = await self._request(key, msg_type, fields, timeout)
-        return GetResult(list(reply.values), reply.context)
+        return _get_result(reply)
 
     async def put(self, key, value, *, context: bytes | None = None, w: int | None = None,
-                  dw: int | None = None, timeout: float | None = None, lww: bool = False) -> None:
+                  dw: int | None = None, timeout: float | None = None, lww: bool = False,
+                  if_context: bytes | None = None, if_absent: bool = False,
+                  ttl: float | None = None) -> bytes | None:
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
-        await self._request(*self._write_request(key, value, context, w, dw, timeout, lww), timeout)
+        if if_context is not None or if_absent:
+            request = self._cas_request(key, value, if_context, if_absent, context, lww, timeout, ttl)
+            return _cas_result(await self._request(*request, timeout, once=True))
+        await self._request(*self._write_request(key, value, context, w, dw, timeout, lww, ttl), timeout)
+
+    async def ttl(self, key, *, r: int | None = None, timeout: float | None = None) -> float | None:
+        return (await self.get(key, r=r, timeout=timeout)).ttl
+
+    async def expire(self, key, ttl: float, *, w: int | None = None, dw: int | None = None,
+                     timeout: float | None = None) -> bool:
+        found = await self.get(key, timeout=timeout)
+        if not found.found:
+            return False
+        await self.put(key, found.value, context=found.context, w=w, dw=dw, timeout=timeout, ttl=ttl)
+        return True
+
+    async def persist(self, key, *, w: int | None = None, dw: int | None = None,
+                      timeout: float | None = None) -> bool:
+        found = await self.get(key, timeout=timeout)
+        if found.ttls is None:
+            return False
+        await self.put(key, found.value, context=found.context, w=w, dw=dw, timeout=timeout)
+        return True
 
     async def delete(self, key, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
-                     timeout: float | None = None) -> None:
+                     timeout: float | None = None, if_context: bytes | None = None) -> None:
+        if if_context is not None:
+            request = self._cas_request(key, None, if_context, False, context, False, timeout)
+            _cas_result(await self._request(*request, timeout, once=True))
+            return
         await self._request(*self._write_request(key, None, context, w, dw, timeout), timeout)
 
     def scan(self, prefix: bytes = b"", limit: int | None = None, *, cursor: bytes | None = None,
@@ -610,6 +831,46 @@ class AsyncClient(_ClientOptions):
         from dynafast import bulk
 
         return bulk.put_results(await bulk.run_batch_async(self, bulk.put_items(self, items, w, dw, timeout), timeout))
+
+    async def acquire(self, name, *, ttl: float = 10.0, wait: float = 0.0,
+                      timeout: float | None = None) -> LockToken:
+        holder = uuid.uuid4().hex
+        deadline = time.monotonic() + wait
+        attempt = 0
+        while True:
+            sent = time.monotonic()
+            reply, error = None, None
+            try:
+                reply = await self._request(*self._lock_request(name, holder, ttl, timeout=timeout), timeout,
+                                            once=True)
+                if reply.granted:
+                    return LockToken(_as_bytes("name", name), holder, reply.fencing, ttl, sent + ttl)
+            except _LOCK_RETRY as exc:
+                error = exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if reply is None:
+                    raise error
+                raise LockHeld(f"lock {name!r} is held by another holder ({reply.remaining_ms} ms of its lease "
+                               "left)", remaining=reply.remaining_ms / 1000.0)
+            await asyncio.sleep(_lock_pause(reply, attempt, left))
+            attempt += 1
+
+    async def release(self, token: LockToken, *, timeout: float | None = None) -> bool:
+        request = self._lock_request(token.name, token.holder, token.ttl, True, token.fencing, timeout)
+        return (await self._request(*request, timeout, once=True)).granted
+
+    @contextlib.asynccontextmanager
+    async def lock(self, name, *, ttl: float = 10.0, wait: float = 0.0, timeout: float | None = None):
+        """As Client.lock, as an async context manager."""
+        token = await self.acquire(name, ttl=ttl, wait=wait, timeout=timeout)
+        try:
+            yield token
+        finally:
+            try:
+                await self.release(token, timeout=timeout)
+            except DynafastError:
+                pass  # the lease expires by itself
 
     async def status(self, address: str | None = None) -> dict:
         addresses = [address] if address else self._routing.ring_sources()

@@ -78,6 +78,26 @@ class ScanIncomplete(DynafastError):
     another replica of that partition."""
 
 
+class ConditionFailed(DynafastError):
+    """A conditional write (``if_context``, ``if_absent``) found the key in another state than it named: nothing
+    was written. ``context`` is the key's current context and ``values`` its current live values (empty when
+    absent), as the write's linearizable read saw them: retry with them."""
+
+    def __init__(self, message: str, *, context: bytes = b"", values: list[bytes] | None = None):
+        super().__init__(message)
+        self.context = context
+        self.values = list(values or [])
+
+
+class LockHeld(DynafastError):
+    """``lock`` was not granted within its ``wait``: another holder has it. ``remaining`` is how long the
+    holder's lease had left when last asked (seconds, on the coordinating node's clock)."""
+
+    def __init__(self, message: str, *, remaining: float = 0.0):
+        super().__init__(message)
+        self.remaining = remaining
+
+
 __all__ = [
     "DynafastError",
     "StoreLocked",
@@ -94,4 +114,6 @@ __all__ = [
     "AuthenticationFailed",
     "NotPermitted",
     "ScanIncomplete",
+    "ConditionFailed",
+    "LockHeld",
 ]

@@ -1,5 +1,5 @@
-"""The node's HTTP side: /health, /status (as `status --json`), /metrics (Prometheus), a small console, and
-POST /antientropy to start a full anti-entropy pass now.
+"""The node's HTTP side: /health, /status (as `status --json`), /metrics (Prometheus), a small console,
+POST /antientropy to start a full anti-entropy pass now, and the key-value API under /kv (``httpkv``).
 
 With a users file every page but /health needs HTTP Basic credentials of a user whose role allows it."""
 from __future__ import annotations
@@ -54,6 +54,7 @@ class NodeView:
     repair_all: Callable[[], object]
     users: Users | None = None  # None: no users file, every page is open
     metrics_auth: bool = False  # /metrics needs a user too
+    kv: object = None  # httpkv.KvBackend: the key-value API under /kv
 
 
 class BasicAuthGuard:
@@ -235,12 +236,21 @@ async def start_http(node: NodeView, address: str, ssl=None) -> web.AppRunner:
             return await handler(request)
         return guarded
 
-    app = web.Application()
+    kv_limits = {}
+    if node.kv is not None:
+        from dynafast.httpkv import server_limits
+
+        kv_limits = server_limits(node.kv)
+    app = web.Application(handler_args=kv_limits)
     app.router.add_get("/health", health)  # always open: load balancers and orchestrators probe it
     app.router.add_get("/status", needs("read", status))
     app.router.add_get("/metrics", needs("read" if node.metrics_auth else None, prometheus))
     app.router.add_post("/antientropy", needs("admin", antientropy_now))
     app.router.add_get("/", needs("read", console))
+    if node.kv is not None:
+        from dynafast.httpkv import add_routes
+
+        add_routes(app, node.kv, guard)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = parse_address(address)

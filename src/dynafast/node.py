@@ -20,9 +20,11 @@ from dynafast.cluster import incarnation
 from dynafast.cluster.actors import Actors
 from dynafast.cluster.antientropy import AntiEntropy, VnodeTrees
 from dynafast.cluster.background import cancel_and_wait
+from dynafast.cluster.conditional import ConditionalWrites
 from dynafast.cluster.durability import DurabilityBatcher
 from dynafast.cluster.hints import HintedHandoff
 from dynafast.cluster.membership import ClusterMembership
+from dynafast.cluster.paxos import Paxos
 from dynafast.cluster.preflist import Ownership
 from dynafast.cluster.ports import DirectoryFiles, Environment
 from dynafast.cluster.reaper import Reaper
@@ -122,6 +124,14 @@ class Node:
                                            actors=Actors(actor, files, env.rng), durability=self.durable,
                                            clock=env.clock, reaper=self.reaper)
         self.scans = Scans(me=self.node_id, n=config.n, membership=membership, vnodes=vnodes, repairing=repairing)
+        # Conditional writes and leases: a Paxos round per request among the key's primaries.
+        self.paxos = Paxos(**shared, ownership=ownership, durability=self.durable, clock=env.clock, rng=env.rng,
+                           repairing=repairing)
+        requests = self.requests
+        self.conditional = ConditionalWrites(config=config, versions=versions, paxos=self.paxos,
+                                             membership=membership, clock=env.clock,
+                                             actor=lambda current: requests.actor + b".cas" if current is not None
+                                             else requests.actors.fresh())
         self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
         self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
                                    trees=self.trees, repairing=repairing,
@@ -159,6 +169,11 @@ class Node:
             Msg.MERKLE_GET: self.antientropy.handle_merkle_get,
             Msg.KEYS_GET: self.antientropy.handle_keys_get,
             Msg.SCAN_PAGE: self.scans.handle_scan_page,
+            Msg.CAS: self.conditional.client_cas,
+            Msg.LOCK: self.conditional.client_lock,
+            Msg.PAXOS_PREPARE: self.paxos.handle_prepare,
+            Msg.PAXOS_PROPOSE: self.paxos.handle_propose,
+            Msg.PAXOS_COMMIT: self.paxos.handle_commit,
         }
         # One lookup per message: (record check, handler, client op or None), keyed by the decoder's plain ints.
         self._dispatch = {int(t): (parser(t), h, _CLIENT_OPS.get(t)) for t, h in self.handlers.items()}
@@ -306,6 +321,9 @@ class Node:
             "siblings": {"warnings": self.requests.sibling_warnings, "refused": self.requests.siblings_refused},
             "requests": self.stats.snapshot(),
             "scans": self.scans.status(),
+            "paxos": {"rounds": self.paxos.rounds, "contended": self.paxos.contended,
+                      "finished_others": self.paxos.finished_others, "applied": self.conditional.applied,
+                      "condition_failed": self.conditional.failed},
             "security": {"peer_secret": bool(self.access.secrets), "users": self.users is not None,
                          **self.access.stats()},
             "antientropy": self.antientropy.status(),
@@ -316,8 +334,16 @@ class Node:
 
     def http_view(self):
         """What the HTTP front end may see and do: published figures and the on-demand repair, not the node."""
+        from dynafast.cluster.nodescan import NodeScans
         from dynafast.http import NodeView
+        from dynafast.httpkv import KvBackend
 
+        config = self.config
+        # The KV API's requests go through the dispatch native ones take (checks, metrics), in-process.
+        kv = KvBackend(call=lambda msg_type, fields: self.handle(None, msg_type, 0, fields),
+                       scans=NodeScans(me=self.node_id, membership=self.membership, scans=self.scans,
+                                       transport=self.pool, clock=self.clock, timeout=config.request_timeout),
+                       max_key_size=config.max_key_size, max_value_size=config.max_value_size)
         return NodeView(
             node_id=self.node_id,
             status=self.status,
@@ -327,6 +353,7 @@ class Node:
             repair_all=self.antientropy.run_all_soon,
             users=self.users,
             metrics_auth=self.config.metrics_auth,
+            kv=kv,
         )
 
 

@@ -35,6 +35,13 @@ class Store:
     - ``background_merge`` (True) and ``merge_check_interval`` (1.0 s): merge by itself in a thread.
     - ``engine``: the engine module (default ``dynafast._impl.logstore``); tests pass the reference.
 
+    TTL: ``put(key, value, ttl=seconds)`` makes the key expire that many seconds later (wall clock). An
+    expired key is absent at once for get, keys, items, count and ``in``; a merge reclaims its space (leaving a
+    tombstone in its place only while an older segment could still hold a value of the key). The expiry is in
+    the record and in the hint file, so it survives a restart. ``ttl(key)``, ``expire(key, ttl)`` and
+    ``persist(key)`` read and change it; ``expire`` and ``persist`` rewrite the value (a get, then a put:
+    not atomic against another thread's put of the same key).
+
     Keys and values are bytes (bytearray and memoryview accepted; anything else, str included, raises
     TypeError). Iteration (``keys``, ``items``) is unordered and safe while writes and merges go on: keys
     present for the whole iteration come exactly once, keys added or deleted meanwhile may or may not.
@@ -154,9 +161,39 @@ class Store:
             self._thread.start()
 
     # Documented signatures; __init__ binds the engine's methods over these for speed.
-    def put(self, key, value):
-        """Store value under key."""
+    def put(self, key, value, ttl=None):
+        """Store value under key; ``ttl``: it expires that many seconds from now (None: never)."""
+        self._engine.put(key, value, ttl)
+
+    def ttl(self, key):
+        """Seconds until key expires; None when it does not expire; KeyError when it is absent or expired."""
+        expires = self._engine.expires_at(key)
+        if expires is None:
+            if key not in self._engine:
+                raise KeyError(key)
+            return None
+        left = expires - self._module.now_ms()
+        if left <= 0:
+            raise KeyError(key)
+        return left / 1000.0
+
+    def expire(self, key, ttl):
+        """Make key expire ``ttl`` seconds from now (its value is written again); False when it is absent."""
+        value = self._engine.get(key)
+        if value is None:
+            return False
+        self._engine.put(key, value, ttl)
+        return True
+
+    def persist(self, key):
+        """Remove key's expiry (its value is written again); False when it is absent or has none."""
+        if self._engine.expires_at(key) is None:
+            return False
+        value = self._engine.get(key)
+        if value is None:
+            return False
         self._engine.put(key, value)
+        return True
 
     def get(self, key):
         """The value of key (bytes), or None when absent."""

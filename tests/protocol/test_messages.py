@@ -119,7 +119,7 @@ def test_named_access_and_defaults():
 
 
 def test_unknown_message_types():
-    for msg_type in (0, 99, 255, "GET", None):
+    for msg_type in (0, 200, 255, "GET", None):
         with pytest.raises(UnknownMessage):
             parse(msg_type, ())
 

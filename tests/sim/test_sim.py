@@ -169,6 +169,13 @@ def test_a_blind_put_after_a_half_failed_reap_is_kept():
     assert not kv679_scenario(), "an acknowledged blind put was lost"
 
 
+def test_a_second_blind_put_after_a_half_failed_reap_is_kept():
+    """Found by seed 110 with CAS on: the first put after the reap took a fresh actor, and the second, finding
+    a local copy again, went back to the node's usual actor at counter 1, which the replica still holding the
+    tombstone had seen. A coordinator now stamps only with an actor of its own that its copy carries."""
+    assert not kv679_scenario(puts=2), "an acknowledged blind put was lost"
+
+
 def test_it_finds_a_counter_reused_after_a_local_not_found(monkeypatch):
     """Switch the fresh actor off (a coordinator without a local copy stamps with its usual actor again): the
     same scenario loses the acknowledged write."""
@@ -179,7 +186,7 @@ def test_it_finds_a_counter_reused_after_a_local_not_found(monkeypatch):
     assert any("lost write" in v for v in violations), violations
 
 
-def kv679_scenario() -> list[str]:
+def kv679_scenario(puts: int = 1) -> list[str]:
     """Riak's kv679 "doomstone", scripted: a put via replica A, a delete via n1 (every replica acknowledges);
     n1's reap removes the tombstone on A but its REAP to replica B is lost, so B and n1 keep it. A blind put via
     A used to stamp (A, 1) again, was acknowledged, and was dropped as already seen by the replicas holding the
@@ -210,16 +217,19 @@ def kv679_scenario() -> list[str]:
         ring = n1.node.membership.ring
         # n1 coordinates the delete and reaps; it asks the other replicas in this order.
         first, second = (sims[name] for name in ring.replicas(ring.partition_of(key)) if name != "n1")
-        assert (await client.put([first.address], key, with_context=False)).outcome == "ok"
+        for _ in range(puts):  # the second of two is stamped by the node's usual actor: its copy exists
+            assert (await client.put([first.address], key, with_context=False)).outcome == "ok"
         assert (await client.get([n1.address], key, r=3)).outcome == "ok"
         # The reap reaches the first replica but its REAP to the second is lost.
         network.drop_rules.append(lambda source, target, msg_type: msg_type == Msg.REAP and target == second.address)
         assert (await client.delete([n1.address], key)).outcome == "ok"
         await asyncio.sleep(3)
         assert first.node.vnodes.get(ring.partition_of(key), key) is None  # reaped there, kept elsewhere
+        # (REAPs to the second replica stay lost: its tombstone must outlive the puts.)
+        for _ in range(puts):
+            put = await client.put([first.address], key, with_context=False)
+            assert put.outcome == "ok"
         network.drop_rules.clear()
-        put = await client.put([first.address], key, with_context=False)
-        assert put.outcome == "ok"
         await asyncio.sleep(1)
         final = await client.get([n1.address], key, r=3)
         for sim in (n1, n2, n3):

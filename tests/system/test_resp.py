@@ -339,3 +339,15 @@ def test_protected_mode_covers_the_resp_address():
         protected_mode(NodeConfig(resp="0.0.0.0:6379"))
     protected_mode(NodeConfig(resp="127.0.0.1:6379"))
     protected_mode(NodeConfig(resp="0.0.0.0:6379", insecure=True))
+
+
+def test_values_that_look_like_envelopes_and_values_with_a_ttl(cluster):
+    r = connect(cluster.nodes[0], protocol=2)
+    odd = b"\xf5\x01" + bytes(8) + b"not an expiry"
+    assert r.set("odd", odd) and connect(cluster.nodes[1]).get("odd") == odd
+    assert r.execute_command("DF.GET", "odd")[1] == [odd]
+    with Client(cluster.addresses) as client:
+        client.put(b"short-lived", b"soon gone", ttl=1.0)
+    assert r.get("short-lived") == b"soon gone"
+    assert wait_for(lambda: r.get("short-lived") is None, timeout=20)
+    assert r.exists("short-lived") == 0 and r.execute_command("DF.GET", "short-lived")[1] == []

@@ -67,7 +67,8 @@ cdef extern from "<pthread.h>" nogil:
 #   record  = crc:4 | seq:8 | value_size:4 | key_size:2 | flags:1 | key | value      -> HEADER_SIZE 19
 #             (little-endian; crc = CRC-32, zlib polynomial, of every byte after the crc field)
 #   hint    = entry* | trailer
-#   entry   = offset:4 | size:4 | key_size:2 | flags:1 | key                         -> HINT_ENTRY_SIZE 11
+#   entry   = offset:4 | size:4 | key_size:2 | flags:1 | key [| expires:8 with FLAG_EXPIRES]  -> HINT_ENTRY_SIZE 11
+#   a record flagged EXPIRES has expires:8 (ms since the epoch) first in its value field
 #   trailer = data_size:8 | max_seq:8 | count:4 | crc:4                              -> HINT_TRAILER_SIZE 24
 #             (crc of every hint byte before it; data_size must equal the data file's size)
 #   MANIFEST = active:8 | count:4 | (seg_id:8 | size:8) * count | crc:4
@@ -92,6 +93,8 @@ cdef enum:
     FLAG_LZ4 = 0x02
     FLAG_BATCH = 0x04    # part of a write_batch: applied only once the batch's COMMIT record is seen
     FLAG_COMMIT = 0x08   # last record of a write_batch
+    FLAG_EXPIRES = 0x10  # the value begins with expires:8, when the key expires (ms since the epoch)
+    EXPIRES_SIZE = 8
 
 cdef enum:
     MAX_KEY_SIZE = 0xFFFF          # key_size is 2 bytes
@@ -184,6 +187,7 @@ cdef class LogStore:
     cdef int64_t bg_unsynced_id  # id of the sealed segment the job retries (-1: none)
     cdef Py_ssize_t iterators # open iterators: the arena is not compacted under them
     cdef dict rec             # what opening found (the recovery property)
+    cdef dict expires         # key -> when it expires (ms since the epoch), for keys put with a TTL
     cdef PyThread_type_lock io_lock     # flush, fsync, roll (taken before the GIL-protected state)
     cdef PyThread_type_lock merge_lock  # one merge (or close) at a time
 
@@ -192,12 +196,12 @@ cdef class LogStore:
     cdef int64_t _new_seg(self, uint64_t seg_id, int fd, uint64_t size, size_t map_len) except -1
     cdef int _drop_seg(self, uint32_t slot, bint unlink) except -1
     cdef int _apply(self, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
-                    uint32_t size, int flags) except -1
+                    uint32_t size, int flags, const unsigned char *expires) except -1
     cdef int _apply_hint(self, uint32_t seg, const unsigned char *p, size_t n) except -1
     cdef int _open_active(self, uint64_t seg_id) except -1
     cdef int _activate(self, uint64_t seg_id, int fd) except -1
     cdef int _append(self, const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen,
-                     int flags) except -1
+                     int flags, uint64_t expires) except -1
     cdef int _room(self, size_t size) except -1
     cdef int _flush_locked(self, bint release_gil) except -1
     cdef int _roll_locked(self) except -1
@@ -208,6 +212,7 @@ cdef class LogStore:
     cdef int _bg_stop(self) except -1
     cdef const unsigned char *_locate(self, uint32_t seg, uint32_t off, uint32_t size) except NULL
     cdef object _value_at(self, uint32_t seg, uint32_t off, uint32_t size)
+    cdef bint _expired(self, key)
     cdef int _release_all(self) except -1
     cdef _Iter _iter(self, prefix, bint values)
     cdef int _write_hint(self, uint64_t seg_id, df_buf *entries, uint64_t data_size) except -1

@@ -21,6 +21,9 @@ from lz4.block import compress as _lz4_compress, decompress as _lz4_decompress
 from dynafast.errors import CorruptionError, KeyTooLarge, StorageFull, StoreClosed, ValueTooLarge
 
 cimport cython
+from cpython.dict cimport PyDict_GetItem
+from cpython.long cimport PyLong_AsUnsignedLongLong
+from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pythread cimport (
     NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock, PyThread_allocate_lock, PyThread_free_lock,
@@ -35,7 +38,7 @@ from posix.types cimport off_t
 from posix.unistd cimport close as c_close, dup as c_dup, fsync as c_fsync, pwrite as c_pwrite
 from posix.unistd cimport read as c_read, write as c_write
 
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -202,6 +205,30 @@ def hint_name(seg_id):
     return f"{seg_id:016x}.hint"
 
 
+# -- expiry (TTL) --------------------------------------------------------------------------------
+cdef inline uint64_t _now_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>ts.tv_nsec // 1000000
+
+
+def now_ms():
+    """The clock expiries are compared with: ms since the epoch."""
+    return _now_ms()
+
+
+cdef uint64_t _expires_in(ttl) except? 0:
+    """When a key put now with ``ttl`` (seconds) expires: ms since the epoch."""
+    cdef double seconds = 0
+    cdef uint64_t ms
+    if type(ttl) is float or type(ttl) is int or (isinstance(ttl, (int, float)) and not isinstance(ttl, bool)):
+        seconds = ttl
+    if 0 < seconds < 1e12:
+        ms = <uint64_t>(seconds * 1000 + 0.5)
+        return _now_ms() + (ms if ms > 0 else 1)
+    raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+
+
 # -- record scanning (recovery and merge) ----------------------------------------------------------
 cdef inline size_t record_ok(const unsigned char *data, size_t pos, size_t n) noexcept nogil:
     """Size of the intact record at pos, or 0."""
@@ -213,12 +240,21 @@ cdef inline size_t record_ok(const unsigned char *data, size_t pos, size_t n) no
         return 0
     if df_crc32(p + 4, size - 4) != ld32(p + REC_CRC):
         return 0
+    if p[REC_FLAGS] & FLAG_EXPIRES and ld32(p + REC_VSIZE) < EXPIRES_SIZE:
+        return 0
     return size
 
 
+cdef inline size_t hint_span(const unsigned char *p) noexcept nogil:
+    """Bytes of the hint entry at p."""
+    return HINT_ENTRY_SIZE + ld16(p + HINT_KSIZE) + (EXPIRES_SIZE if p[HINT_FLAGS] & FLAG_EXPIRES else 0)
+
+
 cdef inline int hint_entry(df_buf *b, uint32_t off, uint32_t size, const unsigned char *key, uint16_t klen,
-                           uint8_t flags) noexcept nogil:
-    if df_buf_reserve(b, HINT_ENTRY_SIZE + klen) < 0:
+                           uint8_t flags, const unsigned char *expires) noexcept nogil:
+    """Append a hint entry; ``expires`` points at the record's 8 expiry bytes (read only with FLAG_EXPIRES)."""
+    cdef size_t extra = EXPIRES_SIZE if flags & FLAG_EXPIRES else 0
+    if df_buf_reserve(b, HINT_ENTRY_SIZE + klen + extra) < 0:
         return -1
     cdef unsigned char *p = b.data + b.len
     st32(p + HINT_OFF, off)
@@ -226,7 +262,9 @@ cdef inline int hint_entry(df_buf *b, uint32_t off, uint32_t size, const unsigne
     st16(p + HINT_KSIZE, klen)
     p[HINT_FLAGS] = flags
     memcpy(p + HINT_ENTRY_SIZE, key, klen)
-    b.len += HINT_ENTRY_SIZE + klen
+    if extra:
+        memcpy(p + HINT_ENTRY_SIZE + klen, expires, EXPIRES_SIZE)
+    b.len += HINT_ENTRY_SIZE + klen + extra
     return 0
 
 
@@ -259,7 +297,7 @@ cdef int64_t scan_records(const unsigned char *data, size_t n, df_buf *out, uint
             max_seq[0] = seq
         if flags & FLAG_BATCH:
             if hint_entry(&pending, <uint32_t>pos, <uint32_t>size, p + HEADER_SIZE, ld16(p + REC_KSIZE),
-                          flags) < 0:
+                          flags, p + HEADER_SIZE + ld16(p + REC_KSIZE)) < 0:
                 df_buf_free(&pending)
                 return -1
             if flags & FLAG_COMMIT:
@@ -270,7 +308,8 @@ cdef int64_t scan_records(const unsigned char *data, size_t n, df_buf *out, uint
                 valid_end = pos + size
         else:
             pending.len = 0  # a batch without its commit record never happened
-            if hint_entry(out, <uint32_t>pos, <uint32_t>size, p + HEADER_SIZE, ld16(p + REC_KSIZE), flags) < 0:
+            if hint_entry(out, <uint32_t>pos, <uint32_t>size, p + HEADER_SIZE, ld16(p + REC_KSIZE), flags,
+                          p + HEADER_SIZE + ld16(p + REC_KSIZE)) < 0:
                 df_buf_free(&pending)
                 return -1
             valid_end = pos + size
@@ -292,7 +331,7 @@ cdef int64_t check_hint(const unsigned char *p, size_t n, uint64_t data_size, ui
             return -1
         if <uint64_t>ld32(p + pos + HINT_OFF) + ld32(p + pos + HINT_SIZE) > data_size:
             return -1
-        pos += HINT_ENTRY_SIZE + ld16(p + pos + HINT_KSIZE)
+        pos += hint_span(p + pos)
         count += 1
     if pos != end or count != ld32(t + 16):
         return -1
@@ -446,26 +485,34 @@ cdef class _Iter:
 
     def __next__(self):
         cdef LogStore store = self.store
-        if not self.counted:
-            raise StopIteration
-        if store.closed:
-            self._done()
-            raise StoreClosed("the store is closed")
-        cdef size_t pos = df_kd_next(&store.kd, self.pos, self.end,
-                                     <const unsigned char *>PyBytes_AS_STRING(self.prefix),
-                                     <size_t>PyBytes_GET_SIZE(self.prefix))
-        if pos >= self.end:
-            self._done()
-            raise StopIteration
-        cdef df_item *it = df_kd_item(&store.kd, pos)
-        self.pos = pos + df_item_span(it.klen)
-        # Copy the location out first: allocating the key may run a finaliser that writes (and so
-        # moves the arena).
-        cdef uint32_t seg = it.seg, off = it.off, size = it.size
-        key = PyBytes_FromStringAndSize(<const char *>it.key, it.klen)
-        if self.values:
-            return (key, store._value_at(seg, off, size))
-        return key
+        cdef size_t pos
+        cdef df_item *it
+        cdef uint32_t seg, off, size
+        while True:
+            if not self.counted:
+                raise StopIteration
+            if store.closed:
+                self._done()
+                raise StoreClosed("the store is closed")
+            pos = df_kd_next(&store.kd, self.pos, self.end, <const unsigned char *>PyBytes_AS_STRING(self.prefix),
+                             <size_t>PyBytes_GET_SIZE(self.prefix))
+            if pos >= self.end:
+                self._done()
+                raise StopIteration
+            it = df_kd_item(&store.kd, pos)
+            self.pos = pos + df_item_span(it.klen)
+            # Copy the location out first: allocating the key may run a finaliser that writes (and so
+            # moves the arena).
+            seg, off, size = it.seg, it.off, it.size
+            key = PyBytes_FromStringAndSize(<const char *>it.key, it.klen)
+            if self.values:
+                value = store._value_at(seg, off, size)
+                if value is None:
+                    continue  # expired: as if absent
+                return (key, value)
+            if store.expires and store._expired(key):
+                continue
+            return key
 
     cdef void _done(self) noexcept:
         if self.counted:
@@ -489,6 +536,7 @@ cdef class LogStore:
 
     def __cinit__(self):
         self.closed = True  # until __init__ has opened everything
+        self.expires = {}
         self.unsynced_seg = -1
         self.io_lock = PyThread_allocate_lock()
         self.merge_lock = PyThread_allocate_lock()
@@ -621,15 +669,22 @@ cdef class LogStore:
         df_buf_free(&self.wbuf)
         df_buf_free(&self.inflight)
         df_buf_free(&self.hint)
+        self.expires.clear()
         df_kd_free(&self.kd)
         self.closed = True
         return 0
 
     cdef int _apply(self, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
-                    uint32_t size, int flags) except -1:
-        """Account one record in the keydir (on load and on every write)."""
+                    uint32_t size, int flags, const unsigned char *expires) except -1:
+        """Account one record in the keydir (on load and on every write); ``expires`` points at its 8 expiry
+        bytes (read only with FLAG_EXPIRES)."""
         cdef df_item old
         cdef int r
+        if flags & FLAG_EXPIRES:
+            if expires != NULL:  # NULL: the caller records it (put, which has the key object at hand)
+                self.expires[PyBytes_FromStringAndSize(<const char *>key, klen)] = ld64(expires)
+        elif self.expires:  # only stores that hold TTL keys pay for this
+            self.expires.pop(PyBytes_FromStringAndSize(<const char *>key, klen), None)
         if flags & FLAG_TOMBSTONE:
             if df_kd_remove(&self.kd, key, klen, &old):
                 self.segs[old.seg].live -= old.size
@@ -655,8 +710,8 @@ cdef class LogStore:
         while pos < n:
             klen = ld16(p + pos + HINT_KSIZE)
             self._apply(p + pos + HINT_ENTRY_SIZE, klen, seg, ld32(p + pos + HINT_OFF),
-                        ld32(p + pos + HINT_SIZE), p[pos + HINT_FLAGS])
-            pos += HINT_ENTRY_SIZE + klen
+                        ld32(p + pos + HINT_SIZE), p[pos + HINT_FLAGS], p + pos + HINT_ENTRY_SIZE + klen)
+            pos += hint_span(p + pos)
         return 0
 
     # -- open / recovery ---------------------------------------------------------------------------
@@ -800,7 +855,7 @@ cdef class LogStore:
         cdef unsigned char trailer[HINT_TRAILER_SIZE]
         cdef int err, fd
         while pos < n:
-            pos += HINT_ENTRY_SIZE + ld16(entries.data + pos + HINT_KSIZE)
+            pos += hint_span(entries.data + pos)
             count += 1
         st64(trailer, data_size)
         st64(trailer + 8, self.seq)
@@ -873,24 +928,29 @@ cdef class LogStore:
             return 0
 
     cdef int _append(self, const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen,
-                     int flags) except -1:
-        """Append one record to the write buffer and the active hint (the caller applies it)."""
-        cdef size_t size = HEADER_SIZE + klen + vlen
+                     int flags, uint64_t expires) except -1:
+        """Append one record to the write buffer and the active hint (the caller applies it); with
+        FLAG_EXPIRES its value field is ``expires`` (8 bytes) and then val."""
+        cdef size_t extra = EXPIRES_SIZE if flags & FLAG_EXPIRES else 0
+        cdef size_t size = HEADER_SIZE + klen + extra + vlen
         if df_buf_reserve(&self.wbuf, size) < 0:
             raise MemoryError()
         cdef uint64_t off = self.buf_base + self.wbuf.len
-        if hint_entry(&self.hint, <uint32_t>off, <uint32_t>size, key, <uint16_t>klen, <uint8_t>flags) < 0:
-            raise MemoryError()
         cdef unsigned char *p = self.wbuf.data + self.wbuf.len
         self.seq += 1
         st64(p + REC_SEQ, self.seq)
-        st32(p + REC_VSIZE, <uint32_t>vlen)
+        st32(p + REC_VSIZE, <uint32_t>(extra + vlen))
         st16(p + REC_KSIZE, <uint16_t>klen)
         p[REC_FLAGS] = <uint8_t>flags
         memcpy(p + HEADER_SIZE, key, klen)
+        if extra:
+            st64(p + HEADER_SIZE + klen, expires)
         if vlen:
-            memcpy(p + HEADER_SIZE + klen, val, vlen)
+            memcpy(p + HEADER_SIZE + klen + extra, val, vlen)
         st32(p + REC_CRC, df_crc32(p + 4, size - 4))
+        if hint_entry(&self.hint, <uint32_t>off, <uint32_t>size, key, <uint16_t>klen, <uint8_t>flags,
+                      p + HEADER_SIZE + klen) < 0:
+            raise MemoryError()
         self.wbuf.len += size
         self.appended += size
         return 0
@@ -1053,14 +1113,16 @@ cdef class LogStore:
                     pthread_mutex_unlock(&self.sync_mutex)
         return 0
 
-    def put(self, key, value):
-        """Store value under key (both bytes-like)."""
+    def put(self, key, value, ttl=None):
+        """Store value under key (both bytes-like); ``ttl``: it expires that many seconds from now (or never)."""
         if not PyBytes_CheckExact(key):
             key = _to_bytes(key, "key")
         if not PyBytes_CheckExact(value):
             value = _to_bytes(value, "value")
         cdef size_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value)
         cdef int flags = 0
+        cdef uint64_t expires = 0
+        cdef size_t extra = 0
         if klen > self.max_key_size:
             raise KeyTooLarge(f"key of {klen} bytes exceeds max_key_size={self.max_key_size}")
         if vlen > self.max_value_size:
@@ -1071,12 +1133,18 @@ cdef class LogStore:
                 value = packed
                 vlen = len(packed)
                 flags = FLAG_LZ4
-        self._room(HEADER_SIZE + klen + vlen)
+        if ttl is not None:
+            expires = _expires_in(ttl)
+            extra = EXPIRES_SIZE
+            flags |= FLAG_EXPIRES
+        self._room(HEADER_SIZE + klen + extra + vlen)
         cdef uint64_t off = self.buf_base + self.wbuf.len
         self._append(<const unsigned char *>PyBytes_AS_STRING(key), klen,
-                     <const unsigned char *>PyBytes_AS_STRING(value), vlen, flags)
+                     <const unsigned char *>PyBytes_AS_STRING(value), vlen, flags, expires)
         self._apply(<const unsigned char *>PyBytes_AS_STRING(key), klen, self.active, <uint32_t>off,
-                    <uint32_t>(HEADER_SIZE + klen + vlen), flags)
+                    <uint32_t>(HEADER_SIZE + klen + extra + vlen), flags, NULL)
+        if extra:
+            self.expires[key] = expires
         if self.sync_always:
             self._sync_to(self.appended)
 
@@ -1093,8 +1161,8 @@ cdef class LogStore:
             return
         self._room(HEADER_SIZE + klen)
         cdef uint64_t off = self.buf_base + self.wbuf.len
-        self._append(k, klen, NULL, 0, FLAG_TOMBSTONE)
-        self._apply(k, klen, self.active, <uint32_t>off, <uint32_t>(HEADER_SIZE + klen), FLAG_TOMBSTONE)
+        self._append(k, klen, NULL, 0, FLAG_TOMBSTONE, 0)
+        self._apply(k, klen, self.active, <uint32_t>off, <uint32_t>(HEADER_SIZE + klen), FLAG_TOMBSTONE, NULL)
         if self.sync_always:
             self._sync_to(self.appended)
 
@@ -1139,7 +1207,7 @@ cdef class LogStore:
         for k, v, flags in recs:
             flags |= FLAG_BATCH | (FLAG_COMMIT if i == last else 0)
             self._append(<const unsigned char *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
-                         <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), flags)
+                         <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), flags, 0)
             i += 1
         self._apply_hint(self.active, self.hint.data + start, self.hint.len - start)
         if self.sync_always:
@@ -1148,6 +1216,11 @@ cdef class LogStore:
     def delete_prefix(self, prefix=b""):
         """Delete every key starting with prefix in one atomic batch; returns how many were deleted."""
         keys = list(self.keys(prefix))
+        if self.expires:  # expired keys are still in the keydir (keys() leaves them out): they go too
+            now = _now_ms()
+            listed = set(keys)
+            keys.extend(k for k, e in list(self.expires.items())
+                        if now >= <uint64_t>e and k.startswith(prefix) and k not in listed)
         if keys:
             self._write_batch([(k, b"", FLAG_TOMBSTONE) for k in keys],
                               sum(HEADER_SIZE + len(k) for k in keys))
@@ -1306,11 +1379,18 @@ cdef class LogStore:
         return s.map + off
 
     cdef object _value_at(self, uint32_t seg, uint32_t off, uint32_t size):
+        """The record's value; None when it has expired (the record carries its expiry: no lookup needed)."""
         cdef const unsigned char *p = self._locate(seg, off, size)
         cdef size_t klen = ld16(p + REC_KSIZE), vlen = ld32(p + REC_VSIZE)
         if HEADER_SIZE + klen + vlen != size or df_crc32(p + 4, size - 4) != ld32(p + REC_CRC):
             raise CorruptionError("record failed its checksum")
-        value = PyBytes_FromStringAndSize(<const char *>p + HEADER_SIZE + klen, vlen)
+        if p[REC_FLAGS] & FLAG_EXPIRES:
+            if _now_ms() >= ld64(p + HEADER_SIZE + klen):
+                return None
+            value = PyBytes_FromStringAndSize(<const char *>p + HEADER_SIZE + klen + EXPIRES_SIZE,
+                                              vlen - EXPIRES_SIZE)
+        else:
+            value = PyBytes_FromStringAndSize(<const char *>p + HEADER_SIZE + klen, vlen)
         if p[REC_FLAGS] & FLAG_LZ4:
             try:
                 return _lz4_decompress(value)
@@ -1331,29 +1411,51 @@ cdef class LogStore:
             return None
         return self._value_at(it.seg, it.off, it.size)
 
+    cdef bint _expired(self, key):
+        """Whether the present key has expired."""
+        cdef PyObject *expires = PyDict_GetItem(self.expires, key)  # borrowed: no reference counting
+        return expires != NULL and _now_ms() >= PyLong_AsUnsignedLongLong(<object>expires)
+
+    def expires_at(self, key):
+        """When key expires (ms since the epoch); None when it never does or is absent."""
+        if not PyBytes_CheckExact(key):
+            key = _to_bytes(key, "key")
+        self._check_open()
+        if not self.expires or df_kd_find(&self.kd, <const unsigned char *>PyBytes_AS_STRING(key),
+                                          PyBytes_GET_SIZE(key)) == NULL:
+            return None
+        return self.expires.get(key)
+
     def __contains__(self, key):
         if not PyBytes_CheckExact(key):
             key = _to_bytes(key, "key")
         self._check_open()
-        return df_kd_find(&self.kd, <const unsigned char *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) != NULL
+        if df_kd_find(&self.kd, <const unsigned char *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) == NULL:
+            return False
+        return not (self.expires and self._expired(key))
 
     def __len__(self):
-        self._check_open()
-        return self.kd.count
+        return self.count()
 
     def count(self, prefix=b""):
-        """Number of live keys starting with prefix."""
+        """Number of live keys starting with prefix (expired ones are not)."""
         if not PyBytes_CheckExact(prefix):
             prefix = _to_bytes(prefix, "prefix")
         self._check_open()
-        cdef size_t plen = PyBytes_GET_SIZE(prefix), pos = 0, end = self.kd.arena_len, n = 0
+        cdef size_t plen = PyBytes_GET_SIZE(prefix), pos = 0, end = self.kd.arena_len, n = 0, expired = 0
+        cdef uint64_t now
+        if self.expires:
+            now = _now_ms()
+            for k, e in self.expires.items():
+                if now >= <uint64_t>e and k.startswith(prefix):
+                    expired += 1
         if plen == 0:
-            return self.kd.count
+            return self.kd.count - expired
         cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(prefix)
         while True:
             pos = df_kd_next(&self.kd, pos, end, p, plen)
             if pos >= end:
-                return n
+                return n - expired
             n += 1
             pos += df_item_span(df_kd_item(&self.kd, pos).klen)
 
@@ -1385,20 +1487,38 @@ cdef class LogStore:
         cdef uint32_t i
         cdef Seg *s
         picked = []
+        expired = self._expired_bytes()
         for i in range(self.nsegs):
             s = &self.segs[i]
             if s.fd < 0 or i == self.active:
                 continue
             total = s.live + s.dead
+            dead = s.dead + expired.get(i, 0)
             if threshold is None:
-                if s.dead > 0 or s.size < self.segment_size // 4:
+                if dead > 0 or s.size < self.segment_size // 4:
                     picked.append((s.id, i))
-            elif total and s.dead / total >= threshold:
+            elif total and dead / total >= threshold:
                 picked.append((s.id, i))
-        if threshold is None and len(picked) == 1 and self.segs[picked[0][1]].dead == 0:
+        if threshold is None and len(picked) == 1 and \
+                self.segs[picked[0][1]].dead + expired.get(picked[0][1], 0) == 0:
             return []  # one small segment alone: nothing to gain
         picked.sort()
         return [slot for _, slot in picked]
+
+    def _expired_bytes(self):
+        """Segment slot -> bytes of its records whose keys have expired: dead to a merge, though still in the
+        keydir until one drops them."""
+        out = {}
+        cdef df_item *it
+        cdef uint64_t now
+        if self.expires:
+            now = _now_ms()
+            for k, e in self.expires.items():
+                if now >= <uint64_t>e:
+                    it = df_kd_find(&self.kd, <const unsigned char *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+                    if it != NULL:
+                        out[it.seg] = out.get(it.seg, 0) + it.size
+        return out
 
     def _sealed_ids(self):
         cdef uint32_t i
@@ -1460,9 +1580,13 @@ cdef class LogStore:
         cdef const unsigned char *key
         cdef unsigned char *rec
         cdef df_item *it
-        cdef df_buf entries
+        cdef df_buf entries, out_tomb
         cdef Move mv
+        cdef uint64_t now = _now_ms()
+        cdef const unsigned char *src
+        cdef unsigned char *tomb
         memset(&entries, 0, sizeof(entries))
+        memset(&out_tomb, 0, sizeof(out_tomb))
         try:
             for slot in inputs:
                 seg_id = self.segs[slot].id
@@ -1481,12 +1605,13 @@ cdef class LogStore:
                     klen = ld16(entries.data + pos + HINT_KSIZE)
                     flags = entries.data[pos + HINT_FLAGS]
                     key = entries.data + pos + HINT_ENTRY_SIZE
-                    pos += HINT_ENTRY_SIZE + klen
+                    pos += hint_span(entries.data + pos)
                     visited += 1
                     if visited % 4096 == 0:
                         with nogil:
                             pass  # let readers and writers in between chunks
                     it = df_kd_find(&self.kd, key, klen)
+                    src = m + roff
                     if flags & FLAG_TOMBSTONE:
                         # Keep it while an older segment that stays could still hold a value for the key.
                         if it != NULL or oldest_kept is None or oldest_kept > seg_id:
@@ -1497,6 +1622,24 @@ cdef class LogStore:
                         seen_tombstones.add(kb)
                     elif it == NULL or it.seg != slot or it.off != roff:
                         continue
+                    elif flags & FLAG_EXPIRES and now >= ld64(key + klen):
+                        # Expired: its value goes, and its key with it when the swap finds it still pointing
+                        # here. A tombstone takes its place while an older segment that stays could still hold
+                        # a value for the key.
+                        if oldest_kept is None or oldest_kept > seg_id:
+                            continue
+                        if df_buf_reserve(&out_tomb, HEADER_SIZE + klen) < 0:
+                            raise MemoryError()
+                        tomb = out_tomb.data
+                        st64(tomb + REC_SEQ, ld64(m + roff + REC_SEQ))
+                        st32(tomb + REC_VSIZE, 0)
+                        st16(tomb + REC_KSIZE, klen)
+                        tomb[REC_FLAGS] = FLAG_TOMBSTONE
+                        memcpy(tomb + HEADER_SIZE, key, klen)
+                        st32(tomb + REC_CRC, df_crc32(tomb + 4, HEADER_SIZE + klen - 4))
+                        src = tomb
+                        rsize = HEADER_SIZE + klen
+                        flags = FLAG_TOMBSTONE
                     if out is None or (out.size + out.data.len > 0
                                        and out.size + out.data.len + rsize > self.segment_size):
                         if out is not None:
@@ -1512,14 +1655,14 @@ cdef class LogStore:
                     mv.size = rsize
                     mv.new_off = <uint32_t>(out.size + out.data.len)
                     mv.hint_pos = out.hint.len
-                    if df_buf_append(&out.data, m + roff, rsize) < 0:
+                    if df_buf_append(&out.data, src, rsize) < 0:
                         raise MemoryError()
                     if flags & (FLAG_BATCH | FLAG_COMMIT):
                         flags &= ~(FLAG_BATCH | FLAG_COMMIT)  # every copied record stands alone
                         rec = out.data.data + out.data.len - rsize
                         rec[REC_FLAGS] = flags
                         st32(rec + REC_CRC, df_crc32(rec + 4, rsize - 4))
-                    if hint_entry(&out.hint, mv.new_off, rsize, key, klen, flags) < 0:
+                    if hint_entry(&out.hint, mv.new_off, rsize, key, klen, flags, key + klen) < 0:
                         raise MemoryError()
                     if flags & FLAG_TOMBSTONE:
                         out.tombs += rsize
@@ -1545,6 +1688,7 @@ cdef class LogStore:
             raise
         finally:
             df_buf_free(&entries)
+            df_buf_free(&out_tomb)
         self._lock(self.io_lock)  # no roll writes the manifest meanwhile
         try:
             self._swap_in(outputs, inputs)
@@ -1601,7 +1745,7 @@ cdef class LogStore:
             os.unlink(os.path.join(self.path, data_name(seg_id)))
 
     def _forget(self, list inputs):
-        """Drop keydir entries still pointing into merged segments: their records were damaged."""
+        """Drop keydir entries still pointing into merged segments: their records were damaged, or expired."""
         cdef set slots = set(inputs)
         cdef size_t pos = 0, end = self.kd.arena_len
         cdef df_item *it
@@ -1610,6 +1754,8 @@ cdef class LogStore:
             it = df_kd_item(&self.kd, pos)
             pos += df_item_span(it.klen)
             if it.seg != DF_DEAD and it.seg in slots:
+                if self.expires:
+                    self.expires.pop(PyBytes_FromStringAndSize(<const char *>it.key, it.klen), None)
                 df_kd_remove(&self.kd, it.key, it.klen, &old)
 
     def _check_keydir(self):

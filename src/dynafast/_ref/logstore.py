@@ -6,9 +6,10 @@ Same on-disk format and same class API as the compiled ``dynafast._core.logstore
 On-disk format (little-endian; the compiled twin declares the same widths in ``logstore.pxd``)::
 
     record  = crc:u32 | seq:u64 | value_size:u32 | key_size:u16 | flags:u8 | key | value     (19-byte header)
-              crc is CRC-32 (zlib's polynomial) of every byte after the crc field.
+              crc is CRC-32 (zlib's polynomial) of every byte after the crc field. With flag EXPIRES the
+              value field begins with expires:u64 (ms since the epoch), then the (maybe compressed) value.
     hint    = entries, then trailer
-    entry   = offset:u32 | size:u32 | key_size:u16 | flags:u8 | key                        (11-byte header)
+    entry   = offset:u32 | size:u32 | key_size:u16 | flags:u8 | key [| expires:u64 with flag EXPIRES]
     trailer = data_size:u64 | max_seq:u64 | count:u32 | crc:u32                            (24 bytes)
               crc covers every byte of the hint file before it; data_size must equal the data file's size.
     MANIFEST = active:u64 | count:u32 | (seg_id:u64 | size:u64) * count | crc:u32
@@ -29,6 +30,7 @@ import errno as _errno
 import os
 import struct
 import threading
+import time
 import zlib
 
 import lz4.block
@@ -51,6 +53,8 @@ FLAG_TOMBSTONE = 0x01
 FLAG_LZ4 = 0x02
 FLAG_BATCH = 0x04  # part of a write_batch: only applied once the record flagged COMMIT is seen
 FLAG_COMMIT = 0x08  # last record of a write_batch
+FLAG_EXPIRES = 0x10  # the value begins with when the key expires (TTL): expires:u64, ms since the epoch
+EXPIRES = struct.Struct("<Q")
 
 MAX_KEY_SIZE = 0xFFFF  # key_size is a u16
 MAX_VALUE_SIZE = 0x7FFFFFFF  # keeps offset + record size within a u32
@@ -125,10 +129,22 @@ def _as_bytes(obj, what):
     raise TypeError(f"{what} must be bytes, bytearray or memoryview, not {type(obj).__name__}")
 
 
+def now_ms():
+    """The clock expiries are compared with: ms since the epoch."""
+    return int(time.time() * 1000)
+
+
 def encode_record(seq, key, value, flags):
     """One record's bytes (value already compressed if flagged)."""
     body = HEADER.pack(0, seq, len(value), len(key), flags)[4:] + key + value
     return struct.pack("<I", zlib.crc32(body)) + body
+
+
+def _expires_in(ttl):
+    """When a key put now with ``ttl`` (seconds) expires: ms since the epoch."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < 1e12:
+        raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+    return now_ms() + max(1, int(ttl * 1000 + 0.5))
 
 
 def data_name(seg_id):
@@ -140,7 +156,7 @@ def hint_name(seg_id):
 
 
 def _record_at(data, pos, end):
-    """(size, seq, flags, key) of the intact record at pos, or None."""
+    """(size, seq, flags, key, expires or None) of the intact record at pos, or None."""
     if pos + HEADER_SIZE > end:
         return None
     crc, seq, vsize, ksize, flags = HEADER.unpack_from(data, pos)
@@ -149,11 +165,20 @@ def _record_at(data, pos, end):
         return None
     if zlib.crc32(memoryview(data)[pos + 4 : pos + size]) != crc:
         return None
-    return size, seq, flags, bytes(data[pos + HEADER_SIZE : pos + HEADER_SIZE + ksize])
+    if flags & FLAG_EXPIRES and vsize < EXPIRES.size:
+        return None
+    expires = EXPIRES.unpack_from(data, pos + HEADER_SIZE + ksize)[0] if flags & FLAG_EXPIRES else None
+    return size, seq, flags, bytes(data[pos + HEADER_SIZE : pos + HEADER_SIZE + ksize]), expires
 
 
 def scan_records(data):
-    """Intact, committed records of a data file: ([(offset, size, flags, key)], valid_end, max_seq, corrupt).
+    """Intact, committed records of a data file: ([(offset, size, flags, key)], valid_end, max_seq, corrupt)."""
+    entries, valid_end, max_seq, corrupt = scan_entries(data)
+    return [e[:4] for e in entries], valid_end, max_seq, corrupt
+
+
+def scan_entries(data):
+    """As ``scan_records``, each entry with its expiry too: (offset, size, flags, key, expires or None).
 
     A record failing its checksum is skipped by searching forward for the next intact record (corrupt counts
     the damaged stretches skipped so); when none follows, the rest is a torn tail and valid_end says where to
@@ -170,8 +195,8 @@ def scan_records(data):
                 break
             corrupt += 1
             continue
-        size, seq, flags, key = rec
-        entry = (pos, size, flags, key)
+        size, seq, flags, key, expires = rec
+        entry = (pos, size, flags, key, expires)
         max_seq = max(max_seq, seq)
         pos += size
         if flags & FLAG_BATCH:
@@ -196,13 +221,14 @@ def _resync(data, pos, end):
 
 
 def encode_hint(entries, data_size, max_seq):
-    parts = [HINT_ENTRY.pack(off, size, len(key), flags) + key for off, size, flags, key in entries]
+    parts = [HINT_ENTRY.pack(off, size, len(key), flags) + key + (b"" if exp is None else EXPIRES.pack(exp))
+             for off, size, flags, key, exp in entries]
     body = b"".join(parts) + struct.pack("<QQI", data_size, max_seq, len(entries))
     return body + struct.pack("<I", zlib.crc32(body))
 
 
 def decode_hint(blob, data_size):
-    """[(offset, size, flags, key)], max_seq of a hint file, or None when it fails its checks."""
+    """[(offset, size, flags, key, expires)], max_seq of a hint file, or None when it fails its checks."""
     if len(blob) < HINT_TRAILER_SIZE:
         return None
     hsize, max_seq, count, crc = HINT_TRAILER.unpack_from(blob, len(blob) - HINT_TRAILER_SIZE)
@@ -212,11 +238,18 @@ def decode_hint(blob, data_size):
     while pos < end:
         off, size, ksize, flags = HINT_ENTRY.unpack_from(blob, pos)
         pos += HINT_ENTRY_SIZE
-        entries.append((off, size, flags, bytes(blob[pos : pos + ksize])))
+        key = bytes(blob[pos : pos + ksize])
         pos += ksize
+        expires = None
+        if flags & FLAG_EXPIRES:
+            if pos + EXPIRES.size > end:
+                return None
+            expires = EXPIRES.unpack_from(blob, pos)[0]
+            pos += EXPIRES.size
+        entries.append((off, size, flags, key, expires))
     if pos != end or len(entries) != count:
         return None
-    for off, size, _, _ in entries:
+    for off, size, _, _, _ in entries:
         if off + size > data_size:
             return None
     return entries, max_seq
@@ -353,6 +386,7 @@ class LogStore:
         self._merge_lock = threading.Lock()
         self._closed = False
         self._keydir = {}
+        self._expires = {}  # key -> when it expires (ms since the epoch), for keys put with a TTL
         self._segs = {}
         self._seq = 0
         self._buf = bytearray()
@@ -443,7 +477,7 @@ class LogStore:
             entries, max_seq = decoded
         else:
             data = os.pread(fd, size, 0) if size else b""
-            entries, valid_end, max_seq, corrupt = scan_records(data)
+            entries, valid_end, max_seq, corrupt = scan_entries(data)
             if corrupt:
                 rec["corrupt_records"] += corrupt
                 _found(rec, f"{name}: {corrupt} damaged stretch(es) skipped", True)
@@ -463,8 +497,8 @@ class LogStore:
             return found
         if sealed_size is None:
             _fsync(fd)  # the manifest written next lists it as sealed: at this size, durably
-        for off, rsize, flags, key in entries:
-            self._apply(key, seg_id, off, rsize, flags)
+        for off, rsize, flags, key, expires in entries:
+            self._apply(key, seg_id, off, rsize, flags, expires)
         return found
 
     def _write_manifest(self, closing=False):
@@ -479,8 +513,12 @@ class LogStore:
         """What opening the store found; a fresh dict (keys: see dynafast.storage)."""
         return dict(self._recovery, details=list(self._recovery["details"]))
 
-    def _apply(self, key, seg_id, off, size, flags):
+    def _apply(self, key, seg_id, off, size, flags, expires=None):
         """Account one record in the keydir (on load and on every write)."""
+        if expires is not None:
+            self._expires[key] = expires
+        elif self._expires:
+            self._expires.pop(key, None)
         old = self._keydir.pop(key, None)
         if old is not None:
             oseg = self._segs[old[0]]
@@ -542,11 +580,28 @@ class LogStore:
         return v, 0
 
     # -- writes ------------------------------------------------------------------------------------
-    def put(self, key, value):
-        """Store value under key (both bytes-like)."""
+    def put(self, key, value, ttl=None):
+        """Store value under key (both bytes-like); ``ttl``: it expires that many seconds from now (or never)."""
         k = self._key(key)
         v, flags = self._value(value)
+        if ttl is not None:
+            v = EXPIRES.pack(_expires_in(ttl)) + v
+            flags |= FLAG_EXPIRES
         self._write([(k, v, flags)])
+
+    def expires_at(self, key):
+        """When key expires (ms since the epoch); None when it never does or is absent."""
+        k = _as_bytes(key, "key")
+        with self._lock:
+            self._check_open()
+            if not self._expires or k not in self._keydir:
+                return None
+            return self._expires.get(k)
+
+    def _expired(self, k):
+        """Whether the present key k has expired (caller holds _lock)."""
+        expires = self._expires.get(k)
+        return expires is not None and now_ms() >= expires
 
     def delete(self, key):
         """Remove key; an absent key is not an error."""
@@ -615,10 +670,10 @@ class LogStore:
             off = self._buf_base + len(self._buf)
             self._buf += rec
             self._appended += len(rec)
-            seg.hint.append((off, len(rec), flags, k))
+            seg.hint.append((off, len(rec), flags, k, EXPIRES.unpack_from(v)[0] if flags & FLAG_EXPIRES else None))
         # Apply to the keydir only after the whole batch is in the buffer.
-        for off, rsize, flags, k in seg.hint[len(seg.hint) - len(recs) :]:
-            self._apply(k, seg.id, off, rsize, flags)
+        for off, rsize, flags, k, expires in seg.hint[len(seg.hint) - len(recs) :]:
+            self._apply(k, seg.id, off, rsize, flags, expires)
 
     def _flush_locked(self):
         """Write the buffer to the active segment (caller holds _io and _lock)."""
@@ -804,7 +859,7 @@ class LogStore:
         crc, _seq, vsize, ksize, flags = HEADER.unpack_from(data, 0)
         if HEADER_SIZE + ksize + vsize != size or zlib.crc32(memoryview(data)[4:]) != crc:
             raise CorruptionError("record failed its checksum")
-        value = data[HEADER_SIZE + ksize :]
+        value = data[HEADER_SIZE + ksize + (EXPIRES.size if flags & FLAG_EXPIRES else 0) :]
         if flags & FLAG_LZ4:
             try:
                 value = lz4.block.decompress(value)
@@ -818,7 +873,7 @@ class LogStore:
         with self._lock:
             self._check_open()
             loc = self._keydir.get(k)
-            if loc is None:
+            if loc is None or (self._expires and self._expired(k)):
                 return None
             data = self._read(loc)
         return self._decode(data, loc[2])
@@ -827,21 +882,21 @@ class LogStore:
         k = _as_bytes(key, "key")
         with self._lock:
             self._check_open()
-            return k in self._keydir
+            return k in self._keydir and not (self._expires and self._expired(k))
 
     def __len__(self):
-        with self._lock:
-            self._check_open()
-            return len(self._keydir)
+        return self.count()
 
     def count(self, prefix=b""):
-        """Number of live keys starting with prefix."""
+        """Number of live keys starting with prefix (expired ones are not)."""
         p = _as_bytes(prefix, "prefix")
         with self._lock:
             self._check_open()
-            if not p:
-                return len(self._keydir)
-            return sum(1 for k in self._keydir if k.startswith(p))
+            n = len(self._keydir) if not p else sum(1 for k in self._keydir if k.startswith(p))
+            if self._expires:
+                now = now_ms()
+                n -= sum(1 for k, e in self._expires.items() if now >= e and k.startswith(p))
+            return n
 
     def keys(self, prefix=b""):
         """Iterator over live keys with prefix (unordered). Keys present for the whole iteration are
@@ -865,7 +920,7 @@ class LogStore:
             with self._lock:
                 self._check_open()
                 loc = self._keydir.get(k)
-                if loc is None:
+                if loc is None or (self._expires and self._expired(k)):
                     continue
                 data = self._read(loc) if values else None
             yield (k, self._decode(data, loc[2])) if values else k
@@ -879,18 +934,33 @@ class LogStore:
 
     def _pick(self, threshold):
         picked = []
+        expired = self._expired_bytes()
         for seg in self._segs.values():
             if seg is self._active:
                 continue
             total = seg.live + seg.dead
+            dead = seg.dead + expired.get(seg.id, 0)
             if threshold is None:
-                if seg.dead > 0 or seg.size < self.segment_size // 4:
+                if dead > 0 or seg.size < self.segment_size // 4:
                     picked.append(seg)
-            elif total and seg.dead / total >= threshold:
+            elif total and dead / total >= threshold:
                 picked.append(seg)
-        if threshold is None and len(picked) == 1 and picked[0].dead == 0:
+        if threshold is None and len(picked) == 1 and picked[0].dead + expired.get(picked[0].id, 0) == 0:
             return []  # one small segment alone: nothing to gain
         return sorted(picked, key=lambda s: s.id)
+
+    def _expired_bytes(self):
+        """Segment id -> bytes of its records whose keys have expired: dead to a merge, though still in the
+        keydir until one drops them."""
+        out = {}
+        if self._expires:
+            now = now_ms()
+            for k, e in self._expires.items():
+                if now >= e:
+                    loc = self._keydir.get(k)
+                    if loc is not None:
+                        out[loc[0]] = out.get(loc[0], 0) + loc[2]
+        return out
 
     def merge(self, threshold=None):
         """Rewrite the live records of segments whose dead ratio is at least threshold (None: every
@@ -932,14 +1002,24 @@ class LogStore:
 
         out = None
         seen_tombstones = set()
+        now = now_ms()
         try:
             for seg in inputs:
                 data = os.pread(seg.fd, seg.size, 0) if seg.size else b""
-                entries = scan_records(data)[0]
-                for off, size, flags, key in entries:
+                entries = scan_entries(data)[0]
+                for off, size, flags, key, expires in entries:
                     with self._lock:
                         live = self._keydir.get(key) == (seg.id, off, size)
-                    if flags & FLAG_TOMBSTONE:
+                    rec = data[off : off + size]
+                    if live and expires is not None and now >= expires:
+                        # Expired: its value goes, and its key with it when the swap finds it still pointing
+                        # here. A tombstone takes its place while an older segment that stays could still
+                        # hold a value for the key.
+                        if oldest_kept is None or oldest_kept > seg.id:
+                            continue
+                        rec = encode_record(HEADER.unpack_from(data, off)[1], key, b"", FLAG_TOMBSTONE)
+                        flags, size, expires = FLAG_TOMBSTONE, len(rec), None
+                    elif flags & FLAG_TOMBSTONE:
                         # Keep it while an older segment that stays could still hold a value for the key.
                         with self._lock:
                             present = key in self._keydir
@@ -950,7 +1030,6 @@ class LogStore:
                         seen_tombstones.add(key)
                     elif not live:
                         continue
-                    rec = data[off : off + size]
                     flags &= ~(FLAG_BATCH | FLAG_COMMIT)  # every copied record stands alone
                     if flags != rec[18]:
                         rec = bytearray(rec)
@@ -960,7 +1039,7 @@ class LogStore:
                     if out is None or (out[3] > 0 and out[3] + size > self.segment_size):
                         out = new_output()
                     _pwrite(out[2], rec, out[3])
-                    out[4].append((out[3], size, flags, key))
+                    out[4].append((out[3], size, flags, key, expires))
                     if flags & FLAG_TOMBSTONE:
                         out[6] += size
                     else:
@@ -993,10 +1072,11 @@ class LogStore:
                         self._keydir[key] = new
                         seg.live += new[2]
                         seg.dead -= new[2]
-            # Keys still pointing into the inputs had damaged records there: drop them, never serve them.
+            # Keys still pointing into the inputs had damaged records there, or expired ones: drop them.
             gone = {seg.id for seg in inputs}
             for key in [k for k, loc in self._keydir.items() if loc[0] in gone]:
                 del self._keydir[key]
+                self._expires.pop(key, None)
             for seg in inputs:
                 del self._segs[seg.id]
                 os.close(seg.fd)
@@ -1068,4 +1148,5 @@ class LogStore:
                         os.close(s.fd)
                     self._segs.clear()
                     self._keydir.clear()
+                    self._expires.clear()
                     self._buf = bytearray()

@@ -19,14 +19,19 @@ next-ring replica may hold the tombstone too. Nor for a while after it changed (
 its copy of a vnode to the new primaries before dropping it, and an object of that copy whose key was deleted
 and reaped meanwhile would come back as new to them.
 
+Expired objects (every live value past its TTL, ``expiry``) are reaped the same way: they read as deleted, and
+are removed once every primary holds that same version, ``tombstone_delay`` after they expired. The coordinator
+of a TTL put that every primary acknowledged queues it for then; tree builds find the others.
+
 Ports: config, a membership view, the vnodes, the transport, the clock.
 """
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from collections import deque
 
+from dynafast.cluster import expiry
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.preflist import primaries
 from dynafast.errors import DynafastError
@@ -53,8 +58,8 @@ class Reaper:
         self.max_queued = max_queued
         self.reaped = 0
         self.overflowed = 0
-        # In due order (the delay is the same for all): the loop only ever looks at the head.
-        self._queue: deque = deque()
+        # A heap by due time (TTLs make delays differ): the loop only ever looks at the head.
+        self._queue: list = []
         self._queued: set = set()  # (partition, key) in the queue, so a tombstone is queued once
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -79,15 +84,25 @@ class Reaper:
             return
         delay = self.config.tombstone_delay if delay is None else delay
         self._queued.add(entry)
-        self._queue.append((self.clock.monotonic() + delay, partition, key))
+        due = self.clock.monotonic() + delay
+        heapq.heappush(self._queue, (due, partition, key))
         if len(self._queue) == 1:
             self._wake.set()
 
     def found(self, partition: int, key: bytes, siblings) -> None:
-        """A vnode scan came across an object: queue it when it is a tombstone this node is a primary of."""
-        if siblings.is_deleted() and self.membership.state is not None and \
+        """A vnode scan came across an object: queue it when it is a tombstone, or an object whose values all
+        expire, of which this node is a primary."""
+        if siblings.is_deleted():
+            delay = None
+        else:
+            gone_at = expiry.gone_at(siblings)
+            if gone_at is None:
+                return
+            left = max(0.0, gone_at / 1000.0 - self.clock.wall())
+            delay = left + self.config.tombstone_delay
+        if self.membership.state is not None and \
                 self.me in primaries(self.membership.ring, partition, self.config.n):
-            self.schedule(partition, key)
+            self.schedule(partition, key, delay)
 
     async def _run(self) -> None:
         queue = self._queue
@@ -99,9 +114,10 @@ class Reaper:
             due, partition, key = queue[0]
             wait = due - self.clock.monotonic()
             if wait > 0:
+                # A sooner reap queued meanwhile waits for the next look: at most a minute late.
                 await asyncio.sleep(min(wait, 60.0))
                 continue
-            queue.popleft()
+            heapq.heappop(queue)
             self._queued.discard((partition, key))
             try:
                 done = await self.reap(partition, key)
@@ -144,9 +160,13 @@ class Reaper:
         return [node for node in primaries(self.membership.ring, partition, self.config.n) if node != self.me]
 
     async def reap(self, partition: int, key: bytes) -> bool | None:
-        """Remove the key's tombstone everywhere. None: nothing to reap (the key was written again meanwhile)."""
+        """Remove the key's tombstone (or expired object) everywhere. None: nothing to reap (the key was written
+        again meanwhile)."""
         tombstone = self.vnodes.get(partition, key)
-        if tombstone is None or not tombstone.is_deleted():
+        if tombstone is None:
+            return None
+        if not expiry.gone(tombstone, int(self.clock.wall() * 1000)):
+            self.found(partition, key, tombstone)  # its expiry was put off (a later TTL put): reap it then
             return None
         others = self.primaries_to_ask(partition)
         if others is None:

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 
+from dynafast.cluster import expiry
 from dynafast.cluster.coordinator import GetCoordinator, PutCoordinator
 from dynafast.cluster.durability import durable_reply
 from dynafast.cluster.ports import peer_failed
@@ -33,6 +34,8 @@ _GET, _PUT, _DELETE = int(Msg.GET), int(Msg.PUT), int(Msg.DELETE)
 _PUT_REPLY, _DELETE_REPLY = int(Msg.PUT_REPLY), int(Msg.DELETE_REPLY)
 _REPLICA_GET_REPLY = int(Msg.REPLICA_GET_REPLY)
 _REPLICA_PUT_REPLY = int(Msg.REPLICA_PUT_REPLY)
+
+_MARK = expiry.MARK  # values that begin with it are envelopes (a TTL, or an escaped plain value)
 
 _SIBLING_WARNING_EVERY = 10.0  # seconds between log lines about keys with many siblings
 
@@ -152,9 +155,20 @@ class RequestCoordinator:
         return (Msg.GET_REPLY, self.vnodes.get(partition, key))  # CorruptionError: the client's error
 
     def client_put(self, put):
-        key, value, context, w, dw, timeout_ms, lww = put
+        key, value, context, w, dw, timeout_ms, lww, ttl_ms = put
         _check_sizes(self.config, key, value)
-        return self._write(key, value, context, w, dw, timeout_ms, _PUT_REPLY, (_PUT, put), lww)
+        if ttl_ms is not None or value.startswith(_MARK):
+            # The expiry is absolute, from this coordinator's clock, and from now on part of the version.
+            value, ttl_ms = self._with_expiry(value, ttl_ms)
+        return self._write(key, value, context, w, dw, timeout_ms, _PUT_REPLY, (_PUT, put), lww, ttl_ms)
+
+    def _with_expiry(self, value, ttl_ms):
+        """The stored form of a put's value (``expiry``), and the seconds its TTL lasts (None: no TTL)."""
+        if ttl_ms is None:
+            return expiry.wrap(value), None
+        if not isinstance(ttl_ms, int) or not 0 < ttl_ms <= expiry.MAX_EXPIRY // 2:
+            raise ProtocolError("ttl_ms must be a positive number of milliseconds")
+        return expiry.wrap(value, int(self.clock.wall() * 1000) + ttl_ms), ttl_ms / 1000.0
 
     def client_delete(self, delete):
         key, context, w, dw, timeout_ms = delete
@@ -162,7 +176,7 @@ class RequestCoordinator:
         # Without a context a tombstone would only add a sibling: delete what a read finds instead.
         return self._write(key, None, context, w, dw, timeout_ms, _DELETE_REPLY, (_DELETE, delete), not context)
 
-    def _write(self, key, value, context, w, dw, timeout_ms, reply_type, request, read_first):
+    def _write(self, key, value, context, w, dw, timeout_ms, reply_type, request, read_first, ttl=None):
         config = self.config
         w = _quorum(w, config.w, "w", config.n) or 1
         dw = _quorum(dw, min(config.dw, w), "dw", config.n)
@@ -170,11 +184,11 @@ class RequestCoordinator:
             raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
         timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
         if read_first:
-            return self._read_then_write(key, value, context, w, dw, timeout, reply_type, request)
+            return self._read_then_write(key, value, context, w, dw, timeout, reply_type, request, ttl)
         incoming = self.Siblings.new(value, context or None)
-        return self._put(key, incoming, w, dw, timeout, reply_type, request)
+        return self._put(key, incoming, w, dw, timeout, reply_type, request, ttl)
 
-    async def _read_then_write(self, key, value, context, w, dw, timeout, reply_type, request):
+    async def _read_then_write(self, key, value, context, w, dw, timeout, reply_type, request, ttl=None):
         """A last-write-wins put, or a delete without a context: read the key (R replicas, this node's copy
         among them), then write with the read's context, so the write supersedes every version the read saw.
 
@@ -199,7 +213,7 @@ class RequestCoordinator:
         incoming = self.Siblings.new(value, context or None)
         # One deadline for both steps: the client waits for the whole request, not for each.
         remaining = max(timeout - (self.clock.monotonic() - started), 0.001)
-        answer = self._put(key, incoming, w, dw, remaining, reply_type, request)
+        answer = self._put(key, incoming, w, dw, remaining, reply_type, request, ttl)
         return answer if type(answer) is tuple else await answer
 
     async def _forward(self, primaries, request, timeout):
@@ -222,7 +236,24 @@ class RequestCoordinator:
         raise Unavailable(f"no replica of the key answered: {last}")
 
     # put -------------------------------------------------------------------------------------------------
-    def _put(self, key, incoming, w, dw, timeout, reply_type, request):
+    def _stamping_actor(self, existing) -> bytes:
+        """The actor to stamp a write of a key with, given our copy of it (kv679).
+
+        Our actors' writes land in our copy first, and a copy only loses counters when it goes as a whole (a
+        reap, a drop): so an actor of ours that our copy carries is one whose last counter for the key we
+        know. Any other of our actors may have issued counters that replicas still hold, and starting it again
+        at 1 would make them drop the write: a fresh actor cannot collide.
+        """
+        if existing is not None:
+            base = self.actor
+            ours = base + b"."
+            for actor, _counter, _time in existing.clock().entries():
+                if actor == base or actor.startswith(ours):
+                    return actor
+        return self.actors.fresh()
+
+    def _put(self, key, incoming, w, dw, timeout, reply_type, request, ttl=None):
+        """``ttl``: seconds until the value expires (for the reaper), None when it does not."""
         partition, primaries, targets, spares = self._route(key)
         if targets is None:
             return self._forward(primaries, request, timeout)
@@ -232,9 +263,8 @@ class RequestCoordinator:
         except CorruptionError:
             existing, damaged = None, True  # what we held is lost: as if we held nothing (the write replaces it)
         # Stamp the new version and write it locally in the same loop step as the read: no other write of
-        # this key can slip in between. Without a local copy our counter for the key is unknown (a reap or a
-        # drop may have removed versions that replicas still hold): a fresh actor cannot collide (kv679).
-        actor = self.actor if existing is not None else self.actors.fresh()
+        # this key can slip in between.
+        actor = self._stamping_actor(existing)
         now = int(self.clock.wall())
         # Pruned as Riak does (by size and age): clocks gain an entry per coordinator incarnation.
         stored = incoming.update(existing, actor, now).prune(now)
@@ -245,8 +275,13 @@ class RequestCoordinator:
                          reply_type)
         state.previous = existing
         state.on_answer = self._write_answer
-        if self.reaper is not None and stored.is_deleted() and len(targets) >= self.config.n:
-            state.on_all_acked = self.reaper.schedule
+        if self.reaper is not None and len(targets) >= self.config.n:
+            if stored.is_deleted():
+                state.on_all_acked = self.reaper.schedule
+            elif ttl is not None:
+                # Reaped as a tombstone once it has expired (the reaper checks it is still all expired then).
+                state.on_all_acked = functools.partial(self.reaper.schedule,
+                                                       delay=ttl + self.config.tombstone_delay)
         self._send_puts(state, machine.start())
         next_ring = self.membership.next_ring
         if next_ring is not None:
@@ -362,9 +397,16 @@ class RequestCoordinator:
         version = self.membership.state.ring.version  # lets a client see that its ring is stale
         if result is None:
             return ([], b"", version)
+        live = result.live_values()
+        for value in live:
+            if value.startswith(_MARK):
+                # Envelopes: expired values read as deleted, the others are unwrapped.
+                values, ttls = expiry.visible(live, int(self.clock.wall() * 1000))
+                if ttls is not None:
+                    return (values, result.context(), version, ttls)
+                return (values, result.context(), version)
         # Concurrent writes of the same bytes (a retried blind write) are one value to the application.
-        values = list(dict.fromkeys(result.live_values()))
-        return (values, result.context(), version)
+        return (list(dict.fromkeys(live)), result.context(), version)
 
     def _send_gets(self, state, sends):
         for send in sends:

@@ -12,13 +12,15 @@ client's ring may be stale) or SCAN_INCOMPLETE (ours, but repairing), and the cl
 Memory is bounded by the page, never the partition: the keydir is unordered, so a page is the ``limit``
 smallest keys after the cursor, picked with a bounded heap in one pass over the vnode's keys (``heapq.nsmallest``
 keeps ``limit`` + 1 keys). A partition of P keys thus costs P / limit passes over the node's keydir; each pass
-is C code walking the key arena. Tombstones are read and left out; they still move the cursor on, so a page may
-hold fewer keys than ``limit``, or none, with ``more`` set.
+is C code walking the key arena. Tombstones, and objects whose values have all expired (``expiry``), are read and
+left out; they still move the cursor on, so a page may hold fewer keys than ``limit``, or none, with ``more``
+set. The client leaves out single expired siblings.
 """
 from __future__ import annotations
 
 import heapq
 
+from dynafast.cluster import expiry
 from dynafast.cluster.preflist import primaries
 from dynafast.cluster.vnode import vnode_prefix
 from dynafast.errors import CorruptionError, ProtocolError, ScanIncomplete, Unavailable
@@ -47,6 +49,7 @@ def read_page(vnodes, partition: int, prefix: bytes, after: bytes | None, limit:
     chosen = heapq.nsmallest(limit + 1, stored)
     more = len(chosen) > limit
     from_bytes = vnodes.versions.Siblings.from_bytes
+    now_ms = int(vnodes.clock.wall() * 1000)
     keys: list[bytes] = []
     objects: list[bytes] = []
     size = 0
@@ -58,7 +61,7 @@ def read_page(vnodes, partition: int, prefix: bytes, after: bytes | None, limit:
         if raw is None:
             continue  # deleted (reaped) since the keydir was walked
         try:
-            deleted = from_bytes(raw).is_deleted()
+            deleted = expiry.gone(from_bytes(raw), now_ms)  # a tombstone, or every value expired
         except (ProtocolError, ValueError) as exc:
             raise CorruptionError(f"stored object of {key!r} does not decode: {exc}") from exc
         if deleted:

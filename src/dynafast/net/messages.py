@@ -61,6 +61,16 @@ class Msg(enum.IntEnum):
     LEAVE_REPLY = 71
     SCAN_PAGE = 80
     SCAN_PAGE_REPLY = 81
+    CAS = 90
+    CAS_REPLY = 91
+    PAXOS_PREPARE = 92
+    PAXOS_PREPARE_REPLY = 93
+    PAXOS_PROPOSE = 94
+    PAXOS_PROPOSE_REPLY = 95
+    PAXOS_COMMIT = 96
+    PAXOS_COMMIT_REPLY = 97
+    LOCK = 98
+    LOCK_REPLY = 99
 
 
 class ErrorCode(enum.IntEnum):
@@ -81,6 +91,8 @@ class ErrorCode(enum.IntEnum):
     AUTH_FAILED = 15  # wrong credentials, or a handshake out of order: the connection stays unauthenticated
     NOT_PERMITTED = 16  # the connection's identity may not send this message
     SCAN_INCOMPLETE = 20  # this replica of the partition may lack keys (repairing): scan another one
+    CONDITION_FAILED = 25  # a conditional write's condition did not hold (CAS_REPLY says so on its own too)
+    LOCK_HELD = 26  # a lock is held by another holder (LOCK_REPLY says so on its own too)
 
 
 # Errors that have a code but no class in dynafast.errors. They derive from the nearest existing class so
@@ -157,6 +169,7 @@ class GetReply(NamedTuple):
     values: list[bytes]
     context: bytes
     ring_version: int | None = None
+    ttls_ms: list[int] | None = None  # per value: ms left before it expires, -1 for never; absent: none expires
 
 
 class Put(NamedTuple):
@@ -167,6 +180,7 @@ class Put(NamedTuple):
     dw: int | None = None
     timeout_ms: int | None = None
     lww: bool | None = None
+    ttl_ms: int | None = None  # the value expires this many ms after the coordinator receives the put
 
 
 class PutReply(NamedTuple):
@@ -350,6 +364,82 @@ class ScanPageReply(NamedTuple):
     after: bytes | None
 
 
+class Cas(NamedTuple):
+    """A conditional put (``value`` set) or delete (``value`` None): applied only if the key's current context
+    is ``context`` (``if_absent``: only if it has no live value), decided by a Paxos round among its replicas."""
+
+    key: bytes
+    value: bytes | None
+    context: bytes | None
+    if_absent: bool | None = None
+    timeout_ms: int | None = None
+
+
+class CasReply(NamedTuple):
+    applied: bool
+    values: list[bytes]  # the key's live values after the round (the write's own when applied)
+    context: bytes  # the key's context after the round
+    ring_version: int | None = None
+
+
+class PaxosPrepare(NamedTuple):
+    partition: int
+    key: bytes
+    ballot: int
+
+
+class PaxosPrepareReply(NamedTuple):
+    promised: bool
+    ballot: int  # the highest ballot the replica has promised (the caller's when promised)
+    accepted: int  # the ballot of the proposal the replica accepted last (0: none)
+    accepted_value: bytes | None
+    committed: int  # the ballot of the last proposal committed on the replica (0: none)
+    object: bytes | None  # the replica's copy of the key
+
+
+class PaxosPropose(NamedTuple):
+    partition: int
+    key: bytes
+    ballot: int
+    value: bytes
+
+
+class PaxosProposeReply(NamedTuple):
+    accepted: bool
+    ballot: int  # the replica's promised ballot
+
+
+class PaxosCommit(NamedTuple):
+    partition: int
+    key: bytes
+    ballot: int
+    value: bytes
+
+
+class PaxosCommitReply(NamedTuple):
+    durable: bool
+
+
+class Lock(NamedTuple):
+    """Take (or, with ``release``, give back) the lease ``name`` for ``holder``; expiry on the coordinator's
+    clock."""
+
+    name: bytes
+    holder: str
+    ttl_ms: int
+    release: bool | None = None
+    fencing: int | None = None  # release: the token of the grant being given back
+    timeout_ms: int | None = None
+
+
+class LockReply(NamedTuple):
+    granted: bool  # acquire: the lease is the holder's; release: it was and is now free
+    fencing: int  # the token of the grant (granted) or of the current holder's grant
+    holder: str  # who holds the lease now ("" when nobody)
+    remaining_ms: int  # how long the current lease has left, on the coordinator's clock
+    ring_version: int | None = None
+
+
 # Messages that share a shape share a record.
 Pong = Ping
 RingReply = JoinReply = RingPush = State
@@ -399,6 +489,16 @@ SCHEMA: dict[Msg, type] = {
     Msg.LEAVE_REPLY: LeaveReply,
     Msg.SCAN_PAGE: ScanPage,
     Msg.SCAN_PAGE_REPLY: ScanPageReply,
+    Msg.CAS: Cas,
+    Msg.CAS_REPLY: CasReply,
+    Msg.PAXOS_PREPARE: PaxosPrepare,
+    Msg.PAXOS_PREPARE_REPLY: PaxosPrepareReply,
+    Msg.PAXOS_PROPOSE: PaxosPropose,
+    Msg.PAXOS_PROPOSE_REPLY: PaxosProposeReply,
+    Msg.PAXOS_COMMIT: PaxosCommit,
+    Msg.PAXOS_COMMIT_REPLY: PaxosCommitReply,
+    Msg.LOCK: Lock,
+    Msg.LOCK_REPLY: LockReply,
 }
 
 
@@ -498,7 +598,7 @@ def _parse(msg_type, fields):
     if not check(fields):
         raise _wrong_type(msg_type, record, fields)
     for index, items in lists:
-        for item in fields[index]:
+        for item in fields[index] or ():  # an optional list may be None (the type check allowed it)
             if type(item) not in items:
                 raise _malformed(msg_type, record, record._fields[index])
     return _new(record, fields)
@@ -579,6 +679,8 @@ def _malformed(msg_type, record: type, name: str, problem: str | None = None) ->
 # Most specific first: error_fields walks this in order and isinstance picks the first match.
 _BY_CLASS = [
     (errors.QuorumNotMet, ErrorCode.QUORUM_NOT_MET),
+    (errors.ConditionFailed, ErrorCode.CONDITION_FAILED),
+    (errors.LockHeld, ErrorCode.LOCK_HELD),
     (errors.TooManySiblings, ErrorCode.TOO_MANY_SIBLINGS),
     (UnknownMessage, ErrorCode.UNKNOWN_MESSAGE),
     (errors.AuthenticationFailed, ErrorCode.AUTH_FAILED),
@@ -611,6 +713,8 @@ _BY_CODE = {
     ErrorCode.AUTH_FAILED: errors.AuthenticationFailed,
     ErrorCode.NOT_PERMITTED: errors.NotPermitted,
     ErrorCode.SCAN_INCOMPLETE: errors.ScanIncomplete,
+    ErrorCode.CONDITION_FAILED: errors.ConditionFailed,
+    ErrorCode.LOCK_HELD: errors.LockHeld,
 }
 
 

@@ -18,6 +18,7 @@ import time
 from typing import NamedTuple
 
 import dynafast
+from dynafast.cluster import expiry
 from dynafast.errors import DynafastError, QuorumNotMet
 from dynafast.net.messages import Delete, Get, Put
 from dynafast.resp import keyspace
@@ -182,7 +183,14 @@ def _object(reply):
         return (max(values) if values else None), context
     # One version (the common case) needs no choosing.
     newest = (fields if len(fields) == 1 else fields.lww()).live_values()
-    return (newest[0] if newest else None), fields.context()
+    if not newest:
+        return None, fields.context()
+    value = newest[0]
+    if value.startswith(expiry.MARK):  # an envelope: a value with a TTL (expired reads as deleted), or escaped
+        value, at = expiry.unwrap(value)
+        if at is not None and time.time() * 1000 >= at:
+            return None, fields.context()
+    return value, fields.context()
 
 
 def read_object(app, conn, key):
@@ -573,7 +581,8 @@ def cmd_df_get(app, conn, args):
             return [b"", []]
         if type(fields) is list:
             return [fields[1], list(fields[0])]
-        return [fields.context(), list(dict.fromkeys(fields.live_values()))]
+        values, _ = expiry.visible(fields.live_values(), int(time.time() * 1000))
+        return [fields.context(), values]
     return then(read_object(app, conn, args[1]), answer)
 
 

@@ -16,6 +16,7 @@ def main(argv=None) -> int:
     parser.add_argument("--nodes", type=int, default=3, help="nodes at the start, 3-7 (default 3)")
     parser.add_argument("--ops", type=int, default=150, help="client operations per seed (default 150)")
     parser.add_argument("--faults", default="", help="comma-separated subset of the fault kinds (default all)")
+    parser.add_argument("--cas", action="store_true", help="clients also increment counters by compare-and-set")
     parser.add_argument("--verbose", action="store_true", help="print every violation and the fault log")
     args = parser.parse_args(argv)
     if not 3 <= args.nodes <= 7:
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     total_ops = total_faults = total_violations = 0
     started = time.monotonic()
     for seed in range(args.seed, args.seed + args.seeds):
-        result = run(seed, nodes=args.nodes, ops=args.ops, faults=faults)
+        result = run(seed, nodes=args.nodes, ops=args.ops, faults=faults, cas=args.cas)
         total_ops += result.ops
         total_faults += len(result.faults)
         total_violations += len(result.violations)

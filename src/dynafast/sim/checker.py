@@ -11,6 +11,10 @@
   back through the cluster.
 - Siblings stay bounded.
 - The ring and the membership converge: every running node holds the same cluster state and no change is pending.
+- Counters incremented by compare-and-set (``check_counters``) are linearizable as far as their history shows:
+  no two acknowledged increments read the same value, the final value lies between the acknowledged count and
+  that plus the increments whose outcome is unknown, and an increment never reads less than one acknowledged
+  before it began wrote.
 """
 from __future__ import annotations
 
@@ -98,4 +102,36 @@ def check_membership(states: dict) -> list[Violation]:
         unsettled = sorted(m for m, status in members.items() if status not in ("valid", "left"))
         if unsettled:
             violations.append(Violation("membership", f"{node} sees unsettled members {unsettled}"))
+    return violations
+
+
+def check_counters(history, finals: dict) -> list[Violation]:
+    """``finals``: counter key -> its value read linearizably at the end (None when that read failed)."""
+    violations = []
+    ops = defaultdict(list)
+    for op in history.ops:
+        if op.kind == "cas":
+            ops[op.key].append(op)
+    for key in sorted(set(ops) | set(finals)):
+        acked = [op for op in ops[key] if op.outcome == "ok"]
+        unknown = sum(1 for op in ops[key] if op.outcome == "unknown")
+        reads = defaultdict(int)
+        for op in acked:
+            reads[op.read] += 1
+        for value, count in sorted(reads.items()):
+            if count > 1:
+                violations.append(Violation("lost update", f"{key!r}: {count} acknowledged increments read {value}"))
+        final = finals.get(key)
+        if final is None:
+            violations.append(Violation("unreadable", f"counter {key!r} could not be read at the end"))
+        elif not len(acked) <= final <= len(acked) + unknown:
+            violations.append(Violation("counter", f"{key!r} ends at {final}, outside [{len(acked)}, "
+                                                   f"{len(acked) + unknown}] (acknowledged, + unknown)"))
+        done = sorted(acked, key=lambda op: op.end)
+        for op in acked:
+            before = [p.read for p in done if p.end < op.start]
+            if before and max(before) >= op.read:
+                violations.append(Violation("stale read", f"{key!r}: an increment from {op.read} began after one "
+                                                          f"from {max(before)} was acknowledged"))
+                break
     return violations

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 from dynafast import _impl
 from dynafast.net.messages import Msg
-from dynafast.sim.checker import Violation, check_history, check_membership, check_replicas
+from dynafast.sim.checker import Violation, check_counters, check_history, check_membership, check_replicas
 from dynafast.sim.cluster import SimNode
 from dynafast.sim.loop import SimLoop
 from dynafast.sim.network import SimNetwork
-from dynafast.sim.workload import History, SimClient
+from dynafast.sim.workload import CasClient, History, SimClient
 
 FAULTS = ("crash", "wipe", "truncate", "corrupt", "pause", "partition", "one-way", "clock-jump", "join", "leave",
           "leave-cut", "lose-reaps", "hold-hints")
@@ -38,23 +38,25 @@ class Result:
 
 
 def run(seed: int, *, nodes: int = 3, ops: int = 200, clients: int = 3, keys: int = 6,
-        faults: tuple[str, ...] = FAULTS, debug: bool = False) -> Result:
-    """Run one seed to the end and check it. Deterministic: the same arguments give the same result."""
+        faults: tuple[str, ...] = FAULTS, debug: bool = False, cas: bool = False) -> Result:
+    """Run one seed to the end and check it. Deterministic: the same arguments give the same result.
+    ``cas``: the clients also increment two counter keys by compare-and-set (a third of their operations)."""
     loop = SimLoop()
     logger = logging.getLogger("dynafast")
     level = logger.level
     if not debug:
         logger.setLevel(logging.CRITICAL)
     try:
-        return loop.run_until_complete(_Run(seed, nodes, ops, clients, keys, faults).main())
+        return loop.run_until_complete(_Run(seed, nodes, ops, clients, keys, faults, cas).main())
     finally:
         logger.setLevel(level)  # the caller's logging is its own (tests that count log records run after)
         loop.close()
 
 
 class _Run:
-    def __init__(self, seed, nodes, ops, clients, keys, faults):
+    def __init__(self, seed, nodes, ops, clients, keys, faults, cas=False):
         self.seed = seed
+        self.counters = [b"ctr0", b"ctr1"] if cas else []
         self.rng = random.Random(seed)
         self.node_count = nodes
         self.op_count = ops
@@ -83,7 +85,8 @@ class _Run:
         for _ in range(self.node_count - 1):
             await self._add_node(seeds=(first.address,))
         await self._settle(60.0)
-        clients = [SimClient(i, self.network, self.history, self._child()) for i in range(self.client_count)]
+        kind = CasClient if self.counters else SimClient
+        clients = [kind(i, self.network, self.history, self._child()) for i in range(self.client_count)]
         workload = [asyncio.ensure_future(self._client(c, self.op_count // self.client_count)) for c in clients]
         chaos = asyncio.ensure_future(self._faults())
         await asyncio.gather(*workload)
@@ -162,6 +165,9 @@ class _Run:
         rng = client.rng
         for _ in range(count):
             await asyncio.sleep(rng.expovariate(1 / 0.05))
+            if self.counters and rng.random() < 0.35:
+                await client.increment(self._addresses(), rng.choice(self.counters))
+                continue
             key = rng.choice(self.keys)
             nodes = self._addresses()
             draw = rng.random()
@@ -355,6 +361,15 @@ class _Run:
                     copies[key][owner] = sorted(obj.live_values()) if obj is not None else []
                 except Exception:  # noqa: BLE001 - reported as unreadable
                     copies[key][owner] = None
+        finals = {}
+        for key in self.counters:
+            known = None
+            for _ in range(5):  # a round may lose to nothing but a retry's own backoff; bounded
+                known = await client.read_counter([s.address for s in running], key)
+                if known is not None:
+                    break
+            finals[key] = None if known is None else known[0]
+        result.violations.extend(check_counters(self.history, finals))
         # Reads during the run are checked too; the final reads above are part of the history.
         result.violations.extend(check_history(self.history, final, sibling_bound=self._sibling_bound()))
         result.violations.extend(check_replicas(copies))

@@ -11,7 +11,7 @@ from dynafast.net.messages import Msg
 @dataclass
 class Op:
     client: int
-    kind: str                      # get | put | delete
+    kind: str                      # get | put | delete | cas (an increment of a counter key by compare-and-set)
     key: bytes
     value: bytes | None = None     # what a put wrote (unique per put)
     seen: frozenset = frozenset()  # the values of the read whose context the write carried
@@ -20,6 +20,7 @@ class Op:
                                    # read, which the client does not know
     outcome: str = ""              # ok | failed | unknown (timed out: it may have happened)
     result: tuple = ()             # a get's values
+    read: int = 0                  # a cas: the counter value it read (it wrote read + 1)
     start: float = 0.0
     end: float = 0.0
 
@@ -107,6 +108,56 @@ class SimClient:
             op.outcome = "unknown"
             raise
         op.end = self.loop.time()
+
+
+class CasClient(SimClient):
+    """Also increments counter keys by compare-and-set (CAS of the value read + 1), keeping the state each CAS
+    reply reports (the linearizable read of its round) for the next one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counters: dict[bytes, tuple[int, bytes]] = {}
+
+    async def increment(self, nodes, key: bytes) -> Op:
+        known = self.counters.pop(key, None)
+        if known is None:
+            known = await self.read_counter(nodes, key)
+        if known is None:
+            return None
+        value, context = known
+        op = self.history.record(Op(self.index, "cas", key, read=value, start=self.loop.time()))
+        fields = (key, b"%d" % (value + 1), context, None, int(self.timeout * 1000))
+        try:
+            # Only to a node that surely did not get it may a CAS go next: a refused connection.
+            _, reply = await self._call(nodes, Msg.CAS, fields)
+            op.outcome = "ok" if reply[0] else "failed"
+            current = _counter(reply[1])
+            if current is not None:
+                self.counters[key] = (current, reply[2])
+        except DynafastError:
+            op.outcome = "unknown"
+        except asyncio.CancelledError:
+            op.outcome = "unknown"
+            raise
+        op.end = self.loop.time()
+        return op
+
+    async def read_counter(self, nodes, key: bytes):
+        """(value, context) by a CAS that cannot hold (its reply reports the state linearizably), or None."""
+        try:
+            _, reply = await self._call(nodes, Msg.CAS, (key, b"", b"\xff", None, int(self.timeout * 1000)))
+        except DynafastError:
+            return None
+        value = _counter(reply[1])
+        return None if value is None else (value, reply[2])
+
+
+def _counter(values) -> int | None:
+    if not values:
+        return 0
+    if len(values) > 1:
+        return None  # siblings: never for a counter only CAS writes
+    return int(values[0])
 
 
 def _refused(exc) -> bool:
