@@ -307,8 +307,9 @@ def test_tls_on_the_resp_port(tmp_path):
 def test_dynafast_local_serves_resp_and_prints_the_addresses(tmp_path):
     from test_cli import consecutive_ports, start_local, stop_local
 
-    resp = consecutive_ports(3)
-    proc, lines, base = start_local(tmp_path / "data", "--resp-base-port", str(resp))
+    base = consecutive_ports(6)  # three native ports, then three RESP ports
+    resp = base + 3
+    proc, lines, base = start_local(tmp_path / "data", "--resp-base-port", str(resp), base=base)
     try:
         assert any("Ctrl-C stops" in line for line in lines), "".join(lines) + proc.stderr.read()
         pids = [int(line.split("pid")[1].split()[0]) for line in lines if " pid " in line]
