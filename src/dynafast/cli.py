@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--seeds", help="HOST:PORT of nodes of the cluster to join, comma-separated")
     node.add_argument("--node-id", help="the node's id (default: derived from --listen); keep it across restarts")
     node.add_argument("--http", help="HOST:PORT for /health, /status, /metrics, the console and /kv")
+    node.add_argument("--resp", help="HOST:PORT to serve the Redis protocol (RESP) on (docs/resp.md)")
     node.add_argument("--config", help="TOML file of node options (docs/configuration.md)")
     node.add_argument("--zone", help="the node's zone: replicas are spread over zones")
     node.add_argument("--n", type=int, help="replicas per key (default 3)")
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--base-port", type=int, default=7101, help="port of the first node (default %(default)s)")
     local.add_argument("--http-base-port", type=int, default=8101,
                        help="HTTP port of the first node, 0 for none (default %(default)s)")
+    local.add_argument("--resp-base-port", type=int, default=None,
+                       help="RESP port of the first node (default: --base-port minus 1000; 0 for none)")
     local.add_argument("--data-dir", default="./dynafast-data", help="parent of the nodes' data directories")
     local.add_argument("--partitions", type=int, default=64)
     local.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
@@ -279,6 +282,7 @@ def cmd_node(args) -> int:
         "seeds": [s.strip() for s in args.seeds.split(",") if s.strip()] if args.seeds else None,
         "node_id": args.node_id,
         "http": args.http,
+        "resp": args.resp,
         "zone": args.zone,
         "n": args.n,
         "r": args.r,
@@ -306,6 +310,7 @@ def cmd_local(args) -> int:
     base.mkdir(parents=True, exist_ok=True)
     seed = f"127.0.0.1:{args.base_port}"
     security = _local_security(base, args.users)
+    resp_base = args.base_port - 1000 if args.resp_base_port is None else args.resp_base_port
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -324,6 +329,8 @@ def cmd_local(args) -> int:
                    "--n", str(min(3, args.nodes)), "--r", str(min(2, args.nodes)), "--w", str(min(2, args.nodes))]
             if args.http_base_port:
                 cmd += ["--http", f"127.0.0.1:{args.http_base_port + i}"]
+            if resp_base:
+                cmd += ["--resp", f"127.0.0.1:{resp_base + i}"]
             cmd += security.node_args
             if i > 0:
                 cmd += ["--seeds", seed]
@@ -333,7 +340,8 @@ def cmd_local(args) -> int:
               f"afresh, stop this and delete that directory)")
         for i, node in enumerate(nodes.nodes.values()):
             http = f"  console http://127.0.0.1:{args.http_base_port + i}/" if args.http_base_port else ""
-            print(f"  {node.node_id}  {node.address}  pid {node.proc.pid}{http}")
+            resp = f"  redis 127.0.0.1:{resp_base + i}" if resp_base else ""
+            print(f"  {node.node_id}  {node.address}  pid {node.proc.pid}{http}{resp}")
         print(f"nodes prove the cluster secret in {security.secret_file} to each other")
         user = ""
         if security.login:

@@ -23,6 +23,7 @@ class NodeConfig:
     listen: str = "127.0.0.1:7101"
     advertise: str = ""
     http: str = ""
+    resp: str = ""  # HOST:PORT of the Redis protocol listener (docs/resp.md); empty: none
     data_dir: str = "./dynafast-data/node"
     seeds: list[str] = field(default_factory=list)
     zone: str = ""
@@ -143,6 +144,8 @@ class NodeConfig:
             parse_address(getattr(self, name))
         if self.http:
             parse_address(self.http)
+        if self.resp:
+            parse_address(self.resp)
         for seed in self.seeds:
             parse_address(seed)
         self._validate_tls()

@@ -148,6 +148,7 @@ class Node:
         self.stopped = asyncio.Event()
         self.server = None
         self.http = None
+        self.resp = None
         self._tasks: list[asyncio.Task] = []
         self.started = self.clock.monotonic()
         self.handlers = {
@@ -196,6 +197,10 @@ class Node:
             from dynafast.http import start_http
 
             self.http = await start_http(self.http_view(), self.config.http, ssl=self.tls_server)
+        if self.config.resp and self.env.serve is None:
+            from dynafast.resp.server import start_resp
+
+            self.resp = await start_resp(self, self.config.resp, ssl=self.tls_server)
         self._tasks.append(asyncio.create_task(self._handoff_loop()))
         self.reaper.start()
         self.antientropy.start()
@@ -210,6 +215,9 @@ class Node:
         await self.membership.stop()
         if self.http is not None:
             await self.http.cleanup()
+        if self.resp is not None:
+            self.resp.close()
+            await self.resp.wait_closed()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -435,7 +443,8 @@ async def _serve(config: NodeConfig) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    print(f"dynafast node {node.node_id} serving on {config.advertise}", flush=True)
+    resp = f" (RESP on {node.resp.address})" if node.resp is not None else ""
+    print(f"dynafast node {node.node_id} serving on {config.advertise}{resp}", flush=True)
     stopper = asyncio.ensure_future(node.stopped.wait())
     await asyncio.wait([asyncio.ensure_future(stop.wait()), stopper], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping")

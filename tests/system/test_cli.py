@@ -19,12 +19,14 @@ def run(*args, timeout=30, env=None):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def start_local(data_dir, *extra):
-    """``dynafast local`` on 3 consecutive free ports: (process, its output up to "Ctrl-C stops", base port)."""
-    base = consecutive_ports(3)
+def start_local(data_dir, *extra, base=None):
+    """``dynafast local`` on 3 consecutive free ports: (process, its output up to "Ctrl-C stops", base port).
+    No RESP listeners unless ``extra`` asks (their default ports, base minus 1000, were not checked free)."""
+    base = consecutive_ports(3) if base is None else base
+    resp = [] if "--resp-base-port" in extra else ["--resp-base-port", "0"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "dynafast.cli", "local", "--nodes", "3", "--base-port", str(base),
-         "--http-base-port", "0", "--data-dir", str(data_dir), *extra],
+         "--http-base-port", "0", "--data-dir", str(data_dir), *resp, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     deadline = time.monotonic() + 60

@@ -131,6 +131,29 @@ class RequestCoordinator:
         timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
         return self._get(key, r, timeout, (_GET, get))
 
+    def read_object(self, get):
+        """``client_get`` for front ends that resolve siblings their own way (RESP picks the newest): the reply's
+        fields are the merged object itself (a Siblings, None when not found) when this node coordinates; a key
+        it holds no replica of is forwarded, and the reply is the other node's GET_REPLY fields."""
+        key, r, timeout_ms = get
+        config = self.config
+        _check_sizes(config, key)
+        r = _quorum(r, config.r, "r", config.n) or 1
+        timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
+        return self._get(key, r, timeout, (_GET, get), _read_result)
+
+    def read_local(self, key):
+        """``read_object`` without a quorum machine when this node is the key's one replica (N=1, and the key's
+        primary is this node and up): the reply is then exactly this node's copy, which is all a quorum read
+        could see. None when the key is not read that way here (use ``read_object``)."""
+        if self.config.n != 1:
+            return None
+        partition, _, targets, _ = self._route(key)
+        if targets is None or targets[0][1] is not None or targets[0][0] != self.me:
+            return None
+        _check_sizes(self.config, key)
+        return (Msg.GET_REPLY, self.vnodes.get(partition, key))  # CorruptionError: the client's error
+
     def client_put(self, put):
         key, value, context, w, dw, timeout_ms, lww, ttl_ms = put
         _check_sizes(self.config, key, value)

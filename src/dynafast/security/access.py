@@ -286,7 +286,7 @@ def protected_mode(config) -> None:
     anyone who can reach the port could then rewrite the ring, read every key, or stop the node."""
     if config.insecure or config.secret_file or getattr(config, "users_file", ""):
         return
-    exposed = [address for address in (config.listen, config.http) if address
+    exposed = [address for address in (config.listen, config.http, getattr(config, "resp", "")) if address
                and not is_loopback(parse_address(address)[0])]
     if exposed:
         raise ValueError(

@@ -28,7 +28,7 @@ from dynafast.testing.proxy import FaultProxy
 __all__ = ["LocalCluster", "NodeProcess", "NodeStartError", "free_port", "wait_until", "DEFAULT_COMMAND"]
 
 DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "dynafast.cli")
-SERVING_LINE = re.compile(rb"^dynafast node (\S+) serving on (\S+)\s*$", re.MULTILINE)
+SERVING_LINE = re.compile(rb"^dynafast node (\S+) serving on (\S+)(?: \(RESP on (\S+)\))?\s*$", re.MULTILINE)
 # How a bind failure shows up in a Python traceback or a one-line CLI error, on Linux and macOS.
 _ADDRESS_IN_USE = re.compile(r"EADDRINUSE|[Aa]ddress already in use|\[Errno (?:98|48)\]")
 _PORT_ATTEMPTS = 3
@@ -125,12 +125,15 @@ class NodeProcess:
         command: Sequence[str] | None = None,
         log_dir: Path | str | None = None,
         ready_timeout: float = 30.0,
+        resp: bool = False,
     ):
         self.node_id = node_id
         self.data_dir = Path(data_dir)
         self.host = host
         self._port_is_ours = port is None
         self.port = free_port(host) if port is None else int(port)
+        # With ``resp``: a Redis protocol listener too, on a port of its own (``resp_address``).
+        self.resp_port = free_port(host) if resp else None
         self.seeds = list(seeds)
         self.args = list(args)
         self.env = dict(env or {})
@@ -149,6 +152,12 @@ class NodeProcess:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def resp_address(self) -> str:
+        if self.resp_port is None:
+            raise RuntimeError(f"node {self.node_id} was started without a RESP listener")
+        return f"{self.host}:{self.resp_port}"
 
     @property
     def pid(self) -> int | None:
@@ -187,6 +196,8 @@ class NodeProcess:
     def argv(self, extra_args: Sequence[str] = ()) -> list[str]:
         argv = [*self.command, "node", "--listen", self.address, "--data-dir", str(self.data_dir)]
         argv += ["--node-id", self.node_id]
+        if self.resp_port is not None:
+            argv += ["--resp", self.resp_address]
         if self.seeds:
             argv += ["--seeds", ",".join(self.seeds)]
         return argv + self.args + list(extra_args)
@@ -219,6 +230,8 @@ class NodeProcess:
                 if attempt >= _PORT_ATTEMPTS:
                     raise
                 self.port = free_port(self.host)
+                if self.resp_port is not None:
+                    self.resp_port = free_port(self.host)
                 self._launch()
         raise AssertionError("unreachable")
 
@@ -379,6 +392,7 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         command: Sequence[str] | None = None,
         ready_timeout: float = 30.0,
+        resp: bool = False,
     ):
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -389,6 +403,7 @@ class LocalCluster:
         self.env = dict(env or {})
         self.command = command
         self.ready_timeout = ready_timeout
+        self.resp = resp  # every node serves RESP too (NodeProcess.resp_address)
         self.nodes: list[NodeProcess] = []
         self._proxies: dict[tuple[str, str], FaultProxy] = {}
         for _ in range(size):
@@ -518,6 +533,7 @@ class LocalCluster:
             command=self.command,
             log_dir=self.base_dir,
             ready_timeout=self.ready_timeout,
+            resp=self.resp,
         )
         # Two quick bind-to-0 calls can return the same port; distinct ones save a retry.
         taken = {other.port for other in self.nodes}

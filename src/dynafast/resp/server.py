@@ -1,0 +1,588 @@
+"""The RESP listener of a node: connections, login, limits, flow control and the in-order answer of pipelines.
+
+A read is parsed into requests, each is run (``commands``), and the replies of everything that was answered at
+once go out in one write per read. A command whose coordinator has to wait (replicas on other nodes, a fsync)
+holds its place: later replies queue behind it, so a pipeline is answered in order, and a future's done callback
+answers it, with no coroutine per request.
+
+Bounded memory, as on the native port: a request's arguments at most ``max_value_size`` bytes each (Redis's
+"invalid bulk length" past it), the bytes of requests still arriving at most ``max_frame`` per connection and
+``max_unfinished_frames`` for all; a connection stops being read while its unsent replies exceed a high-water
+mark or it has ``MAX_PENDING`` commands waiting; one with nothing received for ``idle_timeout`` is closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import time
+
+import dynafast
+from dynafast.address import format_address, parse_address
+from dynafast.errors import DynafastError
+from dynafast.resp import commands
+from dynafast.resp.commands import NOAUTH, TABLE, WRONGPASS, arity_error, coordinator_error, may, unknown_command
+from dynafast.resp.keyspace import Keyspace
+from dynafast.resp.protocol import RespError, RespProtocolError, encode, new_parser
+from dynafast.security.access import MAX_CONCURRENT_VERIFIES, is_loopback
+
+log = logging.getLogger("dynafast.resp")
+
+HIGH_WATER = 2 * 1024 * 1024  # unsent reply bytes per connection above which it is not read
+MAX_PENDING = 1024  # commands of one connection waiting for the coordinator before it is not read
+MAX_AUTH_FAILURES = 5
+
+
+class RespApp:
+    """What the RESP front end may use of the node: its coordinator, scans, membership, peer pool, users and
+    config; and the figures INFO reports."""
+
+    def __init__(self, node):
+        self.config = node.config
+        self.node_id = node.node_id
+        self.requests = node.requests
+        self.users = node.users
+        self.access = node.access
+        self.store = node.store
+        self.membership = node.membership
+        self.keyspace = Keyspace(me=node.node_id, membership=node.membership, scans=node.scans,
+                                 transport=node.pool, requests=node.requests, config=node.config)
+        self.server: RespServer | None = None
+        self.started = time.monotonic()
+        self.commands = 0
+        self.errors = 0
+        self.logins = 0
+        self.login_failures = 0
+        self.max_bulk = max(node.config.max_value_size, node.config.max_key_size)
+        self._verifying = None
+
+    def check_value(self, key: bytes, value: bytes) -> None:
+        config = self.config
+        if len(key) > config.max_key_size:
+            raise RespError(f"ERR key of {len(key)} bytes is over the limit of {config.max_key_size} "
+                            "(max_key_size)")
+        if len(value) > config.max_value_size:
+            raise RespError(f"ERR string exceeds maximum allowed size ({config.max_value_size} bytes, "
+                            "max_value_size)")
+
+    # -- running a command ----------------------------------------------------------------------------
+    def execute(self, conn, args, spec):
+        """The reply to ``args`` (``spec``: its command, or None): a value, a RespError, or a future of either."""
+        self.commands += 1
+        conn.last_command = args[0]
+        if spec is None:
+            return unknown_command(args)
+        arity = spec.arity
+        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+            return arity_error(spec.name)
+        if conn.role is None and not spec.preauth:
+            return NOAUTH
+        if spec.role is not None and not may(conn.role, spec.role):
+            return RespError(f"NOPERM this user has no permissions to run the '{spec.name}' command")
+        try:
+            return spec.run(self, conn, args)
+        except RespError as exc:
+            return exc
+        except (DynafastError, ValueError) as exc:
+            return coordinator_error(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not take the connection's other replies
+            log.exception("RESP command %r failed", args[0][:64])
+            return coordinator_error(exc)
+
+    # -- logins ---------------------------------------------------------------------------------------
+    def anonymous_role(self, peername) -> str | None:
+        """What a connection may do before AUTH: as on the native port (security/access.py)."""
+        if self.users is not None:
+            return None
+        if not self.access.secrets:
+            return "admin"
+        host = peername[0] if isinstance(peername, tuple) and peername else ""
+        return "admin" if is_loopback(host) else "readwrite"
+
+    def login(self, conn, user: str, password: bytes):
+        """A future of the role ``user`` logs in with; WRONGPASS when the password is not theirs."""
+        return asyncio.ensure_future(self._login(conn, user, password))
+
+    async def _login(self, conn, user, password):
+        if conn.auth_failures >= MAX_AUTH_FAILURES:
+            raise RespError(f"ERR {MAX_AUTH_FAILURES} failed logins on this connection: reconnect")
+        if self.users is None:
+            role = None
+        else:
+            if self._verifying is None:
+                self._verifying = asyncio.Semaphore(MAX_CONCURRENT_VERIFIES)
+            try:
+                text = password.decode()
+            except UnicodeDecodeError:
+                text = None
+            role = None
+            if text is not None:
+                async with self._verifying:
+                    # An argon2id hash takes tens of milliseconds: off the event loop, as on the native port.
+                    try:
+                        role = await asyncio.get_running_loop().run_in_executor(None, self.users.verify, user,
+                                                                                text)
+                    except ValueError as exc:
+                        log.error("cannot check a RESP login: %s", exc)
+        if role is None:
+            conn.auth_failures += 1
+            self.login_failures += 1
+            log.warning("failed RESP login as %r from %s", user[:64], conn.peername)
+            raise WRONGPASS
+        conn.role, conn.user = role, user
+        self.logins += 1
+        return role
+
+    # -- server figures -------------------------------------------------------------------------------
+    def info(self, sections) -> str:
+        wanted = set(sections) or {"default"}
+        everything = bool(wanted & {"all", "everything", "default"})
+        server = self.server
+        stats = server.stats if server is not None else collections.Counter()
+        process = commands.process_info()
+        store = self.store.stats()
+        state = self.membership.state
+        members = sorted(self.membership.members.values(), key=lambda m: m.id)
+        host, port = parse_address(self.config.resp) if self.config.resp else ("", 0)
+        blocks = {
+            "server": {
+                "redis_version": commands.REDIS_VERSION,
+                "dynafast_version": dynafast.__version__,
+                "redis_mode": "standalone",
+                "os": " ".join(os.uname()[0:3:2]),
+                "process_id": os.getpid(),
+                "tcp_port": server.port if server is not None else port,
+                "node_id": self.node_id,
+                "uptime_in_seconds": int(time.monotonic() - self.started),
+                "uptime_in_days": int((time.monotonic() - self.started) // 86400),
+            },
+            "clients": {
+                "connected_clients": stats["connections"],
+                "blocked_clients": 0,
+                "maxclients": self.config.max_connections or 0,
+            },
+            "memory": {
+                "used_memory": process["rss"],
+                "used_memory_human": _human(process["rss"]),
+                "used_memory_rss": process["rss"],
+                "maxmemory": 0,
+                "maxmemory_policy": "noeviction",
+                "keydir_bytes": store.get("keydir_bytes", 0),
+                "disk_bytes": store.get("disk_bytes", 0),
+            },
+            "stats": {
+                "total_connections_received": stats["connections_total"],
+                "total_commands_processed": self.commands,
+                "rejected_connections": stats["connections_refused"],
+                "total_error_replies": self.errors,
+                "auth_logins": self.logins,
+                "auth_failures": self.login_failures,
+                "idle_closed": stats["idle_closed"],
+                "protocol_errors": stats["protocol_errors"],
+                "used_cpu_user": round(process["cpu_user"], 3),
+                "used_cpu_sys": round(process["cpu_sys"], 3),
+            },
+            "replication": {
+                "role": "master",
+                "connected_slaves": 0,
+                "dynafast_n": self.config.n,
+                "dynafast_r": self.config.r,
+                "dynafast_w": self.config.w,
+                "dynafast_dw": self.config.dw,
+                "cluster_members": len(members),
+                "cluster_members_down": len(self.membership.down()),
+                "ring_version": state.ring.version if state is not None else 0,
+            },
+            # Records this node stores (its replicas of keys, tombstones and hints among them): the cluster's
+            # key count is DBSIZE, which scans.
+            "keyspace": {"db0": f"keys={store.get('keys', 0)},expires=0,avg_ttl=0"},
+        }
+        lines = []
+        for name, fields in blocks.items():
+            if everything or name in wanted:
+                lines.append(f"# {name.capitalize()}")
+                lines.extend(f"{key}:{value}" for key, value in fields.items())
+                lines.append("")
+        return "\r\n".join(lines)
+
+    def config_get(self, patterns) -> dict:
+        from dynafast.resp.keyspace import glob_matcher
+
+        values = {
+            b"save": b"", b"appendonly": b"no" if self.config.sync == "none" else b"yes",
+            b"appendfsync": {"always": b"always", "interval": b"everysec", "none": b"no"}.get(self.config.sync,
+                                                                                            b"everysec"),
+            b"maxmemory": b"0", b"maxmemory-policy": b"noeviction", b"databases": b"1",
+            b"proto-max-bulk-len": str(self.config.max_value_size).encode(),
+            b"timeout": str(int(self.config.idle_timeout)).encode(), b"cluster-enabled": b"no",
+            b"maxclients": str(self.config.max_connections or 10000).encode(),
+        }
+        out = {}
+        for pattern in patterns:
+            match = glob_matcher(pattern.lower()) or (lambda name: True)
+            for name, value in values.items():
+                if match(name):
+                    out[name] = value
+        return out
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if size < 1024:
+            return f"{size:.2f}{unit}" if unit != "B" else f"{size}B"
+        size /= 1024
+    return f"{size:.2f}T"
+
+
+_ids = itertools.count(1)
+
+
+class RespConnection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: "RespServer"):
+        self.server = server
+        self.app = server.app
+        self.id = next(_ids)
+        self.transport = None
+        self.peername = None
+        self.parser = new_parser(self.app.max_bulk, kind=server.parser_kind)
+        self.created = time.monotonic()
+        self.active = True
+        self.idle_checks = 0
+        self.auth_failures = 0
+        self.quit = False
+        self.closed = False
+        self._out = bytearray()
+        self._pending = collections.deque()  # [future or None, reply] in request order, from the first waiting
+        # What the commands in flight touch: a later command on one of their keys waits (a pipeline's GET sees
+        # the SET before it), and a barrier (AUTH, SCAN, ...) waits for all and holds back all after it.
+        self._busy_keys = collections.Counter()
+        self._barriers = 0
+        self._held = collections.deque()  # requests parsed but not yet run (reading is paused)
+        self._reading_paused = False
+        self._writing_paused = False
+        self._flush_scheduled = False
+        self._unfinished = 0
+        self._broken = None  # the protocol error to send once the requests before it are answered
+        self._half_closed = False
+        self.reset()
+
+    def reset(self):
+        """A fresh session (RESET): RESP2, no name, anonymous, the node's quorums."""
+        self.resp3 = False
+        self.name = None
+        self.user = "default"
+        self.role = self.app.anonymous_role(self.peername)
+        self.r = self.w = self.dw = None
+        self.lib_name = self.lib_ver = ""
+        self.last_command = b"NULL"
+
+    def describe(self) -> str:
+        host, port = (self.peername or ("?", 0))[:2]
+        age = int(time.monotonic() - self.created)
+        name = (self.name or b"").decode("utf-8", "replace")
+        return (f"id={self.id} addr={format_address(host, port)} laddr={self.server.address} fd=-1 name={name} "
+                f"age={age} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf={self.parser.buffered} "
+                f"obl=0 oll={len(self._pending)} omem={len(self._out)} tot-mem=0 events=r "
+                f"cmd={self.last_command.decode('utf-8', 'replace').lower()} user={self.user} redir=-1 resp="
+                f"{3 if self.resp3 else 2} lib-name={self.lib_name} lib-ver={self.lib_ver}")
+
+    # -- asyncio --------------------------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
+        self.peername = transport.get_extra_info("peername")
+        self.role = self.app.anonymous_role(self.peername)
+        server = self.server
+        server.stats["connections"] += 1
+        server.stats["connections_total"] += 1
+        server.connections[self.id] = self
+        if server.stats["connections"] > server.max_connections:
+            server.stats["connections_refused"] += 1
+            self._out += b"-ERR max number of clients reached\r\n"
+            self._close()
+
+    def connection_lost(self, exc):
+        self.closed = True
+        server = self.server
+        server.stats["connections"] -= 1
+        server.unfinished -= self._unfinished
+        self._unfinished = 0
+        server.connections.pop(self.id, None)
+        for slot in self._pending:
+            if slot[0] is not None:
+                slot[0].cancel()
+        self._pending.clear()
+        self._held.clear()
+        self.transport = None
+
+    def data_received(self, data):
+        if self.closed or self._broken is not None:
+            return
+        self.active = True
+        try:
+            requests = self.parser.feed(data)
+        except RespProtocolError as exc:
+            # What came before the error is answered, then the error, then the connection closes (as Redis).
+            self.server.stats["protocol_errors"] += 1
+            self._broken = str(exc).encode()
+            requests = exc.requests
+        if not self._account_unfinished():
+            return
+        if self._held:
+            self._held.extend(requests)
+        else:
+            self._run(requests)
+        self._flush()
+        self._maybe_done()
+
+    def _maybe_done(self):
+        """Once everything received is answered: after a protocol error, the error and close (as Redis does);
+        after the client's half-close, close."""
+        if self._pending or self._held or self.transport is None:
+            return
+        if self._broken is not None:
+            self._out += b"-" + self._broken + b"\r\n"
+            self._close()
+        elif self._half_closed:
+            self._close()
+
+    def eof_received(self):
+        # The client sends nothing more: answer what it sent (a pipeline, then a half-close), then close.
+        self._half_closed = True
+        if not self._pending and not self._held:
+            self._flush()
+            return False
+        return True
+
+    def _account_unfinished(self) -> bool:
+        buffered = self.parser.buffered
+        if buffered != self._unfinished:
+            server = self.server
+            server.unfinished += buffered - self._unfinished
+            grew = buffered > self._unfinished
+            self._unfinished = buffered
+            if grew and (buffered > server.max_request or server.unfinished > server.max_unfinished):
+                server.stats["protocol_errors"] += 1
+                self._out += b"-ERR Protocol error: too big request\r\n"
+                self._close()
+                return False
+        return True
+
+    def _run(self, requests):
+        pending = self._pending
+        execute = self.app.execute
+        out = self._out
+        for i, args in enumerate(requests):
+            if self._writing_paused or len(pending) >= MAX_PENDING:
+                self._held.extend(requests[i:])
+                self._pause_reading()
+                return
+            spec = TABLE.get(args[0])
+            if spec is None:
+                spec = TABLE.get(args[0].lower())
+            if pending and self._must_wait(spec, args):
+                self._held.extend(requests[i:])
+                if len(self._held) > MAX_PENDING:
+                    self._pause_reading()
+                return
+            reply = execute(self, args, spec)
+            if isinstance(reply, asyncio.Future):
+                if reply.done():
+                    reply = _outcome(reply)
+                else:
+                    keys = _keys(spec, args)
+                    if keys is None:
+                        self._barriers += 1
+                    else:
+                        self._busy_keys.update(keys)
+                    pending.append([reply, None, keys])
+                    reply.add_done_callback(self._answered)
+                    continue
+            if pending:
+                pending.append([None, reply, ()])
+            else:
+                if type(reply) is not bytes and isinstance(reply, RespError):
+                    self.app.errors += 1
+                encode(out, reply, self.resp3)  # read each time: HELLO switches it
+            if self.quit:
+                self._held.clear()
+                self._close()
+                return
+
+    def _answered(self, future):
+        if self.closed:
+            return
+        pending = self._pending
+        for slot in pending:
+            if slot[0] is future:
+                slot[0], slot[1] = None, _outcome(future)
+                keys = slot[2]
+                if keys is None:
+                    self._barriers -= 1
+                else:
+                    busy = self._busy_keys
+                    for key in keys:
+                        busy[key] -= 1
+                        if not busy[key]:
+                            del busy[key]
+                break
+        out = self._out
+        while pending and pending[0][0] is None:
+            reply = pending.popleft()[1]
+            if isinstance(reply, RespError):
+                self.app.errors += 1
+            encode(out, reply, self.resp3)
+        if not pending and not self._held and (self._broken is not None or self._half_closed):
+            self._maybe_done()
+            return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        if self._held:
+            self._release()
+
+    def _must_wait(self, spec, args) -> bool:
+        """Whether this command must wait for commands still in flight (it runs after them, as in Redis)."""
+        if self._barriers:
+            return True
+        if spec is None:
+            return False
+        keys = _keys(spec, args)
+        if keys is None:
+            return True
+        busy = self._busy_keys
+        return any(key in busy for key in keys)
+
+    def _release(self):
+        held, self._held = list(self._held), collections.deque()
+        if not self._writing_paused:
+            self._resume_reading()
+        self._run(held)
+        self._flush()
+        self._maybe_done()
+
+    def _flush(self):
+        self._flush_scheduled = False
+        if self._out and self.transport is not None:
+            out, self._out = self._out, bytearray()
+            self.transport.write(out)
+
+    def _close(self):
+        self._flush()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self):
+        self._writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self):
+        self._writing_paused = False
+        self.active = True
+        if self._held:
+            self._release()
+        else:
+            self._resume_reading()
+
+    def _pause_reading(self):
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self):
+        if self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def close_idle(self):
+        if self.transport is not None and not self.transport.is_closing():
+            self.server.stats["idle_closed"] += 1
+            self.transport.abort() if self._out or self.transport.get_write_buffer_size() else self.transport.close()
+
+
+def _keys(spec, args):
+    """The keys a command touches; None for a barrier (a command without keys that is not a plain reply)."""
+    if spec is None or spec.first_key == 0:
+        return None
+    last = len(args) - 1 if spec.last_key < 0 else min(spec.last_key, len(args) - 1)
+    return args[spec.first_key:last + 1:spec.step]
+
+
+def _outcome(future):
+    if future.cancelled():
+        return RespError("ERR request cancelled")
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    if not isinstance(exc, (DynafastError, RespError, ValueError, OSError)):
+        log.error("RESP command failed", exc_info=exc)
+    return coordinator_error(exc)
+
+
+class RespServer:
+    def __init__(self, app: RespApp, host: str, *, parser_kind: str = "auto"):
+        config = app.config
+        self.app = app
+        self.host = host
+        self.parser_kind = parser_kind
+        self.stats = collections.Counter()
+        self.connections: dict[int, RespConnection] = {}
+        self.max_connections = config.max_connections or 10000
+        self.max_request = config.max_frame
+        self.max_unfinished = config.max_unfinished_frames
+        self.unfinished = 0
+        self.idle_timeout = config.idle_timeout
+        self._server = None
+        self._idle_timer = None
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def address(self) -> str:
+        return format_address(self.host, self.port)
+
+    def connections_by_id(self):
+        return [self.connections[i] for i in sorted(self.connections)]
+
+    def _check_idle(self):
+        for conn in list(self.connections.values()):
+            if conn.active or conn._pending:
+                conn.active = False
+                conn.idle_checks = 0
+                continue
+            conn.idle_checks += 1
+            if conn.idle_checks >= 2:
+                conn.close_idle()
+        self._idle_timer = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._check_idle)
+
+    def close(self):
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._server.close()
+        for conn in list(self.connections.values()):
+            conn._close()
+
+    async def wait_closed(self):
+        await self._server.wait_closed()
+
+
+async def start_resp(node, address: str, *, ssl=None, parser_kind: str = "auto") -> RespServer:
+    """Serve RESP for ``node`` on ``address`` (HOST:PORT; port 0 picks one)."""
+    host, port = parse_address(address)
+    app = RespApp(node)
+    server = RespServer(app, host, parser_kind=parser_kind)
+    app.server = server
+    loop = asyncio.get_running_loop()
+    server._server = await loop.create_server(lambda: RespConnection(server), host, port, backlog=1024,
+                                              reuse_address=True, ssl=ssl,
+                                              ssl_handshake_timeout=10.0 if ssl is not None else None)
+    if server.idle_timeout:
+        server._idle_timer = loop.call_later(server.idle_timeout / 2, server._check_idle)
+    return server

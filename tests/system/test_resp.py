@@ -1,0 +1,354 @@
+"""Redis clients (redis-py sync and asyncio, RESP2 and RESP3, redis-cli) against a real 3-node cluster's RESP
+listeners: commands, pipelines, errors, logins, and a SCAN that goes on while a node is killed."""
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+import redis.asyncio
+
+from dynafast import Client
+from dynafast.security.users import Users
+from dynafast.testing.cluster import LocalCluster
+from test_cluster import wait_for, wait_members
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+
+def connect(node, **options) -> redis.Redis:
+    host, port = node.resp_address.rsplit(":", 1)
+    return redis.Redis(host=host, port=int(port), socket_timeout=10, **options)
+
+
+def raw_command(r, *args):
+    """The reply as it comes (redis-py would run its COMMAND parser over every COMMAND subcommand's reply)."""
+    conn = r.connection_pool.get_connection()
+    try:
+        conn.send_command(*args)
+        return conn.read_response()
+    finally:
+        r.connection_pool.release(conn)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalCluster(3, base_dir=tmp_path_factory.mktemp("resp"), resp=True) as c:
+        with Client(c.addresses) as client:
+            wait_members(client, 3, timeout=60)
+        yield c
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_string_and_key_commands_on_any_node(cluster, protocol):
+    first, second = connect(cluster.nodes[0], protocol=protocol), connect(cluster.nodes[1], protocol=protocol)
+    p = f"p{protocol}:"
+    assert first.ping() is True
+    assert first.echo("hi") == b"hi"
+    assert first.set(p + "a", "1") is True
+    assert second.get(p + "a") == b"1"  # any node coordinates any key
+    assert first.set(p + "a", "2") and second.get(p + "a") == b"2"  # SET replaces, no sibling left
+    assert second.execute_command("DF.GET", p + "a")[1] == [b"2"]
+    assert first.mset({p + "b": "bee", p + "c": "sea"}) is True
+    assert second.mget(p + "a", p + "b", p + "nope", p + "c") == [b"2", b"bee", None, b"sea"]
+    assert first.exists(p + "a", p + "b", p + "nope", p + "a") == 3
+    assert first.type(p + "a") == b"string" and first.type(p + "nope") == b"none"
+    assert first.strlen(p + "b") == 3 and first.strlen(p + "nope") == 0
+    assert first.set(p + "r", "Hello World")
+    assert [first.getrange(p + "r", *span) for span in ((0, 4), (-5, -1), (6, 100), (5, 2))] == \
+        [b"Hello", b"World", b"World", b""]
+    assert second.getdel(p + "b") == b"bee" and first.get(p + "b") is None and first.getdel(p + "b") is None
+    assert first.delete(p + "a", p + "c", p + "nope") == 2
+    assert second.unlink(p + "r") == 1 and first.exists(p + "a", p + "c", p + "r") == 0
+    assert first.execute_command("SELECT", 0) in (True, "OK", b"OK")
+    t = first.time()
+    assert abs(t[0] - time.time()) < 60 and 0 <= t[1] < 1_000_000
+    info = first.info()
+    assert info["redis_version"] == "7.0.0" and info["connected_clients"] >= 1
+    assert info["total_commands_processed"] > 10 and info["used_memory"] > 1_000_000
+    assert {"db0", "role", "uptime_in_seconds"} <= set(info)
+    assert first.config_get("save") == {"save": ""} and first.config_get("databases") == {"databases": "1"}
+
+
+def test_client_and_connection_commands(cluster):
+    r = connect(cluster.nodes[2], protocol=2)
+    assert r.client_setname("worker-1") and r.client_getname() == "worker-1"
+    me = r.client_id()
+    assert any(c["id"] == str(me) and c["name"] == "worker-1" for c in r.client_list())
+    assert r.client_info()["name"] == "worker-1"
+    with pytest.raises(redis.ResponseError, match="Client names cannot contain spaces"):
+        r.client_setname("two words")
+    assert r.execute_command("RESET") == "RESET" and r.client_getname() is None
+    assert raw_command(r, "COMMAND", "COUNT") > 30
+    info = raw_command(r, "COMMAND", "INFO", "get", "nosuch")
+    assert info[0][:6] == [b"get", 2, [b"readonly", b"fast"], 1, 1, 1] and info[1] is None
+    assert b"get" in raw_command(r, "COMMAND", "DOCS", "get")
+    with pytest.raises(redis.ResponseError, match="DB index is out of range"):
+        r.execute_command("SELECT", 1)
+
+
+def test_errors_answer_as_redis_does(cluster):
+    r = connect(cluster.nodes[0])
+    cases = [
+        (("FOO", "bar", "baz"), "unknown command 'FOO', with args beginning with: 'bar' 'baz' "),
+        (("GET",), "wrong number of arguments for 'get' command"),
+        (("SET", "k"), "wrong number of arguments for 'set' command"),
+        (("MSET", "a", "1", "b"), "wrong number of arguments for 'mset' command"),
+        (("GETRANGE", "k", "x", "1"), "value is not an integer or out of range"),
+        (("SET", "k", "v", "BOGUS"), "syntax error"),
+        (("CLIENT", "NOPE"), "unknown subcommand 'NOPE'. Try CLIENT HELP."),
+        (("SET", "k", "v", "NX"), "SET NX is not supported yet"),
+        (("SET", "k", "v", "EX", "10"), "SET EX is not supported yet"),
+        (("INCR", "k"), "INCR is not supported yet: it needs conditional writes"),
+        (("EXPIRE", "k", "10"), "EXPIRE is not supported yet: it needs per-key expiry"),
+        (("TTL", "k"), "TTL is not supported yet"),
+        (("MULTI",), "MULTI is not supported"),
+        (("EXEC",), "MULTI is not supported"),
+        (("CONFIG", "SET", "save", ""), "CONFIG SET is not supported"),
+        (("SCAN", "notanumber"), "invalid cursor"),
+    ]
+    for command, message in cases:
+        with pytest.raises(redis.ResponseError) as caught:
+            r.execute_command(*command)
+        assert str(caught.value) == message or str(caught.value).startswith(message), (command, caught.value)
+    assert r.ping()  # errors leave the connection usable
+
+
+def test_a_pipeline_is_answered_in_order_and_sees_its_own_writes(cluster):
+    r = connect(cluster.nodes[1])
+    pipe = r.pipeline(transaction=False)
+    for i in range(200):
+        pipe.set(f"pipe-{i % 20}", i)
+        pipe.get(f"pipe-{i % 20}")
+    pipe.execute_command("FOO")
+    pipe.ping()
+    replies = pipe.execute(raise_on_error=False)
+    assert replies[0:400:2] == [True] * 200
+    assert replies[1:400:2] == [str(i).encode() for i in range(200)]
+    assert isinstance(replies[400], redis.ResponseError) and replies[401] is True
+
+
+def test_dynamo_extension_commands_and_the_newest_sibling_wins(cluster):
+    r = connect(cluster.nodes[0], protocol=2)
+    assert r.execute_command("DF.CONFIG", "GET") == [b"r", 2, b"w", 2, b"dw", 1, b"n", 3]
+    assert connect(cluster.nodes[0], protocol=3).execute_command("DF.CONFIG", "GET") == \
+        {b"r": 2, b"w": 2, b"dw": 1, b"n": 3}
+    assert r.execute_command("DF.CONFIG", "SET", "r", 3) == b"OK"
+    assert r.execute_command("DF.CONFIG", "GET")[1] == 3
+    with pytest.raises(redis.ResponseError, match="must be in 1..3"):
+        r.execute_command("DF.CONFIG", "SET", "w", 9)
+    # Two writes without a context are concurrent: siblings. Timestamps are whole seconds: a second apart.
+    assert r.execute_command("DF.PUT", "sib", "older") == b"OK"
+    time.sleep(1.1)
+    assert r.execute_command("DF.PUT", "sib", "newer", "W", 3) == b"OK"
+    context, values = r.execute_command("DF.GET", "sib")
+    assert sorted(values) == [b"newer", b"older"] and context
+    assert connect(cluster.nodes[2]).get("sib") == b"newer"  # last write wins on a RESP read
+    # A write with the read's context replaces both.
+    assert r.execute_command("DF.PUT", "sib", "merged", "CONTEXT", context) == b"OK"
+    assert r.execute_command("DF.GET", "sib")[1] == [b"merged"]
+
+
+def test_asyncio_client_resp3_and_resp2(cluster):
+    async def main():
+        host, port = cluster.nodes[2].resp_address.rsplit(":", 1)
+        for protocol in (2, 3):
+            r = redis.asyncio.Redis(host=host, port=int(port), protocol=protocol)
+            try:
+                await r.set(f"async-{protocol}", "v")
+                assert await r.get(f"async-{protocol}") == b"v"
+                results = await asyncio.gather(*(r.set(f"many-{protocol}-{i}", i) for i in range(50)))
+                assert all(results)
+                assert await r.mget([f"many-{protocol}-{i}" for i in range(50)]) == \
+                    [str(i).encode() for i in range(50)]
+                async with r.pipeline(transaction=False) as pipe:
+                    pipe.get(f"async-{protocol}").delete(f"async-{protocol}").exists(f"async-{protocol}")
+                    assert await pipe.execute() == [b"v", 1, 0]
+            finally:
+                await r.aclose()
+    asyncio.run(main())
+
+
+def test_redis_cli(cluster):
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("redis-cli is not installed")
+    host, port = cluster.nodes[0].resp_address.rsplit(":", 1)
+
+    def run(*args):
+        done = subprocess.run([cli, "-h", host, "-p", port, *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run("PING") == "PONG"
+    assert run("SET", "cli-key", "cli value") == "OK"
+    assert run("GET", "cli-key") == "cli value"
+    assert run("-3", "GET", "cli-key") == "cli value"
+    assert run("EXISTS", "cli-key") == "1"
+    assert "unknown command 'NOPE'" in run("NOPE")
+    assert "redis_version:7.0.0" in run("INFO", "server")
+    assert "cli-key" in run("--scan", "--pattern", "cli-*").split()
+    assert run("DEL", "cli-key") == "1"
+
+
+def test_scan_keys_dbsize_and_flushall_across_nodes_while_one_is_killed(tmp_path):
+    with LocalCluster(3, base_dir=tmp_path, resp=True) as c:
+        with Client(c.addresses) as client:
+            wait_members(client, 3, timeout=60)
+        r = connect(c.nodes[0])
+        keys = {f"scan-{i}".encode() for i in range(300)}
+        pipe = r.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, b"x")
+        assert all(pipe.execute())
+        assert set(r.scan_iter(count=50)) == keys
+        assert set(r.scan_iter(match="scan-1?")) == {b"scan-1%d" % i for i in range(10)}
+        assert list(r.scan_iter(_type="hash")) == []
+        assert r.dbsize() == 300 and r.randomkey() in keys
+        assert set(r.keys("scan-2*")) == {k for k in keys if k.startswith(b"scan-2")}
+        # Half a scan, then a node dies: the scan goes on from the cursor, reading the other replicas.
+        cursor, seen = 0, set()
+        for _ in range(3):
+            cursor, page = r.scan(cursor, count=40)
+            seen.update(page)
+        c.node("n2").kill()
+        while True:
+            cursor, page = r.scan(cursor, count=40)
+            seen.update(page)
+            if cursor == 0:
+                break
+        assert seen == keys
+        assert connect(c.nodes[2]).dbsize() == 300
+        assert r.flushall() is True
+        assert wait_for(lambda: r.dbsize() == 0, timeout=30)
+
+
+def read_until(sock, end: bytes, limit: int = 1 << 20) -> bytes:
+    data = b""
+    while not data.endswith(end) and len(data) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _users(base):
+    users = Users(base / "users.json", must_exist=False)
+    users.add("root", "root pw", "admin")
+    users.add("writer", "writer pw", "readwrite")
+    users.add("reader", "reader pw", "read")
+    return base / "users.json"
+
+
+def test_logins_and_roles(tmp_path):
+    users_file = _users(tmp_path)
+    with LocalCluster(1, base_dir=tmp_path / "c", n=1, r=1, w=1, resp=True,
+                      extra_args=["--users-file", str(users_file)]) as c:
+        node = c.nodes[0]
+        anonymous = connect(node, protocol=2)
+        with pytest.raises(redis.AuthenticationError, match="^Authentication required.$"):
+            anonymous.get("k")
+        with pytest.raises(redis.AuthenticationError, match="^Authentication required.$"):
+            anonymous.ping()
+        with pytest.raises(redis.AuthenticationError, match="HELLO must be called with the client already auth"):
+            connect(node, protocol=3).ping()
+        with pytest.raises(redis.AuthenticationError, match="invalid username-password pair"):
+            connect(node, username="root", password="wrong").ping()
+        # The single-password form logs in as "default", which this users file does not have.
+        with pytest.raises(redis.AuthenticationError, match="invalid username-password pair"):
+            connect(node, password="root pw").ping()
+        writer = connect(node, username="writer", password="writer pw")
+        assert writer.set("k", "v") and writer.get("k") == b"v"
+        with pytest.raises(redis.exceptions.NoPermissionError, match="no permissions to run the 'flushall'"):
+            writer.flushall()
+        reader = connect(node, username="reader", password="reader pw", protocol=3)
+        assert reader.get("k") == b"v" and reader.exists("k") == 1
+        for command in (("SET", "k", "x"), ("DEL", "k"), ("MSET", "k", "x"), ("GETDEL", "k"),
+                        ("DF.PUT", "k", "x")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                reader.execute_command(*command)
+        assert reader.get("k") == b"v"
+        root = connect(node, username="root", password="root pw")
+        assert root.flushall() and root.dbsize() == 0
+        # HELLO with AUTH logs in and picks the protocol at once (redis-py's protocol=3 login did too, above).
+        host, port = node.resp_address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"HELLO 3 AUTH reader 'reader pw' SETNAME r1\r\nCLIENT GETNAME\r\nHELLO 2\r\nGET k\r\n")
+            replies = read_until(s, b"$-1\r\n")  # k was flushed: a RESP2 nil
+        assert replies.startswith(b"%8\r\n$6\r\nserver\r\n") and b"$5\r\nproto\r\n:3\r\n" in replies
+        assert b"$2\r\nr1\r\n*16\r\n" in replies  # the name, then HELLO 2's reply as a flat array
+
+
+def test_auth_without_users_answers_as_redis_does(cluster):
+    r = connect(cluster.nodes[0])
+    with pytest.raises(redis.AuthenticationError, match="called without any password configured"):
+        r.execute_command("AUTH", "secret")
+
+
+def test_tls_on_the_resp_port(tmp_path):
+    certs = tmp_path / "certs"
+    made = subprocess.run([sys.executable, "-m", "dynafast.cli", "certs", str(certs), "--hosts", "127.0.0.1",
+                           "--nodes", "n1"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    with LocalCluster(1, base_dir=tmp_path / "c", n=1, r=1, w=1, resp=True,
+                      extra_args=["--tls-cert", str(certs / "n1.pem"), "--tls-key", str(certs / "n1-key.pem")]) as c:
+        host, port = c.nodes[0].resp_address.rsplit(":", 1)
+        secure = redis.Redis(host=host, port=int(port), ssl=True, ssl_ca_certs=str(certs / "ca.pem"),
+                             socket_timeout=10)
+        assert secure.set("tls-key", "v") and secure.get("tls-key") == b"v"
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(host=host, port=int(port), socket_timeout=5, protocol=2, retry_on_timeout=False).ping()
+
+
+def test_dynafast_local_serves_resp_and_prints_the_addresses(tmp_path):
+    from test_cli import consecutive_ports, start_local, stop_local
+
+    base = consecutive_ports(6)  # three native ports, then three RESP ports
+    resp = base + 3
+    proc, lines, base = start_local(tmp_path / "data", "--resp-base-port", str(resp), base=base)
+    try:
+        assert any("Ctrl-C stops" in line for line in lines), "".join(lines) + proc.stderr.read()
+        pids = [int(line.split("pid")[1].split()[0]) for line in lines if " pid " in line]
+        for i in range(3):
+            assert any(f"redis 127.0.0.1:{resp + i}" in line for line in lines), "".join(lines)
+        first = redis.Redis(port=resp, socket_timeout=10, protocol=2)
+        third = redis.Redis(port=resp + 2, socket_timeout=10, protocol=2)
+        assert wait_for(lambda: _try(lambda: first.set("local", "yes")), timeout=30)
+        assert third.get("local") == b"yes"
+        stop_local(proc, pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _try(fn):
+    try:
+        return fn()
+    except redis.RedisError:
+        return False
+
+
+def test_protected_mode_covers_the_resp_address():
+    from dynafast.config import NodeConfig
+    from dynafast.security.access import protected_mode
+
+    with pytest.raises(ValueError, match="0.0.0.0:6379"):
+        protected_mode(NodeConfig(resp="0.0.0.0:6379"))
+    protected_mode(NodeConfig(resp="127.0.0.1:6379"))
+    protected_mode(NodeConfig(resp="0.0.0.0:6379", insecure=True))
+
+
+def test_values_that_look_like_envelopes_and_values_with_a_ttl(cluster):
+    r = connect(cluster.nodes[0], protocol=2)
+    odd = b"\xf5\x01" + bytes(8) + b"not an expiry"
+    assert r.set("odd", odd) and connect(cluster.nodes[1]).get("odd") == odd
+    assert r.execute_command("DF.GET", "odd")[1] == [odd]
+    with Client(cluster.addresses) as client:
+        client.put(b"short-lived", b"soon gone", ttl=1.0)
+    assert r.get("short-lived") == b"soon gone"
+    assert wait_for(lambda: r.get("short-lived") is None, timeout=20)
+    assert r.exists("short-lived") == 0 and r.execute_command("DF.GET", "short-lived")[1] == []
