@@ -377,9 +377,14 @@ def test_cli_rejects_bad_options(argv, capsys):
         parse(argv)
 
 
-def test_dynafast_target_needs_a_cluster(capsys):
-    assert bench.run(parse([])) == 2
-    assert "--cluster" in capsys.readouterr().err
+def test_the_cluster_defaults_to_the_environment_then_the_local_one(monkeypatch, capsys):
+    monkeypatch.delenv("DYNAFAST_CLUSTER", raising=False)
+    assert parse([]).cluster == "127.0.0.1:7101"
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("DYNAFAST_CLUSTER", address)
+    assert parse([]).cluster == address
+    assert bench.run(parse(["--duration", "1"])) == 1  # a clear error, not a traceback
+    assert "no node answered" in capsys.readouterr().err
 
 
 def free_port():
