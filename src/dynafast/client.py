@@ -181,15 +181,17 @@ class _Latency:
     out once per ``_SAMPLES`` replies: per request this is one append (threads of a blocking Client may race
     here; a lost sample changes nothing)."""
 
-    __slots__ = ("samples", "budget", "floor", "cap")
+    __slots__ = ("samples", "budget", "floor", "cap", "last_reply")
 
     def __init__(self, floor: float, cap: float):
         self.samples: list[float] = []
         self.budget = cap
         self.floor = floor
         self.cap = cap
+        self.last_reply = float("-inf")  # time.monotonic() of the node's latest reply
 
-    def add(self, seconds: float) -> None:
+    def add(self, seconds: float, now: float) -> None:
+        self.last_reply = now
         samples = self.samples
         samples.append(seconds)
         if len(samples) >= _SAMPLES:
@@ -278,7 +280,7 @@ class _Routing:
         self.ring_refresh = ring_refresh
         self.fetched_at = 0.0
         self.bad: dict[str, float] = {}  # node -> until when it counts as failed
-        self.strikes: dict[str, tuple[int, float]] = {}  # node -> (timeouts in a row, when the last was)
+        self.strikes: dict[str, tuple[int, float]] = {}  # address -> (timeouts in a row, when the last was)
         self._order: dict[int, tuple[str, ...]] = {}  # partition -> candidates while no node is bad
         self._order_ring = None  # the ring _order was worked out for
 
@@ -315,7 +317,7 @@ class _Routing:
         return known + [s for s in self.seeds if s not in known]
 
     def _healthy(self, node: str, now: float) -> bool:
-        return node not in self.down and self.bad.get(node, 0) < now
+        return node not in self.down and self.bad.get(node, float("-inf")) < now
 
     def candidates(self, key: bytes) -> list[str]:
         """Addresses to try for ``key``: its healthy replicas, the other healthy nodes, then the nodes that are
@@ -336,15 +338,14 @@ class _Routing:
                 self._order_ring = ring
             order = self._order.get(partition)
             if order is None:
-                order = self._order[partition] = tuple(self._ordered(primaries(ring, partition, ring.n), 0.0))
+                order = self._order[partition] = self._ordered(primaries(ring, partition, ring.n), 0.0)
             return order
         return self._ordered(primaries(self.ring, partition, self.ring.n), time.monotonic())
 
-    def _ordered(self, replicas, now: float) -> list[str]:
-        nodes = list(replicas) + [node for node in self.addresses if node not in replicas]
+    def _ordered(self, replicas, now: float) -> tuple:
+        nodes = [n for n in list(replicas) + [n for n in self.addresses if n not in replicas] if n in self.addresses]
         healthy = [n for n in nodes if self._healthy(n, now)]
-        ordered = healthy + [n for n in nodes if n not in healthy]
-        return [self.addresses[n] for n in ordered if n in self.addresses]
+        return tuple(self.addresses[n] for n in healthy + [n for n in nodes if n not in healthy])
 
     def failed(self, address: str, timed_out: bool = False) -> None:
         """``address`` failed a request: avoid it for 2 s; after a timeout (a hung or paused node, which may
@@ -353,11 +354,13 @@ class _Routing:
         now = time.monotonic()
         for node, addr in self.addresses.items():
             if addr == address:
+                if self.bad.get(node, float("-inf")) >= now:
+                    return  # known already (requests in flight to a node that fails all fail): one failure
                 pause = 2.0
                 if timed_out:
-                    count, last = self.strikes.get(node, (0, 0.0))
-                    count = 1 if now - last > 60.0 else count + 1
-                    self.strikes[node] = (count, now)
+                    count, last = self.strikes.get(address, (0, float("-inf")))
+                    count = 1 if now - last > 60.0 else min(count + 1, 5)
+                    self.strikes[address] = (count, now)
                     pause = min(30.0, 2.0 * 2 ** (count - 1))
                 self.bad[node] = now + pause
         self.fetched_at = float("-inf")  # refresh the ring on the next request
@@ -423,6 +426,19 @@ class _ClientOptions:
         ``retry_writes`` (a write that timed out may run on the first node later all the same, see
         docs/operations.md), never a request that must not run twice."""
         return not once and (msg_type == _GET or self.retry_writes)
+
+    def _last_try(self, missed) -> str:
+        """Of the nodes whose try's budget ran out, the one to give the rest of a request's time: a slow node
+        rather than a hung one. Nodes that hung in the last 10 s come last (one just continued still works
+        through what queued up meanwhile); then the latest reply (to any request) decides."""
+        now = time.monotonic()
+        strikes = self._routing.strikes
+
+        def liveliness(address):
+            hung = strikes.get(address)
+            return hung is None or now - hung[1] > 10.0, self._tracker(address).last_reply
+
+        return max((address for address, _ in missed), key=liveliness)
 
     def _ring_wait(self, sources: list, index: int) -> float:
         """How long a ring or status request waits for ``sources[index]``: the last source gets the whole
@@ -575,6 +591,7 @@ class Client(_ClientOptions):
         it surely did not reach the first."""
         timeout = self.timeout if timeout is None else timeout
         if self._routing.stale():
+            self._routing.fetched_at = time.monotonic()  # one refresh at a time; the others use the ring we have
             try:
                 self.refresh_ring()
             except (Unavailable, ProtocolError, Timeout):
@@ -588,21 +605,32 @@ class Client(_ClientOptions):
         deadline = started + timeout
         candidates = self._routing.candidates(key)
         count = len(candidates)
-        for index in range(count):
+        index = 0
+        last_try = not speculate  # the try that gets all the time left
+        while True:
+            if index == count:
+                if last_try or not missed:
+                    break
+                # Every node had a try's budget: the time left goes to the one that answered anything last.
+                candidates, count, last_try = (*candidates, self._last_try(missed)), count + 1, True
             address = candidates[index]
             if index:
                 started = time.monotonic()
+            index += 1
             left = deadline - started
             if left <= 0:
                 break
             tracker = self._latency.get(address) or self._tracker(address)
-            wait = tracker.budget if speculate and index + 1 < count and tracker.budget < left else left
+            wait = left if last_try or tracker.budget >= left else tracker.budget
             try:
                 reply = self._call(address, msg_type, fields, wait)
             except Timeout:
                 if once:
                     raise  # its outcome is unknown (the error says so): not to be run again elsewhere
-                self._routing.failed(address, timed_out=True)
+                if tracker.last_reply < started:
+                    # Nothing from it since this try went out, to any request: hung, not merely slow (a slow
+                    # node answers other requests meanwhile, and is only left for this one).
+                    self._routing.failed(address, timed_out=True)
                 missed = (missed or []) + [(address, wait)]
                 if wait < left:
                     continue  # only a try's budget ran out: the next node, within what is left
@@ -617,7 +645,8 @@ class Client(_ClientOptions):
                     raise  # the write may have happened there: doing it again elsewhere could duplicate it
                 last = exc
                 continue
-            tracker.add(time.monotonic() - started)
+            now = time.monotonic()
+            tracker.add(now - started, now)
             self._routing.note_ring_version(reply.ring_version)
             return reply
         raise _exhausted(last, missed, timeout)
@@ -842,6 +871,7 @@ class AsyncClient(_ClientOptions):
     async def _request(self, key: bytes, msg_type, fields, timeout: float | None, once: bool = False):
         timeout = self.timeout if timeout is None else timeout
         if self._routing.stale():
+            self._routing.fetched_at = time.monotonic()  # one refresh at a time; the others use the ring we have
             try:
                 await self.refresh_ring()
             except (Unavailable, ProtocolError, Timeout):
@@ -854,15 +884,23 @@ class AsyncClient(_ClientOptions):
         deadline = started + timeout  # one total for every node tried
         candidates = self._routing.candidates(key)
         count = len(candidates)
-        for index in range(count):
+        index = 0
+        last_try = not speculate  # the try that gets all the time left
+        while True:
+            if index == count:
+                if last_try or not missed:
+                    break
+                # Every node had a try's budget: the time left goes to the one that answered anything last.
+                candidates, count, last_try = (*candidates, self._last_try(missed)), count + 1, True
             address = candidates[index]
             if index:
                 started = time.monotonic()
+            index += 1
             left = deadline - started
             if left <= 0:
                 break
             tracker = self._latency.get(address) or self._tracker(address)
-            wait = tracker.budget if speculate and index + 1 < count and tracker.budget < left else left
+            wait = left if last_try or tracker.budget >= left else tracker.budget
             # _call inlined: one coroutine less per request, the client's own CPU is the load tool's limit.
             if self._closed:
                 raise Unavailable("client is closed")
@@ -874,10 +912,13 @@ class AsyncClient(_ClientOptions):
             except Timeout:
                 if once:
                     raise  # see Client._request
-                self._routing.failed(address, timed_out=True)
+                if tracker.last_reply < started:
+                    # Nothing from it since this try went out, to any request: hung, not merely slow (a slow
+                    # node answers other requests meanwhile, and is only left for this one).
+                    self._routing.failed(address, timed_out=True)
                 missed = (missed or []) + [(address, wait)]
                 if wait < left:
-                    continue
+                    continue  # see Client._request
                 break
             except Unavailable as exc:
                 self._routing.failed(address)
@@ -903,7 +944,8 @@ class AsyncClient(_ClientOptions):
                 if once:
                     raise last from exc
                 continue
-            tracker.add(time.monotonic() - started)
+            now = time.monotonic()
+            tracker.add(now - started, now)
             self._routing.note_ring_version(reply.ring_version)
             return reply
         raise _exhausted(last, missed, timeout)
