@@ -171,8 +171,8 @@ def _exhausted(last, missed=None, timeout: float = 0.0) -> DynafastError:
 
 # Speculative retry (as Cassandra's ``speculative_retry``): a try gets a budget of twice the p99 of the node's
 # recent replies, within [floor, cap] (the client options ``speculative_floor`` and ``speculative_cap``); a node
-# with no replies yet gets the cap. Twice the p99, not the p99: a try past its budget also marks the node bad
-# for a while, and a healthy node's own tail should not do that.
+# with no replies yet gets the cap. Twice the p99, not the p99: every try past its budget sends the request
+# again, and a healthy node's own tail should rarely do that.
 _SAMPLES = 128  # replies per budget update
 
 
@@ -606,12 +606,12 @@ class Client(_ClientOptions):
         candidates = self._routing.candidates(key)
         count = len(candidates)
         index = 0
-        last_try = not speculate  # the try that gets all the time left
+        last_try = not speculate or count == 1  # the try that gets all the time left
         while True:
             if index == count:
                 if last_try or not missed:
                     break
-                # Every node had a try's budget: the time left goes to the one that answered anything last.
+                # Every node had a try's budget: the time left goes to the likeliest to answer (_last_try).
                 candidates, count, last_try = (*candidates, self._last_try(missed)), count + 1, True
             address = candidates[index]
             if index:
@@ -885,12 +885,12 @@ class AsyncClient(_ClientOptions):
         candidates = self._routing.candidates(key)
         count = len(candidates)
         index = 0
-        last_try = not speculate  # the try that gets all the time left
+        last_try = not speculate or count == 1  # the try that gets all the time left
         while True:
             if index == count:
                 if last_try or not missed:
                     break
-                # Every node had a try's budget: the time left goes to the one that answered anything last.
+                # Every node had a try's budget: the time left goes to the likeliest to answer (_last_try).
                 candidates, count, last_try = (*candidates, self._last_try(missed)), count + 1, True
             address = candidates[index]
             if index:
