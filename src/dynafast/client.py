@@ -4,6 +4,11 @@ Both are partition-aware: they fetch the ring from a node, send each request str
 (that replica coordinates; client-driven coordination saves a hop), retry on the next replica when one is
 unreachable, and refresh the ring when a node fails or the ring is older than ``ring_refresh`` seconds.
 
+A node that does not answer within a per-try budget learnt from its recent replies (speculative retry, see
+``_Latency``) is left for the next replica, and avoided for a while; so are the nodes the cluster reports
+down with the ring. The caller's ``timeout`` bounds the whole request, every try included (docs/operations.md,
+"Slow and hung nodes").
+
 A node's reply is input like any other: every part of it a client uses is checked before use (``_decode``), and
 whatever is wrong with it is a ProtocolError naming the node, never an IndexError or a TypeError. The
 connection that carried it is replaced, and the client goes on serving requests.
@@ -152,11 +157,47 @@ def _check_limit(name: str, value, frame_limit: int) -> int:
     return value
 
 
-def _exhausted(last) -> DynafastError:
-    """What a request raises when no node it tried could serve it."""
+def _exhausted(last, missed=None, timeout: float = 0.0) -> DynafastError:
+    """What a request raises when no node it tried could serve it. ``missed``: ``[(address, seconds)]`` of the
+    tries that got no reply in time (then the error is a Timeout naming them and the request's timeout)."""
+    if missed:
+        tries = ", ".join(f"{address} within {wait:.3g}s" for address, wait in missed)
+        more = f"; {last}" if last is not None else ""
+        return Timeout(f"no reply within the request's timeout of {timeout:g}s: no answer from {tries}{more}")
     if isinstance(last, (ProtocolError, *_NODE_FAULTS)):
         return last  # the nodes were there: say what went wrong on them
     return Unavailable(f"no node could take the request: {last}")
+
+
+# Speculative retry (as Cassandra's ``speculative_retry``): a try gets a budget of twice the p99 of the node's
+# recent replies, within [floor, cap] (the client options ``speculative_floor`` and ``speculative_cap``); a node
+# with no replies yet gets the cap. Twice the p99, not the p99: every try past its budget sends the request
+# again, and a healthy node's own tail should rarely do that.
+_SAMPLES = 128  # replies per budget update
+
+
+class _Latency:
+    """Reply times of one node and the per-try budget they give. Samples are collected and the budget worked
+    out once per ``_SAMPLES`` replies: per request this is one append (threads of a blocking Client may race
+    here; a lost sample changes nothing)."""
+
+    __slots__ = ("samples", "budget", "floor", "cap", "last_reply")
+
+    def __init__(self, floor: float, cap: float):
+        self.samples: list[float] = []
+        self.budget = cap
+        self.floor = floor
+        self.cap = cap
+        self.last_reply = float("-inf")  # time.monotonic() of the node's latest reply
+
+    def add(self, seconds: float, now: float) -> None:
+        self.last_reply = now
+        samples = self.samples
+        samples.append(seconds)
+        if len(samples) >= _SAMPLES:
+            ordered = sorted(samples)
+            samples.clear()
+            self.budget = min(self.cap, max(self.floor, 2.0 * ordered[int(len(ordered) * 0.99)]))
 
 
 def _no_answer(last) -> DynafastError:
@@ -204,13 +245,14 @@ def _decode(request_type, result):
 
 
 def _decode_ring(state) -> tuple:
-    """``(ring, {node: address})`` of a RING_REPLY (clients read only these of the cluster state)."""
+    """``(ring, {node: address}, down)`` of a RING_REPLY (clients read only these of the cluster state; ``down``:
+    the nodes the answering node's failure detector holds down, empty from nodes that do not say)."""
     ring = _impl.ring.Ring.from_bytes(state.ring)
     if len(state.ids) != len(state.addresses):
         raise ProtocolError(f"RING_REPLY has {len(state.ids)} node ids but {len(state.addresses)} addresses")
     for address in state.addresses:
         parse_address(address)  # ValueError: the client would fail on it when it connects
-    return ring, dict(zip(state.ids, state.addresses))
+    return ring, dict(zip(state.ids, state.addresses)), frozenset(state.down or ())
 
 
 def _from_node(exc: ProtocolError, address: str) -> ProtocolError:
@@ -234,9 +276,11 @@ class _Routing:
             parse_address(seed)
         self.ring = None
         self.addresses: dict[str, str] = {}
+        self.down: frozenset = frozenset()  # nodes the cluster reported down with the ring
         self.ring_refresh = ring_refresh
         self.fetched_at = 0.0
         self.bad: dict[str, float] = {}  # node -> until when it counts as failed
+        self.strikes: dict[str, tuple[int, float]] = {}  # address -> (timeouts in a row, when the last was)
         self._order: dict[int, tuple[str, ...]] = {}  # partition -> candidates while no node is bad
         self._order_ring = None  # the ring _order was worked out for
 
@@ -245,12 +289,16 @@ class _Routing:
         if version is not None and self.ring is not None and version > self.ring.version:
             self.fetched_at = float("-inf")  # fetch the ring before the next request
 
-    def adopt(self, ring, addresses: dict[str, str]) -> None:
-        """Take a ring and the nodes' addresses (from a RING_REPLY, through ``_decode``)."""
+    def adopt(self, ring, addresses: dict[str, str], down: frozenset = frozenset()) -> None:
+        """Take a ring, the nodes' addresses and the nodes reported down (from a RING_REPLY, through
+        ``_decode``)."""
         if self.ring is None or ring.version >= self.ring.version:
             self.ring = ring
             self.addresses = addresses
             self._order_ring = None  # the addresses may have changed with the same ring
+        if down != self.down:
+            self.down = down
+            self._order_ring = None
         self.fetched_at = time.monotonic()
 
     def stale(self) -> bool:
@@ -259,14 +307,21 @@ class _Routing:
         return self.ring is None or time.monotonic() - self.fetched_at > self.ring_refresh
 
     def ring_sources(self) -> list[str]:
+        """Where to fetch the ring from: known nodes (healthy ones first, in random order), then the seeds."""
         if not self.partition_aware:
             return list(self.seeds)
-        known = list(self.addresses.values())
+        now = time.monotonic()
+        known = list(self.addresses.items())
         random.shuffle(known)
+        known = [a for n, a in known if self._healthy(n, now)] + [a for n, a in known if not self._healthy(n, now)]
         return known + [s for s in self.seeds if s not in known]
 
+    def _healthy(self, node: str, now: float) -> bool:
+        return node not in self.down and self.bad.get(node, float("-inf")) < now
+
     def candidates(self, key: bytes) -> list[str]:
-        """Addresses to try for ``key``: its replicas first (healthy ones first), then the other nodes."""
+        """Addresses to try for ``key``: its healthy replicas, the other healthy nodes, then the nodes that are
+        down or recently failed (last resorts, they may be back)."""
         ring = self.ring
         if ring is None or not self.partition_aware:
             return list(self.seeds)
@@ -276,26 +331,38 @@ class _Routing:
             # A copy: other threads of a blocking Client may mark nodes bad meanwhile.
             self.bad = {node: until for node, until in list(self.bad.items()) if until >= now}
         if not self.bad:
-            # All healthy: the order depends only on the ring and the addresses, so it is worked out once per
-            # partition (per request it cost the client more than the rest of a call).
+            # No node failed lately: the order depends only on the ring, the addresses and the down set, so it
+            # is worked out once per partition (per request it cost the client more than the rest of a call).
             if self._order_ring is not ring:
                 self._order = {}
                 self._order_ring = ring
             order = self._order.get(partition)
             if order is None:
-                order = self._order[partition] = tuple(self._ordered(primaries(ring, partition, ring.n), 0.0))
+                order = self._order[partition] = self._ordered(primaries(ring, partition, ring.n), 0.0)
             return order
         return self._ordered(primaries(self.ring, partition, self.ring.n), time.monotonic())
 
-    def _ordered(self, replicas, now: float) -> list[str]:
-        others = [node for node in self.addresses if node not in replicas]
-        ordered = [n for n in replicas if self.bad.get(n, 0) < now] + [n for n in replicas if self.bad.get(n, 0) >= now]
-        return [self.addresses[n] for n in ordered + others if n in self.addresses]
+    def _ordered(self, replicas, now: float) -> tuple:
+        nodes = [n for n in list(replicas) + [n for n in self.addresses if n not in replicas] if n in self.addresses]
+        healthy = [n for n in nodes if self._healthy(n, now)]
+        return tuple(self.addresses[n] for n in healthy + [n for n in nodes if n not in healthy])
 
-    def failed(self, address: str) -> None:
+    def failed(self, address: str, timed_out: bool = False) -> None:
+        """``address`` failed a request: avoid it for 2 s; after a timeout (a hung or paused node, which may
+        stay so) for twice as long as after the previous one, up to 30 s, while timeouts follow within a
+        minute of each other."""
+        now = time.monotonic()
         for node, addr in self.addresses.items():
             if addr == address:
-                self.bad[node] = time.monotonic() + 2.0
+                if self.bad.get(node, float("-inf")) >= now:
+                    return  # known already (requests in flight to a node that fails all fail): one failure
+                pause = 2.0
+                if timed_out:
+                    count, last = self.strikes.get(address, (0, float("-inf")))
+                    count = 1 if now - last > 60.0 else min(count + 1, 5)
+                    self.strikes[address] = (count, now)
+                    pause = min(30.0, 2.0 * 2 ** (count - 1))
+                self.bad[node] = now + pause
         self.fetched_at = float("-inf")  # refresh the ring on the next request
 
 
@@ -303,8 +370,8 @@ class _ClientOptions:
     """What both clients are configured with.
 
     ``nodes``: "HOST:PORT" addresses (a list, or one comma-separated string) of any nodes of the cluster; the
-    rest are discovered. ``timeout``: seconds per request (the coordinator's quorum deadline; the client allows
-    one more second for the hop). ``connect_timeout``. ``ring_refresh``: seconds after which the ring is
+    rest are discovered. ``timeout``: seconds per request, in total over every node tried (also the
+    coordinator's quorum deadline). ``connect_timeout``. ``ring_refresh``: seconds after which the ring is
     fetched again. ``r``, ``w``, ``dw``: default quorums (None: the node's). ``partition_aware=False`` sends
     every request to ``nodes`` in order instead of to a replica of the key. ``max_key_size``,
     ``max_value_size``: larger keys and values are refused with KeyTooLarge and ValueTooLarge before anything
@@ -313,13 +380,19 @@ class _ClientOptions:
     AuthenticationFailed when refused).
     ``tls``: an SSLContext (``dynafast.security.tls.client_context(ca)``) to reach TLS nodes with; each node's
     certificate must verify and name the host of its address.
+    ``speculative_floor``, ``speculative_cap``: the bounds, in seconds, of the per-try budget (twice the p99
+    of the node's recent replies) after which a request moves on to the next replica. ``retry_writes``: whether
+    puts and deletes move on too after a try's budget (True), or wait for the first node until ``timeout``
+    (False); either way a conditional write or lock request never does, and every request moves on after a
+    connection failure or a refusal (docs/operations.md, "Slow and hung nodes").
     """
 
     def __init__(self, nodes, *, timeout: float = 5.0, connect_timeout: float = 2.0, ring_refresh: float = 10.0,
                  r: int | None = None, w: int | None = None, dw: int | None = None, partition_aware: bool = True,
                  max_key_size: int = DEFAULT_MAX_KEY_SIZE, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
                  username: str | None = None, password: str | None = None,
-                 tls=None):
+                 tls=None, speculative_floor: float = 0.05, speculative_cap: float = 1.0,
+                 retry_writes: bool = True):
         if isinstance(nodes, str):
             nodes = nodes.split(",")
         if (username is None) != (password is None):
@@ -335,6 +408,44 @@ class _ClientOptions:
         self.max_value_size = _check_limit("max_value_size", max_value_size, room - max_key_size)
         self._routing = _Routing(nodes, ring_refresh, partition_aware)
         self._closed = False
+        if not 0 < speculative_floor <= speculative_cap:
+            raise ValueError("need 0 < speculative_floor <= speculative_cap")
+        self.speculative_floor = speculative_floor
+        self.speculative_cap = speculative_cap
+        self.retry_writes = retry_writes
+        self._latency: dict[str, _Latency] = {}  # address -> its reply times and per-try budget
+
+    def _tracker(self, address: str) -> _Latency:
+        tracker = self._latency.get(address)
+        if tracker is None:
+            tracker = self._latency[address] = _Latency(self.speculative_floor, self.speculative_cap)
+        return tracker
+
+    def _speculates(self, msg_type, once: bool) -> bool:
+        """Whether a request moves on to the next node after a try's budget: reads always, plain writes when
+        ``retry_writes`` (a write that timed out may run on the first node later all the same, see
+        docs/operations.md), never a request that must not run twice."""
+        return not once and (msg_type == _GET or self.retry_writes)
+
+    def _last_try(self, missed) -> str:
+        """Of the nodes whose try's budget ran out, the one to give the rest of a request's time: a slow node
+        rather than a hung one. Nodes that hung in the last 10 s come last (one just continued still works
+        through what queued up meanwhile); then the latest reply (to any request) decides."""
+        now = time.monotonic()
+        strikes = self._routing.strikes
+
+        def liveliness(address):
+            hung = strikes.get(address)
+            return hung is None or now - hung[1] > 10.0, self._tracker(address).last_reply
+
+        return max((address for address, _ in missed), key=liveliness)
+
+    def _ring_wait(self, sources: list, index: int) -> float:
+        """How long a ring or status request waits for ``sources[index]``: the last source gets the whole
+        timeout, the others at most the cap of a try (a hung node must not hold up every request)."""
+        if index + 1 == len(sources):
+            return self.timeout
+        return min(self.timeout, self._tracker(sources[index]).budget)
 
     def _key(self, key) -> bytes:
         key = _as_bytes("key", key)
@@ -434,8 +545,13 @@ class Client(_ClientOptions):
         conn = None
         try:
             conn, lock = self._conn(address)
-            with lock:
+            # Bounded: another thread may be waiting on this node's connection for a hung node's reply.
+            if not lock.acquire(timeout=timeout):
+                raise Timeout(f"no reply from {address} within {timeout}s (its connection was busy)")
+            try:
                 result = conn.call(msg_type, fields, timeout)
+            finally:
+                lock.release()
             return _decode(msg_type, result)
         except ProtocolError as exc:
             # The node sent what we cannot read, or hung up saying our stream broke: a new connection replaces
@@ -459,11 +575,14 @@ class Client(_ClientOptions):
 
     def refresh_ring(self) -> None:
         last = None
-        for address in self._routing.ring_sources():
+        sources = self._routing.ring_sources()
+        for index, address in enumerate(sources):
             try:
-                self._routing.adopt(*self._call(address, Msg.RING_GET, (), self.timeout))
+                self._routing.adopt(*self._call(address, Msg.RING_GET, (), self._ring_wait(sources, index)))
                 return
-            except (Unavailable, ProtocolError) as exc:
+            except (Unavailable, ProtocolError, Timeout) as exc:
+                if isinstance(exc, Timeout):
+                    self._routing.failed(address, timed_out=True)
                 last = exc
         raise _no_answer(last)
 
@@ -472,23 +591,50 @@ class Client(_ClientOptions):
         it surely did not reach the first."""
         timeout = self.timeout if timeout is None else timeout
         if self._routing.stale():
+            self._routing.fetched_at = time.monotonic()  # one refresh at a time; the others use the ring we have
             try:
                 self.refresh_ring()
-            except (Unavailable, ProtocolError):
+            except (Unavailable, ProtocolError, Timeout):
                 if self._routing.ring is None:
                     raise
         last = None
-        # The coordinator answers within the request's own timeout; allow for the hop on top. Trying further
-        # nodes stays within that same total.
-        wait = timeout + 1.0
-        deadline = time.monotonic() + wait
-        for address in self._routing.candidates(key):
-            if last is not None:
-                wait = deadline - time.monotonic()
-                if wait <= 0:
+        missed = None  # [(address, seconds)] of tries that got no reply in time
+        speculate = self._speculates(msg_type, once)
+        # One deadline for every node tried: the caller's timeout is the whole request's.
+        started = time.monotonic()
+        deadline = started + timeout
+        candidates = self._routing.candidates(key)
+        count = len(candidates)
+        index = 0
+        last_try = not speculate or count == 1  # the try that gets all the time left
+        while True:
+            if index == count:
+                if last_try or not missed:
                     break
+                # Every node had a try's budget: the time left goes to the likeliest to answer (_last_try).
+                candidates, count, last_try = (*candidates, self._last_try(missed)), count + 1, True
+            address = candidates[index]
+            if index:
+                started = time.monotonic()
+            index += 1
+            left = deadline - started
+            if left <= 0:
+                break
+            tracker = self._latency.get(address) or self._tracker(address)
+            wait = left if last_try or tracker.budget >= left else tracker.budget
             try:
                 reply = self._call(address, msg_type, fields, wait)
+            except Timeout:
+                if once:
+                    raise  # its outcome is unknown (the error says so): not to be run again elsewhere
+                if tracker.last_reply < started:
+                    # Nothing from it since this try went out, to any request: hung, not merely slow (a slow
+                    # node answers other requests meanwhile, and is only left for this one).
+                    self._routing.failed(address, timed_out=True)
+                missed = (missed or []) + [(address, wait)]
+                if wait < left:
+                    continue  # only a try's budget ran out: the next node, within what is left
+                break
             except _TRY_NEXT as exc:
                 if once and not _not_sent(exc):
                     raise
@@ -499,9 +645,11 @@ class Client(_ClientOptions):
                     raise  # the write may have happened there: doing it again elsewhere could duplicate it
                 last = exc
                 continue
+            now = time.monotonic()
+            tracker.add(now - started, now)
             self._routing.note_ring_version(reply.ring_version)
             return reply
-        raise _exhausted(last)
+        raise _exhausted(last, missed, timeout)
 
     # -- the API -----------------------------------------------------------------------------------------
     def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
@@ -709,30 +857,50 @@ class AsyncClient(_ClientOptions):
 
     async def refresh_ring(self) -> None:
         last = None
-        for address in self._routing.ring_sources():
+        sources = self._routing.ring_sources()
+        for index, address in enumerate(sources):
             try:
-                self._routing.adopt(*await self._call(address, Msg.RING_GET, (), self.timeout))
+                self._routing.adopt(*await self._call(address, Msg.RING_GET, (), self._ring_wait(sources, index)))
                 return
-            except (Unavailable, ProtocolError) as exc:
+            except (Unavailable, ProtocolError, Timeout) as exc:
+                if isinstance(exc, Timeout):
+                    self._routing.failed(address, timed_out=True)
                 last = exc
         raise _no_answer(last)
 
     async def _request(self, key: bytes, msg_type, fields, timeout: float | None, once: bool = False):
         timeout = self.timeout if timeout is None else timeout
         if self._routing.stale():
+            self._routing.fetched_at = time.monotonic()  # one refresh at a time; the others use the ring we have
             try:
                 await self.refresh_ring()
-            except (Unavailable, ProtocolError):
+            except (Unavailable, ProtocolError, Timeout):
                 if self._routing.ring is None:
                     raise
         last = None
-        wait = timeout + 1.0  # as in Client._request: one total for every node tried
-        deadline = time.monotonic() + wait
-        for address in self._routing.candidates(key):
-            if last is not None:
-                wait = deadline - time.monotonic()
-                if wait <= 0:
+        missed = None  # as in Client._request: tries that got no reply within their budget
+        speculate = self._speculates(msg_type, once)
+        started = time.monotonic()
+        deadline = started + timeout  # one total for every node tried
+        candidates = self._routing.candidates(key)
+        count = len(candidates)
+        index = 0
+        last_try = not speculate or count == 1  # the try that gets all the time left
+        while True:
+            if index == count:
+                if last_try or not missed:
                     break
+                # Every node had a try's budget: the time left goes to the likeliest to answer (_last_try).
+                candidates, count, last_try = (*candidates, self._last_try(missed)), count + 1, True
+            address = candidates[index]
+            if index:
+                started = time.monotonic()
+            index += 1
+            left = deadline - started
+            if left <= 0:
+                break
+            tracker = self._latency.get(address) or self._tracker(address)
+            wait = left if last_try or tracker.budget >= left else tracker.budget
             # _call inlined: one coroutine less per request, the client's own CPU is the load tool's limit.
             if self._closed:
                 raise Unavailable("client is closed")
@@ -741,6 +909,17 @@ class AsyncClient(_ClientOptions):
                 pool = self._new_pool()
             try:
                 reply = _decode(msg_type, await pool.request(address, msg_type, fields, wait))
+            except Timeout:
+                if once:
+                    raise  # see Client._request
+                if tracker.last_reply < started:
+                    # Nothing from it since this try went out, to any request: hung, not merely slow (a slow
+                    # node answers other requests meanwhile, and is only left for this one).
+                    self._routing.failed(address, timed_out=True)
+                missed = (missed or []) + [(address, wait)]
+                if wait < left:
+                    continue  # see Client._request
+                break
             except Unavailable as exc:
                 self._routing.failed(address)
                 if once and not _not_sent(exc):
@@ -758,16 +937,18 @@ class AsyncClient(_ClientOptions):
                     raise last from None  # the write may have happened there: see Client._request
                 continue
             except DynafastError:
-                raise  # Timeout, QuorumNotMet, StorageFull, ...: the node is there; trying another won't help
+                raise  # QuorumNotMet, StorageFull, ...: the node is there; trying another won't help
             except OSError as exc:
                 self._routing.failed(address)
                 last = Unavailable(f"{address}: {exc}")
                 if once:
                     raise last from exc
                 continue
+            now = time.monotonic()
+            tracker.add(now - started, now)
             self._routing.note_ring_version(reply.ring_version)
             return reply
-        raise _exhausted(last)
+        raise _exhausted(last, missed, timeout)
 
     async def get(self, key, *, r: int | None = None, timeout: float | None = None) -> GetResult:
         key, msg_type, fields = self._get_request(key, r, timeout)

@@ -157,7 +157,7 @@ class Node:
             Msg.DELETE: self.requests.client_delete,
             Msg.REPLICA_GET: self.requests.replica_get,
             Msg.REPLICA_PUT: self.requests.replica_put,
-            Msg.RING_GET: lambda fields: (Msg.RING_REPLY, membership.state_fields()),
+            Msg.RING_GET: lambda fields: (Msg.RING_REPLY, membership.state_fields() + (sorted(membership.down()),)),
             Msg.STATUS: lambda fields: (Msg.STATUS_REPLY, (json.dumps(self.status()),)),
             Msg.GOSSIP: lambda fields: (Msg.GOSSIP_REPLY, membership.handle_gossip(fields)),
             Msg.RING_PUSH: lambda fields: (Msg.RING_PUSH_REPLY, membership.handle_ring_push(fields)),

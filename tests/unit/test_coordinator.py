@@ -172,3 +172,40 @@ def test_fallback_replies_are_not_repaired(impl):
     m.on_reply("d", None)
     merged, stale = m.repairs()
     assert stale == []
+
+
+# -- a replica the failure detector holds down, with no fallback to stand in for it ---------------------------
+def _three_node_ring():
+    from dynafast._impl import ring as rings
+
+    return rings.Ring(16, ["n1", "n2", "n3"], n=3)
+
+
+def test_a_down_replica_with_no_fallback_is_a_spare_not_a_target():
+    # Before, it stayed a target: every request was sent to it, and a hung node piled them up unanswered.
+    from dynafast.cluster.preflist import targets
+
+    ring = _three_node_ring()
+    partition = next(p for p in range(ring.partitions) if ring.replicas(p, 3)[0] == "n1")
+    chosen, spares = targets(ring, partition, 3, frozenset({"n3"}), "n1")
+    assert sorted(node for node, _ in chosen) == ["n1", "n2"] and spares == ("n3",)
+    put = PutCoordinator(chosen, spares, w=2, dw=1)
+    assert {send.node for send in put.start()} == {"n1", "n2"}
+    get = GetCoordinator(chosen, spares, r=2, versions=None)
+    assert {send.node for send in get.start()} == {"n1", "n2"}
+
+
+def test_a_down_replica_is_asked_when_the_quorum_needs_it():
+    from dynafast.cluster.preflist import targets
+
+    ring = _three_node_ring()
+    chosen, spares = targets(ring, 0, 3, frozenset({"n3"}), ring.replicas(0, 3)[0])
+    put = PutCoordinator(chosen, spares, w=3, dw=0)
+    assert Send("n3", None, False) in put.start()
+    get = GetCoordinator(chosen, spares, r=3, versions=None)
+    assert Send("n3", None) in get.start()
+    # and when a live target fails, as a stand-in for it
+    get = GetCoordinator(chosen, spares, r=2, versions=None)
+    get.start()
+    failed = next(node for node, _ in chosen if node != chosen[0][0])
+    assert get.on_failure(failed) == [Send("n3", failed)]

@@ -179,6 +179,9 @@ class GetCoordinator(_Quorum):
         for node, hint_for in self.targets:
             self.outstanding[node] = hint_for
             sends.append(Send(node, hint_for))
+        while len(self.outstanding) < self.r and self.spares:
+            # Not even every target answering could make the quorum (the down primaries are spares): ask them.
+            sends += self._replacement(None, False)
         return sends
 
     def on_reply(self, node: str, siblings, weak: bool = False) -> list[Send]:

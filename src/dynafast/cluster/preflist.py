@@ -21,14 +21,18 @@ def targets(ring, partition: int, n: int, down, me: str) -> tuple[tuple, tuple]:
     A target is ``(node, hint_for)``: ``hint_for`` is None for a primary and names the primary a fallback
     stands in for. The coordinator's own replica goes first (its write is the local, durable one). Spares
     are the live fallbacks not already used, in preference order, for targets that fail during the request.
+
+    When too few live nodes can stand in (N nodes or barely more), the down primaries are the last spares, not
+    targets: asked only when the live targets cannot make the quorum, or fail. A node held down may be hung
+    rather than dead (a stopped process, a stalled VM): requests sent to it pile up unanswered on the
+    coordinator, and all land at once when it continues.
     """
     chosen = list(ring.preference_list(partition, n, down))
-    if len(chosen) < n:
-        # Too few live nodes to stand in: try the down primaries too, they may be back already.
-        used = {node for node, _ in chosen}
-        chosen += [(node, None) for node in ring.replicas(partition, n) if node not in used]
     chosen.sort(key=lambda target: target[0] != me)
     spares = tuple(node for node in ring.fallbacks(partition, n) if node not in down)
+    if len(chosen) < n:
+        used = {node for node, _ in chosen}
+        spares += tuple(node for node in ring.replicas(partition, n) if node not in used)
     return tuple(chosen), spares
 
 

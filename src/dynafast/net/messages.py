@@ -217,6 +217,8 @@ class State(NamedTuple):
     next_ring: bytes | None
     done_partitions: list[int]
     done_targets: list[str]
+    # RING_REPLY only: the members the answering node's failure detector holds down (clients try them last)
+    down: list[str] | None = None
 
 
 class Status(NamedTuple):
@@ -290,7 +292,7 @@ class Gossip(NamedTuple):
     done_targets: list[str]
 
     def state(self) -> State:
-        return State._make(self[5:])
+        return State(*self[5:])
 
 
 class HintPush(NamedTuple):
