@@ -555,7 +555,7 @@ def _ring(client, args):
 
     address = args.cluster.split(",")[0]
     status = client.status(address)
-    ring, _ = client._call(address, Msg.RING_GET, (), args.timeout)
+    ring = client._call(address, Msg.RING_GET, (), args.timeout)[0]
     return ring, status
 
 
