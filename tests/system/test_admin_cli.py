@@ -12,7 +12,7 @@ from dynafast import Client
 from dynafast.security.access import write_secret
 from dynafast.security.users import Users
 from dynafast.testing.cluster import LocalCluster
-from test_cli import run, start_local, stop_local
+from test_cli import kill_local, run, start_local, stop_local
 from test_cluster import wait_members
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -276,9 +276,7 @@ def test_local_keeps_running_when_a_node_dies_and_restarts_it(tmp_path):
         assert unknown.returncode == 1 and "no node n9" in unknown.stderr
         stop_local(proc, [*pids.values(), new_pid])
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_local(proc, data, lines)
     gone = run("node-restart", "n3", "--data-dir", str(data))
     assert gone.returncode == 1 and "no dynafast local is running" in gone.stderr
 

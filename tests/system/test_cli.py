@@ -49,6 +49,31 @@ def stop_local(proc, pids):
             os.kill(pid, 0)
 
 
+def kill_local(proc, data_dir, lines=()):
+    """However a test ended: stop ``dynafast local`` and every node it started (by PID, checking each is a node
+    of ``data_dir`` first), so that no process outlives the test."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    pids = {int(line.split("pid")[1].split()[0]) for line in lines if " pid " in line}
+    try:
+        pids |= {node["pid"] for node in json.loads((data_dir / "local.json").read_text())["nodes"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(data_dir).encode() not in f.read():
+                    continue  # not ours (any more)
+            os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
 def consecutive_ports(count):
     for _ in range(50):
         base = free_port()
@@ -151,9 +176,7 @@ def test_local_cluster_serves_the_client_verbs_and_stops(tmp_path):
         assert json.loads(run("status", "--cluster", cluster, "--json").stdout)["security"]["peer_secret"]
         stop_local(proc, pids)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_local(proc, tmp_path / "data", lines)
 
 
 def test_local_cluster_with_users_needs_a_login(tmp_path):
@@ -174,6 +197,4 @@ def test_local_cluster_with_users_needs_a_login(tmp_path):
         assert wrong.returncode == 1 and "wrong user name or password" in wrong.stderr
         stop_local(proc, pids)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_local(proc, tmp_path / "data", lines)

@@ -305,7 +305,7 @@ def test_tls_on_the_resp_port(tmp_path):
 
 
 def test_dynafast_local_serves_resp_and_prints_the_addresses(tmp_path):
-    from test_cli import consecutive_ports, start_local, stop_local
+    from test_cli import consecutive_ports, kill_local, start_local, stop_local
 
     base = consecutive_ports(6)  # three native ports, then three RESP ports
     resp = base + 3
@@ -321,8 +321,7 @@ def test_dynafast_local_serves_resp_and_prints_the_addresses(tmp_path):
         assert third.get("local") == b"yes"
         stop_local(proc, pids)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_local(proc, tmp_path / "data", lines)
 
 
 def _try(fn):
