@@ -508,17 +508,7 @@ class Server:
         return self._server.sockets
 
     def _check_idle(self):
-        """Every half idle timeout: close connections found idle twice in a row, so each is closed between
-        one and one and a half idle timeouts after its last complete frame. Requests in flight are ours to
-        answer: a connection waiting for them is not idle."""
-        for conn in list(self._connections):
-            if conn.active or conn._tasks:
-                conn.active = False
-                conn.idle_checks = 0
-                continue
-            conn.idle_checks += 1
-            if conn.idle_checks >= 2:
-                conn.close_idle()
+        close_idle(self._connections, lambda conn: conn._tasks)
         self._idle_timer = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._check_idle)
 
     def close(self):
@@ -571,6 +561,20 @@ async def start_server(handler, host: str, port: int, *, max_frame: int = codec.
     return server
 
 
+def close_idle(connections, busy) -> None:
+    """One idle check, made every half idle timeout: close the connections found idle twice in a row, so each
+    is closed between one and one and a half idle timeouts after its last complete request. Requests in flight
+    (``busy(conn)``) are ours to answer: a connection waiting for them is not idle."""
+    for conn in list(connections):
+        if conn.active or busy(conn):
+            conn.active = False
+            conn.idle_checks = 0
+            continue
+        conn.idle_checks += 1
+        if conn.idle_checks >= 2:
+            conn.close_idle()
+
+
 def descriptor_budget(reserved: int = 256) -> int:
     """How many connections this process can hold: its descriptor limit (raised to the hard limit, at most
     65536, when allowed) less ``reserved`` for data files, outgoing peer connections and the HTTP side."""
@@ -589,4 +593,4 @@ def descriptor_budget(reserved: int = 256) -> int:
     return max(16, soft - reserved)
 
 
-__all__ = ["descriptor_budget", "start_server", "Server", "ServerStats", "ServerConnection", "ServerProtocol"]
+__all__ = ["close_idle", "descriptor_budget", "start_server", "Server", "ServerStats", "ServerConnection", "ServerProtocol"]

@@ -22,6 +22,7 @@ import time
 import dynafast
 from dynafast.address import format_address, parse_address
 from dynafast.errors import DynafastError
+from dynafast.net.server import close_idle, descriptor_budget
 from dynafast.resp import commands
 from dynafast.resp.commands import NOAUTH, TABLE, WRONGPASS, arity_error, coordinator_error, may, unknown_command
 from dynafast.resp.keyspace import Keyspace
@@ -161,7 +162,7 @@ class RespApp:
             "clients": {
                 "connected_clients": stats["connections"],
                 "blocked_clients": 0,
-                "maxclients": self.config.max_connections or 0,
+                "maxclients": server.max_connections if server is not None else 0,
             },
             "memory": {
                 "used_memory": process["rss"],
@@ -217,7 +218,7 @@ class RespApp:
             b"maxmemory": b"0", b"maxmemory-policy": b"noeviction", b"databases": b"1",
             b"proto-max-bulk-len": str(self.config.max_value_size).encode(),
             b"timeout": str(int(self.config.idle_timeout)).encode(), b"cluster-enabled": b"no",
-            b"maxclients": str(self.config.max_connections or 10000).encode(),
+            b"maxclients": str(self.server.max_connections if self.server is not None else 0).encode(),
         }
         out = {}
         for pattern in patterns:
@@ -532,7 +533,7 @@ class RespServer:
         self.parser_kind = parser_kind
         self.stats = collections.Counter()
         self.connections: dict[int, RespConnection] = {}
-        self.max_connections = config.max_connections or 10000
+        self.max_connections = config.max_connections or descriptor_budget()
         self.max_request = config.max_frame
         self.max_unfinished = config.max_unfinished_frames
         self.unfinished = 0
@@ -552,14 +553,7 @@ class RespServer:
         return [self.connections[i] for i in sorted(self.connections)]
 
     def _check_idle(self):
-        for conn in list(self.connections.values()):
-            if conn.active or conn._pending:
-                conn.active = False
-                conn.idle_checks = 0
-                continue
-            conn.idle_checks += 1
-            if conn.idle_checks >= 2:
-                conn.close_idle()
+        close_idle(self.connections.values(), lambda conn: conn._pending)
         self._idle_timer = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._check_idle)
 
     def close(self):
