@@ -300,13 +300,17 @@ class ClusterMembership:
     async def start(self) -> None:
         self._load()
         me = self.state.members.get(self.node_id) if self.state is not None else None
-        if self.state is None and not self.config.seeds:
+        seeds = self.config.seeds
+        if self.state is None and (not seeds or seeds[0] == self.config.advertise and not await self._join(1)):
+            # No seeds, or this node is the first seed (every node of a deployment may share one seed list) and
+            # no other seed knows of a cluster yet: start a new one.
             ring = self.rings.Ring(self.config.partitions, [self.node_id], n=self.config.n,
                                    zones={self.node_id: self.config.zone})
             member = Member(self.node_id, self.config.advertise, self.config.zone, VALID)
             self._adopt(ClusterState(1, {self.node_id: member}, ring), force=True)
-        elif self.config.seeds and (me is None or me.address != self.config.advertise or me.status == LEFT):
-            await self._join()
+        elif seeds and (me is None or me.address != self.config.advertise or me.status == LEFT):
+            # Until it has joined, a new node keeps asking: its seeds may not be up, or their names not in DNS, yet.
+            await self._join(None if self.state is None else 60)
         self._tasks.append(asyncio.create_task(
             periodic(self.config.gossip_interval, self.gossip_round, log, "gossip round", rng=self.rng)))
         self._tasks.append(asyncio.create_task(self._liveness_loop()))
@@ -315,10 +319,15 @@ class ClusterMembership:
         await cancel_and_wait(list(self._tasks) + list(self._pushes) + list(self._exchanges.values()))
         self._tasks = []
 
-    async def _join(self) -> None:
+    async def _join(self, rounds: int | None = 60) -> bool:
+        """Ask each seed in turn to admit us, for ``rounds`` rounds (None: until one does); True once joined.
+
+        Having no state after the last round is an error, except for a single round (the first seed finding out
+        whether a cluster exists already)."""
         fields = (self.node_id, self.config.advertise, self.config.zone)
         last_error = None
-        for attempt in range(60):
+        attempt = 0
+        while rounds is None or attempt < rounds:
             for seed in self.config.seeds:
                 if seed == self.config.advertise:
                     continue
@@ -326,12 +335,18 @@ class ClusterMembership:
                     _, reply = await self.pool.call(seed, Msg.JOIN, fields, self.config.peer_timeout * 5)
                     self._adopt(ClusterState.from_fields(reply, self.rings), force=self.state is None)
                     log.info("joined the cluster through %s (state version %d)", seed, self.state.version)
-                    return
+                    return True
                 except DynafastError as exc:
                     last_error = exc
-            await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+            attempt += 1
+            if rounds == 1:
+                return False
+            if attempt % 30 == 0:
+                log.warning("still joining through seeds %s: %s", ", ".join(self.config.seeds), last_error)
+            await asyncio.sleep(min(0.1 * attempt, 1.0))
         if self.state is None:
             raise DynafastError(f"could not join through seeds {self.config.seeds}: {last_error}")
+        return False
 
     # -- gossip ---------------------------------------------------------------------------------------------
     async def _liveness_loop(self) -> None:
