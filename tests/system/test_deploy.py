@@ -268,7 +268,8 @@ def test_node_flags_fall_back_on_the_environment(monkeypatch):
 @pytest.mark.cluster
 def test_nodes_sharing_one_seed_list_form_one_cluster(tmp_path):
     """Every node started at once with the same seed list, as the StatefulSet's pods are: the first seed starts
-    the cluster (no other seed knows of one), the others join it."""
+    the cluster (no other seed knows of one), the others join it. The first seed restarted with its data lost
+    joins that cluster again instead of starting one of its own."""
     ports = set()
     while len(ports) < 3:
         ports.add(free_port())
@@ -287,13 +288,24 @@ def test_nodes_sharing_one_seed_list_form_one_cluster(tmp_path):
                     return sorted((m["id"], m["state"]) for m in client.status(address)["members"])
                 except Unavailable:
                     return None
+
+            def formed():
+                deadline = time.monotonic() + 30
+                while any(members(a) != expected for a in addresses) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                return [members(a) for a in addresses]
             expected = [("n1", "up"), ("n2", "up"), ("n3", "up")]
-            deadline = time.monotonic() + 30
-            while any(members(a) != expected for a in addresses) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert [members(a) for a in addresses] == [expected] * 3
+            assert formed() == [expected] * 3
             client.put(b"k", b"v")
             assert client.get(b"k").value == b"v"
+
+            nodes[0].stop()
+            nodes[0].wipe()
+            nodes[0].start(wait=False)
+            nodes[0].wait_ready(timeout=40)
+            assert formed() == [expected] * 3
+        with Client([addresses[0]], partition_aware=False) as through_n1:
+            assert through_n1.get(b"k").value == b"v"
     finally:
         for node in nodes:
             node.stop()

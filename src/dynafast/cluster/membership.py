@@ -301,7 +301,7 @@ class ClusterMembership:
         self._load()
         me = self.state.members.get(self.node_id) if self.state is not None else None
         seeds = self.config.seeds
-        if self.state is None and (not seeds or seeds[0] == self.config.advertise and not await self._join(1)):
+        if self.state is None and (not seeds or seeds[0] == self.config.advertise and not await self._seeds_know()):
             # No seeds, or this node is the first seed (every node of a deployment may share one seed list) and
             # no other seed knows of a cluster yet: start a new one.
             ring = self.rings.Ring(self.config.partitions, [self.node_id], n=self.config.n,
@@ -319,11 +319,20 @@ class ClusterMembership:
         await cancel_and_wait(list(self._tasks) + list(self._pushes) + list(self._exchanges.values()))
         self._tasks = []
 
-    async def _join(self, rounds: int | None = 60) -> bool:
-        """Ask each seed in turn to admit us, for ``rounds`` rounds (None: until one does); True once joined.
+    async def _seeds_know(self) -> bool:
+        """Does another seed hold a cluster state? Then the first seed, started without one (its data lost),
+        joins that cluster rather than starting a second one."""
+        for seed in self.config.seeds:
+            if seed != self.config.advertise:
+                try:
+                    await self.pool.call(seed, Msg.RING_GET, (), self.config.peer_timeout)
+                    return True
+                except DynafastError:  # down, not resolvable yet, or (starting too) without a state
+                    pass
+        return False
 
-        Having no state after the last round is an error, except for a single round (the first seed finding out
-        whether a cluster exists already)."""
+    async def _join(self, rounds: int | None = 60) -> None:
+        """Ask each seed in turn to admit us, for ``rounds`` rounds (None: until one does)."""
         fields = (self.node_id, self.config.advertise, self.config.zone)
         last_error = None
         attempt = 0
@@ -335,18 +344,15 @@ class ClusterMembership:
                     _, reply = await self.pool.call(seed, Msg.JOIN, fields, self.config.peer_timeout * 5)
                     self._adopt(ClusterState.from_fields(reply, self.rings), force=self.state is None)
                     log.info("joined the cluster through %s (state version %d)", seed, self.state.version)
-                    return True
+                    return
                 except DynafastError as exc:
                     last_error = exc
             attempt += 1
-            if rounds == 1:
-                return False
             if attempt % 30 == 0:
                 log.warning("still joining through seeds %s: %s", ", ".join(self.config.seeds), last_error)
             await asyncio.sleep(min(0.1 * attempt, 1.0))
         if self.state is None:
             raise DynafastError(f"could not join through seeds {self.config.seeds}: {last_error}")
-        return False
 
     # -- gossip ---------------------------------------------------------------------------------------------
     async def _liveness_loop(self) -> None:
