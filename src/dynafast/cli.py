@@ -32,9 +32,10 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 
 def _defaults_from_env(parser: argparse.ArgumentParser) -> None:
     """Defaults of ``parser``'s flags from $DYNAFAST_<FLAG> (--node-id: DYNAFAST_NODE_ID): containers and service
-    managers configure a node through its environment. Flags given on the command line still win."""
+    managers configure a node through its environment. Flags given on the command line still win. Not --tls-ca:
+    DYNAFAST_TLS_CA is the CA client verbs check nodes against, set in shells that also start nodes."""
     for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
+        if not action.option_strings or action.dest in ("help", "tls_ca"):
             continue
         value = os.environ.get("DYNAFAST_" + action.dest.upper())
         if value:  # argparse converts a string default with the flag's type; a switch takes 1/true/yes
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--log-level", choices=LOG_LEVELS, help="least severe log records written (default info)")
     node.add_argument("--log-format", choices=["text", "json"],
                       help="log lines as text, or one JSON object per line (default text)")
-    node.epilog = "Each flag not given falls back on $DYNAFAST_<FLAG> (DYNAFAST_SEEDS, DYNAFAST_NODE_ID, ...)."
+    node.epilog = ("Each flag not given (but --tls-ca) falls back on $DYNAFAST_<FLAG>: DYNAFAST_SEEDS, "
+                   "DYNAFAST_NODE_ID, ...")
     _defaults_from_env(node)
 
     certs = verbs.add_parser("certs", help="write a development CA and node certificates",

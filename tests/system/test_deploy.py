@@ -38,7 +38,7 @@ def node_config(argv, env=None, monkeypatch=None):
     args = build_parser().parse_args(["node", *argv])
     overrides = {key: getattr(args, key) for key in (
         "listen", "advertise", "data_dir", "node_id", "http", "resp", "zone", "n", "r", "w", "dw", "partitions",
-        "sync", "secret_file", "insecure", "users_file")}
+        "sync", "secret_file", "insecure", "users_file", "tls_cert", "tls_key", "tls_ca", "log_level", "log_format")}
     seeds = args.seeds
     overrides["seeds"] = [s.strip() for s in seeds.split(",") if s.strip()] if seeds else None
     return NodeConfig.load(args.config, **overrides)
@@ -263,6 +263,8 @@ def test_node_flags_fall_back_on_the_environment(monkeypatch):
     assert node_config(["--node-id", "other", "--n", "4"], env, monkeypatch).node_id == "other"
     assert node_config(["--n", "4"], env, monkeypatch).n == 4
     assert node_config([], {**env, "DYNAFAST_INSECURE": "0"}, monkeypatch).insecure is False
+    # DYNAFAST_TLS_CA is the CA client verbs check nodes with: a node started from the same shell ignores it
+    assert node_config([], {**env, "DYNAFAST_TLS_CA": "/nowhere/ca.pem"}, monkeypatch).tls_ca == ""
 
 
 @pytest.mark.cluster
