@@ -14,7 +14,8 @@ BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 
 # The buckets requests are counted in: ten per decade (the R10 series: steps of 25 to 28%) from 10 us to 10 s,
 # fine enough for the console's percentiles. Every bound of BOUNDS is one of them, so the Prometheus buckets are
-# exact sums of these; a bisect over 61 bounds costs what one over 15 did (two more comparisons).
+# exact sums of these. A bisect over 61 bounds costs a request about 0.03 us more than one over 15
+# (benchmarks/latency_buckets.py).
 _R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
 FINE_BOUNDS = tuple(float(f"{m}e{e}") for e in range(-5, 1) for m in _R10) + (10.0,)
 # Index in FINE_BOUNDS of each bound of BOUNDS.

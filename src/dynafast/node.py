@@ -380,9 +380,9 @@ class Node:
                                 peer_status=self._peer_status),
         )
 
-    async def _peer_status(self, address: str, timeout: float) -> dict:
+    async def _peer_status(self, node_id: str, timeout: float) -> dict:
         """Another member's status (for the console), asked over the native protocol."""
-        _, (text,) = await self.pool.call(address, Msg.STATUS, (), timeout)
+        _, (text,) = await self.pool.call(self.membership.address_of(node_id), Msg.STATUS, (), timeout)
         return json.loads(text)
 
 

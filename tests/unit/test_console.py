@@ -3,6 +3,7 @@ answer when members are down or hung (real sockets, real peer pool)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from bisect import bisect_left
@@ -135,9 +136,11 @@ def test_cluster_view_shows_down_and_hung_members_without_waiting_on_them():
                    {"id": "b", "address": f"127.0.0.1:{_closed_port()}", "state": "down", "partitions": 0},
                    {"id": "c", "address": hung_address, "state": "up", "partitions": 0}]
 
-        async def peer_status(address, timeout):
-            _, (text,) = await pool.call(address, Msg.STATUS, (), timeout)
-            return text
+        addresses = {m["id"]: m["address"] for m in members}
+
+        async def peer_status(node_id, timeout):
+            _, (text,) = await pool.call(addresses[node_id], Msg.STATUS, (), timeout)
+            return json.loads(text)
 
         view = ClusterView(status=lambda: _status("a", members), ring_map=lambda: {"partitions": 8},
                            peer_status=peer_status, timeout=0.5)

@@ -43,7 +43,7 @@ def ring_map(state, n: int) -> dict:
 
 class ClusterView:
     """Gathers what ``/console/data`` answers. Ports: ``status()`` (this node's), ``ring_map()``, and
-    ``peer_status(address, timeout)`` (async: a member's status, or an error)."""
+    ``peer_status(node_id, timeout)`` (async: a member's status, or an error)."""
 
     def __init__(self, status, ring_map, peer_status, timeout: float = PEER_TIMEOUT):
         self.status = status
@@ -62,7 +62,7 @@ class ClusterView:
         own = self.status()
         me = own["node"]
         peers = [m for m in own["members"] if m["id"] != me and m["state"] != "left"]
-        answers = await asyncio.gather(*(self._ask(m["address"]) for m in peers))
+        answers = await asyncio.gather(*(self._ask(m["id"]) for m in peers))
         nodes = [{"id": me, "reachable": True, "error": None, "status": own}]
         for member, (status, error) in zip(peers, answers):
             nodes.append({"id": member["id"], "reachable": status is not None, "error": error, "status": status})
@@ -70,9 +70,9 @@ class ClusterView:
                 "config": {k: own[k] for k in ("n", "r", "w", "dw", "partitions", "ring_version")},
                 "nodes": nodes}
 
-    async def _ask(self, address: str) -> tuple[dict | None, str | None]:
+    async def _ask(self, node_id: str) -> tuple[dict | None, str | None]:
         try:
-            return await asyncio.wait_for(self.peer_status(address, self.timeout), self.timeout), None
+            return await asyncio.wait_for(self.peer_status(node_id, self.timeout), self.timeout), None
         except asyncio.TimeoutError:
             return None, f"no answer within {self.timeout:g} s"
         except (DynafastError, OSError, ValueError) as exc:

@@ -271,7 +271,7 @@ function renderAntiEntropy(data, color) {
     }
     const ae = node.status.antientropy, repair = node.status.repair;
     const total = held[node.id] || 0;
-    const repairText = repair.vnodes_repairing
+    const repairText = repair.vnodes_repairing  // vnodes repairing after amnesia, or repaired
       ? `${fmtInt(repair.vnodes_repairing)} left` : (repair.vnodes_repaired ? `${fmtInt(repair.vnodes_repaired)} done` : "–");
     return `<tr data-node="${esc(node.id)}"><td>${swatch(color[node.id])}${esc(node.id)}</td>`
       + `<td>${bar(total ? ae.partitions_exchanged / total : 0, "fill", "short")}${fmtInt(ae.partitions_exchanged)} / ${fmtInt(total)}</td>`
