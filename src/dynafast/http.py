@@ -1,4 +1,4 @@
-"""The node's HTTP side: /health, /status (as `status --json`), /metrics (Prometheus), a small console,
+"""The node's HTTP side: /health, /status (as `status --json`), /metrics (Prometheus), the console (``console``),
 POST /antientropy to start a full anti-entropy pass now, and the key-value API under /kv (``httpkv``).
 
 With a users file every page but /health needs HTTP Basic credentials of a user whose role allows it."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import html
 import logging
 import os
 import time
@@ -25,23 +24,6 @@ from dynafast.security.users import Users, UsersFileError, role_allows
 
 log = logging.getLogger("dynafast.http")
 
-_CONSOLE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>dynafast {node}</title>
-<meta http-equiv="refresh" content="2">
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}.down{{color:#b00}}.up{{color:#070}}</style>
-</head><body>
-<h1>dynafast node {node}</h1>
-<p>ring version {ring_version}: {partitions} partitions, n={n}, r={r}, w={w}, dw={dw}; uptime {uptime}s</p>
-<table><tr><th>id</th><th>address</th><th>state</th><th>partitions</th></tr>
-{rows}
-</table>
-<h2>storage</h2><table>{storage}</table>
-<p><a href="/status">/status</a> · <a href="/metrics">/metrics</a> · <a href="/health">/health</a></p>
-</body></html>
-"""
-
-
 @dataclass
 class NodeView:
     """What the HTTP side reads and may do: the status the services publish, counters, and an on-demand repair."""
@@ -55,6 +37,7 @@ class NodeView:
     users: Users | None = None  # None: no users file, every page is open
     metrics_auth: bool = False  # /metrics needs a user too
     kv: object = None  # httpkv.KvBackend: the key-value API under /kv
+    cluster: object = None  # console.ClusterView: what the console page shows
 
 
 class BasicAuthGuard:
@@ -134,10 +117,8 @@ class RequestCollector:
             requests.add_metric([nid, op], stats.count)
             for name, count in stats.errors.items():
                 errors.add_metric([nid, op, name], count)
-            cumulative, buckets = 0, []
-            for bound, count in zip(list(BOUNDS) + [float("inf")], stats.buckets):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            buckets = [("+Inf" if bound == float("inf") else repr(bound), cumulative)
+                       for bound, cumulative in zip(list(BOUNDS) + [float("inf")], stats.cumulative())]
             latency.add_metric([nid, op], buckets, stats.total_seconds)
         yield requests
         yield errors
@@ -205,20 +186,6 @@ async def start_http(node: NodeView, address: str, ssl=None) -> web.AppRunner:
     async def prometheus(request):
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def console(request):
-        s = node.status()
-        rows = "\n".join(
-            f"<tr><td>{html.escape(m['id'])}</td><td>{html.escape(m['address'])}</td>"
-            f"<td class=\"{m['state']}\">{m['state']}</td><td>{m['partitions']}</td></tr>"
-            for m in s["members"]
-        )
-        storage = "".join(
-            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in s["storage"].items()
-        )
-        page = _CONSOLE.format(node=html.escape(s["node"]), rows=rows, storage=storage,
-                               **{k: s[k] for k in ("ring_version", "partitions", "n", "r", "w", "dw", "uptime")})
-        return web.Response(text=page, content_type="text/html")
-
     async def antientropy_now(request):
         # On demand (after a disk was replaced, say): every owned partition against every other live replica.
         task = node.repair_all()
@@ -246,7 +213,10 @@ async def start_http(node: NodeView, address: str, ssl=None) -> web.AppRunner:
     app.router.add_get("/status", needs("read", status))
     app.router.add_get("/metrics", needs("read" if node.metrics_auth else None, prometheus))
     app.router.add_post("/antientropy", needs("admin", antientropy_now))
-    app.router.add_get("/", needs("read", console))
+    if node.cluster is not None:
+        from dynafast.console import add_routes as add_console
+
+        add_console(app, node.cluster, node.node_id, lambda handler: needs("read", handler))
     if node.kv is not None:
         from dynafast.httpkv import add_routes
 

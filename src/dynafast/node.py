@@ -41,6 +41,7 @@ from dynafast.metrics import RequestStats
 from dynafast.net.connection import PeerPool
 from dynafast.net.messages import Msg, parser
 from dynafast.net.server import descriptor_budget, start_server
+from dynafast.recent import RecentActivity, RecentEvents
 from dynafast.security.access import Access, peer_login, protected_mode, read_secrets
 from dynafast.security.users import Users
 from dynafast.security.tls import node_contexts
@@ -145,6 +146,9 @@ class Node:
         self.repair.on_repaired = lambda: self.transfers.schedule(membership.state)  # a source again
         membership.listeners.append(self.reaper.on_state)
         self.stats = RequestStats(_CLIENT_OPS.values())
+        # The console's last minute of requests and last warnings (ticked once a second off the request path).
+        self.events = RecentEvents(env.clock)
+        self.recent = RecentActivity(self.stats, env.clock, self.events)
         self.stopped = asyncio.Event()
         self.server = None
         self.http = None
@@ -202,12 +206,16 @@ class Node:
 
             self.resp = await start_resp(self, self.config.resp, ssl=self.tls_server)
         self._tasks.append(asyncio.create_task(self._handoff_loop()))
+        if self.env.serve is None:  # a real node process (the simulator runs many nodes in one, on its own time)
+            logging.getLogger("dynafast").addHandler(self.events)
+            self._tasks.append(asyncio.create_task(self.recent.run()))
         self.reaper.start()
         self.antientropy.start()
         self.repair.start()
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        logging.getLogger("dynafast").removeHandler(self.events)
         await self.reaper.stop()
         await self.repair.stop()
         await self.antientropy.stop()
@@ -308,6 +316,7 @@ class Node:
                 "partitions": owned.get(member.id, 0),
             })
         stats = self.store.stats()
+        hints = self.vnodes.hint_counts()
         return {
             "node": self.node_id,
             "address": self.config.advertise,
@@ -320,7 +329,8 @@ class Node:
             "ring_version": ring.version,
             "uptime": round(self.clock.monotonic() - self.started, 3),
             "storage": {k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
-            "hints_for": sorted(self.vnodes.hint_owners()),
+            "hints_for": sorted(hints),
+            "hints_pending": hints,
             "hints_delivered": self.hints.delivered,
             "tombstones_reaped": self.reaper.reaped,
             "tombstones_queued": self.reaper.pending,
@@ -340,11 +350,13 @@ class Node:
             "transfers": self.transfers.status(),
             "next_ring_version": None if membership.next_ring is None else membership.next_ring.version,
             "config": public_settings(self.config),
+            "recent": self.recent.status(),
         }
 
     def http_view(self):
         """What the HTTP front end may see and do: published figures and the on-demand repair, not the node."""
         from dynafast.cluster.nodescan import NodeScans
+        from dynafast.console import ClusterView, ring_map
         from dynafast.http import NodeView
         from dynafast.httpkv import KvBackend
 
@@ -364,7 +376,14 @@ class Node:
             users=self.users,
             metrics_auth=self.config.metrics_auth,
             kv=kv,
+            cluster=ClusterView(status=self.status, ring_map=lambda: ring_map(self.membership.state, config.n),
+                                peer_status=self._peer_status),
         )
+
+    async def _peer_status(self, node_id: str, timeout: float) -> dict:
+        """Another member's status (for the console), asked over the native protocol."""
+        _, (text,) = await self.pool.call(self.membership.address_of(node_id), Msg.STATUS, (), timeout)
+        return json.loads(text)
 
 
 # Settings that name where a secret is kept: the effective configuration a node publishes leaves them out

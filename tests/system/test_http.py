@@ -50,7 +50,16 @@ def test_health_status_metrics_and_console(node):
     assert 'dynafast_request_seconds_bucket{le="+Inf",node="h1",op="put"}' in body
 
     status, content_type, body = fetch(f"http://{http}/")
-    assert content_type.startswith("text/html") and "dynafast node h1" in body
+    assert content_type.startswith("text/html") and "served by node h1" in body
+    # The page's script and style come from the node itself (the console works offline).
+    assert 'src="/console/console.js"' in body and 'href="/console/console.css"' in body
+    status, content_type, body = fetch(f"http://{http}/console/console.js")
+    assert content_type.startswith("application/javascript") and "/console/data" in body
+    status, content_type, body = fetch(f"http://{http}/console/console.css")
+    assert content_type.startswith("text/css")
+    status, content_type, body = fetch(f"http://{http}/console/data")
+    data = json.loads(body)
+    assert data["node"] == "h1" and [n["id"] for n in data["nodes"]] == ["h1"] and data["nodes"][0]["reachable"]
 
 
 def test_status_verb_matches_the_interface(node):

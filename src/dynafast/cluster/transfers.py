@@ -94,6 +94,8 @@ class Transfers:
         self.drop_grace = drop_grace
         self.peer_timeout = peer_timeout
         self.running: dict[tuple[int, str], asyncio.Task] = {}
+        # (partition, target) -> [objects sent by this run, objects the vnode held when it started]
+        self.progress: dict[tuple[int, str], list[int]] = {}
         self.completed = 0
         self.objects_sent = 0
         self.bytes_sent = 0
@@ -143,11 +145,17 @@ class Transfers:
         for partition, target in to_send(state, self.me, self.membership.is_up, self.running, self.repairing):
             task = asyncio.ensure_future(self._transfer(partition, target, state.next_ring.digest()))
             self.running[(partition, target)] = task
-            task.add_done_callback(lambda t, key=(partition, target): self.running.pop(key, None))
+            task.add_done_callback(lambda t, key=(partition, target): self._ended(key))
+
+    def _ended(self, key: tuple[int, str]) -> None:
+        self.running.pop(key, None)
+        self.progress.pop(key, None)
 
     async def _transfer(self, partition: int, target: str, next_digest: bytes) -> None:
         name = self._cursor_name(partition, target, next_digest)
         after = bytes.fromhex(self._cursors.get(name, "")) if name in self._cursors else None
+        # A count is one pass over the key index, cheaper than the key listing the stream starts with.
+        progress = self.progress[(partition, target)] = [0, self.vnodes.count(partition)]
         try:
             batch_keys, batch_raws, size = [], [], 0
             for key, raw in self.vnodes.handoff_items(partition, after):
@@ -156,6 +164,7 @@ class Transfers:
                 size += len(key) + len(raw)
                 if size >= self.batch_bytes:
                     await self._send(partition, target, batch_keys, batch_raws, size, name)
+                    progress[0] += len(batch_keys)
                     batch_keys, batch_raws, size = [], [], 0
             if batch_keys:
                 await self._send(partition, target, batch_keys, batch_raws, size, name)
@@ -340,7 +349,8 @@ class Transfers:
         pending = len(state.required_transfers() - state.done) if state.next_ring is not None else 0
         return {
             "running": len(self.running),
-            "in_progress": [{"partition": p, "target": t} for p, t in sorted(self.running)],
+            "in_progress": [{"partition": p, "target": t, "sent": sent, "total": total}
+                            for (p, t), (sent, total) in sorted(self.progress.items())],
             "pending_cluster_wide": pending,
             "completed": self.completed,
             "objects_sent": self.objects_sent,

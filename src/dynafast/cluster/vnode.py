@@ -260,10 +260,15 @@ class Vnodes:
                 yield partition, key, found[1], found[0]
 
     def hint_owners(self) -> set[str]:
-        owners = set()
+        return set(self.hint_counts())
+
+    def hint_counts(self) -> dict[str, int]:
+        """Hints held, by the node they are for."""
+        counts: dict[str, int] = {}
         for stored_key in self.store.keys(prefix=HINT):
-            owners.add(bytes(stored_key[1 : stored_key.index(b"\0")]).decode())
-        return owners
+            owner = bytes(stored_key[1 : stored_key.index(b"\0")]).decode()
+            counts[owner] = counts.get(owner, 0) + 1
+        return counts
 
     def drop_hint_if_equal(self, owner: str, partition: int, key: bytes, delivered) -> bool:
         current = self.get_intact(partition, key, owner)
