@@ -34,6 +34,8 @@ def _defaults_from_env(parser: argparse.ArgumentParser) -> None:
     """Defaults of ``parser``'s flags from $DYNAFAST_<FLAG> (--node-id: DYNAFAST_NODE_ID): containers and service
     managers configure a node through its environment. Flags given on the command line still win. Not --tls-ca:
     DYNAFAST_TLS_CA is the CA client verbs check nodes against, set in shells that also start nodes."""
+    if os.environ.get("DYNAFAST_FLAGS_FROM_ENV") == "0":
+        return  # set by `dynafast local` and LocalCluster, which give every flag: a stray variable must not count
     for action in parser._actions:
         if not action.option_strings or action.dest in ("help", "tls_ca"):
             continue

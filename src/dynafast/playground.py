@@ -54,7 +54,9 @@ class LocalNodes:
         self.nodes[node_id] = node
         log = open(self.base / f"{node_id}.log", "ab")
         try:
-            node.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+            # Every flag is in cmd: variables an operator's shell exports for `dynafast node` must not count.
+            env = dict(os.environ, DYNAFAST_FLAGS_FROM_ENV="0")
+            node.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True, env=env)
         finally:
             log.close()
         node.reported = False

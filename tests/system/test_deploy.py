@@ -20,7 +20,7 @@ from dynafast.cli import build_parser
 from dynafast.config import NodeConfig
 from dynafast.errors import Unavailable
 from dynafast.security.access import write_secret
-from dynafast.testing.cluster import NodeProcess, free_port
+from dynafast.testing.cluster import LocalCluster, NodeProcess, free_port
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -265,6 +265,18 @@ def test_node_flags_fall_back_on_the_environment(monkeypatch):
     assert node_config([], {**env, "DYNAFAST_INSECURE": "0"}, monkeypatch).insecure is False
     # DYNAFAST_TLS_CA is the CA client verbs check nodes with: a node started from the same shell ignores it
     assert node_config([], {**env, "DYNAFAST_TLS_CA": "/nowhere/ca.pem"}, monkeypatch).tls_ca == ""
+    # nodes that `dynafast local` and LocalCluster start get every flag and ignore what the shell exports
+    assert node_config([], {**env, "DYNAFAST_FLAGS_FROM_ENV": "0"}, monkeypatch).node_id != "db1"
+
+
+@pytest.mark.cluster
+def test_a_local_cluster_ignores_node_variables_the_shell_exports(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNAFAST_N", "1")  # would make every key single-copy (the default is 3)
+    monkeypatch.setenv("DYNAFAST_SEEDS", "127.0.0.1:1")  # would keep the first node from ever starting
+    with LocalCluster(2, base_dir=tmp_path) as cluster:
+        with Client(cluster.addresses) as client:
+            status = client.status()
+            assert status["n"] == 3 and len(status["members"]) == 2
 
 
 @pytest.mark.cluster

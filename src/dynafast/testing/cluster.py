@@ -241,6 +241,7 @@ class NodeProcess:
         env = dict(os.environ)
         # The serving line must reach the log file now, not when a block buffer fills.
         env["PYTHONUNBUFFERED"] = "1"
+        env["DYNAFAST_FLAGS_FROM_ENV"] = "0"  # the flags given here are the node's, whatever the shell exports
         env.update(self.env)
         env.update(self._last_env)
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
