@@ -1,7 +1,7 @@
 """Request counters and latency histograms of a node, cheap enough for every request.
 
-The request path only increments integers (a bisect picks the latency bucket); the Prometheus side reads them
-when /metrics is scraped.
+The request path only increments integers (a bisect picks the latency bucket); the Prometheus side
+(``dynafast.exporter``) reads them when /metrics is scraped.
 """
 from __future__ import annotations
 
@@ -11,6 +11,22 @@ from bisect import bisect_left
 
 # Upper bounds of the latency buckets, in seconds (the last, implicit bucket is +Inf).
 BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Histogram:
+    """Observations counted into the ``BOUNDS`` buckets, with their count and sum (a Prometheus histogram)."""
+
+    __slots__ = ("buckets", "count", "total_seconds")
+
+    def __init__(self):
+        self.buckets = [0] * (len(BOUNDS) + 1)
+        self.count = 0
+        self.total_seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(BOUNDS, seconds)] += 1
+        self.count += 1
+        self.total_seconds += seconds
 
 
 class OpStats:

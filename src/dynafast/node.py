@@ -308,6 +308,7 @@ class Node:
                 "partitions": owned.get(member.id, 0),
             })
         stats = self.store.stats()
+        hints = self.vnodes.hint_counts()
         return {
             "node": self.node_id,
             "address": self.config.advertise,
@@ -320,14 +321,17 @@ class Node:
             "ring_version": ring.version,
             "uptime": round(self.clock.monotonic() - self.started, 3),
             "storage": {k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
-            "hints_for": sorted(self.vnodes.hint_owners()),
+            "hints_for": sorted(hints),
+            "hints_pending": hints,
             "hints_delivered": self.hints.delivered,
+            "hints_expired": self.hints.expired,
             "tombstones_reaped": self.reaper.reaped,
             "tombstones_queued": self.reaper.pending,
             "read_repairs": self.requests.read_repairs,
             "corrupt_records": {"found": self.vnodes.corrupt_found, "repaired": self.vnodes.corrupt_repaired,
                                 "unrepaired": len(self.vnodes.damaged)},
-            "siblings": {"warnings": self.requests.sibling_warnings, "refused": self.requests.siblings_refused},
+            "siblings": {"warnings": self.requests.sibling_warnings, "refused": self.requests.siblings_refused,
+                         "reads": self.requests.sibling_reads},
             "requests": self.stats.snapshot(),
             "scans": self.scans.status(),
             "paxos": {"rounds": self.paxos.rounds, "contended": self.paxos.contended,
@@ -360,6 +364,7 @@ class Node:
             request_stats=self.stats,
             server_stats=lambda: self.server.stats.as_dict(),
             durable_syncs=lambda: self.durable.syncs,
+            fsync_seconds=self.durable.fsync_seconds,
             repair_all=self.antientropy.run_all_soon,
             users=self.users,
             metrics_auth=self.config.metrics_auth,
