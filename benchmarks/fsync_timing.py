@@ -65,7 +65,8 @@ def one_round(batcher_class, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline-rev", default="main", help="git revision of the batcher without timing")
+    # ccac80f: the last revision whose batcher did not time its fsyncs.
+    parser.add_argument("--baseline-rev", default="ccac80f", help="git revision of the batcher without timing")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--writes", type=int, default=20000)
     parser.add_argument("--writers", type=int, default=32)
