@@ -138,7 +138,13 @@ def node_statuses(client, status: dict) -> dict[str, dict]:
             result[member["id"]] = status
             continue
         if member["state"] == "left":
-            result[member["id"]] = {"error": "left the cluster"}
+            # One that left answers while it hands off what it still holds, then stops.
+            try:
+                answer = client.status(member["address"])
+            except DynafastError:
+                answer = {}
+            handing_off = answer.get("transfers", {}).get("handing_off")
+            result[member["id"]] = answer if handing_off else {"error": "left the cluster"}
             continue
         try:
             result[member["id"]] = client.status(member["address"])

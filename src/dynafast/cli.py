@@ -194,9 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(preflist)
 
     transfers = verbs.add_parser("transfers", help="partition transfers in progress (join, leave), per node",
-                                 epilog=_examples("dynafast transfers", "watch -n1 dynafast transfers"),
+                                 epilog=_examples("dynafast transfers", "dynafast transfers --watch",
+                                                  "dynafast transfers --watch 600 --json > transfers.jsonl"),
                                  formatter_class=_Help)
     transfers.add_argument("--json", action="store_true")
+    transfers.add_argument("--watch", type=float, nargs="?", const=3600.0, metavar="SECONDS",
+                           help="refresh every second until no transfer is left, for at most SECONDS "
+                                "(default 3600); exit status 1 if some are still left then")
     _add_client_options(transfers)
 
     config = verbs.add_parser("config", help="a node's effective settings",
@@ -236,11 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds to wait for the node to serve (default %(default)s)")
 
     leave = verbs.add_parser("leave", help="decommission a node: hand its partitions off, then it stops",
-                             epilog=_examples("dynafast leave --node n3 --wait 600"),
+                             description="Ask the cluster to move the node's partitions to the others; the "
+                                         "node stops once it has handed everything off. Shows the partition "
+                                         "transfers done until the node has left.",
+                             epilog=_examples("dynafast leave --node n3", "dynafast leave --node n3 --wait 0"),
                              formatter_class=_Help)
     leave.add_argument("--node", help="id of the node that leaves (default: the node --cluster names)")
-    leave.add_argument("--wait", type=float, default=0,
-                       help="wait up to this many seconds until the node has left (0: do not wait)")
+    leave.add_argument("--wait", type=float, default=3600.0,
+                       help="show progress until the node has left, for at most this many seconds (default "
+                            "%(default)s; 0: do not wait); exit status 1 if it has not left by then")
     _add_client_options(leave)
 
     user = verbs.add_parser(
@@ -599,8 +607,18 @@ def cmd_transfers(args) -> int:
     from dynafast import admin
 
     with _client(args) as client:
-        status = client.status(args.cluster.split(",")[0])
-        report = admin.transfers_report(status, admin.node_statuses(client, status))
+        def fetch():
+            status = client.status(args.cluster.split(",")[0])
+            return admin.transfers_report(status, admin.node_statuses(client, status))
+
+        if args.watch is not None:
+            from dynafast.watch import watch_transfers
+
+            if watch_transfers(fetch, admin.format_transfers, args.watch, as_json=args.json):
+                return 0
+            print(f"dynafast transfers: transfers still left after {args.watch:g}s", file=sys.stderr)
+            return 1
+        report = fetch()
     print(json.dumps(report, indent=2) if args.json else admin.format_transfers(report))
     return 0
 
@@ -664,21 +682,20 @@ def cmd_leave(args) -> int:
 
     with _client(args) as client:
         address = args.cluster.split(",")[0]
-        node_id = args.node or client.status(address)["node"]
+        status = client.status(address)
+        node_id = args.node or status["node"]
+        members = {m["id"]: m["address"] for m in status["members"]}
         client._call(address, Msg.LEAVE, Leave(node_id), args.timeout)
-        print(f"{node_id} is leaving: its partitions are handed off, then it stops")
+        print(f"{node_id} is leaving: its partitions are handed off, then it stops", flush=True)
         if args.wait:
-            deadline = time.monotonic() + args.wait
-            while time.monotonic() < deadline:
-                try:
-                    members = {m["id"]: m for m in client.status()["members"]}
-                except DynafastError:
-                    members = {}
-                if members and (node_id not in members or members[node_id]["state"] == "left"):
-                    print(f"{node_id} has left")
-                    return 0
-                time.sleep(0.5)
-            print(f"dynafast leave: {node_id} has not left after {args.wait}s", file=sys.stderr)
+            from dynafast.watch import watch_leave
+
+            # Progress comes from the others: the leaver stops once it has left.
+            others = [a for i, a in sorted(members.items()) if i != node_id]
+            if watch_leave(client, node_id, members.get(node_id, address), others, args.wait):
+                return 0
+            print(f"dynafast leave: {node_id} has not left after {args.wait:g}s (dynafast transfers --watch "
+                  "follows it)", file=sys.stderr)
             return 1
     return 0
 

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from aiohttp import BasicAuth, hdrs, web
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dynafast.address import parse_address
-from dynafast.metrics import BOUNDS
+from dynafast.exporter import NodeMetrics
 from dynafast.security.users import Users, UsersFileError, role_allows
 
 log = logging.getLogger("dynafast.http")
@@ -38,6 +36,7 @@ class NodeView:
     metrics_auth: bool = False  # /metrics needs a user too
     kv: object = None  # httpkv.KvBackend: the key-value API under /kv
     cluster: object = None  # console.ClusterView: what the console page shows
+    fsync_seconds: object = None  # metrics.Histogram of the group-commit fsyncs (None: not measured)
 
 
 class BasicAuthGuard:
@@ -98,79 +97,6 @@ class BasicAuthGuard:
                 self._known.pop(next(iter(self._known)))  # the oldest
             self._known[key] = (role, time.monotonic() + self.ttl)
         return role
-
-
-class RequestCollector:
-    """Client requests this node coordinated: counts, errors by type, and latency histograms."""
-
-    def __init__(self, view: NodeView):
-        self.view = view
-
-    def collect(self):
-        nid = self.view.node_id
-        requests = CounterMetricFamily("dynafast_requests", "Client requests coordinated", labels=["node", "op"])
-        errors = CounterMetricFamily("dynafast_request_errors", "Client requests that failed",
-                                     labels=["node", "op", "error"])
-        latency = HistogramMetricFamily("dynafast_request_seconds", "Client request latency at the coordinator",
-                                        labels=["node", "op"])
-        for op, stats in self.view.request_stats.ops.items():
-            requests.add_metric([nid, op], stats.count)
-            for name, count in stats.errors.items():
-                errors.add_metric([nid, op, name], count)
-            buckets = [("+Inf" if bound == float("inf") else repr(bound), cumulative)
-                       for bound, cumulative in zip(list(BOUNDS) + [float("inf")], stats.cumulative())]
-            latency.add_metric([nid, op], buckets, stats.total_seconds)
-        yield requests
-        yield errors
-        yield latency
-
-
-class NodeMetrics:
-    """Prometheus gauges read from the node's published status when scraped (no cost on the request path)."""
-
-    def __init__(self, view: NodeView):
-        self.view = view
-        self.registry = CollectorRegistry()
-        labels = ["node"]
-        self.keys = Gauge("dynafast_storage_keys", "Live keys in the node's store", labels, registry=self.registry)
-        self.live = Gauge("dynafast_storage_live_bytes", "Live bytes in the store", labels, registry=self.registry)
-        self.dead = Gauge("dynafast_storage_dead_bytes", "Dead bytes awaiting merge", labels, registry=self.registry)
-        self.members = Gauge("dynafast_members", "Cluster members by state", ["node", "state"],
-                             registry=self.registry)
-        self.ring_version = Gauge("dynafast_ring_version", "Version of the ring this node holds", labels,
-                                  registry=self.registry)
-        self.syncs = Gauge("dynafast_group_commits", "Group-commit fsyncs done for durable writes", labels,
-                           registry=self.registry)
-        self.server = Gauge("dynafast_server", "Server counters", ["node", "counter"], registry=self.registry)
-        self.corrupt = Gauge("dynafast_corrupt_records", "Damaged records found, repaired, not yet repaired",
-                             ["node", "state"], registry=self.registry)
-        self.scans = Gauge("dynafast_scan", "Scan pages, keys and bytes served, pages refused", ["node", "counter"],
-                           registry=self.registry)
-        self.registry.register(RequestCollector(view))
-
-    def render(self) -> bytes:
-        view = self.view
-        nid = view.node_id
-        status = view.status()
-        stats = status["storage"]
-        self.keys.labels(nid).set(stats.get("keys", 0))
-        self.live.labels(nid).set(stats.get("live_bytes", 0))
-        self.dead.labels(nid).set(stats.get("dead_bytes", 0))
-        counts: dict[str, int] = dict.fromkeys(("up", "down", "joining", "leaving", "left"), 0)
-        for member in status["members"]:
-            counts[member["state"]] = counts.get(member["state"], 0) + 1
-        for state, count in counts.items():
-            self.members.labels(nid, state).set(count)
-        self.ring_version.labels(nid).set(status["ring_version"])
-        self.syncs.labels(nid).set(view.durable_syncs())
-        for state, count in status["corrupt_records"].items():
-            self.corrupt.labels(nid, state).set(count)
-        for name, value in status.get("scans", {}).items():
-            self.scans.labels(nid, name).set(value)
-        for name, value in view.server_stats().items():
-            if isinstance(value, (int, float)):
-                self.server.labels(nid, name).set(value)
-        return generate_latest(self.registry)
 
 
 async def start_http(node: NodeView, address: str, ssl=None) -> web.AppRunner:

@@ -1,7 +1,8 @@
 """Request counters and latency histograms of a node, cheap enough for every request.
 
-The request path only increments integers (a bisect picks the latency bucket); the Prometheus side reads them
-when /metrics is scraped, and the console's per-second window (``recent``) reads them once a second.
+The request path only increments integers (a bisect picks the latency bucket); the Prometheus side
+(``dynafast.exporter``) reads them when /metrics is scraped, and the console's per-second window (``recent``)
+reads them once a second.
 """
 from __future__ import annotations
 
@@ -20,6 +21,22 @@ _R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
 FINE_BOUNDS = tuple(float(f"{m}e{e}") for e in range(-5, 1) for m in _R10) + (10.0,)
 # Index in FINE_BOUNDS of each bound of BOUNDS.
 _COARSE = tuple(FINE_BOUNDS.index(b) for b in BOUNDS)
+
+
+class Histogram:
+    """Observations counted into the ``BOUNDS`` buckets, with their count and sum (a Prometheus histogram)."""
+
+    __slots__ = ("buckets", "count", "total_seconds")
+
+    def __init__(self):
+        self.buckets = [0] * (len(BOUNDS) + 1)
+        self.count = 0
+        self.total_seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(BOUNDS, seconds)] += 1
+        self.count += 1
+        self.total_seconds += seconds
 
 
 class OpStats:

@@ -113,3 +113,34 @@ def test_run_against_a_dynafast_node(workload, tmp_path, capsys):
     assert set(report["operations"]) == set(bench.WORKLOADS[workload])
     assert all(s["count"] > 0 and s["errors"] == {} for s in report["operations"].values())
     assert report["server_cpu"]["pids"] == [pid]
+
+
+@pytest.mark.cluster
+def test_report_has_the_table_and_both_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import base64
+    import re
+
+    from dynafast.testing.cluster import LocalCluster
+
+    out = tmp_path / "out.html"
+    with LocalCluster(1, base_dir=tmp_path / "c", n=1, r=1, w=1, partitions=8) as cluster:
+        code = bench.main(["--cluster", cluster.addresses[0], "--duration", "2", "--clients", "4", "--records",
+                           "100", "--procs", "2", "--json", "--report", str(out)])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    # Per second of the run: what was done, and its latency.
+    assert 2 <= len(report["timeline"]) <= 3
+    assert sum(row["count"] for row in report["timeline"]) == report["overall"]["count"]
+    assert all(row["p50_us"] <= row["p99_us"] <= row["max_us"] for row in report["timeline"] if row["count"])
+    curve = report["percentiles"]["overall"]
+    assert curve[0][0] < 51 and curve[-1] == [100.0, report["overall"]["max_us"]]
+    assert [p for p, _ in curve] == sorted(p for p, _ in curve)
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page.split("<body>")[1]
+    assert '<table id="summary">' in page and "<td>overall</td>" in page
+    for plot in ("latency-over-time", "percentiles"):
+        found = re.search(f'<img id="{plot}" alt="[^"]+" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+        assert found, plot
+        png = base64.b64decode(found.group(1))
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000

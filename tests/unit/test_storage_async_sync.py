@@ -145,14 +145,17 @@ def test_batcher_resolves_concurrent_writers(tmp_path, impl):
                     if i % 5 == 0:
                         await asyncio.sleep(0)  # spread the writers over several loop turns
                 await asyncio.wait_for(asyncio.gather(*waiters), 10)
-            return batcher.syncs
+            return batcher.syncs, batcher.fsync_seconds
         finally:
             batcher.close()
 
     with open_store(tmp_path / "db", impl) as db:
         fsyncs = db.stats()["fsyncs"]
-        syncs = asyncio.run(main(db))
+        syncs, timed = asyncio.run(main(db))
         assert 1 <= syncs <= db.stats()["fsyncs"] - fsyncs <= 100
+        # Each fsync the writers waited for is timed once (for /metrics' dynafast_fsync_seconds).
+        assert timed.count == sum(timed.buckets) == syncs
+        assert 0 < timed.total_seconds < 10 * syncs
 
 
 def test_batcher_fails_writers_of_a_failed_fsync(tmp_path, impl):

@@ -5,7 +5,9 @@ choosing the operation from the workload mix and the key from YCSB's scrambled z
 Latencies go into HDR histograms (microseconds) per operation type; at the end the tool prints throughput and
 p50/p99/p99.9/max per operation and overall, as a table or as JSON. Errors are counted by type and the run
 goes on. With --server-pids it also reports the servers' CPU time per operation (user+system from
-/proc/PID/stat), the fairer figure when the Python load generator saturates a small machine.
+/proc/PID/stat), the fairer figure when the Python load generator saturates a small machine. With --report it
+also keeps a histogram per second of the run and writes an HTML page with latency over time and the
+percentile distribution (``dynafast.bench.report``).
 
     python -m dynafast.bench --target redis --redis 127.0.0.1:6379 --workload a --duration 10
 """
@@ -45,6 +47,12 @@ HIST_DIGITS = 3
 
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_DIGITS)
+
+
+def new_second_histogram() -> HdrHistogram:
+    """One second of the run's timeline: 2 significant digits (1%) is plenty for a plot, at a seventh of the
+    memory of a full histogram (21 KB a second)."""
+    return HdrHistogram(HIST_LOWEST_US, HIST_HIGHEST_US, 2)
 
 
 def record_key(n: int) -> bytes:
@@ -125,6 +133,9 @@ class PhaseResult:
     histograms: dict = field(default_factory=dict)  # op name -> HdrHistogram
     errors: dict = field(default_factory=dict)  # op name -> {exception type name: count}
     seconds: float = 0.0
+    # With a report: every operation's latency, and the errors, per second of the run (index = second).
+    timeline: list = field(default_factory=list)
+    timeline_errors: list = field(default_factory=list)
 
     def error_count(self) -> int:
         return sum(sum(by_type.values()) for by_type in self.errors.values())
@@ -134,6 +145,8 @@ class PhaseResult:
             "histograms": {op: base64.b64encode(h.encode()).decode() for op, h in self.histograms.items()},
             "errors": self.errors,
             "seconds": self.seconds,
+            "timeline": [base64.b64encode(h.encode()).decode() for h in self.timeline],
+            "timeline_errors": self.timeline_errors,
         }
 
     @classmethod
@@ -143,7 +156,12 @@ class PhaseResult:
             h = new_histogram()
             h.decode_and_add(base64.b64decode(payload))
             hists[op] = h
-        return cls(hists, data["errors"], data["seconds"])
+        timeline = []
+        for payload in data["timeline"]:
+            h = new_second_histogram()
+            h.decode_and_add(base64.b64decode(payload))
+            timeline.append(h)
+        return cls(hists, data["errors"], data["seconds"], timeline, data["timeline_errors"])
 
     def merge(self, other: PhaseResult) -> None:
         for op, h in other.histograms.items():
@@ -153,6 +171,17 @@ class PhaseResult:
             for kind, n in by_type.items():
                 mine[kind] = mine.get(kind, 0) + n
         self.seconds = max(self.seconds, other.seconds)
+        # Processes start together (they wait for one signal), so their seconds line up.
+        for second, h in enumerate(other.timeline):
+            if second < len(self.timeline):
+                self.timeline[second].add(h)
+            else:
+                self.timeline.append(h)
+        for second, n in enumerate(other.timeline_errors):
+            if second < len(self.timeline_errors):
+                self.timeline_errors[second] += n
+            else:
+                self.timeline_errors.append(n)
 
 
 class Counter:
@@ -228,6 +257,17 @@ class LoadRunner:
         next_op = self.chooser.next
         clock = time.perf_counter_ns
         deadline = time.monotonic() + duration
+        timeline = result.timeline if self.config.get("timeline") else None
+        timeline_errors = result.timeline_errors
+        start_ns = clock()
+
+        def second_of(now_ns: int) -> int:
+            """The run's second ``now_ns`` falls in, its histogram and error count made if new."""
+            second = (now_ns - start_ns) // 1_000_000_000
+            while len(timeline) <= second:
+                timeline.append(new_second_histogram())
+                timeline_errors.append(0)
+            return second
 
         async def client():
             while time.monotonic() < deadline:
@@ -245,8 +285,14 @@ class LoadRunner:
                         await target.read_modify_write(key, self.value())
                 except Exception as exc:  # noqa: BLE001 - errors are counted, not fatal
                     self._count_error(errors, op, exc)
+                    if timeline is not None:
+                        timeline_errors[second_of(clock())] += 1
                 else:
-                    hists[op].record_value(max(1, (clock() - t0) // 1000))
+                    now = clock()
+                    latency = max(1, (now - t0) // 1000)
+                    hists[op].record_value(latency)
+                    if timeline is not None:
+                        timeline[second_of(now)].record_value(latency)
                 counter.value += 1
 
         started = time.perf_counter()
@@ -485,6 +531,7 @@ def config_from_args(args) -> dict:
         "progress": not args.no_progress and not args.json,
         "uvloop": not args.no_uvloop,
         "seed": args.seed,
+        "timeline": bool(args.report),
     }
 
 
@@ -528,6 +575,10 @@ def run_benchmark(config: dict) -> dict:
     report["overall"] = summarize(overall, result.seconds)
     report["overall"]["errors"] = result.error_count()
     report["server_cpu"] = None
+    if config.get("timeline"):
+        report["timeline"] = timeline_rows(result)
+        curves = {op: percentile_curve(result.histograms[op]) for op in operations}
+        report["percentiles"] = {**curves, "overall": percentile_curve(overall)}
     if pids:
         per_pid = {pid: cpu_after[pid] - cpu_before[pid] for pid in cpu_before if pid in cpu_after}
         cpu_s = sum(per_pid.values())
@@ -539,6 +590,35 @@ def run_benchmark(config: dict) -> dict:
             "us_per_op": round(cpu_s * 1e6 / ops, 2) if ops else None,
         }
     return report
+
+
+def timeline_rows(result: PhaseResult) -> list[dict]:
+    """Per second of the run: operations done, errors, and p50/p99/max latency (microseconds)."""
+    rows = []
+    for second, (h, errors) in enumerate(zip(result.timeline, result.timeline_errors)):
+        count = h.get_total_count()
+        rows.append({"second": second, "count": count, "errors": errors,
+                     "p50_us": h.get_value_at_percentile(50) if count else None,
+                     "p99_us": h.get_value_at_percentile(99) if count else None,
+                     "max_us": h.get_max_value() if count else None})
+    return rows
+
+
+def percentile_curve(hist: HdrHistogram) -> list[tuple[float, int]]:
+    """(percentile, latency in microseconds) from the median to the maximum, evenly spaced in "nines"
+    (50, 90, 99, 99.9, ... are equally far apart): the points of an HDR percentile plot."""
+    count = hist.get_total_count()
+    if not count:
+        return []
+    points = []
+    nines = 0.3  # 100 * (1 - 10 ** -0.3) = 49.9
+    # Beyond 1/count the histogram has nothing new to say: the last point is the maximum.
+    while 10 ** -nines > 1 / count:
+        percentile = 100 * (1 - 10 ** -nines)
+        points.append((round(percentile, 5), hist.get_value_at_percentile(percentile)))
+        nines += 0.05
+    points.append((100.0, hist.get_max_value()))
+    return points
 
 
 def format_number(v) -> str:
@@ -624,6 +704,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
     parser.add_argument("--seed", type=int, help="seed the key and operation choices")
+    parser.add_argument("--report", metavar="PATH.html",
+                        help="also write a self-contained HTML report: the summary table, latency over time (p50, "
+                             "p99, max per second) and the percentile distribution (needs matplotlib)")
 
 
 def run(args) -> int:
@@ -631,11 +714,21 @@ def run(args) -> int:
     if args.target == "dynafast" and not args.cluster:
         print("dynafast bench: --cluster HOST:PORT is required with --target dynafast", file=sys.stderr)
         return 2
+    if args.report:
+        try:
+            from dynafast.bench import report as html_report
+        except ImportError as exc:  # checked before the run, not after it
+            print(f"dynafast bench: --report needs matplotlib (no module {exc.name!r}): "
+                  "pip install 'dynafast[bench]'", file=sys.stderr)
+            return 1
     try:
         report = run_benchmark(config_from_args(args))
     except Exception as exc:  # noqa: BLE001 - one line on stderr, as every verb does
         print(f"dynafast bench: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    if args.report:
+        html_report.write(args.report, report)
+        print(f"report written to {args.report}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

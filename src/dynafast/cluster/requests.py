@@ -103,6 +103,7 @@ class RequestCoordinator:
         # bound that costs nothing, so the count is taken only above the lower of the two limits.
         self.sibling_check = min(config.siblings_warn, config.max_siblings)
         self.sibling_warnings = 0
+        self.sibling_reads = 0  # client reads that returned more than one value
         self.siblings_refused = 0
         self._next_sibling_warning = float("-inf")
 
@@ -403,11 +404,16 @@ class RequestCoordinator:
             if value.startswith(_MARK):
                 # Envelopes: expired values read as deleted, the others are unwrapped.
                 values, ttls = expiry.visible(live, int(self.clock.wall() * 1000))
+                if len(values) > 1:
+                    self.sibling_reads += 1
                 if ttls is not None:
                     return (values, result.context(), version, ttls)
                 return (values, result.context(), version)
         # Concurrent writes of the same bytes (a retried blind write) are one value to the application.
-        return (list(dict.fromkeys(live)), result.context(), version)
+        values = list(dict.fromkeys(live))
+        if len(values) > 1:
+            self.sibling_reads += 1  # siblings the application must merge: counted for /metrics
+        return (values, result.context(), version)
 
     def _send_gets(self, state, sends):
         for send in sends:

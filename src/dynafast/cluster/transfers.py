@@ -107,6 +107,7 @@ class Transfers:
         self._handing_off: asyncio.Task | None = None
         self._again = False  # the cluster state changed during a hand-off pass
         self.handed_off = 0  # vnodes handed off and dropped
+        self.to_hand_off = 0  # vnodes the hand-off pass under way has left to do (progress for status)
 
     # -- persistence of the positions reached ------------------------------------------------------------
     def _load_cursors(self) -> dict[str, str]:
@@ -253,13 +254,15 @@ class Transfers:
         """One pass over the vnodes this node no longer holds (a leaver hands them off first); true when none is
         left."""
         busy = {p for p, _ in self.running}
-        leaving = self._has_left()
         done = True
-        for partition in unowned(self.membership.state, self.me, busy):
+        partitions = unowned(self.membership.state, self.me, busy)
+        self.to_hand_off = sum(1 for p in partitions if not self.vnodes.is_empty(p))
+        for partition in partitions:
             if self.vnodes.is_empty(partition):
                 continue
             if not await self._hand_off_vnode(partition):
                 done = False
+            self.to_hand_off = max(0, self.to_hand_off - 1)
         return done
 
     def _drop(self, partition: int) -> None:
@@ -346,17 +349,19 @@ class Transfers:
 
     def status(self) -> dict:
         state = self.membership.state
-        pending = len(state.required_transfers() - state.done) if state.next_ring is not None else 0
+        required = state.required_transfers()  # empty without a next ring
         return {
             "running": len(self.running),
             "in_progress": [{"partition": p, "target": t, "sent": sent, "total": total}
                             for (p, t), (sent, total) in sorted(self.progress.items())],
-            "pending_cluster_wide": pending,
+            "pending_cluster_wide": len(required - state.done),
+            "required_cluster_wide": len(required),  # of the ring change under way: progress is 1 - pending/required
             "completed": self.completed,
             "objects_sent": self.objects_sent,
             "objects_received": self.objects_received,
             "bytes_sent": self.bytes_sent,
             "handed_off": self.handed_off,
+            "to_hand_off": self.to_hand_off,
             "hand_offs_refused": self.refused,
             "handing_off": self._handing_off is not None and not self._handing_off.done(),
         }

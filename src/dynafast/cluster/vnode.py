@@ -270,6 +270,14 @@ class Vnodes:
             counts[owner] = counts.get(owner, 0) + 1
         return counts
 
+    def hint_counts(self) -> dict[str, int]:
+        """Hints held per owner (one pass over the hint keys, as ``hint_owners``)."""
+        counts: dict[bytes, int] = {}
+        for stored_key in self.store.keys(prefix=HINT):
+            owner = bytes(stored_key[1 : stored_key.index(b"\0")])
+            counts[owner] = counts.get(owner, 0) + 1
+        return {owner.decode(): count for owner, count in counts.items()}
+
     def drop_hint_if_equal(self, owner: str, partition: int, key: bytes, delivered) -> bool:
         current = self.get_intact(partition, key, owner)
         if current is None or current != delivered:
