@@ -726,6 +726,7 @@ def cmd_restore(args) -> int:
 
 
 def cmd_repair(args) -> int:
+    from dynafast.errors import Unavailable
     from dynafast.net.messages import Msg, Repair
     from dynafast.progress import Progress
 
@@ -749,17 +750,27 @@ def cmd_repair(args) -> int:
             for partition, owner in enumerate(ring.owners()):
                 asks.setdefault(owner, []).append(partition)
             asks = {node: parts for node, parts in asks.items() if members.get(node, {}).get("state") == "up"}
-        for node, partitions in asks.items():
-            queued = client._call(members[node]["address"], Msg.REPAIR, Repair(partitions), args.timeout).queued
-            print(f"{node}: {queued} partitions queued", file=sys.stderr, flush=True)
-
         def pending() -> tuple[int, dict]:
             figures = {node: client.status(members[node]["address"])["repair"] for node in asks}
             return sum(f["vnodes_repairing"] + f["requested_pending"] for f in figures.values()), figures
 
+        before = pending()[1]
+        queued = 0
+        for node, partitions in asks.items():
+            for attempt in range(30):  # a node that just restarted may not know the ring yet: it says so
+                try:
+                    count = client._call(members[node]["address"], Msg.REPAIR, Repair(partitions),
+                                         args.timeout).queued
+                    break
+                except Unavailable:
+                    if attempt == 29:
+                        raise
+                    time.sleep(1.0)
+            queued += count
+            print(f"{node}: {count} partitions queued", file=sys.stderr, flush=True)
         left, figures = pending()
-        bar = Progress("repair", left, "vnodes")
-        bar.update(0)
+        bar = Progress("repair", max(queued, left), "vnodes")
+        bar.update(bar.total - left)
         deadline = time.monotonic() + args.wait
         while left and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -776,7 +787,9 @@ def cmd_repair(args) -> int:
         print(f"dynafast repair: {left} vnodes still to repair after {args.wait}s", file=sys.stderr)
         return 1 if args.wait else 0
     if not args.json:
-        print("repair done: " + ", ".join(f"{node}: {f['keys_repaired']:,} keys repaired" for node, f in figures.items()))
+        print("repair done: " + ", ".join(
+            f"{node}: {f['keys_repaired'] - before[node]['keys_repaired']:,} keys repaired "
+            f"({f['keys_repaired']:,} since it started)" for node, f in figures.items()))
     return 0
 
 

@@ -107,7 +107,7 @@ class Repair:
         strangers = sorted(wanted - held)
         if strangers:
             raise DynafastError(f"{self.me} is not a primary of partition(s) {strangers[:10]}: ask one that is")
-        self.requested |= wanted
+        self.requested |= wanted - self.partitions  # those repairing after amnesia are exchanged anyway
         self._wake.set()
         return len(wanted)
 
