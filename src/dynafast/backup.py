@@ -89,7 +89,10 @@ def node_objects(node_dir):
     that was being written, when its tail is torn) is copied rather than linked.
     """
     source = Path(node_dir) / STORE_DIR
-    scratch = tempfile.mkdtemp(prefix=".read-", dir=node_dir)
+    try:
+        scratch = tempfile.mkdtemp(prefix=".read-", dir=node_dir)
+    except OSError:  # a read-only backup: the files are copied to the temporary directory instead of linked
+        scratch = tempfile.mkdtemp(prefix="dynafast-read-")
     try:
         data = sorted(name for name in os.listdir(source) if name.endswith(".data"))
         for name in os.listdir(source):

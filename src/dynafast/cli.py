@@ -726,70 +726,28 @@ def cmd_restore(args) -> int:
 
 
 def cmd_repair(args) -> int:
-    from dynafast.errors import Unavailable
-    from dynafast.net.messages import Msg, Repair
     from dynafast.progress import Progress
+    from dynafast.repair import RepairRun, targets
 
     with _client(args) as client:
         ring, status = _ring(client, args)
-        members = {m["id"]: m for m in status["members"]}
-        n = min(status["n"], len(ring.members))
-        if args.partition is not None and not 0 <= args.partition < ring.partitions:
-            raise ValueError(f"partition must be in 0..{ring.partitions - 1}")
-        if args.node:
-            if args.node not in members:
-                raise ValueError(f"no node {args.node!r} in the cluster (members: {', '.join(members)})")
-            asks = {args.node: None if args.partition is None else [args.partition]}
-        elif args.partition is not None:
-            up = [node for node in ring.replicas(args.partition, n) if members.get(node, {}).get("state") == "up"]
-            if not up:
-                raise DynafastError(f"no replica of partition {args.partition} is up")
-            asks = {up[0]: [args.partition]}
-        else:
-            asks = {}
-            for partition, owner in enumerate(ring.owners()):
-                asks.setdefault(owner, []).append(partition)
-            asks = {node: parts for node, parts in asks.items() if members.get(node, {}).get("state") == "up"}
-        def pending() -> tuple[int, dict]:
-            figures = {node: client.status(members[node]["address"])["repair"] for node in asks}
-            return sum(f["vnodes_repairing"] + f["requested_pending"] for f in figures.values()), figures
-
-        before = pending()[1]
-        queued = 0
-        for node, partitions in asks.items():
-            for attempt in range(30):  # a node that just restarted may not know the ring yet: it says so
-                try:
-                    count = client._call(members[node]["address"], Msg.REPAIR, Repair(partitions),
-                                         args.timeout).queued
-                    break
-                except Unavailable:
-                    if attempt == 29:
-                        raise
-                    time.sleep(1.0)
-            queued += count
+        run = RepairRun(client, {m["id"]: m["address"] for m in status["members"]},
+                        targets(ring, status, args.node, args.partition), args.timeout)
+        run.start()
+        for node, count in run.queued.items():
             print(f"{node}: {count} partitions queued", file=sys.stderr, flush=True)
-        left, figures = pending()
-        bar = Progress("repair", max(queued, left), "vnodes")
-        bar.update(bar.total - left)
-        deadline = time.monotonic() + args.wait
-        while left and time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                left, figures = pending()
-            except DynafastError:
-                continue  # a node restarting: ask again
-            bar.total = max(bar.total, left)
-            bar.update(bar.total - left)
+        bar = Progress("repair", 0, "vnodes")
+        figures = run.follow(args.wait, lambda done, total: bar.update(done, total))
         bar.close()
+    left = run.left(figures)
     if args.json:
         print(json.dumps({"pending": left, "nodes": figures}, indent=2))
     if left:
         print(f"dynafast repair: {left} vnodes still to repair after {args.wait}s", file=sys.stderr)
         return 1 if args.wait else 0
     if not args.json:
-        print("repair done: " + ", ".join(
-            f"{node}: {f['keys_repaired'] - before[node]['keys_repaired']:,} keys repaired "
-            f"({f['keys_repaired']:,} since it started)" for node, f in figures.items()))
+        print("repair done: " + ", ".join(f"{node}: {count:,} keys repaired"
+                                          for node, count in run.repaired(figures).items()))
     return 0
 
 

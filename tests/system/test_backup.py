@@ -23,8 +23,8 @@ def ok(*args, timeout=120, env=None):
     return result
 
 
-def write_keys(client, count, prefix=b"k"):
-    items = [(prefix + b"%d" % i, b"value-%d" % i) for i in range(count)]
+def write_keys(client, count, prefix=b"k", pad=0):
+    items = [(prefix + b"%d" % i, b"value-%d" % i + b"." * pad) for i in range(count)]
     failed = {k: e for k, e in client.put_many(items, timeout=30).items() if e is not None}
     assert not failed, list(failed.items())[:3]
     return dict(items)
@@ -37,8 +37,9 @@ def read_back(client, expected):
 
 
 @contextlib.contextmanager
-def new_cluster(base, size):
-    with LocalCluster(size, base_dir=base, n=min(3, size), r=min(2, size), w=min(2, size)) as cluster:
+def new_cluster(base, size, extra_args=()):
+    with LocalCluster(size, base_dir=base, n=min(3, size), r=min(2, size), w=min(2, size),
+                      extra_args=extra_args) as cluster:
         with Client(cluster.addresses) as client:
             wait_members(client, size, timeout=60)
         yield cluster
@@ -136,14 +137,20 @@ def test_a_read_role_user_is_refused_backup_restore_and_repair(tmp_path):
 
 
 def test_repair_of_a_wiped_node_shows_its_progress_to_the_end(tmp_path):
-    with new_cluster(tmp_path, 3) as cluster, Client(cluster.addresses) as client:
-        expected = write_keys(client, 2000)
+    # Anti-entropy held to 200 KB/s: the repair of 3,000 keys of 300 bytes lasts a few seconds, long enough for
+    # the progress bar to show its way there.
+    config = tmp_path / "node.toml"
+    config.write_text("ae_bytes_per_second = 200000\n")
+    with new_cluster(tmp_path, 3, ["--config", str(config)]) as cluster, Client(cluster.addresses) as client:
+        expected = write_keys(client, 3000, pad=300)
         victim = cluster.node("n3")
         victim.stop()
         victim.wipe()
         victim.restart()
         result = ok("repair", "--node", "n3", "--json", "--cluster", cluster.addresses[0], timeout=240)
-        assert "repair [" in result.stderr and "100% (" in result.stderr, result.stderr
+        percents = [int(line.split("]")[1].split("%")[0]) for line in result.stderr.splitlines()
+                    if line.startswith("repair [")]
+        assert percents[-1] == 100 and any(0 < p < 100 for p in percents), result.stderr
         figures = json.loads(result.stdout)
         assert figures["pending"] == 0
         assert figures["nodes"]["n3"]["keys_repaired"] > 0
