@@ -648,3 +648,22 @@ def test_copy_into_under_concurrent_writes_and_merges_is_a_prefix(tmp_path, impl
             seq = sorted(int(bytes(k)[3:]) for k in copy.keys(b"seq"))
             assert seq == list(range(len(seq))) and len(seq) >= 400  # no hole: a prefix of the writes
             assert copy.count(b"base") == 300
+
+
+def test_copy_into_another_filesystem_copies_the_sealed_segments(tmp_path, impl):
+    import shutil
+    import tempfile
+
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's directory")
+    other = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        with open_store(tmp_path / "db", impl, segment_size=4096) as db:
+            for i in range(300):
+                db.put(b"k%d" % i, b"v%d" % i)
+            figures = db.copy_into(os.path.join(other, "copy"))
+        assert figures["linked_bytes"] == 0 and figures["segments"] >= 2
+        with open_store(os.path.join(other, "copy"), impl) as copy:
+            assert not copy.recovery["lost"] and copy.count() == 300 and copy.get(b"k7") == b"v7"
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
