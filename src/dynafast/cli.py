@@ -226,6 +226,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(compact)
     compact.set_defaults(timeout=600.0)  # a merge of a large store takes a while
 
+    backup = verbs.add_parser("backup", help="copy every node's store into a directory, online",
+                              description="Each node copies its store, consistently and without pausing writes, "
+                                          "into DIR/<node id>/ (sealed segments hard-linked, the segment being "
+                                          "written copied up to its synced length); then DIR/backup.json is "
+                                          "written. DIR must be a path every node can write to and this command "
+                                          "can read (the same path on each machine: a local cluster, or a shared "
+                                          "mount). Needs the admin role. See docs/operations.md.",
+                              epilog=_examples("dynafast backup /var/backups/dynafast/2026-12-02",
+                                               "dynafast backup /mnt/shared/bk --json"),
+                              formatter_class=_Help)
+    backup.add_argument("dir", metavar="DIR", help="backup directory (absolute, or made so from here)")
+    backup.add_argument("--json", action="store_true")
+    _add_client_options(backup)
+    backup.set_defaults(timeout=600.0)  # linking is quick; a copy across filesystems takes a while
+
+    restore = verbs.add_parser("restore", help="write a backup into a running new cluster of any size",
+                               description="Read every node's copy in DIR offline, merge the versions of each key "
+                                           "by their vector clocks (siblings kept, deletes honoured), and write "
+                                           "each key with its clock to its replicas in the cluster. Needs the "
+                                           "admin role. See docs/operations.md.",
+                               epilog=_examples("dynafast restore /var/backups/dynafast/2026-12-02 "
+                                                "--cluster 10.0.0.9:7101",
+                                                "dynafast restore /mnt/shared/bk --json"),
+                               formatter_class=_Help)
+    restore.add_argument("dir", metavar="DIR", help="a directory dynafast backup wrote")
+    restore.add_argument("--in-flight", type=int, default=8, help="batches sent and not yet acknowledged, at most")
+    restore.add_argument("--json", action="store_true", help="print a summary as JSON")
+    _add_client_options(restore)
+    restore.set_defaults(timeout=60.0)
+
+    repair = verbs.add_parser("repair", help="exchange partitions with their other replicas now, with progress",
+                              description="Start anti-entropy now: each partition asked for is compared with its "
+                                          "other replicas (Merkle trees) and the keys that differ are repaired on "
+                                          "both sides. --node alone: every partition that node holds; --partition "
+                                          "alone: that partition, from its first replica that is up; neither: "
+                                          "every partition, each from its owner. Shows a progress bar until done "
+                                          "(including a wiped node's own repair). Needs the admin role.",
+                              epilog=_examples("dynafast repair --node n3", "dynafast repair --partition 17",
+                                               "dynafast repair --json"),
+                              formatter_class=_Help)
+    repair.add_argument("--node", help="id of the node to repair")
+    repair.add_argument("--partition", type=int, help="the partition to repair")
+    repair.add_argument("--wait", type=float, default=600.0,
+                        help="seconds to wait for the repair to finish (0: do not wait)")
+    repair.add_argument("--json", action="store_true", help="print each node's repair figures as JSON at the end")
+    _add_client_options(repair)
+
     restart = verbs.add_parser("node-restart", help="restart a node of a running dynafast local",
                                description="Ask the dynafast local whose data is in --data-dir to restart one of "
                                            "its nodes (stopped or not); it is supervised again by that "
@@ -672,6 +719,73 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_backup(args) -> int:
+    from dynafast import admin
+    from dynafast.backup import backup_cluster
+
+    def report(node):
+        if not args.json:
+            print(f"{node['id']}: {node['keys']:,} keys, {node['segments']} segments, "
+                  f"{admin.human_bytes(node['bytes'])} ({admin.human_bytes(node['linked_bytes'])} hard-linked) "
+                  f"in {node['directory']}", flush=True)
+
+    with _client(args) as client:
+        manifest = backup_cluster(client, args.dir, timeout=args.timeout, on_node=report)
+    if args.json:
+        print(json.dumps({k: v for k, v in manifest.items() if k != "ring"}, indent=2))
+    else:
+        print(f"backup of {len(manifest['nodes'])} nodes in {os.path.abspath(args.dir)}"
+              + (f" (skipped, down: {', '.join(manifest['skipped'])})" if manifest["skipped"] else ""))
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from dynafast.progress import Progress
+    from dynafast.restore import restore
+
+    bar = Progress("restore", 0, "keys")
+
+    def read(node, records):
+        print(f"read {records:,} records of {node}", file=sys.stderr, flush=True)
+
+    with _client(args) as client:
+        summary = restore(client, args.dir, timeout=args.timeout, in_flight=max(1, args.in_flight), on_read=read,
+                          progress=lambda done, total: bar.update(done, total))
+    bar.close()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"restored {summary['written']:,} keys ({summary['with_siblings']:,} with siblings; "
+              f"{summary['deleted']:,} deleted keys left out) in {summary['seconds']:.1f}s")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from dynafast.progress import Progress
+    from dynafast.repair import RepairRun, targets
+
+    with _client(args) as client:
+        ring, status = _ring(client, args)
+        run = RepairRun(client, {m["id"]: m["address"] for m in status["members"]},
+                        targets(ring, status, args.node, args.partition), args.timeout)
+        run.start()
+        for node, count in run.queued.items():
+            print(f"{node}: {count} partitions queued", file=sys.stderr, flush=True)
+        bar = Progress("repair", 0, "vnodes")
+        figures = run.follow(args.wait, lambda done, total: bar.update(done, total))
+        bar.close()
+    left = run.left(figures)
+    if args.json:
+        print(json.dumps({"pending": left, "nodes": figures}, indent=2))
+    if left:
+        print(f"dynafast repair: {left} vnodes still to repair after {args.wait}s", file=sys.stderr)
+        return 1 if args.wait else 0
+    if not args.json:
+        print("repair done: " + ", ".join(f"{node}: {count:,} keys repaired"
+                                          for node, count in run.repaired(figures).items()))
+    return 0
+
+
 def cmd_node_restart(args) -> int:
     print(request_restart(Path(args.data_dir).resolve(), args.node, args.wait))
     return 0
@@ -759,6 +873,9 @@ VERBS = {
     "transfers": cmd_transfers,
     "config": cmd_config,
     "compact": cmd_compact,
+    "backup": cmd_backup,
+    "restore": cmd_restore,
+    "repair": cmd_repair,
     "node-restart": cmd_node_restart,
 }
 

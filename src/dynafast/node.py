@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dynafast
 from dynafast import _impl
-from dynafast.cluster import incarnation
+from dynafast.cluster import backup, incarnation
 from dynafast.cluster.actors import Actors
 from dynafast.cluster.antientropy import AntiEntropy, VnodeTrees
 from dynafast.cluster.background import cancel_and_wait
@@ -177,6 +177,9 @@ class Node:
             Msg.CAS: self.conditional.client_cas,
             Msg.LOCK: self.conditional.client_lock,
             Msg.COMPACT: lambda fields: self.compact(),
+            Msg.BACKUP: self.backup,
+            Msg.RESTORE: self.restore,
+            Msg.REPAIR: lambda fields: (Msg.REPAIR_REPLY, (self.repair.request(fields.partitions),)),
             Msg.PAXOS_PREPARE: self.paxos.handle_prepare,
             Msg.PAXOS_PROPOSE: self.paxos.handle_propose,
             Msg.PAXOS_COMMIT: self.paxos.handle_commit,
@@ -298,6 +301,19 @@ class Node:
         merged = await asyncio.to_thread(self.store.merge)
         log.info("compacted the store on request: %d segments merged", merged)
         return Msg.COMPACT_REPLY, (merged, before, self.store.stats()["disk_bytes"])
+
+    async def backup(self, request):
+        """Copy the store into the operator's backup directory (BACKUP), in a thread: writes go on meanwhile."""
+        result = await asyncio.to_thread(backup.write, self.store, request.directory, self.node_id,
+                                         self.membership.ring, self.config.n)
+        log.info("backed up %d keys into %s", result["keys"], result["directory"])
+        return Msg.BACKUP_REPLY, (result["directory"], result["keys"], result["segments"], result["bytes"],
+                                  result["linked_bytes"])
+
+    def restore(self, request):
+        """Objects of a backup, with their clocks (RESTORE): reconciled into our replica as a transfer's are."""
+        self.transfers.ownership.check_member(self.membership, request.partition)
+        return _reply(Msg.RESTORE_REPLY, self.transfers.receive(request.partition, request.keys, request.objects))
 
     # -- what the node publishes -------------------------------------------------------------------------------
     def status(self) -> dict:

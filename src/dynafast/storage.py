@@ -3,8 +3,10 @@
 The mechanism (segments, keydir, write buffer, group commit, merge) is ``dynafast._core.logstore``
 (or its plain-Python reference); this module adds the policy around it.
 """
+import errno
 import fcntl
 import os
+import shutil
 import threading
 import time
 import weakref
@@ -148,6 +150,8 @@ class Store:
         self.durable_seq = e.durable_seq
         self.sync_fd = e.sync_fd
         self.background_error = None
+        # Held by every merge, and by copy_into: a merge is what deletes sealed segments.
+        self._merge_gate = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
         self._background_merge = bool(background_merge)
@@ -253,7 +257,45 @@ class Store:
 
     def merge(self):
         """Compact now: rewrite live data out of segments holding dead records. Returns segments merged."""
-        return self._engine.merge(None)
+        with self._merge_gate:
+            return self._engine.merge(None)
+
+    def copy_into(self, dest):
+        """A consistent copy of the store in directory ``dest`` (created; it must not hold a store), taken while
+        writes go on: everything written before the call, as a prefix of the log.
+
+        Sealed segments never change, so they (and their hint files) are hard-linked, or copied when ``dest`` is
+        on another filesystem; merges, which delete sealed segments, wait meanwhile. The segment being written
+        is copied up to its length after a sync; a record torn at that end is cut when the copy is opened, as
+        after a crash. ``dest`` gets a MANIFEST naming those segments (the copied one as the active segment), so
+        that ``dynafast.open(dest)`` reads it as any store. Returns {"segments", "bytes", "linked_bytes"}.
+        """
+        from dynafast._ref import logstore as layout  # the on-disk format (the same for both engines)
+
+        dest = os.fspath(dest)
+        os.makedirs(dest, exist_ok=True)
+        if any(name.endswith(".data") or name == layout.MANIFEST for name in os.listdir(dest)):
+            raise FileExistsError(f"{dest} already holds a store")
+        with self._merge_gate:
+            self._engine.sync()  # acknowledged writes are in the files before they are measured
+            ids = sorted(int(name[:-5], 16) for name in os.listdir(self.path) if name.endswith(".data"))
+            sizes = {seg_id: os.stat(os.path.join(self.path, layout.data_name(seg_id))).st_size for seg_id in ids}
+            active = ids[-1] if ids else layout.NO_ACTIVE  # merge outputs are named below the active segment
+            linked = total = 0
+            for seg_id in ids[:-1]:
+                for name in (layout.data_name(seg_id), layout.hint_name(seg_id)):
+                    if os.path.exists(os.path.join(self.path, name)):
+                        size, was_linked = _link_or_copy(os.path.join(self.path, name), os.path.join(dest, name))
+                        total += size
+                        linked += size if was_linked else 0
+            if ids:
+                name = layout.data_name(active)
+                with open(os.path.join(self.path, name), "rb") as src, open(os.path.join(dest, name), "wb") as out:
+                    _copy_prefix(src, out, sizes[active])
+                total += sizes[active]
+        if not layout.write_manifest(dest, active, sorted((seg_id, sizes[seg_id]) for seg_id in ids[:-1])):
+            raise OSError(f"cannot write the manifest of the copy in {dest}")
+        return {"segments": len(ids), "bytes": total, "linked_bytes": linked}
 
     def stats(self):
         """dict: keys, live_bytes, dead_bytes, segments, disk_bytes, buffer_bytes, keydir_bytes,
@@ -308,8 +350,12 @@ class Store:
             self._engine.flush()
         if self._background_merge and time.monotonic() >= next_merge:
             next_merge = time.monotonic() + self.merge_check_interval
-            if self._engine.needs_merge(self.merge_trigger):
-                self._engine.merge(self.merge_trigger)
+            # A copy being taken holds the gate: this merge waits for the next tick rather than for the copy.
+            if self._engine.needs_merge(self.merge_trigger) and self._merge_gate.acquire(blocking=False):
+                try:
+                    self._engine.merge(self.merge_trigger)
+                finally:
+                    self._merge_gate.release()
         return next_merge
 
     def close(self):
@@ -332,6 +378,30 @@ class Store:
                 self.close()
         except Exception:
             pass
+
+
+def _link_or_copy(src: str, dst: str) -> tuple[int, bool]:
+    """(size, whether hard-linked) of ``src`` put at ``dst``: a hard link, or a copy across filesystems."""
+    try:
+        os.link(src, dst)
+        return os.stat(dst).st_size, True
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+    shutil.copyfile(src, dst)
+    return os.stat(dst).st_size, False
+
+
+def _copy_prefix(src, out, size: int, chunk: int = 1 << 20) -> None:
+    left = size
+    while left > 0:
+        block = src.read(min(chunk, left))
+        if not block:
+            raise OSError(errno.EIO, f"{src.name} is shorter than the {size} bytes it held")
+        out.write(block)
+        left -= len(block)
+    out.flush()
+    os.fsync(out.fileno())
 
 
 def _background(store_ref, stop):

@@ -588,3 +588,82 @@ def test_fsync_failure_while_sealing_a_segment(tmp_path, impl):
         db.close()
     with open_store(path, impl) as db:
         assert [db[b"k%d" % i] for i in range(5)] == [b"v" * 40] * 5
+
+
+# -- copy_into: a consistent copy while writes go on (what a node's backup is) ---------------------------------
+def test_copy_into_holds_everything_written_before_it(tmp_path, impl):
+    with open_store(tmp_path / "db", impl, segment_size=4096) as db:
+        for i in range(500):
+            db.put(b"k%d" % i, b"v%d" % i)
+        for i in range(0, 500, 5):
+            db.delete(b"k%d" % i)
+        figures = db.copy_into(tmp_path / "copy")
+        db.put(b"after", b"not in the copy")
+        sealed = segment_files(tmp_path / "db")[:-1]
+    assert figures["segments"] >= 2 and figures["linked_bytes"] > 0
+    # Sealed segments are the same files, hard-linked, not copies.
+    for name in sealed[:1]:
+        assert os.stat(tmp_path / "db" / name).st_ino == os.stat(tmp_path / "copy" / name).st_ino
+    with open_store(tmp_path / "copy", impl) as copy:
+        assert not copy.recovery["lost"], copy.recovery
+        assert {bytes(k): copy.get(k) for k in copy.keys()} == {b"k%d" % i: b"v%d" % i for i in range(500) if i % 5}
+
+
+def test_copy_into_refuses_a_directory_holding_a_store(tmp_path, impl):
+    with open_store(tmp_path / "db", impl) as db:
+        db.put(b"a", b"1")
+        db.copy_into(tmp_path / "copy")
+        with pytest.raises(FileExistsError):
+            db.copy_into(tmp_path / "copy")
+
+
+def test_copy_into_under_concurrent_writes_and_merges_is_a_prefix(tmp_path, impl):
+    with open_store(tmp_path / "db", impl, segment_size=2048) as db:
+        for i in range(300):
+            db.put(b"base%d" % i, b"x" * 40)
+        stop = threading.Event()
+        count = [0]
+
+        def churn():  # overwrites (dead bytes for merges) and new keys in order: a copy must hold a prefix
+            while not stop.is_set():
+                db.put(b"seq%d" % count[0], b"y" * 40)
+                db.put(b"base%d" % (count[0] % 300), b"z" * 40)
+                count[0] += 1
+                if count[0] % 20 == 0:
+                    db.merge()
+
+        thread = threading.Thread(target=churn)
+        thread.start()
+        try:
+            wait_until = time.monotonic() + 10
+            while count[0] < 400 and time.monotonic() < wait_until:
+                time.sleep(0.01)
+            for attempt in range(5):  # several copies: each races the merges
+                db.copy_into(tmp_path / f"copy{attempt}")
+        finally:
+            stop.set()
+            thread.join()
+    for attempt in range(5):
+        with open_store(tmp_path / f"copy{attempt}", impl) as copy:
+            seq = sorted(int(bytes(k)[3:]) for k in copy.keys(b"seq"))
+            assert seq == list(range(len(seq))) and len(seq) >= 400  # no hole: a prefix of the writes
+            assert copy.count(b"base") == 300
+
+
+def test_copy_into_another_filesystem_copies_the_sealed_segments(tmp_path, impl):
+    import shutil
+    import tempfile
+
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's directory")
+    other = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        with open_store(tmp_path / "db", impl, segment_size=4096) as db:
+            for i in range(300):
+                db.put(b"k%d" % i, b"v%d" % i)
+            figures = db.copy_into(os.path.join(other, "copy"))
+        assert figures["linked_bytes"] == 0 and figures["segments"] >= 2
+        with open_store(os.path.join(other, "copy"), impl) as copy:
+            assert not copy.recovery["lost"] and copy.count() == 300 and copy.get(b"k7") == b"v7"
+    finally:
+        shutil.rmtree(other, ignore_errors=True)

@@ -13,6 +13,10 @@ Which vnodes: those this node is a primary of in the first ring it knows after t
 that ring from its peers when it rejoins). The set is kept in ``repairing.json``, so a restart in the middle
 carries on where it was.
 
+An operator can also ask for exchanges now (REPAIR, ``dynafast repair``): ``request`` queues partitions that are
+exchanged the same way, without marking them repairing (nothing says they lost data). That queue is not kept
+across a restart.
+
 Ports: the node's id and replication factor, a membership view, the anti-entropy exchanges, metadata files, the
 clock.
 """
@@ -24,7 +28,7 @@ import logging
 
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.preflist import primaries
-from dynafast.errors import DynafastError
+from dynafast.errors import DynafastError, Unavailable
 
 log = logging.getLogger("dynafast.repair")
 
@@ -43,6 +47,8 @@ class Repair:
         self.retry = retry
         # The partitions being repaired: the request path tests membership in it (a set lookup, on a miss only).
         self.partitions: set[int] = set()
+        self.requested: set[int] = set()  # partitions an operator asked to exchange now
+        self.requested_done = 0
         self._all_owned = False  # amnesia seen, ring not known yet: every owned partition once it is
         self.repaired = 0
         self.keys_repaired = 0
@@ -89,6 +95,22 @@ class Repair:
         if self.partitions:
             self._wake.set()
 
+    def request(self, partitions=None) -> int:
+        """Exchange ``partitions`` (None: every one this node is a primary of) with their other replicas soon;
+        how many were queued. A partition this node holds no primary replica of is refused."""
+        state = self.membership.state
+        if state is None:
+            raise Unavailable(f"{self.me} has not joined the cluster yet")
+        ring = state.ring
+        held = {p for p in range(ring.partitions) if self.me in primaries(ring, p, self.n)}
+        wanted = held if partitions is None else set(partitions)
+        strangers = sorted(wanted - held)
+        if strangers:
+            raise DynafastError(f"{self.me} is not a primary of partition(s) {strangers[:10]}: ask one that is")
+        self.requested |= wanted - self.partitions  # those repairing after amnesia are exchanged anyway
+        self._wake.set()
+        return len(wanted)
+
     # -- the work --------------------------------------------------------------------------------------------
     def start(self) -> None:
         self._resolve()
@@ -99,20 +121,26 @@ class Repair:
 
     async def _run(self) -> None:
         while True:
-            if not self.partitions:
+            if not self.partitions and not self.requested:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             progressed = False
-            for partition in sorted(self.partitions):
-                if await self._repair(partition):
+            repairing = bool(self.partitions)
+            for partition in sorted(self.partitions | self.requested):
+                if not await self._repair(partition):
+                    continue
+                progressed = True
+                if partition in self.requested:
+                    self.requested.discard(partition)
+                    self.requested_done += 1
+                if partition in self.partitions:
                     self.partitions.discard(partition)
                     self.repaired += 1
                     self._save()
-                    progressed = True
                     if self.on_repaired is not None:
                         self.on_repaired()
-            if not self.partitions:
+            if repairing and not self.partitions:
                 self.finished_at = self.clock.monotonic()
                 log.info("repair finished in %.1f s", self.finished_at - (self.started_at or self.finished_at))
             elif not progressed:
@@ -148,5 +176,7 @@ class Repair:
             "pending_ring": self._all_owned,
             "vnodes_repaired": self.repaired,
             "keys_repaired": self.keys_repaired,
+            "requested_pending": len(self.requested),
+            "requested_done": self.requested_done,
             "seconds": None if self.started_at is None else round(end - self.started_at, 3),
         }

@@ -286,6 +286,11 @@ class Vnodes:
         return True
 
 
+def hint_object(stored) -> bytes:
+    """The encoded object of a stored hint, its receipt time left off."""
+    return _split_hint(stored)[1]
+
+
 def _split_hint(stored) -> tuple[float | None, bytes]:
     """(receipt time or None, encoded object) of a stored hint."""
     stored = bytes(stored)

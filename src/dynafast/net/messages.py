@@ -73,6 +73,12 @@ class Msg(enum.IntEnum):
     LOCK_REPLY = 99
     COMPACT = 110
     COMPACT_REPLY = 111
+    BACKUP = 120
+    BACKUP_REPLY = 121
+    RESTORE = 122
+    RESTORE_REPLY = 123
+    REPAIR = 130
+    REPAIR_REPLY = 131
 
 
 class ErrorCode(enum.IntEnum):
@@ -454,10 +460,36 @@ class CompactReply(NamedTuple):
     disk_bytes_after: int
 
 
+class Backup(NamedTuple):
+    """Copy the node's store, consistently, into ``directory``/<node id>/ (an operator's ``dynafast backup``)."""
+
+    directory: str
+
+
+class BackupReply(NamedTuple):
+    directory: str  # where this node's copy is
+    keys: int
+    segments: int
+    bytes: int
+    linked_bytes: int
+
+
+class Repair(NamedTuple):
+    """Exchange these partitions (None: every one the node holds) with their other replicas now."""
+
+    partitions: list[int] | None = None
+
+
+class RepairReply(NamedTuple):
+    queued: int  # partitions queued for an exchange
+
+
 # Messages that share a shape share a record.
 Pong = Ping
 RingReply = JoinReply = RingPush = State
 GossipReply = Gossip
+# A restore writes objects with their clocks as a transfer does; only who may send it differs (an admin).
+Restore, RestoreReply = Transfer, TransferReply
 
 SCHEMA: dict[Msg, type] = {
     Msg.ERROR: Error,
@@ -515,6 +547,12 @@ SCHEMA: dict[Msg, type] = {
     Msg.LOCK_REPLY: LockReply,
     Msg.COMPACT: Compact,
     Msg.COMPACT_REPLY: CompactReply,
+    Msg.BACKUP: Backup,
+    Msg.BACKUP_REPLY: BackupReply,
+    Msg.RESTORE: Restore,
+    Msg.RESTORE_REPLY: RestoreReply,
+    Msg.REPAIR: Repair,
+    Msg.REPAIR_REPLY: RepairReply,
 }
 
 

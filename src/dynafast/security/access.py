@@ -36,7 +36,7 @@ def _types(*types) -> frozenset:
 
 READ = _types(Msg.GET, Msg.RING_GET, Msg.STATUS, Msg.SCAN_PAGE)
 READWRITE = READ | _types(Msg.PUT, Msg.DELETE, Msg.CAS, Msg.LOCK)
-ADMIN = READWRITE | _types(Msg.LEAVE, Msg.COMPACT)
+ADMIN = READWRITE | _types(Msg.LEAVE, Msg.COMPACT, Msg.BACKUP, Msg.RESTORE, Msg.REPAIR)
 # Everything a node sends another: what an outsider must never be able to send.
 INTERNAL = _types(Msg.REPLICA_GET, Msg.REPLICA_PUT, Msg.REAP, Msg.JOIN, Msg.RING_PUSH, Msg.GOSSIP,
                   Msg.HINT_PUSH, Msg.TRANSFER, Msg.TRANSFER_DONE, Msg.MERKLE_GET, Msg.KEYS_GET,
