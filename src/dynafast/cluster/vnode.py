@@ -263,14 +263,6 @@ class Vnodes:
         return set(self.hint_counts())
 
     def hint_counts(self) -> dict[str, int]:
-        """Hints held, by the node they are for."""
-        counts: dict[str, int] = {}
-        for stored_key in self.store.keys(prefix=HINT):
-            owner = bytes(stored_key[1 : stored_key.index(b"\0")]).decode()
-            counts[owner] = counts.get(owner, 0) + 1
-        return counts
-
-    def hint_counts(self) -> dict[str, int]:
         """Hints held per owner (one pass over the hint keys, as ``hint_owners``)."""
         counts: dict[bytes, int] = {}
         for stored_key in self.store.keys(prefix=HINT):
