@@ -289,6 +289,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # A SIGTERM ends the run as an exception does: the servers it started are stopped below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         sys.exit(main())
     finally:
