@@ -31,9 +31,8 @@ class Actors:
 
     def issued(self, actor: bytes) -> bool:
         """Whether ``actor`` is one ``fresh`` handed out in this incarnation (``<base>.<epoch>``)."""
-        base = self.base
-        return (len(actor) > len(base) + 1 and actor.startswith(base) and actor[len(base)] == 0x2E
-                and actor[len(base) + 1:].isdigit())
+        dotted = self.base + b"."
+        return actor.startswith(dotted) and actor[len(dotted):].isdigit()
 
     def fresh(self) -> bytes:
         """An actor no version anywhere carries yet."""

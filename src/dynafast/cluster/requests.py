@@ -32,7 +32,7 @@ log = logging.getLogger("dynafast.requests")
 # Looked up once: an enum member lookup costs more than the rest of a small handler.
 _GET, _PUT, _DELETE = int(Msg.GET), int(Msg.PUT), int(Msg.DELETE)
 _PUT_REPLY, _DELETE_REPLY = int(Msg.PUT_REPLY), int(Msg.DELETE_REPLY)
-_REPLICA_GET_REPLY = int(Msg.REPLICA_GET_REPLY)
+_GET_REPLY, _REPLICA_GET_REPLY = int(Msg.GET_REPLY), int(Msg.REPLICA_GET_REPLY)
 _REPLICA_PUT_REPLY = int(Msg.REPLICA_PUT_REPLY)
 
 _MARK = expiry.MARK  # values that begin with it are envelopes (a TTL, or an escaped plain value)
@@ -69,6 +69,17 @@ def _key_text(key: bytes) -> str:
 
 def _read_result(machine):
     return machine.result
+
+
+def _answer_when_durable(answer, reply, synced):
+    if answer.done():
+        return
+    exc = synced.exception() if not synced.cancelled() else asyncio.CancelledError()
+    if exc is not None:
+        log.error("durable write failed: %s", exc)
+        answer.set_exception(exc)
+    else:
+        answer.set_result(reply)
 
 
 def _ignore_result(call):
@@ -147,13 +158,56 @@ class RequestCoordinator:
         """``read_object`` without a quorum machine when this node is the key's one replica (N=1, and the key's
         primary is this node and up): the reply is then exactly this node's copy, which is all a quorum read
         could see. None when the key is not read that way here (use ``read_object``)."""
+        partition = self._local_partition(key)
+        if partition is None:
+            return None
+        _check_sizes(self.config, key)
+        return (_GET_REPLY, self.vnodes.get(partition, key))  # CorruptionError: the client's error
+
+    def _local_partition(self, key):
+        """The key's partition when this node is its one replica (N=1, its primary is this node and up), else
+        None: then a local read or write is all a quorum request would do."""
         if self.config.n != 1:
             return None
         partition, _, targets, _ = self._route(key)
         if targets is None or targets[0][1] is not None or targets[0][0] != self.me:
             return None
-        _check_sizes(self.config, key)
-        return (Msg.GET_REPLY, self.vnodes.get(partition, key))  # CorruptionError: the client's error
+        return partition
+
+    def replace_local(self, key, value, w=None, dw=None):
+        """A last-write-wins put of ``value`` (no TTL) done in one step when this node is the key's one replica:
+        read what is stored, supersede all of it, append. The same result as ``_read_then_write`` there (whose
+        read and write would see the same copy), without a quorum machine, a deadline or a second read of the
+        key. The PUT_REPLY at once with ``dw`` 0, else a future of it once the write is durable; None when the
+        key is not written that way here (a cluster changing shape sends writes to new replicas too)."""
+        if self.membership.next_ring is not None:
+            return None
+        partition = self._local_partition(key)
+        if partition is None:
+            return None
+        config = self.config
+        _check_sizes(config, key, value)
+        dw = _quorum(dw, min(config.dw, _quorum(w, config.w, "w", 1) or 1), "dw", 1)  # _write's rules, N=1
+        if value.startswith(_MARK):
+            value = expiry.wrap(value)  # escaped, as client_put stores it
+        try:
+            existing = self.vnodes.get(partition, key)
+        except CorruptionError:
+            existing = None  # what we held is lost: the write replaces it, as in _put
+        actor = self._stamping_actor(existing)
+        now = int(self.clock.wall())
+        incoming = self.Siblings.new(value, None if existing is None else existing.clock())
+        stored = incoming.update(existing, actor, now).prune(now)
+        if len(stored) > self.sibling_check:
+            self._check_siblings(key, stored)
+        self.vnodes.write(partition, key, stored, previous=existing, raw=stored.to_bytes())
+        reply = (_PUT_REPLY, (self.membership.state.ring.version,))
+        if not dw:
+            return reply
+        synced = self.durability.waiter()
+        answer = synced.get_loop().create_future()
+        synced.add_done_callback(functools.partial(_answer_when_durable, answer, reply))
+        return answer
 
     def client_put(self, put):
         key, value, context, w, dw, timeout_ms, lww, ttl_ms = put

@@ -172,25 +172,40 @@ def gather(results, combine):
 
 
 # -- reading and writing keys through the coordinator ------------------------------------------------
-def _object(reply):
-    """(values newest first as RESP sees them, context) of a read_object reply."""
-    fields = reply[1]
-    if fields is None:
-        return None, b""
-    if type(fields) is list:  # forwarded: the owner's GET_REPLY fields, without write timestamps
-        values, context = fields[0], fields[1]
-        # No timestamps travel with a forwarded reply: the greatest value stands in (see docs/resp.md).
-        return (max(values) if values else None), context
+def _newest(fields):
+    """The value a RESP read answers of a merged object: its newest live value, None when it has none or that
+    one has expired."""
     # One version (the common case) needs no choosing.
     newest = (fields if len(fields) == 1 else fields.lww()).live_values()
     if not newest:
-        return None, fields.context()
+        return None
     value = newest[0]
     if value.startswith(expiry.MARK):  # an envelope: a value with a TTL (expired reads as deleted), or escaped
         value, at = expiry.unwrap(value)
         if at is not None and time.time() * 1000 >= at:
-            return None, fields.context()
-    return value, fields.context()
+            return None
+    return value
+
+
+def _value(reply):
+    """The value RESP answers of a read_object reply (None: not found)."""
+    fields = reply[1]
+    if fields is None:
+        return None
+    if type(fields) is list:  # forwarded: the owner's GET_REPLY fields, without write timestamps
+        # No timestamps travel with a forwarded reply: the greatest value stands in (see docs/resp.md).
+        return max(fields[0]) if fields[0] else None
+    return _newest(fields)
+
+
+def _object(reply):
+    """(the value RESP answers, context) of a read_object reply."""
+    fields = reply[1]
+    if fields is None:
+        return None, b""
+    if type(fields) is list:
+        return _value(reply), fields[1]
+    return _newest(fields), fields.context()
 
 
 def read_object(app, conn, key):
@@ -205,18 +220,30 @@ def read(app, conn, key):
 
 
 def read_value(app, conn, key):
-    return then(read_object(app, conn, key), lambda reply: _object(reply)[0])
+    """The value of ``key`` (None: not found), or a future of it. GET's path: no context is made."""
+    reply = app.requests.read_local(key)
+    if reply is not None:
+        return _value(reply)
+    return then(app.requests.read_object(Get(key, conn.r, None)), _value)
+
+
+def _ok(reply):
+    return OK
 
 
 def write(app, conn, key, value, context):
     put = Put(key, value, context or None, conn.w, conn.dw, None, False)
-    return then(app.requests.client_put(put), lambda reply: OK)
+    return then(app.requests.client_put(put), _ok)
 
 
 def set_value(app, conn, key, value):
-    """SET: read, then write with the read's context (the coordinator's last-write-wins put, as callbacks)."""
+    """SET: where this node is the key's one replica, one local step that supersedes what is stored; else a
+    read, then a write with the read's context (the coordinator's last-write-wins put, as callbacks)."""
     app.check_value(key, value)
-    return then(read(app, conn, key), lambda seen: write(app, conn, key, value, seen[1]))
+    done = app.requests.replace_local(key, value, conn.w, conn.dw)
+    if done is None:
+        return then(read(app, conn, key), lambda seen: write(app, conn, key, value, seen[1]))
+    return OK if type(done) is tuple else then(done, _ok)
 
 
 def delete_seen(app, conn, key):

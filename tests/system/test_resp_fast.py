@@ -1,0 +1,55 @@
+"""RESP SET on a node that is the key's one replica (N=1) is one local step: it must mean what the read then
+write it replaces meant (supersede every version stored, wait for dw), and a damaged record must not block it."""
+import pytest
+import redis
+
+from dynafast import Client
+from dynafast.cluster import expiry
+from dynafast.errors import DynafastError
+from dynafast.testing.cluster import LocalCluster
+from test_corrupt_records import copy_or_error, flip_value_byte
+from test_resp import connect
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def one_node(tmp_path):
+    with LocalCluster(1, base_dir=tmp_path / "c", n=1, r=1, w=1, resp=True) as c:
+        yield c
+
+
+def test_set_supersedes_every_sibling_and_answers_in_order(one_node):
+    r = connect(one_node.nodes[0], protocol=2, single_connection_client=True)
+    with Client(one_node.addresses, timeout=5.0) as client:
+        client.put(b"k", b"one")
+        client.put(b"k", b"two")  # blind: a sibling of the first
+        assert sorted(client.get(b"k").values) == [b"one", b"two"]
+        assert r.set("k", "three")
+        assert client.get(b"k").values == [b"three"]
+        assert r.execute_command("DF.GET", "k")[1] == [b"three"]
+        # A value that begins as the store's envelopes do is stored escaped and read back as sent.
+        odd = expiry.MARK + b"not an envelope"
+        assert r.set("odd", odd) and r.get("odd") == odd
+        assert client.get(b"odd").values == [odd]
+    # Acknowledged once durable (dw 1, the default) and at once (dw 0): both supersede, in pipeline order.
+    for dw in (1, 0):
+        assert r.execute_command("DF.CONFIG", "SET", "dw", str(dw)) == b"OK"
+        pipe = r.pipeline(transaction=False)
+        pipe.set("p", f"a{dw}").get("p").set("p", f"b{dw}").get("p")
+        assert pipe.execute() == [True, f"a{dw}".encode(), True, f"b{dw}".encode()]
+        assert r.execute_command("DF.GET", "p")[1] == [f"b{dw}".encode()]
+
+
+def test_set_replaces_a_damaged_record(one_node):
+    node = one_node.nodes[0]
+    r = connect(node, protocol=2)
+    value = b"soon-damaged:" + b"d" * 64
+    assert r.set("k", value)
+    flip_value_byte(node, b"k", value)
+    assert isinstance(copy_or_error(node, b"k"), DynafastError)  # the premise: the record cannot be read
+    with pytest.raises(redis.ResponseError):
+        r.get("k")  # a read says so (no other replica has it) ...
+    # ... and a SET writes over it, as a put does: with N=1 nothing else could ever repair the key.
+    assert r.set("k", "fresh")
+    assert r.get("k") == b"fresh"
