@@ -320,7 +320,7 @@ def _expire(name: str, scale: int, absolute: bool):
         if {b"GT", b"LT"} <= flags:
             raise RespError("ERR GT and LT options at the same time are not compatible")
         amount = argument_int(args[2])  # negative is allowed: the key is deleted
-        if scale != 1 and not _INT64[0] // scale <= amount <= _INT64[1] // scale:
+        if not -(-_INT64[0] // scale) <= amount <= _INT64[1] // scale:  # C's division: towards zero
             raise invalid_expire(name)
         amount *= scale
         base = 0 if absolute else _now_ms()
