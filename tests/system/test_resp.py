@@ -263,10 +263,12 @@ def test_logins_and_roles(tmp_path):
         reader = connect(node, username="reader", password="reader pw", protocol=3)
         assert reader.get("k") == b"v" and reader.exists("k") == 1
         for command in (("SET", "k", "x"), ("DEL", "k"), ("MSET", "k", "x"), ("GETDEL", "k"),
-                        ("DF.PUT", "k", "x")):
+                        ("DF.PUT", "k", "x"), ("SET", "k", "x", "NX"), ("INCR", "n"), ("EXPIRE", "k", "10"),
+                        ("PERSIST", "k"), ("RENAME", "k", "k2"), ("MSETNX", "k3", "x")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 reader.execute_command(*command)
-        assert reader.get("k") == b"v"
+        assert reader.get("k") == b"v" and reader.ttl("k") == -1 and reader.exists("n", "k2", "k3") == 0
+        assert writer.incr("n") == 1 and writer.expire("n", 100) and 95 <= reader.ttl("n") <= 100  # N=1 too
         root = connect(node, username="root", password="root pw")
         assert root.flushall() and root.dbsize() == 0
         # HELLO with AUTH logs in and picks the protocol at once (redis-py's protocol=3 login did too, above).
