@@ -26,7 +26,8 @@ def connect(node, **options) -> redis.Redis:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with LocalCluster(3, base_dir=tmp_path_factory.mktemp("respcmd"), resp=True) as c:
+    """3 nodes, N=2: a node holds no replica of some keys, and forwards their reads (and proposes for them)."""
+    with LocalCluster(3, base_dir=tmp_path_factory.mktemp("respcmd"), resp=True, n=2, r=1, w=2) as c:
         with Client(c.addresses) as client:
             wait_members(client, 3, timeout=60)
         yield c
@@ -152,6 +153,19 @@ def test_rename_copy_msetnx(nodes):
     assert a.msetnx({p + "m1": "1", p + "m2": "2"}) is True and b.mget(p + "m1", p + "m2") == [b"1", b"2"]
     assert c.msetnx({p + "m3": "3", p + "m2": "x"}) is False
     assert a.mget(p + "m1", p + "m2", p + "m3") == [b"1", b"2", None]  # none set, the one it wrote taken back
+
+
+def test_keys_a_node_holds_no_replica_of_are_read_through_another(cluster):
+    """With N=2 of 3 nodes each node forwards the reads of a third of the keys: GET, DF.GET and TTL answer alike
+    from every node."""
+    conns = [connect(node) for node in cluster.nodes]
+    for i in range(12):
+        key = f"fw:{i}"
+        assert conns[i % 3].set(key, f"v{i}", ex=100)
+        for r in conns:
+            assert r.get(key) == f"v{i}".encode() and r.execute_command("DF.GET", key)[1] == [f"v{i}".encode()]
+            assert 95 <= r.ttl(key) <= 100 and r.incr(f"fw:n{i}") >= 1
+    assert [int(conns[0].get(f"fw:n{i}")) for i in range(12)] == [3] * 12
 
 
 def test_errors_answer_as_redis_does(cluster):

@@ -360,7 +360,7 @@ def newest_with_expiry(reply) -> tuple[bytes | None, int | None]:
     """(newest value, its expiry in ms since the epoch) of a ``read_object`` reply, as RESP reads choose it."""
     fields = reply[1]
     now_ms = _now_ms()
-    if type(fields) is list:  # forwarded: another node's GET_REPLY fields, with ms left instead of expiries
+    if isinstance(fields, (list, tuple)):  # forwarded: another node's GET_REPLY, with ms left, not expiries
         values = fields[0]
         if not values:
             return None, None
