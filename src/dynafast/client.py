@@ -474,8 +474,6 @@ class _ClientOptions:
 
     def _cas_request(self, key, value, if_context, if_absent, context, lww, timeout, ttl=None):
         """A conditional put (value is bytes) or delete (value is None)."""
-        if ttl is not None:
-            raise ValueError("a conditional write takes no ttl")
         if context is not None or lww:
             raise ValueError("a conditional write names its precondition with if_context (or if_absent) alone")
         if if_context is not None and if_absent:
@@ -486,7 +484,8 @@ class _ClientOptions:
             value = _as_bytes("value", value)
             if len(value) > self.max_value_size:
                 raise ValueTooLarge(f"value of {len(value)} bytes is over the client's limit of {self.max_value_size}")
-        return key, Msg.CAS, Cas(key, value, if_context, True if if_absent else None, _timeout_ms(timeout))
+        return key, Msg.CAS, Cas(key, value, if_context, True if if_absent else None, _timeout_ms(timeout),
+                                 _ttl_ms(ttl))
 
     def _lock_request(self, name, holder, ttl, release=False, fencing=None, timeout=None):
         name = _as_bytes("name", name)
@@ -670,7 +669,7 @@ class Client(_ClientOptions):
         the key's current versions are exactly those ``ctx`` (from a get, or a ConditionFailed) names;
         ``if_absent=True`` only if the key has no live value. ConditionFailed (with the current ``context`` and
         ``values``) when not; returns the key's new context when written. Timeout or QuorumNotMet: the outcome
-        is unknown (read the key to learn it). A conditional write takes no ``ttl`` (ValueError)."""
+        is unknown (read the key to learn it). ``ttl`` applies to a conditional write as to a plain one."""
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
         if if_context is not None or if_absent:

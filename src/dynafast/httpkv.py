@@ -22,14 +22,11 @@ from urllib.parse import parse_qsl, quote, unquote_to_bytes
 from aiohttp import MultipartWriter, hdrs, web
 
 from dynafast import _impl, errors
-from dynafast.net.messages import Msg, Put, WrongNode, parse_reply
+from dynafast.net.messages import Msg, WrongNode, parse_reply
 
 CONTEXT = "X-Dynafast-Context"
 NDJSON = "application/x-ndjson"
 _GET, _PUT, _DELETE, _CAS = int(Msg.GET), int(Msg.PUT), int(Msg.DELETE), int(Msg.CAS)
-# Per-object TTL is a trailing PUT field (``ttl_ms``) being added to the protocol; until this node's Put has it,
-# ``?ttl=`` answers 501. Once it has, ``?ttl=`` is passed on with no change here.
-_PUT_HAS_TTL = "ttl_ms" in Put._fields
 _SCAN_PAGE_KEYS = 1000
 _KEY_SAFE = ":@"  # a scanned key is written as it would be in /kv/{key}: these need no escaping in a path
 _STREAM_CHUNK = 64 * 1024  # scan lines are written out in chunks of about this size
@@ -170,8 +167,6 @@ class Query:
             ttl = -1.0
         if not ttl > 0 or ttl == float("inf"):
             raise HttpError(400, "bad_parameter", f"ttl must be a positive number of seconds, not {text!r}")
-        if not _PUT_HAS_TTL:
-            raise HttpError(501, "not_supported", "?ttl= is not supported yet: this node has no per-object TTL")
         return max(1, round(ttl * 1000))
 
 
@@ -262,10 +257,9 @@ class KvApi:
         if_context, if_absent = _precondition(request, context)
         value = await self._body(request)
         if if_context is not None or if_absent:
-            self._conditional_only(w, dw, lww, ttl_ms)
-            return await self._conditional(key, value, if_context, if_absent, timeout_ms)
-        fields = (key, value, context or None, w, dw, timeout_ms, True if lww else None)
-        await self._call(_PUT, fields + (ttl_ms,) if _PUT_HAS_TTL else fields)
+            self._conditional_only(w, dw, lww)
+            return await self._conditional(key, value, if_context, if_absent, timeout_ms, ttl_ms)
+        await self._call(_PUT, (key, value, context or None, w, dw, timeout_ms, True if lww else None, ttl_ms))
         return web.Response(status=204)
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -277,22 +271,20 @@ class KvApi:
         if if_absent:
             raise HttpError(400, "bad_precondition", "a delete takes If-Match, not If-None-Match")
         if if_context is not None:
-            self._conditional_only(w, dw, False, None)
-            return await self._conditional(key, None, if_context, False, timeout_ms)
+            self._conditional_only(w, dw, False)
+            return await self._conditional(key, None, if_context, False, timeout_ms, None)
         # Without a context the coordinator deletes every version its read finds (as Client.delete).
         await self._call(_DELETE, (key, context or None, w, dw, timeout_ms))
         return web.Response(status=204)
 
     @staticmethod
-    def _conditional_only(w, dw, lww, ttl_ms) -> None:
+    def _conditional_only(w, dw, lww) -> None:
         if w is not None or dw is not None or lww:
             raise HttpError(400, "bad_parameter", "w, dw and lww do not apply to a conditional write (it is one "
                             "Paxos round among the key's replicas)")
-        if ttl_ms is not None:
-            raise HttpError(501, "not_supported", "ttl with a conditional write is not supported")
 
-    async def _conditional(self, key, value, if_context, if_absent, timeout_ms) -> web.Response:
-        reply = await self._call(_CAS, (key, value, if_context, True if if_absent else None, timeout_ms))
+    async def _conditional(self, key, value, if_context, if_absent, timeout_ms, ttl_ms) -> web.Response:
+        reply = await self._call(_CAS, (key, value, if_context, True if if_absent else None, timeout_ms, ttl_ms))
         headers = context_headers(reply.context)
         if not reply.applied:
             raise HttpError(412, "condition_failed", "the key is not in the state the write named: nothing written",

@@ -6,13 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from urllib.parse import quote, unquote_to_bytes
 
 import aiohttp
 import pytest
 
 from dynafast import Client
-from dynafast.net.messages import Put
 from dynafast.testing import LocalCluster
 from dynafast.testing.cluster import NodeProcess, free_port
 
@@ -173,14 +173,27 @@ def test_errors_are_json_with_their_status(cluster, method, path, kwargs, status
     assert json.loads(body)["error"] == error
 
 
-def test_ttl_until_per_object_ttl_exists(cluster):
-    url = cluster.http["n1"] + "/kv/ttl?ttl=30"
-    assert run(call("PUT", url.replace("30", "soon"), data=b"v"))[0] == 400
-    status, _, body = run(call("PUT", url, data=b"v"))
-    if "ttl_ms" in Put._fields:  # per-object TTL has landed: the parameter is passed on
-        assert status == 204 and run(call("GET", cluster.http["n1"] + "/kv/ttl"))[2] == b"v"
-    else:
-        assert status == 501 and json.loads(body)["error"] == "not_supported"
+def test_ttl_plain_and_conditional(cluster):
+    base = cluster.http["n1"] + "/kv/"
+    assert run(call("PUT", base + "ttl?ttl=soon", data=b"v"))[0] == 400
+    assert run(call("PUT", base + "ttl?ttl=30", data=b"v"))[0] == 204
+    assert run(call("GET", cluster.http["n2"] + "/kv/ttl"))[2] == b"v"
+    # A conditional write carries a TTL too: create-only with If-None-Match, then a replace with If-Match.
+    status, headers, _ = run(call("PUT", base + "ttl-cas?ttl=30", data=b"first", headers={"If-None-Match": "*"}))
+    assert status == 204
+    with Client(cluster.addresses) as client:
+        assert 25 < client.ttl(b"ttl-cas") <= 30
+        assert run(call("PUT", base + "ttl-cas?ttl=30", data=b"x", headers={"If-None-Match": "*"}))[0] == 412
+        status, _, _ = run(call("PUT", base + "ttl-cas?ttl=0.5", data=b"second",
+                                headers={"If-Match": headers[CONTEXT]}))
+        assert status == 204 and client.get(b"ttl-cas").value == b"second"
+        deadline = time.monotonic() + 20
+        while run(call("GET", cluster.http["n3"] + "/kv/ttl-cas"))[0] != 404 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert run(call("GET", cluster.http["n3"] + "/kv/ttl-cas"))[0] == 404
+        # Expired is absent: create-only succeeds over it.
+        assert run(call("PUT", base + "ttl-cas", data=b"third", headers={"If-None-Match": "*"}))[0] == 204
+        assert client.ttl(b"ttl-cas") is None
 
 
 def scan(base, **params):

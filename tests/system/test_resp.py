@@ -100,11 +100,6 @@ def test_errors_answer_as_redis_does(cluster):
         (("GETRANGE", "k", "x", "1"), "value is not an integer or out of range"),
         (("SET", "k", "v", "BOGUS"), "syntax error"),
         (("CLIENT", "NOPE"), "unknown subcommand 'NOPE'. Try CLIENT HELP."),
-        (("SET", "k", "v", "NX"), "SET NX is not supported yet"),
-        (("SET", "k", "v", "EX", "10"), "SET EX is not supported yet"),
-        (("INCR", "k"), "INCR is not supported yet: it needs conditional writes"),
-        (("EXPIRE", "k", "10"), "EXPIRE is not supported yet: it needs per-key expiry"),
-        (("TTL", "k"), "TTL is not supported yet"),
         (("MULTI",), "MULTI is not supported"),
         (("EXEC",), "MULTI is not supported"),
         (("CONFIG", "SET", "save", ""), "CONFIG SET is not supported"),
@@ -268,10 +263,12 @@ def test_logins_and_roles(tmp_path):
         reader = connect(node, username="reader", password="reader pw", protocol=3)
         assert reader.get("k") == b"v" and reader.exists("k") == 1
         for command in (("SET", "k", "x"), ("DEL", "k"), ("MSET", "k", "x"), ("GETDEL", "k"),
-                        ("DF.PUT", "k", "x")):
+                        ("DF.PUT", "k", "x"), ("SET", "k", "x", "NX"), ("INCR", "n"), ("EXPIRE", "k", "10"),
+                        ("PERSIST", "k"), ("RENAME", "k", "k2"), ("MSETNX", "k3", "x")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 reader.execute_command(*command)
-        assert reader.get("k") == b"v"
+        assert reader.get("k") == b"v" and reader.ttl("k") == -1 and reader.exists("n", "k2", "k3") == 0
+        assert writer.incr("n") == 1 and writer.expire("n", 100) and 95 <= reader.ttl("n") <= 100  # N=1 too
         root = connect(node, username="root", password="root pw")
         assert root.flushall() and root.dbsize() == 0
         # HELLO with AUTH logs in and picks the protocol at once (redis-py's protocol=3 login did too, above).

@@ -248,3 +248,8 @@ def test_scans_batches_and_conditional_writes_see_expired_values_as_absent(tmp_p
             client.put(b"s:00", b"\xf5\x01" + b"\xff" * 8 + b"not a ttl", if_absent=True)
             assert client.get(b"s:00", r=3).values == [b"\xf5\x01" + b"\xff" * 8 + b"not a ttl"]
             assert client.ttl(b"s:00") is None
+            # A conditional put takes a TTL as a plain one does.
+            context = client.put(b"s:cas", b"v", if_absent=True, ttl=30)
+            assert 25 < client.ttl(b"s:cas") <= 30
+            client.put(b"s:cas", b"w", if_context=context, ttl=0.5)
+            assert wait_for(lambda: client.get(b"s:cas").values == [], timeout=20)

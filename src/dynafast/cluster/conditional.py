@@ -83,6 +83,12 @@ def lock_decision(versions, actor, now: float, holder: str, ttl: float, release:
     return decide
 
 
+def _ttl(ttl_ms) -> int:
+    if not 0 < ttl_ms <= expiry.MAX_EXPIRY // 2:
+        raise ProtocolError("ttl_ms must be a positive number of milliseconds")
+    return ttl_ms
+
+
 class ConditionalWrites:
     """Handlers of CAS and LOCK. Ports: config, versions, the Paxos driver, a membership view (ring version for
     replies), the clock, and ``actor(current)``: the actor to stamp a conditional version over ``current`` (the
@@ -109,15 +115,17 @@ class ConditionalWrites:
         return self.membership.state.ring.version
 
     async def client_cas(self, cas):
-        key, value, context, if_absent, timeout_ms = cas
+        key, value, context, if_absent, timeout_ms, ttl_ms = cas
         config = self.config
         if len(key) > config.max_key_size:
             raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of {config.max_key_size}")
         if value is not None and len(value) > config.max_value_size:
             raise ValueTooLarge(f"value of {len(value)} bytes is over the limit of {config.max_value_size}")
-        if value is not None:
-            value = expiry.wrap(value)  # a plain value: escaped if it looks like an envelope
         wall = self.clock.wall()
+        if value is not None:
+            # Escaped if it looks like an envelope; with a TTL, the absolute expiry from this node's clock (as a
+            # plain put's coordinator stamps it).
+            value = expiry.wrap(value, None if ttl_ms is None else int(wall * 1000) + _ttl(ttl_ms))
         decide = cas_decision(self.versions, self.actor, int(wall), value, context, bool(if_absent), int(wall * 1000))
         try:
             obj, _ = await self.paxos.run(key, decide, self._timeout(timeout_ms))

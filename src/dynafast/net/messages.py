@@ -383,6 +383,7 @@ class Cas(NamedTuple):
     context: bytes | None
     if_absent: bool | None = None
     timeout_ms: int | None = None
+    ttl_ms: int | None = None  # a put's value expires this many ms after the coordinator receives it
 
 
 class CasReply(NamedTuple):

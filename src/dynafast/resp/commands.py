@@ -7,8 +7,7 @@ answered at once (a local read, N=1), or a future of it: no coroutine per reques
 Semantics on a Dynamo store (docs/resp.md): a RESP read answers one value, the newest of the siblings it finds by
 the coordinators' write timestamps (last write wins); SET writes with the context of its own read, so it
 supersedes every version that read saw. Commands that need a conditional write (NX, XX, GETSET, INCR, ...) or
-expiry (EX, EXPIRE, TTL, ...) are in the table with their arity and answer "not supported yet": each family is
-wired in one place below (``CONDITIONAL``, ``EXPIRY``) when the store gains it.
+expiry (EX, EXPIRE, TTL, ...) are in ``modify``.
 """
 from __future__ import annotations
 
@@ -435,23 +434,8 @@ def cmd_get(app, conn, args):
 @command("set", -3, "readwrite", ("write", "denyoom"), (1, 1, 1), "Set the string value of a key")
 def cmd_set(app, conn, args):
     if len(args) > 3:
-        _set_options(args[3:])
+        return modify.set_with_options(app, conn, args)  # NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL
     return set_value(app, conn, args[1], args[2])
-
-
-def _set_options(options):
-    i = 0
-    while i < len(options):
-        option = options[i].upper()
-        if option in (b"NX", b"XX", b"GET"):
-            raise not_supported(f"SET {option.decode()}", CONDITIONAL_WHY)
-        if option == b"KEEPTTL":
-            raise not_supported("SET KEEPTTL", EXPIRY_WHY)
-        if option in (b"EX", b"PX", b"EXAT", b"PXAT"):
-            if i + 1 >= len(options):
-                raise SYNTAX
-            raise not_supported(f"SET {option.decode()}", EXPIRY_WHY)
-        raise SYNTAX
 
 
 @command("mget", -2, "read", ("readonly", "fast"), (1, -1, 1), "Get the values of all the given keys")
@@ -657,34 +641,6 @@ def cmd_df_config(app, conn, args):
     raise unknown_subcommand(args[1], "df.config")
 
 
-# -- not supported yet: wired in one place per family -----------------------------------------------
-CONDITIONAL_WHY = "it needs conditional writes"
-EXPIRY_WHY = "it needs per-key expiry"
-
-
-def not_supported(what: str, why: str) -> RespError:
-    return RespError(f"ERR {what} is not supported yet: {why}")
-
-
-def _unsupported(why):
-    def run(app, conn, args):
-        raise not_supported(args[0].decode("utf-8", "replace").upper(), why)
-    return run
-
-
-# Commands whose atomic meaning needs a linearizable conditional write (name: arity, role).
-CONDITIONAL = {"setnx": 3, "getset": 3, "incr": 2, "decr": 2, "incrby": 3, "decrby": 3, "incrbyfloat": 3,
-               "append": 3, "setrange": 4, "rename": 3, "renamenx": 3, "copy": -3, "msetnx": -3}
-# Commands that need per-key expiry.
-EXPIRY = {"setex": 4, "psetex": 4, "getex": -2, "expire": -3, "pexpire": -3, "expireat": -3, "pexpireat": -3,
-          "ttl": 2, "pttl": 2, "persist": 2, "expiretime": 2, "pexpiretime": 2}
-_READS = {"ttl", "pttl", "expiretime", "pexpiretime"}
-for _family, _why in ((CONDITIONAL, CONDITIONAL_WHY), (EXPIRY, EXPIRY_WHY)):
-    for _name, _arity in _family.items():
-        command(_name, _arity, "read" if _name in _READS else "readwrite", ("write",), (1, 1, 1))(
-            _unsupported(_why))
-
-
 def may(role: str | None, needed: str | None) -> bool:
     """Whether a connection logged in with ``role`` may run a command that needs ``needed``."""
     return needed is None or (role is not None and _RANK[role] >= _RANK[needed])
@@ -701,3 +657,8 @@ def process_info() -> dict:
     times = os.times()
     figures["cpu_user"], figures["cpu_sys"] = times.user, times.system
     return figures
+
+
+# The commands that write conditionally or handle expiry register themselves in TABLE (after everything above,
+# which they use).
+from dynafast.resp import modify  # noqa: E402

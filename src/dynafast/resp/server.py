@@ -44,6 +44,7 @@ class RespApp:
         self.config = node.config
         self.node_id = node.node_id
         self.requests = node.requests
+        self.conditional = node.conditional  # its Paxos rounds: the commands Redis makes atomic (resp/atomic.py)
         self.users = node.users
         self.access = node.access
         self.store = node.store
