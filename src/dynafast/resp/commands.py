@@ -191,7 +191,7 @@ def _value(reply):
     fields = reply[1]
     if fields is None:
         return None
-    if type(fields) is list:  # forwarded: the owner's GET_REPLY fields, without write timestamps
+    if isinstance(fields, (list, tuple)):  # forwarded: the owner's GET_REPLY fields, without write timestamps
         # No timestamps travel with a forwarded reply: the greatest value stands in (see docs/resp.md).
         return max(fields[0]) if fields[0] else None
     return _newest(fields)
@@ -202,7 +202,7 @@ def _object(reply):
     fields = reply[1]
     if fields is None:
         return None, b""
-    if type(fields) is list:
+    if isinstance(fields, (list, tuple)):
         return _value(reply), fields[1]
     return _newest(fields), fields.context()
 
@@ -590,7 +590,7 @@ def cmd_df_get(app, conn, args):
         fields = reply[1]
         if fields is None:
             return [b"", []]
-        if type(fields) is list:
+        if isinstance(fields, (list, tuple)):
             return [fields[1], list(fields[0])]
         values, _ = expiry.visible(fields.live_values(), int(time.time() * 1000))
         return [fields.context(), values]
