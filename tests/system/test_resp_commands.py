@@ -168,6 +168,22 @@ def test_keys_a_node_holds_no_replica_of_are_read_through_another(cluster):
     assert [int(conns[0].get(f"fw:n{i}")) for i in range(12)] == [3] * 12
 
 
+def test_every_node_answers_the_newest_sibling_also_when_it_forwards_the_read(cluster):
+    """Siblings whose newest value is the smaller one bytewise: a node holding no replica of the key asks the
+    owner for the newest value, so it answers what the replicas answer (not some other choice of its own)."""
+    conns = [connect(node) for node in cluster.nodes]
+    keys = [f"sib:{i}" for i in range(6)]  # with N=2 of 3 nodes, some node forwards the reads of each
+    for key in keys:
+        assert conns[0].execute_command("DF.PUT", key, "zz-older") == b"OK"  # no context: concurrent writes
+    time.sleep(1.1)  # write timestamps are whole seconds
+    for key in keys:
+        assert conns[0].execute_command("DF.PUT", key, "aa-newer") == b"OK"
+    for key in keys:
+        for r in conns:
+            assert r.get(key) == b"aa-newer"
+            assert sorted(r.execute_command("DF.GET", key)[1]) == [b"aa-newer", b"zz-older"]
+
+
 def test_errors_answer_as_redis_does(cluster):
     r = connect(cluster.nodes[1])
     assert r.set("err:s", "text") and r.set("err:n", "5")

@@ -136,18 +136,19 @@ class RequestCoordinator:
     # Handlers receive the message's record (``dynafast.net.messages``): field types are checked already; the
     # ranges that depend on this node's configuration are checked here.
     def client_get(self, get):
-        key, r, timeout_ms = get
+        key, r, timeout_ms, newest = get
         config = self.config
         _check_sizes(config, key)
         r = _quorum(r, config.r, "r", config.n) or 1
         timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
-        return self._get(key, r, timeout, (_GET, get))
+        return self._get(key, r, timeout, (_GET, get), self._newest_answer if newest else None)
 
     def read_object(self, get):
         """``client_get`` for front ends that resolve siblings their own way (RESP picks the newest): the reply's
         fields are the merged object itself (a Siblings, None when not found) when this node coordinates; a key
-        it holds no replica of is forwarded, and the reply is the other node's GET_REPLY fields."""
-        key, r, timeout_ms = get
+        it holds no replica of is forwarded, and the reply is the other node's GET_REPLY fields (only the newest
+        value when ``get.newest``)."""
+        key, r, timeout_ms, _ = get
         config = self.config
         _check_sizes(config, key)
         r = _quorum(r, config.r, "r", config.n) or 1
@@ -448,12 +449,26 @@ class RequestCoordinator:
         self._send_gets(state, machine.start())
         return state.arm(self.deadlines, timeout)
 
-    def _get_answer(self, machine):
+    def _newest_answer(self, machine):
+        """GET_REPLY fields with the newest live value only (last write wins; the context covers every sibling)
+        and its exact expiry, if it has one."""
+        result = machine.result
+        if result is None:
+            return self._get_answer(machine)
+        live = (result if len(result) == 1 else result.lww()).live_values()
+        answer = self._get_answer(machine, live)
+        at = expiry.expires_at(live[0]) if live and answer[0] else None
+        if at is None:
+            return answer
+        return answer[:3] + (answer[3] if len(answer) > 3 else None, [at])
+
+    def _get_answer(self, machine, live=None):
         result = machine.result
         version = self.membership.state.ring.version  # lets a client see that its ring is stale
         if result is None:
             return ([], b"", version)
-        live = result.live_values()
+        if live is None:
+            live = result.live_values()
         for value in live:
             if value.startswith(_MARK):
                 # Envelopes: expired values read as deleted, the others are unwrapped.

@@ -171,6 +171,7 @@ class Get(NamedTuple):
     key: bytes
     r: int | None = None
     timeout_ms: int | None = None
+    newest: bool | None = None  # answer only the newest sibling (the RESP front end's rule), with the full context
 
 
 class GetReply(NamedTuple):
@@ -178,6 +179,7 @@ class GetReply(NamedTuple):
     context: bytes
     ring_version: int | None = None
     ttls_ms: list[int] | None = None  # per value: ms left before it expires, -1 for never; absent: none expires
+    expires_at_ms: list[int] | None = None  # a ``newest`` read's value: its expiry (ms since the epoch), exactly
 
 
 class Put(NamedTuple):

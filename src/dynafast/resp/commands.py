@@ -191,9 +191,8 @@ def _value(reply):
     fields = reply[1]
     if fields is None:
         return None
-    if isinstance(fields, (list, tuple)):  # forwarded: the owner's GET_REPLY fields, without write timestamps
-        # No timestamps travel with a forwarded reply: the greatest value stands in (see docs/resp.md).
-        return max(fields[0]) if fields[0] else None
+    if isinstance(fields, (list, tuple)):  # forwarded: the owner's GET_REPLY fields, the newest value only
+        return fields[0][0] if fields[0] else None
     return _newest(fields)
 
 
@@ -207,10 +206,11 @@ def _object(reply):
     return _newest(fields), fields.context()
 
 
-def read_object(app, conn, key):
+def read_object(app, conn, key, newest=True):
     """The coordinator's read of ``key``: a reply, or a future or coroutine of one. On a node that is the key's
-    one replica (N=1) the local copy, without a quorum machine."""
-    return app.requests.read_local(key) or app.requests.read_object(Get(key, conn.r, None))
+    one replica (N=1) the local copy, without a quorum machine. A read this node forwards (it holds no replica)
+    asks the owner for the ``newest`` value only, so that the rule RESP reads by is the owner's too."""
+    return app.requests.read_local(key) or app.requests.read_object(Get(key, conn.r, None, newest))
 
 
 def read(app, conn, key):
@@ -223,7 +223,7 @@ def read_value(app, conn, key):
     reply = app.requests.read_local(key)
     if reply is not None:
         return _value(reply)
-    return then(app.requests.read_object(Get(key, conn.r, None)), _value)
+    return then(app.requests.read_object(Get(key, conn.r, None, True)), _value)
 
 
 def _ok(reply):
@@ -594,7 +594,7 @@ def cmd_df_get(app, conn, args):
             return [fields[1], list(fields[0])]
         values, _ = expiry.visible(fields.live_values(), int(time.time() * 1000))
         return [fields.context(), values]
-    return then(read_object(app, conn, args[1]), answer)
+    return then(read_object(app, conn, args[1], newest=False), answer)
 
 
 @command("df.put", -3, "readwrite", ("write", "denyoom"), (1, 1, 1), "Write a value with a context")

@@ -18,7 +18,6 @@ import re
 import time
 from decimal import Decimal, localcontext
 
-from dynafast.cluster import expiry
 from dynafast.cluster.paxos import same_state
 from dynafast.net.messages import Put
 from dynafast.resp import atomic
@@ -360,14 +359,11 @@ def newest_with_expiry(reply) -> tuple[bytes | None, int | None]:
     """(newest value, its expiry in ms since the epoch) of a ``read_object`` reply, as RESP reads choose it."""
     fields = reply[1]
     now_ms = _now_ms()
-    if isinstance(fields, (list, tuple)):  # forwarded: another node's GET_REPLY, with ms left, not expiries
+    if isinstance(fields, (list, tuple)):  # forwarded: the owner's GET_REPLY, newest value and its expiry
         values = fields[0]
         if not values:
             return None, None
-        i = max(range(len(values)), key=values.__getitem__)  # the greatest value stands in (docs/resp.md)
-        ttls = fields[3] if len(fields) > 3 else None
-        left = None if not ttls or ttls[i] == expiry.NO_EXPIRY else ttls[i]
-        return values[i], None if left is None else now_ms + left
+        return values[0], fields[4][0] if len(fields) > 4 and fields[4] else None
     return atomic.newest(fields, now_ms)
 
 
