@@ -181,7 +181,7 @@ class _Latency:
     out once per ``_SAMPLES`` replies: per request this is one append (threads of a blocking Client may race
     here; a lost sample changes nothing)."""
 
-    __slots__ = ("samples", "budget", "floor", "cap", "last_reply")
+    __slots__ = ("samples", "budget", "floor", "cap", "last_reply", "asked")
 
     def __init__(self, floor: float, cap: float):
         self.samples: list[float] = []
@@ -189,6 +189,20 @@ class _Latency:
         self.floor = floor
         self.cap = cap
         self.last_reply = float("-inf")  # time.monotonic() of the node's latest reply
+        self.asked = float("-inf")  # when the oldest try that got no reply since last_reply went out
+
+    def hung(self, started: float, now: float) -> bool:
+        """A try sent at ``started`` got no reply within its budget: whether the node is hung, not merely slow.
+
+        Hung: asked, and silent to every request, for at least ``cap`` seconds (as long as any try waits). A
+        shorter silence is a slow moment, which a busy node has: with one request in flight at a time (a
+        single-threaded caller) no other reply can show the node alive meanwhile, and setting it aside after a
+        stall just over its budget (50 ms at the floor) starved it of its keys' requests for seconds."""
+        if self.last_reply >= started:
+            return False  # it answered another request meanwhile
+        if self.asked <= self.last_reply or started < self.asked:
+            self.asked = started
+        return now - self.asked >= self.cap
 
     def add(self, seconds: float, now: float) -> None:
         self.last_reply = now
@@ -576,11 +590,12 @@ class Client(_ClientOptions):
         last = None
         sources = self._routing.ring_sources()
         for index, address in enumerate(sources):
+            started = time.monotonic()
             try:
                 self._routing.adopt(*self._call(address, Msg.RING_GET, (), self._ring_wait(sources, index)))
                 return
             except (Unavailable, ProtocolError, Timeout) as exc:
-                if isinstance(exc, Timeout):
+                if isinstance(exc, Timeout) and self._tracker(address).hung(started, time.monotonic()):
                     self._routing.failed(address, timed_out=True)
                 last = exc
         raise _no_answer(last)
@@ -626,9 +641,9 @@ class Client(_ClientOptions):
             except Timeout:
                 if once:
                     raise  # its outcome is unknown (the error says so): not to be run again elsewhere
-                if tracker.last_reply < started:
-                    # Nothing from it since this try went out, to any request: hung, not merely slow (a slow
-                    # node answers other requests meanwhile, and is only left for this one).
+                if tracker.hung(started, time.monotonic()):
+                    # Silent to every request for a while: set aside (a node only slow is left for this
+                    # request alone).
                     self._routing.failed(address, timed_out=True)
                 missed = (missed or []) + [(address, wait)]
                 if wait < left:
@@ -858,11 +873,12 @@ class AsyncClient(_ClientOptions):
         last = None
         sources = self._routing.ring_sources()
         for index, address in enumerate(sources):
+            started = time.monotonic()
             try:
                 self._routing.adopt(*await self._call(address, Msg.RING_GET, (), self._ring_wait(sources, index)))
                 return
             except (Unavailable, ProtocolError, Timeout) as exc:
-                if isinstance(exc, Timeout):
+                if isinstance(exc, Timeout) and self._tracker(address).hung(started, time.monotonic()):
                     self._routing.failed(address, timed_out=True)
                 last = exc
         raise _no_answer(last)
@@ -911,10 +927,8 @@ class AsyncClient(_ClientOptions):
             except Timeout:
                 if once:
                     raise  # see Client._request
-                if tracker.last_reply < started:
-                    # Nothing from it since this try went out, to any request: hung, not merely slow (a slow
-                    # node answers other requests meanwhile, and is only left for this one).
-                    self._routing.failed(address, timed_out=True)
+                if tracker.hung(started, time.monotonic()):
+                    self._routing.failed(address, timed_out=True)  # see Client._request
                 missed = (missed or []) + [(address, wait)]
                 if wait < left:
                     continue  # see Client._request
