@@ -5,8 +5,8 @@ Both are partition-aware: they fetch the ring from a node, send each request str
 unreachable, and refresh the ring when a node fails or the ring is older than ``ring_refresh`` seconds.
 
 A node that does not answer within a per-try budget learnt from its recent replies (speculative retry, see
-``_Latency``) is left for the next replica, and avoided for a while; so are the nodes the cluster reports
-down with the ring. The caller's ``timeout`` bounds the whole request, every try included (docs/operations.md,
+``_Latency``) is left for the next replica; one silent for longer (hung, ``_Latency.hung``) is avoided for a
+while, and so are the nodes the cluster reports down with the ring. The caller's ``timeout`` bounds the whole request, every try included (docs/operations.md,
 "Slow and hung nodes").
 
 A node's reply is input like any other: every part of it a client uses is checked before use (``_decode``), and
@@ -395,7 +395,8 @@ class _ClientOptions:
     ``tls``: an SSLContext (``dynafast.security.tls.client_context(ca)``) to reach TLS nodes with; each node's
     certificate must verify and name the host of its address.
     ``speculative_floor``, ``speculative_cap``: the bounds, in seconds, of the per-try budget (twice the p99
-    of the node's recent replies) after which a request moves on to the next replica. ``retry_writes``: whether
+    of the node's recent replies) after which a request moves on to the next replica; a node silent for
+    ``speculative_cap`` counts as hung and is tried last for a while. ``retry_writes``: whether
     puts and deletes move on too after a try's budget (True), or wait for the first node until ``timeout``
     (False); either way a conditional write or lock request never does, and every request moves on after a
     connection failure or a refusal (docs/operations.md, "Slow and hung nodes").
