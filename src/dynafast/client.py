@@ -6,8 +6,8 @@ unreachable, and refresh the ring when a node fails or the ring is older than ``
 
 A node that does not answer within a per-try budget learnt from its recent replies (speculative retry, see
 ``_Latency``) is left for the next replica; one silent for longer (hung, ``_Latency.hung``) is avoided for a
-while, and so are the nodes the cluster reports down with the ring. The caller's ``timeout`` bounds the whole request, every try included (docs/operations.md,
-"Slow and hung nodes").
+while, and so are the nodes the cluster reports down with the ring. The caller's ``timeout`` bounds the whole
+request, every try included (docs/operations.md, "Slow and hung nodes").
 
 A node's reply is input like any other: every part of it a client uses is checked before use (``_decode``), and
 whatever is wrong with it is a ProtocolError naming the node, never an IndexError or a TypeError. The
