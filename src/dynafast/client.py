@@ -5,9 +5,9 @@ Both are partition-aware: they fetch the ring from a node, send each request str
 unreachable, and refresh the ring when a node fails or the ring is older than ``ring_refresh`` seconds.
 
 A node that does not answer within a per-try budget learnt from its recent replies (speculative retry, see
-``_Latency``) is left for the next replica, and avoided for a while; so are the nodes the cluster reports
-down with the ring. The caller's ``timeout`` bounds the whole request, every try included (docs/operations.md,
-"Slow and hung nodes").
+``_Latency``) is left for the next replica; one silent for longer (hung, ``_Latency.hung``) is avoided for a
+while, and so are the nodes the cluster reports down with the ring. The caller's ``timeout`` bounds the whole
+request, every try included (docs/operations.md, "Slow and hung nodes").
 
 A node's reply is input like any other: every part of it a client uses is checked before use (``_decode``), and
 whatever is wrong with it is a ProtocolError naming the node, never an IndexError or a TypeError. The
@@ -181,7 +181,7 @@ class _Latency:
     out once per ``_SAMPLES`` replies: per request this is one append (threads of a blocking Client may race
     here; a lost sample changes nothing)."""
 
-    __slots__ = ("samples", "budget", "floor", "cap", "last_reply")
+    __slots__ = ("samples", "budget", "floor", "cap", "last_reply", "asked")
 
     def __init__(self, floor: float, cap: float):
         self.samples: list[float] = []
@@ -189,6 +189,20 @@ class _Latency:
         self.floor = floor
         self.cap = cap
         self.last_reply = float("-inf")  # time.monotonic() of the node's latest reply
+        self.asked = float("-inf")  # when the oldest try that got no reply since last_reply went out
+
+    def hung(self, started: float, now: float) -> bool:
+        """A try sent at ``started`` got no reply within its budget: whether the node is hung, not merely slow.
+
+        Hung: asked, and silent to every request, for at least ``cap`` seconds (as long as any try waits). A
+        shorter silence is a slow moment, which a busy node has: with one request in flight at a time (a
+        single-threaded caller) no other reply can show the node alive meanwhile, and setting it aside after a
+        stall just over its budget (50 ms at the floor) starved it of its keys' requests for seconds."""
+        if self.last_reply >= started:
+            return False  # it answered another request meanwhile
+        if self.asked <= self.last_reply or started < self.asked:
+            self.asked = started
+        return now - self.asked >= self.cap
 
     def add(self, seconds: float, now: float) -> None:
         self.last_reply = now
@@ -381,7 +395,8 @@ class _ClientOptions:
     ``tls``: an SSLContext (``dynafast.security.tls.client_context(ca)``) to reach TLS nodes with; each node's
     certificate must verify and name the host of its address.
     ``speculative_floor``, ``speculative_cap``: the bounds, in seconds, of the per-try budget (twice the p99
-    of the node's recent replies) after which a request moves on to the next replica. ``retry_writes``: whether
+    of the node's recent replies) after which a request moves on to the next replica; a node silent for
+    ``speculative_cap`` counts as hung and is tried last for a while. ``retry_writes``: whether
     puts and deletes move on too after a try's budget (True), or wait for the first node until ``timeout``
     (False); either way a conditional write or lock request never does, and every request moves on after a
     connection failure or a refusal (docs/operations.md, "Slow and hung nodes").
@@ -576,11 +591,12 @@ class Client(_ClientOptions):
         last = None
         sources = self._routing.ring_sources()
         for index, address in enumerate(sources):
+            started = time.monotonic()
             try:
                 self._routing.adopt(*self._call(address, Msg.RING_GET, (), self._ring_wait(sources, index)))
                 return
             except (Unavailable, ProtocolError, Timeout) as exc:
-                if isinstance(exc, Timeout):
+                if isinstance(exc, Timeout) and self._tracker(address).hung(started, time.monotonic()):
                     self._routing.failed(address, timed_out=True)
                 last = exc
         raise _no_answer(last)
@@ -626,9 +642,9 @@ class Client(_ClientOptions):
             except Timeout:
                 if once:
                     raise  # its outcome is unknown (the error says so): not to be run again elsewhere
-                if tracker.last_reply < started:
-                    # Nothing from it since this try went out, to any request: hung, not merely slow (a slow
-                    # node answers other requests meanwhile, and is only left for this one).
+                if tracker.hung(started, time.monotonic()):
+                    # Silent to every request for a while: set aside (a node only slow is left for this
+                    # request alone).
                     self._routing.failed(address, timed_out=True)
                 missed = (missed or []) + [(address, wait)]
                 if wait < left:
@@ -858,11 +874,12 @@ class AsyncClient(_ClientOptions):
         last = None
         sources = self._routing.ring_sources()
         for index, address in enumerate(sources):
+            started = time.monotonic()
             try:
                 self._routing.adopt(*await self._call(address, Msg.RING_GET, (), self._ring_wait(sources, index)))
                 return
             except (Unavailable, ProtocolError, Timeout) as exc:
-                if isinstance(exc, Timeout):
+                if isinstance(exc, Timeout) and self._tracker(address).hung(started, time.monotonic()):
                     self._routing.failed(address, timed_out=True)
                 last = exc
         raise _no_answer(last)
@@ -911,10 +928,8 @@ class AsyncClient(_ClientOptions):
             except Timeout:
                 if once:
                     raise  # see Client._request
-                if tracker.last_reply < started:
-                    # Nothing from it since this try went out, to any request: hung, not merely slow (a slow
-                    # node answers other requests meanwhile, and is only left for this one).
-                    self._routing.failed(address, timed_out=True)
+                if tracker.hung(started, time.monotonic()):
+                    self._routing.failed(address, timed_out=True)  # see Client._request
                 missed = (missed or []) + [(address, wait)]
                 if wait < left:
                     continue  # see Client._request

@@ -105,3 +105,47 @@ def test_a_timeout_names_the_node_and_the_timeout_given(tmp_path):
             assert hung.address in got.stderr and "2" in got.stderr, got.stderr
         finally:
             hung.resume()
+
+
+def coordinated(client, cluster) -> dict:
+    """Client requests each node has coordinated so far."""
+    return {node.node_id: sum(op["count"] for op in client.status(node.address)["requests"].values())
+            for node in cluster.nodes}
+
+
+def test_a_node_that_stalls_for_a_moment_keeps_its_share_of_requests(tmp_path):
+    """A node that stops for a fraction of a second (a busy spell: here SIGSTOP, then SIGCONT) is slow, not hung:
+    a single-threaded client goes on sending it the requests for the keys it is the first replica of.
+
+    Before, a try with no reply within its budget (50 ms at the floor) set the node aside for 2 s, then twice as
+    long after each further timeout within a minute, up to 30 s: a single-threaded client has no other request
+    in flight that could show the node alive, so each busy spell counted as a hang. That is how the first node
+    stopped coordinating after a join under load (its busy spells while it handed partitions over)."""
+    with LocalCluster(3, base_dir=tmp_path / "c", partitions=64) as c:
+        with Client(c.addresses, timeout=5.0) as client:
+            wait_members(client, 3)
+            keys = [b"share-%d" % i for i in range(200)]
+            # More than 128 replies from each node, so that each try's budget comes down from the cap (1 s)
+            # to its recent replies' (a stall is then longer than a try, and shorter than the cap).
+            for _ in range(3):
+                for key in keys:
+                    client.put(key, b"v")
+            ring = client._routing.ring
+            first = {}
+            for key in keys:
+                first.setdefault(ring.replicas(ring.partition_of(key), 3)[0], []).append(key)
+            assert sorted(first) == ["n1", "n2", "n3"] and all(len(group) >= 20 for group in first.values())
+            stalled = c.node("n1")
+            stalled.pause()
+            try:
+                assert client.get(first["n1"][0]).value == b"v"  # n1's try runs out, the next replica answers
+            finally:
+                stalled.resume()
+            before = coordinated(client, c)
+            for node in ("n1", "n2", "n3"):
+                for key in first[node][:20]:
+                    assert client.get(key).value == b"v"
+            after = coordinated(client, c)
+            share = {node: after[node] - before[node] for node in after}
+            # 20 each when every request goes to its key's first replica; n1 got none while set aside.
+            assert all(count >= 10 for count in share.values()), share

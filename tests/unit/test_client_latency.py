@@ -1,0 +1,37 @@
+"""When a client counts a node as hung (set aside for seconds) rather than slow (left for one request only)."""
+from dynafast.client import _Latency
+
+
+def test_a_node_that_answers_another_request_meanwhile_is_slow():
+    latency = _Latency(0.05, 1.0)
+    latency.add(0.01, 10.2)  # a reply to another request after this try went out at 10.0
+    assert not latency.hung(10.0, 12.0)
+
+
+def test_a_silence_shorter_than_the_cap_is_a_slow_moment():
+    latency = _Latency(0.05, 1.0)
+    latency.add(0.01, 9.99)
+    assert not latency.hung(10.0, 10.06)  # one try's budget of 50 ms ran out
+    assert not latency.hung(10.1, 10.9)  # the next request's too: silent for 0.9 s since the first
+
+
+def test_a_node_silent_for_the_cap_over_several_tries_is_hung():
+    latency = _Latency(0.05, 1.0)
+    latency.add(0.01, 9.99)
+    assert not latency.hung(10.0, 10.06)
+    assert not latency.hung(10.5, 10.56)
+    assert latency.hung(10.95, 11.01)  # asked since 10.0, nothing since 9.99
+
+
+def test_a_reply_ends_the_silence():
+    latency = _Latency(0.05, 1.0)
+    latency.add(0.01, 9.99)
+    assert not latency.hung(10.0, 10.06)
+    latency.add(0.2, 10.2)
+    assert not latency.hung(10.9, 10.96)  # silent since 10.9 only, not since 10.0
+    assert latency.hung(11.0, 12.0)
+
+
+def test_a_node_that_never_answered_is_hung_after_one_try_of_the_cap():
+    latency = _Latency(0.05, 1.0)
+    assert latency.hung(10.0, 11.0)
