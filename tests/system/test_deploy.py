@@ -476,7 +476,9 @@ def test_three_nodes_in_network_namespaces_survive_a_cut_link(tmp_path):
                 f"n{i}", tmp_path / f"n{i}", host="0.0.0.0", port=7101, log_dir=tmp_path, ready_timeout=40,
                 command=("ip", "netns", "exec", ns, sys.executable, "-m", "dynafast.cli"),
                 args=["--partitions", "16"],
-                env={"DYNAFAST_ADVERTISE": advertised[i - 1], "DYNAFAST_SEEDS": ",".join(advertised),
+                # configured through the environment, as the image is (NodeProcess turns that off by default)
+                env={"DYNAFAST_FLAGS_FROM_ENV": "1",
+                     "DYNAFAST_ADVERTISE": advertised[i - 1], "DYNAFAST_SEEDS": ",".join(advertised),
                      "DYNAFAST_HTTP": "0.0.0.0:8101", "DYNAFAST_SECRET_FILE": str(secret),
                      "PYTHONPATH": os.pathsep.join(sys.path)}))
         nodes[1].start(wait=False)

@@ -7,7 +7,7 @@ answered at once (a local read, N=1), or a future of it: no coroutine per reques
 Semantics on a Dynamo store (docs/resp.md): a RESP read answers one value, the newest of the siblings it finds by
 the coordinators' write timestamps (last write wins); SET writes with the context of its own read, so it
 supersedes every version that read saw. Commands that need a conditional write (NX, XX, GETSET, INCR, ...) or
-expiry (EX, EXPIRE, TTL, ...) are in ``modify``.
+expiry (EX, EXPIRE, TTL, ...), SET among them, are in ``modify``, which adds them to TABLE.
 """
 from __future__ import annotations
 
@@ -431,13 +431,6 @@ def cmd_get(app, conn, args):
     return read_value(app, conn, args[1])
 
 
-@command("set", -3, "readwrite", ("write", "denyoom"), (1, 1, 1), "Set the string value of a key")
-def cmd_set(app, conn, args):
-    if len(args) > 3:
-        return modify.set_with_options(app, conn, args)  # NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL
-    return set_value(app, conn, args[1], args[2])
-
-
 @command("mget", -2, "read", ("readonly", "fast"), (1, -1, 1), "Get the values of all the given keys")
 def cmd_mget(app, conn, args):
     return gather([_attempt(read_value, app, conn, key) for key in args[1:]], list)
@@ -658,7 +651,3 @@ def process_info() -> dict:
     figures["cpu_user"], figures["cpu_sys"] = times.user, times.system
     return figures
 
-
-# The commands that write conditionally or handle expiry register themselves in TABLE (after everything above,
-# which they use).
-from dynafast.resp import modify  # noqa: E402

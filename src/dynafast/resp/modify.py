@@ -23,7 +23,7 @@ from dynafast.net.messages import Put
 from dynafast.resp import atomic
 from dynafast.resp.atomic import TOMBSTONE
 from dynafast.resp.commands import (NOT_INTEGER, OK, SYNTAX, arity_error, command, read, read_object, read_value,
-                                    then)
+                                    set_value, then)
 from dynafast.resp.protocol import RespError
 
 NOT_FLOAT = RespError("ERR value is not a valid float")
@@ -149,6 +149,13 @@ def _write_or_drop(value: bytes, at: int | None, now_ms: int, exists: bool):
 
 
 # -- SET with options, SETNX, GETSET, SETEX, PSETEX -----------------------------------------------------------
+@command("set", -3, "readwrite", ("write", "denyoom"), (1, 1, 1), "Set the string value of a key")
+def cmd_set(app, conn, args):
+    if len(args) > 3:
+        return set_with_options(app, conn, args)  # NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL
+    return set_value(app, conn, args[1], args[2])
+
+
 def set_with_options(app, conn, args):
     """SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]."""
     key, value = args[1], args[2]

@@ -23,7 +23,7 @@ import dynafast
 from dynafast.address import format_address, parse_address
 from dynafast.errors import DynafastError
 from dynafast.net.server import close_idle, descriptor_budget
-from dynafast.resp import commands
+from dynafast.resp import commands, modify  # noqa: F401 - modify adds its commands (SET among them) to TABLE
 from dynafast.resp.commands import NOAUTH, TABLE, WRONGPASS, arity_error, coordinator_error, may, unknown_command
 from dynafast.resp.keyspace import Keyspace
 from dynafast.resp.protocol import RespError, RespProtocolError, encode, new_parser

@@ -241,7 +241,9 @@ class NodeProcess:
         env = dict(os.environ)
         # The serving line must reach the log file now, not when a block buffer fills.
         env["PYTHONUNBUFFERED"] = "1"
-        env["DYNAFAST_FLAGS_FROM_ENV"] = "0"  # the flags given here are the node's, whatever the shell exports
+        # The flags given here are the node's, whatever the shell exports (a test that configures a node through
+        # its environment passes DYNAFAST_FLAGS_FROM_ENV=1 with the variables).
+        env["DYNAFAST_FLAGS_FROM_ENV"] = "0"
         env.update(self.env)
         env.update(self._last_env)
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
