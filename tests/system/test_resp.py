@@ -1,6 +1,7 @@
 """Redis clients (redis-py sync and asyncio, RESP2 and RESP3, redis-cli) against a real 3-node cluster's RESP
 listeners: commands, pipelines, errors, logins, and a SCAN that goes on while a node is killed."""
 import asyncio
+import functools
 import shutil
 import socket
 import subprocess
@@ -10,6 +11,8 @@ import time
 import pytest
 import redis
 import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dynafast import Client
 from dynafast.security.users import Users
@@ -244,23 +247,25 @@ def test_logins_and_roles(tmp_path):
     with LocalCluster(1, base_dir=tmp_path / "c", n=1, r=1, w=1, resp=True,
                       extra_args=["--users-file", str(users_file)]) as c:
         node = c.nodes[0]
-        anonymous = connect(node, protocol=2)
+        # redis-py retries a refused login (an AuthenticationError is a ConnectionError to it) with backoff
+        login = functools.partial(connect, retry=Retry(NoBackoff(), 0))
+        anonymous = login(node, protocol=2)
         with pytest.raises(redis.AuthenticationError, match="^Authentication required.$"):
             anonymous.get("k")
         with pytest.raises(redis.AuthenticationError, match="^Authentication required.$"):
             anonymous.ping()
         with pytest.raises(redis.AuthenticationError, match="HELLO must be called with the client already auth"):
-            connect(node, protocol=3).ping()
+            login(node, protocol=3).ping()
         with pytest.raises(redis.AuthenticationError, match="invalid username-password pair"):
-            connect(node, username="root", password="wrong").ping()
+            login(node, username="root", password="wrong").ping()
         # The single-password form logs in as "default", which this users file does not have.
         with pytest.raises(redis.AuthenticationError, match="invalid username-password pair"):
-            connect(node, password="root pw").ping()
-        writer = connect(node, username="writer", password="writer pw")
+            login(node, password="root pw").ping()
+        writer = login(node, username="writer", password="writer pw")
         assert writer.set("k", "v") and writer.get("k") == b"v"
         with pytest.raises(redis.exceptions.NoPermissionError, match="no permissions to run the 'flushall'"):
             writer.flushall()
-        reader = connect(node, username="reader", password="reader pw", protocol=3)
+        reader = login(node, username="reader", password="reader pw", protocol=3)
         assert reader.get("k") == b"v" and reader.exists("k") == 1
         for command in (("SET", "k", "x"), ("DEL", "k"), ("MSET", "k", "x"), ("GETDEL", "k"),
                         ("DF.PUT", "k", "x"), ("SET", "k", "x", "NX"), ("INCR", "n"), ("EXPIRE", "k", "10"),
@@ -269,7 +274,7 @@ def test_logins_and_roles(tmp_path):
                 reader.execute_command(*command)
         assert reader.get("k") == b"v" and reader.ttl("k") == -1 and reader.exists("n", "k2", "k3") == 0
         assert writer.incr("n") == 1 and writer.expire("n", 100) and 95 <= reader.ttl("n") <= 100  # N=1 too
-        root = connect(node, username="root", password="root pw")
+        root = login(node, username="root", password="root pw")
         assert root.flushall() and root.dbsize() == 0
         # HELLO with AUTH logs in and picks the protocol at once (redis-py's protocol=3 login did too, above).
         host, port = node.resp_address.rsplit(":", 1)
