@@ -176,12 +176,15 @@ def _exhausted(last, missed=None, timeout: float = 0.0) -> DynafastError:
 _SAMPLES = 128  # replies per budget update
 
 
+HUNG_TRIES = 3  # tries out of budget, with no reply meanwhile, that show a node hung before ``cap`` has passed
+
+
 class _Latency:
     """Reply times of one node and the per-try budget they give. Samples are collected and the budget worked
     out once per ``_SAMPLES`` replies: per request this is one append (threads of a blocking Client may race
     here; a lost sample changes nothing)."""
 
-    __slots__ = ("samples", "budget", "floor", "cap", "last_reply", "asked")
+    __slots__ = ("samples", "budget", "floor", "cap", "last_reply", "asked", "silent_tries")
 
     def __init__(self, floor: float, cap: float):
         self.samples: list[float] = []
@@ -190,19 +193,26 @@ class _Latency:
         self.cap = cap
         self.last_reply = float("-inf")  # time.monotonic() of the node's latest reply
         self.asked = float("-inf")  # when the oldest try that got no reply since last_reply went out
+        self.silent_tries = 0  # tries that ran out of budget since last_reply
 
     def hung(self, started: float, now: float) -> bool:
         """A try sent at ``started`` got no reply within its budget: whether the node is hung, not merely slow.
 
-        Hung: asked, and silent to every request, for at least ``cap`` seconds (as long as any try waits). A
-        shorter silence is a slow moment, which a busy node has: with one request in flight at a time (a
-        single-threaded caller) no other reply can show the node alive meanwhile, and setting it aside after a
-        stall just over its budget (50 ms at the floor) starved it of its keys' requests for seconds."""
+        Hung: silent to every request while ``HUNG_TRIES`` tries ran out of budget (several requests in flight
+        at once, as a loaded client has: a hung node is set aside within about one budget, so few requests wait
+        on it), or asked and silent for ``cap`` seconds (as long as any try waits). A single try running out is
+        a slow moment, which a busy node has: with one request in flight at a time (a single-threaded caller) no
+        other reply can show the node alive meanwhile, and setting it aside after a stall just over its budget
+        (50 ms at the floor) starved it of its keys' requests for seconds."""
         if self.last_reply >= started:
             return False  # it answered another request meanwhile
-        if self.asked <= self.last_reply or started < self.asked:
+        if self.asked <= self.last_reply:  # the first try to run out since the node last replied
             self.asked = started
-        return now - self.asked >= self.cap
+            self.silent_tries = 0
+        elif started < self.asked:
+            self.asked = started
+        self.silent_tries += 1
+        return self.silent_tries >= HUNG_TRIES or now - self.asked >= self.cap
 
     def add(self, seconds: float, now: float) -> None:
         self.last_reply = now

@@ -15,12 +15,23 @@ def test_a_silence_shorter_than_the_cap_is_a_slow_moment():
     assert not latency.hung(10.1, 10.9)  # the next request's too: silent for 0.9 s since the first
 
 
+def test_several_tries_out_of_budget_with_no_reply_meanwhile_are_a_hung_node():
+    """A loaded client has many requests in flight: when three of them run out of budget and the node answered
+    none of its requests meanwhile, it is set aside at once, not after a whole second of silence."""
+    latency = _Latency(0.05, 1.0)
+    latency.add(0.01, 9.99)
+    assert not latency.hung(10.0, 10.05)
+    assert not latency.hung(10.001, 10.051)
+    assert latency.hung(10.002, 10.052)
+    latency.add(0.01, 10.3)  # it answers again: a new silence counts from zero
+    assert not latency.hung(10.4, 10.45) and not latency.hung(10.41, 10.46)
+
+
 def test_a_node_silent_for_the_cap_over_several_tries_is_hung():
     latency = _Latency(0.05, 1.0)
     latency.add(0.01, 9.99)
     assert not latency.hung(10.0, 10.06)
-    assert not latency.hung(10.5, 10.56)
-    assert latency.hung(10.95, 11.01)  # asked since 10.0, nothing since 9.99
+    assert latency.hung(10.95, 11.01)  # asked since 10.0, nothing since 9.99: a second, over two tries
 
 
 def test_a_reply_ends_the_silence():
