@@ -20,7 +20,9 @@ _NUMBER = re.compile(rb"-?[1-9][0-9]{0,18}|0")
 
 def _number(buf, start: int, stop: int):
     """The integer in ``buf[start:stop]``, or None when Redis would not read one there."""
-    text = bytes(buf[start:stop])
+    text = buf[start:stop]
+    if text.isdigit() and len(text) < 19 and (text[0] != 0x30 or len(text) == 1):  # the usual case, at once
+        return int(text)
     if _NUMBER.fullmatch(text) is None:
         return None
     value = int(text)
