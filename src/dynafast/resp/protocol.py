@@ -13,8 +13,9 @@ hiredis's C reader is not used: it allocates the array an array header announces
 from __future__ import annotations
 
 from dynafast import _impl
-from dynafast.resp.wire import (DEFAULT_MAX_ARGS, INLINE_MAX, OK, PONG, QUEUED, RespError,  # noqa: F401
-                                RespProtocolError, Simple, Verbatim, split_inline)
+from dynafast.resp.wire import DEFAULT_MAX_ARGS, OK, PONG, RespError, RespProtocolError, Simple, Verbatim
+
+__all__ = ["OK", "PONG", "RespError", "RespProtocolError", "Simple", "Verbatim", "encode", "new_parser"]
 
 encode = _impl.resp.encode
 

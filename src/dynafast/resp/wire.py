@@ -44,7 +44,6 @@ class RespError(Exception):
 
 OK = Simple("OK")
 PONG = Simple("PONG")
-QUEUED = Simple("QUEUED")
 
 
 def float_text(value: float) -> bytes:
