@@ -43,6 +43,7 @@ vclock = _choose("vclock")
 merkle = _choose("merkle")
 logstore = _choose("logstore")
 codec = _choose("codec")
+resp = _choose("resp")
 
 
 def _build_of(module: ModuleType) -> str:
@@ -50,5 +51,5 @@ def _build_of(module: ModuleType) -> str:
 
 
 BUILDS = {"ring": _build_of(ring), "vclock": _build_of(vclock), "merkle": _build_of(merkle),
-          "logstore": _build_of(logstore), "codec": _build_of(codec)}
+          "logstore": _build_of(logstore), "codec": _build_of(codec), "resp": _build_of(resp)}
 BUILD = BUILDS["ring"] if len(set(BUILDS.values())) == 1 else "mixed"

@@ -80,6 +80,36 @@ def test_limits_answer_as_redis_does(node, data, answer):
     assert serves(node)
 
 
+def pings(node) -> bool:
+    """A new connection's PING is answered at once (not after a stall of the node's event loop)."""
+    return exchange(node.resp_address, frame([b"PING"]), wait=3.0) == b"+PONG\r\n"
+
+
+def reserved(node) -> int:
+    """The most address space the node process has ever held (VmPeak), in bytes."""
+    with open(f"/proc/{node.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmPeak:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmPeak")
+
+
+@pytest.mark.parametrize("data, answer", [
+    (b"*2147483648\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b"*2147483648\r\n$-2\r\nab", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b"*1\r\n*2147483648\r\n", b"-ERR Protocol error: expected '$', got '*'\r\n"),
+    # Redis reads a request that does not start with '*' as an inline one: this is an unknown command.
+    (b"*1\r\n$4\r\nPING\r\n~2147483648\r\n",
+     b"+PONG\r\n-ERR unknown command '~2147483648', with args beginning with: \r\n"),
+], ids=["huge-array", "huge-array-then-bad-bulk", "huge-nested-array", "huge-set-after-ping"])
+def test_a_huge_count_is_refused_before_anything_is_allocated(node, data, answer):
+    # Each of these once had the node allocate an array of 2**31 entries (16 GiB of address space) and stall
+    # its event loop for seconds when it freed it.
+    assert exchange(node.resp_address, data) == answer
+    assert pings(node)
+    assert reserved(node) < 4 << 30
+
+
 def test_a_request_larger_than_max_frame_is_refused_as_it_arrives(node):
     # Arguments each under the limit, together over max_frame (1 MiB here): refused before it is all held.
     args = [b"MSET"] + [b"x" * 60_000] * 40
