@@ -176,6 +176,7 @@ def _exhausted(last, missed=None, timeout: float = 0.0) -> DynafastError:
 _SAMPLES = 128  # replies per budget update
 
 
+PROBE_WAIT = 1.0  # seconds a failed node's probe has before another request may probe it
 HUNG_TRIES = 3  # tries out of budget, with no reply meanwhile, that show a node hung before ``cap`` has passed
 
 
@@ -304,6 +305,7 @@ class _Routing:
         self.ring_refresh = ring_refresh
         self.fetched_at = 0.0
         self.bad: dict[str, float] = {}  # node -> until when it counts as failed
+        self.probing: set[str] = set()  # failed nodes whose time out ended: one request tries each again
         self.strikes: dict[str, tuple[int, float]] = {}  # address -> (timeouts in a row, when the last was)
         self._order: dict[int, tuple[str, ...]] = {}  # partition -> candidates while no node is bad
         self._order_ring = None  # the ring _order was worked out for
@@ -352,24 +354,47 @@ class _Routing:
         partition = ring.partition_of(key)
         if self.bad:
             now = time.monotonic()
-            # A copy: other threads of a blocking Client may mark nodes bad meanwhile.
-            self.bad = {node: until for node, until in list(self.bad.items()) if until >= now}
-        if not self.bad:
-            # No node failed lately: the order depends only on the ring, the addresses and the down set, so it
-            # is worked out once per partition (per request it cost the client more than the rest of a call).
-            if self._order_ring is not ring:
-                self._order = {}
-                self._order_ring = ring
-            order = self._order.get(partition)
-            if order is None:
-                order = self._order[partition] = self._ordered(primaries(ring, partition, ring.n), 0.0)
-            return order
-        return self._ordered(primaries(self.ring, partition, self.ring.n), time.monotonic())
+            replicas = primaries(ring, partition, ring.n)
+            probe = None
+            bad = {}  # a copy: other threads of a blocking Client may mark nodes bad meanwhile
+            for node, until in list(self.bad.items()):
+                if until >= now:
+                    bad[node] = until
+                elif probe is None and node in replicas:
+                    # Its time out is over: this request tries it first (the probe); the others keep avoiding
+                    # it until it answers (``answered``) or for PROBE_WAIT, so that a node still hung holds up
+                    # one request, not every request for its keys.
+                    probe = node
+                    bad[node] = now + PROBE_WAIT
+                    self.probing.add(node)
+                elif now - until < PROBE_WAIT * 10:
+                    bad[node] = until  # over, and healthy to this request: kept for a request it may probe
+            self.bad = bad
+            if bad:
+                return self._ordered(replicas, now, probe)
+        # No node failed lately: the order depends only on the ring, the addresses and the down set, so it is
+        # worked out once per partition (per request it cost the client more than the rest of a call).
+        if self._order_ring is not ring:
+            self._order = {}
+            self._order_ring = ring
+        order = self._order.get(partition)
+        if order is None:
+            order = self._order[partition] = self._ordered(primaries(ring, partition, ring.n), 0.0)
+        return order
 
-    def _ordered(self, replicas, now: float) -> tuple:
+    def _ordered(self, replicas, now: float, probe: str | None = None) -> tuple:
         nodes = [n for n in list(replicas) + [n for n in self.addresses if n not in replicas] if n in self.addresses]
-        healthy = [n for n in nodes if self._healthy(n, now)]
+        healthy = [n for n in nodes if n != probe and self._healthy(n, now)]
+        if probe is not None:
+            healthy.insert(0, probe)  # a probe is only one if it is tried
         return tuple(self.addresses[n] for n in healthy + [n for n in nodes if n not in healthy])
+
+    def answered(self, address: str) -> None:
+        """``address`` answered a request: a failed node it is counts as healthy again at once."""
+        for node, addr in list(self.addresses.items()):
+            if addr == address and node in self.bad:
+                self.bad.pop(node, None)
+                self.probing.discard(node)
 
     def failed(self, address: str, timed_out: bool = False) -> None:
         """``address`` failed a request: avoid it for 2 s; after a timeout (a hung or paused node, which may
@@ -378,7 +403,9 @@ class _Routing:
         now = time.monotonic()
         for node, addr in self.addresses.items():
             if addr == address:
-                if self.bad.get(node, float("-inf")) >= now:
+                if node in self.probing:
+                    self.probing.discard(node)  # the probe failed: a further strike
+                elif self.bad.get(node, float("-inf")) >= now:
                     return  # known already (requests in flight to a node that fails all fail): one failure
                 pause = 2.0
                 if timed_out:
@@ -672,7 +699,10 @@ class Client(_ClientOptions):
                 continue
             now = time.monotonic()
             tracker.add(now - started, now)
-            self._routing.note_ring_version(reply.ring_version)
+            routing = self._routing
+            if routing.bad:
+                routing.answered(address)
+            routing.note_ring_version(reply.ring_version)
             return reply
         raise _exhausted(last, missed, timeout)
 
@@ -970,7 +1000,10 @@ class AsyncClient(_ClientOptions):
                 continue
             now = time.monotonic()
             tracker.add(now - started, now)
-            self._routing.note_ring_version(reply.ring_version)
+            routing = self._routing
+            if routing.bad:
+                routing.answered(address)
+            routing.note_ring_version(reply.ring_version)
             return reply
         raise _exhausted(last, missed, timeout)
 

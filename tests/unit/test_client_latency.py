@@ -46,3 +46,36 @@ def test_a_reply_ends_the_silence():
 def test_a_node_that_never_answered_is_hung_after_one_try_of_the_cap():
     latency = _Latency(0.05, 1.0)
     assert latency.hung(10.0, 11.0)
+
+
+def _routing():
+    from dynafast import _impl
+    from dynafast.client import _Routing
+
+    routing = _Routing(["127.0.0.1:7101"], ring_refresh=60.0)
+    routing.adopt(_impl.ring.Ring(16, ["n1", "n2", "n3"], n=3),
+                  {"n1": "127.0.0.1:7101", "n2": "127.0.0.1:7102", "n3": "127.0.0.1:7103"})
+    return routing
+
+
+def test_a_failed_node_is_probed_by_one_request_when_its_time_out_ends(monkeypatch):
+    """When a hung node's time out ends, one request tries it first; the others keep going elsewhere until it
+    answers, so a node still hung holds up one request, not every request for its keys."""
+    from dynafast import client
+
+    now = [100.0]
+    monkeypatch.setattr(client.time, "monotonic", lambda: now[0])
+    routing = _routing()
+    routing.failed("127.0.0.1:7103", timed_out=True)
+    assert all(routing.candidates(b"k%d" % i)[-1] == "127.0.0.1:7103" for i in range(20))  # tried last
+    now[0] += 2.5  # the 2 s time out is over
+    assert routing.candidates(b"a")[0] == "127.0.0.1:7103"  # the probe
+    assert all(routing.candidates(b"k%d" % i)[-1] == "127.0.0.1:7103" for i in range(20))  # the others: last
+    routing.failed("127.0.0.1:7103", timed_out=True)  # the probe got nothing either: a longer time out (4 s)
+    now[0] += 3.0
+    assert all(routing.candidates(b"k%d" % i)[-1] == "127.0.0.1:7103" for i in range(20))
+    now[0] += 1.5
+    assert routing.candidates(b"b")[0] == "127.0.0.1:7103"  # probed again
+    routing.answered("127.0.0.1:7103")  # and it answers: healthy to everyone at once
+    assert any(routing.candidates(b"k%d" % i)[0] == "127.0.0.1:7103" for i in range(20))
+    assert not routing.bad
