@@ -1,7 +1,7 @@
 """Wire protocol micro benchmarks: codec compiled vs reference, parsing fields into records, and loopback echo
 throughput.
 
-    pytest -m bench benchmarks/test_bench_codec.py
+    pytest -n 0 -m bench benchmarks/test_bench_codec.py
 """
 import asyncio
 

@@ -1,7 +1,7 @@
 """Merkle tree micro benchmarks, compiled build vs plain-Python reference.
 
-    pytest -m bench benchmarks/test_bench_merkle.py
-    pytest -m bench benchmarks/test_bench_merkle.py -k bytes_exchanged -s   # the bytes table only
+    pytest -n 0 -m bench benchmarks/test_bench_merkle.py
+    pytest -n 0 -m bench benchmarks/test_bench_merkle.py -k bytes_exchanged -s   # the bytes table only
 
 Keys are b"key:%08d" (12 bytes), digests 16 bytes: 28 bytes per pair when every pair is sent.
 """

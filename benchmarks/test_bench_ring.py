@@ -1,6 +1,6 @@
 """Ring lookups, compiled beside the plain-Python reference.
 
-Run: pytest -m bench benchmarks/test_bench_ring.py
+Run: pytest -n 0 -m bench benchmarks/test_bench_ring.py
 Claim movement tables (fresh ring +-1 member, then runs of joins and leaves): python benchmarks/test_bench_ring.py
 """
 import os

@@ -1,6 +1,6 @@
 """Embedded engine micro benchmarks: the hot calls on the compiled engine and on the reference.
 
-    pytest -m bench benchmarks/test_bench_storage.py
+    pytest -n 0 -m bench benchmarks/test_bench_storage.py
 """
 import os
 import random

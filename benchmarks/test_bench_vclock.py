@@ -1,6 +1,6 @@
 """Vector clock and sibling set micro benchmarks, compiled build vs plain-Python reference.
 
-    pytest -m bench benchmarks/test_bench_vclock.py
+    pytest -n 0 -m bench benchmarks/test_bench_vclock.py
 
 Workload: clocks of 10 actors (b"node-NN", 7 bytes), counters in the thousands, second timestamps; sibling
 sets of a 5-node cluster holding 3 concurrent 100-byte siblings, as a key with concurrent writers looks.

@@ -58,7 +58,7 @@ def test_two_hundred_seeds_run_clean():
 
 @pytest.mark.soak
 def test_a_thousand_seeds_with_every_fault_run_clean():
-    """On demand (`pytest -m soak tests/sim`): 2 x 500 seeds of 150 operations with every kind of fault."""
+    """On demand (`pytest -n 0 -m soak tests/sim`): 2 x 500 seeds of 150 operations with every kind of fault."""
     run_seeds_in_two_processes((100_000, 100_500), 500, [], timeout=1800)
 
 

@@ -171,7 +171,7 @@ def test_repair_verbs_check_their_arguments(tmp_path):
 @pytest.mark.soak
 def test_restore_of_100k_keys(tmp_path):
     """35 to 70 s on 2 shared vCPUs, most of it writing and reading back the keys (the restore takes ~5 s):
-    on demand (pytest -m soak); the default suite restores 10,000."""
+    on demand (pytest -n 0 -m soak); the default suite restores 10,000."""
     _restore_many(tmp_path, 100_000)
 
 

@@ -1,6 +1,6 @@
 """Soak: a proxied 4-node cluster under writes and deletes while nodes are killed, restarted, cut off and wiped.
 
-Runs on demand: `pytest -m soak tests/system/test_soak.py` (DYNAFAST_SOAK_SECONDS sets the length, default 120).
+Runs on demand: `pytest -n 0 -m soak tests/system/test_soak.py` (DYNAFAST_SOAK_SECONDS sets the length, default 120).
 At the end every acknowledged write that was not deleted must read back, no acknowledged delete may be undone,
 and the replicas of the written keys must converge. Tombstones are reaped during the run (a short hint window).
 """
