@@ -170,17 +170,22 @@ def test_asyncio_client_resp3_and_resp2(cluster):
     asyncio.run(main())
 
 
-def test_redis_cli(cluster):
+def redis_cli(address):
+    """``run(*args)``: redis-cli's output for one command against ``address`` (the test skips without redis-cli)."""
     cli = shutil.which("redis-cli")
     if cli is None:
         pytest.skip("redis-cli is not installed")
-    host, port = cluster.nodes[0].resp_address.rsplit(":", 1)
+    host, port = address.rsplit(":", 1)
 
     def run(*args):
         done = subprocess.run([cli, "-h", host, "-p", port, *args], capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
+    return run
 
+
+def test_redis_cli(cluster):
+    run = redis_cli(cluster.nodes[0].resp_address)
     assert run("PING") == "PONG"
     assert run("SET", "cli-key", "cli value") == "OK"
     assert run("GET", "cli-key") == "cli value"

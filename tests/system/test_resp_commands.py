@@ -3,8 +3,6 @@ APPEND, SETRANGE, RENAME, RENAMENX, COPY, MSETNX, SETEX, PSETEX, GETEX, the EXPI
 PERSIST), with redis-py (sync and asyncio, RESP2 and RESP3) and redis-cli against a real 3-node cluster: Redis's
 replies and error texts, expiry observed, and atomicity under concurrent clients on different nodes."""
 import asyncio
-import shutil
-import subprocess
 import threading
 import time
 
@@ -15,6 +13,7 @@ import redis.asyncio
 from dynafast import Client
 from dynafast.testing.cluster import LocalCluster
 from test_cluster import wait_for, wait_members
+from test_resp import redis_cli
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -312,16 +311,7 @@ def test_asyncio_clients_resp2_and_resp3(cluster):
 
 
 def test_redis_cli(cluster):
-    cli = shutil.which("redis-cli")
-    if cli is None:
-        pytest.skip("redis-cli is not installed")
-    host, port = cluster.nodes[2].resp_address.rsplit(":", 1)
-
-    def run(*args):
-        done = subprocess.run([cli, "-h", host, "-p", port, *args], capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
+    run = redis_cli(cluster.nodes[2].resp_address)
     assert run("SET", "cli:k", "v", "NX", "EX", "100") == "OK"
     assert run("SET", "cli:k", "v", "NX") == ""  # a null reply prints nothing when not on a terminal
     assert 95 <= int(run("TTL", "cli:k")) <= 100
