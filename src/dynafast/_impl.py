@@ -44,6 +44,7 @@ merkle = _choose("merkle")
 logstore = _choose("logstore")
 codec = _choose("codec")
 resp = _choose("resp")
+lane = _choose("lane")
 
 
 def _build_of(module: ModuleType) -> str:
@@ -51,5 +52,6 @@ def _build_of(module: ModuleType) -> str:
 
 
 BUILDS = {"ring": _build_of(ring), "vclock": _build_of(vclock), "merkle": _build_of(merkle),
-          "logstore": _build_of(logstore), "codec": _build_of(codec), "resp": _build_of(resp)}
+          "logstore": _build_of(logstore), "codec": _build_of(codec), "resp": _build_of(resp),
+          "lane": _build_of(lane)}
 BUILD = BUILDS["ring"] if len(set(BUILDS.values())) == 1 else "mixed"

@@ -249,8 +249,9 @@ def _users(base):
 
 def test_logins_and_roles(tmp_path):
     users_file = _users(tmp_path)
+    # dw 0 and N=1: GET and SET take the node's fast lane, which must keep to the roles as the general path does.
     with LocalCluster(1, base_dir=tmp_path / "c", n=1, r=1, w=1, resp=True,
-                      extra_args=["--users-file", str(users_file)]) as c:
+                      extra_args=["--users-file", str(users_file), "--dw", "0"]) as c:
         node = c.nodes[0]
         # redis-py retries a refused login (an AuthenticationError is a ConnectionError to it) with backoff
         login = functools.partial(connect, retry=Retry(NoBackoff(), 0))

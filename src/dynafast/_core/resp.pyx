@@ -14,6 +14,8 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.string cimport memchr, memcpy, memmove
 
+from dynafast._core.reply cimport _bulk, _grow, _header, _put
+
 from dynafast.resp.wire import (DEFAULT_MAX_ARGS, OK, RespError, RespProtocolError, Simple, Verbatim, error_line,
                                 expected_dollar, float_text, inline_request, protocol_error)
 
@@ -211,60 +213,6 @@ cdef class Parser:
 
 
 # -- replies ----------------------------------------------------------------------------------------------
-cdef inline char *_grow(bytearray out, Py_ssize_t n) except NULL:
-    """Room for ``n`` more bytes at the end of ``out``: where to write them."""
-    cdef Py_ssize_t size = PyByteArray_GET_SIZE(out)
-    PyByteArray_Resize(out, size + n)
-    return PyByteArray_AS_STRING(out) + size
-
-
-cdef inline int _put(bytearray out, const char *data, Py_ssize_t n) except -1:
-    memcpy(_grow(out, n), data, n)
-    return 0
-
-
-cdef inline Py_ssize_t _line(char *p, char kind, long long value) noexcept:
-    """Write ``<kind><value>\\r\\n`` at ``p`` (room for 24 bytes); its length."""
-    cdef char digits[20]
-    cdef Py_ssize_t n = 0, i = 1
-    cdef unsigned long long v = <unsigned long long>value
-    p[0] = kind
-    if value < 0:
-        p[1] = c'-'
-        i = 2
-        v = 0ULL - v
-    while True:
-        digits[n] = <char>(c'0' + v % 10)
-        n += 1
-        v //= 10
-        if v == 0:
-            break
-    while n:
-        n -= 1
-        p[i] = digits[n]
-        i += 1
-    p[i] = CR
-    p[i + 1] = LF
-    return i + 2
-
-
-cdef inline int _header(bytearray out, char kind, long long value) except -1:
-    cdef char line[24]
-    return _put(out, line, _line(line, kind, value))
-
-
-cdef int _bulk(bytearray out, const char *data, Py_ssize_t n) except -1:
-    """A bulk string: its header, its bytes and CRLF in one resize."""
-    cdef char line[24]
-    cdef Py_ssize_t h = _line(line, c'$', n)
-    cdef char *p = _grow(out, h + n + 2)
-    memcpy(p, line, h)
-    memcpy(p + h, data, n)
-    p[h + n] = CR
-    p[h + n + 1] = LF
-    return 0
-
-
 cdef int _simple(bytearray out, char kind, bytes text) except -1:
     cdef Py_ssize_t n = PyBytes_GET_SIZE(text)
     cdef char *p = _grow(out, n + 3)

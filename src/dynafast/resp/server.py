@@ -24,6 +24,7 @@ from dynafast.address import format_address, parse_address
 from dynafast.errors import DynafastError
 from dynafast.net.server import close_idle, descriptor_budget
 from dynafast.resp import commands, modify  # noqa: F401 - modify adds its commands (SET among them) to TABLE
+from dynafast import _impl
 from dynafast.resp.commands import NOAUTH, TABLE, WRONGPASS, arity_error, coordinator_error, may, unknown_command
 from dynafast.resp.keyspace import Keyspace
 from dynafast.resp.protocol import RespError, RespProtocolError, encode, new_parser
@@ -59,6 +60,20 @@ class RespApp:
         self.login_failures = 0
         self.max_bulk = max(node.config.max_value_size, node.config.max_key_size)
         self._verifying = None
+        # GET and SET of the keys this node alone holds, compiled end to end (none: every command takes the
+        # general path below). It writes only with dw 0: a SET waiting for a fsync answers through a future.
+        self.lane = new_lane(node)
+        self.lane_writes = node.config.dw == 0
+
+    def rights(self, conn) -> int:
+        """What the lane may do for ``conn``: READ, and WRITE when its writes are acknowledged at once."""
+        role = conn.role
+        if role is None or self.lane is None:
+            return 0
+        rights = _impl.lane.READ if may(role, "read") else 0
+        if self.lane_writes and conn.w is None and conn.dw is None and may(role, "readwrite"):
+            rights |= _impl.lane.WRITE
+        return rights
 
     def check_value(self, key: bytes, value: bytes) -> None:
         config = self.config
@@ -230,6 +245,15 @@ class RespApp:
         return out
 
 
+def new_lane(node):
+    """The node's fast lane, or None where it cannot run (a compiled lane over the reference store)."""
+    engine = getattr(node.store, "_engine", None)
+    try:
+        return _impl.lane.Lane(node.requests, node.vnodes, engine, node.config) if engine is not None else None
+    except TypeError:
+        return None
+
+
 def _human(size: int) -> str:
     for unit in ("B", "K", "M", "G"):
         if size < 1024:
@@ -376,18 +400,34 @@ class RespConnection(asyncio.Protocol):
 
     def _run(self, requests):
         pending = self._pending
-        execute = self.app.execute
+        app = self.app
+        execute = app.execute
+        lane = app.lane
+        rights = app.rights(self) if lane is not None else 0
         out = self._out
-        for i, args in enumerate(requests):
+        i, count = 0, len(requests)
+        while i < count:
+            if rights and not pending and not self._writing_paused:
+                stop = lane.serve(requests, i, out, rights, self.resp3, HIGH_WATER)
+                if stop > i:
+                    app.commands += stop - i
+                    self.last_command = requests[stop - 1][0]
+                    i = stop
+                    if len(out) >= HIGH_WATER:
+                        self._flush()  # may pause writing: what is left is then held
+                    if i == count:
+                        return
+            args = requests[i]
+            i += 1
             if self._writing_paused or len(pending) >= MAX_PENDING:
-                self._held.extend(requests[i:])
+                self._held.extend(requests[i - 1:])
                 self._pause_reading()
                 return
             spec = TABLE.get(args[0])
             if spec is None:
                 spec = TABLE.get(args[0].lower())
             if pending and self._must_wait(spec, args):
-                self._held.extend(requests[i:])
+                self._held.extend(requests[i - 1:])
                 if len(self._held) > MAX_PENDING:
                     self._pause_reading()
                 return
@@ -414,6 +454,8 @@ class RespConnection(asyncio.Protocol):
                 self._held.clear()
                 self._close()
                 return
+            if lane is not None:
+                rights = app.rights(self)  # AUTH, HELLO, RESET and DF.CONFIG change them
 
     def _answered(self, future):
         if self.closed:

@@ -1,0 +1,238 @@
+# cython: language_level=3
+"""The RESP fast lane: GET, and SET without options, of the keys this node alone holds (N=1), in C from the
+parsed request to the reply bytes. The plain-Python reference is dynafast._ref.lane.
+
+The general path is ``resp.commands`` -> ``RequestCoordinator.read_local`` / ``replace_local`` -> ``Vnodes``; the
+lane takes the same steps for the common case, against the same store, and gives every other case back to it
+(``serve`` stops at the first request it does not answer):
+- a command other than GET and SET key value, or a connection without the right (see ``serve``);
+- a key over max_key_size, a value over max_value_size or one whose first byte is expiry's MARK (its stored form
+  is an envelope);
+- a key this node is not the one replica of, a ring changing shape, a node with damaged records on record;
+- a stored object that does not read (checksum, decoding), holds more than one version, or whose value is an
+  envelope (an expiry to check);
+- a SET whose result has siblings to check against the limits.
+So the lane answers exactly what the general path would, and never an error: errors are the general path's.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp, memcpy
+
+from dynafast._core.logstore cimport LogStore, df_item, df_kd_find
+from dynafast._core.reply cimport _bulk, _put
+from dynafast._core.ring cimport key_token
+from dynafast._core.vclock cimport Siblings, siblings_from_bytes
+
+cdef enum:
+    MARK = 0xF5  # dynafast.cluster.expiry.MARK
+    UNKNOWN = 0
+    LOCAL = 1
+    ELSEWHERE = 2
+    PREFIX = 3  # b"o" + partition:u16be: dynafast.cluster.vnode.object_key
+
+READ = 1  # the connection may read (GET)
+WRITE = 2  # and may write with dw 0 (SET answered once in the store's write buffer)
+
+cdef extern from "Python.h":
+    PyObject* _Py_None "Py_None"
+
+
+cdef inline bint _is(object arg, const char *upper, const char *lower, Py_ssize_t n) noexcept:
+    """Whether ``arg`` (bytes) is the command name ``upper`` in any case."""
+    cdef const char *p
+    cdef Py_ssize_t i
+    if type(arg) is not bytes or PyBytes_GET_SIZE(arg) != n:
+        return False
+    p = PyBytes_AS_STRING(arg)
+    for i in range(n):
+        if p[i] != upper[i] and p[i] != lower[i]:
+            return False
+    return True
+
+
+cdef class Lane:
+    """The lane of one node's RESP listener."""
+
+    cdef object requests  # cluster.requests.RequestCoordinator: routes, the stamping rule, the node's clock
+    cdef object vnodes
+    cdef object membership
+    cdef object actors
+    cdef LogStore engine
+    cdef bint one_replica  # N=1: else the lane never answers
+    cdef Py_ssize_t max_key
+    cdef Py_ssize_t max_value
+    cdef Py_ssize_t sibling_check
+    cdef object ring  # the ring and down set `_where` was filled for (replaced, never mutated: identity tells)
+    cdef object down
+    cdef bytearray _where  # per partition: UNKNOWN, LOCAL or ELSEWHERE
+    cdef int shift
+    cdef bytes base  # the node's own actor
+
+    def __init__(self, requests, vnodes, engine, config):
+        if not isinstance(engine, LogStore):
+            raise TypeError("the lane needs the compiled store")
+        self.requests = requests
+        self.vnodes = vnodes
+        self.membership = requests.membership
+        self.actors = requests.actors
+        self.engine = engine
+        self.one_replica = config.n == 1
+        self.max_key = config.max_key_size
+        self.max_value = config.max_value_size
+        self.sibling_check = requests.sibling_check
+        self.base = requests.actor
+        self.ring = None
+
+    cdef bint _open(self) except -1:
+        """Whether the lane may answer now; refreshes the partition table when the ring or the down set changed."""
+        if not self.one_replica or self.engine.closed:
+            return False
+        state = self.membership.state
+        if state is None or state.next_ring is not None:
+            return False
+        ring = state.ring
+        down = self.membership.down()
+        if ring is not self.ring or down is not self.down:
+            self.ring = ring
+            self.down = down
+            self._where = bytearray(ring.partitions)
+            self.shift = 64 - (ring.partitions.bit_length() - 1)
+        return True
+
+    cdef bint _local(self, Py_ssize_t partition, bytes key) except -1:
+        cdef unsigned char where = self._where[partition]
+        if where == UNKNOWN:
+            where = LOCAL if self.requests._local_partition(key) is not None else ELSEWHERE
+            self._where[partition] = where
+        return where == LOCAL
+
+    def serve(self, list requests, Py_ssize_t start, bytearray out, int rights, bint resp3, Py_ssize_t limit):
+        """Answer ``requests[start:]`` into ``out`` while the lane can; where it stopped (the first request it
+        leaves to the general path, or ``len(requests)``). ``rights``: READ and WRITE bits of the connection.
+        It also stops once ``out`` holds ``limit`` bytes, for the caller to send them."""
+        cdef Py_ssize_t i = start, count = PyList_GET_SIZE(requests)
+        cdef list args
+        cdef object name
+        cdef bint damaged
+        cdef object now = None
+        if not rights or not self._open():
+            return start
+        damaged = bool(self.vnodes.damaged)
+        while i < count and PyByteArray_GET_SIZE(out) < limit:
+            args = <list>PyList_GET_ITEM(requests, i)
+            name = <object>PyList_GET_ITEM(args, 0)
+            if PyList_GET_SIZE(args) == 2 and rights & READ and _is(name, b"GET", b"get", 3):
+                if not self._get(<object>PyList_GET_ITEM(args, 1), out, resp3):
+                    break
+            elif (PyList_GET_SIZE(args) == 3 and rights & WRITE and not damaged
+                    and _is(name, b"SET", b"set", 3)):
+                if now is None:
+                    now = int(self.requests.clock.wall())
+                if not self._set(<object>PyList_GET_ITEM(args, 1), <object>PyList_GET_ITEM(args, 2), now, out):
+                    break
+            else:
+                break
+            i += 1
+        return i
+
+    cdef bytes _stored_key(self, bytes key, Py_ssize_t partition):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(key)
+        cdef bytes stored = PyBytes_FromStringAndSize(NULL, PREFIX + n)
+        cdef char *p = PyBytes_AS_STRING(stored)
+        p[0] = c'o'
+        p[1] = <char>(partition >> 8)
+        p[2] = <char>(partition & 0xFF)
+        memcpy(p + PREFIX, PyBytes_AS_STRING(key), n)
+        return stored
+
+    cdef object _read(self, bytes stored_key):
+        """The stored object of a key (None: absent); raises what the general path would turn into damage."""
+        cdef df_item *it = df_kd_find(&self.engine.kd, <const unsigned char *>PyBytes_AS_STRING(stored_key),
+                                      PyBytes_GET_SIZE(stored_key))
+        if it == NULL:
+            return None
+        raw = self.engine._value_at(it.seg, it.off, it.size)
+        if raw is None:
+            return None
+        return siblings_from_bytes(<const unsigned char *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+
+    cdef bint _get(self, object key, bytearray out, bint resp3) except -1:
+        cdef Py_ssize_t partition
+        cdef Siblings found
+        cdef PyObject *value
+        if type(key) is not bytes or PyBytes_GET_SIZE(key) > self.max_key:
+            return False
+        partition = <Py_ssize_t>(key_token(key) >> self.shift)
+        if not self._local(partition, key):
+            return False
+        try:
+            found = self._read(self._stored_key(key, partition))
+        except Exception:  # noqa - a damaged record: the general path records it and answers
+            return False
+        if found is None:
+            value = _Py_None
+        elif found.ndots + found.nanon != 1:
+            return False  # siblings (or none): the general path picks the newest
+        else:
+            value = found.dots[0].value if found.ndots else found.anon[0].value
+        if value == _Py_None:
+            if resp3:
+                _put(out, b"_\r\n", 3)
+            else:
+                _put(out, b"$-1\r\n", 5)
+            return True
+        if PyBytes_GET_SIZE(<object>value) and <unsigned char>PyBytes_AS_STRING(<object>value)[0] == MARK:
+            return False  # an envelope: an expiry to check, or an escaped value
+        _bulk(out, PyBytes_AS_STRING(<object>value), PyBytes_GET_SIZE(<object>value))
+        return True
+
+    cdef bint _set(self, object key, object value, object now, bytearray out) except -1:
+        """RequestCoordinator.replace_local: read what is stored, supersede all of it, append."""
+        cdef Py_ssize_t partition
+        cdef Siblings existing
+        if (type(key) is not bytes or type(value) is not bytes or PyBytes_GET_SIZE(key) > self.max_key
+                or PyBytes_GET_SIZE(value) > self.max_value):
+            return False
+        if PyBytes_GET_SIZE(value) and <unsigned char>PyBytes_AS_STRING(value)[0] == MARK:
+            return False  # stored escaped
+        partition = <Py_ssize_t>(key_token(key) >> self.shift)
+        if not self._local(partition, key):
+            return False
+        stored_key = self._stored_key(key, partition)
+        try:
+            existing = self._read(stored_key)
+        except Exception:  # noqa - a damaged record: the general path replaces it and records the repair
+            return False
+        actor = self._actor(existing)
+        incoming = Siblings.new(value, None if existing is None else existing.clock())
+        stored = incoming.update(existing, actor, now).prune(now)
+        if len(stored) > self.sibling_check:
+            return False  # the general path checks the limits (and warns)
+        self.engine.put(stored_key, stored.to_bytes())
+        on_write = self.vnodes.on_write
+        if on_write is not None:
+            on_write(partition, key, existing, stored)
+        _put(out, b"+OK\r\n", 5)
+        return True
+
+    cdef bytes _actor(self, Siblings existing):
+        """RequestCoordinator._stamping_actor: an actor of ours that our copy carries, else a fresh one."""
+        cdef Py_ssize_t i, n
+        cdef bytes actor, dotted
+        cdef const char *p
+        if existing is not None:
+            dotted = self.actors.base + b"."
+            n = PyBytes_GET_SIZE(dotted)
+            for i in range(existing.n):
+                actor = <bytes>existing.ents[i].actor
+                if actor == self.base:
+                    return actor
+                if PyBytes_GET_SIZE(actor) > n and memcmp(PyBytes_AS_STRING(actor), PyBytes_AS_STRING(dotted),
+                                                          n) == 0:
+                    p = PyBytes_AS_STRING(actor)
+                    if all(c'0' <= p[j] <= c'9' for j in range(n, PyBytes_GET_SIZE(actor))):
+                        return actor
+        return self.actors.fresh()

@@ -1,0 +1,126 @@
+"""The RESP fast lane in plain Python: the reference of dynafast._core.lane (the same answers, stopping at the
+same requests; its docstring says which). Over the store's public ``get`` and ``put``, so it runs on either build
+of the engine."""
+from __future__ import annotations
+
+import struct
+
+READ = 1  # the connection may read (GET)
+WRITE = 2  # and may write with dw 0 (SET answered once in the store's write buffer)
+
+_MARK = b"\xf5"  # dynafast.cluster.expiry.MARK
+_PARTITION = struct.Struct(">H")  # dynafast.cluster.vnode.object_key: b"o" + partition + key
+_UNKNOWN, _LOCAL, _ELSEWHERE = 0, 1, 2
+
+
+class Lane:
+    """The lane of one node's RESP listener."""
+
+    def __init__(self, requests, vnodes, engine, config):
+        self.requests = requests
+        self.vnodes = vnodes
+        self.membership = requests.membership
+        self.actors = requests.actors
+        self.engine = engine
+        self.one_replica = config.n == 1
+        self.max_key = config.max_key_size
+        self.max_value = config.max_value_size
+        self.sibling_check = requests.sibling_check
+        self.base = requests.actor
+        self.siblings = requests.Siblings
+        self.ring = self.down = None
+        self._where = bytearray()
+        self.partition_of = None
+
+    def _open(self) -> bool:
+        if not self.one_replica or self.engine.closed:
+            return False
+        state = self.membership.state
+        if state is None or state.next_ring is not None:
+            return False
+        down = self.membership.down()
+        if state.ring is not self.ring or down is not self.down:
+            self.ring, self.down = state.ring, down
+            self._where = bytearray(state.ring.partitions)
+            self.partition_of = state.ring.partition_of
+        return True
+
+    def _local(self, partition: int, key: bytes) -> bool:
+        where = self._where[partition]
+        if where == _UNKNOWN:
+            where = _LOCAL if self.requests._local_partition(key) is not None else _ELSEWHERE
+            self._where[partition] = where
+        return where == _LOCAL
+
+    def serve(self, requests: list, start: int, out: bytearray, rights: int, resp3: bool, limit: int) -> int:
+        i, count = start, len(requests)
+        if not rights or not self._open():
+            return start
+        damaged = bool(self.vnodes.damaged)
+        now = None
+        while i < count and len(out) < limit:
+            args = requests[i]
+            name = args[0]
+            if len(args) == 2 and rights & READ and name.upper() == b"GET":
+                if not self._get(args[1], out, resp3):
+                    break
+            elif len(args) == 3 and rights & WRITE and not damaged and name.upper() == b"SET":
+                if now is None:
+                    now = int(self.requests.clock.wall())
+                if not self._set(args[1], args[2], now, out):
+                    break
+            else:
+                break
+            i += 1
+        return i
+
+    def _read(self, stored_key: bytes):
+        raw = self.engine.get(stored_key)
+        return None if raw is None else self.siblings.from_bytes(raw)
+
+    def _get(self, key, out: bytearray, resp3: bool) -> bool:
+        if type(key) is not bytes or len(key) > self.max_key:
+            return False
+        partition = self.partition_of(key)
+        if not self._local(partition, key):
+            return False
+        try:
+            found = self._read(b"o" + _PARTITION.pack(partition) + key)
+        except Exception:  # noqa: BLE001 - a damaged record: the general path records it and answers
+            return False
+        if found is None:
+            value = None
+        elif len(found) != 1:
+            return False
+        else:
+            value = found.values[0]
+        if value is None:
+            out += b"_\r\n" if resp3 else b"$-1\r\n"
+            return True
+        if value[:1] == _MARK:
+            return False
+        out += b"$%d\r\n%s\r\n" % (len(value), value)
+        return True
+
+    def _set(self, key, value, now: int, out: bytearray) -> bool:
+        if (type(key) is not bytes or type(value) is not bytes or len(key) > self.max_key
+                or len(value) > self.max_value or value[:1] == _MARK):
+            return False
+        partition = self.partition_of(key)
+        if not self._local(partition, key):
+            return False
+        stored_key = b"o" + _PARTITION.pack(partition) + key
+        try:
+            existing = self._read(stored_key)
+        except Exception:  # noqa: BLE001 - a damaged record: the general path replaces it
+            return False
+        actor = self.requests._stamping_actor(existing)
+        incoming = self.siblings.new(value, None if existing is None else existing.clock())
+        stored = incoming.update(existing, actor, now).prune(now)
+        if len(stored) > self.sibling_check:
+            return False
+        self.engine.put(stored_key, stored.to_bytes())
+        if self.vnodes.on_write is not None:
+            self.vnodes.on_write(partition, key, existing, stored)
+        out += b"+OK\r\n"
+        return True
