@@ -65,7 +65,7 @@ class RespApp:
         self.lane = new_lane(node)
         self.lane_writes = node.config.dw == 0
 
-    def rights(self, conn) -> int:
+    def lane_rights(self, conn) -> int:
         """What the lane may do for ``conn``: READ, and WRITE when its writes are acknowledged at once."""
         role = conn.role
         if role is None or self.lane is None:
@@ -305,6 +305,7 @@ class RespConnection(asyncio.Protocol):
         self.r = self.w = self.dw = None
         self.lib_name = self.lib_ver = ""
         self.last_command = b"NULL"
+        self.rights = self.app.lane_rights(self)
 
     def describe(self) -> str:
         host, port = (self.peername or ("?", 0))[:2]
@@ -322,6 +323,7 @@ class RespConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
         self.peername = transport.get_extra_info("peername")
         self.role = self.app.anonymous_role(self.peername)
+        self.rights = self.app.lane_rights(self)
         server = self.server
         server.stats["connections"] += 1
         server.stats["connections_total"] += 1
@@ -356,14 +358,15 @@ class RespConnection(asyncio.Protocol):
             self.server.stats["protocol_errors"] += 1
             self._broken = str(exc).encode()
             requests = exc.requests
-        if not self._account_unfinished():
+        if self.parser.buffered != self._unfinished and not self._account_unfinished():
             return
         if self._held:
             self._held.extend(requests)
         else:
             self._run(requests)
         self._flush()
-        self._maybe_done()
+        if self._broken is not None or self._half_closed:
+            self._maybe_done()
 
     def _maybe_done(self):
         """Once everything received is answered: after a protocol error, the error and close (as Redis does);
@@ -403,7 +406,7 @@ class RespConnection(asyncio.Protocol):
         app = self.app
         execute = app.execute
         lane = app.lane
-        rights = app.rights(self) if lane is not None else 0
+        rights = self.rights
         out = self._out
         i, count = 0, len(requests)
         while i < count:
@@ -455,7 +458,7 @@ class RespConnection(asyncio.Protocol):
                 self._close()
                 return
             if lane is not None:
-                rights = app.rights(self)  # AUTH, HELLO, RESET and DF.CONFIG change them
+                rights = self.rights = app.lane_rights(self)  # AUTH, HELLO, RESET and DF.CONFIG change them
 
     def _answered(self, future):
         if self.closed:
@@ -464,6 +467,7 @@ class RespConnection(asyncio.Protocol):
         for slot in pending:
             if slot[0] is future:
                 slot[0], slot[1] = None, _outcome(future)
+                self.rights = self.app.lane_rights(self)  # a login changes them
                 keys = slot[2]
                 if keys is None:
                     self._barriers -= 1
