@@ -17,8 +17,10 @@ per operation (utime + stime from /proc/PID/stat around the test, summed over ev
 
 When ``memtier_benchmark`` is on the PATH (benchmarks/setup_memtier.sh builds it) each test also runs with it.
 
-Durability is made comparable: Redis without RDB or AOF, dynafast with dw=0 (a write is acknowledged once in the
-store's write buffer; the store syncs every sync_interval, 0.1 s) and sync=interval.
+Durability: dynafast runs with dw=0 (a write is acknowledged once in the store's write buffer) and sync=interval
+(the log is fsync'd every sync_interval, 0.1 s). Redis runs without RDB or AOF by default (nothing on disk: the
+cheapest Redis there is); ``--redis-aof`` runs it with ``appendonly yes, appendfsync everysec`` instead, which is
+the like-for-like setting (every write appended to a log, fsync'd once a second).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import tempfile
 import time
 
 STARTED: list[subprocess.Popen] = []
+REDIS_PERSISTENCE = ["--appendonly", "no"]  # --redis-aof: ["--appendonly", "yes", "--appendfsync", "everysec"]
 TICKS = os.sysconf("SC_CLK_TCK")
 TESTS = [(pipeline, test) for pipeline in (1, 16) for test in ("set", "get")]
 
@@ -97,7 +100,7 @@ def redis_server(base: str, port: int, *extra: str) -> subprocess.Popen:
     directory = os.path.join(base, str(port))
     os.makedirs(directory, exist_ok=True)
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", directory, "--protected-mode", "no", *extra],
+                             *REDIS_PERSISTENCE, "--dir", directory, "--protected-mode", "no", *extra],
                             stdout=subprocess.DEVNULL)
     STARTED.append(proc)
     return proc
@@ -267,7 +270,11 @@ def main() -> int:
                         help="requests per test against the clusters (default: --requests)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--what", default="single,cluster", help="single, cluster or both (comma-separated)")
+    parser.add_argument("--redis-aof", action="store_true",
+                        help="Redis with appendonly yes, appendfsync everysec (default: no persistence)")
     args = parser.parse_args()
+    if args.redis_aof:
+        REDIS_PERSISTENCE[:] = ["--appendonly", "yes", "--appendfsync", "everysec"]
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed", file=sys.stderr)
@@ -275,7 +282,7 @@ def main() -> int:
     tools = ["redis-benchmark"] + (["memtier_benchmark"] if shutil.which("memtier_benchmark") else [])
     what = set(args.what.split(","))
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-          f"tools: {', '.join(tools)}")
+          f"tools: {', '.join(tools)}; Redis {' '.join(REDIS_PERSISTENCE)}")
     with tempfile.TemporaryDirectory() as base:
         if "single" in what:
             compare("single node: redis-server against a dynafast node (N=1)",
