@@ -70,6 +70,7 @@ cdef class Lane:
     cdef bytearray _where  # per partition: UNKNOWN, LOCAL or ELSEWHERE
     cdef int shift
     cdef bytes base  # the node's own actor
+    cdef bytes dotted  # the prefix of the actors this incarnation hands out (Actors.issued)
 
     def __init__(self, requests, vnodes, engine, config):
         if not isinstance(engine, LogStore):
@@ -93,6 +94,7 @@ cdef class Lane:
         state = self.membership.state
         if state is None or state.next_ring is not None:
             return False
+        self.dotted = self.actors.base + b"."
         ring = state.ring
         down = self.membership.down()
         if ring is not self.ring or down is not self.down:
@@ -221,10 +223,9 @@ cdef class Lane:
     cdef bytes _actor(self, Siblings existing):
         """RequestCoordinator._stamping_actor: an actor of ours that our copy carries, else a fresh one."""
         cdef Py_ssize_t i, n
-        cdef bytes actor, dotted
+        cdef bytes actor, dotted = self.dotted
         cdef const char *p
         if existing is not None:
-            dotted = self.actors.base + b"."
             n = PyBytes_GET_SIZE(dotted)
             for i in range(existing.n):
                 actor = <bytes>existing.ents[i].actor
