@@ -476,6 +476,22 @@ def test_builds_agree_on_histories(ops):
             assert a.sync(c).to_bytes() == b.sync(d).to_bytes()
 
 
+@settings(max_examples=80, deadline=None)
+@given(ops=histories(), actor=st.sampled_from([b"node-0", b"node-1", b"node-2", b"a", b"node-9"]),
+       now=st.integers(0, 300), value=st.binary(max_size=8))
+def test_supersede_is_a_write_with_the_whole_clock(ops, actor, now, value):
+    """supersede() (built in one step where it can be) is new(value, clock).update(self).prune, in both builds."""
+    compiled, reference = both()
+    rc, _ = run_history(compiled, ops, check_model=False)
+    rr, _ = run_history(reference, ops, check_model=False)
+    for a, b in zip(rc + [compiled.reconcile(rc)], rr + [reference.reconcile(rr)]):
+        slow = compiled.Siblings.new(value, a.clock()).update(a, actor, now).prune(now)
+        fast = a.supersede(value, actor, now)
+        assert fast == slow and fast.to_bytes() == slow.to_bytes()
+        assert b.supersede(value, actor, now).to_bytes() == fast.to_bytes()
+        assert fast.values == [value]
+
+
 def _result(call):
     """What a call gives, in a form two builds can be compared on: its bytes, or the error it raised."""
     try:

@@ -209,8 +209,10 @@ cdef class Lane:
         except Exception:  # noqa - a damaged record: the general path replaces it and records the repair
             return False
         actor = self._actor(existing)
-        incoming = Siblings.new(value, None if existing is None else existing.clock())
-        stored = incoming.update(existing, actor, now).prune(now)
+        if existing is None:
+            stored = Siblings.new(value, None).update(None, actor, now).prune(now)
+        else:
+            stored = existing.supersede(value, actor, now)
         if len(stored) > self.sibling_check:
             return False  # the general path checks the limits (and warns)
         self.engine.put(stored_key, stored.to_bytes())

@@ -29,6 +29,7 @@ CONCURRENT = ORDER_CONCURRENT
 
 cdef enum:
     SIBLINGS_FORMAT = 1
+    PRUNE_SMALL = 10  # prune()'s default ``small``: it drops nothing from a clock of this many entries or fewer
 
 cdef object _U64 = 1 << 64
 cdef object _blake2b = hashlib.blake2b
@@ -733,6 +734,48 @@ cdef class Siblings:
             i += 1
         for k in range(synced.nanon):
             push_dot(out.anon, &out.nanon, &synced.anon[k])
+        return out
+
+    def supersede(self, value, actor, now=0):
+        """A write of ``value`` that supersedes every version here, stamped by ``actor`` and pruned:
+        ``Siblings.new(value, self.clock()).update(self, actor, now).prune(now)`` (a last-write-wins put on the
+        replica that coordinates it), built in one step when that is this set's clock with the actor's counter
+        moved on and the one new dot: no anonymous value to carry over, and too few entries for prune to drop."""
+        if type(value) is not bytes or self.nanon or self.n >= PRUNE_SMALL:
+            return Siblings.new(value, self.clock()).update(self, actor, now).prune(now)
+        check_actor(actor)
+        cdef uint64_t ts = check_u64(now, "now")
+        cdef Siblings out = new_siblings(self.n + 1, 1, 0)
+        cdef Py_ssize_t i = 0
+        cdef int r = 1
+        cdef Dot fresh
+        fresh.ts = ts
+        fresh.value = <PyObject*>value
+        while i < self.n:
+            r = actor_cmp(self.ents[i].actor, <PyObject*>actor)
+            if r >= 0:
+                break
+            push_entry(out, &self.ents[i], self.ents[i].counter, self.ents[i].ts)
+            i += 1
+        if i < self.n and r == 0:
+            if self.ents[i].counter == 0xFFFFFFFFFFFFFFFF:
+                raise ValueError("counter overflows 64 bits")
+            push_entry(out, &self.ents[i], self.ents[i].counter + 1, ts)
+            i += 1
+        else:
+            out.ents[out.n].actor = <PyObject*>actor
+            Py_INCREF(actor)
+            out.ents[out.n].counter = 1
+            out.ents[out.n].ts = ts
+            out.ents[out.n].first = 0
+            out.ents[out.n].count = 0
+            out.n += 1
+        fresh.dot = out.ents[out.n - 1].counter
+        push_dot(out.dots, &out.ndots, &fresh)
+        out.ents[out.n - 1].count = 1
+        while i < self.n:
+            push_entry(out, &self.ents[i], self.ents[i].counter, self.ents[i].ts)
+            i += 1
         return out
 
     cdef Siblings _sync(self, Siblings b):

@@ -115,8 +115,10 @@ class Lane:
         except Exception:  # noqa: BLE001 - a damaged record: the general path replaces it
             return False
         actor = self.requests._stamping_actor(existing)
-        incoming = self.siblings.new(value, None if existing is None else existing.clock())
-        stored = incoming.update(existing, actor, now).prune(now)
+        if existing is None:
+            stored = self.siblings.new(value, None).update(None, actor, now).prune(now)
+        else:
+            stored = existing.supersede(value, actor, now)
         if len(stored) > self.sibling_check:
             return False
         self.engine.put(stored_key, stored.to_bytes())

@@ -382,6 +382,12 @@ class Siblings:
             entries.append((actor, 1, now, [(1, value, now)]))
         return Siblings._make(entries, synced._anon)
 
+    def supersede(self, value, actor, now=0):
+        """A write of ``value`` that supersedes every version here, stamped by ``actor`` and pruned:
+        ``Siblings.new(value, self.clock()).update(self, actor, now).prune(now)`` (a last-write-wins put on the
+        replica that coordinates it)."""
+        return Siblings.new(value, self.clock()).update(self, actor, now).prune(now)
+
     def sync(self, other):
         if not isinstance(other, Siblings):
             raise TypeError("can only sync with a Siblings")
