@@ -34,6 +34,7 @@ _GET, _PUT, _DELETE = int(Msg.GET), int(Msg.PUT), int(Msg.DELETE)
 _PUT_REPLY, _DELETE_REPLY = int(Msg.PUT_REPLY), int(Msg.DELETE_REPLY)
 _GET_REPLY, _REPLICA_GET_REPLY = int(Msg.GET_REPLY), int(Msg.REPLICA_GET_REPLY)
 _REPLICA_PUT_REPLY = int(Msg.REPLICA_PUT_REPLY)
+_REPLICA_GET, _REPLICA_PUT = int(Msg.REPLICA_GET), int(Msg.REPLICA_PUT)
 
 _MARK = expiry.MARK  # values that begin with it are envelopes (a TTL, or an escaped plain value)
 
@@ -375,9 +376,8 @@ class RequestCoordinator:
             for node in preflist.primaries(next_ring, partition, self.config.n):
                 if node not in sent and node != self.me:
                     fields = (partition, key, state.raw, False, None)
-                    call = self.transport.request(self._address(node), Msg.REPLICA_PUT, fields,
-                                                  self.config.peer_timeout)
-                    call.add_done_callback(_ignore_result)
+                    self.transport.request_then(self._address(node), _REPLICA_PUT, fields,
+                                                self.config.peer_timeout, _ignore_result)
         if damaged:
             self._repair_from_replicas(partition, key, targets, spares)
         return state.arm(self.deadlines, timeout)
@@ -428,9 +428,9 @@ class RequestCoordinator:
                     state.machine.on_ack(self.me, False)
             else:
                 fields = (state.partition, state.key, state.raw, send.durable, send.hint_for)
-                call = self.transport.request(self._address(send.node), Msg.REPLICA_PUT, fields,
-                                              self.config.peer_timeout)
-                call.add_done_callback(functools.partial(self._put_replied, state, send.node))
+                self.transport.request_then(self._address(send.node), _REPLICA_PUT, fields,
+                                            self.config.peer_timeout,
+                                            functools.partial(self._put_replied, state, send.node))
         state.settle()
 
     def _local_durable(self, state, synced):
@@ -526,9 +526,9 @@ class RequestCoordinator:
                 state.machine.on_reply(self.me, siblings, weak)
             else:
                 fields = (state.partition, state.key, send.hint_for)
-                call = self.transport.request(self._address(send.node), Msg.REPLICA_GET, fields,
-                                              self.config.peer_timeout)
-                call.add_done_callback(functools.partial(self._get_replied, state, send.node))
+                self.transport.request_then(self._address(send.node), _REPLICA_GET, fields,
+                                            self.config.peer_timeout,
+                                            functools.partial(self._get_replied, state, send.node))
         state.settle()
 
     def _get_replied(self, state, node, call):
@@ -564,8 +564,8 @@ class RequestCoordinator:
                 continue
             raw = raw or merged.to_bytes()
             fields = (state.partition, state.key, raw, False, None)
-            call = self.transport.request(self._address(node), Msg.REPLICA_PUT, fields, self.config.peer_timeout)
-            call.add_done_callback(_ignore_result)
+            self.transport.request_then(self._address(node), _REPLICA_PUT, fields, self.config.peer_timeout,
+                                        _ignore_result)
 
     # -- replica requests from coordinators ----------------------------------------------------------------
     def replica_get(self, request):
