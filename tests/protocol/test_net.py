@@ -333,15 +333,16 @@ def test_request_then_runs_its_callback_once_with_each_outcome(run):
             pool.request_then(server.address, Msg.GET, (0, b"first"), 2.0, callback("connecting"))
             await pool.call(server.address, Msg.PING, (), 2.0)  # the connection is open from here on
             (conn,) = pool.connections(server.address)
-            conn.request_then(Msg.GET, (0, b"x"), 2.0, callback("reply"))
-            conn.request_then(Msg.DELETE, (), 2.0, callback("error"))
-            conn.request_then(Msg.PUT, (), 0.05, callback("timeout"))  # never answered
-            conn.request_then(Msg.GET, (0, object()), 2.0, callback("unencodable"))
+            assert conn.request_then(Msg.GET, (0, b"x"), 2.0, callback("reply"))
+            assert conn.request_then(Msg.DELETE, (), 2.0, callback("error"))
+            assert conn.request_then(Msg.PUT, (), 0.05, callback("timeout"))  # never answered
+            assert conn.request_then(Msg.GET, (0, object()), 2.0, callback("unencodable"))
             assert outcomes == {} or set(outcomes) <= {"connecting"}  # none is called before request_then returns
             other = await Connection.open(HOST, server.port)
-            other.request_then(Msg.GET, (5, b"never"), 10.0, callback("lost"))
+            assert other.request_then(Msg.GET, (5, b"never"), 10.0, callback("lost"))
             await asyncio.sleep(0.1)
             await other.close()  # the call in flight fails at once, it does not wait out its 10 s
+            assert not other.request_then(Msg.GET, (0, b"y"), 1.0, callback("closed"))  # nothing sent: use call
             await asyncio.wait_for(done.wait(), 5)
             assert outcomes["connecting"] == (Msg.GET_REPLY, (0, b"first"))
             assert outcomes["reply"] == (Msg.GET_REPLY, (0, b"x"))

@@ -110,6 +110,7 @@ class RequestCoordinator:
         self.repairing = repairing
         self.routes = Routes(self.me, config.n)
         self.deadlines: DeadlineWheel | None = None
+        self.loop = None  # the serving loop (asking asyncio for it per request costs a system call)
         self.read_repairs = 0
         self.replica_gets = 0  # replica calls served: what a coordinator's quorum costs its peers
         self.replica_puts = 0
@@ -123,6 +124,7 @@ class RequestCoordinator:
 
     def start(self, loop) -> None:
         self.deadlines = DeadlineWheel(loop)
+        self.loop = loop
 
     def _route(self, key):
         membership = self.membership
@@ -357,7 +359,7 @@ class RequestCoordinator:
         if len(stored) > self.sibling_check:
             self._check_siblings(key, stored)  # raises before anything is written
         machine = PutCoordinator(targets, spares, w=w, dw=dw)
-        state = _Request(asyncio.get_running_loop(), machine, partition, key, stored, stored.to_bytes(),
+        state = _Request(self.loop, machine, partition, key, stored, stored.to_bytes(),
                          reply_type)
         state.previous = existing
         state.on_answer = self._write_answer
@@ -471,7 +473,7 @@ class RequestCoordinator:
         if targets is None:
             return self._forward(primaries, request, timeout)
         machine = GetCoordinator(targets, spares, r=r, versions=self.versions)
-        state = _Request(asyncio.get_running_loop(), machine, partition, key, None, None, Msg.GET_REPLY)
+        state = _Request(self.loop, machine, partition, key, None, None, _GET_REPLY)
         state.on_answer = on_answer or self._get_answer
         state.on_finish = self._read_repair
         self._send_gets(state, machine.start())
