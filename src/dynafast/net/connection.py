@@ -66,22 +66,28 @@ class _CallbackCall(_Call):
         self._error = None
 
     def answer(self, reply):
-        self._reply = reply
-        self._run()
+        callback = self.callback
+        if callback is not None:  # called once, as a future's callbacks are
+            self.callback = None
+            self._reply = reply
+            try:
+                callback(self)
+            except Exception as exc:  # noqa: BLE001 - as the loop treats a failing done callback: log, go on
+                self._callback_failed(callback, exc)
 
     def fail(self, error):
-        self._error = error
-        self._run()
+        callback = self.callback
+        if callback is not None:
+            self.callback = None
+            self._error = error
+            try:
+                callback(self)
+            except Exception as exc:  # noqa: BLE001
+                self._callback_failed(callback, exc)
 
-    def _run(self):
-        callback, self.callback = self.callback, None
-        if callback is None:
-            return  # called once, as a future's callbacks are
-        try:
-            callback(self)
-        except Exception as exc:  # noqa: BLE001 - as the loop treats a failing done callback: log, go on
-            self.protocol.loop.call_exception_handler({"message": f"reply callback {callback!r} failed",
-                                                       "exception": exc})
+    def _callback_failed(self, callback, exc):
+        self.protocol.loop.call_exception_handler({"message": f"reply callback {callback!r} failed",
+                                                   "exception": exc})
 
     @staticmethod
     def cancelled():
