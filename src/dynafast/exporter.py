@@ -149,6 +149,8 @@ class StatusCollector:
         yield counter("dynafast_vnodes_handed_off", "Vnodes handed off to their new owners and dropped",
                       transfers["handed_off"])
 
+        yield by_label(CounterMetricFamily, "dynafast_replica_requests", "Replica gets and puts this node served "
+                       "for coordinators", "op", status.get("replica_requests", {}))
         yield counter("dynafast_read_repairs", "Stale replicas a read brought up to date", status["read_repairs"])
         siblings = status["siblings"]
         yield counter("dynafast_sibling_reads", "Client reads that returned more than one sibling",

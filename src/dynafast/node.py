@@ -352,6 +352,7 @@ class Node:
             "tombstones_reaped": self.reaper.reaped,
             "tombstones_queued": self.reaper.pending,
             "read_repairs": self.requests.read_repairs,
+            "replica_requests": {"get": self.requests.replica_gets, "put": self.requests.replica_puts},
             "corrupt_records": {"found": self.vnodes.corrupt_found, "repaired": self.vnodes.corrupt_repaired,
                                 "unrepaired": len(self.vnodes.damaged)},
             "siblings": {"warnings": self.requests.sibling_warnings, "refused": self.requests.siblings_refused,

@@ -311,6 +311,52 @@ def test_refused_and_lost(run):
     run(main())
 
 
+def test_request_then_runs_its_callback_once_with_each_outcome(run):
+    """The future-free call a coordinator makes to replicas: the callback gets a done-future-like call, in a
+    later loop step than the request, for a reply, an error reply, a timeout, a lost connection, a field that
+    cannot be encoded, and a pool that still has to connect."""
+    async def main():
+        server = await slow_handler_server()
+        outcomes = {}
+        done = asyncio.Event()
+
+        def callback(tag):
+            def record(call):
+                assert not call.cancelled()
+                assert tag not in outcomes, "called twice"
+                outcomes[tag] = call.exception() or call.result()
+                if len(outcomes) == 6:
+                    done.set()
+            return record
+
+        async with PeerPool(connect_timeout=1.0) as pool:
+            pool.request_then(server.address, Msg.GET, (0, b"first"), 2.0, callback("connecting"))
+            await pool.call(server.address, Msg.PING, (), 2.0)  # the connection is open from here on
+            (conn,) = pool.connections(server.address)
+            assert conn.request_then(Msg.GET, (0, b"x"), 2.0, callback("reply"))
+            assert conn.request_then(Msg.DELETE, (), 2.0, callback("error"))
+            assert conn.request_then(Msg.PUT, (), 0.05, callback("timeout"))  # never answered
+            assert conn.request_then(Msg.GET, (0, object()), 2.0, callback("unencodable"))
+            assert outcomes == {} or set(outcomes) <= {"connecting"}  # none is called before request_then returns
+            other = await Connection.open(HOST, server.port)
+            assert other.request_then(Msg.GET, (5, b"never"), 10.0, callback("lost"))
+            await asyncio.sleep(0.1)
+            await other.close()  # the call in flight fails at once, it does not wait out its 10 s
+            assert not other.request_then(Msg.GET, (0, b"y"), 1.0, callback("closed"))  # nothing sent: use call
+            await asyncio.wait_for(done.wait(), 5)
+            assert outcomes["connecting"] == (Msg.GET_REPLY, (0, b"first"))
+            assert outcomes["reply"] == (Msg.GET_REPLY, (0, b"x"))
+            assert isinstance(outcomes["error"], RemoteError)
+            assert isinstance(outcomes["timeout"], errors.Timeout)
+            assert isinstance(outcomes["unencodable"], TypeError)
+            assert isinstance(outcomes["lost"], errors.Unavailable)
+            assert conn.in_flight == 0 and len(conn._protocol.deadlines) == 0
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 class CountingTransport:
     """Wraps an asyncio transport and counts write() calls."""
 

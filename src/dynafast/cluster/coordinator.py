@@ -36,8 +36,11 @@ class _Quorum:
         if not targets:
             raise ValueError("a request needs at least one target")
         self.targets: list[tuple[str, str | None]] = list(targets)
-        used = {node for node, _ in self.targets}
-        self.spares: list[str] = [node for node in spares if node not in used]
+        if spares:
+            used = {node for node, _ in self.targets}
+            self.spares: list[str] = [node for node in spares if node not in used]
+        else:
+            self.spares = []  # N nodes or fewer: the usual case of a small cluster, made per request
         self.outstanding: dict[str, str | None] = {}
         self.failed: set[str] = set()
         self.done = False
@@ -71,13 +74,15 @@ class PutCoordinator(_Quorum):
         self.acks = 0
         self.durable_acks = 0
         self.primary_acks = 0
-        self._durable_targets = {node for node, _ in self.targets[:dw]}
+        self._durable_targets = {node for node, _ in self.targets[:dw]} if dw else set()
 
     def start(self) -> list[Send]:
         sends = []
+        outstanding = self.outstanding
+        durable = self._durable_targets
         for node, hint_for in self.targets:
-            self.outstanding[node] = hint_for
-            sends.append(Send(node, hint_for, node in self._durable_targets))
+            outstanding[node] = hint_for
+            sends.append(Send(node, hint_for, node in durable))
         if len(self.targets) < self.w:
             # Not even every target answering could meet the quorum; spares may still make it.
             sends += self._refill()
@@ -90,7 +95,10 @@ class PutCoordinator(_Quorum):
         return sends
 
     def _pending_durable(self) -> int:
-        return sum(1 for node in self.outstanding if node in self._durable_targets)
+        durable = self._durable_targets
+        if not durable:
+            return 0  # dw 0: no generator to run for every put
+        return sum(1 for node in self.outstanding if node in durable)
 
     def on_ack(self, node: str, durable: bool) -> list[Send]:
         hint_for = self.outstanding.pop(node, None)
@@ -238,7 +246,11 @@ class GetCoordinator(_Quorum):
         found = [s for s in self.replies.values() if s is not None]
         if not found:
             return None
-        return self.versions.reconcile(found)
+        first = found[0]
+        for other in found:
+            if other != first:
+                return self.versions.reconcile(found)
+        return first  # every replica holds the same: the usual read, with nothing to merge
 
     @property
     def finished(self) -> bool:

@@ -34,6 +34,7 @@ _GET, _PUT, _DELETE = int(Msg.GET), int(Msg.PUT), int(Msg.DELETE)
 _PUT_REPLY, _DELETE_REPLY = int(Msg.PUT_REPLY), int(Msg.DELETE_REPLY)
 _GET_REPLY, _REPLICA_GET_REPLY = int(Msg.GET_REPLY), int(Msg.REPLICA_GET_REPLY)
 _REPLICA_PUT_REPLY = int(Msg.REPLICA_PUT_REPLY)
+_REPLICA_GET, _REPLICA_PUT = int(Msg.REPLICA_GET), int(Msg.REPLICA_PUT)
 
 _MARK = expiry.MARK  # values that begin with it are envelopes (a TTL, or an escaped plain value)
 
@@ -109,7 +110,10 @@ class RequestCoordinator:
         self.repairing = repairing
         self.routes = Routes(self.me, config.n)
         self.deadlines: DeadlineWheel | None = None
+        self.loop = None  # the serving loop (asking asyncio for it per request costs a system call)
         self.read_repairs = 0
+        self.replica_gets = 0  # replica calls served: what a coordinator's quorum costs its peers
+        self.replica_puts = 0
         # Counting siblings costs a list; len() of the stored object (every version, tombstones too) is an upper
         # bound that costs nothing, so the count is taken only above the lower of the two limits.
         self.sibling_check = min(config.siblings_warn, config.max_siblings)
@@ -120,6 +124,7 @@ class RequestCoordinator:
 
     def start(self, loop) -> None:
         self.deadlines = DeadlineWheel(loop)
+        self.loop = loop
 
     def _route(self, key):
         membership = self.membership
@@ -209,6 +214,28 @@ class RequestCoordinator:
         answer = synced.get_loop().create_future()
         synced.add_done_callback(functools.partial(_answer_when_durable, answer, reply))
         return answer
+
+    def replace(self, key, value, w=None, dw=None):
+        """A last-write-wins put of ``value`` (no TTL) coordinated by a replica of the key, Riak's way: the new
+        version's context is the clock of this node's own copy, read in the loop step that stamps the version,
+        so it supersedes every version that copy holds; the other replicas merge it by causality, and a version
+        only they held stays beside it as a sibling (a RESP read answers the newer). No quorum read first: one
+        round of replica puts instead of a round of replica gets and then one of puts. The PUT_REPLY, or a
+        future of it; None when this node holds no replica of the key, or is repairing its partition after
+        amnesia (its copy may lack acknowledged writes): then read first (``_read_then_write``)."""
+        route = self._route(key)
+        partition, _, targets, _ = route
+        if targets is None or partition in self.repairing:
+            return None
+        config = self.config
+        _check_sizes(config, key, value)
+        if value.startswith(_MARK):
+            value = expiry.wrap(value)  # escaped, as client_put stores it
+        w = _quorum(w, config.w, "w", config.n) or 1
+        dw = _quorum(dw, min(config.dw, w), "dw", config.n)
+        if dw > w:
+            raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
+        return self._put(key, value, w, dw, config.request_timeout, _PUT_REPLY, None, None, route)
 
     def client_put(self, put):
         key, value, context, w, dw, timeout_ms, lww, ttl_ms = put
@@ -309,9 +336,11 @@ class RequestCoordinator:
                     return actor
         return self.actors.fresh()
 
-    def _put(self, key, incoming, w, dw, timeout, reply_type, request, ttl=None):
-        """``ttl``: seconds until the value expires (for the reaper), None when it does not."""
-        partition, primaries, targets, spares = self._route(key)
+    def _put(self, key, incoming, w, dw, timeout, reply_type, request, ttl=None, route=None):
+        """``incoming``: the client's version (``Siblings.new``), or a value alone (bytes) whose context is our
+        copy's clock (``replace``). ``ttl``: seconds until the value expires (for the reaper), None when it does
+        not. ``route``: the key's, when the caller has it already."""
+        partition, primaries, targets, spares = route or self._route(key)
         if targets is None:
             return self._forward(primaries, request, timeout)
         try:
@@ -319,6 +348,8 @@ class RequestCoordinator:
             damaged = False
         except CorruptionError:
             existing, damaged = None, True  # what we held is lost: as if we held nothing (the write replaces it)
+        if type(incoming) is bytes:
+            incoming = self.Siblings.new(incoming, None if existing is None else existing.clock())
         # Stamp the new version and write it locally in the same loop step as the read: no other write of
         # this key can slip in between.
         actor = self._stamping_actor(existing)
@@ -328,7 +359,7 @@ class RequestCoordinator:
         if len(stored) > self.sibling_check:
             self._check_siblings(key, stored)  # raises before anything is written
         machine = PutCoordinator(targets, spares, w=w, dw=dw)
-        state = _Request(asyncio.get_running_loop(), machine, partition, key, stored, stored.to_bytes(),
+        state = _Request(self.loop, machine, partition, key, stored, stored.to_bytes(),
                          reply_type)
         state.previous = existing
         state.on_answer = self._write_answer
@@ -347,9 +378,8 @@ class RequestCoordinator:
             for node in preflist.primaries(next_ring, partition, self.config.n):
                 if node not in sent and node != self.me:
                     fields = (partition, key, state.raw, False, None)
-                    call = self.transport.request(self._address(node), Msg.REPLICA_PUT, fields,
-                                                  self.config.peer_timeout)
-                    call.add_done_callback(_ignore_result)
+                    self.transport.request_then(self._address(node), _REPLICA_PUT, fields,
+                                                self.config.peer_timeout, _ignore_result)
         if damaged:
             self._repair_from_replicas(partition, key, targets, spares)
         return state.arm(self.deadlines, timeout)
@@ -400,9 +430,9 @@ class RequestCoordinator:
                     state.machine.on_ack(self.me, False)
             else:
                 fields = (state.partition, state.key, state.raw, send.durable, send.hint_for)
-                call = self.transport.request(self._address(send.node), Msg.REPLICA_PUT, fields,
-                                              self.config.peer_timeout)
-                call.add_done_callback(functools.partial(self._put_replied, state, send.node))
+                self.transport.request_then(self._address(send.node), _REPLICA_PUT, fields,
+                                            self.config.peer_timeout,
+                                            functools.partial(self._put_replied, state, send.node))
         state.settle()
 
     def _local_durable(self, state, synced):
@@ -443,7 +473,7 @@ class RequestCoordinator:
         if targets is None:
             return self._forward(primaries, request, timeout)
         machine = GetCoordinator(targets, spares, r=r, versions=self.versions)
-        state = _Request(asyncio.get_running_loop(), machine, partition, key, None, None, Msg.GET_REPLY)
+        state = _Request(self.loop, machine, partition, key, None, None, _GET_REPLY)
         state.on_answer = on_answer or self._get_answer
         state.on_finish = self._read_repair
         self._send_gets(state, machine.start())
@@ -498,9 +528,9 @@ class RequestCoordinator:
                 state.machine.on_reply(self.me, siblings, weak)
             else:
                 fields = (state.partition, state.key, send.hint_for)
-                call = self.transport.request(self._address(send.node), Msg.REPLICA_GET, fields,
-                                              self.config.peer_timeout)
-                call.add_done_callback(functools.partial(self._get_replied, state, send.node))
+                self.transport.request_then(self._address(send.node), _REPLICA_GET, fields,
+                                            self.config.peer_timeout,
+                                            functools.partial(self._get_replied, state, send.node))
         state.settle()
 
     def _get_replied(self, state, node, call):
@@ -536,12 +566,13 @@ class RequestCoordinator:
                 continue
             raw = raw or merged.to_bytes()
             fields = (state.partition, state.key, raw, False, None)
-            call = self.transport.request(self._address(node), Msg.REPLICA_PUT, fields, self.config.peer_timeout)
-            call.add_done_callback(_ignore_result)
+            self.transport.request_then(self._address(node), _REPLICA_PUT, fields, self.config.peer_timeout,
+                                        _ignore_result)
 
     # -- replica requests from coordinators ----------------------------------------------------------------
     def replica_get(self, request):
         partition, key, hint_for = request  # unpacked once: this runs for most replica calls
+        self.replica_gets += 1
         self.ownership.check_member(self.membership, partition, hint_for)
         # A damaged record raises CorruptionError: the coordinator counts this replica as failed and repairs it.
         raw = self.vnodes.get_raw(partition, key, hint_for)
@@ -552,6 +583,7 @@ class RequestCoordinator:
     def replica_put(self, request):
         # A damaged record here counts as absent: the incoming object replaces it (merge_in).
         partition, key, raw, durable, hint_for = request
+        self.replica_puts += 1
         self.ownership.check_member(self.membership, partition, hint_for)
         self.vnodes.merge_in(partition, key, self.Siblings.from_bytes(raw), hint_for)
         if durable:

@@ -17,6 +17,7 @@ log = logging.getLogger("dynafast.net.connection")
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 1.0
 _MAX_REQUEST_ID = 0xFFFFFFFF
+_ERROR = int(Msg.ERROR)  # looked up once: an enum member lookup per reply shows in profiles
 
 
 class _Call:
@@ -34,8 +35,71 @@ class _Call:
     def __call__(self):
         protocol = self.protocol
         protocol.pending.pop(self.request_id, None)
+        self.fail(Timeout(f"no reply from {protocol.peer} within {self.timeout}s"))
+
+    def answer(self, reply):
         if not self.future.done():
-            self.future.set_exception(Timeout(f"no reply from {protocol.peer} within {self.timeout}s"))
+            self.future.set_result(reply)
+
+    def fail(self, error):
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class _CallbackCall(_Call):
+    """A call whose outcome goes straight to a callback, from the loop step that reads the reply (or the
+    deadline, or the lost connection): no future and no further loop step. The callback gets this call, which
+    answers as a done future does (``cancelled``, ``exception``, ``result``), so a future's done callback can
+    serve as it is."""
+
+    __slots__ = ("callback", "_reply", "_error")
+
+    def __init__(self, protocol, request_id, timeout, callback):
+        # _Call's fields set here, not through super(): a frame less for each of a request's replica calls.
+        self.protocol = protocol
+        self.request_id = request_id
+        self.timeout = timeout
+        self.future = None
+        self.deadline = protocol.deadlines.add(timeout, self)
+        self.callback = callback
+        self._reply = None
+        self._error = None
+
+    def answer(self, reply):
+        callback = self.callback
+        if callback is not None:  # called once, as a future's callbacks are
+            self.callback = None
+            self._reply = reply
+            try:
+                callback(self)
+            except Exception as exc:  # noqa: BLE001 - as the loop treats a failing done callback: log, go on
+                self._callback_failed(callback, exc)
+
+    def fail(self, error):
+        callback = self.callback
+        if callback is not None:
+            self.callback = None
+            self._error = error
+            try:
+                callback(self)
+            except Exception as exc:  # noqa: BLE001
+                self._callback_failed(callback, exc)
+
+    def _callback_failed(self, callback, exc):
+        self.protocol.loop.call_exception_handler({"message": f"reply callback {callback!r} failed",
+                                                   "exception": exc})
+
+    @staticmethod
+    def cancelled():
+        return False
+
+    def exception(self):
+        return self._error
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._reply
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -65,11 +129,20 @@ class _ClientProtocol(asyncio.Protocol):
             self._fail(Unavailable(f"connection to {self.peer} broke: {exc}"))
             self.transport.abort()
             return
+        pending = self.pending
         for frame in frames:
-            self._deliver(*frame)
+            msg_type, request_id, fields = frame
+            if type(fields) is tuple and msg_type != _ERROR and request_id:
+                # A reply: what nearly every frame is, answered without the checks of _deliver.
+                call = pending.pop(request_id, None)
+                if call is not None:
+                    call.deadline.pop(call, None)  # DeadlineWheel.cancel, inlined
+                    call.answer((msg_type, fields))
+                    continue
+            self._deliver(msg_type, request_id, fields)
 
     def _deliver(self, msg_type, request_id, fields):
-        if request_id == 0 and msg_type == Msg.ERROR:
+        if request_id == 0 and msg_type == _ERROR:
             # The server found our stream broken and hangs up: the calls in flight get its reason.
             log.warning("%s reported a connection error: %r", self.peer, fields)
             self._fail(Unavailable(f"connection to {self.peer} was closed by the server"),
@@ -80,15 +153,12 @@ class _ClientProtocol(asyncio.Protocol):
         if call is None:
             log.debug("reply to unknown or timed out request %d from %s", request_id, self.peer)
             return
-        future = call.future
-        if future.done():
-            return
         if isinstance(fields, ProtocolError):
-            future.set_exception(fields)
-        elif msg_type == Msg.ERROR:
-            future.set_exception(error_from_fields(fields))
+            call.fail(fields)
+        elif msg_type == _ERROR:
+            call.fail(error_from_fields(fields))
         else:
-            future.set_result((msg_type, fields))
+            call.answer((msg_type, fields))
 
     def connection_lost(self, exc):
         reason = f": {exc}" if exc else ""
@@ -103,8 +173,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.deadlines.clear()
         pending, self.pending = self.pending, {}
         for call in pending.values():
-            if not call.future.done():
-                call.future.set_exception(pending_error or error)
+            call.fail(pending_error or error)
 
     @property
     def peer(self):
@@ -118,15 +187,20 @@ class _ClientProtocol(asyncio.Protocol):
             self._write_ready.set_result(None)
         self._write_ready = None
 
-    def request(self, msg_type, fields, timeout):
-        """Queue a request; return (request_id, future of its reply or of Timeout after ``timeout`` seconds)."""
+    def request(self, msg_type, fields, timeout, callback=None):
+        """Queue a request; return (request_id, future of its reply or of Timeout after ``timeout`` seconds).
+        With ``callback`` there is no future (None is returned for it): ``callback(call)`` gets the outcome."""
         if self.lost is not None:
             raise self.lost
         # Request ids cycle through 1..2**32-1 (0 is for errors about the connection itself).
         request_id = self._next_id = self._next_id % _MAX_REQUEST_ID + 1
         codec.encode_into(self._out, msg_type, request_id, fields)
-        future = self.loop.create_future()
-        self.pending[request_id] = _Call(self, request_id, timeout, future)
+        if callback is None:
+            future = self.loop.create_future()
+            self.pending[request_id] = _Call(self, request_id, timeout, future)
+        else:
+            future = None
+            self.pending[request_id] = _CallbackCall(self, request_id, timeout, callback)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -225,6 +299,25 @@ class Connection:
             future.set_exception(exc)
         return future
 
+    def request_then(self, msg_type: int, fields, timeout: float | None, callback) -> bool:
+        """``request``, with ``callback(call)`` run once with the outcome instead of a future's done callback,
+        straight from the reply's loop step (a coordinator makes two replica calls per client request, and a
+        future each costs more than the call's bookkeeping); never before this returns. ``call`` answers
+        ``cancelled()``, ``exception()`` and ``result()`` as a done future does. False, and nothing sent, when
+        the connection cannot take the request now (closed, or the peer is not reading): use ``call``."""
+        protocol = self._protocol
+        transport = protocol.transport
+        if transport is None or protocol.lost is not None or protocol._write_ready is not None \
+                or transport.is_closing():
+            return False
+        try:
+            protocol.request(msg_type, fields, DEFAULT_TIMEOUT if timeout is None else timeout, callback)
+        except Exception as exc:  # noqa: BLE001 - e.g. unencodable fields: a later loop step reports it
+            future = protocol.loop.create_future()
+            future.set_exception(exc)
+            future.add_done_callback(callback)
+        return True
+
     async def close(self):
         protocol = self._protocol
         if protocol.transport is not None and not protocol.transport.is_closing():
@@ -278,6 +371,18 @@ class PeerPool:
                 self._turn[address] = (turn + 1) % self.connections_per_peer
                 return conn.request(msg_type, fields, timeout)
         return asyncio.ensure_future(self.call(address, msg_type, fields, timeout))
+
+    def request_then(self, address: str, msg_type: int, fields, timeout: float | None, callback) -> None:
+        """``Connection.request_then`` on a pooled connection to ``address``; through ``call`` and a future
+        when that connection cannot take it now (it is opened again, or its peer is not reading)."""
+        slots = self._slots.get(address)
+        if slots is not None and not self._closed:
+            turn = self._turn[address]
+            conn = slots[turn]
+            if type(conn) is Connection and conn.request_then(msg_type, fields, timeout, callback):
+                self._turn[address] = (turn + 1) % self.connections_per_peer
+                return
+        asyncio.ensure_future(self.call(address, msg_type, fields, timeout)).add_done_callback(callback)
 
     async def get(self, address: str, *, timeout: float | None = None) -> Connection:
         """An open connection to ``address`` (connecting if needed)."""

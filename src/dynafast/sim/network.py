@@ -230,6 +230,9 @@ class SimTransport:
             return reply
         return self.network.request(self.address, address, msg_type, fields, timeout or 5.0)
 
+    def request_then(self, address: str, msg_type, fields, timeout, callback) -> None:
+        self.request(address, msg_type, fields, timeout).add_done_callback(callback)
+
     async def call(self, address: str, msg_type, fields, timeout=None):
         return await self.request(address, msg_type, fields, timeout)
 
