@@ -1,6 +1,6 @@
-"""RESP SET on a node that holds a replica of the key (N=3 on 3 nodes: every node holds every key) writes over its
-own copy, Riak's way: one round of replica puts and no quorum read first. It must still supersede every version
-the coordinator's copy holds, and every node must then read the new value."""
+"""RESP SET on a cluster (N=3 on 3 nodes: every node holds every key) reads the key from R replicas and writes with
+that read's context: it supersedes every SET acknowledged before it, through whichever node, even one its
+coordinator's own copy has not received; and every node then reads the new value."""
 import pytest
 
 from dynafast import Client
@@ -36,24 +36,31 @@ def replica_requests(client, node):
     return client.status(node.address)["replica_requests"]
 
 
-def test_set_asks_the_peers_for_no_read_and_every_node_reads_it(cluster):
-    first, *peers = cluster.nodes
-    r = connect(first, protocol=2)
-    keys = [f"noread:{i}" for i in range(20)]
-    with Client(cluster.addresses, timeout=5.0) as client:
-        before = {p.node_id: replica_requests(client, p) for p in peers}
-        for i, key in enumerate(keys):
-            assert r.set(key, f"v{i}")
-        # W=2: a peer may still be taking a replica put when SET answers; every put lands soon after.
-        assert wait_for(lambda: all(replica_requests(client, p)["put"] - before[p.node_id]["put"] >= len(keys)
-                                    for p in peers), timeout=20)
-        for p in peers:
-            assert replica_requests(client, p)["get"] == before[p.node_id]["get"], "a SET read from a peer"
-    for node in cluster.nodes:
-        other = connect(node, protocol=2)
-        assert [other.get(key) for key in keys] == [f"v{i}".encode() for i in range(len(keys))]
-        other.close()
-    r.close()
+def test_a_set_supersedes_an_acknowledged_set_its_coordinator_has_not_received(tmp_path):
+    """n1's SET is acknowledged by n1 and n2 (W=2) while its copy to n3 is held back; a SET through n3 must then
+    supersede it. n3's wall clock runs 30 s behind, so were n3 to write over its own copy alone (which lacks the
+    first SET) the two would stand as siblings and every read would answer the older one, by its later timestamp."""
+    c = LocalCluster(3, base_dir=tmp_path / "c", resp=True, n=3, r=2, w=2, proxied=True)
+    c.nodes[2].env["DYNAFAST_CLOCK_OFFSET"] = "-30"
+    with c, Client(c.addresses, timeout=5.0) as client:
+        wait_members(client, 3, timeout=60)
+        assert wait_for(lambda: settled(client, c.nodes), timeout=60), "partitions did not settle"
+        n1, n2, n3 = c.nodes
+        first, third = connect(n1, protocol=2), connect(n3, protocol=2)
+        before = {n.node_id: replica_requests(client, n) for n in (n1, n2)}
+        c.proxy(n1.node_id, n3.node_id).cut()  # n1's replica put to n3 does not arrive
+        assert first.set("k", "first")
+        assert replica_copy(n3, b"k") is None  # the premise: n3 has not received it
+        assert third.set("k", "second")
+        for node in c.nodes:
+            r = connect(node, protocol=2)
+            assert r.get("k") == b"second", node.node_id
+            r.close()
+        assert client.get(b"k").values == [b"second"]
+        # The SET read the key from a peer first (R=2: n3's own copy and another's): that is what covered "first".
+        assert sum(replica_requests(client, n)["get"] - before[n.node_id]["get"] for n in (n1, n2)) >= 1
+        first.close()
+        third.close()
 
 
 def test_set_supersedes_the_siblings_the_coordinator_holds(cluster):

@@ -215,28 +215,6 @@ class RequestCoordinator:
         synced.add_done_callback(functools.partial(_answer_when_durable, answer, reply))
         return answer
 
-    def replace(self, key, value, w=None, dw=None):
-        """A last-write-wins put of ``value`` (no TTL) coordinated by a replica of the key, Riak's way: the new
-        version's context is the clock of this node's own copy, read in the loop step that stamps the version,
-        so it supersedes every version that copy holds; the other replicas merge it by causality, and a version
-        only they held stays beside it as a sibling (a RESP read answers the newer). No quorum read first: one
-        round of replica puts instead of a round of replica gets and then one of puts. The PUT_REPLY, or a
-        future of it; None when this node holds no replica of the key, or is repairing its partition after
-        amnesia (its copy may lack acknowledged writes): then read first (``_read_then_write``)."""
-        route = self._route(key)
-        partition, _, targets, _ = route
-        if targets is None or partition in self.repairing:
-            return None
-        config = self.config
-        _check_sizes(config, key, value)
-        if value.startswith(_MARK):
-            value = expiry.wrap(value)  # escaped, as client_put stores it
-        w = _quorum(w, config.w, "w", config.n) or 1
-        dw = _quorum(dw, min(config.dw, w), "dw", config.n)
-        if dw > w:
-            raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
-        return self._put(key, value, w, dw, config.request_timeout, _PUT_REPLY, None, None, route)
-
     def client_put(self, put):
         key, value, context, w, dw, timeout_ms, lww, ttl_ms = put
         _check_sizes(self.config, key, value)
@@ -336,11 +314,9 @@ class RequestCoordinator:
                     return actor
         return self.actors.fresh()
 
-    def _put(self, key, incoming, w, dw, timeout, reply_type, request, ttl=None, route=None):
-        """``incoming``: the client's version (``Siblings.new``), or a value alone (bytes) whose context is our
-        copy's clock (``replace``). ``ttl``: seconds until the value expires (for the reaper), None when it does
-        not. ``route``: the key's, when the caller has it already."""
-        partition, primaries, targets, spares = route or self._route(key)
+    def _put(self, key, incoming, w, dw, timeout, reply_type, request, ttl=None):
+        """``ttl``: seconds until the value expires (for the reaper), None when it does not."""
+        partition, primaries, targets, spares = self._route(key)
         if targets is None:
             return self._forward(primaries, request, timeout)
         try:
@@ -348,8 +324,6 @@ class RequestCoordinator:
             damaged = False
         except CorruptionError:
             existing, damaged = None, True  # what we held is lost: as if we held nothing (the write replaces it)
-        if type(incoming) is bytes:
-            incoming = self.Siblings.new(incoming, None if existing is None else existing.clock())
         # Stamp the new version and write it locally in the same loop step as the read: no other write of
         # this key can slip in between.
         actor = self._stamping_actor(existing)

@@ -236,13 +236,11 @@ def write(app, conn, key, value, context):
 
 
 def set_value(app, conn, key, value):
-    """SET: where this node is the key's one replica, one local step that supersedes what is stored; where it
-    is one of its replicas, a write that supersedes this node's copy (no read first); else a read, then a write
-    with the read's context (the coordinator's last-write-wins put, as callbacks)."""
+    """SET: where this node is the key's one replica, one local step that supersedes what is stored; else a
+    read, then a write with the read's context (the coordinator's last-write-wins put, as callbacks). Not a write
+    over the coordinator's own copy alone (Riak's way): docs/resp.md says why."""
     app.check_value(key, value)
     done = app.requests.replace_local(key, value, conn.w, conn.dw)
-    if done is None:
-        done = app.requests.replace(key, value, conn.w, conn.dw)
     if done is None:
         return then(read(app, conn, key), lambda seen: write(app, conn, key, value, seen[1]))
     return OK if type(done) is tuple else then(done, _ok)
