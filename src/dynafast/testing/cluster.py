@@ -559,7 +559,7 @@ class LocalCluster:
         routes = [
             f"{dst}={proxy.address}" for (src, dst), proxy in self._proxies.items() if src == node.node_id
         ]
-        node.env = {**self.env, "DYNAFAST_PEER_ROUTES": ",".join(routes)}
+        node.env = {**node.env, "DYNAFAST_PEER_ROUTES": ",".join(routes)}  # keeps what a test set for this node
 
     def _retarget(self, node: NodeProcess) -> None:
         # The node may have moved to another port when its first one was taken meanwhile.
