@@ -167,7 +167,14 @@ def start_dynafast_cluster(base: str):
         return (all("cluster_members:3" in info and "cluster_members_down:0" in info for info in infos)
                 and len(rings) == 1 and None not in rings)
 
-    wait_until(formed, "the dynafast cluster to form", timeout=120)
+    try:
+        wait_until(formed, "the dynafast cluster to form", timeout=120)
+    except RuntimeError:
+        for i, port in enumerate(resps):  # what each node saw, before the scratch directory goes
+            print(f"n{i + 1}: exit {procs[i].poll()}, {cli(port, 'INFO', 'replication')!r}", file=sys.stderr)
+            with open(os.path.join(base, f"n{i + 1}.log"), "rb") as log:
+                sys.stderr.write(log.read()[-3000:].decode("utf-8", "replace"))
+        raise
     for port in resps:
         wait_until(lambda: cli(port, "SET", "warmup", "x") == "OK", f"a write through the node on {port}")
     time.sleep(3)  # partitions move to the new members just after they join
