@@ -246,10 +246,13 @@ class RespApp:
 
 
 def new_lane(node):
-    """The node's fast lane, or None where it cannot run (a compiled lane over the reference store)."""
+    """The node's fast lane, or None where it cannot run: keys with more than one replica (N>1), or a compiled
+    lane over the reference store."""
     engine = getattr(node.store, "_engine", None)
+    if engine is None or node.config.n != 1:
+        return None
     try:
-        return _impl.lane.Lane(node.requests, node.vnodes, engine, node.config) if engine is not None else None
+        return _impl.lane.Lane(node.requests, node.vnodes, engine, node.config)
     except TypeError:
         return None
 
@@ -285,7 +288,7 @@ class RespConnection(asyncio.Protocol):
         self._pending = collections.deque()  # [future or None, reply] in request order, from the first waiting
         # What the commands in flight touch: a later command on one of their keys waits (a pipeline's GET sees
         # the SET before it), and a barrier (AUTH, SCAN, ...) waits for all and holds back all after it.
-        self._busy_keys = collections.Counter()
+        self._busy_keys = {}  # key -> commands in flight on it (a dict: Counter's update showed in profiles)
         self._barriers = 0
         self._held = collections.deque()  # requests parsed but not yet run (reading is paused)
         self._reading_paused = False
@@ -443,7 +446,9 @@ class RespConnection(asyncio.Protocol):
                     if keys is None:
                         self._barriers += 1
                     else:
-                        self._busy_keys.update(keys)
+                        busy = self._busy_keys
+                        for key in keys:
+                            busy[key] = busy.get(key, 0) + 1
                     pending.append([reply, None, keys])
                     reply.add_done_callback(self._answered)
                     continue
@@ -467,15 +472,18 @@ class RespConnection(asyncio.Protocol):
         for slot in pending:
             if slot[0] is future:
                 slot[0], slot[1] = None, _outcome(future)
-                self.rights = self.app.lane_rights(self)  # a login changes them
+                if self.app.lane is not None:
+                    self.rights = self.app.lane_rights(self)  # a login changes them
                 keys = slot[2]
                 if keys is None:
                     self._barriers -= 1
                 else:
                     busy = self._busy_keys
                     for key in keys:
-                        busy[key] -= 1
-                        if not busy[key]:
+                        left = busy[key] - 1
+                        if left:
+                            busy[key] = left
+                        else:
                             del busy[key]
                 break
         out = self._out
@@ -489,7 +497,7 @@ class RespConnection(asyncio.Protocol):
             return
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            future.get_loop().call_soon(self._flush)  # (get_running_loop costs a system call per reply)
         if self._held:
             self._release()
 
