@@ -1,5 +1,8 @@
 """RESP SET on a node that is the key's one replica (N=1) is one local step: it must mean what the read then
 write it replaces meant (supersede every version stored, wait for dw), and a damaged record must not block it."""
+import socket
+import time
+
 import pytest
 import redis
 
@@ -53,3 +56,34 @@ def test_set_replaces_a_damaged_record(one_node):
     # ... and a SET writes over it, as a put does: with N=1 nothing else could ever repair the key.
     assert r.set("k", "fresh")
     assert r.get("k") == b"fresh"
+
+
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_client_that_never_reads_its_big_replies_cannot_grow_the_node(one_node):
+    """1,200 GETs of 512 KiB values in one write, never read: 600 MiB of replies. They go out (and are held back)
+    as they are made, through the lane and through the general path alike, instead of all at once."""
+    node = one_node.nodes[0]
+    r = connect(node, protocol=2)
+    value = b"x" * (512 * 1024)
+    assert r.set("big", value) and r.set("big-ttl", value, ex=1000)  # the second: the general path answers it
+    before = _peak_rss(node.pid)
+    host, port = node.resp_address.rsplit(":", 1)
+    greedy = socket.socket()
+    greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    greedy.connect((host, int(port)))
+    try:
+        greedy.sendall(b"GET big\r\nGET big-ttl\r\n" * 600)
+        for _ in range(20):  # the node takes what it can of the requests meanwhile
+            assert r.get("big") == value  # and serves the others
+            time.sleep(0.1)
+        assert _peak_rss(node.pid) - before < 150 * 1024 * 1024
+    finally:
+        greedy.close()
+    assert r.ping()

@@ -413,16 +413,19 @@ class RespConnection(asyncio.Protocol):
         out = self._out
         i, count = 0, len(requests)
         while i < count:
+            if len(out) >= HIGH_WATER:
+                # Big replies go out as they are made, not once the whole read is answered: a client that sends
+                # many GETs of big values and never reads is then held back (pause_writing) instead of growing
+                # the node by every reply at once.
+                self._flush()
+                out = self._out
             if rights and not pending and not self._writing_paused:
                 stop = lane.serve(requests, i, out, rights, self.resp3, HIGH_WATER)
                 if stop > i:
                     app.commands += stop - i
                     self.last_command = requests[stop - 1][0]
                     i = stop
-                    if len(out) >= HIGH_WATER:
-                        self._flush()  # may pause writing: what is left is then held
-                    if i == count:
-                        return
+                    continue
             args = requests[i]
             i += 1
             if self._writing_paused or len(pending) >= MAX_PENDING:
