@@ -1,7 +1,9 @@
 """The RESP listener of a node: connections, login, limits, flow control and the in-order answer of pipelines.
 
-A read is parsed into requests, each is run (``commands``), and the replies of everything that was answered at
-once go out in one write per read. A command whose coordinator has to wait (replicas on other nodes, a fsync)
+A read is parsed into requests, each is run, and the replies of everything that was answered at once go out in
+one write per read (or as they pass the high-water mark). GET and SET of the keys this node alone holds run in the
+compiled fast lane (``dynafast._core.lane``) while it can answer them; every other command takes the general path
+(``commands``), which the lane hands each request it is not sure of. A command whose coordinator has to wait (replicas on other nodes, a fsync)
 holds its place: later replies queue behind it, so a pipeline is answered in order, and a future's done callback
 answers it, with no coroutine per request.
 
@@ -20,11 +22,11 @@ import os
 import time
 
 import dynafast
+from dynafast import _impl
 from dynafast.address import format_address, parse_address
 from dynafast.errors import DynafastError
 from dynafast.net.server import close_idle, descriptor_budget
 from dynafast.resp import commands, modify  # noqa: F401 - modify adds its commands (SET among them) to TABLE
-from dynafast import _impl
 from dynafast.resp.commands import NOAUTH, TABLE, WRONGPASS, arity_error, coordinator_error, may, unknown_command
 from dynafast.resp.keyspace import Keyspace
 from dynafast.resp.protocol import RespError, RespProtocolError, encode, new_parser
