@@ -3,6 +3,7 @@ in this process over real stores, get the same random commands; one answers thro
 through the reference lane, one without a lane. Every reply must be the same, byte for byte, and
 every key must end up holding the same versions."""
 import asyncio
+import errno
 import random
 import socket
 import time
@@ -121,3 +122,43 @@ def test_the_lanes_answer_what_the_general_path_answers(tmp_path, seed):
                 continue  # answers a context: the node's own actors
             assert got == want, (kind, args)
         assert stored == held, kind
+
+
+def test_a_write_the_store_refuses_is_answered_by_the_general_path(tmp_path):
+    """A full disk: the lane's SET stores nothing and leaves the request to the general path, which answers the
+    error; once there is room again the lane writes."""
+    try:
+        core = _impl.compiled("logstore")
+    except ImportError:
+        pytest.skip("dynafast._core.logstore is not built")
+
+    async def run():
+        config = NodeConfig(node_id="n1", listen=f"127.0.0.1:{_free_port()}", resp=f"127.0.0.1:{_free_port()}",
+                            data_dir=str(tmp_path / "full"), n=1, r=1, w=1, dw=0)
+        node = Node(config)
+        await node.start()
+        try:
+            lane = node.resp.app.lane
+            assert lane is not None
+            rng = random.Random(0)
+            big = [rng.randbytes(600 << 10) for _ in range(2)]  # two fill the 1 MiB write buffer: a flush
+            rights = _impl.lane.READ | _impl.lane.WRITE
+            out = bytearray()
+            core.set_io_fault(errno.ENOSPC)
+            try:
+                # The first goes into the write buffer; the second has to flush it, and the disk is full.
+                assert lane.serve([[b"SET", b"k1", big[0]], [b"SET", b"k2", big[1]]], 0, out, rights, False,
+                                  HIGH_WATER) == 1
+                assert out == b"+OK\r\n"
+                node.resp.app.lane = None
+                conn = RespConnection(node.resp)
+                conn._run([[b"SET", b"k2", big[1]]])
+                assert bytes(conn._out).startswith(b"-"), bytes(conn._out)[:80]
+            finally:
+                core.clear_io_fault()
+            out = bytearray()
+            assert lane.serve([[b"SET", b"k2", big[1]], [b"GET", b"k2"]], 0, out, rights, False, 8 << 20) == 2
+            assert out == b"+OK\r\n$%d\r\n%s\r\n" % (len(big[1]), big[1])
+        finally:
+            await node.stop()
+    asyncio.run(run())

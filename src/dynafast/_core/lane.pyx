@@ -215,7 +215,10 @@ cdef class Lane:
             stored = existing.supersede(value, actor, now)
         if len(stored) > self.sibling_check:
             return False  # the general path checks the limits (and warns)
-        self.engine.put(stored_key, stored.to_bytes())
+        try:
+            self.engine.put(stored_key, stored.to_bytes())
+        except Exception:  # noqa - a full disk, say: nothing was stored; the general path answers the error
+            return False
         on_write = self.vnodes.on_write
         if on_write is not None:
             on_write(partition, key, existing, stored)

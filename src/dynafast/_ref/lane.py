@@ -121,7 +121,10 @@ class Lane:
             stored = existing.supersede(value, actor, now)
         if len(stored) > self.sibling_check:
             return False
-        self.engine.put(stored_key, stored.to_bytes())
+        try:
+            self.engine.put(stored_key, stored.to_bytes())
+        except Exception:  # noqa: BLE001 - a full disk, say: nothing was stored; the general path answers it
+            return False
         if self.vnodes.on_write is not None:
             self.vnodes.on_write(partition, key, existing, stored)
         out += b"+OK\r\n"
