@@ -118,7 +118,7 @@ cdef class Lane:
         cdef Py_ssize_t i = start, count = PyList_GET_SIZE(requests)
         cdef list args
         cdef object name
-        cdef bint damaged
+        cdef bint damaged, done
         cdef object now = None
         if not rights or not self._open():
             return start
@@ -126,16 +126,21 @@ cdef class Lane:
         while i < count and PyByteArray_GET_SIZE(out) < limit:
             args = <list>PyList_GET_ITEM(requests, i)
             name = <object>PyList_GET_ITEM(args, 0)
-            if PyList_GET_SIZE(args) == 2 and rights & READ and _is(name, b"GET", b"get", 3):
-                if not self._get(<object>PyList_GET_ITEM(args, 1), out, resp3):
-                    break
-            elif (PyList_GET_SIZE(args) == 3 and rights & WRITE and not damaged
-                    and _is(name, b"SET", b"set", 3)):
-                if now is None:
-                    now = int(self.requests.clock.wall())
-                if not self._set(<object>PyList_GET_ITEM(args, 1), <object>PyList_GET_ITEM(args, 2), now, out):
-                    break
-            else:
+            # Whatever fails (a full disk, a lease of actors that cannot be written) is the general path's to
+            # answer: it runs the request again and replies with the error.
+            try:
+                if PyList_GET_SIZE(args) == 2 and rights & READ and _is(name, b"GET", b"get", 3):
+                    done = self._get(<object>PyList_GET_ITEM(args, 1), out, resp3)
+                elif (PyList_GET_SIZE(args) == 3 and rights & WRITE and not damaged
+                        and _is(name, b"SET", b"set", 3)):
+                    if now is None:
+                        now = int(self.requests.clock.wall())
+                    done = self._set(<object>PyList_GET_ITEM(args, 1), <object>PyList_GET_ITEM(args, 2), now, out)
+                else:
+                    done = False
+            except Exception:  # noqa
+                done = False
+            if not done:
                 break
             i += 1
         return i
@@ -215,10 +220,7 @@ cdef class Lane:
             stored = existing.supersede(value, actor, now)
         if len(stored) > self.sibling_check:
             return False  # the general path checks the limits (and warns)
-        try:
-            self.engine.put(stored_key, stored.to_bytes())
-        except Exception:  # noqa - a full disk, say: nothing was stored; the general path answers the error
-            return False
+        self.engine.put(stored_key, stored.to_bytes())
         on_write = self.vnodes.on_write
         if on_write is not None:
             on_write(partition, key, existing, stored)
