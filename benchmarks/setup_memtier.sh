@@ -6,7 +6,7 @@
 #
 # Needs git, a C++ compiler, autoconf, automake, libtool, pkg-config and the libevent and OpenSSL headers
 # (Debian/Ubuntu: apt-get install build-essential autoconf automake libtool pkg-config libevent-dev
-# libssl-dev zlib1g-dev).
+# libssl-dev zlib1g-dev libpcre3-dev).
 set -eu
 PREFIX=${1:-$HOME/.local}
 VERSION=${MEMTIER_VERSION:-2.1.1}
