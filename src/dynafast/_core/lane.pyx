@@ -117,14 +117,17 @@ cdef class Lane:
         It also stops once ``out`` holds ``limit`` bytes, for the caller to send them."""
         cdef Py_ssize_t i = start, count = PyList_GET_SIZE(requests)
         cdef list args
-        cdef object name
+        cdef object item, name
         cdef bint damaged, done
         cdef object now = None
         if not rights or not self._open():
             return start
         damaged = bool(self.vnodes.damaged)
         while i < count and PyByteArray_GET_SIZE(out) < limit:
-            args = <list>PyList_GET_ITEM(requests, i)
+            item = <object>PyList_GET_ITEM(requests, i)
+            if type(item) is not list or PyList_GET_SIZE(item) == 0:
+                break  # not a request the parser makes: the general path's to judge
+            args = <list>item
             name = <object>PyList_GET_ITEM(args, 0)
             # Whatever fails (a full disk, a lease of actors that cannot be written) is the general path's to
             # answer: it runs the request again and replies with the error.
