@@ -47,6 +47,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _config(data_dir, **options) -> NodeConfig:
+    """A node of one replica per key (the lane's case) whose writes are answered at once (dw 0)."""
+    return NodeConfig(node_id="n1", listen=f"127.0.0.1:{_free_port()}", resp=f"127.0.0.1:{_free_port()}",
+                      data_dir=str(data_dir), n=1, r=1, w=1, dw=0, **options)
+
+
 class _StoppedClock:
     """A wall clock that stands still: the three nodes stamp the same times, so the newest of two siblings (by
     time, then actor) is the same one on each, however far apart in time the runs are."""
@@ -62,8 +68,7 @@ class _StoppedClock:
 
 async def _replies(base, kind, ops, now):
     """The replies of ``ops`` on a fresh node whose lane is ``kind`` (None: no lane), and how many it served."""
-    config = NodeConfig(node_id="n1", listen=f"127.0.0.1:{_free_port()}", resp=f"127.0.0.1:{_free_port()}",
-                        data_dir=str(base / str(kind)), n=1, r=1, w=1, dw=0, max_key_size=64)
+    config = _config(base / str(kind), max_key_size=64)
     node = Node(config, Environment(clock=_StoppedClock(now), rng=random.Random(0)))
     await node.start()
     try:
@@ -133,9 +138,7 @@ def test_a_write_the_store_refuses_is_answered_by_the_general_path(tmp_path):
         pytest.skip("dynafast._core.logstore is not built")
 
     async def run():
-        config = NodeConfig(node_id="n1", listen=f"127.0.0.1:{_free_port()}", resp=f"127.0.0.1:{_free_port()}",
-                            data_dir=str(tmp_path / "full"), n=1, r=1, w=1, dw=0)
-        node = Node(config)
+        node = Node(_config(tmp_path / "full"))
         await node.start()
         try:
             lane = node.resp.app.lane

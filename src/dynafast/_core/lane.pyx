@@ -18,7 +18,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport PyObject
-from libc.stdint cimport uint64_t
 from libc.string cimport memcmp, memcpy
 
 from dynafast._core.logstore cimport LogStore, df_item, df_kd_find
