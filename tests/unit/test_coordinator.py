@@ -174,6 +174,36 @@ def test_fallback_replies_are_not_repaired(impl):
     assert stale == []
 
 
+def test_a_fallbacks_not_found_does_not_outvote_a_primary_that_has_the_key(impl):
+    """Primary "c" is down and "d" stands in for it; primary "a" came back from an outage and has not received
+    the key's hints yet. Their two "not found" replies make R=2, but only "b" can tell: the read waits for it."""
+    v = impl.Siblings.new(b"v").update(None, b"b", 1)
+    m = GetCoordinator([("a", None), ("b", None), ("d", "c")], [], r=2, versions=impl)
+    m.start()
+    m.on_reply("a", None)
+    m.on_reply("d", None)
+    assert not m.done
+    m.on_reply("b", v)
+    assert m.done and m.error is None and m.result == v
+    merged, stale = m.repairs()
+    assert merged == v and stale == ["a"]
+
+
+def test_not_found_from_a_primary_and_a_fallback_is_final_when_nobody_else_answers(impl):
+    m = GetCoordinator([("a", None), ("b", None), ("d", "c")], [], r=2, versions=impl)
+    m.start()
+    m.on_reply("a", None)
+    m.on_reply("d", None)
+    m.on_failure("b", Unavailable("gone"))
+    assert m.done and m.error is None and m.result is None
+    m = GetCoordinator([("a", None), ("b", None), ("d", "c")], [], r=2, versions=impl)
+    m.start()
+    m.on_reply("d", None)
+    m.on_reply("a", None)
+    m.on_deadline()  # "b" never answered: not found is all that is known
+    assert m.done and m.error is None and m.result is None
+
+
 # -- a replica the failure detector holds down, with no fallback to stand in for it ---------------------------
 def _three_node_ring():
     from dynafast._impl import ring as rings

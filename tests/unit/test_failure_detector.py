@@ -82,3 +82,67 @@ def test_an_outage_does_not_slow_down_the_next_detection():
     # a 20-second outage, then regular heartbeats again
     last = beat(d, last + 20.0, 30, 1.0)
     assert abs(first_suspected(last) - before) < 0.3
+
+
+# -- a stall of our own ---------------------------------------------------------------------------------------
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def wall(self):
+        return 1_800_000_000.0 + self.now
+
+
+def _membership(tmp_path, clock):
+    import random
+
+    from dynafast._impl import ring as rings
+    from dynafast.cluster.membership import ClusterMembership, ClusterState, Member
+    from dynafast.cluster.ports import DirectoryFiles
+    from dynafast.config import NodeConfig
+
+    config = NodeConfig(node_id="a", listen="127.0.0.1:7001", data_dir=str(tmp_path))
+    m = ClusterMembership(config, None, clock=clock, rng=random.Random(0), files=DirectoryFiles(tmp_path))
+    members = {i: Member(i, f"127.0.0.1:700{n}") for n, i in enumerate("abc", 1)}
+    m._adopt(ClusterState(1, members, rings.Ring(16, list(members), n=3)), force=True)
+    return m
+
+
+def _run(m, clock, seconds, beating=("b", "c")):
+    """Check liveness five times a second for ``seconds``, the peers in ``beating`` beating once a second."""
+    for step in range(int(seconds * 5)):
+        clock.now += 0.2
+        if step % 5 == 0:
+            for peer in beating:
+                m.gossip.detector.heartbeat(peer, clock.now)
+        m._refresh_liveness()
+
+
+def test_peers_are_not_marked_down_for_a_stall_of_our_own(tmp_path):
+    """Stopped for 10 s (SIGSTOP), a node found every peer silent for 10 s on waking, marked all of them down, and
+    routed around them until gossip brought their heartbeats 0.2 s later."""
+    clock = _Clock()
+    m = _membership(tmp_path, clock)
+    _run(m, clock, 20)
+    _run(m, clock, 5, beating=("b",))
+    assert m.down() == {"c"}  # c fell silent: marked down as before
+    clock.now += 10.0  # stopped
+    m._refresh_liveness()
+    assert m.down() == {"c"}  # b is silent only because we were; c stays down
+    _run(m, clock, 1, beating=("b",))
+    assert m.down() == {"c"}
+    _run(m, clock, 10, beating=())  # b falls silent after the stall: the detector is back on duty
+    assert m.down() == {"b", "c"}
+
+
+def test_local_pause_excuses_silence_for_its_grace_only():
+    from dynafast.cluster.failure import LocalPause
+
+    pause = LocalPause(2.0, 3.0)
+    assert pause.check(0.0) == 0.0 and not pause.excused(0.0)
+    assert pause.check(1.5) == 0.0 and not pause.excused(1.5)
+    assert pause.check(11.5) == 10.0
+    assert pause.excused(11.5) and pause.excused(14.4) and not pause.excused(14.5)

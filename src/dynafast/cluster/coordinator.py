@@ -180,7 +180,7 @@ class GetCoordinator(_Quorum):
         self.result = None
         self.damaged: list[str] = []
         self._primaries = {node for node, hint_for in self.targets if hint_for is None}
-        self.weak = 0  # "not found" replies from replicas repairing after amnesia
+        self.weak = 0  # "not found" replies that prove nothing: from fallbacks, or replicas repairing after amnesia
 
     def start(self) -> list[Send]:
         sends = []
@@ -193,12 +193,19 @@ class GetCoordinator(_Quorum):
         return sends
 
     def on_reply(self, node: str, siblings, weak: bool = False) -> list[Send]:
-        """``weak``: a "not found" from a replica that may have forgotten the key (it repairs after amnesia)."""
+        """``weak``: a "not found" from a replica that may have forgotten the key (it repairs after amnesia).
+
+        A fallback's "not found" is weak too: it holds only the writes made while the primary it stands in for
+        was down, so it says nothing of the key. Counted as a strong one, it and a primary that missed the
+        writes (one just back from an outage, its hints not delivered yet) answered "not found" for a key the
+        third primary holds: the read's empty context made a delete delete nothing, and the hints then brought
+        the value back.
+        """
         if node not in self.outstanding:
             return []
-        del self.outstanding[node]
+        hint_for = self.outstanding.pop(node)
         self.replies[node] = siblings
-        if weak:
+        if weak or (siblings is None and hint_for is not None):
             self.weak += 1
         if not self.done and len(self.replies) >= self.r:
             self._conclude(final=False)

@@ -100,6 +100,38 @@ class PhiAccrualDetector:
         return self.phi(now) < self.threshold
 
 
+class LocalPause:
+    """This process's own stalls, which are no evidence against its peers (Cassandra's MAX_LOCAL_PAUSE).
+
+    While the process is stopped (SIGSTOP, a paused VM, an event loop blocked), it reads no heartbeat; on waking,
+    every peer has been silent for the whole stall, and the detectors would mark them all down until gossip has
+    run again. Meanwhile its coordinators route around live replicas and count fallbacks' answers. A gap longer
+    than ``longest`` between two ``check`` calls (the caller checks several times a second) is such a stall: for
+    ``grace`` seconds after it, silence is excused, and peers' heartbeats arrive in that time.
+    """
+
+    __slots__ = ("longest", "grace", "last", "until")
+
+    def __init__(self, longest: float, grace: float):
+        self.longest = longest
+        self.grace = grace
+        self.last: float | None = None
+        self.until = -math.inf
+
+    def check(self, now: float) -> float:
+        """Record a check at ``now``; the length of the stall that ended with it (0.0 when there was none)."""
+        gap = 0.0 if self.last is None else now - self.last
+        self.last = now
+        if gap <= self.longest:
+            return 0.0
+        self.until = now + self.grace
+        return gap
+
+    def excused(self, now: float) -> bool:
+        """Whether a peer's silence proves nothing now (a stall of ours ended less than ``grace`` ago)."""
+        return now < self.until
+
+
 class FailureDetector:
     """Phi-accrual detectors for a set of peers."""
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from dynafast import _impl
 from dynafast.cluster import generation
 from dynafast.cluster.background import cancel_and_wait, periodic
-from dynafast.cluster.failure import FailureDetector
+from dynafast.cluster.failure import FailureDetector, LocalPause
 from dynafast.cluster.gossip import GossipCore, state_order
 from dynafast.errors import DynafastError, ProtocolError, Timeout, Unavailable
 from dynafast.net.messages import Msg, Overloaded, parse
@@ -154,6 +154,9 @@ class ClusterMembership:
         self.state: ClusterState | None = None
         detector = FailureDetector(config.phi_threshold, first_interval=config.gossip_interval,
                                    acceptable_pause=config.gossip_interval)
+        # Liveness is checked several times a second; a stall of ours a few times that long is excused until
+        # our gossip round and our peers' have had time to bring fresh heartbeats.
+        self.local_pause = LocalPause(2 * config.gossip_interval, 2 * config.gossip_interval + config.peer_timeout)
         # A restarted node must beat above what its previous lives reached: a new generation each start.
         self.gossip = GossipCore(self.node_id, detector=detector, rng=rng, generation=generation.begin(files))
         self.listeners: list = []
@@ -213,6 +216,11 @@ class ClusterMembership:
 
     def _refresh_liveness(self) -> None:
         now = self.clock.monotonic()
+        stalled = self.local_pause.check(now)
+        if stalled:
+            log.warning("this node stalled for %.1f s: for %.1f s no peer is marked down for its silence",
+                        stalled, self.local_pause.grace)
+        excused = self.local_pause.excused(now)
         detector = self.gossip.detector
         down = set()
         for node_id, member in self.state.members.items():
@@ -220,6 +228,8 @@ class ClusterMembership:
                 continue
             if node_id in self._forced_down:
                 down.add(node_id)
+            elif excused and node_id not in self._down:
+                continue  # silent only because we were: it stays up while its heartbeats come in
             elif node_id in detector.peers:
                 if not detector.available(node_id, now):
                     down.add(node_id)
