@@ -10,7 +10,8 @@ writes that really did not see each other, however many clients share one coordi
 Both builds produce identical results and identical bytes; the byte formats are described in
 ``docs``-style comments beside ``to_bytes``.
 """
-import hashlib
+
+import mmh3
 
 from dynafast.errors import ProtocolError
 
@@ -429,7 +430,10 @@ class Siblings:
         return _compare_counts(self._entries, other._entries)
 
     def digest(self):
-        return hashlib.blake2b(self.to_bytes(), digest_size=16).digest()
+        """16 bytes that stand for this object in the anti-entropy trees: MurmurHash3 x64_128 of its encoding
+        (the trees hash (key, digest) pairs with the same function; a cryptographic digest made them no
+        stronger)."""
+        return mmh3.hash_bytes(self.to_bytes())
 
     def lww(self):
         best = None
