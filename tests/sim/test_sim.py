@@ -176,6 +176,15 @@ def test_a_second_blind_put_after_a_half_failed_reap_is_kept():
     assert not kv679_scenario(puts=2), "an acknowledged blind put was lost"
 
 
+def test_a_write_acknowledged_by_one_primary_and_a_hint_survives_that_primary_losing_it():
+    """Found by seed 30018 with 5 nodes: across a partition, n4 acknowledged a put (w=2) with its own copy and a
+    hint on n5 for n3. n4's log was truncated (the copy gone), and n5's hint expired undelivered (the partition,
+    then hints held back): the write was lost though only one of its two copies was. A hint held past half its
+    window now goes to the key's other primaries too."""
+    result = run(30018, nodes=5, ops=150)
+    assert not result.violations, [str(v) for v in result.violations]
+
+
 def test_it_finds_a_counter_reused_after_a_local_not_found(monkeypatch):
     """Switch the fresh actor off (a coordinator without a local copy stamps with its usual actor again): the
     same scenario loses the acknowledged write."""

@@ -84,3 +84,111 @@ def test_a_wall_clock_set_back_while_running_does_not_lengthen_the_window():
         assert abs(steady.now() - (now + HOUR)) < 1e-6
     finally:
         loop.close()
+
+
+def test_a_hint_past_half_its_window_is_marked_for_the_other_primaries():
+    held = [(1, b"young", S.empty(), 1000.0), (1, b"old", S.empty(), 1000.0 - 2 * HOUR)]
+    plan = hints.plan("owner", held, now=1000.0, window=3 * HOUR, deliverable=True, batch_size=10)
+    assert [key for _, key, _, _ in plan.aged] == [b"old"]
+    assert [key for _, key, _, _ in plan.batch] == [b"young", b"old"]  # the owner may still take it
+    # Not for an owner that left (the whole batch goes to the primaries), nor on a leaving node (nothing expires).
+    assert hints.plan("owner", held, now=1000.0, window=3 * HOUR, deliverable=True, batch_size=10,
+                      redirect=True).aged == []
+    assert hints.plan("owner", held, now=1000.0, window=3 * HOUR, deliverable=True, batch_size=10,
+                      expire=False).aged == []
+
+
+class _Ring:
+    n = 3
+
+    def replicas(self, partition, n):
+        return ("coordinator", "other", "owner")
+
+
+class _Membership:
+    """The hint holder's view: every node up; the owner's calls time out (it takes no hints)."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.state = SimpleNamespace(ring=_Ring())
+        self.members = {name: SimpleNamespace(status="valid") for name in ("coordinator", "other", "owner")}
+        self.down = set()
+
+    def is_up(self, node):
+        return node not in self.down
+
+    def address_of(self, node):
+        return node
+
+    def mark_down(self, node, exc=None):
+        pass
+
+
+class _Transport:
+    def __init__(self):
+        self.calls = []
+
+    async def call(self, address, msg_type, fields, timeout):
+        from dynafast.errors import Timeout
+        from dynafast.net.messages import Msg
+
+        self.calls.append((address, msg_type))
+        if address == "owner":
+            raise Timeout("the owner takes no hints")
+        assert msg_type == Msg.TRANSFER
+        return (Msg.TRANSFER_REPLY, (len(fields[1]),))
+
+
+def _handoff(store, clock, membership, transport):
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(node_id="fallback", hint_window=4.0, handoff_batch=16, peer_timeout=0.1,
+                             handoff_bytes_per_second=1 << 30)
+    vnodes = Vnodes(store, _impl.vclock, clock=clock)
+    return vnodes, hints.HintedHandoff(config=config, versions=_impl.vclock, membership=membership, vnodes=vnodes,
+                                       durability=None, transport=transport, clock=clock)
+
+
+def test_a_hint_its_owner_does_not_take_goes_to_the_other_primaries_before_it_expires(tmp_path):
+    """A write acknowledged with w=2 by one primary and this hint: if the hint expired undelivered, the write would
+    rest on that primary's disk alone, and losing it (a truncated log) would lose the write although only one of
+    its two copies was lost (found by simulator seed 30018 with 5 nodes)."""
+    import asyncio
+
+    from dynafast.net.messages import Msg
+    from dynafast.sim.clock import SimClock
+    from dynafast.sim.loop import SimLoop
+
+    loop = SimLoop()
+    try:
+        clock = SimClock(loop)
+        membership, transport = _Membership(), _Transport()
+        with dynafast.open(tmp_path / "db", sync="none") as store:
+            vnodes, handoff = _handoff(store, clock, membership, transport)
+            write = S.new(b"v").update(None, b"coordinator", 1)
+            vnodes.merge_in(7, b"k", write, "owner")
+
+            async def rounds():
+                delivered = []
+                for _ in range(11):  # every half second, past the window
+                    delivered.append(await handoff.deliver())
+                    await asyncio.sleep(0.5)
+                return delivered
+
+            membership.down = {"coordinator"}  # down for now: its copy is the one that may be lost
+            loop.run_until_complete(rounds())
+            others = [address for address, msg in transport.calls if msg == Msg.TRANSFER]
+            assert others and set(others) == {"other"}, transport.calls
+            assert others.count("other") == 1  # once per version, not every round
+            assert handoff.expired == 1 and list(vnodes.hints("owner")) == []  # expired: not every primary took it
+
+            # Every other primary up: once they all took the aged hint it is dropped, before it expires.
+            transport.calls.clear()
+            membership.down = set()
+            vnodes.merge_in(7, b"k2", write, "owner")
+            loop.run_until_complete(rounds())
+            assert {a for a, m in transport.calls if m == Msg.TRANSFER} == {"coordinator", "other"}
+            assert handoff.expired == 1 and list(vnodes.hints("owner")) == []
+    finally:
+        loop.close()

@@ -13,6 +13,13 @@ to the key's current primaries instead (the owner's vnode moved there, perhaps b
 so does every hint for an owner that is down when this node itself has left and is handing off before it stops
 (``hand_off_all``); a leaving node expires nothing.
 
+A hint may be one of the ``w`` copies a write was acknowledged with (sloppy quorum: the coordinator reached one
+primary and this fallback, say), so dropping it undelivered is safe only once the key's other primaries hold what it
+carries. A hint still held halfway through its window therefore also goes to the key's other primaries that are up
+(a TRANSFER, answered once on their disks), and is dropped once all of them took it: its owner gets it from them
+by anti-entropy. Otherwise the write would rest on one primary's disk alone when the hint expires, and losing that
+disk (a truncated log, a wipe) would lose an acknowledged write although fewer than ``w`` of its copies were lost.
+
 ``plan`` decides (no I/O): which hints of one owner go in the next batch, where to, and which expire.
 ``deliver`` carries it out over the transport. Ports: config, a membership view, the vnodes (hints live in the
 node's store), durability, the transport, the clock.
@@ -25,6 +32,7 @@ from dataclasses import dataclass, field
 from dynafast.cluster.durability import durable_reply
 from dynafast.cluster.handover import give, live_primaries
 from dynafast.cluster.ports import peer_failed
+from dynafast.cluster.preflist import primaries
 from dynafast.cluster.throttle import TokenBucket
 from dynafast.errors import DynafastError
 from dynafast.net.messages import Msg
@@ -40,6 +48,8 @@ class Plan:
     batch: list = field(default_factory=list)    # (partition, key, siblings, raw) to send
     expired: list = field(default_factory=list)  # (partition, key, siblings) to drop undelivered
     redirect: bool = False                       # the batch goes to the keys' current primaries, not the owner
+    aged: list = field(default_factory=list)     # (partition, key, siblings, raw) past half the window: they go
+                                                 # to the keys' other primaries too, before they can expire
 
 
 def plan(owner: str, hints, *, now: float, window: float, deliverable: bool, batch_size: int,
@@ -59,8 +69,10 @@ def plan(owner: str, hints, *, now: float, window: float, deliverable: bool, bat
             if now - received > window:
                 result.expired.append((partition, key, siblings))
                 continue
+            if not redirect and now - received > window / 2 and len(result.aged) < batch_size:
+                result.aged.append((partition, key, siblings, siblings.to_bytes()))
         if not deliverable:
-            continue  # only expiring them this round
+            continue  # only expiring (and handing aged ones to the other primaries) this round
         result.batch.append((partition, key, siblings, siblings.to_bytes()))
         if len(result.batch) >= batch_size:
             break
@@ -102,6 +114,8 @@ class HintedHandoff:
         self.expired = 0
         self.wall = SteadyWall(clock)
         self.started = clock.wall()  # when hints stored without a receipt time count as received
+        # owner -> {(partition, key): (siblings, primaries that took that version of the aged hint)}
+        self._given: dict[str, dict] = {}
 
     def plans(self, leaving: bool = False) -> list[Plan]:
         now = self.wall.now()
@@ -127,6 +141,13 @@ class HintedHandoff:
                     self.expired += 1
             if step.expired:
                 log.info("dropped %d hints for %s older than the hint window", len(step.expired), step.owner)
+            if not step.aged:
+                self._given.pop(step.owner, None)
+            else:
+                # First, so that an owner that takes no hints (and times out) cannot hold them up.
+                gone = await self._secure(step.owner, step.aged)
+                delivered += len(gone)
+                step.batch = [item for item in step.batch if (item[0], item[1]) not in gone]
             if step.batch and step.redirect:
                 delivered += await self._redirect(step.owner, step.batch)
             elif step.batch:
@@ -179,6 +200,50 @@ class HintedHandoff:
                 if self.vnodes.drop_hint_if_equal(owner, partition, key, siblings):
                     delivered += 1
         return delivered
+
+    async def _secure(self, owner: str, aged) -> set:
+        """Hints past half their window: give them to their partitions' other primaries that are up (not the
+        owner), each primary once per version, and drop a hint once every other primary holds it durably (its
+        owner then gets it from them by anti-entropy). Returns the (partition, key) pairs dropped.
+
+        Until then the hint stays, and may still go to its owner or expire: by then the primaries that took it
+        hold the write too, so its expiry no longer leaves it on the coordinator's copy alone."""
+        held = {(partition, key): siblings for partition, key, siblings, _ in aged}
+        # What each other primary took, kept for the hints still aged and unchanged (a newer version starts over).
+        given = {item: nodes for item, (siblings, nodes) in self._given.get(owner, {}).items()
+                 if held.get(item) == siblings}
+        by_partition: dict[int, list] = {}
+        for item in aged:
+            by_partition.setdefault(item[0], []).append(item)
+        ring = self.membership.state.ring
+        me = self.config.node_id
+        dropped = set()
+        for partition, items in sorted(by_partition.items()):
+            others = {node for node in primaries(ring, partition, ring.n) if node not in (me, owner)}
+            for node in live_primaries(self.membership, partition, me, exclude=owner):
+                missing = [item for item in items if node not in given.get((partition, item[1]), ())]
+                if not missing:
+                    continue
+                await self.bucket.take(sum(len(key) + len(raw) for _, key, _, raw in missing))
+                try:
+                    # One primary at a time: one that is down or refuses must not keep the others from taking them.
+                    await give(self.transport, self.membership, [node], partition, [k for _, k, _, _ in missing],
+                               [r for _, _, _, r in missing], self.config.peer_timeout * 5)
+                except (DynafastError, OSError) as exc:
+                    if peer_failed(exc):
+                        self.membership.mark_down(node, exc)
+                    log.info("aged hints for %s of partition %d not handed to %s yet: %s", owner, partition,
+                             node, exc)
+                    continue
+                for _, key, _, _ in missing:
+                    given[(partition, key)] = given.get((partition, key), frozenset()) | {node}
+            for _, key, siblings, _ in items:
+                if others and others <= given.get((partition, key), frozenset()) and \
+                        self.vnodes.drop_hint_if_equal(owner, partition, key, siblings):
+                    dropped.add((partition, key))
+                    given.pop((partition, key), None)
+        self._given[owner] = {item: (held[item], nodes) for item, nodes in given.items()}
+        return dropped
 
     def handle_hint_push(self, fields):
         """Hints delivered to us, their owner: reconcile them all, then one durable sync for the batch."""
