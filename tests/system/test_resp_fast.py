@@ -87,3 +87,38 @@ def test_a_client_that_never_reads_its_big_replies_cannot_grow_the_node(one_node
     finally:
         greedy.close()
     assert r.ping()
+
+
+def test_a_client_that_never_reads_big_replies_from_other_nodes_cannot_grow_the_node(tmp_path):
+    """On a cluster a GET waits for another node (R=2): its reply comes later, through a future. 300 GETs of
+    different 1 MiB values in one write, never read, were all started at once (up to 1,024 per connection) and
+    every reply kept: 300 MiB. Now a connection has as many in flight as its replies' size allows."""
+    from test_cluster import wait_members
+
+    with LocalCluster(3, base_dir=tmp_path / "c", resp=True) as c:
+        with Client(c.addresses, timeout=10.0) as client:
+            wait_members(client, 3, timeout=60)
+        node = c.nodes[0]
+        r = connect(node, protocol=2)
+        value = b"x" * (1024 * 1024)
+        keys = [f"big-{i}" for i in range(300)]
+        for start in range(0, len(keys), 20):
+            pipe = r.pipeline(transaction=False)
+            for key in keys[start:start + 20]:
+                pipe.set(key, value)
+            assert all(pipe.execute())
+        assert r.get(keys[-1]) == value
+        before = _peak_rss(node.pid)
+        host, port = node.resp_address.rsplit(":", 1)
+        greedy = socket.socket()
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        greedy.connect((host, int(port)))
+        try:
+            greedy.sendall(b"".join(b"GET %s\r\n" % key.encode() for key in keys))
+            for _ in range(30):  # the node takes what it can of the requests meanwhile
+                assert r.get(keys[0]) == value  # and serves the others
+                time.sleep(0.1)
+            assert _peak_rss(node.pid) - before < 100 * 1024 * 1024
+        finally:
+            greedy.close()
+        assert r.ping()

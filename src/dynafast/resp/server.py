@@ -10,7 +10,8 @@ answers it, with no coroutine per request.
 Bounded memory, as on the native port: a request's arguments at most ``max_value_size`` bytes each (Redis's
 "invalid bulk length" past it), the bytes of requests still arriving at most ``max_frame`` per connection and
 ``max_unfinished_frames`` for all; a connection stops being read while its unsent replies exceed a high-water
-mark or it has ``MAX_PENDING`` commands waiting; one with nothing received for ``idle_timeout`` is closed.
+mark, or while its commands waiting for other nodes would (by the size its replies have had; ``MAX_PENDING`` at
+most); one with nothing received for ``idle_timeout`` is closed.
 """
 from __future__ import annotations
 
@@ -296,6 +297,12 @@ class RespConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._flush_scheduled = False
+        # Commands in flight are bounded by what their replies weigh, as on the cluster port: the largest recent
+        # reply size, decaying towards smaller ones (their number times it, plus what the transport has not sent
+        # yet, stays under HIGH_WATER). A new connection starts with two in flight and widens as small replies
+        # come; one asking for large values from other nodes has one or two, not MAX_PENDING of them.
+        self._reply_estimate = HIGH_WATER // 2
+        self._unsent = 0  # bytes the transport still held after our last write
         self._unfinished = 0
         self._broken = None  # the protocol error to send once the requests before it are answered
         self._half_closed = False
@@ -430,7 +437,8 @@ class RespConnection(asyncio.Protocol):
                     continue
             args = requests[i]
             i += 1
-            if self._writing_paused or len(pending) >= MAX_PENDING:
+            if self._writing_paused or (pending and (
+                    len(pending) >= MAX_PENDING or len(pending) * self._reply_estimate + self._unsent >= HIGH_WATER)):
                 self._held.extend(requests[i - 1:])
                 self._pause_reading()
                 return
@@ -496,7 +504,10 @@ class RespConnection(asyncio.Protocol):
             reply = pending.popleft()[1]
             if isinstance(reply, RespError):
                 self.app.errors += 1
+            start = len(out)
             encode(out, reply, self.resp3)
+            size, estimate = len(out) - start, self._reply_estimate
+            self._reply_estimate = size if size > estimate else estimate - ((estimate - size) >> 3)
         if not pending and not self._held and (self._broken is not None or self._half_closed):
             self._maybe_done()
             return
@@ -531,6 +542,7 @@ class RespConnection(asyncio.Protocol):
         if self._out and self.transport is not None:
             out, self._out = self._out, bytearray()
             self.transport.write(out)
+            self._unsent = self.transport.get_write_buffer_size()
 
     def _close(self):
         self._flush()
@@ -544,6 +556,7 @@ class RespConnection(asyncio.Protocol):
 
     def resume_writing(self):
         self._writing_paused = False
+        self._unsent = self.transport.get_write_buffer_size() if self.transport is not None else 0
         self.active = True
         if self._held:
             self._release()
