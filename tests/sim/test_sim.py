@@ -185,6 +185,13 @@ def test_a_write_acknowledged_by_one_primary_and_a_hint_survives_that_primary_lo
     assert not result.violations, [str(v) for v in result.violations]
 
 
+def test_a_conditional_write_given_up_leaves_no_unretrieved_replica_error():
+    """Seed 30043 with 5 nodes and compare-and-set: a paxos phase cancelled while it waited left its replica
+    calls unwatched, and one failed (WrongNode, its ring had moved on) with nobody to retrieve the error."""
+    result = run(30043, nodes=5, ops=150, cas=True)
+    assert not result.violations, [str(v) for v in result.violations]
+
+
 def test_it_finds_a_counter_reused_after_a_local_not_found(monkeypatch):
     """Switch the fresh actor off (a coordinator without a local copy stamps with its usual actor again): the
     same scenario loses the acknowledged write."""

@@ -432,31 +432,36 @@ class Paxos:
         of them, or that can no longer happen, or at the deadline. Returns node -> reply record or exception."""
         loop = asyncio.get_running_loop()
         calls = {}
-        for node in nodes:
-            if node == self.me:
-                call = asyncio.ensure_future(self._local(msg_type, fields))
-            else:
-                call = self.transport.request(self.membership.address_of(node), msg_type, fields,
-                                              self.config.peer_timeout)
-            calls[call] = node
         replies: dict = {}
-        yes = 0
-        pending = set(calls)
-        while pending:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            for call in done:
-                node = calls[call]
-                reply = self._reply_of(node, call, msg_type)
-                replies[node] = reply
-                if not isinstance(reply, BaseException) and count(node, reply):
-                    yes += 1
-            if yes >= required or yes + len(pending) < required:
-                break
-        for call in pending:
-            call.add_done_callback(_ignore_result)  # late answers of a phase already decided
+        try:
+            for node in nodes:
+                if node == self.me:
+                    call = asyncio.ensure_future(self._local(msg_type, fields))
+                else:
+                    call = self.transport.request(self.membership.address_of(node), msg_type, fields,
+                                                  self.config.peer_timeout)
+                calls[call] = node
+            yes = 0
+            pending = set(calls)
+            while pending:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                for call in done:
+                    node = calls[call]
+                    reply = self._reply_of(node, call, msg_type)
+                    replies[node] = reply
+                    if not isinstance(reply, BaseException) and count(node, reply):
+                        yes += 1
+                if yes >= required or yes + len(pending) < required:
+                    break
+        finally:
+            # Late answers of a phase already decided, or of one given up (the request was cancelled while it
+            # waited, or a node's address could not be found): nobody reads them, and none may go unretrieved.
+            for call, node in calls.items():
+                if node not in replies:
+                    call.add_done_callback(_ignore_result)
         return replies
 
     def _reply_of(self, node, call, msg_type):

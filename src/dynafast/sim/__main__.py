@@ -43,6 +43,8 @@ def main(argv=None) -> int:
             replay = f"python -m dynafast.sim --seeds 1 --seed {seed} --nodes {args.nodes} --ops {args.ops}"
             if args.faults:
                 replay += f" --faults {args.faults}"
+            if args.cas:
+                replay += " --cas"
             print(f"seed {seed}: {len(result.violations)} violations, first: {result.violations[0]}; "
                   f"replay: {replay}", flush=True)
             if args.verbose:
