@@ -192,6 +192,14 @@ def test_a_conditional_write_given_up_leaves_no_unretrieved_replica_error():
     assert not result.violations, [str(v) for v in result.violations]
 
 
+@pytest.mark.timeout(60)
+def test_a_node_joining_through_a_seed_that_then_left_still_joins():
+    """Seed 41088 with 5 nodes: n6 joined with n4 alone as its seed, n4 left the cluster, and n6 asked it again
+    forever (the run never ended). The runner now gives a joiner every member as a seed, as an operator would."""
+    result = run(41088, nodes=5, ops=150)
+    assert not result.violations, [str(v) for v in result.violations]
+
+
 def test_it_finds_a_counter_reused_after_a_local_not_found(monkeypatch):
     """Switch the fresh actor off (a coordinator without a local copy stamps with its usual actor again): the
     same scenario loses the acknowledged write."""

@@ -269,7 +269,9 @@ class _Run:
             if len(self.sims) >= 7 or down:
                 return None
             # Joining takes a while (it retries its seeds): it goes on after the fault plan ends.
-            sim = self._new_node(seeds=(rng.choice(members).address,))
+            # Several seeds, as an operator lists them: with one, a joiner whose seed then left retried it forever.
+            first = rng.choice(members)
+            sim = self._new_node(seeds=(first.address,) + tuple(s.address for s in members if s is not first))
             self.starting.append(asyncio.ensure_future(sim.start()))
             return f"join {sim.name}"
         if kind in ("leave", "leave-cut"):
