@@ -19,6 +19,8 @@ carries. A hint still held halfway through its window therefore also goes to the
 (a TRANSFER, answered once on their disks), and is dropped once all of them took it: its owner gets it from them
 by anti-entropy. Otherwise the write would rest on one primary's disk alone when the hint expires, and losing that
 disk (a truncated log, a wipe) would lose an acknowledged write although fewer than ``w`` of its copies were lost.
+A hint whose holder reaches none of them (nor its owner) before the window ends is still dropped: kept longer, it
+could bring back a value deleted and reaped meanwhile (docs/operations.md lists that as weakening the promise).
 
 ``plan`` decides (no I/O): which hints of one owner go in the next batch, where to, and which expire.
 ``deliver`` carries it out over the transport. Ports: config, a membership view, the vnodes (hints live in the
