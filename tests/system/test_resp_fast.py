@@ -10,6 +10,7 @@ from dynafast import Client
 from dynafast.cluster import expiry
 from dynafast.errors import DynafastError
 from dynafast.testing.cluster import LocalCluster
+from test_cluster import wait_members
 from test_corrupt_records import copy_or_error, flip_value_byte
 from test_resp import connect
 
@@ -66,6 +67,24 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
+def _growth_while_a_client_never_reads(node, requests: bytes, r, key: str, value: bytes, checks: int) -> int:
+    """Send ``requests`` on a connection that never reads its replies; meanwhile ``r`` must still read ``key``
+    (``checks`` times, 0.1 s apart). Returns how much the node's peak memory grew."""
+    before = _peak_rss(node.pid)
+    host, port = node.resp_address.rsplit(":", 1)
+    greedy = socket.socket()
+    greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    greedy.connect((host, int(port)))
+    try:
+        greedy.sendall(requests)
+        for _ in range(checks):  # the node takes what it can of the requests meanwhile
+            assert r.get(key) == value  # and serves the others
+            time.sleep(0.1)
+        return _peak_rss(node.pid) - before
+    finally:
+        greedy.close()
+
+
 def test_a_client_that_never_reads_its_big_replies_cannot_grow_the_node(one_node):
     """1,200 GETs of 512 KiB values in one write, never read: 600 MiB of replies. They go out (and are held back)
     as they are made, through the lane and through the general path alike, instead of all at once."""
@@ -73,19 +92,8 @@ def test_a_client_that_never_reads_its_big_replies_cannot_grow_the_node(one_node
     r = connect(node, protocol=2)
     value = b"x" * (512 * 1024)
     assert r.set("big", value) and r.set("big-ttl", value, ex=1000)  # the second: the general path answers it
-    before = _peak_rss(node.pid)
-    host, port = node.resp_address.rsplit(":", 1)
-    greedy = socket.socket()
-    greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    greedy.connect((host, int(port)))
-    try:
-        greedy.sendall(b"GET big\r\nGET big-ttl\r\n" * 600)
-        for _ in range(20):  # the node takes what it can of the requests meanwhile
-            assert r.get("big") == value  # and serves the others
-            time.sleep(0.1)
-        assert _peak_rss(node.pid) - before < 150 * 1024 * 1024
-    finally:
-        greedy.close()
+    grown = _growth_while_a_client_never_reads(node, b"GET big\r\nGET big-ttl\r\n" * 600, r, "big", value, 20)
+    assert grown < 150 * 1024 * 1024
     assert r.ping()
 
 
@@ -93,8 +101,6 @@ def test_a_client_that_never_reads_big_replies_from_other_nodes_cannot_grow_the_
     """On a cluster a GET waits for another node (R=2): its reply comes later, through a future. 300 GETs of
     different 1 MiB values in one write, never read, were all started at once (up to 1,024 per connection) and
     every reply kept: 300 MiB. Now a connection has as many in flight as its replies' size allows."""
-    from test_cluster import wait_members
-
     with LocalCluster(3, base_dir=tmp_path / "c", resp=True) as c:
         with Client(c.addresses, timeout=10.0) as client:
             wait_members(client, 3, timeout=60)
@@ -108,17 +114,6 @@ def test_a_client_that_never_reads_big_replies_from_other_nodes_cannot_grow_the_
                 pipe.set(key, value)
             assert all(pipe.execute())
         assert r.get(keys[-1]) == value
-        before = _peak_rss(node.pid)
-        host, port = node.resp_address.rsplit(":", 1)
-        greedy = socket.socket()
-        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        greedy.connect((host, int(port)))
-        try:
-            greedy.sendall(b"".join(b"GET %s\r\n" % key.encode() for key in keys))
-            for _ in range(30):  # the node takes what it can of the requests meanwhile
-                assert r.get(keys[0]) == value  # and serves the others
-                time.sleep(0.1)
-            assert _peak_rss(node.pid) - before < 100 * 1024 * 1024
-        finally:
-            greedy.close()
+        requests = b"".join(b"GET %s\r\n" % key.encode() for key in keys)
+        assert _growth_while_a_client_never_reads(node, requests, r, keys[0], value, 30) < 100 * 1024 * 1024
         assert r.ping()

@@ -65,6 +65,7 @@ def plan(owner: str, hints, *, now: float, window: float, deliverable: bool, bat
     """
     result = Plan(owner, redirect=redirect)
     for partition, key, siblings, received in hints:
+        item = None
         if expire:
             if received is None:
                 received = now if unstamped is None else unstamped
@@ -72,10 +73,11 @@ def plan(owner: str, hints, *, now: float, window: float, deliverable: bool, bat
                 result.expired.append((partition, key, siblings))
                 continue
             if not redirect and now - received > window / 2 and len(result.aged) < batch_size:
-                result.aged.append((partition, key, siblings, siblings.to_bytes()))
+                item = (partition, key, siblings, siblings.to_bytes())
+                result.aged.append(item)
         if not deliverable:
             continue  # only expiring (and handing aged ones to the other primaries) this round
-        result.batch.append((partition, key, siblings, siblings.to_bytes()))
+        result.batch.append(item or (partition, key, siblings, siblings.to_bytes()))  # encoded once
         if len(result.batch) >= batch_size:
             break
     return result
