@@ -26,6 +26,7 @@ from dynafast.cluster.durability import DurabilityBatcher
 from dynafast.cluster.hints import HintedHandoff
 from dynafast.cluster.membership import ClusterMembership
 from dynafast.cluster.paxos import Paxos
+from dynafast.cluster.paxosmove import PaxosMoves
 from dynafast.cluster.preflist import Ownership
 from dynafast.cluster.ports import DirectoryFiles, Environment
 from dynafast.cluster.reaper import Reaper
@@ -135,10 +136,15 @@ class Node:
                                              actor=lambda current: requests.actor + b".cas" if current is not None
                                              else requests.actors.fresh())
         self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
+        self.paxos_moves = PaxosMoves(me=self.node_id, membership=membership, ownership=ownership,
+                                      views=self.paxos.views, versions=versions, vnodes=vnodes,
+                                      durability=self.durable, transport=self.pool, repairing=repairing,
+                                      peer_timeout=config.peer_timeout * 5)
         self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
                                    trees=self.trees, repairing=repairing,
                                    durability=self.durable, transport=self.pool, clock=env.clock, files=files,
                                    on_left=self.request_stop, hand_off_hints=self.hints.hand_off_all,
+                                   move_paxos=self.paxos_moves.move,
                                    accepts_hand_off=self.reaper.held,
                                    bytes_per_second=config.transfer_bytes_per_second,
                                    drop_grace=config.drop_grace, peer_timeout=config.peer_timeout * 5)
@@ -183,6 +189,8 @@ class Node:
             Msg.PAXOS_PREPARE: self.paxos.handle_prepare,
             Msg.PAXOS_PROPOSE: self.paxos.handle_propose,
             Msg.PAXOS_COMMIT: self.paxos.handle_commit,
+            Msg.PAXOS_SNAPSHOT: self.paxos_moves.handle_snapshot,
+            Msg.PAXOS_INSTALL: self.paxos_moves.handle_install,
         }
         # One lookup per message: (record check, handler, client op or None), keyed by the decoder's plain ints.
         self._dispatch = {int(t): (parser(t), h, _CLIENT_OPS.get(t)) for t, h in self.handlers.items()}
@@ -361,7 +369,7 @@ class Node:
             "scans": self.scans.status(),
             "paxos": {"rounds": self.paxos.rounds, "contended": self.paxos.contended,
                       "finished_others": self.paxos.finished_others, "applied": self.conditional.applied,
-                      "condition_failed": self.conditional.failed},
+                      "condition_failed": self.conditional.failed, "keys_moved": self.paxos_moves.keys_moved},
             "security": {"peer_secret": bool(self.access.secrets), "users": self.users is not None,
                          **self.access.stats()},
             "antientropy": self.antientropy.status(),

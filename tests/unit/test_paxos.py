@@ -4,10 +4,11 @@ import pytest
 
 from dynafast._impl import vclock as versions
 from dynafast.cluster.conditional import LockRecord, _Refused, current_record, lock_decision
-from dynafast.cluster.paxos import (NOOP, PaxosState, Promises, cas_decision, on_commit, on_prepare, on_propose,
-                                    quorum_of, same_state)
+from dynafast.cluster.paxos import (NOOP, PaxosState, Promises, cas_decision, merged, on_commit, on_prepare,
+                                    on_propose, quorum_of, same_state)
+from dynafast.cluster.paxosmove import combine
 from dynafast.errors import ConditionFailed
-from dynafast.net.messages import PaxosPrepareReply
+from dynafast.net.messages import PaxosPrepareReply, PaxosSnapshotReply
 
 
 def test_state_round_trips():
@@ -34,6 +35,30 @@ def test_a_commit_clears_the_proposal_it_finishes_but_not_a_newer_one():
     assert on_commit(done, 9) is None
     newer = on_commit(PaxosState(12, 12, b"y", 0), 10)
     assert (newer.committed, newer.accepted_value) == (10, b"y")
+
+
+def test_merged_states_keep_the_highest_promise_and_commit_and_the_last_unfinished_proposal():
+    # What a moving partition's new replica takes from a quorum of the old ones.
+    a, b = PaxosState(30, 20, b"x", 10), PaxosState(25, 22, b"y", 12)
+    assert merged([a, b]) == PaxosState(30, 22, b"y", 12)
+    # A commit at or past the last accepted ballot finished it: nothing is left to finish.
+    assert merged([a, PaxosState(40, 0, None, 20)]) == PaxosState(40, 0, None, 20)
+    # A proposal newer than every commit is kept even where the promise came from elsewhere.
+    assert merged([PaxosState(50, 45, NOOP, 44), PaxosState(60, 0, None, 44)]) == PaxosState(60, 45, NOOP, 44)
+    assert merged([PaxosState()]) == PaxosState()
+
+
+def test_snapshot_pages_of_several_replicas_merge_up_to_the_shortest_full_page():
+    def page(keys, more):
+        return PaxosSnapshotReply(keys, [b"s-" + k for k in keys], [b"o-" + k if k != b"c" else b"" for k in keys],
+                                  more)
+
+    # One replica's page stopped at "c" (a size limit): keys past it wait for the next pages.
+    entries, end = combine([page([b"a", b"c"], True), page([b"b", b"c", b"d"], False)])
+    assert end == b"c"
+    assert entries == [(b"a", [b"s-a"], [b"o-a"]), (b"b", [b"s-b"], [b"o-b"]), (b"c", [b"s-c", b"s-c"], [])]
+    entries, end = combine([page([b"d"], False), page([], False)])
+    assert end is None and [key for key, _, _ in entries] == [b"d"]
 
 
 def promise(accepted=0, value=None, committed=0, obj=None, ballot=20):

@@ -26,12 +26,17 @@ Each replica keeps per key ``PaxosState`` (promised ballot, accepted ballot and 
 node's store under its own prefix (``b"p"`` + partition + key, beside the objects' ``b"o"``), written and
 fsync'd before the replica answers.
 
+Across a ring change: each attempt of a round is made for the proposer's ring view (``RingViews``), and acceptors
+refuse rounds made for another; a moving partition's Paxos state goes to its new replicas merged from a quorum of
+the old ones before the new ring is activated (``paxosmove``).
+
 The first part of this module is I/O-free (the state, the acceptor's rules, the proposer's reading of a quorum
 of promises, the CAS condition); ``Paxos`` at the end carries rounds out over the transport.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import struct
 from typing import NamedTuple
@@ -40,7 +45,7 @@ from dynafast.cluster import expiry
 from dynafast.cluster import preflist
 from dynafast.cluster.ports import peer_failed
 from dynafast.errors import ConditionFailed, QuorumNotMet, Timeout, Unavailable
-from dynafast.net.messages import Msg, parse
+from dynafast.net.messages import Msg, WrongNode, parse
 
 log = logging.getLogger("dynafast.paxos")
 
@@ -55,6 +60,33 @@ BACKOFF_CAP = 0.25
 
 def paxos_key(partition: int, key: bytes) -> bytes:
     return PAXOS + _PARTITION.pack(partition) + key
+
+
+def paxos_prefix(partition: int) -> bytes:
+    return PAXOS + _PARTITION.pack(partition)
+
+
+class RingViews:
+    """The ring view of a cluster state: a digest of its ring and, while the cluster changes shape, its next ring.
+
+    A round is made for one view (it picks its acceptors from it), and an acceptor takes part only in rounds made
+    for the view it holds itself. That fences the rounds of a proposer that has not learned of a ring change off
+    the replicas that have: once a moving partition's old replicas hold the new view, no round of the old one can
+    reach them, so the Paxos state read from them for the partition's new replicas (``paxosmove``) is final.
+    Worked out once per (ring, next ring) pair."""
+
+    def __init__(self):
+        self._rings = (None, None)
+        self._view = b""
+
+    def of(self, state) -> bytes:
+        if self._rings[0] is not state.ring or self._rings[1] is not state.next_ring:
+            h = hashlib.blake2b(state.ring.digest(), digest_size=8)
+            if state.next_ring is not None:
+                h.update(state.next_ring.digest())
+            self._rings = (state.ring, state.next_ring)
+            self._view = h.digest()
+        return self._view
 
 
 class PaxosState(NamedTuple):
@@ -90,6 +122,20 @@ def on_propose(state: PaxosState, ballot: int, value: bytes) -> tuple[PaxosState
     return state._replace(promised=ballot, accepted=ballot, accepted_value=value), True
 
 
+def merged(states) -> PaxosState:
+    """One acceptor state standing for several (a quorum of a moving partition's old replicas, and what its new
+    replica holds already): the highest promise, the highest commit, and the proposal accepted last unless a
+    commit at or past its ballot finished it (as ``on_commit`` clears it). The objects go with it: a commit's value
+    is in the object of the replica that recorded it."""
+    committed = max(s.committed for s in states)
+    last = max(states, key=lambda s: s.accepted)
+    if last.accepted <= committed or last.accepted_value is None:
+        accepted, value = 0, None
+    else:
+        accepted, value = last.accepted, last.accepted_value
+    return PaxosState(max(max(s.promised for s in states), accepted), accepted, value, committed)
+
+
 def on_commit(state: PaxosState, ballot: int) -> PaxosState | None:
     if ballot <= state.committed:
         return None
@@ -102,6 +148,16 @@ def on_commit(state: PaxosState, ballot: int) -> PaxosState | None:
 # -- the proposer's side --------------------------------------------------------------------------------------
 def quorum_of(n: int) -> int:
     return n // 2 + 1
+
+
+class Electorate(NamedTuple):
+    """What one attempt of a round is made for."""
+
+    partition: int
+    key: bytes
+    nodes: list  # who is asked
+    required: int  # how many must say yes
+    view: bytes  # the ring view the nodes were picked from (``RingViews``)
 
 
 class Promises:
@@ -212,6 +268,7 @@ class Paxos:
         self.clock = clock
         self.rng = rng
         self.repairing = repairing
+        self.views = RingViews()
         self._last_ballot = 0
         self._locks: dict[bytes, list] = {}  # key -> [asyncio.Lock, rounds waiting or running]
         self.rounds = 0
@@ -223,18 +280,22 @@ class Paxos:
         raw = self.store.get(paxos_key(partition, key))
         return PaxosState() if raw is None else PaxosState.from_bytes(raw)
 
-    def _check(self, partition: int) -> None:
+    def _check(self, partition: int, view: bytes | None = None) -> None:
         self.ownership.check_member(self.membership, partition, None)
         if partition in self.repairing:
             # It may have forgotten promises with its data: it takes no part until repaired.
             raise Unavailable(f"{self.me} repairs partition {partition} and takes no part in Paxos meanwhile")
+        # A round made for another ring view (``RingViews``); None: a sender from before views, not fenced.
+        if view is not None and view != self.views.of(self.membership.state):
+            raise WrongNode(f"{self.me} holds another ring view than the round's: one of the two has not learned "
+                            "the latest ring change yet")
 
     async def _durable(self):
         await self.durability.waiter()
 
     async def handle_prepare(self, request):
-        partition, key, ballot = request
-        self._check(partition)
+        partition, key, ballot, view = request
+        self._check(partition, view)
         state = self._state(partition, key)
         new, promised = on_prepare(state, ballot)
         # The read that comes with the promise: this replica's copy of the key, as it is now.
@@ -248,8 +309,8 @@ class Paxos:
                  None if obj is None else bytes(obj)))
 
     async def handle_propose(self, request):
-        partition, key, ballot, value = request
-        self._check(partition)
+        partition, key, ballot, value, view = request
+        self._check(partition, view)
         if value != NOOP:
             self.versions.Siblings.from_bytes(value)  # a value that does not decode is never accepted
         state = self._state(partition, key)
@@ -282,10 +343,10 @@ class Paxos:
         self._last_ballot = (base << 16) | self.rng.getrandbits(16)
         return self._last_ballot
 
-    def participants(self, key: bytes) -> tuple[int, list[str], int]:
-        """(partition, the nodes taking part, how many must answer): the key's primaries, and while the cluster
-        changes shape its next primaries too, which must all answer besides a quorum of the current ones (as
-        Cassandra counts pending replicas) so that both the old and the new replica sets hold a quorum."""
+    def participants(self, key: bytes) -> "Electorate":
+        """Who takes part in a round on ``key`` now: its primaries, and while the cluster changes shape its next
+        primaries too, which must all answer besides a quorum of the current ones (as Cassandra counts pending
+        replicas) so that both the old and the new replica sets hold a quorum."""
         state = self.membership.state
         if state is None:
             raise Unavailable(f"{self.me} has not joined the cluster yet")
@@ -297,7 +358,7 @@ class Paxos:
             pending = [node for node in preflist.primaries(state.next_ring, partition, n) if node not in nodes]
             nodes += pending
             required += len(pending)
-        return partition, nodes, required
+        return Electorate(partition, key, nodes, required, self.views.of(state))
 
     async def run(self, key: bytes, decide, timeout: float):
         """Read ``key`` linearizably, let ``decide(current)`` return the object to write (None: write nothing)
@@ -333,23 +394,24 @@ class Paxos:
         attempt = 0
         mine: dict[bytes, object] = {}  # our proposals that lost to a higher ballot: maybe accepted somewhere
         while True:
-            partition, nodes, required = self.participants(key)
+            # Worked out again each attempt: a ring change may have come meanwhile.
+            voters = self.participants(key)
             ballot = self._ballot(above)
             promises = Promises(self.versions)
-            replies = await self._phase(nodes, required, Msg.PAXOS_PREPARE, (partition, key, ballot), deadline,
-                                        lambda node, reply: promises.add(node, reply))
-            if len(promises.promised) < required:
-                if promises.highest_refusal:
+            replies = await self._phase(voters, Msg.PAXOS_PREPARE, (voters.partition, key, ballot, voters.view),
+                                        deadline, lambda node, reply: promises.add(node, reply))
+            if len(promises.promised) < voters.required:
+                if promises.highest_refusal or _stale_view(replies):
+                    # Contention, or views that differ while a ring change spreads: again, with the state then.
                     above = max(above, promises.highest_refusal)
                     attempt = await self._back_off(attempt, deadline)
                     continue
-                raise self._short("prepare", replies, required, deadline)
+                raise self._short("prepare", replies, voters.required, deadline)
             unfinished = promises.unfinished()
             if unfinished is not None:
                 # An earlier round's proposal, maybe chosen: finish it under our ballot, then start again.
                 self.finished_others += 1
-                refused = await self._accept_and_commit(nodes, required, partition, key, ballot, unfinished[1],
-                                                        deadline)
+                refused = await self._accept_and_commit(voters, ballot, unfinished[1], deadline)
                 if refused:
                     above = max(above, refused)
                     attempt = await self._back_off(attempt, deadline)
@@ -360,28 +422,26 @@ class Paxos:
             try:
                 new = decide(current)
             except Exception:
-                if mine and not await self._settle_mine(mine, current, nodes, required, partition, key, ballot,
-                                                        deadline):
+                if mine and not await self._settle_mine(mine, current, voters, ballot, deadline):
                     above = max(above, ballot)
                     attempt = await self._back_off(attempt, deadline)
                     continue
                 raise  # the condition does not hold: nothing of ours was or will be written
             if new is None:
-                if mine and not await self._settle_mine(mine, current, nodes, required, partition, key, ballot,
-                                                        deadline):
+                if mine and not await self._settle_mine(mine, current, voters, ballot, deadline):
                     above = max(above, ballot)
                     attempt = await self._back_off(attempt, deadline)
                     continue
                 return current, False
             raw = new.to_bytes()
-            refused = await self._accept_and_commit(nodes, required, partition, key, ballot, raw, deadline)
+            refused = await self._accept_and_commit(voters, ballot, raw, deadline)
             if not refused:
                 return new, True
             mine[raw] = new
             above = max(above, refused)
             attempt = await self._back_off(attempt, deadline)
 
-    async def _settle_mine(self, mine, current, nodes, required, partition, key, ballot, deadline) -> bool:
+    async def _settle_mine(self, mine, current, voters, ballot, deadline) -> bool:
         """Before answering "not written" after proposals of ours lost: make sure none of them can still be
         chosen, by committing a no-op under this round's ballot (no earlier proposal counts as unfinished after
         that commit). False when a higher ballot got in first (the caller starts again). Timeout when one of
@@ -391,22 +451,26 @@ class Paxos:
             if any(clock.descends(proposal.clock()) for proposal in mine.values()):
                 raise Timeout("conditional write lost to another writer after proposing: it may or may not have "
                               "been applied (read the key)")
-        return not await self._accept_and_commit(nodes, required, partition, key, ballot, NOOP, deadline)
+        return not await self._accept_and_commit(voters, ballot, NOOP, deadline)
 
-    async def _accept_and_commit(self, nodes, required, partition, key, ballot, value, deadline) -> int:
+    async def _accept_and_commit(self, voters, ballot, value, deadline) -> int:
         """Propose ``value``; when a quorum accepts, commit it (waiting for a quorum or the deadline) and return
-        0. When a higher ballot got in first, return it (the caller starts again above it). QuorumNotMet or
-        Timeout when too few answered."""
-        replies = await self._phase(nodes, required, Msg.PAXOS_PROPOSE, (partition, key, ballot, value), deadline,
+        0. When a higher ballot got in first, or a replica holds another ring view, return the ballot to start
+        again above. QuorumNotMet or Timeout when too few answered."""
+        replies = await self._phase(voters, Msg.PAXOS_PROPOSE,
+                                    (voters.partition, voters.key, ballot, value, voters.view), deadline,
                                     lambda node, reply: reply.accepted)
         answers = [r for r in replies.values() if not isinstance(r, BaseException)]
-        if sum(1 for r in answers if r.accepted) < required:
+        if sum(1 for r in answers if r.accepted) < voters.required:
             refused = max((r.ballot for r in answers if not r.accepted), default=0)
             if refused:
                 return refused
-            raise self._short("propose", replies, required, deadline)
+            if _stale_view(replies):
+                return ballot
+            raise self._short("propose", replies, voters.required, deadline)
         # Chosen. The commit makes it visible to plain reads; the answer waits for a quorum of it when it can.
-        await self._phase(nodes, required, Msg.PAXOS_COMMIT, (partition, key, ballot, value), deadline,
+        # Commits are not fenced by view: a chosen value may merge into any replica's copy.
+        await self._phase(voters, Msg.PAXOS_COMMIT, (voters.partition, voters.key, ballot, value), deadline,
                           lambda node, reply: reply.durable)
         return 0
 
@@ -427,9 +491,11 @@ class Paxos:
         return QuorumNotMet(f"paxos {phase} reached {answered} replicas, {required} needed",
                             replied=answered, required=required)
 
-    async def _phase(self, nodes, required, msg_type, fields, deadline, count) -> dict:
-        """Send one phase's message to every node; return once ``count(node, reply)`` said yes for ``required``
-        of them, or that can no longer happen, or at the deadline. Returns node -> reply record or exception."""
+    async def _phase(self, voters, msg_type, fields, deadline, count) -> dict:
+        """Send one phase's message to every voter; return once ``count(node, reply)`` said yes for as many as
+        are required, or that can no longer happen, or at the deadline. Returns node -> reply record or
+        exception."""
+        nodes, required = voters.nodes, voters.required
         loop = asyncio.get_running_loop()
         calls = {}
         replies: dict = {}
@@ -490,6 +556,10 @@ class Paxos:
         if msg_type == Msg.PAXOS_PROPOSE:
             return self.handle_propose(parse(msg_type, fields))
         return self.handle_commit(parse(msg_type, fields))
+
+
+def _stale_view(replies: dict) -> bool:
+    return any(isinstance(reply, WrongNode) for reply in replies.values())
 
 
 def _ignore_result(call):

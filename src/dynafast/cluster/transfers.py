@@ -4,8 +4,9 @@ When the cluster state carries a next ring, every partition that gains a replica
 live replica of the partition under the current ring sends it: the vnode's objects go in key order, in batches,
 through a byte-rate throttle, and the position reached is saved after each batch so an interrupted transfer
 resumes there instead of starting over. The receiver reconciles each object into its store, so sending an object
-twice is harmless. Finished transfers are reported to the claimant, which activates the next ring once all are
-done.
+twice is harmless. Then the partition's Paxos state follows, merged from a quorum of its old replicas
+(``paxosmove``: conditional writes need what a quorum accepted, not what one replica holds). Finished transfers
+are reported to the claimant, which activates the next ring once all are done.
 
 After the ring changes, a node drops its copy of each vnode it no longer holds, after a grace period for requests
 in flight. A node that has left hands its copies off first: every object the partition's current primaries lack
@@ -32,6 +33,7 @@ import logging
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.handover import REFUSED, HandOffRefused, give, live_primaries
 from dynafast.cluster.membership import LEFT
+from dynafast.cluster.paxos import paxos_prefix
 from dynafast.cluster.preflist import primaries
 from dynafast.cluster.throttle import TokenBucket
 from dynafast.errors import DynafastError, ProtocolError
@@ -69,11 +71,12 @@ def unowned(state, me: str, busy) -> list[int]:
 class Transfers:
     """Ports: the node's id, a membership view (which also takes finished transfers), the vnodes and their trees,
     durability, the transport, the clock, the metadata files, ``hand_off_hints`` (async; true once this node holds
-    no hint) and ``on_left`` (called once this node has left and handed everything off)."""
+    no hint), ``move_paxos`` (async; the partition's Paxos state to the target, once its objects are there) and
+    ``on_left`` (called once this node has left and handed everything off)."""
 
     def __init__(self, *, me: str, membership, ownership, vnodes, trees, durability, transport, clock, files, on_left,
-                 hand_off_hints, accepts_hand_off=lambda partition: True, repairing=frozenset(), bytes_per_second: float = 8 << 20,
-                 batch_bytes: int = 64 << 10, drop_grace: float = 5.0,
+                 hand_off_hints, move_paxos, accepts_hand_off=lambda partition: True, repairing=frozenset(),
+                 bytes_per_second: float = 8 << 20, batch_bytes: int = 64 << 10, drop_grace: float = 5.0,
                  peer_timeout: float = 5.0):
         self.me = me
         self.membership = membership
@@ -88,6 +91,7 @@ class Transfers:
         self.files = files
         self.on_left = on_left
         self.hand_off_hints = hand_off_hints
+        self.move_paxos = move_paxos  # async (partition, target, state): the partition's Paxos state (``paxosmove``)
         self.bucket = TokenBucket(bytes_per_second, burst=max(batch_bytes * 2, bytes_per_second),
                                   clock=clock.monotonic)
         self.batch_bytes = batch_bytes
@@ -169,6 +173,10 @@ class Transfers:
                     batch_keys, batch_raws, size = [], [], 0
             if batch_keys:
                 await self._send(partition, target, batch_keys, batch_raws, size, name)
+            state = self.membership.state
+            if state.next_ring is None or state.next_ring.digest() != next_digest:
+                raise DynafastError("the ring change it was for has ended or been replaced")
+            await self.move_paxos(partition, target, state)
         except DynafastError as exc:
             log.info("transfer of partition %d to %s paused: %s", partition, target, exc)
             await asyncio.sleep(1.0)
@@ -267,6 +275,7 @@ class Transfers:
 
     def _drop(self, partition: int) -> None:
         self.vnodes.drop(partition)
+        self.vnodes.store.delete_prefix(paxos_prefix(partition))  # no longer an acceptor of its keys either
         self.trees.drop(partition)
 
     async def _hand_off_vnode(self, partition: int) -> bool:

@@ -71,6 +71,10 @@ class Msg(enum.IntEnum):
     PAXOS_COMMIT_REPLY = 97
     LOCK = 98
     LOCK_REPLY = 99
+    PAXOS_SNAPSHOT = 100
+    PAXOS_SNAPSHOT_REPLY = 101
+    PAXOS_INSTALL = 102
+    PAXOS_INSTALL_REPLY = 103
     COMPACT = 110
     COMPACT_REPLY = 111
     BACKUP = 120
@@ -399,6 +403,7 @@ class PaxosPrepare(NamedTuple):
     partition: int
     key: bytes
     ballot: int
+    view: bytes | None = None  # the proposer's ring view (``paxos.ring_view``): an acceptor in another refuses
 
 
 class PaxosPrepareReply(NamedTuple):
@@ -415,6 +420,7 @@ class PaxosPropose(NamedTuple):
     key: bytes
     ballot: int
     value: bytes
+    view: bytes | None = None
 
 
 class PaxosProposeReply(NamedTuple):
@@ -431,6 +437,36 @@ class PaxosCommit(NamedTuple):
 
 class PaxosCommitReply(NamedTuple):
     durable: bool
+
+
+class PaxosSnapshot(NamedTuple):
+    """The Paxos state an old replica holds for a partition that moves, a page at a time, by key."""
+
+    partition: int
+    view: bytes  # the ring view (with the next ring) the asker holds: the replica must hold the same one
+    after: bytes | None  # the page starts past this key (None: at the first)
+
+
+class PaxosSnapshotReply(NamedTuple):
+    keys: list[bytes]
+    states: list[bytes]  # each key's acceptor state (``PaxosState.to_bytes``)
+    objects: list[bytes]  # each key's object as the replica holds it (empty: absent)
+    more: bool  # the page ended at a size limit: keys past the last one may follow
+
+
+class PaxosInstall(NamedTuple):
+    """Acceptor states (and the objects they decided) merged from a quorum of a moving partition's old replicas,
+    for a replica that gains it."""
+
+    partition: int
+    view: bytes
+    keys: list[bytes]
+    states: list[bytes]
+    objects: list[bytes]
+
+
+class PaxosInstallReply(NamedTuple):
+    count: int  # keys merged, on disk
 
 
 class Lock(NamedTuple):
@@ -546,6 +582,10 @@ SCHEMA: dict[Msg, type] = {
     Msg.PAXOS_PROPOSE_REPLY: PaxosProposeReply,
     Msg.PAXOS_COMMIT: PaxosCommit,
     Msg.PAXOS_COMMIT_REPLY: PaxosCommitReply,
+    Msg.PAXOS_SNAPSHOT: PaxosSnapshot,
+    Msg.PAXOS_SNAPSHOT_REPLY: PaxosSnapshotReply,
+    Msg.PAXOS_INSTALL: PaxosInstall,
+    Msg.PAXOS_INSTALL_REPLY: PaxosInstallReply,
     Msg.LOCK: Lock,
     Msg.LOCK_REPLY: LockReply,
     Msg.COMPACT: Compact,

@@ -40,7 +40,7 @@ ADMIN = READWRITE | _types(Msg.LEAVE, Msg.COMPACT, Msg.BACKUP, Msg.RESTORE, Msg.
 # Everything a node sends another: what an outsider must never be able to send.
 INTERNAL = _types(Msg.REPLICA_GET, Msg.REPLICA_PUT, Msg.REAP, Msg.JOIN, Msg.RING_PUSH, Msg.GOSSIP,
                   Msg.HINT_PUSH, Msg.TRANSFER, Msg.TRANSFER_DONE, Msg.MERKLE_GET, Msg.KEYS_GET,
-                  Msg.PAXOS_PREPARE, Msg.PAXOS_PROPOSE, Msg.PAXOS_COMMIT)
+                  Msg.PAXOS_PREPARE, Msg.PAXOS_PROPOSE, Msg.PAXOS_COMMIT, Msg.PAXOS_SNAPSHOT, Msg.PAXOS_INSTALL)
 PEER = ADMIN | INTERNAL
 GRANTS = {"read": READ, "readwrite": READWRITE, "admin": ADMIN, "peer": PEER}
 # The handshake's own messages are in no grant: the connection layer hands them to ``Access.handle``.
