@@ -10,7 +10,7 @@ import pytest
 from dynafast._impl import ring as rings
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, exchange
-from dynafast.cluster.membership import MAX_MEMBERS, VALID, ClusterState, Member
+from dynafast.cluster.membership import LEFT, MAX_MEMBERS, VALID, ClusterState, Member
 from dynafast.errors import ProtocolError
 
 
@@ -267,3 +267,120 @@ def test_a_cluster_state_naming_too_many_members_is_refused():
     ok = ClusterState.from_fields((ring.to_bytes(), ids[:3], ["127.0.0.1:1"] * 3, [""] * 3, [VALID] * 3, 2, None,
                                    [], []), rings)
     assert sorted(ok.members) == ids[:3]
+
+
+def _membership_of(tmp_path, node_id, state):
+    """A ClusterMembership holding ``state``, with nobody to push its changes to (no transport)."""
+    import random
+
+    from dynafast.cluster.membership import ClusterMembership
+    from dynafast.cluster.ports import DirectoryFiles, SystemClock
+    from dynafast.config import NodeConfig
+
+    tmp_path.mkdir(exist_ok=True)
+    config = NodeConfig(node_id=node_id, listen="127.0.0.1:7001", data_dir=str(tmp_path))
+    m = ClusterMembership(config, None, clock=SystemClock(), rng=random.Random(0), files=DirectoryFiles(tmp_path))
+    m._spread = lambda: None
+    m._adopt(state, force=True)
+    return m
+
+
+def _five_valid_members(joining=()):
+    ids = ["a", "b", "c", "d", "e"]
+    members = {i: Member(i, f"127.0.0.1:{7001 + k}") for k, i in enumerate(ids)}
+    for k, i in enumerate(joining):
+        members[i] = Member(i, f"127.0.0.1:{7101 + k}", status="joining")
+    return ClusterState(5, members, rings.Ring(64, ids, n=3))
+
+
+def _cut_off(m, *node_ids):
+    for node_id in node_ids:
+        m.mark_down(node_id, ConnectionRefusedError())
+
+
+def test_a_claimant_cut_off_from_most_members_refuses_joins_and_leaves(tmp_path):
+    """During a partition each side has a claimant of its own. The minority side's must change nothing: after the
+    heal the state with the higher version wins, and would silently undo the other side's committed changes (the
+    simulator saw a "has left" undone, and the ring change then waited forever for the node that had stopped)."""
+    from dynafast.errors import Unavailable
+
+    m = _membership_of(tmp_path, "a", _five_valid_members())
+    _cut_off(m, "c", "d", "e")
+    assert m.claimant() == "a"
+    with pytest.raises(Unavailable, match="no majority of members reachable"):
+        m.handle_join(("f", "127.0.0.1:7006", ""))
+    with pytest.raises(Unavailable, match="no majority of members reachable"):
+        m.handle_leave(("b",))
+    assert m.state.version == 5 and "f" not in m.state.members and m.state.members["b"].status == VALID
+    # A join already admitted and a leave already under way are answered as before (nothing to change).
+    m.mark_up("c")  # three of five: a majority
+    m.handle_join(("f", "127.0.0.1:7006", ""))
+    m.handle_leave(("b",))
+    assert m.state.version == 7
+    assert m.state.members["f"].status == "joining" and m.state.members["b"].status == "leaving"
+
+
+def test_a_claimant_cut_off_from_most_members_activates_no_ring_and_records_no_transfer(tmp_path):
+    from dynafast.errors import Unavailable
+
+    state = _five_valid_members(joining=("f",))
+    m = _membership_of(tmp_path, "a", state)
+    new = m.state.copy()
+    m._plan(new)
+    required = sorted(new.required_transfers())
+    new.done = set(required[1:])
+    m._adopt(new, force=True)
+    _cut_off(m, "c", "d", "e")
+    fields = ([required[0][0]], [required[0][1]], new.next_ring.digest())
+    with pytest.raises(Unavailable, match="no majority of members reachable"):
+        m.handle_transfer_done(fields)
+    assert m.state.version == 5 and len(m.state.done) == len(required) - 1
+    m.mark_up("d")
+    assert m.handle_transfer_done(fields) == (True,)  # recorded, and the ring is activated
+    assert m.state.next_ring is None and m.state.members["f"].status == VALID and "f" in m.state.ring.members
+    version = m.state.version
+    m.mark_up("c")
+    m.mark_up("e")
+    # Another ring change, finished while the claimant is cut off again: activated only once a majority is back.
+    m.handle_leave(("e",))
+    leave = m.state.copy()
+    leave.done = leave.required_transfers()
+    m._adopt(leave, force=True)
+    _cut_off(m, "b", "c", "d")  # e (leaving) is up, but a, e and f are three of six
+    m.check_claimant_duties()
+    assert m.state.next_ring is not None and m.state.members["e"].status == "leaving"
+    assert m.state.version == version + 1
+    m.mark_up("b")
+    m.mark_up("c")  # five of six, and four of the five that vote after the change
+    m.check_claimant_duties()
+    assert m.state.next_ring is None and m.state.members["e"].status == "left"
+
+
+def test_the_smallest_clusters_keep_the_changes_a_majority_allows(tmp_path):
+    """One node is its own majority; with three, two up may still remove the third; a joiner that died half-way
+    through its join does not count, so the others may still remove it; two members with one down change
+    nothing."""
+    from dynafast.errors import Unavailable
+
+    one = ClusterState(1, {"a": Member("a", "127.0.0.1:7001")}, rings.Ring(64, ["a"], n=3))
+    m = _membership_of(tmp_path / "one", "a", one)
+    m.handle_join(("b", "127.0.0.1:7002", ""))
+    _cut_off(m, "b")
+    m.check_claimant_duties()
+    assert m.state.members["b"].status == "joining"  # not activated: b would vote, and is down
+    m.handle_leave(("b",))  # but a alone may remove it
+    assert m.state.members["b"].status == LEFT and list(m.state.ring.members) == ["a"]
+
+    three = ClusterState(1, {i: Member(i, f"127.0.0.1:{7001 + k}") for k, i in enumerate("abc")},
+                         rings.Ring(64, ["a", "b", "c"], n=3))
+    m = _membership_of(tmp_path / "three", "a", three)
+    _cut_off(m, "c")
+    m.handle_leave(("c",))
+    assert m.state.members["c"].status == "leaving"
+
+    two = ClusterState(1, {i: Member(i, f"127.0.0.1:{7001 + k}") for k, i in enumerate("ab")},
+                       rings.Ring(64, ["a", "b"], n=3))
+    m = _membership_of(tmp_path / "two", "a", two)
+    _cut_off(m, "b")
+    with pytest.raises(Unavailable, match="1 of 2"):
+        m.handle_leave(("b",))

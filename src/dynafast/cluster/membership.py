@@ -257,6 +257,32 @@ class ClusterMembership:
             candidates = [i for i, m in self.state.members.items() if m.status != LEFT and self.is_up(i)]
         return min(candidates) if candidates else self.node_id
 
+    def voters(self, state: ClusterState | None = None) -> list[str]:
+        """The members a change of the cluster state needs a majority of: those the active ring names (they hold
+        its data), valid or leaving. A joiner votes once the ring with it is active, so one that dies half-way
+        through its join cannot stop the others from removing it; a member that left votes no more."""
+        state = self.state if state is None else state
+        voters = sorted(i for i in state.ring.members if i in state.members and state.members[i].status != LEFT)
+        return voters or sorted(i for i, m in state.members.items() if m.status != LEFT)
+
+    def majority_problem(self, state: ClusterState | None = None) -> str | None:
+        """None if a strict majority of the voters of ``state`` (ours by default) is up in our view, counting
+        ourselves; otherwise why not. During a partition only the side holding a majority may change the
+        cluster state: two sides each changing it on their own would both bump its version, and after the heal
+        the state with the higher (version, digest) would silently undo the other side's changes."""
+        voters = self.voters(state)
+        up = [v for v in voters if v == self.node_id or self.is_up(v)]
+        if 2 * len(up) > len(voters):
+            return None
+        down = [v for v in voters if v not in up]
+        return (f"no majority of members reachable: {len(up)} of {len(voters)} voting members up, "
+                f"{', '.join(down)} down or cut off")
+
+    def _require_majority(self, what: str) -> None:
+        problem = self.majority_problem()
+        if problem is not None:
+            raise Unavailable(f"{problem}; cannot {what} until a majority is reachable")
+
     def state_fields(self) -> tuple:
         return self.state.to_fields()
 
@@ -281,7 +307,9 @@ class ClusterMembership:
         return True
 
     def _commit(self, new: ClusterState) -> ClusterState:
-        """Claimant-side change: bump the version, adopt, and spread it at once."""
+        """Claimant-side change: bump the version, adopt, and spread it at once. Only with a majority of the
+        voters up (callers check first; this is the last guard)."""
+        self._require_majority("change the cluster state")
         new.version = self.state.version + 1
         self._adopt(new)
         self._spread()
@@ -491,6 +519,7 @@ class ClusterMembership:
             return self.state_fields()
         if member is None and len(self.state.members) >= MAX_MEMBERS:
             raise Overloaded(f"the cluster already has {MAX_MEMBERS} members, the most a cluster state holds")
+        self._require_majority(f"admit {node_id}")
         new = self.state.copy()
         status = VALID if member is not None and member.status == VALID else JOINING
         new.members[node_id] = Member(node_id, address, zone, status)
@@ -512,6 +541,7 @@ class ClusterMembership:
             raise ProtocolError("the last member cannot leave")
         if member.status in (LEAVING, LEFT):
             return (self.state.version,)
+        self._require_majority(f"let {node_id} leave")
         new = self.state.copy()
         new.members[node_id].status = LEAVING
         self._plan(new)
@@ -530,6 +560,8 @@ class ClusterMembership:
             return (False,)
         finished = set(zip(partitions, targets, strict=True)) - self.state.done
         if finished:
+            # Refused, not dropped: the sender reports them again later.
+            self._require_majority("record finished transfers")
             new = self.state.copy()
             new.done |= finished
             self._commit(new)
@@ -562,6 +594,8 @@ class ClusterMembership:
 
     def _maybe_activate(self) -> None:
         state = self.state
+        if self.majority_problem() is not None:
+            return  # a claimant cut off from most members changes nothing; check_claimant_duties retries
         if state.next_ring is None:
             # Nothing to move: joiners are in, and leavers the ring does not hold (one told to leave before
             # its join finished) are out.
@@ -586,6 +620,11 @@ class ClusterMembership:
                     m.status = VALID
                 elif m.status == LEAVING:
                     m.status = LEFT
+            # The voters change here (joiners start voting, leavers stop): a majority of the new ones must be
+            # up too, or a cluster of one plus a joiner that died after its transfers would be left with two
+            # voters, one dead, and could never change again.
+            if self.majority_problem(new) is not None:
+                return
             self._commit(new)
             log.info("ring version %d is active (state version %d)", new.ring.version, new.version)
 
