@@ -5,7 +5,11 @@ left), the active ring, and while the cluster changes shape, the next ring and t
 that are done. Only the *claimant* changes it (the valid member with the lowest id that is up in the deciding
 node's view, as in Riak); everyone else forwards joins, leaves and finished transfers to the claimant. The state
 spreads by gossip (``GossipCore``): each round a node swaps heartbeats and its state with one random peer, and the
-newer state (by version, then digest) wins.
+newer state (by version, then digest) wins. The claimant changes the state only while it sees a strict majority
+of the voters (the active ring's members that have not left) up: during a partition each side has a claimant,
+and two sides both bumping the version would have the higher one silently undo the other's changes after the
+heal. This rests on the failure detectors' views, not on a vote: two claimants that each see a majority (a
+one-way cut) can still both commit.
 
 Liveness is local: a phi-accrual failure detector fed by gossiped heartbeats marks peers down and up; a refused
 connection marks a peer down at once, until its heartbeat moves again.
@@ -166,6 +170,7 @@ class ClusterMembership:
         self._first_seen: dict[str, float] = {}
         self._pushes: set[asyncio.Task] = set()
         self._exchanges: dict[str, asyncio.Task] = {}  # peer -> our gossip round's exchange with it, under way
+        self._waiting_for_majority: str | None = None  # why the claimant last held a ring change back (logged once)
 
     # -- queries used on every request (kept cheap) ------------------------------------------------------
     @property
@@ -594,8 +599,16 @@ class ClusterMembership:
 
     def _maybe_activate(self) -> None:
         state = self.state
-        if self.majority_problem() is not None:
-            return  # a claimant cut off from most members changes nothing; check_claimant_duties retries
+        problem = self.majority_problem()
+        if problem is not None:
+            # A claimant cut off from most members changes nothing; check_claimant_duties retries.
+            if problem != self._waiting_for_majority and (state.next_ring is not None or any(
+                    m.status == JOINING or (m.status == LEAVING and m.id not in state.ring.members)
+                    for m in state.members.values())):
+                log.warning("the ring change waits: %s", problem)
+            self._waiting_for_majority = problem
+            return
+        self._waiting_for_majority = None
         if state.next_ring is None:
             # Nothing to move: joiners are in, and leavers the ring does not hold (one told to leave before
             # its join finished) are out.
