@@ -269,20 +269,35 @@ def test_a_cluster_state_naming_too_many_members_is_refused():
     assert sorted(ok.members) == ids[:3]
 
 
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
 def _membership_of(tmp_path, node_id, state):
-    """A ClusterMembership holding ``state``, with nobody to push its changes to (no transport)."""
+    """A ClusterMembership holding ``state`` on a clock of its own (``m.clock.now``), with nobody to push its
+    changes to (no transport)."""
     import random
 
     from dynafast.cluster.membership import ClusterMembership
-    from dynafast.cluster.ports import DirectoryFiles, SystemClock
+    from dynafast.cluster.ports import DirectoryFiles
     from dynafast.config import NodeConfig
 
     tmp_path.mkdir(exist_ok=True)
     config = NodeConfig(node_id=node_id, listen="127.0.0.1:7001", data_dir=str(tmp_path))
-    m = ClusterMembership(config, None, clock=SystemClock(), rng=random.Random(0), files=DirectoryFiles(tmp_path))
+    m = ClusterMembership(config, None, clock=_Clock(), rng=random.Random(0), files=DirectoryFiles(tmp_path))
     m._spread = lambda: None
     m._adopt(state, force=True)
     return m
+
+
+def _settle(m, seconds=None):
+    """Let time pass (by default the claimant's settle grace) and the node look at its peers again."""
+    m.clock.now += m.settle_grace if seconds is None else seconds
+    m._refresh_liveness()
 
 
 def _five_valid_members(joining=()):
@@ -312,8 +327,10 @@ def test_a_claimant_cut_off_from_most_members_refuses_joins_and_leaves(tmp_path)
     with pytest.raises(Unavailable, match="no majority of members reachable"):
         m.handle_leave(("b",))
     assert m.state.version == 5 and "f" not in m.state.members and m.state.members["b"].status == VALID
-    # A join already admitted and a leave already under way are answered as before (nothing to change).
     m.mark_up("c")  # three of five: a majority
+    with pytest.raises(Unavailable, match="waits"):  # but only just
+        m.handle_join(("f", "127.0.0.1:7006", ""))
+    _settle(m)
     m.handle_join(("f", "127.0.0.1:7006", ""))
     m.handle_leave(("b",))
     assert m.state.version == 7
@@ -336,6 +353,7 @@ def test_a_claimant_cut_off_from_most_members_activates_no_ring_and_records_no_t
         m.handle_transfer_done(fields)
     assert m.state.version == 5 and len(m.state.done) == len(required) - 1
     m.mark_up("d")
+    _settle(m)
     assert m.handle_transfer_done(fields) == (True,)  # recorded, and the ring is activated
     assert m.state.next_ring is None and m.state.members["f"].status == VALID and "f" in m.state.ring.members
     version = m.state.version
@@ -352,6 +370,9 @@ def test_a_claimant_cut_off_from_most_members_activates_no_ring_and_records_no_t
     assert m.state.version == version + 1
     m.mark_up("b")
     m.mark_up("c")  # five of six, and four of the five that vote after the change
+    m.check_claimant_duties()
+    assert m.state.next_ring is not None  # a majority that just came back: first gossip brings newer states
+    _settle(m)
     m.check_claimant_duties()
     assert m.state.next_ring is None and m.state.members["e"].status == "left"
 
@@ -375,6 +396,7 @@ def test_the_smallest_clusters_keep_the_changes_a_majority_allows(tmp_path):
                          rings.Ring(64, ["a", "b", "c"], n=3))
     m = _membership_of(tmp_path / "three", "a", three)
     _cut_off(m, "c")
+    _settle(m)
     m.handle_leave(("c",))
     assert m.state.members["c"].status == "leaving"
 
@@ -384,3 +406,25 @@ def test_the_smallest_clusters_keep_the_changes_a_majority_allows(tmp_path):
     _cut_off(m, "b")
     with pytest.raises(Unavailable, match="1 of 2"):
         m.handle_leave(("b",))
+
+
+def test_a_node_taking_over_as_claimant_waits_before_it_changes_anything(tmp_path):
+    """When a partition starts, the nodes of each side mark the other side's down one by one. A node that becomes
+    the claimant the moment the usual one is marked down could still count the other side's nodes towards its
+    majority while the usual claimant, over there, still counts this side's: both would commit. A node that
+    took over waits a little first (as does one whose majority just came back, above)."""
+    from dynafast.errors import Unavailable
+
+    m = _membership_of(tmp_path, "b", _five_valid_members())
+    assert m.claimant() == "a"
+    _settle(m)
+    _cut_off(m, "a")
+    assert m.claimant() == "b"
+    with pytest.raises(Unavailable, match="became the claimant with a majority up only now"):
+        m.handle_join(("f", "127.0.0.1:7006", ""))
+    _settle(m, m.settle_grace / 2)
+    with pytest.raises(Unavailable, match="became the claimant with a majority up only now"):
+        m.handle_leave(("a",))
+    _settle(m, m.settle_grace / 2)
+    m.handle_leave(("a",))  # four of five up, claimant for long enough: the dead "a" may be removed
+    assert m.state.members["a"].status == "leaving"

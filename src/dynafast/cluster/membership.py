@@ -6,10 +6,10 @@ that are done. Only the *claimant* changes it (the valid member with the lowest 
 node's view, as in Riak); everyone else forwards joins, leaves and finished transfers to the claimant. The state
 spreads by gossip (``GossipCore``): each round a node swaps heartbeats and its state with one random peer, and the
 newer state (by version, then digest) wins. The claimant changes the state only while it sees a strict majority
-of the voters (the active ring's members that have not left) up: during a partition each side has a claimant,
-and two sides both bumping the version would have the higher one silently undo the other's changes after the
-heal. This rests on the failure detectors' views, not on a vote: two claimants that each see a majority (a
-one-way cut) can still both commit.
+of the voters (the active ring's members that have not left) up, and has for a few gossip intervals: during a
+partition each side has a claimant, and two sides both bumping the version would have the higher one silently
+undo the other's changes after the heal. This rests on the failure detectors' views, not on a vote: two
+claimants that each see a majority (a one-way cut) can still both commit.
 
 Liveness is local: a phi-accrual failure detector fed by gossiped heartbeats marks peers down and up; a refused
 connection marks a peer down at once, until its heartbeat moves again.
@@ -171,6 +171,10 @@ class ClusterMembership:
         self._pushes: set[asyncio.Task] = set()
         self._exchanges: dict[str, asyncio.Task] = {}  # peer -> our gossip round's exchange with it, under way
         self._waiting_for_majority: str | None = None  # why the claimant last held a ring change back (logged once)
+        # Since when this node has been, without a break, the claimant with a majority of the voters up in its
+        # view; it changes nothing until it has been for ``settle_grace`` seconds (see _change_problem).
+        self._deciding_since: float | None = None
+        self.settle_grace = 2 * config.gossip_interval + config.peer_timeout
 
     # -- queries used on every request (kept cheap) ------------------------------------------------------
     @property
@@ -249,6 +253,11 @@ class ClusterMembership:
             self._down = frozenset(down)
         for node_id, member in self.state.members.items():
             member.state = self._shown_state(member)
+        if self.claimant() == self.node_id and self.majority_problem() is None:
+            if self._deciding_since is None:
+                self._deciding_since = now
+        else:
+            self._deciding_since = None
 
     def _shown_state(self, member: Member) -> str:
         if member.status in (JOINING, LEAVING, LEFT):
@@ -283,10 +292,31 @@ class ClusterMembership:
         return (f"no majority of members reachable: {len(up)} of {len(voters)} voting members up, "
                 f"{', '.join(down)} down or cut off")
 
-    def _require_majority(self, what: str) -> None:
-        problem = self.majority_problem()
+    def _change_problem(self, state: ClusterState | None = None) -> str | None:
+        """Why this claimant may not change the cluster state now, or None.
+
+        Besides a majority of the voters up: the claimant must have been the claimant with a majority up for
+        ``settle_grace`` seconds without a break (unless it is the only voter). A node that just took over
+        (lower ids marked down) may, at the start of a partition, still count members of the other side, whose
+        failure detectors mark nodes down one by one over a gossip interval or so, while the usual claimant,
+        over there, still counts this side's. And one that just regained a majority (a partition healed, a
+        pause ended) may hold an old state and receive stale requests before gossip brings it the newer
+        state the others committed meanwhile. By the end of the grace its view and its state have settled."""
+        problem = self.majority_problem(state)
         if problem is not None:
-            raise Unavailable(f"{problem}; cannot {what} until a majority is reachable")
+            return problem
+        if self.voters() == [self.node_id]:
+            return None
+        since = self._deciding_since
+        if since is None or self.clock.monotonic() - since < self.settle_grace:
+            return (f"this node became the claimant with a majority up only now (it took over, or a majority "
+                    f"came back); it waits {self.settle_grace:g}s for its view of the cluster to settle")
+        return None
+
+    def _require_majority(self, what: str) -> None:
+        problem = self._change_problem()
+        if problem is not None:
+            raise Unavailable(f"{problem}; cannot {what} now")
 
     def state_fields(self) -> tuple:
         return self.state.to_fields()
@@ -599,7 +629,7 @@ class ClusterMembership:
 
     def _maybe_activate(self) -> None:
         state = self.state
-        problem = self.majority_problem()
+        problem = self._change_problem()
         if problem is not None:
             # A claimant cut off from most members changes nothing; check_claimant_duties retries.
             if problem != self._waiting_for_majority and (state.next_ring is not None or any(
@@ -636,7 +666,7 @@ class ClusterMembership:
             # The voters change here (joiners start voting, leavers stop): a majority of the new ones must be
             # up too, or a cluster of one plus a joiner that died after its transfers would be left with two
             # voters, one dead, and could never change again.
-            if self.majority_problem(new) is not None:
+            if self._change_problem(new) is not None:
                 return
             self._commit(new)
             log.info("ring version %d is active (state version %d)", new.ring.version, new.version)
