@@ -10,7 +10,7 @@ import pytest
 from dynafast._impl import ring as rings
 from dynafast.cluster.failure import FailureDetector
 from dynafast.cluster.gossip import GossipCore, exchange
-from dynafast.cluster.membership import MAX_MEMBERS, VALID, ClusterState, Member
+from dynafast.cluster.membership import LEFT, MAX_MEMBERS, VALID, ClusterState, Member
 from dynafast.errors import ProtocolError
 
 
@@ -267,3 +267,164 @@ def test_a_cluster_state_naming_too_many_members_is_refused():
     ok = ClusterState.from_fields((ring.to_bytes(), ids[:3], ["127.0.0.1:1"] * 3, [""] * 3, [VALID] * 3, 2, None,
                                    [], []), rings)
     assert sorted(ok.members) == ids[:3]
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+def _membership_of(tmp_path, node_id, state):
+    """A ClusterMembership holding ``state`` on a clock of its own (``m.clock.now``), with nobody to push its
+    changes to (no transport)."""
+    import random
+
+    from dynafast.cluster.membership import ClusterMembership
+    from dynafast.cluster.ports import DirectoryFiles
+    from dynafast.config import NodeConfig
+
+    tmp_path.mkdir(exist_ok=True)
+    config = NodeConfig(node_id=node_id, listen="127.0.0.1:7001", data_dir=str(tmp_path))
+    m = ClusterMembership(config, None, clock=_Clock(), rng=random.Random(0), files=DirectoryFiles(tmp_path))
+    m._spread = lambda: None
+    m._adopt(state, force=True)
+    return m
+
+
+def _settle(m, seconds=None):
+    """Let time pass (by default the claimant's settle grace) and the node look at its peers again."""
+    m.clock.now += m.settle_grace if seconds is None else seconds
+    m._refresh_liveness()
+
+
+def _five_valid_members(joining=()):
+    ids = ["a", "b", "c", "d", "e"]
+    members = {i: Member(i, f"127.0.0.1:{7001 + k}") for k, i in enumerate(ids)}
+    for k, i in enumerate(joining):
+        members[i] = Member(i, f"127.0.0.1:{7101 + k}", status="joining")
+    return ClusterState(5, members, rings.Ring(64, ids, n=3))
+
+
+def _cut_off(m, *node_ids):
+    for node_id in node_ids:
+        m.mark_down(node_id, ConnectionRefusedError())
+
+
+def test_a_claimant_cut_off_from_most_members_refuses_joins_and_leaves(tmp_path):
+    """During a partition each side has a claimant of its own. The minority side's must change nothing: after the
+    heal the state with the higher version wins, and would silently undo the other side's committed changes (the
+    simulator saw a "has left" undone, and the ring change then waited forever for the node that had stopped)."""
+    from dynafast.errors import Unavailable
+
+    m = _membership_of(tmp_path, "a", _five_valid_members())
+    _cut_off(m, "c", "d", "e")
+    assert m.claimant() == "a"
+    with pytest.raises(Unavailable, match="no majority of members reachable"):
+        m.handle_join(("f", "127.0.0.1:7006", ""))
+    with pytest.raises(Unavailable, match="no majority of members reachable"):
+        m.handle_leave(("b",))
+    assert m.state.version == 5 and "f" not in m.state.members and m.state.members["b"].status == VALID
+    m.mark_up("c")  # three of five: a majority
+    with pytest.raises(Unavailable, match="waits"):  # but only just
+        m.handle_join(("f", "127.0.0.1:7006", ""))
+    _settle(m)
+    m.handle_join(("f", "127.0.0.1:7006", ""))
+    m.handle_leave(("b",))
+    assert m.state.version == 7
+    assert m.state.members["f"].status == "joining" and m.state.members["b"].status == "leaving"
+
+
+def test_a_claimant_cut_off_from_most_members_activates_no_ring_and_records_no_transfer(tmp_path):
+    from dynafast.errors import Unavailable
+
+    state = _five_valid_members(joining=("f",))
+    m = _membership_of(tmp_path, "a", state)
+    new = m.state.copy()
+    m._plan(new)
+    required = sorted(new.required_transfers())
+    new.done = set(required[1:])
+    m._adopt(new, force=True)
+    _cut_off(m, "c", "d", "e")
+    fields = ([required[0][0]], [required[0][1]], new.next_ring.digest())
+    with pytest.raises(Unavailable, match="no majority of members reachable"):
+        m.handle_transfer_done(fields)
+    assert m.state.version == 5 and len(m.state.done) == len(required) - 1
+    m.mark_up("d")
+    _settle(m)
+    assert m.handle_transfer_done(fields) == (True,)  # recorded, and the ring is activated
+    assert m.state.next_ring is None and m.state.members["f"].status == VALID and "f" in m.state.ring.members
+    version = m.state.version
+    m.mark_up("c")
+    m.mark_up("e")
+    # Another ring change, finished while the claimant is cut off again: activated only once a majority is back.
+    m.handle_leave(("e",))
+    leave = m.state.copy()
+    leave.done = leave.required_transfers()
+    m._adopt(leave, force=True)
+    _cut_off(m, "b", "c", "d")  # e (leaving) is up, but a, e and f are three of six
+    m.check_claimant_duties()
+    assert m.state.next_ring is not None and m.state.members["e"].status == "leaving"
+    assert m.state.version == version + 1
+    m.mark_up("b")
+    m.mark_up("c")  # five of six, and four of the five that vote after the change
+    m.check_claimant_duties()
+    assert m.state.next_ring is not None  # a majority that just came back: first gossip brings newer states
+    _settle(m)
+    m.check_claimant_duties()
+    assert m.state.next_ring is None and m.state.members["e"].status == "left"
+
+
+def test_the_smallest_clusters_keep_the_changes_a_majority_allows(tmp_path):
+    """One node is its own majority; with three, two up may still remove the third; a joiner that died half-way
+    through its join does not count, so the others may still remove it; two members with one down change
+    nothing."""
+    from dynafast.errors import Unavailable
+
+    one = ClusterState(1, {"a": Member("a", "127.0.0.1:7001")}, rings.Ring(64, ["a"], n=3))
+    m = _membership_of(tmp_path / "one", "a", one)
+    m.handle_join(("b", "127.0.0.1:7002", ""))
+    _cut_off(m, "b")
+    m.check_claimant_duties()
+    assert m.state.members["b"].status == "joining"  # not activated: b would vote, and is down
+    m.handle_leave(("b",))  # but a alone may remove it
+    assert m.state.members["b"].status == LEFT and list(m.state.ring.members) == ["a"]
+
+    three = ClusterState(1, {i: Member(i, f"127.0.0.1:{7001 + k}") for k, i in enumerate("abc")},
+                         rings.Ring(64, ["a", "b", "c"], n=3))
+    m = _membership_of(tmp_path / "three", "a", three)
+    _cut_off(m, "c")
+    _settle(m)
+    m.handle_leave(("c",))
+    assert m.state.members["c"].status == "leaving"
+
+    two = ClusterState(1, {i: Member(i, f"127.0.0.1:{7001 + k}") for k, i in enumerate("ab")},
+                       rings.Ring(64, ["a", "b"], n=3))
+    m = _membership_of(tmp_path / "two", "a", two)
+    _cut_off(m, "b")
+    with pytest.raises(Unavailable, match="1 of 2"):
+        m.handle_leave(("b",))
+
+
+def test_a_node_taking_over_as_claimant_waits_before_it_changes_anything(tmp_path):
+    """When a partition starts, the nodes of each side mark the other side's down one by one. A node that becomes
+    the claimant the moment the usual one is marked down could still count the other side's nodes towards its
+    majority while the usual claimant, over there, still counts this side's: both would commit. A node that
+    took over waits a little first (as does one whose majority just came back, above)."""
+    from dynafast.errors import Unavailable
+
+    m = _membership_of(tmp_path, "b", _five_valid_members())
+    assert m.claimant() == "a"
+    _settle(m)
+    _cut_off(m, "a")
+    assert m.claimant() == "b"
+    with pytest.raises(Unavailable, match="became the claimant with a majority up only now"):
+        m.handle_join(("f", "127.0.0.1:7006", ""))
+    _settle(m, m.settle_grace / 2)
+    with pytest.raises(Unavailable, match="became the claimant with a majority up only now"):
+        m.handle_leave(("a",))
+    _settle(m, m.settle_grace / 2)
+    m.handle_leave(("a",))  # four of five up, claimant for long enough: the dead "a" may be removed
+    assert m.state.members["a"].status == "leaving"

@@ -5,7 +5,11 @@ left), the active ring, and while the cluster changes shape, the next ring and t
 that are done. Only the *claimant* changes it (the valid member with the lowest id that is up in the deciding
 node's view, as in Riak); everyone else forwards joins, leaves and finished transfers to the claimant. The state
 spreads by gossip (``GossipCore``): each round a node swaps heartbeats and its state with one random peer, and the
-newer state (by version, then digest) wins.
+newer state (by version, then digest) wins. The claimant changes the state only while it sees a strict majority
+of the voters (the active ring's members that have not left) up, and has for a few gossip intervals: during a
+partition each side has a claimant, and two sides both bumping the version would have the higher one silently
+undo the other's changes after the heal. This rests on the failure detectors' views, not on a vote: two
+claimants that each see a majority (a one-way cut) can still both commit.
 
 Liveness is local: a phi-accrual failure detector fed by gossiped heartbeats marks peers down and up; a refused
 connection marks a peer down at once, until its heartbeat moves again.
@@ -166,6 +170,11 @@ class ClusterMembership:
         self._first_seen: dict[str, float] = {}
         self._pushes: set[asyncio.Task] = set()
         self._exchanges: dict[str, asyncio.Task] = {}  # peer -> our gossip round's exchange with it, under way
+        self._waiting_for_majority: str | None = None  # why the claimant last held a ring change back (logged once)
+        # Since when this node has been, without a break, the claimant with a majority of the voters up in its
+        # view; it changes nothing until it has been for ``settle_grace`` seconds (see _change_problem).
+        self._deciding_since: float | None = None
+        self.settle_grace = 2 * config.gossip_interval + config.peer_timeout
 
     # -- queries used on every request (kept cheap) ------------------------------------------------------
     @property
@@ -244,6 +253,11 @@ class ClusterMembership:
             self._down = frozenset(down)
         for node_id, member in self.state.members.items():
             member.state = self._shown_state(member)
+        if self.claimant() == self.node_id and self.majority_problem() is None:
+            if self._deciding_since is None:
+                self._deciding_since = now
+        else:
+            self._deciding_since = None
 
     def _shown_state(self, member: Member) -> str:
         if member.status in (JOINING, LEAVING, LEFT):
@@ -256,6 +270,53 @@ class ClusterMembership:
         if not candidates:
             candidates = [i for i, m in self.state.members.items() if m.status != LEFT and self.is_up(i)]
         return min(candidates) if candidates else self.node_id
+
+    def voters(self, state: ClusterState | None = None) -> list[str]:
+        """The members a change of the cluster state needs a majority of: those the active ring names (they hold
+        its data), valid or leaving. A joiner votes once the ring with it is active, so one that dies half-way
+        through its join cannot stop the others from removing it; a member that left votes no more."""
+        state = self.state if state is None else state
+        voters = sorted(i for i in state.ring.members if i in state.members and state.members[i].status != LEFT)
+        return voters or sorted(i for i, m in state.members.items() if m.status != LEFT)
+
+    def majority_problem(self, state: ClusterState | None = None) -> str | None:
+        """None if a strict majority of the voters of ``state`` (ours by default) is up in our view, counting
+        ourselves; otherwise why not. During a partition only the side holding a majority may change the
+        cluster state: two sides each changing it on their own would both bump its version, and after the heal
+        the state with the higher (version, digest) would silently undo the other side's changes."""
+        voters = self.voters(state)
+        up = [v for v in voters if v == self.node_id or self.is_up(v)]
+        if 2 * len(up) > len(voters):
+            return None
+        down = [v for v in voters if v not in up]
+        return (f"no majority of members reachable: {len(up)} of {len(voters)} voting members up, "
+                f"{', '.join(down)} down or cut off")
+
+    def _change_problem(self, state: ClusterState | None = None) -> str | None:
+        """Why this claimant may not change the cluster state now, or None.
+
+        Besides a majority of the voters up: the claimant must have been the claimant with a majority up for
+        ``settle_grace`` seconds without a break (unless it is the only voter). A node that just took over
+        (lower ids marked down) may, at the start of a partition, still count members of the other side, whose
+        failure detectors mark nodes down one by one over a gossip interval or so, while the usual claimant,
+        over there, still counts this side's. And one that just regained a majority (a partition healed, a
+        pause ended) may hold an old state and receive stale requests before gossip brings it the newer
+        state the others committed meanwhile. By the end of the grace its view and its state have settled."""
+        problem = self.majority_problem(state)
+        if problem is not None:
+            return problem
+        if self.voters() == [self.node_id]:
+            return None
+        since = self._deciding_since
+        if since is None or self.clock.monotonic() - since < self.settle_grace:
+            return (f"this node became the claimant with a majority up only now (it took over, or a majority "
+                    f"came back); it waits {self.settle_grace:g}s for its view of the cluster to settle")
+        return None
+
+    def _require_majority(self, what: str) -> None:
+        problem = self._change_problem()
+        if problem is not None:
+            raise Unavailable(f"{problem}; cannot {what} now")
 
     def state_fields(self) -> tuple:
         return self.state.to_fields()
@@ -281,7 +342,9 @@ class ClusterMembership:
         return True
 
     def _commit(self, new: ClusterState) -> ClusterState:
-        """Claimant-side change: bump the version, adopt, and spread it at once."""
+        """Claimant-side change: bump the version, adopt, and spread it at once. Only with a majority of the
+        voters up (callers check first; this is the last guard)."""
+        self._require_majority("change the cluster state")
         new.version = self.state.version + 1
         self._adopt(new)
         self._spread()
@@ -491,6 +554,7 @@ class ClusterMembership:
             return self.state_fields()
         if member is None and len(self.state.members) >= MAX_MEMBERS:
             raise Overloaded(f"the cluster already has {MAX_MEMBERS} members, the most a cluster state holds")
+        self._require_majority(f"admit {node_id}")
         new = self.state.copy()
         status = VALID if member is not None and member.status == VALID else JOINING
         new.members[node_id] = Member(node_id, address, zone, status)
@@ -512,6 +576,7 @@ class ClusterMembership:
             raise ProtocolError("the last member cannot leave")
         if member.status in (LEAVING, LEFT):
             return (self.state.version,)
+        self._require_majority(f"let {node_id} leave")
         new = self.state.copy()
         new.members[node_id].status = LEAVING
         self._plan(new)
@@ -530,6 +595,8 @@ class ClusterMembership:
             return (False,)
         finished = set(zip(partitions, targets, strict=True)) - self.state.done
         if finished:
+            # Refused, not dropped: the sender reports them again later.
+            self._require_majority("record finished transfers")
             new = self.state.copy()
             new.done |= finished
             self._commit(new)
@@ -562,6 +629,16 @@ class ClusterMembership:
 
     def _maybe_activate(self) -> None:
         state = self.state
+        problem = self._change_problem()
+        if problem is not None:
+            # A claimant cut off from most members changes nothing; check_claimant_duties retries.
+            if problem != self._waiting_for_majority and (state.next_ring is not None or any(
+                    m.status == JOINING or (m.status == LEAVING and m.id not in state.ring.members)
+                    for m in state.members.values())):
+                log.warning("the ring change waits: %s", problem)
+            self._waiting_for_majority = problem
+            return
+        self._waiting_for_majority = None
         if state.next_ring is None:
             # Nothing to move: joiners are in, and leavers the ring does not hold (one told to leave before
             # its join finished) are out.
@@ -586,6 +663,11 @@ class ClusterMembership:
                     m.status = VALID
                 elif m.status == LEAVING:
                     m.status = LEFT
+            # The voters change here (joiners start voting, leavers stop): a majority of the new ones must be
+            # up too, or a cluster of one plus a joiner that died after its transfers would be left with two
+            # voters, one dead, and could never change again.
+            if self._change_problem(new) is not None:
+                return
             self._commit(new)
             log.info("ring version %d is active (state version %d)", new.ring.version, new.version)
 
