@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from dynafast.net.messages import Msg
 from dynafast.sim import run
 
 pytestmark = pytest.mark.timeout(240)
@@ -219,6 +220,53 @@ def test_conditional_writes_across_a_ring_change_made_by_one_side_of_a_partition
     result = run(seed, nodes=4, ops=150, faults=("partition", "leave", "join", "leave-cut", "pause", "one-way"),
                  cas=True)
     assert not result.violations, [str(v) for v in result.violations]
+
+
+def test_a_relayed_client_write_is_coordinated_once():
+    """Seed 70129 with 4 nodes, membership faults and compare-and-set: a put of k5 sent to n2 (no replica of the
+    key) was relayed to n1, and the simulated network delivered the relayed PUT twice, the copy 160 ms late. n1
+    coordinated it twice, as two writes of the same value with dots n1:1 and n1:2. A read in between saw n1:1
+    only, a put with that read's context (acknowledged) replaced it, and the value read back through n1:2: an
+    "undone" violation with nothing undone by the store. Over TCP the relay is sent once, as the client's own
+    request is (which the network already never duplicated): relayed writes are not duplicated either."""
+    result = run(70129, nodes=4, ops=150, faults=("partition", "leave", "join", "leave-cut", "pause", "one-way"),
+                 cas=True)
+    assert not result.violations, [str(v) for v in result.violations]
+    assert relayed_copies(Msg.PUT) == relayed_copies(Msg.DELETE) == 1
+    assert relayed_copies(Msg.REPLICA_PUT) == 2  # node-to-node messages are still duplicated
+
+
+def relayed_copies(msg_type) -> int:
+    """How many copies of one request from a node arrive when the network duplicates every message."""
+    import random
+
+    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.network import SimNetwork
+
+    async def scenario():
+        network = SimNetwork(asyncio.get_running_loop(), random.Random(1), duplicate=1.0)
+        arrived = []
+
+        def handler(_conn, type_, _request_id, fields):
+            arrived.append(type_)
+            return None  # no reply: the sender times out
+
+        network.serve("n1.sim:7101", handler)
+        fields = {Msg.PUT: (b"k", b"v", None, None, None, 1000, None, None),
+                  Msg.DELETE: (b"k", None, None, None, 1000),
+                  Msg.REPLICA_PUT: (0, b"k", b"", False, None)}[msg_type]
+        request = network.request("n2.sim:7101", "n1.sim:7101", msg_type, fields, 1.0)
+        try:
+            await request
+        except Exception:  # noqa: BLE001 - the timeout
+            pass
+        return len(arrived)
+
+    loop = SimLoop()
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()
 
 
 def test_it_finds_a_counter_reused_after_a_local_not_found(monkeypatch):

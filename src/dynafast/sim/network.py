@@ -29,6 +29,10 @@ def _wire(msg_type, request_id, fields):
     return decoded
 
 
+# Client writes, as a node relays them to a replica of the key (``RequestCoordinator._forward``).
+_RELAYED_WRITES = frozenset((int(Msg.PUT), int(Msg.DELETE)))
+
+
 class SimNetwork:
     def __init__(self, loop, rng, *, delay=(0.0001, 0.003), slow=(0.01, 0.2), slow_rate=0.02, loss=0.0,
                  duplicate=0.0):
@@ -121,8 +125,12 @@ class SimNetwork:
         handle = self.deadlines.add(timeout, expire)
         reply.add_done_callback(lambda _: DeadlineWheel.cancel(handle, expire))
         # Duplicates model a peer re-sending an internal message; a client's request is sent once (over TCP
-        # a duplicate would be the client's own retry, which is a new write).
-        copies = 2 if not source.startswith("client-") and self.rng.random() < self.duplicate else 1
+        # a duplicate would be the client's own retry, which is a new write). So is a client's write that a node
+        # holding no replica of the key relays to one that does: the relay is that one request, and a second
+        # copy would be coordinated as a second write, a new version that a read which saw only the first one
+        # does not cover.
+        copies = 2 if not source.startswith("client-") and self.rng.random() < self.duplicate \
+            and msg_type not in _RELAYED_WRITES else 1
         if any(rule(source, target, msg_type) for rule in self.drop_rules):
             self.dropped += 1
             return reply  # a scripted fault: the request is lost, the caller times out
