@@ -3,6 +3,7 @@ shared, noisy machine: one cluster per tree, all up at once, and each test run o
 alternating round by round, so that the trees share the machine's moods.
 
     python3 benchmarks/resp_cluster_ab.py --rounds 6 --requests 20000 BEFORE/src AFTER/src [--one-node]
+        [--pipelines 1,16] [--tests set,get]
 
 Per run: redis-benchmark's ops/s (SET and GET, 100-byte values, 50 connections, pipeline 1 and 16) and the server
 CPU per operation (utime + stime from /proc, summed over the 3 nodes). With ``--one-node`` every request goes to
@@ -27,13 +28,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--one-node", action="store_true", help="send every request to node 1")
+    parser.add_argument("--pipelines", default="1,16", help="comma-separated pipeline depths (default 1,16)")
+    parser.add_argument("--tests", default="set,get", help="comma-separated redis-benchmark tests (default set,get)")
     args = parser.parse_args()
     clusters, results = {}, {}
     try:
         for tree in args.trees:
             os.environ["PYTHONPATH"] = tree  # the node processes inherit it
             clusters[tree] = bench.start_dynafast_cluster(tempfile.mkdtemp())
-        for pipeline, test in bench.TESTS:
+        tests = [(int(p), t) for p in args.pipelines.split(",") for t in args.tests.split(",")]
+        for pipeline, test in tests:
             for round_ in range(args.rounds):
                 for tree in args.trees if round_ % 2 == 0 else args.trees[::-1]:
                     procs, ports, _ = clusters[tree]

@@ -97,15 +97,13 @@ def test_a_client_that_never_reads_its_big_replies_cannot_grow_the_node(one_node
     assert r.ping()
 
 
-def test_a_client_that_never_reads_big_replies_from_other_nodes_cannot_grow_the_node(tmp_path):
-    """On a cluster a GET waits for another node (R=2): its reply comes later, through a future. 300 GETs of
-    different 1 MiB values in one write, never read, were all started at once (up to 1,024 per connection) and
-    every reply kept: 300 MiB. Now a connection has as many in flight as its replies' size allows."""
-    with LocalCluster(3, base_dir=tmp_path / "c", resp=True) as c:
+@pytest.fixture(scope="module")
+def big_values(tmp_path_factory):
+    """A 3-node cluster holding 300 different 1 MiB values and a small one (a GET there waits for another node)."""
+    with LocalCluster(3, base_dir=tmp_path_factory.mktemp("big") / "c", resp=True) as c:
         with Client(c.addresses, timeout=10.0) as client:
             wait_members(client, 3, timeout=60)
-        node = c.nodes[0]
-        r = connect(node, protocol=2)
+        r = connect(c.nodes[0], protocol=2)
         value = b"x" * (1024 * 1024)
         keys = [f"big-{i}" for i in range(300)]
         for start in range(0, len(keys), 20):
@@ -113,7 +111,46 @@ def test_a_client_that_never_reads_big_replies_from_other_nodes_cannot_grow_the_
             for key in keys[start:start + 20]:
                 pipe.set(key, value)
             assert all(pipe.execute())
-        assert r.get(keys[-1]) == value
-        requests = b"".join(b"GET %s\r\n" % key.encode() for key in keys)
-        assert _growth_while_a_client_never_reads(node, requests, r, keys[0], value, 30) < 100 * 1024 * 1024
-        assert r.ping()
+        assert r.get(keys[-1]) == value and r.set("small", "s")
+        for i in range(12):  # the largest values a node takes (max_value_size, 8 MiB)
+            assert r.set(f"huge-{i}", b"h" * (8 * 1024 * 1024 - 64))
+        yield c, keys, value
+
+
+def test_a_client_that_never_reads_big_replies_from_other_nodes_cannot_grow_the_node(big_values):
+    """On a cluster a GET waits for another node (R=2): its reply comes later, through a future. 300 GETs of
+    different 1 MiB values in one write, never read, were all started at once (up to 1,024 per connection) and
+    every reply kept: 300 MiB. Now a connection has as many in flight as its replies' size allows."""
+    c, keys, value = big_values
+    node = c.nodes[0]
+    r = connect(node, protocol=2)
+    requests = b"".join(b"GET %s\r\n" % key.encode() for key in keys)
+    assert _growth_while_a_client_never_reads(node, requests, r, keys[0], value, 30) < 100 * 1024 * 1024
+    assert r.ping()
+
+
+def test_a_client_that_never_reads_big_replies_after_small_ones_cannot_grow_the_node(big_values):
+    """Small replies first widened the window of commands in flight (up to 1,024), then 300 GETs of 1 MiB values
+    all started before the first of them answered, and the replica calls queued behind them timed out for the
+    node's other clients (NOREPLICAS). At most 64 commands of a connection now wait for other nodes at once."""
+    c, keys, value = big_values
+    node = c.nodes[1]  # not the node the test above grew
+    r = connect(node, protocol=2)
+    requests = b"GET small\r\n" * 2000 + b"".join(b"GET %s\r\n" % key.encode() for key in keys)
+    assert _growth_while_a_client_never_reads(node, requests, r, keys[0], value, 30) < 150 * 1024 * 1024
+    assert r.ping()
+
+
+def test_a_client_that_leaves_64_mib_of_replies_unsent_is_disconnected(big_values):
+    """After small replies, GETs of the largest values a node takes (8 MiB) all start at once: 96 MiB of replies
+    for a client that reads none. Past 64 MiB unsent the node closes the connection, as Redis's
+    client-output-buffer-limit does, and counts it in INFO stats."""
+    c, keys, value = big_values
+    node = c.nodes[2]
+    r = connect(node, protocol=2)
+    before = r.info("stats")["client_output_buffer_limit_disconnections"]
+    requests = b"GET small\r\n" * 2000 + b"".join(b"GET huge-%d\r\n" % i for i in range(12))
+    grown = _growth_while_a_client_never_reads(node, requests, r, keys[0], value, 30)
+    assert r.info("stats")["client_output_buffer_limit_disconnections"] == before + 1
+    assert grown < 250 * 1024 * 1024, grown
+    assert r.ping()

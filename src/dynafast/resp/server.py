@@ -11,7 +11,8 @@ Bounded memory, as on the native port: a request's arguments at most ``max_value
 "invalid bulk length" past it), the bytes of requests still arriving at most ``max_frame`` per connection and
 ``max_unfinished_frames`` for all; a connection stops being read while its unsent replies exceed a high-water
 mark, or while its commands waiting for other nodes would (by the size its replies have had; ``MAX_PENDING`` at
-most); one with nothing received for ``idle_timeout`` is closed.
+most); one whose unsent replies still pass ``OUTPUT_LIMIT`` (commands in flight answer after reading stopped) is
+closed, as is one with nothing received for ``idle_timeout``.
 """
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ from dynafast.security.access import MAX_CONCURRENT_VERIFIES, is_loopback
 log = logging.getLogger("dynafast.resp")
 
 HIGH_WATER = 2 * 1024 * 1024  # unsent reply bytes per connection above which it is not read
-MAX_PENDING = 1024  # commands of one connection waiting for the coordinator before it is not read
+# Unsent reply bytes past which a connection is closed (Redis's client-output-buffer-limit). Reading stops at
+# HIGH_WATER, but commands already in flight still answer: after many small replies, many big ones at once.
+OUTPUT_LIMIT = 64 * 1024 * 1024
+# Commands of one connection waiting for the coordinator before it is not read. Their replies' sizes are unknown
+# until they come: after small replies the window is wide, and this many big values may be fetched at once.
+MAX_PENDING = 64
 MAX_AUTH_FAILURES = 5
 
 
@@ -200,6 +206,7 @@ class RespApp:
                 "auth_logins": self.logins,
                 "auth_failures": self.login_failures,
                 "idle_closed": stats["idle_closed"],
+                "client_output_buffer_limit_disconnections": stats["output_limit_closed"],
                 "protocol_errors": stats["protocol_errors"],
                 "used_cpu_user": round(process["cpu_user"], 3),
                 "used_cpu_sys": round(process["cpu_sys"], 3),
@@ -508,13 +515,18 @@ class RespConnection(asyncio.Protocol):
             encode(out, reply, self.resp3)
             size, estimate = len(out) - start, self._reply_estimate
             self._reply_estimate = size if size > estimate else estimate - ((estimate - size) >> 3)
+        if len(out) + self._unsent > OUTPUT_LIMIT:
+            self._overflow()
+            return
         if not pending and not self._held and (self._broken is not None or self._half_closed):
             self._maybe_done()
             return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             future.get_loop().call_soon(self._flush)  # (get_running_loop costs a system call per reply)
-        if self._held:
+        if self._held and len(pending) <= MAX_PENDING // 2:
+            # Not at every answer while the window is full: each release goes over every request held (a
+            # pipeline deeper than the window), and half a window of them then starts in one go.
             self._release()
 
     def _must_wait(self, spec, args) -> bool:
@@ -543,6 +555,16 @@ class RespConnection(asyncio.Protocol):
             out, self._out = self._out, bytearray()
             self.transport.write(out)
             self._unsent = self.transport.get_write_buffer_size()
+
+    def _overflow(self):
+        """Close a connection whose client does not read what it asked for: its replies go unsent."""
+        self.server.stats["output_limit_closed"] += 1
+        log.warning("closing RESP connection %s: %d MiB of replies unsent (the client does not read them)",
+                    self.id, (len(self._out) + self._unsent) >> 20)
+        self._out = bytearray()
+        self.closed = True  # later answers are dropped; connection_lost cancels the commands still in flight
+        if self.transport is not None:
+            self.transport.abort()
 
     def _close(self):
         self._flush()
