@@ -52,6 +52,11 @@ class Unavailable(DynafastError):
     """No node that could serve the request was reachable."""
 
 
+class NotSent(Unavailable):
+    """A request that never left this node: the connection could not be made, or was closed before it was
+    written. Unlike a connection lost afterwards, the peer surely did not act on it."""
+
+
 class TooManySiblings(DynafastError):
     """The put would leave the key with more live siblings than the node's ``max_siblings``; nothing was written.
 

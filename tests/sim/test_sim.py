@@ -236,6 +236,54 @@ def test_a_relayed_client_write_is_coordinated_once():
     assert relayed_copies(Msg.REPLICA_PUT) == 2  # node-to-node messages are still duplicated
 
 
+def test_a_relayed_write_whose_connection_breaks_after_it_went_out_is_not_sent_on():
+    """A node holding no replica of a key relays a client's put to a primary. When that connection broke after
+    the request was written (the primary got it and coordinated it), the relay took the lost connection for a
+    failed peer and sent the put on to the next primary, which coordinated it again: two versions of one write,
+    and a read that saw the first cannot replace the second. The relay now sends a write on only when it surely
+    never left (no connection), and otherwise answers the client that the outcome is unknown."""
+    import random
+
+    from dynafast.cluster.preflist import primaries
+    from dynafast.sim.cluster import SimNode
+    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.network import SimNetwork
+    from dynafast.sim.workload import History, SimClient
+
+    async def scenario():
+        network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
+        sims = {"n1": SimNode("n1", network, random.Random(2))}
+        await sims["n1"].start()
+        for i in (2, 3, 4):
+            sims[f"n{i}"] = SimNode(f"n{i}", network, random.Random(i + 1), seeds=[sims["n1"].address])
+            await sims[f"n{i}"].start()
+        await asyncio.sleep(10)
+        ring = sims["n1"].node.membership.ring
+        key = b"relayed"
+        partition = ring.partition_of(key)
+        owners = primaries(ring, partition, ring.n)
+        relay = next(sims[name] for name in sims if name not in owners)
+        first = sims[owners[0]]  # the relay tries the primaries in order
+        network.sever_rules.append(lambda source, target, msg_type: msg_type == Msg.PUT
+                                   and source == relay.address and target == first.address)
+        client = SimClient(0, network, History(), random.Random(5))
+        outcome = (await client.put([relay.address], key, with_context=False)).outcome
+        network.sever_rules.clear()
+        await asyncio.sleep(2)
+        stored = [sims[name].node.vnodes.get(partition, key) for name in owners]
+        for sim in sims.values():
+            await sim.stop()
+        return outcome, [None if s is None else len(s.live_values()) for s in stored]
+
+    loop = SimLoop()
+    try:
+        outcome, versions = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert outcome == "unknown"  # the client learns the write may have happened
+    assert versions == [1, 1, 1], f"versions of the one write on each primary: {versions}"
+
+
 def relayed_copies(msg_type) -> int:
     """How many copies of one request from a node arrive when the network duplicates every message."""
     import random

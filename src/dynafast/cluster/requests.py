@@ -22,7 +22,7 @@ from dynafast.cluster.durability import durable_reply
 from dynafast.cluster.ports import peer_failed
 from dynafast.cluster import preflist
 from dynafast.cluster.preflist import Routes
-from dynafast.errors import (CorruptionError, DynafastError, KeyTooLarge, ProtocolError, QuorumNotMet, Timeout,
+from dynafast.errors import (CorruptionError, DynafastError, KeyTooLarge, NotSent, ProtocolError, QuorumNotMet,
                              TooManySiblings, Unavailable, ValueTooLarge)
 from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg
@@ -291,8 +291,10 @@ class RequestCoordinator:
                 if not peer_failed(exc):
                     raise
                 self.membership.mark_down(node, exc)
-                if isinstance(exc, Timeout) and msg_type != Msg.GET:
-                    raise  # the write may have happened there: doing it again elsewhere would duplicate it
+                if msg_type != Msg.GET and not isinstance(exc, NotSent):
+                    # It may have reached that replica (a timeout, a connection lost after it was written), and
+                    # been coordinated there: sent on to another, it would be written twice, as two versions.
+                    raise
                 last = exc
         raise Unavailable(f"no replica of the key answered: {last}")
 

@@ -8,7 +8,7 @@ import logging
 
 from dynafast._impl import codec
 from dynafast.address import format_address, parse_address
-from dynafast.errors import ProtocolError, Timeout, Unavailable
+from dynafast.errors import NotSent, ProtocolError, Timeout, Unavailable
 from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg, error_from_fields
 
@@ -244,9 +244,9 @@ class Connection:
                 _, protocol = await loop.create_connection(lambda: _ClientProtocol(loop, max_frame), host, port,
                                                            **tls)
         except TimeoutError:
-            raise Unavailable(f"connecting to {host}:{port} timed out after {timeout}s") from None
+            raise NotSent(f"connecting to {host}:{port} timed out after {timeout}s") from None
         except OSError as exc:
-            raise Unavailable(f"cannot connect to {host}:{port}: {exc}") from None
+            raise NotSent(f"cannot connect to {host}:{port}: {exc}") from None
         return cls(protocol, host, port)
 
     @property
@@ -272,7 +272,7 @@ class Connection:
             timeout = DEFAULT_TIMEOUT
         protocol = self._protocol
         if protocol.transport is None or protocol.transport.is_closing():
-            raise protocol.lost or Unavailable(f"connection to {self.address} is closed")
+            raise NotSent(f"connection to {self.address} is closed" + (f": {protocol.lost}" if protocol.lost else ""))
         if protocol._write_ready is not None:
             await protocol._write_ready
         request_id, future = protocol.request(msg_type, fields, timeout)
@@ -358,7 +358,10 @@ class PeerPool:
         """``Connection.call`` on a pooled connection to ``address``."""
         if timeout is None:
             timeout = DEFAULT_TIMEOUT
-        conn = await self.get(address, timeout=min(timeout, self.connect_timeout))
+        try:
+            conn = await self.get(address, timeout=min(timeout, self.connect_timeout))
+        except Unavailable as exc:  # no connection, or its login failed: nothing was sent
+            raise exc if isinstance(exc, NotSent) else NotSent(str(exc)) from exc
         return await conn.call(msg_type, fields, timeout)
 
     def request(self, address: str, msg_type: int, fields, timeout: float | None = DEFAULT_TIMEOUT) -> asyncio.Future:
@@ -387,7 +390,7 @@ class PeerPool:
     async def get(self, address: str, *, timeout: float | None = None) -> Connection:
         """An open connection to ``address`` (connecting if needed)."""
         if self._closed:
-            raise Unavailable("the peer pool is closed")
+            raise NotSent("the peer pool is closed")
         slots = self._slots.get(address)
         if slots is None:
             slots = self._slots[address] = [None] * self.connections_per_peer

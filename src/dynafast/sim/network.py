@@ -13,7 +13,7 @@ import itertools
 import logging
 
 from dynafast._impl import codec
-from dynafast.errors import Timeout, Unavailable
+from dynafast.errors import NotSent, Timeout, Unavailable
 from dynafast.net.deadlines import DeadlineWheel
 from dynafast.net.messages import Msg, error_fields, error_from_fields
 
@@ -47,6 +47,7 @@ class SimNetwork:
         self.paused: dict[str, list] = {}          # address -> deliveries held until it resumes
         self.cut: set[tuple[str, str]] = set()     # (from, to) pairs that cannot reach each other
         self.drop_rules: list = []                 # (source, target, msg_type) -> True drops that request
+        self.sever_rules: list = []                # ... -> True: it arrives, and its connection breaks before the reply
         self.tasks: dict[str, set] = {}            # address -> handler tasks running on it
         self._ids = itertools.count(1)
         self.deadlines = DeadlineWheel(loop)
@@ -116,7 +117,7 @@ class SimNetwork:
     def request(self, source: str, target: str, msg_type, fields, timeout: float) -> asyncio.Future:
         reply = self.loop.create_future()
         if target not in self.handlers:
-            reply.set_exception(Unavailable(f"cannot connect to {target}: connection refused"))
+            reply.set_exception(NotSent(f"cannot connect to {target}: connection refused"))
             return reply
         request_id = next(self._ids)
         fields = _wire(msg_type, request_id, fields)
@@ -134,9 +135,17 @@ class SimNetwork:
         if any(rule(source, target, msg_type) for rule in self.drop_rules):
             self.dropped += 1
             return reply  # a scripted fault: the request is lost, the caller times out
+        severed = any(rule(source, target, msg_type) for rule in self.sever_rules)
         for copy in range(copies):
-            if copy == 0:
+            if copy == 0 and not severed:
                 answer = reply
+            elif copy == 0:
+                # A scripted fault: the peer gets the request and acts on it, and the sender learns only that the
+                # connection broke (as when a TCP connection is reset after the request went out).
+                answer = self.loop.create_future()
+                answer.add_done_callback(_discard)
+                answer.add_done_callback(lambda _: reply.done() or reply.set_exception(
+                    Unavailable(f"connection to {target} lost")))
             else:
                 answer = self.loop.create_future()  # the duplicate's reply is read by nobody
                 answer.add_done_callback(_discard)
@@ -234,7 +243,7 @@ class SimTransport:
     def request(self, address: str, msg_type, fields, timeout=None) -> asyncio.Future:
         if self.closed:
             reply = self.network.loop.create_future()
-            reply.set_exception(Unavailable("the peer pool is closed"))
+            reply.set_exception(NotSent("the peer pool is closed"))
             return reply
         return self.network.request(self.address, address, msg_type, fields, timeout or 5.0)
 
