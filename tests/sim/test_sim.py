@@ -384,6 +384,70 @@ def kv679_scenario(puts: int = 1) -> list[str]:
         loop.close()
 
 
+def test_a_reap_queued_for_one_delete_does_not_take_a_later_tombstone_of_the_key():
+    """Found by seed 71158 (3 nodes, N=3): n3 coordinated a delete of k1 at t=5.62 (every primary acknowledged,
+    so n3 queued its reap for t=11.62); k1 was written again, c1-21 among them at t=7.65 (n2 and n3; n1 was
+    partitioned away), and n1 coordinated a read at t=11.35 whose reply from n2 was lost (a one-way cut). A
+    delete whose context saw c1-21 went through n3 at t=11.61, and the first delete's reap, queued per key,
+    came due 16 ms later and reaped this new tombstone everywhere. n1's read then gave up on n2 (t=11.86) and
+    its read repair merged the c1-21 it had read into n1's now empty copy: the deleted value was back. A
+    queued reap is now for one version of the key (its digest); another found when it comes due is queued
+    for its own full delay."""
+    result = run(71158, nodes=3, ops=150)
+    assert not result.violations, [str(v) for v in result.violations]
+
+
+def test_a_tombstone_lives_its_whole_delay_though_an_earlier_delete_of_the_key_was_reaped():
+    assert reaped_again_scenario() == [True, True, True], "the second tombstone was reaped before its delay"
+
+
+def reaped_again_scenario() -> list[bool]:
+    """A delete via n1 (every replica acknowledges: n1 queues its reap), a write, and a second delete just
+    before the first one's reap comes due: a moment after it did, every replica must still hold the second
+    tombstone (it has ``tombstone_delay`` to go)."""
+    import random
+
+    from dynafast.sim.cluster import SimNode
+    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.network import SimNetwork
+    from dynafast.sim.workload import History, SimClient
+
+    async def scenario():
+        network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
+        options = dict(hint_window=0.5, tombstone_delay=3.0, ae_interval=0)
+        sims = [SimNode("n1", network, random.Random(2), **options)]
+        await sims[0].start()
+        for i in (2, 3):
+            sims.append(SimNode(f"n{i}", network, random.Random(i + 1), seeds=[sims[0].address], **options))
+            await sims[-1].start()
+        await asyncio.sleep(10)
+        client = SimClient(0, network, History(), random.Random(5))
+        key = b"k"
+        n1 = sims[0].address
+        assert (await client.put([n1], key, with_context=False)).outcome == "ok"
+        assert (await client.get([n1], key, r=3)).outcome == "ok"
+        assert (await client.delete([n1], key)).outcome == "ok"  # n1 queues its reap for 3 s from now
+        await asyncio.sleep(1.0)
+        assert (await client.get([n1], key, r=3)).outcome == "ok"
+        assert (await client.put([n1], key, with_context=True)).outcome == "ok"
+        await asyncio.sleep(1.5)
+        assert (await client.get([n1], key, r=3)).result
+        assert (await client.delete([n1], key)).outcome == "ok"  # 0.5 s before the first reap is due
+        await asyncio.sleep(1.0)
+        ring = sims[0].node.membership.ring
+        partition = ring.partition_of(key)
+        kept = [sim.node.vnodes.get(partition, key) is not None for sim in sims]
+        for sim in sims:
+            await sim.stop()
+        return kept
+
+    loop = SimLoop()
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
 def test_replica_requests_for_a_partition_the_node_does_not_hold_answer_wrong_node():
     import random
 

@@ -10,7 +10,11 @@ request timeouts. So a tombstone is kept for ``tombstone_delay``, which the conf
 Which tombstones: the coordinator of a delete that every primary acknowledged queues it; so does any primary
 that finds a tombstone when it builds a vnode's Merkle tree (after a restart, or when the coordinator's reap
 could not finish). A queued reap waits out the delay on this node's monotonic clock, so wall-clock jumps
-cannot shorten it.
+cannot shorten it. A reap is queued for one version of the key (its digest): if the key was written and deleted
+again meanwhile, the tombstone found when the reap comes due is another, perhaps only just written, and it is
+queued afresh for the whole delay rather than reaped then. (One queued reap per key: without this, the reap of
+a first delete, coming due just after a second one, removed the second tombstone at once, and a read repair
+still in flight from before the second delete brought its value back.)
 
 How: the other primaries go first and this node last. Each is asked whether it still holds exactly this
 tombstone, then to remove it. If any cannot confirm or remove it, this node keeps its tombstone (anti-entropy
@@ -39,8 +43,9 @@ from dynafast.net.messages import Msg
 
 log = logging.getLogger("dynafast.reaper")
 
-# Queued reaps are (due, partition, key): ~150 bytes each. Past this many, more tombstones are left for the
-# tree scan after the next restart to find, so that a burst of deletes cannot grow the node without bound.
+# Queued reaps are (due, partition, key) and the digest of the version to reap: ~200 bytes each. Past this many,
+# more tombstones are left for the tree scan after the next restart to find, so that a burst of deletes cannot
+# grow the node without bound.
 MAX_QUEUED = 1_000_000
 
 
@@ -60,7 +65,8 @@ class Reaper:
         self.overflowed = 0
         # A heap by due time (TTLs make delays differ): the loop only ever looks at the head.
         self._queue: list = []
-        self._queued: set = set()  # (partition, key) in the queue, so a tombstone is queued once
+        # (partition, key) in the queue -> the digest of the version its reap is for: a key is queued once.
+        self._queued: dict = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._moved_at: dict[int, float] = {}  # partition -> when (monotonic) a ring change took a replica away
@@ -74,16 +80,19 @@ class Reaper:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    def schedule(self, partition: int, key: bytes, delay: float | None = None) -> None:
-        """Reap this key's tombstone once ``delay`` (default: the tombstone delay) has passed."""
+    def schedule(self, partition: int, key: bytes, obj, delay: float | None = None) -> None:
+        """Reap ``obj``, this key's tombstone (or expiring object), once ``delay`` (default: the tombstone delay)
+        has passed. Whatever else the key holds by then is not reaped then, only queued again."""
+        self._push(partition, key, obj.digest(), self.config.tombstone_delay if delay is None else delay)
+
+    def _push(self, partition: int, key: bytes, digest: bytes, delay: float) -> None:
         entry = (partition, key)
         if entry in self._queued:
-            return
+            return  # the version queued first comes due first; a later one is queued afresh then
         if len(self._queue) >= self.max_queued:
             self.overflowed += 1
             return
-        delay = self.config.tombstone_delay if delay is None else delay
-        self._queued.add(entry)
+        self._queued[entry] = digest
         due = self.clock.monotonic() + delay
         heapq.heappush(self._queue, (due, partition, key))
         if len(self._queue) == 1:
@@ -102,7 +111,7 @@ class Reaper:
             delay = left + self.config.tombstone_delay
         if self.membership.state is not None and \
                 self.me in primaries(self.membership.ring, partition, self.config.n):
-            self.schedule(partition, key, delay)
+            self.schedule(partition, key, siblings, delay)
 
     async def _run(self) -> None:
         queue = self._queue
@@ -118,9 +127,9 @@ class Reaper:
                 await asyncio.sleep(min(wait, 60.0))
                 continue
             heapq.heappop(queue)
-            self._queued.discard((partition, key))
+            digest = self._queued.pop((partition, key), None)
             try:
-                done = await self.reap(partition, key)
+                done = await self.reap(partition, key, digest)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - one bad reap must not stop the others
@@ -128,7 +137,8 @@ class Reaper:
                 done = False
             if done is False:
                 # Not now (a primary did not answer, or the ring is changing): try again later.
-                self.schedule(partition, key, delay=max(1.0, self.config.tombstone_delay / 10))
+                # The same version, which has waited out its delay already.
+                self._push(partition, key, digest, max(1.0, self.config.tombstone_delay / 10))
 
     def on_state(self, old, new) -> None:
         """A membership listener: note the partitions an adopted ring change took a replica away from (their
@@ -159,11 +169,15 @@ class Reaper:
             return None
         return [node for node in primaries(self.membership.ring, partition, self.config.n) if node != self.me]
 
-    async def reap(self, partition: int, key: bytes) -> bool | None:
-        """Remove the key's tombstone (or expired object) everywhere. None: nothing to reap (the key was written
-        again meanwhile)."""
+    async def reap(self, partition: int, key: bytes, digest: bytes | None = None) -> bool | None:
+        """Remove the key's tombstone (or expired object) everywhere. None: nothing to reap now (the key was
+        written again meanwhile). ``digest``: the version the reap was queued for; another one found instead
+        (written since, perhaps deleted again) is queued for its own full delay."""
         tombstone = self.vnodes.get(partition, key)
         if tombstone is None:
+            return None
+        if digest is not None and tombstone.digest() != digest:
+            self.found(partition, key, tombstone)  # how long it has been there is unknown: the whole delay
             return None
         if not expiry.gone(tombstone, int(self.clock.wall() * 1000)):
             self.found(partition, key, tombstone)  # its expiry was put off (a later TTL put): reap it then

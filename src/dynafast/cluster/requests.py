@@ -618,7 +618,7 @@ class _Request:
         if self.on_all_acked is not None and machine.finished and machine.ok and not self.finished:
             # Only when every target acked as a primary: then every replica holds the tombstone.
             if machine.primary_acks == len(machine.targets) and not machine.failed:
-                self.on_all_acked(self.partition, self.key)
+                self.on_all_acked(self.partition, self.key, self.obj)
             self.on_all_acked = None
         if machine.done and not self.answered:
             self.answered = True
