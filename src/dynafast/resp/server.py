@@ -42,7 +42,7 @@ HIGH_WATER = 2 * 1024 * 1024  # unsent reply bytes per connection above which it
 OUTPUT_LIMIT = 64 * 1024 * 1024
 # Commands of one connection waiting for the coordinator before it is not read. Their replies' sizes are unknown
 # until they come: after small replies the window is wide, and this many big values may be fetched at once.
-MAX_PENDING = 64
+MAX_PENDING = 32
 MAX_AUTH_FAILURES = 5
 
 
