@@ -236,6 +236,21 @@ def test_a_relayed_client_write_is_coordinated_once():
     assert relayed_copies(Msg.REPLICA_PUT) == 2  # node-to-node messages are still duplicated
 
 
+def test_an_old_owners_late_copy_is_refused_during_a_ring_change_too():
+    """Seed 74055 with 4 nodes, membership faults and compare-and-set: n5 joined and was streamed partition 4 (k0
+    holding c0-6) at t=14.35 for a next ring that never became active (n5 was told to leave at 15.80). At 17.39 a
+    delete with a context that saw c0-6 was acknowledged by the primaries n1, n6, n4 (and n2); n5, no replica
+    any more, did not get it. The ring change that took n2 off partition 4 (18.57) held reaping back until 28.57;
+    the tombstone was reaped at 28.94. n5, its peers paused or cut off, handed its copy off only at 32.13, while
+    n7's join had a next ring pending: primaries refused a late copy only when no ring change was under way, so
+    n6, n1 and n4 took c0-6 as new and it read back. A late copy is now refused during a ring change as well,
+    unless the receiver gains the partition in that change (the ring change's own stream goes only to such
+    nodes, an old owner's hand-off never)."""
+    result = run(74055, nodes=4, ops=150, faults=("partition", "leave", "join", "leave-cut", "pause", "one-way"),
+                 cas=True)
+    assert not result.violations, [str(v) for v in result.violations]
+
+
 def test_a_relayed_write_whose_connection_breaks_after_it_went_out_is_not_sent_on():
     """A node holding no replica of a key relays a client's put to a primary. When that connection broke after
     the request was written (the primary got it and coordinated it), the relay took the lost connection for a

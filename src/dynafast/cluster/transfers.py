@@ -380,9 +380,19 @@ class Transfers:
 
     def handle_transfer(self, transfer):
         self.ownership.check_member(self.membership, transfer.partition)
-        if self.membership.next_ring is None and not self.accepts_hand_off(transfer.partition):
+        if not self.accepts_hand_off(transfer.partition) and not self._gaining(transfer.partition):
             return (REFUSED,)  # an old owner's copy, later than tombstones are held back: see the docstring
         return self.receive(transfer.partition, transfer.keys, transfer.objects)
+
+    def _gaining(self, partition: int) -> bool:
+        """Whether this node gains ``partition`` in the ring change under way: then a batch is the stream of
+        that change (which goes only to the nodes that gain a partition). An old owner hands its copy to the
+        primaries of the active ring, never to such a node; a copy of its coming to one of those later than
+        tombstones are held back is refused whether or not a ring change is under way meanwhile."""
+        state = self.membership.state
+        nxt = state.next_ring
+        return (nxt is not None and self.me in primaries(nxt, partition, nxt.n)
+                and self.me not in primaries(state.ring, partition, state.ring.n))
 
     async def receive(self, partition: int, keys, raws) -> tuple:
         """A batch of a vnode streamed to us: reconcile each object into our replica."""
