@@ -299,6 +299,46 @@ def test_a_relayed_write_whose_connection_breaks_after_it_went_out_is_not_sent_o
     assert versions == [1, 1, 1], f"versions of the one write on each primary: {versions}"
 
 
+def test_a_primary_takes_hinted_writes_but_not_an_old_owners_copy_long_after_a_ring_change():
+    """Hints are handed to a key's primaries (for an owner that left, or aged ones, also to the other primaries) in
+    TRANSFER batches, as an old owner's copy is. Past the hold after a ring change (or a start) a primary refuses an
+    old owner's copy, which may hold values whose tombstones are gone, and it refused hints the same way, though a
+    hint is younger than hint_window, which tombstones outlive. A batch of hints now says so."""
+    import random
+
+    from dynafast._impl import vclock as versions
+    from dynafast.cluster.handover import REFUSED
+    from dynafast.sim.cluster import SimNode
+    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.network import SimNetwork
+
+    async def scenario():
+        network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
+        first = SimNode("n1", network, random.Random(2))
+        await first.start()
+        sims = [first] + [SimNode(f"n{i}", network, random.Random(i + 1), seeds=[first.address]) for i in (2, 3)]
+        for sim in sims[1:]:
+            await sim.start()
+        await asyncio.sleep(30)  # well past the hold (2 x drop_grace + tombstone_delay = 10 s here)
+        assert not first.node.reaper.held(0)
+        obj = versions.Siblings.new(b"v").update(None, b"n9.1", 1).to_bytes()
+        transport = network.transport("n2.sim:7101")
+        counts = {}
+        for name, fields in [("copy", (0, [b"k"], [obj])), ("hints", (0, [b"k"], [obj], True))]:
+            _, reply = await transport.call(first.address, Msg.TRANSFER, fields, 1.0)
+            counts[name] = reply[0]
+        for sim in sims:
+            await sim.stop()
+        return counts
+
+    loop = SimLoop()
+    try:
+        counts = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert counts == {"copy": REFUSED, "hints": 1}
+
+
 def relayed_copies(msg_type) -> int:
     """How many copies of one request from a node arrive when the network duplicates every message."""
     import random

@@ -30,11 +30,13 @@ def live_primaries(membership, partition: int, me: str, exclude: str | None = No
             if node != me and node != exclude and membership.is_up(node)]
 
 
-async def give(transport, membership, targets, partition: int, keys, raws, timeout: float) -> None:
-    """Send one batch to every node of ``targets``; return once each acknowledged it durably, raise otherwise."""
+async def give(transport, membership, targets, partition: int, keys, raws, timeout: float, *,
+               hints: bool = False) -> None:
+    """Send one batch to every node of ``targets``; return once each acknowledged it durably, raise otherwise.
+    ``hints``: the batch is hinted writes, which a primary takes however long after a ring change they come."""
     if not targets:
         raise Unavailable(f"no primary of partition {partition} is up to take its objects")
-    fields = (partition, list(keys), list(raws))
+    fields = (partition, list(keys), list(raws), True) if hints else (partition, list(keys), list(raws))
     results = await asyncio.gather(
         *(transport.call(membership.address_of(node), Msg.TRANSFER, fields, timeout) for node in targets),
         return_exceptions=True)

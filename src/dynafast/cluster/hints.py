@@ -196,7 +196,7 @@ class HintedHandoff:
             targets = live_primaries(self.membership, partition, self.config.node_id, exclude=owner)
             try:
                 await give(self.transport, self.membership, targets, partition, [k for _, k, _, _ in items],
-                           [r for _, _, _, r in items], self.config.peer_timeout * 5)
+                           [r for _, _, _, r in items], self.config.peer_timeout * 5, hints=True)
             except (DynafastError, OSError) as exc:  # down, timed out, or not a primary in its ring (yet)
                 log.info("hints for %s of partition %d not handed to its primaries yet: %s", owner, partition, exc)
                 continue
@@ -232,7 +232,7 @@ class HintedHandoff:
                 try:
                     # One primary at a time: one that is down or refuses must not keep the others from taking them.
                     await give(self.transport, self.membership, [node], partition, [k for _, k, _, _ in missing],
-                               [r for _, _, _, r in missing], self.config.peer_timeout * 5)
+                               [r for _, _, _, r in missing], self.config.peer_timeout * 5, hints=True)
                 except (DynafastError, OSError) as exc:
                     if peer_failed(exc):
                         self.membership.mark_down(node, exc)

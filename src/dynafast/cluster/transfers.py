@@ -380,7 +380,9 @@ class Transfers:
 
     def handle_transfer(self, transfer):
         self.ownership.check_member(self.membership, transfer.partition)
-        if not self.accepts_hand_off(transfer.partition) and not self._gaining(transfer.partition):
+        # Hinted writes are younger than hint_window, which tombstones outlive: they are never too late.
+        if not transfer.hints and not self.accepts_hand_off(transfer.partition) \
+                and not self._gaining(transfer.partition):
             return (REFUSED,)  # an old owner's copy, later than tombstones are held back: see the docstring
         return self.receive(transfer.partition, transfer.keys, transfer.objects)
 

@@ -321,6 +321,7 @@ class Transfer(NamedTuple):
     partition: int
     keys: list[bytes]
     objects: list[bytes]
+    hints: bool | None = None  # true: hinted writes (younger than hint_window), not an old owner's copy
 
 
 class TransferReply(NamedTuple):
