@@ -260,18 +260,13 @@ def test_a_relayed_write_whose_connection_breaks_after_it_went_out_is_not_sent_o
     import random
 
     from dynafast.cluster.preflist import primaries
-    from dynafast.sim.cluster import SimNode
-    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.cluster import run_scenario, start_nodes
     from dynafast.sim.network import SimNetwork
     from dynafast.sim.workload import History, SimClient
 
     async def scenario():
         network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
-        sims = {"n1": SimNode("n1", network, random.Random(2))}
-        await sims["n1"].start()
-        for i in (2, 3, 4):
-            sims[f"n{i}"] = SimNode(f"n{i}", network, random.Random(i + 1), seeds=[sims["n1"].address])
-            await sims[f"n{i}"].start()
+        sims = await start_nodes(network, 4)
         await asyncio.sleep(10)
         ring = sims["n1"].node.membership.ring
         key = b"relayed"
@@ -290,11 +285,7 @@ def test_a_relayed_write_whose_connection_breaks_after_it_went_out_is_not_sent_o
             await sim.stop()
         return outcome, [None if s is None else len(s.live_values()) for s in stored]
 
-    loop = SimLoop()
-    try:
-        outcome, versions = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    outcome, versions = run_scenario(scenario)
     assert outcome == "unknown"  # the client learns the write may have happened
     assert versions == [1, 1, 1], f"versions of the one write on each primary: {versions}"
 
@@ -308,17 +299,13 @@ def test_a_primary_takes_hinted_writes_but_not_an_old_owners_copy_long_after_a_r
 
     from dynafast._impl import vclock as versions
     from dynafast.cluster.handover import REFUSED
-    from dynafast.sim.cluster import SimNode
-    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.cluster import run_scenario, start_nodes
     from dynafast.sim.network import SimNetwork
 
     async def scenario():
         network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
-        first = SimNode("n1", network, random.Random(2))
-        await first.start()
-        sims = [first] + [SimNode(f"n{i}", network, random.Random(i + 1), seeds=[first.address]) for i in (2, 3)]
-        for sim in sims[1:]:
-            await sim.start()
+        sims = await start_nodes(network, 3)
+        first = sims["n1"]
         await asyncio.sleep(30)  # well past the hold (2 x drop_grace + tombstone_delay = 10 s here)
         assert not first.node.reaper.held(0)
         obj = versions.Siblings.new(b"v").update(None, b"n9.1", 1).to_bytes()
@@ -327,15 +314,11 @@ def test_a_primary_takes_hinted_writes_but_not_an_old_owners_copy_long_after_a_r
         for name, fields in [("copy", (0, [b"k"], [obj])), ("hints", (0, [b"k"], [obj], True))]:
             _, reply = await transport.call(first.address, Msg.TRANSFER, fields, 1.0)
             counts[name] = reply[0]
-        for sim in sims:
+        for sim in sims.values():
             await sim.stop()
         return counts
 
-    loop = SimLoop()
-    try:
-        counts = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    counts = run_scenario(scenario)
     assert counts == {"copy": REFUSED, "hints": 1}
 
 

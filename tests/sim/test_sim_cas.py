@@ -95,8 +95,7 @@ def cas_across_a_join_scenario() -> tuple[int, int]:
 
     from dynafast.cluster.preflist import primaries
     from dynafast.net.messages import Msg
-    from dynafast.sim.cluster import SimNode
-    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.cluster import SimNode, run_scenario, start_nodes
     from dynafast.sim.network import SimNetwork
     from dynafast.sim.workload import CasClient
 
@@ -105,11 +104,7 @@ def cas_across_a_join_scenario() -> tuple[int, int]:
     async def scenario():
         network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
         options = dict(ae_interval=0)  # no anti-entropy: the stale copy must stay stale until the join
-        sims = {"n1": SimNode("n1", network, random.Random(2), **options)}
-        await sims["n1"].start()
-        for i in (2, 3, 4):
-            sims[f"n{i}"] = SimNode(f"n{i}", network, random.Random(i + 1), seeds=[sims["n1"].address], **options)
-            await sims[f"n{i}"].start()
+        sims = await start_nodes(network, 4, **options)
         await asyncio.sleep(10)
         ring = sims["n1"].node.membership.ring
         # The ring the join of n5 will make (as the claimant plans it), and a partition whose first primary (the
@@ -157,11 +152,7 @@ def cas_across_a_join_scenario() -> tuple[int, int]:
             await sim.stop()
         return (None if read is None else read[0]), acknowledged
 
-    loop = SimLoop()
-    try:
-        return loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    return run_scenario(scenario)
 
 
 def test_acceptors_take_part_only_in_rounds_made_for_their_ring_view():
@@ -171,17 +162,13 @@ def test_acceptors_take_part_only_in_rounds_made_for_their_ring_view():
     import random
 
     from dynafast.net.messages import Msg, WrongNode
-    from dynafast.sim.cluster import SimNode
-    from dynafast.sim.loop import SimLoop
+    from dynafast.sim.cluster import run_scenario, start_nodes
     from dynafast.sim.network import SimNetwork
 
     async def scenario():
         network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
-        first = SimNode("n1", network, random.Random(2))
-        await first.start()
-        sims = [first] + [SimNode(f"n{i}", network, random.Random(i + 1), seeds=[first.address]) for i in (2, 3)]
-        for sim in sims[1:]:
-            await sim.start()
+        sims = await start_nodes(network, 3)
+        first = sims["n1"]
         await asyncio.sleep(10)
         node = first.node
         view = node.paxos.views.of(node.membership.state)
@@ -200,15 +187,11 @@ def test_acceptors_take_part_only_in_rounds_made_for_their_ring_view():
                 outcomes[name] = reply[0] if msg_type != Msg.PAXOS_SNAPSHOT else [bytes(k) for k in reply[0]]
             except WrongNode:
                 outcomes[name] = "wrong node"
-        for sim in sims:
+        for sim in sims.values():
             await sim.stop()
         return outcomes
 
-    loop = SimLoop()
-    try:
-        outcomes = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    outcomes = run_scenario(scenario)
     assert outcomes == {"prepare, another view": "wrong node", "propose, another view": "wrong node",
                         "snapshot, another view": "wrong node", "prepare, its view": True, "propose, its view": True,
                         "prepare, no view": True, "snapshot, its view": [b"k"]}

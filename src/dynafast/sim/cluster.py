@@ -95,3 +95,25 @@ class SimNode:
         """The node's data directory is lost (it must not be running)."""
         assert self.node is None
         self.disk.wipe()
+
+
+async def start_nodes(network, count: int, **options) -> dict[str, SimNode]:
+    """Nodes n1..n``count`` for a scripted scenario: n1 starts the cluster, the others join through it, one after
+    another; node i draws from ``random.Random(i + 1)``. The caller waits for the cluster to settle."""
+    sims: dict[str, SimNode] = {}
+    for i in range(1, count + 1):
+        seeds = [] if i == 1 else [sims["n1"].address]
+        sims[f"n{i}"] = SimNode(f"n{i}", network, random.Random(i + 1), seeds=seeds, **options)
+        await sims[f"n{i}"].start()
+    return sims
+
+
+def run_scenario(scenario):
+    """Run ``scenario()`` (a coroutine function) on a fresh simulated loop; return what it returns."""
+    from dynafast.sim.loop import SimLoop
+
+    loop = SimLoop()
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()
