@@ -136,9 +136,9 @@ class Node:
                                              actor=lambda current: requests.actor + b".cas" if current is not None
                                              else requests.actors.fresh())
         self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
-        self.paxos_moves = PaxosMoves(me=self.node_id, membership=membership, ownership=ownership,
+        self.paxos_moves = PaxosMoves(me=self.node_id, membership=membership, check=self.paxos.check_acceptor,
                                       views=self.paxos.views, versions=versions, vnodes=vnodes,
-                                      durability=self.durable, transport=self.pool, repairing=repairing,
+                                      durability=self.durable, transport=self.pool,
                                       peer_timeout=config.peer_timeout * 5)
         self.transfers = Transfers(me=self.node_id, membership=membership, ownership=ownership, vnodes=vnodes,
                                    trees=self.trees, repairing=repairing,

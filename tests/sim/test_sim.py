@@ -11,6 +11,7 @@ import pytest
 
 from dynafast.net.messages import Msg
 from dynafast.sim import run
+from dynafast.sim.cluster import run_scenario
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -105,7 +106,6 @@ def wiped_node_scenario() -> list[str]:
     from dynafast.net.messages import Msg
     from dynafast.sim.checker import check_history
     from dynafast.sim.cluster import SimNode
-    from dynafast.sim.loop import SimLoop
     from dynafast.sim.network import SimNetwork
     from dynafast.sim.workload import History, SimClient
 
@@ -142,11 +142,7 @@ def wiped_node_scenario() -> list[str]:
             await sim.stop()
         return check_history(history, {key: final.result}, sibling_bound=10)
 
-    loop = SimLoop()
-    try:
-        return [str(v) for v in loop.run_until_complete(scenario())]
-    finally:
-        loop.close()
+    return [str(v) for v in run_scenario(scenario)]
 
 
 def test_it_finds_a_replica_that_overwrites_newer_versions(monkeypatch):
@@ -260,7 +256,7 @@ def test_a_relayed_write_whose_connection_breaks_after_it_went_out_is_not_sent_o
     import random
 
     from dynafast.cluster.preflist import primaries
-    from dynafast.sim.cluster import run_scenario, start_nodes
+    from dynafast.sim.cluster import start_nodes
     from dynafast.sim.network import SimNetwork
     from dynafast.sim.workload import History, SimClient
 
@@ -299,7 +295,7 @@ def test_a_primary_takes_hinted_writes_but_not_an_old_owners_copy_long_after_a_r
 
     from dynafast._impl import vclock as versions
     from dynafast.cluster.handover import REFUSED
-    from dynafast.sim.cluster import run_scenario, start_nodes
+    from dynafast.sim.cluster import start_nodes
     from dynafast.sim.network import SimNetwork
 
     async def scenario():
@@ -326,7 +322,6 @@ def relayed_copies(msg_type) -> int:
     """How many copies of one request from a node arrive when the network duplicates every message."""
     import random
 
-    from dynafast.sim.loop import SimLoop
     from dynafast.sim.network import SimNetwork
 
     async def scenario():
@@ -348,11 +343,7 @@ def relayed_copies(msg_type) -> int:
             pass
         return len(arrived)
 
-    loop = SimLoop()
-    try:
-        return loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    return run_scenario(scenario)
 
 
 def test_it_finds_a_counter_reused_after_a_local_not_found(monkeypatch):
@@ -375,7 +366,6 @@ def kv679_scenario(puts: int = 1) -> list[str]:
     from dynafast.net.messages import Msg
     from dynafast.sim.checker import check_history
     from dynafast.sim.cluster import SimNode
-    from dynafast.sim.loop import SimLoop
     from dynafast.sim.network import SimNetwork
     from dynafast.sim.workload import History, SimClient
 
@@ -415,11 +405,7 @@ def kv679_scenario(puts: int = 1) -> list[str]:
             await sim.stop()
         return check_history(history, {key: final.result}, sibling_bound=10)
 
-    loop = SimLoop()
-    try:
-        return [str(v) for v in loop.run_until_complete(scenario())]
-    finally:
-        loop.close()
+    return [str(v) for v in run_scenario(scenario)]
 
 
 def test_a_reap_queued_for_one_delete_does_not_take_a_later_tombstone_of_the_key():
@@ -446,7 +432,6 @@ def reaped_again_scenario() -> list[bool]:
     import random
 
     from dynafast.sim.cluster import SimNode
-    from dynafast.sim.loop import SimLoop
     from dynafast.sim.network import SimNetwork
     from dynafast.sim.workload import History, SimClient
 
@@ -479,11 +464,7 @@ def reaped_again_scenario() -> list[bool]:
             await sim.stop()
         return kept
 
-    loop = SimLoop()
-    try:
-        return loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    return run_scenario(scenario)
 
 
 def test_replica_requests_for_a_partition_the_node_does_not_hold_answer_wrong_node():
@@ -491,7 +472,6 @@ def test_replica_requests_for_a_partition_the_node_does_not_hold_answer_wrong_no
 
     from dynafast.net.messages import Msg, WrongNode
     from dynafast.sim.cluster import SimNode
-    from dynafast.sim.loop import SimLoop
     from dynafast.sim.network import SimNetwork
 
     async def scenario():
@@ -524,11 +504,7 @@ def test_replica_requests_for_a_partition_the_node_does_not_hold_answer_wrong_no
             await sim.stop()
         return outcomes, reply, hinted
 
-    loop = SimLoop()
-    try:
-        outcomes, reply, hinted = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    outcomes, reply, hinted = run_scenario(scenario)
     assert outcomes == {"get": "wrong node", "put": "wrong node", "keys": "wrong node"}
     assert reply == (None,) and hinted == (None,)
 
@@ -559,7 +535,6 @@ def paused_peer_scenario() -> list[tuple]:
     import random
 
     from dynafast.sim.cluster import SimNode
-    from dynafast.sim.loop import SimLoop
     from dynafast.sim.network import SimNetwork
 
     async def scenario():
@@ -590,8 +565,4 @@ def paused_peer_scenario() -> list[tuple]:
             await sim.stop()
         return suspected
 
-    loop = SimLoop()
-    try:
-        return loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    return run_scenario(scenario)

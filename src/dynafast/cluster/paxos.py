@@ -280,7 +280,9 @@ class Paxos:
         raw = self.store.get(paxos_key(partition, key))
         return PaxosState() if raw is None else PaxosState.from_bytes(raw)
 
-    def _check(self, partition: int, view: bytes | None = None) -> None:
+    def check_acceptor(self, partition: int, view: bytes | None = None) -> None:
+        """Raise unless this node may act as an acceptor of ``partition`` for a request made for ``view``: it holds
+        a replica, is not repairing it, and holds the same ring view (None: a sender from before views)."""
         self.ownership.check_member(self.membership, partition, None)
         if partition in self.repairing:
             # It may have forgotten promises with its data: it takes no part until repaired.
@@ -295,7 +297,7 @@ class Paxos:
 
     async def handle_prepare(self, request):
         partition, key, ballot, view = request
-        self._check(partition, view)
+        self.check_acceptor(partition, view)
         state = self._state(partition, key)
         new, promised = on_prepare(state, ballot)
         # The read that comes with the promise: this replica's copy of the key, as it is now.
@@ -310,7 +312,7 @@ class Paxos:
 
     async def handle_propose(self, request):
         partition, key, ballot, value, view = request
-        self._check(partition, view)
+        self.check_acceptor(partition, view)
         if value != NOOP:
             self.versions.Siblings.from_bytes(value)  # a value that does not decode is never accepted
         state = self._state(partition, key)
@@ -323,7 +325,7 @@ class Paxos:
 
     async def handle_commit(self, request):
         partition, key, ballot, value = request
-        self._check(partition)
+        self.check_acceptor(partition)
         # The object first, then the ballot: a crash between them loses the ballot, never the value with it
         # (the log store keeps writes in order).
         if value != NOOP:

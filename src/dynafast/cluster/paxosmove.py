@@ -30,7 +30,7 @@ import logging
 from dynafast.cluster.paxos import PaxosState, merged, paxos_key, paxos_prefix, quorum_of
 from dynafast.cluster.preflist import primaries
 from dynafast.errors import CorruptionError, ProtocolError, Unavailable
-from dynafast.net.messages import Msg, WrongNode, parse
+from dynafast.net.messages import Msg, parse
 
 log = logging.getLogger("dynafast.paxosmove")
 
@@ -60,32 +60,24 @@ class PaxosMoves:
     """Both sides of moving a partition's Paxos state: the old replicas' PAXOS_SNAPSHOT, the new replica's
     PAXOS_INSTALL, and ``move``, which the transfer's sender runs.
 
-    Ports: the node's id, a membership view, the ownership check, the ring views Paxos fences rounds by, versions
-    (to reconcile objects), the vnodes and their store, durability, the transport, the partitions under repair.
+    Ports: the node's id, a membership view, the acceptor check and the ring views of Paxos (the same rules
+    fence these messages as its rounds), versions (to reconcile objects), the vnodes and their store, durability
+    and the transport.
     """
 
-    def __init__(self, *, me, membership, ownership, views, versions, vnodes, durability, transport,
-                 repairing=frozenset(), peer_timeout: float = 5.0):
+    def __init__(self, *, me, membership, check, views, versions, vnodes, durability, transport,
+                 peer_timeout: float = 5.0):
         self.me = me
         self.membership = membership
-        self.ownership = ownership
+        self._check = check  # (partition, view): raises unless this node may answer as an acceptor
         self.views = views
         self.versions = versions
         self.vnodes = vnodes
         self.store = vnodes.store
         self.durability = durability
         self.transport = transport
-        self.repairing = repairing
         self.peer_timeout = peer_timeout
         self.keys_moved = 0
-
-    def _check(self, partition: int, view: bytes) -> None:
-        self.ownership.check_member(self.membership, partition, None)
-        if partition in self.repairing:
-            raise Unavailable(f"{self.me} repairs partition {partition}: its Paxos state is not whole yet")
-        if view != self.views.of(self.membership.state):
-            raise WrongNode(f"{self.me} holds another ring view than the asker's: it has not learned the ring "
-                            "change yet, or the asker has not learned a later one")
 
     # -- an old replica: a page of its Paxos state ---------------------------------------------------------
     async def handle_snapshot(self, request):
