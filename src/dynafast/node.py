@@ -23,7 +23,7 @@ from dynafast.cluster.antientropy import AntiEntropy, VnodeTrees
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.conditional import ConditionalWrites
 from dynafast.cluster.durability import DurabilityBatcher
-from dynafast.cluster.hints import HintedHandoff
+from dynafast.cluster.hints import HintedHandoff, SteadyWall
 from dynafast.cluster.membership import ClusterMembership
 from dynafast.cluster.paxos import Paxos
 from dynafast.cluster.paxosmove import PaxosMoves
@@ -102,7 +102,8 @@ class Node:
         self.access = Access(self.node_id, secrets=secrets, users=self.users)
         login = peer_login(self.node_id, secrets) if secrets else None
         self.pool = env.transport or PeerPool(connect_timeout=config.peer_timeout, login=login, ssl=tls_peers)
-        self.vnodes = vnodes = Vnodes(self.store, versions, clock=env.clock)
+        hint_clock = SteadyWall(env.clock)  # receipt times of hints, and their age: one clock for both
+        self.vnodes = vnodes = Vnodes(self.store, versions, clock=hint_clock)
         self.trees = VnodeTrees(vnodes, leaves=config.merkle_leaves)
         vnodes.on_write = self.trees.on_write
         vnodes.on_damaged = self._found_damaged
@@ -135,7 +136,7 @@ class Node:
                                              membership=membership, clock=env.clock,
                                              actor=lambda current: requests.actor + b".cas" if current is not None
                                              else requests.actors.fresh())
-        self.hints = HintedHandoff(**shared, durability=self.durable, clock=env.clock)
+        self.hints = HintedHandoff(**shared, durability=self.durable, clock=hint_clock)
         self.paxos_moves = PaxosMoves(me=self.node_id, membership=membership, check=self.paxos.check_acceptor,
                                       views=self.paxos.views, versions=versions, vnodes=vnodes,
                                       durability=self.durable, transport=self.pool,

@@ -6,7 +6,8 @@ interrupted delivery resumes with what is left. Hints held longer than the hint 
 it received the hint (kept with the hint): the version timestamps, stamped on the coordinator's clock, play no
 part, so a fallback whose clock runs hours ahead of the coordinator's keeps a fresh hint. A receipt time in this
 clock's future (the clock was set back) counts as just received. While the node runs, a step back of its wall
-clock does not lengthen the window (``SteadyWall``): hints must not outlive tombstones (``tombstone_delay``).
+clock does not lengthen the window, nor does a step forward shorten it (``SteadyWall``): hints must not outlive
+tombstones (``tombstone_delay``), nor expire before they were handed to the key's other primaries.
 
 A hint is never dropped because its owner cannot take it any more: hints for an owner that left the cluster go
 to the key's current primaries instead (the owner's vnode moved there, perhaps before this write reached it), and
@@ -84,24 +85,22 @@ def plan(owner: str, hints, *, now: float, window: float, deliverable: bool, bat
 
 
 class SteadyWall:
-    """The wall clock, minus its steps back while this process runs: it never goes backwards here.
+    """This node's wall clock as it read when the process started, moved on by the monotonic clock since: steps of
+    the wall clock while the process runs (an operator or NTP setting it back or forward) change nothing here.
 
-    The monotonic clock tells how much time really passed between two reads; whatever the wall clock fell short
-    of that (an operator or NTP set it back) is added back from then on. A step forward is left alone: hints
-    then expire early, which only leaves their keys to anti-entropy.
+    Hints are stamped with it when they arrive and aged by it. Set back, a raw wall clock would lengthen the
+    window past ``tombstone_delay``; stepped forward, it would drop hints early, among them a hint that is one of
+    the ``w`` copies of an acknowledged write, before it went to the key's other primaries halfway through its
+    window (and the write was lost when the one primary holding it lost its disk). Across a restart the stored
+    receipt times are compared with the new process's reading of the wall clock.
     """
 
     def __init__(self, clock):
-        self.clock = clock
-        self.set_back = 0.0
-        self._last = (clock.wall(), clock.monotonic())
+        self.monotonic = clock.monotonic
+        self._anchor = clock.wall() - clock.monotonic()
 
-    def now(self) -> float:
-        wall, mono = self.clock.wall(), self.clock.monotonic()
-        last_wall, last_mono = self._last
-        self._last = (wall, mono)
-        self.set_back += max(0.0, (mono - last_mono) - (wall - last_wall))
-        return wall + self.set_back
+    def wall(self) -> float:
+        return self._anchor + self.monotonic()
 
 
 class HintedHandoff:
@@ -122,7 +121,7 @@ class HintedHandoff:
         self._given: dict[str, dict] = {}
 
     def plans(self, leaving: bool = False) -> list[Plan]:
-        now = self.wall.now()
+        now = self.wall.wall()
         members = self.membership.members
         result = []
         for owner in sorted(self.vnodes.hint_owners()):
