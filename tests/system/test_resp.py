@@ -197,6 +197,23 @@ def test_redis_cli(cluster):
     assert run("DEL", "cli-key") == "1"
 
 
+def test_info_keyspace_counts_the_keys_and_those_with_a_ttl(tmp_path):
+    """It said expires=0 whatever the keys were, and counted tombstones as keys."""
+    with LocalCluster(1, base_dir=tmp_path, n=1, r=1, w=1, resp=True) as c:
+        r = connect(c.nodes[0])
+        pipe = r.pipeline(transaction=False)
+        for i in range(20):
+            pipe.set(f"plain-{i}", b"x")
+        for i in range(10):
+            pipe.set(f"ttl-{i}", b"x", ex=100)
+        assert all(pipe.execute())
+        db0 = r.info("keyspace")["db0"]
+        assert db0["keys"] == 30 and db0["expires"] == 10 and 90_000 < db0["avg_ttl"] <= 100_000
+        assert r.delete("plain-0", "ttl-0") == 2 and r.persist("ttl-1")
+        db0 = r.info("keyspace")["db0"]
+        assert db0["keys"] == 28 and db0["expires"] == 8
+
+
 def test_scan_keys_dbsize_and_flushall_across_nodes_while_one_is_killed(tmp_path):
     with LocalCluster(3, base_dir=tmp_path, resp=True) as c:
         with Client(c.addresses) as client:
