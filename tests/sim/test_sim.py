@@ -179,7 +179,10 @@ def test_a_write_acknowledged_by_one_primary_and_a_hint_survives_that_primary_lo
     then hints held back): the write was lost though only one of its two copies was. A hint held past half its
     window now goes to the key's other primaries too.
 
-    Scripted, since a seed's schedule moves with every change to the request path: the same faults, in order."""
+    Scripted, since a seed's schedule moves with every change to the request path: the same faults, in order.
+    The held pushes to the owner also hold each delivery round up for the call's timeout: at five peer timeouts
+    (2.5 s here) that took most of the window (4 s here), and the hint expired before its halfway hand-over; a
+    delivery call now gets at most an eighth of the window."""
     assert hinted_write_after_its_primary_lost_it() == [b"v"]
 
 

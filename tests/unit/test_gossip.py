@@ -1,4 +1,5 @@
 """Gossip dissemination and failure detection, simulated in-process on a deterministic clock."""
+import asyncio
 import hashlib
 import itertools
 import math
@@ -327,9 +328,10 @@ def test_a_claimant_cut_off_from_most_members_refuses_joins_and_leaves(tmp_path)
     with pytest.raises(Unavailable, match="no majority of members reachable"):
         m.handle_leave(("b",))
     assert m.state.version == 5 and "f" not in m.state.members and m.state.members["b"].status == VALID
-    m.mark_up("c")  # three of five: a majority
-    with pytest.raises(Unavailable, match="waits"):  # but only just
-        m.handle_join(("f", "127.0.0.1:7006", ""))
+    m.mark_up("c")  # three of five: a majority, but only just: the join is answered once the claimant settled
+    waiting = m.handle_join(("f", "127.0.0.1:7006", ""))
+    assert asyncio.iscoroutine(waiting) and m.state.version == 5
+    waiting.close()
     _settle(m)
     m.handle_join(("f", "127.0.0.1:7006", ""))
     m.handle_leave(("b",))
@@ -420,11 +422,32 @@ def test_a_node_taking_over_as_claimant_waits_before_it_changes_anything(tmp_pat
     _settle(m)
     _cut_off(m, "a")
     assert m.claimant() == "b"
-    with pytest.raises(Unavailable, match="became the claimant with a majority up only now"):
-        m.handle_join(("f", "127.0.0.1:7006", ""))
+    waiting = m.handle_join(("f", "127.0.0.1:7006", ""))  # answered once the grace is over
+    assert asyncio.iscoroutine(waiting) and "f" not in m.state.members
+    waiting.close()
     _settle(m, m.settle_grace / 2)
     with pytest.raises(Unavailable, match="became the claimant with a majority up only now"):
-        m.handle_leave(("a",))
+        m._require_majority("change anything")
     _settle(m, m.settle_grace / 2)
     m.handle_leave(("a",))  # four of five up, claimant for long enough: the dead "a" may be removed
     assert m.state.members["a"].status == "leaving"
+
+
+def test_a_leave_sent_during_the_claimants_wait_is_answered_once_the_wait_is_over(tmp_path, monkeypatch):
+    """It was refused (Unavailable), and an operator had to send it again; a join is the same, though a joining
+    node retries by itself."""
+    from dynafast.cluster import membership
+
+    m = _membership_of(tmp_path, "b", _five_valid_members())
+    _settle(m)
+    _cut_off(m, "a")
+    version = m.state.version
+    slept = []
+
+    async def sleep(seconds):  # the claimant's clock, not the test's time
+        slept.append(seconds)
+        _settle(m, seconds)
+
+    monkeypatch.setattr(membership.asyncio, "sleep", sleep)
+    assert asyncio.run(m.handle_leave(("a",))) == (version + 1,)
+    assert m.state.members["a"].status == "leaving" and slept == [pytest.approx(m.settle_grace)]

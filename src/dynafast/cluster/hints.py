@@ -113,6 +113,10 @@ class HintedHandoff:
         self.transport = transport
         self.clock = clock
         self.bucket = TokenBucket(config.handoff_bytes_per_second, clock=clock.monotonic)
+        # A batch is answered after an fsync: it gets five peer timeouts, but never more than an eighth of the
+        # window. Owners and partitions are served one after another, so a call to an owner that hangs holds the
+        # round up, and hints aging meanwhile must still reach their other primaries before they expire.
+        self.call_timeout = min(config.peer_timeout * 5, config.hint_window / 8)
         self.delivered = 0
         self.expired = 0
         self.wall = SteadyWall(clock)
@@ -170,7 +174,7 @@ class HintedHandoff:
         fields = ([p for p, _, _, _ in batch], [k for _, k, _, _ in batch], [r for _, _, _, r in batch])
         try:
             _, reply = await self.transport.call(self.membership.address_of(owner), Msg.HINT_PUSH, fields,
-                                                 self.config.peer_timeout * 5)
+                                                 self.call_timeout)
         except Exception as exc:  # noqa: BLE001 - filtered just below
             if not peer_failed(exc):
                 raise
@@ -195,7 +199,7 @@ class HintedHandoff:
             targets = live_primaries(self.membership, partition, self.config.node_id, exclude=owner)
             try:
                 await give(self.transport, self.membership, targets, partition, [k for _, k, _, _ in items],
-                           [r for _, _, _, r in items], self.config.peer_timeout * 5, hints=True)
+                           [r for _, _, _, r in items], self.call_timeout, hints=True)
             except (DynafastError, OSError) as exc:  # down, timed out, or not a primary in its ring (yet)
                 log.info("hints for %s of partition %d not handed to its primaries yet: %s", owner, partition, exc)
                 continue
@@ -231,7 +235,7 @@ class HintedHandoff:
                 try:
                     # One primary at a time: one that is down or refuses must not keep the others from taking them.
                     await give(self.transport, self.membership, [node], partition, [k for _, k, _, _ in missing],
-                               [r for _, _, _, r in missing], self.config.peer_timeout * 5, hints=True)
+                               [r for _, _, _, r in missing], self.call_timeout, hints=True)
                 except (DynafastError, OSError) as exc:
                     if peer_failed(exc):
                         self.membership.mark_down(node, exc)

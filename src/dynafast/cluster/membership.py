@@ -313,6 +313,26 @@ class ClusterMembership:
                     f"came back); it waits {self.settle_grace:g}s for its view of the cluster to settle")
         return None
 
+    def _grace_left(self) -> float | None:
+        """Seconds until this claimant may change the state, when a majority of the voters is up and only its
+        settle grace stands in the way; None when something else does (or nothing)."""
+        if self.majority_problem() is not None or self.voters() == [self.node_id]:
+            return None
+        since = self._deciding_since
+        left = self.settle_grace if since is None else self.settle_grace - (self.clock.monotonic() - since)
+        return left if left > 0 else None
+
+    async def _after_grace(self, wait: float, handler, fields):
+        """Answer a join or leave that came during the settle grace once it is over, rather than refuse it: the
+        grace is a few seconds at most, and an operator's leave would otherwise have to be sent again."""
+        for _ in range(2):  # twice at most: the grace may have begun only after this wait was worked out
+            await asyncio.sleep(wait)
+            wait = self._grace_left()
+            if wait is None:
+                break
+        result = handler(fields, waited=True)
+        return await result if asyncio.iscoroutine(result) else result
+
     def _require_majority(self, what: str) -> None:
         problem = self._change_problem()
         if problem is not None:
@@ -542,7 +562,7 @@ class ClusterMembership:
         _, reply = await self.pool.call(self.address_of(claimant), msg_type, fields, self.config.peer_timeout * 5)
         return reply
 
-    def handle_join(self, fields):
+    def handle_join(self, fields, waited: bool = False):
         if self.claimant() != self.node_id:
             return self._forwarded(Msg.JOIN, fields)
         node_id, address, zone = fields[:3]
@@ -554,6 +574,9 @@ class ClusterMembership:
             return self.state_fields()
         if member is None and len(self.state.members) >= MAX_MEMBERS:
             raise Overloaded(f"the cluster already has {MAX_MEMBERS} members, the most a cluster state holds")
+        wait = None if waited else self._grace_left()
+        if wait is not None:
+            return self._after_grace(wait, self.handle_join, fields)
         self._require_majority(f"admit {node_id}")
         new = self.state.copy()
         status = VALID if member is not None and member.status == VALID else JOINING
@@ -564,7 +587,7 @@ class ClusterMembership:
         self._maybe_activate()
         return self.state_fields()
 
-    def handle_leave(self, fields):
+    def handle_leave(self, fields, waited: bool = False):
         node_id = fields[0] if fields and fields[0] else self.node_id
         if self.claimant() != self.node_id:
             return self._forwarded(Msg.LEAVE, (node_id,))
@@ -576,6 +599,9 @@ class ClusterMembership:
             raise ProtocolError("the last member cannot leave")
         if member.status in (LEAVING, LEFT):
             return (self.state.version,)
+        wait = None if waited else self._grace_left()
+        if wait is not None:
+            return self._after_grace(wait, self.handle_leave, fields)
         self._require_majority(f"let {node_id} leave")
         new = self.state.copy()
         new.members[node_id].status = LEAVING
