@@ -64,7 +64,7 @@ def test_string_and_key_commands_on_any_node(cluster, protocol):
     assert [first.getrange(p + "r", *span) for span in ((0, 4), (-5, -1), (6, 100), (5, 2))] == \
         [b"Hello", b"World", b"World", b""]
     assert second.getdel(p + "b") == b"bee" and first.get(p + "b") is None and first.getdel(p + "b") is None
-    assert first.delete(p + "a", p + "c", p + "nope") == 2
+    assert first.delete(p + "a", p + "c", p + "nope", p + "a", p + "c") == 2  # each key counted once
     assert second.unlink(p + "r") == 1 and first.exists(p + "a", p + "c", p + "r") == 0
     assert first.execute_command("SELECT", 0) in (True, "OK", b"OK")
     t = first.time()
@@ -103,16 +103,23 @@ def test_errors_answer_as_redis_does(cluster):
         (("GETRANGE", "k", "x", "1"), "value is not an integer or out of range"),
         (("SET", "k", "v", "BOGUS"), "syntax error"),
         (("CLIENT", "NOPE"), "unknown subcommand 'NOPE'. Try CLIENT HELP."),
-        (("MULTI",), "MULTI is not supported"),
-        (("EXEC",), "MULTI is not supported"),
+        (("EXEC",), "EXEC without MULTI"),
+        (("DISCARD",), "DISCARD without MULTI"),
+        (("WATCH", "k"), "WATCH is not supported"),
         (("CONFIG", "SET", "save", ""), "CONFIG SET is not supported"),
         (("SCAN", "notanumber"), "invalid cursor"),
+        (("FLUSHALL", "ASYNC", "SYNC"), "syntax error"),
+        (("KEYS", "pre[c-a]"), None),  # not an error: Redis swaps a range's ends (it was an internal error)
     ]
     for command, message in cases:
+        if message is None:
+            r.execute_command(*command)
+            continue
         with pytest.raises(redis.ResponseError) as caught:
             r.execute_command(*command)
         assert str(caught.value) == message or str(caught.value).startswith(message), (command, caught.value)
     assert r.ping()  # errors leave the connection usable
+    assert r.config_get("MAXMEMORY") == {"MAXMEMORY": "0"}  # a name is answered as asked
 
 
 def test_a_pipeline_is_answered_in_order_and_sees_its_own_writes(cluster):
@@ -195,6 +202,32 @@ def test_redis_cli(cluster):
     assert "redis_version:7.0.0" in run("INFO", "server")
     assert "cli-key" in run("--scan", "--pattern", "cli-*").split()
     assert run("DEL", "cli-key") == "1"
+
+
+def refused_transaction(r, prefix: str) -> None:
+    pipe = r.pipeline()  # MULTI, the commands and EXEC, sent at once
+    pipe.set(prefix + "a", "1")
+    pipe.incr(prefix + "n")
+    with pytest.raises(redis.ResponseError, match="MULTI is not supported"):
+        pipe.execute()
+    assert r.get(prefix + "a") is None and r.get(prefix + "n") is None
+    with pytest.raises(redis.ResponseError, match="MULTI is not supported"):
+        r.execute_command("MULTI")
+    with pytest.raises(redis.ResponseError, match="not run: MULTI was refused"):
+        r.execute_command("SET", prefix + "a", "2")
+    with pytest.raises(redis.ResponseError, match="not run: MULTI was refused"):
+        r.execute_command("GET", prefix + "a")
+    assert r.execute_command("DISCARD") in (True, b"OK", "OK")
+    assert r.set(prefix + "a", "3") and r.get(prefix + "a") == b"3"  # the connection serves again
+
+
+def test_a_refused_transaction_runs_none_of_its_commands(cluster, tmp_path):
+    """Found by comparing with redis-server: MULTI was refused, but the commands sent after it (redis-py's
+    pipeline() sends MULTI, the commands and EXEC in one go) ran all the same, so a client that saw the error and
+    tried again applied its writes twice. On a cluster, and on a single node (whose GET and SET take the lane)."""
+    refused_transaction(connect(cluster.nodes[0]), "tx:")
+    with LocalCluster(1, base_dir=tmp_path, n=1, r=1, w=1, resp=True) as c:
+        refused_transaction(connect(c.nodes[0]), "tx:")
 
 
 def test_info_keyspace_counts_the_keys_and_those_with_a_ttl(tmp_path):
@@ -312,6 +345,13 @@ def test_auth_without_users_answers_as_redis_does(cluster):
     r = connect(cluster.nodes[0])
     with pytest.raises(redis.AuthenticationError, match="called without any password configured"):
         r.execute_command("AUTH", "secret")
+    # "default" is the user without a password: any password logs it in (a redis://default:pw@host URL), as in
+    # Redis; it used to answer WRONGPASS. Other users do not exist.
+    assert r.execute_command("AUTH", "default", "anything") in (True, b"OK", "OK")
+    assert connect(cluster.nodes[1], username="default", password="pw", protocol=3).ping()
+    with pytest.raises(redis.AuthenticationError, match="invalid username-password pair"):
+        r.execute_command("AUTH", "someone", "anything")
+    assert r.set("auth:k", "v")  # still allowed what it was
 
 
 def test_tls_on_the_resp_port(tmp_path):

@@ -81,6 +81,14 @@ def test_incr_family_append_setrange(nodes):
     assert c.set(p + "f", "5.0e3") and a.execute_command("INCRBYFLOAT", p + "f", "2.0e2") in (b"5200", 5200)
     assert b.incrbyfloat(p + "new float", 0.1) == 0.1 and c.get(p + "new float") == b"0.1"
     assert c.set(p + "f", "0.1") and a.incrbyfloat(p + "f", 0.2) == 0.3 and b.get(p + "f") == b"0.3"
+    # Out of a long double's range, or NaN: Redis's errors (they were internal errors, or 5,000-digit values).
+    for start, by, error in (("-inf", "inf", "would produce NaN or Infinity"), ("1", "1e1000000", "not a valid float"),
+                             ("1", "1e5000", "not a valid float"), ("1", "1e-5000", "not a valid float"),
+                             ("1e4932", "1e4932", "would produce NaN or Infinity")):
+        assert c.set(p + "big", start)
+        with pytest.raises(redis.ResponseError, match=error):
+            a.execute_command("INCRBYFLOAT", p + "big", by)
+        assert b.get(p + "big") == start.encode()
     # INCR keeps the expiry, as in Redis.
     assert a.set(p + "t", "41", ex=100) and b.incr(p + "t") == 42 and 95 <= c.ttl(p + "t") <= 100
     assert a.append(p + "s", "Hello") == 5 and b.append(p + "s", " World") == 11 and c.get(p + "s") == b"Hello World"

@@ -416,14 +416,49 @@ def cmd_command(app, conn, args):
     raise unknown_subcommand(args[1], "command")
 
 
+MULTI_REFUSED = ("ERR MULTI is not supported: transactions across keys have no atomic mechanism in this store "
+                 "(see docs/resp.md)")
+# Clients send MULTI, the commands and EXEC in one go: after a refused MULTI none of them may run, or a client that
+# sees the error and retries would apply the writes twice. Until EXEC or DISCARD every command answers this.
+NOT_RUN = RespError("ERR not run: MULTI was refused on this connection; EXEC or DISCARD ends the transaction")
+EXECABORT = RespError("EXECABORT Transaction discarded because of previous errors.")
+
+
 @command("multi", 1, None, ("fast",))
 def cmd_multi(app, conn, args):
-    raise RespError("ERR MULTI is not supported: transactions across keys have no atomic mechanism in this store "
-                    "(see docs/resp.md)")
+    conn.refused_multi = True  # what follows is answered by in_refused_multi
+    raise RespError(MULTI_REFUSED)
 
 
-for _name, _arity in (("exec", 1), ("discard", 1), ("watch", -2), ("unwatch", 1)):
-    command(_name, _arity, None, ("fast",))(cmd_multi)
+def in_refused_multi(conn, args):
+    """The reply to a command sent after a refused MULTI: none runs; EXEC aborts and DISCARD ends it (as Redis
+    answers a transaction with errors queued)."""
+    name = args[0].lower()
+    if name == b"exec":
+        conn.refused_multi = False
+        return EXECABORT
+    if name == b"discard":
+        conn.refused_multi = False
+        return OK
+    return NOT_RUN
+
+
+@command("exec", 1, None, ("fast",))
+def cmd_exec(app, conn, args):
+    raise RespError("ERR EXEC without MULTI")
+
+
+@command("discard", 1, None, ("fast",))
+def cmd_discard(app, conn, args):
+    raise RespError("ERR DISCARD without MULTI")
+
+
+@command("watch", -2, None, ("fast",))
+def cmd_watch(app, conn, args):
+    raise RespError(MULTI_REFUSED.replace("MULTI", "WATCH", 1))
+
+
+command("unwatch", 1, None, ("fast",))(cmd_watch)
 
 
 # -- strings --------------------------------------------------------------------------------------------
@@ -455,7 +490,9 @@ def _attempt(fn, *args):
 
 @command("del", -2, "readwrite", ("write",), (1, -1, 1), "Delete keys")
 def cmd_del(app, conn, args):
-    return gather([delete_seen(app, conn, key) for key in args[1:]],
+    # A key named twice is deleted (and counted) once, as in Redis: deletes of one key run side by side here,
+    # and both would find it.
+    return gather([delete_seen(app, conn, key) for key in dict.fromkeys(args[1:])],
                   lambda values: sum(1 for value in values if value is not None))
 
 
@@ -542,9 +579,8 @@ def cmd_dbsize(app, conn, args):
 
 @command("flushall", -1, "admin", ("write",), summary="Delete every key")
 def cmd_flushall(app, conn, args):
-    for option in args[1:]:
-        if option.upper() not in (b"ASYNC", b"SYNC"):
-            raise SYNTAX
+    if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise SYNTAX  # one option at most, as in Redis: FLUSHALL ASYNC SYNC wiped everything
     return asyncio.ensure_future(app.keyspace.flush(conn))
 
 

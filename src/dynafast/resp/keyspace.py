@@ -50,8 +50,10 @@ def glob_prefix(pattern: bytes | None) -> bytes:
 
 
 def glob_matcher(pattern: bytes | None):
-    """A predicate on keys for a Redis glob pattern (``*``, ``?``, ``[a-z]``, ``[^x]``, ``\\`` escapes)."""
-    if not pattern or pattern == b"*":
+    """A predicate on keys for a Redis glob pattern (``*``, ``?``, ``[a-z]``, ``[^x]``, ``\\`` escapes), read as
+    Redis's stringmatchlen reads it: a range's ends in either order, a class without its ``]`` running to the end
+    of the pattern, an empty pattern matching only the empty key. None: every key (no pattern, or ``*``)."""
+    if pattern is None or pattern == b"*":
         return None
     if _GLOB.search(pattern) is None:
         return lambda key: key == pattern
@@ -76,16 +78,18 @@ def glob_matcher(pattern: bytes | None):
                 if pattern[j:j + 1] == b"\\" and j + 1 < n:
                     j += 1
                     items += re.escape(pattern[j:j + 1])
-                elif pattern[j:j + 1] == b"-" and items and j + 1 < n and pattern[j + 1:j + 2] != b"]":
-                    items += b"-"
+                elif j + 2 < n and pattern[j + 1:j + 2] == b"-":
+                    low, high = sorted((pattern[j:j + 1], pattern[j + 2:j + 3]))
+                    items += re.escape(low) + b"-" + re.escape(high)
+                    j += 2
                 else:
                     items += re.escape(pattern[j:j + 1])
                 j += 1
-            if j >= n:  # no closing bracket: Redis matches the rest literally
-                out += re.escape(pattern[i:])
-                break
-            out += b"[" + (b"^" if negate else b"") + bytes(items) + b"]" if items else b"(?!)"
-            i = j
+            if items:
+                out += b"[" + (b"^" if negate else b"") + bytes(items) + b"]"
+            else:
+                out += b"." if negate else b"(?!)"  # [^] is any byte, [] none
+            i = j  # at the ], or past the end when the class was never closed
         else:
             out += re.escape(c)
         i += 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from decimal import Decimal, localcontext
+from decimal import Decimal, InvalidOperation, Overflow, localcontext
 
 from dynafast.cluster.paxos import same_state
 from dynafast.net.messages import Put
@@ -33,6 +33,9 @@ TOO_LONG = RespError("ERR string exceeds maximum allowed size (proto-max-bulk-le
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _INTEGER = re.compile(rb"(?:0|-?[1-9][0-9]*)\Z")  # Redis's string2ll: no sign '+', no spaces, no leading zeros
 _DECIMALS = Decimal("1e-17")
+# The x87 long double's range (Redis computes INCRBYFLOAT in one): beyond it strtold fails, or the sum is inf.
+_LDBL_MAX = Decimal("1.18973149535723176502e4932")
+_LDBL_MIN = Decimal("3.64519953188247460253e-4951")
 _FLOAT = re.compile(rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity)\Z", re.I)
 
 
@@ -75,7 +78,10 @@ def stored_float(value: bytes | None) -> Decimal:
         return Decimal(0)
     if not value or len(value) > 5000 or not _FLOAT.match(value):
         raise NOT_FLOAT
-    return Decimal(value.decode())
+    number = Decimal(value.decode())
+    if number.is_finite() and number and not _LDBL_MIN <= number.copy_abs() <= _LDBL_MAX:
+        raise NOT_FLOAT  # out of a long double's range: strtold's ERANGE, which Redis refuses
+    return number
 
 
 def float_text(number: Decimal) -> bytes:
@@ -251,8 +257,11 @@ def cmd_incrbyfloat(app, conn, args):
     by = stored_float(args[2])
 
     def change(seen, now_ms):
-        new = stored_float(seen.value) + by
-        if not new.is_finite():
+        try:
+            new = stored_float(seen.value) + by
+        except (InvalidOperation, Overflow):  # inf - inf, or past Decimal's own range
+            new = Decimal("NaN")
+        if not new.is_finite() or new.copy_abs() > _LDBL_MAX:
             raise RespError("ERR increment would produce NaN or Infinity")
         text = float_text(new)
         return (text, seen.expires), text

@@ -31,7 +31,8 @@ from dynafast.cluster.vnode import OBJECT as OBJECT_PREFIX
 from dynafast.errors import DynafastError
 from dynafast.net.server import close_idle, descriptor_budget
 from dynafast.resp import commands, modify  # noqa: F401 - modify adds its commands (SET among them) to TABLE
-from dynafast.resp.commands import NOAUTH, TABLE, WRONGPASS, arity_error, coordinator_error, may, unknown_command
+from dynafast.resp.commands import (NOAUTH, TABLE, WRONGPASS, arity_error, coordinator_error, in_refused_multi, may,
+                                    unknown_command)
 from dynafast.resp.keyspace import Keyspace
 from dynafast.resp.protocol import RespError, RespProtocolError, encode, new_parser
 from dynafast.security.access import MAX_CONCURRENT_VERIFIES, is_loopback
@@ -80,7 +81,7 @@ class RespApp:
     def lane_rights(self, conn) -> int:
         """What the lane may do for ``conn``: READ, and WRITE when its writes are acknowledged at once."""
         role = conn.role
-        if role is None or self.lane is None:
+        if role is None or self.lane is None or conn.refused_multi:
             return 0
         rights = _impl.lane.READ if may(role, "read") else 0
         if self.lane_writes and conn.w is None and conn.dw is None and may(role, "readwrite"):
@@ -101,6 +102,8 @@ class RespApp:
         """The reply to ``args`` (``spec``: its command, or None): a value, a RespError, or a future of either."""
         self.commands += 1
         conn.last_command = args[0]
+        if conn.refused_multi and args[0].lower() not in (b"quit", b"reset"):
+            return in_refused_multi(conn, args)
         if spec is None:
             return unknown_command(args)
         arity = spec.arity
@@ -138,7 +141,9 @@ class RespApp:
         if conn.auth_failures >= MAX_AUTH_FAILURES:
             raise RespError(f"ERR {MAX_AUTH_FAILURES} failed logins on this connection: reconnect")
         if self.users is None:
-            role = None
+            # No users: "default" is Redis's user without a password, and any password logs it in, with what
+            # the connection may do anyway (redis://default:secret@host URLs send one); no other user exists.
+            role = self.anonymous_role(conn.peername) if user == "default" else None
         else:
             if self._verifying is None:
                 self._verifying = asyncio.Semaphore(MAX_CONCURRENT_VERIFIES)
@@ -279,6 +284,9 @@ class RespApp:
         }
         out = {}
         for pattern in patterns:
+            if pattern.lower() in values:
+                out[pattern] = values[pattern.lower()]  # a name without a glob comes back as asked, as in Redis
+                continue
             match = glob_matcher(pattern.lower()) or (lambda name: True)
             for name, value in values.items():
                 if match(name):
@@ -355,6 +363,7 @@ class RespConnection(asyncio.Protocol):
         self.r = self.w = self.dw = None
         self.lib_name = self.lib_ver = ""
         self.last_command = b"NULL"
+        self.refused_multi = False  # MULTI was refused: nothing runs until EXEC or DISCARD
         self.rights = self.app.lane_rights(self)
 
     def describe(self) -> str:
