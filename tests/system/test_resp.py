@@ -109,6 +109,12 @@ def test_errors_answer_as_redis_does(cluster):
         (("CONFIG", "SET", "save", ""), "CONFIG SET is not supported"),
         (("SCAN", "notanumber"), "invalid cursor"),
         (("FLUSHALL", "ASYNC", "SYNC"), "syntax error"),
+        (("GETRANGE", "k", " 1", "2"), "value is not an integer or out of range"),  # read as Redis's string2ll
+        (("GETRANGE", "k", "1_0", "2"), "value is not an integer or out of range"),
+        (("SELECT", "+0"), "value is not an integer or out of range"),
+        (("SET", "k", "v", "EX", "10", "PX", "20"), "syntax error"),
+        (("SET", "k", "v", "EX", "10", "EX", "20"), None),  # the last one wins, as in Redis
+        (("SET", "k", "v", "KEEPTTL", "KEEPTTL"), None),
         (("KEYS", "pre[c-a]"), None),  # not an error: Redis swaps a range's ends (it was an internal error)
     ]
     for command, message in cases:

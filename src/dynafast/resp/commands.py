@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from typing import NamedTuple
 
@@ -87,11 +88,22 @@ def _text(arg) -> str:
     return arg.decode("utf-8", "replace") if isinstance(arg, (bytes, bytearray)) else str(arg)
 
 
-def _int(arg) -> int:
-    try:
-        return int(arg)
-    except ValueError:
-        raise NOT_INTEGER from None
+_INTEGER = re.compile(rb"(?:0|-?[1-9][0-9]*)\Z")  # Redis's string2ll: no sign '+', no spaces, no leading zeros
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def string2ll(value: bytes) -> int:
+    """An integer as Redis's string2ll reads it, within a signed 64-bit integer; NOT_INTEGER otherwise (Python's
+    int() also took " 1", "+1", "00" and "1_0")."""
+    if type(value) is not bytes or len(value) > 20 or not _INTEGER.match(value):
+        raise NOT_INTEGER
+    number = int(value)
+    if not _INT64[0] <= number <= _INT64[1]:
+        raise NOT_INTEGER
+    return number
+
+
+_int = string2ll
 
 
 # -- results that may not be ready yet ------------------------------------------------------------------
@@ -329,8 +341,8 @@ def cmd_hello(app, conn, args):
     def answer(_role=None):
         if login is None and conn.role is None:
             raise RespError("NOAUTH HELLO must be called with the client already authenticated, otherwise the "
-                            "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and "
-                            "select the RESP protocol version at the same time")
+                            "HELLO AUTH <user> <pass> option can be used to authenticate the client and select "
+                            "the RESP protocol version at the same time")
         if version is not None:
             conn.resp3 = version == 3
         if name is not None:

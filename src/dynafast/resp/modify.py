@@ -22,16 +22,14 @@ from dynafast.cluster.paxos import same_state
 from dynafast.net.messages import Put
 from dynafast.resp import atomic
 from dynafast.resp.atomic import TOMBSTONE
-from dynafast.resp.commands import (NOT_INTEGER, OK, SYNTAX, arity_error, command, read, read_object, read_value,
-                                    set_value, then)
+from dynafast.resp.commands import (_INT64, OK, SYNTAX, arity_error, command, read, read_object,
+                                    read_value, set_value, string2ll, then)
 from dynafast.resp.protocol import RespError
 
 NOT_FLOAT = RespError("ERR value is not a valid float")
 NO_SUCH_KEY = RespError("ERR no such key")
 OVERFLOW = RespError("ERR increment or decrement would overflow")
 TOO_LONG = RespError("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
-_INT64 = (-(1 << 63), (1 << 63) - 1)
-_INTEGER = re.compile(rb"(?:0|-?[1-9][0-9]*)\Z")  # Redis's string2ll: no sign '+', no spaces, no leading zeros
 _DECIMALS = Decimal("1e-17")
 # The x87 long double's range (Redis computes INCRBYFLOAT in one): beyond it strtold fails, or the sum is inf.
 _LDBL_MAX = Decimal("1.18973149535723176502e4932")
@@ -59,14 +57,7 @@ def _check_length(app, length: int) -> None:
 # -- numbers as Redis reads and writes them ----------------------------------------------------------------
 def stored_int(value: bytes | None) -> int:
     """The integer a value holds (absent: 0); NOT_INTEGER when it is not one, as Redis's string2ll reads it."""
-    if value is None:
-        return 0
-    if len(value) > 20 or not _INTEGER.match(value):
-        raise NOT_INTEGER
-    number = int(value)
-    if not _INT64[0] <= number <= _INT64[1]:
-        raise NOT_INTEGER
-    return number
+    return 0 if value is None else string2ll(value)
 
 
 argument_int = stored_int  # an argument is read as strictly as a stored value
@@ -109,12 +100,15 @@ def parse_expiry_options(options, allowed: set) -> tuple[set, bytes | None, byte
     i = 0
     while i < len(options):
         option = options[i].upper()
-        if option in _UNITS and i + 1 < len(options) and unit is None and not flags & {b"KEEPTTL", b"PERSIST"}:
+        # An option given twice is taken twice, the last one winning (SET k v EX 10 EX 20), as in Redis; two
+        # different expiry options are a syntax error.
+        if option in _UNITS and i + 1 < len(options) and unit in (None, option) \
+                and not flags & {b"KEEPTTL", b"PERSIST"}:
             unit, arg = option, options[i + 1]
             i += 2
             continue
-        if option not in allowed or (option == b"NX" and b"XX" in flags) or (option == b"XX" and b"NX" in flags) \
-                or (option in (b"KEEPTTL", b"PERSIST") and (unit is not None or flags & {b"KEEPTTL", b"PERSIST"})):
+        other = {b"NX": {b"XX"}, b"XX": {b"NX"}, b"KEEPTTL": {b"PERSIST"}, b"PERSIST": {b"KEEPTTL"}}.get(option)
+        if option not in allowed or (other and flags & other) or (option in (b"KEEPTTL", b"PERSIST") and unit):
             raise SYNTAX
         flags.add(option)
         i += 1
