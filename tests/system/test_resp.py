@@ -56,6 +56,8 @@ def test_string_and_key_commands_on_any_node(cluster, protocol):
     assert first.set(p + "a", "2") and second.get(p + "a") == b"2"  # SET replaces, no sibling left
     assert second.execute_command("DF.GET", p + "a")[1] == [b"2"]
     assert first.mset({p + "b": "bee", p + "c": "sea"}) is True
+    assert first.execute_command("MSET", p + "m", "1", p + "m", "2", p + "m", "3") in (True, b"OK", "OK")
+    assert second.execute_command("DF.GET", p + "m")[1] == [b"3"]  # the last value, and no siblings
     assert second.mget(p + "a", p + "b", p + "nope", p + "c") == [b"2", b"bee", None, b"sea"]
     assert first.exists(p + "a", p + "b", p + "nope", p + "a") == 3
     assert first.type(p + "a") == b"string" and first.type(p + "nope") == b"none"
@@ -82,6 +84,8 @@ def test_client_and_connection_commands(cluster):
     me = r.client_id()
     assert any(c["id"] == str(me) and c["name"] == "worker-1" for c in r.client_list())
     assert r.client_info()["name"] == "worker-1"
+    assert [c["id"] for c in r.client_list(client_id=[me])] == [str(me)]
+    assert r.client_list(_type="pubsub") == [] and any(c["id"] == str(me) for c in r.client_list(_type="normal"))
     with pytest.raises(redis.ResponseError, match="Client names cannot contain spaces"):
         r.client_setname("two words")
     assert r.execute_command("RESET") == "RESET" and r.client_getname() is None
@@ -109,6 +113,14 @@ def test_errors_answer_as_redis_does(cluster):
         (("CONFIG", "SET", "save", ""), "CONFIG SET is not supported"),
         (("SCAN", "notanumber"), "invalid cursor"),
         (("FLUSHALL", "ASYNC", "SYNC"), "syntax error"),
+        (("COMMAND", "COUNT", "x"), "wrong number of arguments for 'command|count' command"),
+        (("COMMAND", "GETKEYS"), "wrong number of arguments for 'command|getkeys' command"),
+        (("COMMAND", "GETKEYS", "nosuch", "k"), "Invalid command specified"),
+        (("COMMAND", "GETKEYS", "get", "a", "b"), "Invalid number of arguments specified for command"),
+        (("CLIENT", "LIST", "x"), "syntax error"),
+        (("CLIENT", "LIST", "TYPE", "foo"), "Unknown client type 'foo'"),
+        (("CLIENT", "LIST", "ID", "abc"), "Invalid client ID"),
+        (("CLIENT", "HELP", "x"), "wrong number of arguments for 'client|help' command"),
         (("GETRANGE", "k", " 1", "2"), "value is not an integer or out of range"),  # read as Redis's string2ll
         (("GETRANGE", "k", "1_0", "2"), "value is not an integer or out of range"),
         (("SELECT", "+0"), "value is not an integer or out of range"),

@@ -375,7 +375,7 @@ def cmd_client(app, conn, args):
     if sub == b"info" and len(args) == 2:
         return Verbatim(conn.describe() + "\n")
     if sub == b"list":
-        return Verbatim("".join(c.describe() + "\n" for c in app.server.connections_by_id()))
+        return Verbatim("".join(c.describe() + "\n" for c in _client_list(app, args[2:])))
     if sub == b"setinfo" and len(args) == 4:
         attr = args[2].lower()
         if attr not in (b"lib-name", b"lib-ver"):
@@ -383,13 +383,38 @@ def cmd_client(app, conn, args):
         _check_name(args[3])
         setattr(conn, "lib_name" if attr == b"lib-name" else "lib_ver", _text(args[3]))
         return OK
-    if sub == b"help":
+    if sub == b"help" and len(args) == 2:
         return [Simple(line) for line in ("CLIENT <subcommand> [<arg> ...]. Subcommands are:", "GETNAME", "ID",
                                           "INFO", "LIST", "SETINFO <LIB-NAME|LIB-VER> <value>",
                                           "SETNAME <name>", "HELP")]
-    if sub in (b"setname", b"getname", b"id", b"info", b"setinfo"):
+    if sub in (b"setname", b"getname", b"id", b"info", b"setinfo", b"help"):
         raise arity_error(f"client|{_text(sub)}")
     raise unknown_subcommand(args[1], "client")
+
+
+def _client_list(app, options):
+    """The connections CLIENT LIST [TYPE type] [ID id ...] shows, as Redis filters them (all are normal clients)."""
+    connections = app.server.connections_by_id()
+    if not options:
+        return connections
+    kind = options[0].upper()
+    if kind == b"TYPE" and len(options) == 2:
+        wanted = options[1].lower()
+        if wanted not in (b"normal", b"master", b"replica", b"slave", b"pubsub"):
+            raise RespError(f"ERR Unknown client type '{_text(options[1])}'")
+        return connections if wanted == b"normal" else []
+    if kind == b"ID" and len(options) > 1:
+        ids = set()
+        for arg in options[1:]:
+            try:
+                number = string2ll(arg)
+            except RespError:
+                number = 0
+            if number <= 0:
+                raise RespError("ERR Invalid client ID")
+            ids.add(number)
+        return [c for c in connections if c.id in ids]
+    raise SYNTAX
 
 
 def _command_info(spec: Command) -> list:
@@ -406,7 +431,9 @@ def cmd_command(app, conn, args):
     if len(args) == 1:
         return [_command_info(spec) for spec in _unique_specs()]
     sub = args[1].lower()
-    if sub == b"count" and len(args) == 2:
+    if sub == b"count":
+        if len(args) != 2:
+            raise arity_error("command|count")
         return len(_unique_specs())
     if sub == b"list":
         return [spec.name.encode() for spec in _unique_specs()]
@@ -418,9 +445,15 @@ def cmd_command(app, conn, args):
                                                                if n.lower() in TABLE]
         return {spec.name.encode(): {b"summary": spec.summary.encode(), b"since": b"1.0.0",
                                      b"group": b"generic"} for spec in specs}
-    if sub == b"getkeys" and len(args) > 2:
+    if sub == b"getkeys":
+        if len(args) < 3:
+            raise arity_error("command|getkeys")
         spec = TABLE.get(args[2].lower())
-        if spec is None or spec.first_key == 0:
+        if spec is None:
+            raise RespError("ERR Invalid command specified")
+        if (spec.arity > 0 and len(args) - 2 != spec.arity) or len(args) - 2 < -spec.arity:
+            raise RespError("ERR Invalid number of arguments specified for command")
+        if spec.first_key == 0:
             raise RespError("ERR The command has no key arguments")
         rest = args[2:]
         last = len(rest) - 1 if spec.last_key < 0 else spec.last_key
@@ -488,9 +521,13 @@ def cmd_mget(app, conn, args):
 def cmd_mset(app, conn, args):
     if len(args) % 2 != 1:
         raise arity_error("mset")
+    items = {}
     for i in range(1, len(args), 2):
         app.check_value(args[i], args[i + 1])
-    return gather([set_value(app, conn, args[i], args[i + 1]) for i in range(1, len(args), 2)], lambda _: OK)
+        # A key given twice gets its last value, as Redis sets them in order; written side by side here, each
+        # would have stayed as a sibling of the others.
+        items[args[i]] = args[i + 1]
+    return gather([set_value(app, conn, key, value) for key, value in items.items()], lambda _: OK)
 
 
 def _attempt(fn, *args):
