@@ -111,7 +111,7 @@ class HintedHandoff:
         self.vnodes = vnodes
         self.durability = durability
         self.transport = transport
-        self.clock = clock
+        self.clock = clock  # the node's SteadyWall, which the vnodes stamp hints' receipts with too
         self.bucket = TokenBucket(config.handoff_bytes_per_second, clock=clock.monotonic)
         # A batch is answered after an fsync: it gets five peer timeouts, but never more than an eighth of the
         # window. Owners and partitions are served one after another, so a call to an owner that hangs holds the
@@ -119,13 +119,12 @@ class HintedHandoff:
         self.call_timeout = min(config.peer_timeout * 5, config.hint_window / 8)
         self.delivered = 0
         self.expired = 0
-        self.wall = SteadyWall(clock)
         self.started = clock.wall()  # when hints stored without a receipt time count as received
         # owner -> {(partition, key): (siblings, primaries that took that version of the aged hint)}
         self._given: dict[str, dict] = {}
 
     def plans(self, leaving: bool = False) -> list[Plan]:
-        now = self.wall.wall()
+        now = self.clock.wall()
         members = self.membership.members
         result = []
         for owner in sorted(self.vnodes.hint_owners()):

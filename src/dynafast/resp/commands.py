@@ -89,7 +89,7 @@ def _text(arg) -> str:
 
 
 _INTEGER = re.compile(rb"(?:0|-?[1-9][0-9]*)\Z")  # Redis's string2ll: no sign '+', no spaces, no leading zeros
-_INT64 = (-(1 << 63), (1 << 63) - 1)
+INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def string2ll(value: bytes) -> int:
@@ -98,12 +98,9 @@ def string2ll(value: bytes) -> int:
     if type(value) is not bytes or len(value) > 20 or not _INTEGER.match(value):
         raise NOT_INTEGER
     number = int(value)
-    if not _INT64[0] <= number <= _INT64[1]:
+    if not INT64[0] <= number <= INT64[1]:
         raise NOT_INTEGER
     return number
-
-
-_int = string2ll
 
 
 # -- results that may not be ready yet ------------------------------------------------------------------
@@ -295,7 +292,7 @@ def cmd_reset(app, conn, args):
 
 @command("select", 2, None, ("fast",))
 def cmd_select(app, conn, args):
-    if _int(args[1]) != 0:
+    if string2ll(args[1]) != 0:
         raise RespError("ERR DB index is out of range")
     return OK
 
@@ -404,15 +401,12 @@ def _client_list(app, options):
             raise RespError(f"ERR Unknown client type '{_text(options[1])}'")
         return connections if wanted == b"normal" else []
     if kind == b"ID" and len(options) > 1:
-        ids = set()
-        for arg in options[1:]:
-            try:
-                number = string2ll(arg)
-            except RespError:
-                number = 0
-            if number <= 0:
-                raise RespError("ERR Invalid client ID")
-            ids.add(number)
+        try:
+            ids = {string2ll(arg) for arg in options[1:]}
+        except RespError:
+            ids = {0}
+        if min(ids) <= 0:
+            raise RespError("ERR Invalid client ID")
         return [c for c in connections if c.id in ids]
     raise SYNTAX
 
@@ -568,7 +562,7 @@ def cmd_strlen(app, conn, args):
 
 @command("getrange", 4, "read", ("readonly",), (1, 1, 1), "A substring of a key's value")
 def cmd_getrange(app, conn, args):
-    start, end = _int(args[2]), _int(args[3])
+    start, end = string2ll(args[2]), string2ll(args[3])
 
     def cut(reply):
         value = _object(reply)[0] or b""
@@ -600,7 +594,7 @@ def cmd_scan(app, conn, args):
         if option == b"match":
             pattern = args[i + 1]
         elif option == b"count":
-            count = _int(args[i + 1])
+            count = string2ll(args[i + 1])
             if count < 1:
                 raise SYNTAX
         elif option == b"type":
@@ -688,9 +682,9 @@ def cmd_df_put(app, conn, args):
         if option == b"CONTEXT":
             context = args[i + 1]
         elif option == b"W":
-            w = _int(args[i + 1])
+            w = string2ll(args[i + 1])
         elif option == b"DW":
-            dw = _int(args[i + 1])
+            dw = string2ll(args[i + 1])
         else:
             raise SYNTAX
         i += 2
@@ -707,7 +701,7 @@ def cmd_df_config(app, conn, args):
                 b"n": config.n}
     if sub == b"set" and len(args) == 4:
         name = args[2].lower()
-        value = _int(args[3])
+        value = string2ll(args[3])
         n = app.config.n
         if name not in (b"r", b"w", b"dw"):
             raise RespError(f"ERR unknown quorum '{_text(args[2])}': one of r, w, dw")

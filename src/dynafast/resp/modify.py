@@ -22,7 +22,7 @@ from dynafast.cluster.paxos import same_state
 from dynafast.net.messages import Put
 from dynafast.resp import atomic
 from dynafast.resp.atomic import TOMBSTONE
-from dynafast.resp.commands import (_INT64, OK, SYNTAX, arity_error, command, read, read_object,
+from dynafast.resp.commands import (INT64, OK, SYNTAX, arity_error, command, read, read_object,
                                     read_value, set_value, string2ll, then)
 from dynafast.resp.protocol import RespError
 
@@ -119,11 +119,11 @@ def expiry_at(unit: bytes, arg: bytes, name: str, now_ms: int) -> int:
     """The absolute expiry (ms since the epoch) of ``EX|PX|EXAT|PXAT arg``, checked as Redis does."""
     amount = argument_int(arg)
     scale = _UNITS[unit]
-    if amount <= 0 or amount > _INT64[1] // scale:
+    if amount <= 0 or amount > INT64[1] // scale:
         raise invalid_expire(name)
     at = amount * scale
     if unit in (b"EX", b"PX"):
-        if at > _INT64[1] - now_ms:
+        if at > INT64[1] - now_ms:
             raise invalid_expire(name)
         at += now_ms
     return at
@@ -196,10 +196,10 @@ def cmd_getset(app, conn, args):
 def _setex(name, scale):
     def run(app, conn, args):
         amount = argument_int(args[2])
-        if amount <= 0 or amount > _INT64[1] // scale:
+        if amount <= 0 or amount > INT64[1] // scale:
             raise invalid_expire(name)
         now = _now_ms()
-        if amount * scale > _INT64[1] - now:
+        if amount * scale > INT64[1] - now:
             raise invalid_expire(name)
         return set_expiring(app, conn, args[1], args[3], now + amount * scale)
     return run
@@ -215,7 +215,7 @@ command("psetex", 4, "readwrite", ("write", "denyoom"), (1, 1, 1), "Set a value 
 def _increment(app, key, by: int):
     def change(seen, now_ms):
         old = stored_int(seen.value)
-        if (by < 0 and old < 0 and by < _INT64[0] - old) or (by > 0 and old > 0 and by > _INT64[1] - old):
+        if (by < 0 and old < 0 and by < INT64[0] - old) or (by > 0 and old > 0 and by > INT64[1] - old):
             raise OVERFLOW
         new = old + by
         return (str(new).encode(), seen.expires), new  # the expiry stays, as in Redis
@@ -240,7 +240,7 @@ def cmd_incrby(app, conn, args):
 @command("decrby", 3, "readwrite", ("write", "denyoom", "fast"), (1, 1, 1), "Subtract from a key's integer")
 def cmd_decrby(app, conn, args):
     by = argument_int(args[2])
-    if by == _INT64[0]:
+    if by == INT64[0]:
         raise RespError("ERR decrement would overflow")
     return _increment(app, args[1], -by)
 
@@ -329,11 +329,11 @@ def _expire(name: str, scale: int, absolute: bool):
         if {b"GT", b"LT"} <= flags:
             raise RespError("ERR GT and LT options at the same time are not compatible")
         amount = argument_int(args[2])  # negative is allowed: the key is deleted
-        if not -(-_INT64[0] // scale) <= amount <= _INT64[1] // scale:  # C's division: towards zero
+        if not -(-INT64[0] // scale) <= amount <= INT64[1] // scale:  # C's division: towards zero
             raise invalid_expire(name)
         amount *= scale
         base = 0 if absolute else _now_ms()
-        if amount > _INT64[1] - base:
+        if amount > INT64[1] - base:
             raise invalid_expire(name)
         when = amount + base
 
