@@ -1,8 +1,9 @@
-"""A/B of source trees on the 3-node dynafast cluster of resp_vs_redis.py (N=3, R=2, W=2, DW=0), made for a
-shared, noisy machine: one cluster per tree, all up at once, and each test run on them in turn, the order
-alternating round by round, so that the trees share the machine's moods.
+"""A/B of source trees on the 3-node dynafast cluster of resp_vs_redis.py (N=3, R=2, W=2, DW=0), or with
+``--single`` on its single node (N=1), made for a shared, noisy machine: one cluster (or node) per tree, all up at
+once, and each test run on them in turn, the order alternating round by round, so that the trees share the
+machine's moods.
 
-    python3 benchmarks/resp_cluster_ab.py --rounds 6 --requests 20000 BEFORE/src AFTER/src [--one-node]
+    python3 benchmarks/resp_cluster_ab.py --rounds 6 --requests 20000 BEFORE/src AFTER/src [--one-node | --single]
         [--pipelines 1,16] [--tests set,get]
 
 Per run: redis-benchmark's ops/s (SET and GET, 100-byte values, 50 connections, pipeline 1 and 16) and the server
@@ -28,6 +29,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--one-node", action="store_true", help="send every request to node 1")
+    parser.add_argument("--single", action="store_true", help="one node of one replica per key (N=1) per tree")
     parser.add_argument("--pipelines", default="1,16", help="comma-separated pipeline depths (default 1,16)")
     parser.add_argument("--tests", default="set,get", help="comma-separated redis-benchmark tests (default set,get)")
     args = parser.parse_args()
@@ -35,7 +37,8 @@ def main() -> int:
     try:
         for tree in args.trees:
             os.environ["PYTHONPATH"] = tree  # the node processes inherit it
-            clusters[tree] = bench.start_dynafast_cluster(tempfile.mkdtemp())
+            start = bench.start_dynafast if args.single else bench.start_dynafast_cluster
+            clusters[tree] = start(tempfile.mkdtemp())
         tests = [(int(p), t) for p in args.pipelines.split(",") for t in args.tests.split(",")]
         for pipeline, test in tests:
             for round_ in range(args.rounds):
@@ -52,12 +55,12 @@ def main() -> int:
     finally:
         for procs, _, _ in clusters.values():
             bench.stop(procs)
-    print("\nmedians: ops/s, CPU us/op over the 3 nodes (node 1; nodes 2 and 3)")
+    print("\nmedians: ops/s, CPU us/op over the nodes (node 1; nodes 2 and 3)")
     for (test, pipeline, tree), runs in results.items():
         ops = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
         first = statistics.median(r[2][0] for r in runs)
-        others = statistics.median((r[2][1] + r[2][2]) / 2 for r in runs)
+        others = statistics.median(sum(r[2][1:]) / 2 for r in runs) if len(runs[0][2]) > 1 else 0.0
         print(f"{test.upper()} P{pipeline:<2} {tree}: {ops:,.0f} ops/s, {cpu:.1f} us/op ({first:.1f}; {others:.1f})")
     return 0
 

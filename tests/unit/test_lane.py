@@ -165,3 +165,125 @@ def test_a_write_the_store_refuses_is_answered_by_the_general_path(tmp_path):
         finally:
             await node.stop()
     asyncio.run(run())
+
+
+class _Transport:
+    """What a connection writes, in order: the parts of the event loop's transport that a connection uses."""
+
+    def __init__(self):
+        self.sent = bytearray()
+        self.closed = False
+
+    def write(self, data):
+        self.sent += data
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+
+def _connection_class(read_step):
+    """RespConnection with the read step ``read_step`` (a build's LaneConnection), or with none (None): the general
+    path's own ``_received`` reads every time."""
+    body = {name: value for name, value in vars(RespConnection).items() if name not in ("__dict__", "__weakref__")}
+    if read_step is None:
+        body["data_received"] = RespConnection._received
+        body["_flush"] = _impl.reference("lane").LaneConnection._flush
+        return type("RespConnection", (asyncio.Protocol,), body)
+    return type("RespConnection", (read_step, asyncio.Protocol), body)
+
+
+def _reads(seed: int) -> list:
+    """Requests as a client sends them, GET and SET mostly, some the lane leaves, ending in a protocol error; in
+    reads of whole requests (one or a pipeline), or cut anywhere."""
+    rng = random.Random(seed)
+    frames = []
+    for args in _ops(seed, 300) + [[b"INCR", b"n"], [b"GET", b"n"], [b"MGET", b"k1", b"n"], [b"PING"], [b"GET", b"k1"]]:
+        frames.append(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+        if rng.random() < 0.05:
+            frames.append(b"PING\r\n")  # inline
+    reads, at = [], 0
+    while at < len(frames):
+        count = rng.choice([1, 1, 2, 16])
+        reads.append(b"".join(frames[at:at + count]))
+        at += count
+    cut = []
+    for data in reads:
+        if rng.random() < 0.2:
+            where = rng.randrange(len(data) + 1)
+            cut += [data[:where], data[where:]]
+        else:
+            cut.append(data)
+    return cut + [b"*1\r\n$x\r\n"]
+
+
+async def _conversation(base, read_step, reads: list, now: float) -> tuple:
+    """What a fresh node sends back for ``reads``, whether it closed, the last command it ran, and how many reads it
+    took the general way."""
+    config = _config(base / str(read_step and read_step.__module__), max_key_size=64)
+    node = Node(config, Environment(clock=_StoppedClock(now), rng=random.Random(0)))
+    await node.start()
+    try:
+        cls = _connection_class(read_step)
+        general = [0]
+
+        def counted(self, data, received=cls._received):
+            general[0] += 1
+            received(self, data)
+
+        cls._received = counted
+        conn = cls(node.resp)
+        transport = _Transport()
+        conn.connection_made(transport)
+        for data in reads:
+            conn.data_received(data)
+            # Half a request is counted against the server's budget for them, whichever way the read went.
+            assert conn._unfinished == conn.parser.buffered == node.resp.unfinished
+            for _ in range(500):  # commands in flight: the next read waits (a client would keep sending)
+                if not conn._pending and not conn._held:
+                    break
+                await asyncio.sleep(0.005)
+        for _ in range(500):
+            if transport.closed:
+                break
+            await asyncio.sleep(0.005)
+        return bytes(transport.sent), transport.closed, conn.last_command, general[0]
+    finally:
+        await node.stop()
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_the_read_steps_answer_what_the_general_path_answers(tmp_path, seed):
+    """A connection's read step (compiled, and its reference) answers a stream read in pieces of any size as the
+    general path does, byte for byte, up to the protocol error at its end, after which the connection closes."""
+    try:
+        compiled = _impl.compiled("lane").LaneConnection
+    except ImportError:
+        if _impl.REQUIRE_COMPILED:
+            raise
+        pytest.skip("dynafast._core.lane is not built")
+    reads, now = _reads(seed), time.time()
+    want, closed, last, _ = asyncio.run(_conversation(tmp_path, None, reads, now))
+    assert closed and want.endswith(b"-ERR Protocol error: invalid bulk length\r\n"), want[-100:]
+    assert want.count(b"+OK\r\n") > 50
+    for read_step in (compiled, _impl.reference("lane").LaneConnection):
+        got, closed, got_last, general = asyncio.run(_conversation(tmp_path, read_step, reads, now))
+        assert (got, closed, got_last) == (want, True, last), read_step
+        assert general < len(reads) * 2 // 3, (read_step, general, len(reads))  # most reads were the step's own

@@ -110,7 +110,8 @@ cdef class Lane:
             self._where[partition] = where
         return where == LOCAL
 
-    def serve(self, list requests, Py_ssize_t start, bytearray out, int rights, bint resp3, Py_ssize_t limit):
+    cpdef Py_ssize_t serve(self, list requests, Py_ssize_t start, bytearray out, int rights, bint resp3,
+                           Py_ssize_t limit) except -1:
         """Answer ``requests[start:]`` into ``out`` while the lane can; where it stopped (the first request it
         leaves to the general path, or ``len(requests)``). ``rights``: READ and WRITE bits of the connection.
         It also stops once ``out`` holds ``limit`` bytes, for the caller to send them."""
@@ -231,7 +232,7 @@ cdef class Lane:
 
     cdef bytes _actor(self, Siblings existing):
         """RequestCoordinator._stamping_actor: an actor of ours that our copy carries, else a fresh one."""
-        cdef Py_ssize_t i, n
+        cdef Py_ssize_t i, j, n
         cdef bytes actor, dotted = self.dotted
         cdef const char *p
         if existing is not None:
@@ -243,6 +244,76 @@ cdef class Lane:
                 if PyBytes_GET_SIZE(actor) > n and memcmp(PyBytes_AS_STRING(actor), PyBytes_AS_STRING(dotted),
                                                           n) == 0:
                     p = PyBytes_AS_STRING(actor)
-                    if all(c'0' <= p[j] <= c'9' for j in range(n, PyBytes_GET_SIZE(actor))):
+                    j = n
+                    while j < PyBytes_GET_SIZE(actor) and c'0' <= p[j] <= c'9':
+                        j += 1
+                    if j == PyBytes_GET_SIZE(actor):
                         return actor
         return self.actors.fresh()
+
+
+cdef class LaneConnection:
+    """The read step of a RESP connection (``dynafast.resp.server.RespConnection`` derives from it): while nothing
+    else is under way on the connection, what a read brings is parsed, answered by the lane and written back in C,
+    with no Python frame between the socket and the store. The requests the lane leaves, and every read that finds
+    the connection otherwise (requests in flight or held, paused, broken, closing, half a request buffered), go to
+    the connection's general path in Python (``_received``, ``_handle``, ``_run``), which holds every rule; this
+    skips only bookkeeping that has nothing to do. The plain-Python reference is dynafast._ref.lane."""
+
+    cdef public object app  # the RespApp: its lane, its command count
+    cdef public object parser
+    cdef public object transport
+    cdef public bytearray _out  # replies not written yet
+    cdef public int rights  # READ and WRITE bits (RespApp.lane_rights)
+    cdef public bint resp3
+    cdef public bint closed
+    cdef public bint active  # something arrived since the idle check last looked
+    cdef public object last_command
+    cdef public object _broken  # the protocol error to send once the requests before it are answered
+    cdef public object _held  # requests parsed but not run yet
+    cdef public object _pending  # commands in flight
+    cdef public bint _writing_paused
+    cdef public bint _half_closed
+    cdef public bint _flush_scheduled
+    cdef public Py_ssize_t _unfinished  # bytes of a request under way counted against the server's budget
+    cdef public Py_ssize_t _unsent  # bytes the transport still held after our last write
+    cdef public Py_ssize_t high_water  # reply bytes the lane writes before they are sent
+
+    def data_received(self, data):
+        cdef Py_ssize_t stop
+        cdef list requests
+        if (self.closed or self._broken is not None or not self.rights or self._writing_paused or self._half_closed
+                or self._unfinished or self._held or self._pending):
+            self._received(data)
+            return
+        app = self.app
+        lane = app.lane
+        if type(lane) is not Lane:
+            self._received(data)
+            return
+        self.active = True
+        try:
+            requests = self.parser.feed(data)
+        except Exception as exc:  # noqa - a broken stream: the general path keeps what came before the error
+            requests = self._refused(exc)
+        if self._broken is not None or self.parser.buffered:
+            self._handle(requests)
+            return
+        stop = (<Lane>lane).serve(requests, 0, self._out, self.rights, self.resp3, self.high_water)
+        if stop:
+            app.commands += stop
+            self.last_command = (<list>requests[stop - 1])[0]
+        if stop < PyList_GET_SIZE(requests):
+            self._run(requests, stop)
+        self._flush()
+        if self._broken is not None or self._half_closed:
+            self._maybe_done()
+
+    def _flush(self):
+        self._flush_scheduled = False
+        transport = self.transport
+        if PyByteArray_GET_SIZE(self._out) and transport is not None:
+            out = self._out
+            self._out = bytearray()
+            transport.write(out)
+            self._unsent = transport.get_write_buffer_size()

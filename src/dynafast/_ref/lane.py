@@ -129,3 +129,45 @@ class Lane:
             self.vnodes.on_write(partition, key, existing, stored)
         out += b"+OK\r\n"
         return True
+
+
+class LaneConnection:
+    """The read step of a RESP connection: the reference of dynafast._core.lane.LaneConnection (the same steps, in
+    Python). While nothing else is under way on the connection, a read is parsed, answered by the lane and written
+    back; everything else goes to the connection's general path (``_received``, ``_handle``, ``_run``)."""
+
+    def data_received(self, data):
+        if (self.closed or self._broken is not None or not self.rights or self._writing_paused or self._half_closed
+                or self._unfinished or self._held or self._pending):
+            self._received(data)
+            return
+        app = self.app
+        lane = app.lane
+        if lane is None:
+            self._received(data)
+            return
+        self.active = True
+        try:
+            requests = self.parser.feed(data)
+        except Exception as exc:  # noqa: BLE001 - a broken stream: the general path keeps what came before it
+            requests = self._refused(exc)
+        if self._broken is not None or self.parser.buffered:
+            self._handle(requests)
+            return
+        stop = lane.serve(requests, 0, self._out, self.rights, self.resp3, self.high_water)
+        if stop:
+            app.commands += stop
+            self.last_command = requests[stop - 1][0]
+        if stop < len(requests):
+            self._run(requests, stop)
+        self._flush()
+        if self._broken is not None or self._half_closed:
+            self._maybe_done()
+
+    def _flush(self):
+        self._flush_scheduled = False
+        transport = self.transport
+        if self._out and transport is not None:
+            out, self._out = self._out, bytearray()
+            transport.write(out)
+            self._unsent = transport.get_write_buffer_size()

@@ -317,12 +317,14 @@ def _human(size: int) -> str:
 _ids = itertools.count(1)
 
 
-class RespConnection(asyncio.Protocol):
-    """One client connection."""
+class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
+    """One client connection. Its read step (``data_received``) and ``_flush`` are the lane's (compiled): they
+    answer a read the lane can answer whole and hand everything else to ``_received``."""
 
     def __init__(self, server: "RespServer"):
         self.server = server
         self.app = server.app
+        self.high_water = HIGH_WATER
         self.id = next(_ids)
         self.transport = None
         self.peername = None
@@ -406,17 +408,27 @@ class RespConnection(asyncio.Protocol):
         self._held.clear()
         self.transport = None
 
-    def data_received(self, data):
+    def _received(self, data):
+        """What arrived, the general way (the lane's ``data_received`` hands over each read it does not answer)."""
         if self.closed or self._broken is not None:
             return
         self.active = True
         try:
             requests = self.parser.feed(data)
         except RespProtocolError as exc:
-            # What came before the error is answered, then the error, then the connection closes (as Redis).
-            self.server.stats["protocol_errors"] += 1
-            self._broken = str(exc).encode()
-            requests = exc.requests
+            requests = self._refused(exc)
+        self._handle(requests)
+
+    def _refused(self, exc: Exception) -> list:
+        """The requests before a protocol error; what came before it is answered, then the error, then the
+        connection closes (as Redis)."""
+        if not isinstance(exc, RespProtocolError):
+            raise exc
+        self.server.stats["protocol_errors"] += 1
+        self._broken = str(exc).encode()
+        return exc.requests
+
+    def _handle(self, requests: list):
         if self.parser.buffered != self._unfinished and not self._account_unfinished():
             return
         if self._held:
@@ -460,14 +472,14 @@ class RespConnection(asyncio.Protocol):
                 return False
         return True
 
-    def _run(self, requests):
+    def _run(self, requests, start: int = 0):
         pending = self._pending
         app = self.app
         execute = app.execute
         lane = app.lane
         rights = self.rights
         out = self._out
-        i, count = 0, len(requests)
+        i, count = start, len(requests)
         while i < count:
             if len(out) >= HIGH_WATER:
                 # Big replies go out as they are made, not once the whole read is answered: a client that sends
@@ -588,13 +600,6 @@ class RespConnection(asyncio.Protocol):
         self._run(held)
         self._flush()
         self._maybe_done()
-
-    def _flush(self):
-        self._flush_scheduled = False
-        if self._out and self.transport is not None:
-            out, self._out = self._out, bytearray()
-            self.transport.write(out)
-            self._unsent = self.transport.get_write_buffer_size()
 
     def _overflow(self):
         """Close a connection whose client does not read what it asked for: its replies go unsent."""
