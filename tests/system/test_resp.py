@@ -138,6 +138,15 @@ def test_errors_answer_as_redis_does(cluster):
         assert str(caught.value) == message or str(caught.value).startswith(message), (command, caught.value)
     assert r.ping()  # errors leave the connection usable
     assert r.config_get("MAXMEMORY") == {"MAXMEMORY": "0"}  # a name is answered as asked
+    # An unknown command quotes its arguments as redis-server does, byte for byte: until they take 128 bytes (each
+    # argument, and the name, as C prints a string, up to a NUL byte; bytes that are not UTF-8 as they came).
+    host, port = cluster.nodes[0].resp_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"*4\r\n$3\r\nFOO\r\n$100\r\n" + b"a" * 100 + b"\r\n$100\r\n" + b"b" * 100 + b"\r\n$1\r\nc\r\n"
+                  + b"*3\r\n$5\r\nF\xffO\x00O\r\n$3\r\nx\x00y\r\n$1\r\n\xff\r\nPING\r\n")
+        replies = read_until(s, b"+PONG\r\n")
+    assert replies == (b"-ERR unknown command 'FOO', with args beginning with: '" + b"a" * 100 + b"' '" + b"b" * 25
+                       + b"' \r\n-ERR unknown command 'F\xffO', with args beginning with: 'x' '\xff' \r\n+PONG\r\n")
 
 
 def test_a_pipeline_is_answered_in_order_and_sees_its_own_writes(cluster):

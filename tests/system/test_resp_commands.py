@@ -89,6 +89,19 @@ def test_incr_family_append_setrange(nodes):
         with pytest.raises(redis.ResponseError, match=error):
             a.execute_command("INCRBYFLOAT", p + "big", by)
         assert b.get(p + "big") == start.encode()
+    # Computed in a long double and written as Redis's %.17Lf, the figures as redis-server 7.0's (exact decimals
+    # gave 1e20 + 1 = ...001, where a long double has no room for the 1).
+    for start, by, want in (("1e20", "1", b"100000000000000000000"),
+                            ("5850572100.7", "3e-4951", b"5850572100.70000000018626451"),
+                            ("3e-4951", "0", b"0"), ("1.9e-4951", "-0", b"0"), ("-1e-30", "0", b"0"),
+                            ("1e30", "0", b"1000000000000000000024696061952")):
+        assert c.set(p + "ld", start)
+        assert a.execute_command("INCRBYFLOAT", p + "ld", by) in (want, float(want))
+        assert b.get(p + "ld") == want
+    for start in ("1.8e-4951", "1.1897314953572317651e4932"):  # strtold's ERANGE: rounds to 0, or to infinity
+        assert c.set(p + "ld", start)
+        with pytest.raises(redis.ResponseError, match="not a valid float"):
+            a.execute_command("INCRBYFLOAT", p + "ld", "0")
     # INCR keeps the expiry, as in Redis.
     assert a.set(p + "t", "41", ex=100) and b.incr(p + "t") == 42 and 95 <= c.ttl(p + "t") <= 100
     assert a.append(p + "s", "Hello") == 5 and b.append(p + "s", " World") == 11 and c.get(p + "s") == b"Hello World"

@@ -70,6 +70,7 @@ cdef class Lane:
     cdef int shift
     cdef bytes base  # the node's own actor
     cdef bytes dotted  # the prefix of the actors this incarnation hands out (Actors.issued)
+    cdef object dotted_base  # the Actors.base it was made of
 
     def __init__(self, requests, vnodes, engine, config):
         if not isinstance(engine, LogStore):
@@ -93,7 +94,10 @@ cdef class Lane:
         state = self.membership.state
         if state is None or state.next_ring is not None:
             return False
-        self.dotted = self.actors.base + b"."
+        base = self.actors.base
+        if base is not self.dotted_base:  # a new lease of actors
+            self.dotted_base = base
+            self.dotted = base + b"."
         ring = state.ring
         down = self.membership.down()
         if ring is not self.ring or down is not self.down:
@@ -202,7 +206,7 @@ cdef class Lane:
     cdef bint _set(self, object key, object value, object now, bytearray out) except -1:
         """RequestCoordinator.replace_local: read what is stored, supersede all of it, append."""
         cdef Py_ssize_t partition
-        cdef Siblings existing
+        cdef Siblings existing, stored
         if (type(key) is not bytes or type(value) is not bytes or PyBytes_GET_SIZE(key) > self.max_key
                 or PyBytes_GET_SIZE(value) > self.max_value):
             return False
@@ -223,7 +227,7 @@ cdef class Lane:
             stored = existing.supersede(value, actor, now)
         if len(stored) > self.sibling_check:
             return False  # the general path checks the limits (and warns)
-        self.engine.put(stored_key, stored.to_bytes())
+        self.engine.put(stored_key, stored._encode())
         on_write = self.vnodes.on_write
         if on_write is not None:
             on_write(partition, key, existing, stored)

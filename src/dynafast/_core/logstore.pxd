@@ -192,6 +192,7 @@ cdef class LogStore:
     cdef PyThread_type_lock merge_lock  # one merge (or close) at a time
 
     cdef int _check_open(self) except -1
+    cpdef put(self, key, value, ttl=*)
     cdef int _lock(self, PyThread_type_lock lock) except -1
     cdef int64_t _new_seg(self, uint64_t seg_id, int fd, uint64_t size, size_t map_len) except -1
     cdef int _drop_seg(self, uint32_t slot, bint unlink) except -1

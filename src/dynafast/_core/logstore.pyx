@@ -1113,7 +1113,7 @@ cdef class LogStore:
                     pthread_mutex_unlock(&self.sync_mutex)
         return 0
 
-    def put(self, key, value, ttl=None):
+    cpdef put(self, key, value, ttl=None):
         """Store value under key (both bytes-like); ``ttl``: it expires that many seconds from now (or never)."""
         if not PyBytes_CheckExact(key):
             key = _to_bytes(key, "key")

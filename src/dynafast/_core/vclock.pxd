@@ -45,6 +45,7 @@ cdef class Siblings:
     cdef int _compare(self, Siblings other) except -1
     cdef Siblings _sync(self, Siblings other)
     cdef bytes _encode(self)
+    cpdef Siblings supersede(self, value, actor, now=*)
 
 
 cdef VClock clock_from_bytes(const unsigned char* data, Py_ssize_t size)

@@ -735,7 +735,7 @@ cdef class Siblings:
             push_dot(out.anon, &out.nanon, &synced.anon[k])
         return out
 
-    def supersede(self, value, actor, now=0):
+    cpdef Siblings supersede(self, value, actor, now=0):
         """A write of ``value`` that supersedes every version here, stamped by ``actor`` and pruned:
         ``Siblings.new(value, self.clock()).update(self, actor, now).prune(now)`` (a last-write-wins put on the
         replica that coordinates it), built in one step when that is this set's clock with the actor's counter

@@ -65,8 +65,22 @@ def arity_error(name: str) -> RespError:
 
 
 def unknown_command(args) -> RespError:
-    shown = "".join(f"'{_text(arg)[:128]}' " for arg in args[1:])
-    return RespError(f"ERR unknown command '{_text(args[0])[:128]}', with args beginning with: {shown}")
+    """Redis's text: the arguments quoted until they take 128 bytes, the last one cut there; each argument, and the
+    name (up to 128 bytes), as C prints a string: up to its first NUL byte."""
+    shown = b""
+    for arg in args[1:]:
+        if len(shown) >= 128:
+            break
+        shown += b"'" + _c_string(arg)[:128 - len(shown)] + b"' "
+    name = _c_string(args[0])[:128]
+    # The bytes as they came (surrogateescape: error_line writes back what is not UTF-8 as it was).
+    return RespError(f"ERR unknown command '{name.decode('utf-8', 'surrogateescape')}', with args beginning with: "
+                     f"{shown.decode('utf-8', 'surrogateescape')}")
+
+
+def _c_string(arg) -> bytes:
+    data = arg if isinstance(arg, bytes) else str(arg).encode()
+    return data.split(b"\0", 1)[0]
 
 
 def unknown_subcommand(sub, name: str) -> RespError:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from decimal import Decimal, InvalidOperation, Overflow, localcontext
+import warnings
+from decimal import Decimal
+
+import numpy
 
 from dynafast.cluster.paxos import same_state
 from dynafast.net.messages import Put
@@ -30,10 +33,6 @@ NOT_FLOAT = RespError("ERR value is not a valid float")
 NO_SUCH_KEY = RespError("ERR no such key")
 OVERFLOW = RespError("ERR increment or decrement would overflow")
 TOO_LONG = RespError("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
-_DECIMALS = Decimal("1e-17")
-# The x87 long double's range (Redis computes INCRBYFLOAT in one): beyond it strtold fails, or the sum is inf.
-_LDBL_MAX = Decimal("1.18973149535723176502e4932")
-_LDBL_MIN = Decimal("3.64519953188247460253e-4951")
 _FLOAT = re.compile(rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity)\Z", re.I)
 
 
@@ -63,29 +62,26 @@ def stored_int(value: bytes | None) -> int:
 argument_int = stored_int  # an argument is read as strictly as a stored value
 
 
-def stored_float(value: bytes | None) -> Decimal:
-    """A float as Redis's string2ld reads it (absent: 0): no spaces, no NaN."""
+def stored_float(value: bytes | None) -> numpy.longdouble:
+    """A float as Redis's string2ld reads it (absent: 0), into a long double as Redis holds it: no spaces, no NaN,
+    nothing strtold finds out of range (a finite text that rounds to infinity, a non-zero one that rounds to 0)."""
     if value is None:
-        return Decimal(0)
+        return numpy.longdouble(0)
     if not value or len(value) > 5000 or not _FLOAT.match(value):
         raise NOT_FLOAT
-    number = Decimal(value.decode())
-    if number.is_finite() and number and not _LDBL_MIN <= number.copy_abs() <= _LDBL_MAX:
-        raise NOT_FLOAT  # out of a long double's range: strtold's ERANGE, which Redis refuses
+    text = value.decode()
+    with warnings.catch_warnings():  # the range is checked below, as string2ld checks strtold's ERANGE
+        warnings.simplefilter("ignore", RuntimeWarning)
+        number = numpy.longdouble(text)
+    if numpy.isinf(number) and "n" not in text.lower() or number == 0 and Decimal(text) != 0:
+        raise NOT_FLOAT
     return number
 
 
-def float_text(number: Decimal) -> bytes:
-    """Redis's human form of a long double: 17 decimals, trailing zeros and dot dropped."""
-    if number.adjusted() < 60:
-        with localcontext() as context:
-            context.prec = 100  # room for 60 digits and 17 decimals
-            text = f"{number.quantize(_DECIMALS):f}"
-    else:
-        text = f"{number:f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return b"0" if text in ("-0", "") else text.encode()
+def float_text(number: numpy.longdouble) -> bytes:
+    """Redis's human form of a long double (``%.17Lf``, trailing zeros and dot dropped, ``-0`` as ``0``)."""
+    text = numpy.format_float_positional(number, precision=17, unique=False, fractional=True, trim="-")
+    return b"0" if text == "-0" else text.encode()
 
 
 # -- expiry options ---------------------------------------------------------------------------------------
@@ -251,11 +247,9 @@ def cmd_incrbyfloat(app, conn, args):
     by = stored_float(args[2])
 
     def change(seen, now_ms):
-        try:
+        with numpy.errstate(all="ignore"):  # an overflow is the infinity refused below, as in Redis
             new = stored_float(seen.value) + by
-        except (InvalidOperation, Overflow):  # inf - inf, or past Decimal's own range
-            new = Decimal("NaN")
-        if not new.is_finite() or new.copy_abs() > _LDBL_MAX:
+        if not numpy.isfinite(new):
             raise RespError("ERR increment would produce NaN or Infinity")
         text = float_text(new)
         return (text, seen.expires), text

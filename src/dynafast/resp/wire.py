@@ -56,8 +56,9 @@ def float_text(value: float) -> bytes:
 
 
 def error_line(reply: RespError) -> bytes:
-    """An error reply's line: its text on one line (a CR or LF inside would end it early)."""
-    return b"-" + str(reply).replace("\r", " ").replace("\n", " ").encode() + b"\r\n"
+    """An error reply's line: its text on one line (a CR or LF inside would end it early); bytes of a request
+    quoted in it that are not UTF-8 (decoded with surrogateescape) go back as they came."""
+    return b"-" + str(reply).replace("\r", " ").replace("\n", " ").encode("utf-8", "surrogateescape") + b"\r\n"
 
 
 # -- inline requests ----------------------------------------------------------------------------------------
