@@ -41,10 +41,12 @@ cdef class Siblings:
     cdef Py_ssize_t ndots
     cdef Dot* anon          # values no coordinator stamped yet, sorted
     cdef Py_ssize_t nanon
+    cdef bytes encoded      # its encoding once asked for (None before)
 
     cdef int _compare(self, Siblings other) except -1
     cdef Siblings _sync(self, Siblings other)
     cdef bytes _encode(self)
+    cdef bytes _encode_now(self)
     cpdef Siblings supersede(self, value, actor, now=*)
 
 

@@ -949,6 +949,13 @@ cdef class Siblings:
         return out
 
     cdef bytes _encode(self):
+        # A set is never changed once made, so its encoding is made once: a write stores it, and the Merkle
+        # tree's digest of the new version hashes it again.
+        if self.encoded is None:
+            self.encoded = self._encode_now()
+        return self.encoded
+
+    cdef bytes _encode_now(self):
         # Same layout as the reference's to_bytes (see there): format byte, anonymous values, then entries
         # whose dots are written as gaps below the previous dot.
         cdef Py_ssize_t i, k, size = 1 + varint_size(<uint64_t>self.nanon) + varint_size(<uint64_t>self.n)
