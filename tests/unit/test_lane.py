@@ -287,3 +287,43 @@ def test_the_read_steps_answer_what_the_general_path_answers(tmp_path, seed):
         got, closed, got_last, general = asyncio.run(_conversation(tmp_path, read_step, reads, now))
         assert (got, closed, got_last) == (want, True, last), read_step
         assert general < len(reads) * 2 // 3, (read_step, general, len(reads))  # most reads were the step's own
+
+
+def test_a_request_the_lane_leaves_is_offered_to_it_once(tmp_path):
+    """A GET of a value with an expiry is the general path's: the read step hands it over without asking the lane a
+    second time (each asking reads the stored object)."""
+    async def run():
+        node = Node(_config(tmp_path), Environment(clock=_StoppedClock(time.time()), rng=random.Random(0)))
+        await node.start()
+        try:
+            asked = []
+
+            class Counting:  # the node's lane, counting what it is offered
+                def __init__(self, lane):
+                    self.lane = lane
+
+                def serve(self, requests, start, out, rights, resp3, limit):
+                    asked.append(requests[start])
+                    return self.lane.serve(requests, start, out, rights, resp3, limit)
+
+            node.resp.app.lane = Counting(node.resp.app.lane)
+            conn = _connection_class(_impl.reference("lane").LaneConnection)(node.resp)
+            transport = _Transport()
+            conn.connection_made(transport)
+            conn.data_received(b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nEX\r\n$3\r\n100\r\n")
+            for _ in range(500):
+                if not conn._pending:
+                    break
+                await asyncio.sleep(0.005)
+            asked.clear()
+            conn.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+            for _ in range(500):
+                if transport.sent.endswith(b"$1\r\nv\r\n"):
+                    break
+                await asyncio.sleep(0.005)
+            assert transport.sent.endswith(b"+OK\r\n$1\r\nv\r\n")
+            assert asked == [[b"GET", b"k"]]
+        finally:
+            await node.stop()
+    asyncio.run(run())
+

@@ -308,7 +308,7 @@ cdef class LaneConnection:
             app.commands += stop
             self.last_command = (<list>requests[stop - 1])[0]
         if stop < PyList_GET_SIZE(requests):
-            self._run(requests, stop)
+            self._run(requests, stop, stop)  # not offering it to the lane again: it would be read twice
         self._flush()
         if self._broken is not None or self._half_closed:
             self._maybe_done()

@@ -159,7 +159,7 @@ class LaneConnection:
             app.commands += stop
             self.last_command = requests[stop - 1][0]
         if stop < len(requests):
-            self._run(requests, stop)
+            self._run(requests, stop, stop)  # not offering it to the lane again: it would be read twice
         self._flush()
         if self._broken is not None or self._half_closed:
             self._maybe_done()

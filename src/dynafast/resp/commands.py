@@ -127,7 +127,8 @@ def then(result, fn):
     out = source.get_loop().create_future()
 
     def done(source):
-        if out.done():
+        if out.done():  # cancelled: its connection went
+            _drop(source)
             return
         if source.cancelled():
             out.cancel()
@@ -145,10 +146,18 @@ def then(result, fn):
     return out
 
 
+def _drop(result: asyncio.Future) -> None:
+    """A result nobody waits for any more: its failure is taken here, not logged by the event loop as an exception
+    never retrieved (a client that gave up on its logins left one such report per refused login)."""
+    if not result.cancelled():
+        result.exception()
+
+
 def _settle(out, value):
     if isinstance(value, asyncio.Future):
         def copy(value):
             if out.done():
+                _drop(value)
                 return
             if value.cancelled():
                 out.cancel()

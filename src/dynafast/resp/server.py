@@ -472,7 +472,8 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
                 return False
         return True
 
-    def _run(self, requests, start: int = 0):
+    def _run(self, requests, start: int = 0, refused: int = -1):
+        """Run ``requests[start:]``; the lane is not asked again for ``requests[refused]`` (it just left it)."""
         pending = self._pending
         app = self.app
         execute = app.execute
@@ -487,7 +488,7 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
                 # the node by every reply at once.
                 self._flush()
                 out = self._out
-            if rights and not pending and not self._writing_paused:
+            if rights and not pending and not self._writing_paused and i != refused:
                 stop = lane.serve(requests, i, out, rights, self.resp3, HIGH_WATER)
                 if stop > i:
                     app.commands += stop - i
