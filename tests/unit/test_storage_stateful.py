@@ -177,6 +177,8 @@ def machine_for(engine):
             assert dict(self.db.items()) == self.model
             assert len(self.db) == len(self.model)
             assert self.db.count(b"e") == (KEYS[4] in self.model)
+            for first in b"abcdefghz":  # one byte's prefix: a count the key index keeps, not a walk
+                assert self.db.count(bytes([first])) == sum(1 for k in self.model if k[:1] == bytes([first]))
 
     return StoreMachine
 

@@ -186,6 +186,7 @@ typedef struct {
     df_slot *slots;
     size_t nslots;
     size_t count;      /* live keys */
+    size_t first[256]; /* live keys by their first byte: a count of one byte's prefix without a walk */
     unsigned char *arena;
     size_t arena_len;
     size_t arena_cap;
@@ -338,6 +339,7 @@ static int df_kd_put(df_keydir *kd, const unsigned char *key, size_t klen, uint3
     kd->slots[j].hash = h;
     kd->slots[j].ref = (uint32_t)(pos >> 2) + 1;
     kd->count++;
+    if (klen) kd->first[key[0]]++;
     return 0;
 }
 
@@ -370,6 +372,7 @@ static int df_kd_remove(df_keydir *kd, const unsigned char *key, size_t klen, df
     kd->arena_dead += df_item_span(it->klen);
     df_kd_unslot(kd, (size_t)i);
     kd->count--;
+    if (klen) kd->first[key[0]]--;
     return 1;
 }
 

@@ -18,6 +18,7 @@ cdef extern from "keydir.h" nogil:
 
     ctypedef struct df_keydir:
         size_t count
+        size_t first[256]
         size_t arena_len
         size_t arena_dead
         unsigned char *arena

@@ -1452,6 +1452,8 @@ cdef class LogStore:
         if plen == 0:
             return self.kd.count - expired
         cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(prefix)
+        if plen == 1:  # the key index keeps these counts (INFO asks for the objects' on every call)
+            return self.kd.first[p[0]] - expired
         while True:
             pos = df_kd_next(&self.kd, pos, end, p, plen)
             if pos >= end:
