@@ -5,7 +5,6 @@ every key must end up holding the same versions."""
 import asyncio
 import errno
 import random
-import socket
 import time
 
 import pytest
@@ -16,6 +15,7 @@ from dynafast.cluster.ports import Environment
 from dynafast.config import NodeConfig
 from dynafast.node import Node
 from dynafast.resp.server import HIGH_WATER, RespConnection
+from dynafast.testing.cluster import free_port
 
 KEYS = [b"k%d" % i for i in range(10)] + [b"", b"\xf5k", b"K" * 65]  # the last: over max_key_size
 VALUES = [b"v", b"", b"\xf5plain", b"\xf5\x01" + bytes(8) + b"x", b"y" * 300, bytes(range(256)) * 40]
@@ -41,15 +41,9 @@ def _unwrapped(value: bytes) -> tuple:
     return value, expires_at is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _config(data_dir, **options) -> NodeConfig:
     """A node of one replica per key (the lane's case) whose writes are answered at once (dw 0)."""
-    return NodeConfig(node_id="n1", listen=f"127.0.0.1:{_free_port()}", resp=f"127.0.0.1:{_free_port()}",
+    return NodeConfig(node_id="n1", listen=f"127.0.0.1:{free_port()}", resp=f"127.0.0.1:{free_port()}",
                       data_dir=str(data_dir), n=1, r=1, w=1, dw=0, **options)
 
 

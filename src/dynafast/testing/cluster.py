@@ -69,11 +69,21 @@ class NodeStartError(RuntimeError):
         return bool(_ADDRESS_IN_USE.search(self.stderr_tail))
 
 
+_handed_out: set[int] = set()  # every port free_port gave this process
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago. Someone may take it before it is used: callers retry on EADDRINUSE."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port that was free a moment ago, and not one this process was given before: ports picked for one cluster
+    before any of its nodes binds would otherwise repeat (a node's --http port was another's --listen port).
+    Someone else may still take it before it is used: callers retry on EADDRINUSE."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            break
+    _handed_out.add(port)
+    return port
 
 
 # Every NodeProcess that may have a live process, for the exit hook.
