@@ -98,3 +98,37 @@ def test_hints_held_by_a_leaving_node_reach_their_owner(tmp_path):
         missing = [k for k in keys if replica_copy(n3, k) is None]
         assert not missing, f"{len(missing)} of {len(keys)} hinted writes never reached n3"
 
+
+
+def test_dynafast_leave_sent_while_its_node_has_no_majority_goes_through_once_it_has(tmp_path):
+    """`dynafast leave` through n1 while n1 is cut off from the other two: n1 cannot change the cluster now, and
+    the command sends the leave again until it can (the cut heals 2 s later) rather than give up at once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    args = fast_config(tmp_path, drop_grace=1.0)
+    with LocalCluster(3, base_dir=tmp_path / "c", proxied=True, extra_args=args) as c:
+        n1 = c.node("n1")
+        with Client(c.addresses) as client:
+            wait_members(client, 3)
+        c.partition(["n1"], ["n2", "n3"])
+        with Client([n1.address], timeout=5.0) as direct:
+            assert wait_for(lambda: {member_states(direct, n1).get(i) for i in ("n2", "n3")} == {"down"}, 30, 0.2)
+        leave = subprocess.Popen([sys.executable, "-m", "dynafast.cli", "leave", "--node", "n3", "--cluster",
+                                  n1.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=dict(os.environ))
+        try:
+            time.sleep(2.0)
+            assert leave.poll() is None, leave.communicate()  # still sending it
+            c.heal()
+            out, err = leave.communicate(timeout=60)
+        finally:
+            if leave.poll() is None:
+                leave.kill()
+                leave.wait()
+        assert leave.returncode == 0, err
+        assert out.startswith("n3 is leaving")
+        with Client([n1.address], timeout=5.0) as direct:
+            assert wait_for(lambda: member_states(direct, n1).get("n3") in ("leaving", "left", None), 30, 0.2)
