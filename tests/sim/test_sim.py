@@ -634,3 +634,75 @@ def paused_peer_scenario() -> list[tuple]:
         return suspected
 
     return run_scenario(scenario)
+
+
+def test_lww_puts_run_clean():
+    run_seeds_in_two_processes((250_000, 250_020), 20, ["--ops", "120", "--lww"], timeout=200)
+
+
+def lww_put_read_and_replaced_before_its_second_round() -> list[str]:
+    """n1 and n2 hold X, which n3's copy lacks. An lww put of V through n3 stamps V on n3's copy and asks n1 and n2
+    to store it; their refusals (they hold X) are late, and meanwhile a client reads V through n3 and replaces
+    it with Z (written with that read's context, W=1). Then the put's second round covers X: it must not bring
+    V back beside Z."""
+    import random
+
+    from dynafast.sim.checker import check_history
+    from dynafast.sim.cluster import SimNode
+    from dynafast.sim.network import SimNetwork
+    from dynafast.sim.workload import History, SimClient
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        network = SimNetwork(loop, random.Random(1))
+        options = dict(ae_interval=0)
+        n1 = SimNode("n1", network, random.Random(2), **options)
+        await n1.start()
+        n2 = SimNode("n2", network, random.Random(3), seeds=[n1.address], **options)
+        n3 = SimNode("n3", network, random.Random(4), seeds=[n1.address], **options)
+        await n2.start()
+        await n3.start()
+        await asyncio.sleep(10)
+        history = History()
+        writer, reader = SimClient(0, network, history, random.Random(5)), SimClient(1, network, history,
+                                                                                    random.Random(6))
+        key = b"k"
+        network.cut_one_way(n1.address, n3.address)
+        assert (await writer.put([n1.address], key, with_context=False)).outcome == "ok"  # X on n1 and n2
+        network.heal()
+        network.pause(n1.address)
+        network.pause(n2.address)
+        lww = loop.create_task(writer.put([n3.address], key, with_context=False, lww=True))
+        await asyncio.sleep(0.05)
+        seen = await reader.get([n3.address], key, r=1)
+        assert len(seen.result) == 1 and seen.result[0].startswith(b"c0-")  # V, from n3's copy
+        assert (await reader.put([n3.address], key, with_context=True, w=1)).outcome == "ok"  # Z
+        network.resume(n1.address)
+        network.resume(n2.address)
+        assert (await lww).outcome == "ok"
+        await asyncio.sleep(3)
+        final = await reader.get([n1.address], key, r=3)
+        for sim in (n1, n2, n3):
+            await sim.stop()
+        return check_history(history, {key: final.result}, sibling_bound=10)
+
+    return [str(v) for v in run_scenario(scenario)]
+
+
+def test_an_lww_put_read_and_replaced_before_its_second_round_stays_replaced():
+    """Found by seed 200036 with lww puts: the second round wrote the value again as a new version, which the
+    replacing write's context did not cover, and the value came back as its sibling. The second round now writes
+    the same version (its dot unchanged) with the read's clock."""
+    assert lww_put_read_and_replaced_before_its_second_round() == []
+
+
+def test_it_finds_an_lww_put_whose_second_round_writes_a_new_version(monkeypatch):
+    from dynafast.cluster.requests import RequestCoordinator
+
+    async def new_version(self, key, stored, actor, r, w, dw, timeout, reply_type, request, ttl):
+        (value,) = stored.only(actor, stored.clock().get(actor)).values
+        return await self._read_then_write(key, value, None, r, w, dw, timeout, reply_type, request, ttl)
+
+    monkeypatch.setattr(RequestCoordinator, "_after_refusal", new_version)
+    violations = lww_put_read_and_replaced_before_its_second_round()
+    assert any(v.startswith("undone") for v in violations), violations

@@ -1,6 +1,7 @@
-"""RESP SET on a cluster (N=3 on 3 nodes: every node holds every key) reads the key from R replicas and writes with
-that read's context: it supersedes every SET acknowledged before it, through whichever node, even one its
-coordinator's own copy has not received; and every node then reads the new value."""
+"""RESP SET on a cluster (N=3 on 3 nodes: every node holds every key) supersedes every SET acknowledged before it,
+through whichever node, even one its coordinator's own copy has not received; and every node then reads the new
+value. It takes one round of replica puts where the replicas hold nothing its coordinator has not seen, and reads
+the key from R replicas first where they do."""
 import pytest
 
 from dynafast import Client
@@ -57,7 +58,8 @@ def test_a_set_supersedes_an_acknowledged_set_its_coordinator_has_not_received(t
             assert r.get("k") == b"second", node.node_id
             r.close()
         assert client.get(b"k").values == [b"second"]
-        # The SET read the key from a peer first (R=2: n3's own copy and another's): that is what covered "first".
+        # n1 and n2 refused the SET's one round (they hold "first", which n3's copy lacks), and it fell back to
+        # reading the key from a peer (R=2: n3's own copy and another's): that is what covered "first".
         assert sum(replica_requests(client, n)["get"] - before[n.node_id]["get"] for n in (n1, n2)) >= 1
         first.close()
         third.close()
@@ -81,4 +83,24 @@ def test_set_supersedes_the_siblings_the_coordinator_holds(cluster):
         assert other.set("sib", "four")
         assert client.get(b"sib").values == [b"four"] and r.get("sib") == b"four"
         other.close()
+    r.close()
+
+
+def test_a_set_whose_replicas_hold_nothing_unseen_takes_one_round(cluster):
+    """Where every replica holds what the coordinator's copy holds, a SET is one round of replica puts, which each
+    replica stores because the write covers all it holds: no replica read first."""
+    n1 = cluster.nodes[0]
+    r = connect(n1, protocol=2)
+    with Client(cluster.addresses, timeout=5.0) as client:
+        client.put(b"one-round", b"old")
+        assert wait_for(lambda: all(replica_copy(n, b"one-round") is not None for n in cluster.nodes), timeout=20)
+        before = {n.node_id: replica_requests(client, n) for n in cluster.nodes}
+        for i in range(5):
+            assert r.set("one-round", f"new-{i}")
+        after = {n.node_id: replica_requests(client, n) for n in cluster.nodes}
+        assert sum(after[n]["get"] - before[n]["get"] for n in after) == 0
+        assert sum(after[n]["put"] - before[n]["put"] for n in after) >= 5 * 2
+        assert client.get(b"one-round").values == [b"new-4"]
+        assert wait_for(lambda: all(replica_copy(n, b"one-round").live_values() == [b"new-4"]
+                                    for n in cluster.nodes), timeout=20)
     r.close()

@@ -561,3 +561,19 @@ def test_digest_is_murmur3_x64_128_of_the_encoding(impl):
     assert s.digest() == mmh3.hash_bytes(s.to_bytes())
     deleted_by = [impl.Siblings.new(None).update(None, actor, 1) for actor in (b"a", b"b")]
     assert deleted_by[0].digest() != deleted_by[1].digest()
+
+
+def test_only_keeps_one_version_and_the_whole_clock(impl):
+    S = impl.Siblings
+    first = S.new(b"one").update(None, b"a", 1)
+    both = S.new(b"two").update(first, b"b", 2)  # blind: a sibling of "one"
+    assert sorted(both.values) == [b"one", b"two"]
+    kept = both.only(b"b", 1)
+    assert kept.values == [b"two"] and kept.clock() == both.clock()
+    assert both.only(b"a", 1).values == [b"one"]
+    assert both.only(b"a", 2) is None and both.only(b"c", 1) is None
+    # What the kept version is merged with loses the other versions; a later write that saw it replaces it.
+    assert kept.sync(first) == kept and kept.sync(both) == kept
+    later = S.new(b"three", kept.context()).update(kept, b"a", 3)
+    assert later.sync(kept).values == [b"three"]
+    assert S.from_bytes(kept.to_bytes()) == kept

@@ -931,6 +931,28 @@ cdef class Siblings:
                 push_dot(out.anon, &out.nanon, &self.anon[i])
         return out
 
+    def only(self, actor, dot):
+        """This set with the one version ``actor`` stamped as ``dot`` left, and its whole clock (every other
+        version counts as seen and replaced); None when it does not hold that version."""
+        check_actor(actor)
+        cdef uint64_t want = check_u64(dot, "dot")
+        cdef Py_ssize_t i, k, found_e = -1, found_k = -1
+        for i in range(self.n):
+            if actor_cmp(self.ents[i].actor, <PyObject*>actor) == 0:
+                for k in range(self.ents[i].first, self.ents[i].first + self.ents[i].count):
+                    if self.dots[k].dot == want:
+                        found_e, found_k = i, k
+                break
+        if found_e < 0:
+            return None
+        cdef Siblings out = new_siblings(self.n, 1, 0)
+        for i in range(self.n):
+            push_entry(out, &self.ents[i], self.ents[i].counter, self.ents[i].ts)
+            if i == found_e:
+                push_dot(out.dots, &out.ndots, &self.dots[found_k])
+                out.ents[i].count = 1
+        return out
+
     def prune(self, now, small=10, big=50, young=20, old=86400):
         # Entries that still hold a sibling stay: dropping them would lose the sibling's dot.
         cdef char* drop = <char*>alloc(self.n, 1)

@@ -456,6 +456,19 @@ class Siblings:
         anon = [self._anon[best[1]]] if best[0] == "a" else []
         return Siblings._make(entries, anon)
 
+    def only(self, actor, dot):
+        """This set with the one version ``actor`` stamped as ``dot`` left, and its whole clock (every other
+        version counts as seen and replaced); None when it does not hold that version."""
+        _check_actor(actor)
+        _check_u64(dot, "dot")
+        for a, _c, _t, vals in self._entries:
+            if a == actor:
+                if any(d == dot for d, _val, _vt in vals):
+                    return Siblings._make([(a2, c2, t2, [v for v in vals2 if a2 == actor and v[0] == dot])
+                                           for a2, c2, t2, vals2 in self._entries], [])
+                break
+        return None
+
     def prune(self, now, small=10, big=50, young=20, old=86400):
         # Entries that still hold a sibling stay: dropping them would lose the sibling's dot.
         entries = self._entries

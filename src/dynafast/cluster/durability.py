@@ -128,8 +128,8 @@ def _settle(batch, error) -> None:
             future.set_exception(error)
 
 
-def durable_reply(durability, msg_type):
-    """A future of the reply ``(msg_type, (True,))``, set once what was written so far is on disk."""
+def durable_reply(durability, msg_type, fields=(True,)):
+    """A future of the reply ``(msg_type, fields)``, set once what was written so far is on disk."""
     waiter = durability.waiter()
     reply = asyncio.get_running_loop().create_future()
 
@@ -141,7 +141,7 @@ def durable_reply(durability, msg_type):
         elif done.exception() is not None:
             reply.set_exception(done.exception())
         else:
-            reply.set_result((msg_type, (True,)))
+            reply.set_result((msg_type, fields))
 
     waiter.add_done_callback(synced)
     return reply

@@ -37,6 +37,7 @@ _REPLICA_PUT_REPLY = int(Msg.REPLICA_PUT_REPLY)
 _REPLICA_GET, _REPLICA_PUT = int(Msg.REPLICA_GET), int(Msg.REPLICA_PUT)
 
 _MARK = expiry.MARK  # values that begin with it are envelopes (a TTL, or an escaped plain value)
+_REPLACE = (True,)  # REPLICA_PUT's last field for a one-round lww put: store only what covers what is held
 
 _SIBLING_WARNING_EVERY = 10.0  # seconds between log lines about keys with many siblings
 
@@ -215,13 +216,14 @@ class RequestCoordinator:
         synced.add_done_callback(functools.partial(_answer_when_durable, answer, reply))
         return answer
 
-    def client_put(self, put):
+    def client_put(self, put, r=None):
+        """``r``: the R of an lww put's read (default: the node's), for front ends with a per-connection R."""
         key, value, context, w, dw, timeout_ms, lww, ttl_ms = put
         _check_sizes(self.config, key, value)
         if ttl_ms is not None or value.startswith(_MARK):
             # The expiry is absolute, from this coordinator's clock, and from now on part of the version.
             value, ttl_ms = self._with_expiry(value, ttl_ms)
-        return self._write(key, value, context, w, dw, timeout_ms, _PUT_REPLY, (_PUT, put), lww, ttl_ms)
+        return self._write(key, value, context, w, dw, timeout_ms, _PUT_REPLY, (_PUT, put), lww, ttl_ms, r)
 
     def _with_expiry(self, value, ttl_ms):
         """The stored form of a put's value (``expiry``), and the seconds its TTL lasts (None: no TTL)."""
@@ -237,7 +239,7 @@ class RequestCoordinator:
         # Without a context a tombstone would only add a sibling: delete what a read finds instead.
         return self._write(key, None, context, w, dw, timeout_ms, _DELETE_REPLY, (_DELETE, delete), not context)
 
-    def _write(self, key, value, context, w, dw, timeout_ms, reply_type, request, read_first, ttl=None):
+    def _write(self, key, value, context, w, dw, timeout_ms, reply_type, request, read_first, ttl=None, r=None):
         config = self.config
         w = _quorum(w, config.w, "w", config.n) or 1
         dw = _quorum(dw, min(config.dw, w), "dw", config.n)
@@ -245,11 +247,93 @@ class RequestCoordinator:
             raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
         timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
         if read_first:
-            return self._read_then_write(key, value, context, w, dw, timeout, reply_type, request, ttl)
+            r = config.r if r is None else _quorum(r, config.r, "r", config.n) or 1
+            if value is not None:
+                answer = self._replace(key, value, context, r, w, dw, timeout, reply_type, request, ttl)
+                if answer is not None:
+                    return answer
+            return self._read_then_write(key, value, context, r, w, dw, timeout, reply_type, request, ttl)
         incoming = self.Siblings.new(value, context or None)
         return self._put(key, incoming, w, dw, timeout, reply_type, request, ttl)
 
-    async def _read_then_write(self, key, value, context, w, dw, timeout, reply_type, request, ttl=None):
+    def _replace(self, key, value, context, r, w, dw, timeout, reply_type, request, ttl):
+        """A last-write-wins put in one round, where one can stand for ``_read_then_write``; None where not.
+
+        The version is stamped on this node's own copy (its context merged with ``context``), and every replica
+        is asked to store it only if it covers all that replica holds of the key (``replace_if_covering``). A
+        replica holding a version our copy has not received (a write acknowledged elsewhere a moment ago)
+        refuses. When the refusals leave fewer than W replicas that stored it, ``_after_refusal`` reads the key
+        and writes the same version again with the read's clock. So an acknowledged put was stored by W
+        primaries that held nothing it does not supersede, or covers what R replicas held: with W >= R, any
+        write acknowledged before it (by W_old replicas, R + W_old > N) is superseded, as the read of
+        ``_read_then_write`` would have had it. Only where every target is a primary, this node among them: a
+        stand-in that holds nothing of the key proves nothing, nor does a node repairing after amnesia.
+        """
+        if w < r:
+            return None  # W acceptances would not meet every write quorum that R replies meet
+        partition, _, targets, _ = self._route(key)
+        if targets is None or partition in self.repairing:
+            return None
+        mine = False
+        for node, hint_for in targets:
+            if hint_for is not None:
+                return None
+            mine = mine or node == self.me
+        if not mine:
+            return None
+        try:
+            existing = self.vnodes.get(partition, key)
+        except CorruptionError:
+            return None  # what we held is unknown: only a read of the others tells
+        merged = context
+        if existing is not None:
+            merged = existing.context() if not context else \
+                self.versions.VClock.from_bytes(context).merge(existing.clock()).to_bytes()
+        actor = self._stamping_actor(existing)
+        stored = self._stamp(key, self.Siblings.new(value, merged or None), existing, actor)
+        started = self.clock.monotonic()
+
+        def after_refusal():
+            remaining = max(timeout - (self.clock.monotonic() - started), 0.001)
+            return self._after_refusal(key, stored, actor, r, w, dw, remaining, reply_type, request, ttl)
+        return self._replicate(partition, targets, (), key, stored, existing, w, dw, timeout, reply_type, ttl,
+                               fallback=after_refusal)
+
+    async def _after_refusal(self, key, stored, actor, r, w, dw, timeout, reply_type, request, ttl):
+        """A one-round lww put that too few replicas stored: read the key, then write the same version (its dot
+        unchanged) with the read's clock, which covers what the refusing replicas hold.
+
+        Not a new version: the first round's copies may have been read already, and a write made with that
+        read's context must replace this put's value for good. A second version of the same value would not
+        be covered by that context, and the value would come back as its sibling.
+        """
+        dot = stored.clock().get(actor)
+        started = self.clock.monotonic()
+        try:
+            answer = self._get(key, r, timeout, request, _read_result)
+            _, seen = answer if type(answer) is tuple else await answer
+        except QuorumNotMet as exc:
+            raise QuorumNotMet(f"written on fewer than w replicas, and the read that would cover the others "
+                               f"failed ({exc})", replied=exc.replied, required=exc.required) from None
+        if seen is not None and type(seen) is not self.Siblings:  # forwarded: this node holds no replica now
+            raise Unavailable("the key's replicas changed during the write; it may have been written")
+        kept = None if seen is None else seen.only(actor, dot)
+        if kept is None:
+            if seen is not None and seen.clock().get(actor) >= dot:
+                return (reply_type, self._write_answer(None))  # a write that saw it replaced it already
+            kept = stored  # no replica read holds it any more (our copy was lost meanwhile): as it was
+        partition, _, targets, spares = self._route(key)
+        if targets is None:
+            raise Unavailable("the key's replicas changed during the write; it may have been written")
+        existing = self.vnodes.get_intact(partition, key)
+        if existing is not None:
+            kept = kept.sync(existing)  # what reached our copy since the read stays
+        remaining = max(timeout - (self.clock.monotonic() - started), 0.001)
+        answer = self._replicate(partition, targets, spares, key, kept, existing, w, dw, remaining, reply_type,
+                                 ttl)
+        return answer if type(answer) is tuple else await answer
+
+    async def _read_then_write(self, key, value, context, r, w, dw, timeout, reply_type, request, ttl=None):
         """A last-write-wins put, or a delete without a context: read the key (R replicas, this node's copy
         among them), then write with the read's context, so the write supersedes every version the read saw.
 
@@ -261,7 +345,7 @@ class RequestCoordinator:
             return await self._forward(primaries, request, timeout)
         started = self.clock.monotonic()
         try:
-            answer = self._get(key, self.config.r, timeout, request, _read_result)
+            answer = self._get(key, r, timeout, request, _read_result)
             _, seen = answer if type(answer) is tuple else await answer
         except QuorumNotMet as exc:
             raise QuorumNotMet(f"nothing written: the read this write needs first failed ({exc})",
@@ -328,16 +412,30 @@ class RequestCoordinator:
             existing, damaged = None, True  # what we held is lost: as if we held nothing (the write replaces it)
         # Stamp the new version and write it locally in the same loop step as the read: no other write of
         # this key can slip in between.
-        actor = self._stamping_actor(existing)
+        stored = self._stamp(key, incoming, existing, self._stamping_actor(existing))
+        return self._replicate(partition, targets, spares, key, stored, existing, w, dw, timeout, reply_type, ttl,
+                               damaged)
+
+    def _stamp(self, key, incoming, existing, actor):
+        """The version ``incoming`` makes of our copy ``existing``, stamped by ``actor``; TooManySiblings before
+        anything is written when it would leave too many."""
         now = int(self.clock.wall())
         # Pruned as Riak does (by size and age): clocks gain an entry per coordinator incarnation.
         stored = incoming.update(existing, actor, now).prune(now)
         if len(stored) > self.sibling_check:
-            self._check_siblings(key, stored)  # raises before anything is written
+            self._check_siblings(key, stored)
+        return stored
+
+    def _replicate(self, partition, targets, spares, key, stored, existing, w, dw, timeout, reply_type, ttl,
+                   damaged=False, fallback=None):
+        """Write ``stored`` (which descends from ``existing``, our copy) here and on the targets: the reply once
+        W replicas hold it. ``fallback``: a one-round lww put (``_replace``): the replicas store it only if it
+        covers what they hold, and when too few did, what ``fallback()`` answers is the answer."""
         machine = PutCoordinator(targets, spares, w=w, dw=dw)
         state = _Request(self.loop, machine, partition, key, stored, stored.to_bytes(),
                          reply_type)
         state.previous = existing
+        state.fallback = fallback
         state.on_answer = self._write_answer
         if self.reaper is not None and len(targets) >= self.config.n:
             if stored.is_deleted():
@@ -406,6 +504,8 @@ class RequestCoordinator:
                     state.machine.on_ack(self.me, False)
             else:
                 fields = (state.partition, state.key, state.raw, send.durable, send.hint_for)
+                if state.fallback is not None:
+                    fields += _REPLACE
                 self.transport.request_then(self._address(send.node), _REPLICA_PUT, fields,
                                             self.config.peer_timeout,
                                             functools.partial(self._put_replied, state, send.node))
@@ -430,6 +530,11 @@ class RequestCoordinator:
         if exc is None:
             self.membership.mark_up(node)
             _, reply = call.result()
+            if state.fallback is not None and (len(reply) < 2 or reply[1] is not True):
+                # It holds a version our copy has not received (or it cannot tell, or it predates replace):
+                # not one of the W that stored the write.
+                self._send_puts(state, machine.on_failure(node))
+                return
             machine.on_ack(node, bool(reply[0]))
             state.settle()
             return
@@ -558,10 +663,20 @@ class RequestCoordinator:
 
     def replica_put(self, request):
         # A damaged record here counts as absent: the incoming object replaces it (merge_in).
-        partition, key, raw, durable, hint_for = request
+        partition, key, raw, durable, hint_for, replace = request
         self.replica_puts += 1
         self.ownership.check_member(self.membership, partition, hint_for)
-        self.vnodes.merge_in(partition, key, self.Siblings.from_bytes(raw), hint_for)
+        incoming = self.Siblings.from_bytes(raw)
+        if replace:
+            # A replica repairing after amnesia cannot tell what it forgot: it stores nothing, and the coordinator
+            # reads instead.
+            if (hint_for is None and partition in self.repairing) \
+                    or not self.vnodes.replace_if_covering(partition, key, incoming, raw, hint_for):
+                return (_REPLICA_PUT_REPLY, (False, False))
+            if durable:
+                return durable_reply(self.durability, Msg.REPLICA_PUT_REPLY, (True, True))
+            return (_REPLICA_PUT_REPLY, (False, True))
+        self.vnodes.merge_in(partition, key, incoming, hint_for)
         if durable:
             return durable_reply(self.durability, Msg.REPLICA_PUT_REPLY)
         return (_REPLICA_PUT_REPLY, (False,))
@@ -575,7 +690,8 @@ class _Request:
     """
 
     __slots__ = ("loop", "machine", "partition", "key", "obj", "raw", "reply_type", "answer", "answered",
-                 "reply", "on_answer", "on_finish", "finished", "previous", "on_all_acked", "deadline")
+                 "reply", "on_answer", "on_finish", "finished", "previous", "on_all_acked", "deadline", "fallback",
+                 "rescue")
 
     def __init__(self, loop, machine, partition, key, obj, raw, reply_type):
         self.loop = loop
@@ -594,12 +710,16 @@ class _Request:
         self.previous = None
         self.on_all_acked = None
         self.deadline = None
+        self.fallback = None  # what answers instead when the machine fails (a one-round lww put's two rounds)
+        self.rescue = None  # the future of that answer
 
     def arm(self, deadlines: DeadlineWheel, timeout: float):
         """What the handler returns: the reply when the machine is done already, else a future of it."""
         if not self.finished:
             self.deadline = deadlines.add(timeout, self)  # the request itself is the callback
         if self.answered:
+            if self.rescue is not None:
+                return self.rescue
             if self.machine.error is not None:
                 raise self.machine.error
             return self.reply
@@ -610,6 +730,7 @@ class _Request:
         """The deadline passed (the deadline wheel calls this)."""
         self.deadline = None
         if not self.finished:
+            self.fallback = None  # no time is left for it
             self.machine.on_deadline()
             self.settle(force_finish=True)
 
@@ -622,6 +743,9 @@ class _Request:
             self.on_all_acked = None
         if machine.done and not self.answered:
             self.answered = True
+            if machine.error is not None and self.fallback is not None:
+                self._fall_back()
+                return
             if machine.error is None:
                 self.reply = (self.reply_type, self.on_answer(machine) if self.on_answer is not None else ())
             answer = self.answer
@@ -637,3 +761,27 @@ class _Request:
                 self.deadline = None
             if self.on_finish is not None:
                 self.on_finish(self)
+
+    def _fall_back(self):
+        """The machine failed and ``fallback`` answers instead: its answer is the request's (``rescue``). This
+        request is finished: the replicas' late replies change nothing any more."""
+        fallback, self.fallback = self.fallback, None
+        self.finished = True
+        if self.deadline is not None:
+            DeadlineWheel.cancel(self.deadline, self)
+            self.deadline = None
+        self.rescue = self.loop.create_task(fallback())
+        if self.answer is not None:
+            self.rescue.add_done_callback(self._rescued)
+
+    def _rescued(self, rescue):
+        answer = self.answer
+        if answer.done():  # cancelled: its client went
+            if not rescue.cancelled():
+                rescue.exception()
+        elif rescue.cancelled():
+            answer.cancel()
+        elif rescue.exception() is not None:
+            answer.set_exception(rescue.exception())
+        else:
+            answer.set_result(rescue.result())

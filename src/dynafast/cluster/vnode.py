@@ -153,6 +153,24 @@ class Vnodes:
             self.write(partition, key, merged, previous=existing)
         return merged
 
+    def replace_if_covering(self, partition: int, key: bytes, incoming, raw: bytes | None = None,
+                            hint_for: str | None = None) -> bool:
+        """Store ``incoming`` only if its clock covers every version held of ``key`` (it then replaces them all,
+        as ``merge_in`` would); False, and nothing written, when something held is not covered or the record is
+        damaged (what it held is unknown). A one-round last-write-wins put counts on this answer."""
+        try:
+            existing = self.get(partition, key, hint_for)
+        except CorruptionError:
+            return False
+        # Covered: merging what is held into ``incoming`` would change nothing of it.
+        if existing is not None and incoming.sync(existing) != incoming:
+            return False
+        if hint_for is not None:
+            self._merge_hint(hint_for, partition, key, incoming)
+        elif existing is None or incoming != existing:
+            self.write(partition, key, incoming, previous=existing, raw=raw)
+        return True
+
     def remove_if_equal(self, partition: int, key: bytes, expected) -> bool:
         """Drop a fully replicated tombstone, unless a newer write arrived meanwhile."""
         current = self.get_intact(partition, key)

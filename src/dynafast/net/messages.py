@@ -258,10 +258,12 @@ class ReplicaPut(NamedTuple):
     object: bytes
     durable: bool
     hint_for: str | None
+    replace: bool | None = None
 
 
 class ReplicaPutReply(NamedTuple):
     durable: bool
+    stored: bool | None = None
 
 
 class Reap(NamedTuple):

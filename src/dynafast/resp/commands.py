@@ -5,8 +5,8 @@ so any node coordinates any key with no extra hop. A handler returns its reply a
 answered at once (a local read, N=1), or a future of it: no coroutine per request on that path.
 
 Semantics on a Dynamo store (docs/resp.md): a RESP read answers one value, the newest of the siblings it finds by
-the coordinators' write timestamps (last write wins); SET writes with the context of its own read, so it
-supersedes every version that read saw. Commands that need a conditional write (NX, XX, GETSET, INCR, ...) or
+the coordinators' write timestamps (last write wins); SET is the coordinator's last-write-wins put, which
+supersedes every version its coordinator sees. Commands that need a conditional write (NX, XX, GETSET, INCR, ...) or
 expiry (EX, EXPIRE, TTL, ...), SET among them, are in ``modify``, which adds them to TABLE.
 """
 from __future__ import annotations
@@ -262,19 +262,21 @@ def _ok(reply):
     return OK
 
 
-def write(app, conn, key, value, context):
-    put = Put(key, value, context or None, conn.w, conn.dw, None, False)
-    return then(app.requests.client_put(put), _ok)
+def overwrite(app, conn, key, value, ttl_ms=None):
+    """The coordinator's last-write-wins put of ``value`` with the connection's R, W and DW: one round where the
+    replicas hold nothing its copy has not seen, else a read and a write with its context (docs/resp.md)."""
+    put = Put(key, value, None, conn.w, conn.dw, None, True, ttl_ms)
+    return then(app.requests.client_put(put, conn.r), _ok)
 
 
 def set_value(app, conn, key, value):
-    """SET: where this node is the key's one replica, one local step that supersedes what is stored; else a
-    read, then a write with the read's context (the coordinator's last-write-wins put, as callbacks). Not a write
-    over the coordinator's own copy alone (Riak's way): docs/resp.md says why."""
+    """SET: where this node is the key's one replica, one local step that supersedes what is stored; else the
+    coordinator's last-write-wins put. Not a write over the coordinator's own copy alone (Riak's way):
+    docs/resp.md says why."""
     app.check_value(key, value)
     done = app.requests.replace_local(key, value, conn.w, conn.dw)
     if done is None:
-        return then(read(app, conn, key), lambda seen: write(app, conn, key, value, seen[1]))
+        return overwrite(app, conn, key, value)
     return OK if type(done) is tuple else then(done, _ok)
 
 

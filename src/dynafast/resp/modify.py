@@ -22,10 +22,9 @@ from decimal import Decimal
 import numpy
 
 from dynafast.cluster.paxos import same_state
-from dynafast.net.messages import Put
 from dynafast.resp import atomic
 from dynafast.resp.atomic import TOMBSTONE
-from dynafast.resp.commands import (INT64, OK, SYNTAX, arity_error, command, read, read_object,
+from dynafast.resp.commands import (INT64, OK, SYNTAX, arity_error, command, overwrite, read_object,
                                     read_value, set_value, string2ll, then)
 from dynafast.resp.protocol import RespError
 
@@ -126,15 +125,10 @@ def expiry_at(unit: bytes, arg: bytes, name: str, now_ms: int) -> int:
 
 
 def set_expiring(app, conn, key: bytes, value: bytes, at: int):
-    """SET with a relative expiry and no condition: SET's last-write-wins write (a read, then a put with its
-    context) carrying a TTL, which the coordinator makes absolute again (within a millisecond of ``at``)."""
+    """SET with a relative expiry and no condition: SET's last-write-wins write carrying a TTL, which the
+    coordinator makes absolute again (within a millisecond of ``at``)."""
     app.check_value(key, value)
-    ttl_ms = max(at - _now_ms(), 1)
-
-    def write(seen):
-        put = Put(key, value, seen[1] or None, conn.w, conn.dw, None, False, ttl_ms)
-        return then(app.requests.client_put(put), lambda reply: OK)
-    return then(read(app, conn, key), write)
+    return overwrite(app, conn, key, value, max(at - _now_ms(), 1))
 
 
 def _write_or_drop(value: bytes, at: int | None, now_ms: int, exists: bool):

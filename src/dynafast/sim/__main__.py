@@ -1,4 +1,4 @@
-"""python -m dynafast.sim --seeds N [--seed S] [--nodes K] [--ops M]"""
+"""python -m dynafast.sim --seeds N [--seed S] [--nodes K] [--ops M] [--faults F,...] [--cas] [--lww]"""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ops", type=int, default=150, help="client operations per seed (default 150)")
     parser.add_argument("--faults", default="", help="comma-separated subset of the fault kinds (default all)")
     parser.add_argument("--cas", action="store_true", help="clients also increment counters by compare-and-set")
+    parser.add_argument("--lww", action="store_true", help="half the puts without a context are last-write-wins")
     parser.add_argument("--verbose", action="store_true", help="print every violation and the fault log")
     args = parser.parse_args(argv)
     if not 3 <= args.nodes <= 7:
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     total_ops = total_faults = total_violations = 0
     started = time.monotonic()
     for seed in range(args.seed, args.seed + args.seeds):
-        result = run(seed, nodes=args.nodes, ops=args.ops, faults=faults, cas=args.cas)
+        result = run(seed, nodes=args.nodes, ops=args.ops, faults=faults, cas=args.cas, lww=args.lww)
         total_ops += result.ops
         total_faults += len(result.faults)
         total_violations += len(result.violations)
@@ -45,6 +46,8 @@ def main(argv=None) -> int:
                 replay += f" --faults {args.faults}"
             if args.cas:
                 replay += " --cas"
+            if args.lww:
+                replay += " --lww"
             print(f"seed {seed}: {len(result.violations)} violations, first: {result.violations[0]}; "
                   f"replay: {replay}", flush=True)
             if args.verbose:

@@ -38,24 +38,26 @@ class Result:
 
 
 def run(seed: int, *, nodes: int = 3, ops: int = 200, clients: int = 3, keys: int = 6,
-        faults: tuple[str, ...] = FAULTS, debug: bool = False, cas: bool = False) -> Result:
+        faults: tuple[str, ...] = FAULTS, debug: bool = False, cas: bool = False, lww: bool = False) -> Result:
     """Run one seed to the end and check it. Deterministic: the same arguments give the same result.
-    ``cas``: the clients also increment two counter keys by compare-and-set (a third of their operations)."""
+    ``cas``: the clients also increment two counter keys by compare-and-set (a third of their operations).
+    ``lww``: half their puts without a context are last-write-wins puts."""
     loop = SimLoop()
     logger = logging.getLogger("dynafast")
     level = logger.level
     if not debug:
         logger.setLevel(logging.CRITICAL)
     try:
-        return loop.run_until_complete(_Run(seed, nodes, ops, clients, keys, faults, cas).main())
+        return loop.run_until_complete(_Run(seed, nodes, ops, clients, keys, faults, cas, lww).main())
     finally:
         logger.setLevel(level)  # the caller's logging is its own (tests that count log records run after)
         loop.close()
 
 
 class _Run:
-    def __init__(self, seed, nodes, ops, clients, keys, faults, cas=False):
+    def __init__(self, seed, nodes, ops, clients, keys, faults, cas=False, lww=False):
         self.seed = seed
+        self.lww = lww
         self.counters = [b"ctr0", b"ctr1"] if cas else []
         self.rng = random.Random(seed)
         self.node_count = nodes
@@ -176,7 +178,8 @@ class _Run:
             elif draw < 0.75:
                 await client.put(nodes, key, with_context=True)
             elif draw < 0.9:
-                await client.put(nodes, key, with_context=False)
+                # Only with lww does this draw again: the runs without it stay as they were.
+                await client.put(nodes, key, with_context=False, lww=self.lww and rng.random() < 0.5)
             else:
                 if key in client.contexts:
                     await client.delete(nodes, key)

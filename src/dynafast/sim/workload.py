@@ -76,13 +76,15 @@ class SimClient:
         op.end = self.loop.time()
         return op
 
-    async def put(self, nodes, key: bytes, *, with_context: bool) -> Op:
+    async def put(self, nodes, key: bytes, *, with_context: bool, lww: bool = False, w: int | None = None) -> Op:
+        """``lww``: a last-write-wins put (without a context): it replaces what its coordinator sees."""
         self.serial += 1
         value = b"c%d-%d" % (self.index, self.serial)
         context, seen = self.contexts.pop(key, (None, frozenset())) if with_context else (None, frozenset())
-        op = self.history.record(Op(self.index, "put", key, value, seen, blind=context is None,
+        op = self.history.record(Op(self.index, "put", key, value, seen, blind=context is None, overwrite=lww,
                                     start=self.loop.time()))
-        await self._write(op, nodes, Msg.PUT, (key, value, context or None, None, None, int(self.timeout * 1000)))
+        fields = (key, value, context or None, w, None, int(self.timeout * 1000)) + ((True,) if lww else ())
+        await self._write(op, nodes, Msg.PUT, fields)
         return op
 
     async def delete(self, nodes, key: bytes) -> Op | None:
