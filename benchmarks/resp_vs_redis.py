@@ -1,7 +1,7 @@
 """redis-benchmark against Redis and against dynafast's RESP listener, in the same run: a single node, and a
 3-node dynafast cluster against a Redis Cluster of 3 masters with 3 replicas.
 
-    PYTHONPATH=src python3 benchmarks/resp_vs_redis.py [--requests 200000] [--clients 50] [--what single,cluster]
+    PYTHONPATH=src python3 benchmarks/resp_vs_redis.py [--requests 200000] [--clients 50] [--what single,cluster] [--runs 5]
 
 SET and GET, 100-byte values, random keys out of 100,000 (``-r``), ``--clients`` connections, pipeline 1 and 16.
 One system runs at a time (the other is stopped), on 127.0.0.1, with the load generator on the same machine. Per
@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -247,6 +248,8 @@ def run(tool, ports, test, requests, clients, pipeline, pids, cluster_mode, scra
 
 
 def compare(label, systems, tools, requests, clients, base) -> dict:
+    """One run of every test against both systems, printed as a table; returns {(tool, test, pipeline): (ops
+    ratio, CPU-per-operation ratio)}, ours over the reference's."""
     results = {}
     for system, start in systems:
         procs, ports, cluster_mode = start(tempfile.mkdtemp(dir=base))
@@ -262,14 +265,28 @@ def compare(label, systems, tools, requests, clients, base) -> dict:
     print(f"\n{label}: {requests} requests, {clients} connections, 100-byte values, keys out of 100,000")
     print(f"{'tool':15} {'test':4} {'P':>2} | {ref + ' ops/s':>19} {'p50':>6} {'p99':>6} {'p99.9':>6} {'cpu us':>6} | "
           f"{ours + ' ops/s':>22} {'p50':>6} {'p99':>6} {'p99.9':>6} {'cpu us':>6} | {'ops x':>5} {'cpu x':>5}")
+    ratios = {}
     for tool in tools:
         for pipeline, test in TESTS:
             r, d = results[(ref, tool, test, pipeline)], results[(ours, tool, test, pipeline)]
+            ratios[(tool, test, pipeline)] = (d["ops"] / r["ops"], d["cpu_us"] / r["cpu_us"])
             print(f"{tool:15} {test.upper():4} {pipeline:>2} | {r['ops']:>19,.0f} {r['p50']:>6.2f} {r['p99']:>6.2f} "
                   f"{r['p999']:>6.2f} {r['cpu_us']:>6.1f} | {d['ops']:>22,.0f} {d['p50']:>6.2f} {d['p99']:>6.2f} "
                   f"{d['p999']:>6.2f} {d['cpu_us']:>6.1f} | {d['ops'] / r['ops']:>5.2f} "
                   f"{d['cpu_us'] / r['cpu_us']:>5.2f}")
-    return results
+    return ratios
+
+
+def print_medians(label, runs) -> None:
+    """The median over the runs of each test's two ratios: one run on a shared machine moves by 10-20%."""
+    print(f"\n{label}: medians of {len(runs)} runs (each run's own ratios, ours over the reference's)")
+    print(f"{'tool':15} {'test':4} {'P':>2} | {'ops x':>5} {'range':>11} | {'cpu x':>5} {'range':>11}")
+    for key in runs[0]:
+        ops = sorted(run[key][0] for run in runs)
+        cpu = sorted(run[key][1] for run in runs)
+        tool, test, pipeline = key
+        print(f"{tool:15} {test.upper():4} {pipeline:>2} | {statistics.median(ops):>5.2f} "
+              f"{ops[0]:>5.2f}-{ops[-1]:<5.2f} | {statistics.median(cpu):>5.2f} {cpu[0]:>5.2f}-{cpu[-1]:<5.2f}")
 
 
 def main() -> int:
@@ -279,6 +296,8 @@ def main() -> int:
                         help="requests per test against the clusters (default: --requests)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--what", default="single,cluster", help="single, cluster or both (comma-separated)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run everything this many times and print each test's median ratios too")
     parser.add_argument("--redis-aof", action="store_true",
                         help="Redis with appendonly yes, appendfsync everysec (default: no persistence)")
     args = parser.parse_args()
@@ -292,15 +311,22 @@ def main() -> int:
     what = set(args.what.split(","))
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"tools: {', '.join(tools)}; Redis {' '.join(REDIS_PERSISTENCE)}")
+    single, cluster = "single node: redis-server against a dynafast node (N=1)", \
+        "3 nodes: a Redis Cluster (3 masters + 3 replicas) against dynafast (N=3, R=2, W=2)"
+    runs = {single: [], cluster: []}
     with tempfile.TemporaryDirectory() as base:
-        if "single" in what:
-            compare("single node: redis-server against a dynafast node (N=1)",
-                    [("redis-server", start_redis), ("dynafast", start_dynafast)], tools, args.requests,
-                    args.clients, base)
-        if "cluster" in what:
-            compare("3 nodes: a Redis Cluster (3 masters + 3 replicas) against dynafast (N=3, R=2, W=2)",
-                    [("Redis Cluster", start_redis_cluster), ("dynafast cluster", start_dynafast_cluster)],
-                    tools, args.cluster_requests or args.requests, args.clients, base)
+        for _ in range(max(args.runs, 1)):
+            if "single" in what:
+                runs[single].append(compare(single, [("redis-server", start_redis), ("dynafast", start_dynafast)],
+                                            tools, args.requests, args.clients, base))
+            if "cluster" in what:
+                runs[cluster].append(compare(
+                    cluster, [("Redis Cluster", start_redis_cluster), ("dynafast cluster", start_dynafast_cluster)],
+                    tools, args.cluster_requests or args.requests, args.clients, base))
+    if args.runs > 1:
+        for label, done in runs.items():
+            if done:
+                print_medians(label, done)
     return 0
 
 

@@ -791,7 +791,7 @@ def cmd_node_restart(args) -> int:
 
 
 def cmd_leave(args) -> int:
-    from dynafast.net.messages import Leave, Msg
+    from dynafast.net.messages import Leave
 
     with _client(args) as client:
         address = args.cluster.split(",")[0]
@@ -819,8 +819,9 @@ LEAVE_RETRY_FOR = 15.0  # seconds a leave the cluster cannot take yet is sent ag
 def _send_leave(client, address, leave, timeout) -> None:
     """Send LEAVE; while the cluster answers that it cannot change now (a claimant that has just taken over waits
     for its view to settle, and under load its failure detector can restart that wait more than once), send it
-    again for up to LEAVE_RETRY_FOR seconds. A leave is idempotent: one sent twice is one leave."""
-    from dynafast.errors import Unavailable
+    again for up to LEAVE_RETRY_FOR seconds. A leave is idempotent: one sent twice is one leave. A node that
+    cannot be reached at all (NotSent) is reported at once."""
+    from dynafast.errors import NotSent, Unavailable
     from dynafast.net.messages import Msg
 
     deadline = time.monotonic() + LEAVE_RETRY_FOR
@@ -829,8 +830,8 @@ def _send_leave(client, address, leave, timeout) -> None:
         try:
             client._call(address, Msg.LEAVE, leave, timeout)
             return
-        except Unavailable:
-            if time.monotonic() + pause > deadline:
+        except Unavailable as exc:
+            if isinstance(exc, NotSent) or time.monotonic() + pause > deadline:
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 1.0)

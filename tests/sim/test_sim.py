@@ -699,10 +699,63 @@ def test_an_lww_put_read_and_replaced_before_its_second_round_stays_replaced():
 def test_it_finds_an_lww_put_whose_second_round_writes_a_new_version(monkeypatch):
     from dynafast.cluster.requests import RequestCoordinator
 
-    async def new_version(self, key, stored, actor, r, w, dw, timeout, reply_type, request, ttl):
+    async def new_version(self, key, stored, actor, r, w, dw, timeout, reply_type, ttl):
         (value,) = stored.only(actor, stored.clock().get(actor)).values
-        return await self._read_then_write(key, value, None, r, w, dw, timeout, reply_type, request, ttl)
+        return await self._read_then_write(key, value, None, r, w, dw, timeout, reply_type, None, ttl)
 
     monkeypatch.setattr(RequestCoordinator, "_after_refusal", new_version)
     violations = lww_put_read_and_replaced_before_its_second_round()
     assert any(v.startswith("undone") for v in violations), violations
+
+
+def test_a_second_lww_put_of_a_key_while_the_first_is_under_way_reads_first():
+    """Two lww puts of one key through n3 at once; n1 and n2 hold X, which n3 lacks, and answer late. The second
+    put must not be stamped on n3's copy, which holds the first one's version (not acknowledged yet, and not
+    covering X): it reads first. Stamped there, and then given up at its deadline, it would have left on n3 a
+    version that replaced the first one's but not X, and the first put's second round would have taken that for
+    the write that replaced it, answered OK, and left X beside it."""
+    import random
+
+    from dynafast.sim.checker import check_history
+    from dynafast.sim.cluster import SimNode
+    from dynafast.sim.network import SimNetwork
+    from dynafast.sim.workload import History, SimClient
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        network = SimNetwork(loop, random.Random(1))
+        options = dict(ae_interval=0)
+        n1 = SimNode("n1", network, random.Random(2), **options)
+        await n1.start()
+        n2 = SimNode("n2", network, random.Random(3), seeds=[n1.address], **options)
+        n3 = SimNode("n3", network, random.Random(4), seeds=[n1.address], **options)
+        await n2.start()
+        await n3.start()
+        await asyncio.sleep(10)
+        history = History()
+        first = SimClient(0, network, history, random.Random(5), timeout=2.0)
+        hasty = SimClient(1, network, history, random.Random(6), timeout=0.2)
+        key = b"k"
+        network.cut_one_way(n1.address, n3.address)
+        x = await first.put([n1.address], key, with_context=False)  # X, on n1 and n2
+        assert x.outcome == "ok"
+        network.heal()
+        network.pause(n1.address)
+        network.pause(n2.address)
+        put = loop.create_task(first.put([n3.address], key, with_context=False, lww=True))
+        await asyncio.sleep(0.01)
+        given_up = await hasty.put([n3.address], key, with_context=False, lww=True)
+        network.resume(n1.address)
+        network.resume(n2.address)
+        assert given_up.outcome != "ok"
+        assert (await put).outcome == "ok"
+        await asyncio.sleep(3)
+        final = await first.get([n1.address], key, r=3)
+        for sim in (n1, n2, n3):
+            await sim.stop()
+        return x.value, (await put).value, final.result, check_history(history, {key: final.result},
+                                                                        sibling_bound=10)
+
+    x, value, final, violations = run_scenario(scenario)
+    assert violations == []
+    assert final == (value,), (x, final)

@@ -58,3 +58,19 @@ def test_a_hint_is_checked_against_the_hint_held(vnodes, impl):
     assert vnodes.replace_if_covering(PARTITION, b"k", overwrite(impl, first, b"two"), hint_for="n4")
     assert vnodes.get(PARTITION, b"k", "n4").live_values() == [b"two"]
     assert vnodes.get(PARTITION, b"k") is None
+
+
+def test_clock_entries_the_writer_pruned_do_not_count_as_versions(vnodes, impl):
+    """The coordinator prunes old clock entries from the version it stamps (they carry no version); the replica
+    still holds them. That is no version left uncovered: the write is stored, with those entries merged back."""
+    now = 200_000
+    held = impl.Siblings.new(b"old").update(None, b"n9.1", 1)
+    for i in range(12):  # twelve coordinators' entries, two days old
+        held = impl.Siblings.new(b"v%d" % i, held.context()).update(held, b"a%02d" % i, 1)
+    held = impl.Siblings.new(b"recent", held.context()).update(held, b"n2.1", now - 5)
+    vnodes.write(PARTITION, b"k", held)
+    stamped = impl.Siblings.new(b"new", held.context()).update(held, b"n1.1", now).prune(now)
+    assert len(stamped.clock()) < len(held.clock())  # the premise: entries were pruned
+    assert vnodes.replace_if_covering(PARTITION, b"k", stamped, stamped.to_bytes())
+    stored = vnodes.get(PARTITION, b"k")
+    assert stored.live_values() == [b"new"] and stored == stamped.sync(held)

@@ -122,6 +122,11 @@ class RequestCoordinator:
         self.sibling_reads = 0  # client reads that returned more than one value
         self.siblings_refused = 0
         self._next_sibling_warning = float("-inf")
+        # Keys with a one-round lww put of ours under way: another lww put of such a key reads first. Stamped on
+        # our copy, it would descend from the first put's version, which is not acknowledged yet and may not
+        # cover what the refusing replicas hold, and the first put's second round would then take it for the
+        # write that replaced it.
+        self._replacing: dict[bytes, int] = {}
 
     def start(self, loop) -> None:
         self.deadlines = DeadlineWheel(loop)
@@ -269,7 +274,7 @@ class RequestCoordinator:
         ``_read_then_write`` would have had it. Only where every target is a primary, this node among them: a
         stand-in that holds nothing of the key proves nothing, nor does a node repairing after amnesia.
         """
-        if w < r:
+        if w < r or key in self._replacing:
             return None  # W acceptances would not meet every write quorum that R replies meet
         partition, _, targets, _ = self._route(key)
         if targets is None or partition in self.repairing:
@@ -295,11 +300,23 @@ class RequestCoordinator:
 
         def after_refusal():
             remaining = max(timeout - (self.clock.monotonic() - started), 0.001)
-            return self._after_refusal(key, stored, actor, r, w, dw, remaining, reply_type, request, ttl)
-        return self._replicate(partition, targets, (), key, stored, existing, w, dw, timeout, reply_type, ttl,
-                               fallback=after_refusal)
+            return self._after_refusal(key, stored, actor, r, w, dw, remaining, reply_type, ttl)
 
-    async def _after_refusal(self, key, stored, actor, r, w, dw, timeout, reply_type, request, ttl):
+        self._replacing[key] = self._replacing.get(key, 0) + 1
+        try:
+            return self._replicate(partition, targets, (), key, stored, existing, w, dw, timeout, reply_type, ttl,
+                                   fallback=after_refusal, on_done=functools.partial(self._replaced, key))
+        except BaseException:
+            self._replaced(key)
+            raise
+
+    def _replaced(self, key) -> None:
+        """A one-round lww put of ``key`` has its answer (its second round's, if it took one)."""
+        left = self._replacing.pop(key, 1) - 1
+        if left > 0:
+            self._replacing[key] = left
+
+    async def _after_refusal(self, key, stored, actor, r, w, dw, timeout, reply_type, ttl):
         """A one-round lww put that too few replicas stored: read the key, then write the same version (its dot
         unchanged) with the read's clock, which covers what the refusing replicas hold.
 
@@ -309,19 +326,22 @@ class RequestCoordinator:
         """
         dot = stored.clock().get(actor)
         started = self.clock.monotonic()
+        if self._route(key)[2] is None:  # the read would be forwarded, and the put with it, as a new version
+            raise Unavailable("the key's replicas changed during the write; it may have been written")
         try:
-            answer = self._get(key, r, timeout, request, _read_result)
+            answer = self._get(key, r, timeout, None, _read_result)
             _, seen = answer if type(answer) is tuple else await answer
         except QuorumNotMet as exc:
             raise QuorumNotMet(f"written on fewer than w replicas, and the read that would cover the others "
                                f"failed ({exc})", replied=exc.replied, required=exc.required) from None
-        if seen is not None and type(seen) is not self.Siblings:  # forwarded: this node holds no replica now
-            raise Unavailable("the key's replicas changed during the write; it may have been written")
         kept = None if seen is None else seen.only(actor, dot)
         if kept is None:
-            if seen is not None and seen.clock().get(actor) >= dot:
+            if seen is None:
+                kept = stored  # no replica read holds anything (our copy was lost meanwhile): as it was
+            elif seen.clock().get(actor) >= dot:
                 return (reply_type, self._write_answer(None))  # a write that saw it replaced it already
-            kept = stored  # no replica read holds it any more (our copy was lost meanwhile): as it was
+            else:
+                kept = seen.sync(stored).only(actor, dot)  # our copy lost it meanwhile: with what the read saw
         partition, _, targets, spares = self._route(key)
         if targets is None:
             raise Unavailable("the key's replicas changed during the write; it may have been written")
@@ -427,15 +447,17 @@ class RequestCoordinator:
         return stored
 
     def _replicate(self, partition, targets, spares, key, stored, existing, w, dw, timeout, reply_type, ttl,
-                   damaged=False, fallback=None):
+                   damaged=False, fallback=None, on_done=None):
         """Write ``stored`` (which descends from ``existing``, our copy) here and on the targets: the reply once
         W replicas hold it. ``fallback``: a one-round lww put (``_replace``): the replicas store it only if it
-        covers what they hold, and when too few did, what ``fallback()`` answers is the answer."""
+        covers what they hold, and when too few did, what ``fallback()`` answers is the answer. ``on_done()``
+        runs once the answer is known (the fallback's included)."""
         machine = PutCoordinator(targets, spares, w=w, dw=dw)
         state = _Request(self.loop, machine, partition, key, stored, stored.to_bytes(),
                          reply_type)
         state.previous = existing
         state.fallback = fallback
+        state.on_done = on_done
         state.on_answer = self._write_answer
         if self.reaper is not None and len(targets) >= self.config.n:
             if stored.is_deleted():
@@ -691,7 +713,7 @@ class _Request:
 
     __slots__ = ("loop", "machine", "partition", "key", "obj", "raw", "reply_type", "answer", "answered",
                  "reply", "on_answer", "on_finish", "finished", "previous", "on_all_acked", "deadline", "fallback",
-                 "rescue")
+                 "rescue", "on_done")
 
     def __init__(self, loop, machine, partition, key, obj, raw, reply_type):
         self.loop = loop
@@ -710,8 +732,9 @@ class _Request:
         self.previous = None
         self.on_all_acked = None
         self.deadline = None
-        self.fallback = None  # what answers instead when the machine fails (a one-round lww put's two rounds)
+        self.fallback = None  # what answers instead when the machine fails (a one-round lww put's second round)
         self.rescue = None  # the future of that answer
+        self.on_done = None  # called once the answer is known
 
     def arm(self, deadlines: DeadlineWheel, timeout: float):
         """What the handler returns: the reply when the machine is done already, else a future of it."""
@@ -754,6 +777,7 @@ class _Request:
                     answer.set_exception(machine.error)
                 else:
                     answer.set_result(self.reply)
+            self._done()
         if not self.finished and (machine.finished or force_finish) and machine.done:
             self.finished = True
             if self.deadline is not None:
@@ -771,11 +795,18 @@ class _Request:
             DeadlineWheel.cancel(self.deadline, self)
             self.deadline = None
         self.rescue = self.loop.create_task(fallback())
-        if self.answer is not None:
-            self.rescue.add_done_callback(self._rescued)
+        self.rescue.add_done_callback(self._rescued)
+
+    def _done(self):
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            on_done()
 
     def _rescued(self, rescue):
+        self._done()
         answer = self.answer
+        if answer is None:  # the handler returned the rescue itself
+            return
         if answer.done():  # cancelled: its client went
             if not rescue.cancelled():
                 rescue.exception()

@@ -156,19 +156,28 @@ class Vnodes:
     def replace_if_covering(self, partition: int, key: bytes, incoming, raw: bytes | None = None,
                             hint_for: str | None = None) -> bool:
         """Store ``incoming`` only if its clock covers every version held of ``key`` (it then replaces them all,
-        as ``merge_in`` would); False, and nothing written, when something held is not covered or the record is
-        damaged (what it held is unknown). A one-round last-write-wins put counts on this answer."""
+        as ``merge_in`` would); False, and nothing written, when a version held is not covered or the record is
+        damaged (what it held is unknown). A one-round last-write-wins put counts on this answer.
+
+        Only versions count: clock entries without one that ``incoming`` lacks (its coordinator pruned them from
+        its copy) are merged back in, as ``merge_in`` does, rather than refuse every such write."""
         try:
             existing = self.get(partition, key, hint_for)
         except CorruptionError:
             return False
-        # Covered: merging what is held into ``incoming`` would change nothing of it.
-        if existing is not None and incoming.sync(existing) != incoming:
-            return False
+        merged = incoming
+        if existing is not None:
+            merged = incoming.sync(existing)
+            if merged.values != incoming.values:  # a version held survives the merge: not covered
+                return False
+            if merged == incoming:
+                merged = incoming  # the usual case: the encoding that came is the one to store
+            else:
+                raw = None
         if hint_for is not None:
-            self._merge_hint(hint_for, partition, key, incoming)
-        elif existing is None or incoming != existing:
-            self.write(partition, key, incoming, previous=existing, raw=raw)
+            self._merge_hint(hint_for, partition, key, merged)
+        elif existing is None or merged != existing:
+            self.write(partition, key, merged, previous=existing, raw=raw)
         return True
 
     def remove_if_equal(self, partition: int, key: bytes, expected) -> bool:
