@@ -640,6 +640,25 @@ def test_lww_puts_run_clean():
     run_seeds_in_two_processes((250_000, 250_020), 20, ["--ops", "120", "--lww"], timeout=200)
 
 
+async def three_nodes_without_anti_entropy():
+    """A simulated network and three started nodes (n1, n2, n3) that have formed a cluster (N=3: each holds a
+    replica of every key), with no anti-entropy to repair what a scenario leaves different."""
+    import random
+
+    from dynafast.sim.cluster import SimNode
+    from dynafast.sim.network import SimNetwork
+
+    network = SimNetwork(asyncio.get_running_loop(), random.Random(1))
+    n1 = SimNode("n1", network, random.Random(2), ae_interval=0)
+    await n1.start()
+    n2 = SimNode("n2", network, random.Random(3), seeds=[n1.address], ae_interval=0)
+    n3 = SimNode("n3", network, random.Random(4), seeds=[n1.address], ae_interval=0)
+    await n2.start()
+    await n3.start()
+    await asyncio.sleep(10)
+    return network, (n1, n2, n3)
+
+
 def lww_put_read_and_replaced_before_its_second_round() -> list[str]:
     """n1 and n2 hold X, which n3's copy lacks. An lww put of V through n3 stamps V on n3's copy and asks n1 and n2
     to store it; their refusals (they hold X) are late, and meanwhile a client reads V through n3 and replaces
@@ -648,21 +667,11 @@ def lww_put_read_and_replaced_before_its_second_round() -> list[str]:
     import random
 
     from dynafast.sim.checker import check_history
-    from dynafast.sim.cluster import SimNode
-    from dynafast.sim.network import SimNetwork
     from dynafast.sim.workload import History, SimClient
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        network = SimNetwork(loop, random.Random(1))
-        options = dict(ae_interval=0)
-        n1 = SimNode("n1", network, random.Random(2), **options)
-        await n1.start()
-        n2 = SimNode("n2", network, random.Random(3), seeds=[n1.address], **options)
-        n3 = SimNode("n3", network, random.Random(4), seeds=[n1.address], **options)
-        await n2.start()
-        await n3.start()
-        await asyncio.sleep(10)
+        network, (n1, n2, n3) = await three_nodes_without_anti_entropy()
         history = History()
         writer, reader = SimClient(0, network, history, random.Random(5)), SimClient(1, network, history,
                                                                                     random.Random(6))
@@ -717,21 +726,11 @@ def test_a_second_lww_put_of_a_key_while_the_first_is_under_way_reads_first():
     import random
 
     from dynafast.sim.checker import check_history
-    from dynafast.sim.cluster import SimNode
-    from dynafast.sim.network import SimNetwork
     from dynafast.sim.workload import History, SimClient
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        network = SimNetwork(loop, random.Random(1))
-        options = dict(ae_interval=0)
-        n1 = SimNode("n1", network, random.Random(2), **options)
-        await n1.start()
-        n2 = SimNode("n2", network, random.Random(3), seeds=[n1.address], **options)
-        n3 = SimNode("n3", network, random.Random(4), seeds=[n1.address], **options)
-        await n2.start()
-        await n3.start()
-        await asyncio.sleep(10)
+        network, (n1, n2, n3) = await three_nodes_without_anti_entropy()
         history = History()
         first = SimClient(0, network, history, random.Random(5), timeout=2.0)
         hasty = SimClient(1, network, history, random.Random(6), timeout=0.2)
