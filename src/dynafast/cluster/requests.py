@@ -274,8 +274,10 @@ class RequestCoordinator:
         ``_read_then_write`` would have had it. Only where every target is a primary, this node among them: a
         stand-in that holds nothing of the key proves nothing, nor does a node repairing after amnesia.
         """
-        if w < r or key in self._replacing:
+        if w < r:
             return None  # W acceptances would not meet every write quorum that R replies meet
+        if key in self._replacing:
+            return None
         partition, _, targets, _ = self._route(key)
         if targets is None or partition in self.repairing:
             return None
@@ -290,12 +292,9 @@ class RequestCoordinator:
             existing = self.vnodes.get(partition, key)
         except CorruptionError:
             return None  # what we held is unknown: only a read of the others tells
-        merged = context
-        if existing is not None:
-            merged = existing.context() if not context else \
-                self.versions.VClock.from_bytes(context).merge(existing.clock()).to_bytes()
         actor = self._stamping_actor(existing)
-        stored = self._stamp(key, self.Siblings.new(value, merged or None), existing, actor)
+        stored = self._stamp(key, self.Siblings.new(value, self._context_with(context, existing) or None),
+                             existing, actor)
         started = self.clock.monotonic()
 
         def after_refusal():
@@ -372,14 +371,19 @@ class RequestCoordinator:
                                replied=exc.replied, required=exc.required) from None
         if value is None and (seen is None or not seen.live_values()):
             return (reply_type, self._write_answer(None))  # nothing to delete
-        if seen is not None:
-            context = seen.context() if not context else \
-                self.versions.VClock.from_bytes(context).merge(seen.clock()).to_bytes()
-        incoming = self.Siblings.new(value, context or None)
+        incoming = self.Siblings.new(value, self._context_with(context, seen) or None)
         # One deadline for both steps: the client waits for the whole request, not for each.
         remaining = max(timeout - (self.clock.monotonic() - started), 0.001)
         answer = self._put(key, incoming, w, dw, remaining, reply_type, request, ttl)
         return answer if type(answer) is tuple else await answer
+
+    def _context_with(self, context, seen):
+        """The request's ``context`` (bytes, maybe empty) merged with the clock of ``seen`` (None: nothing)."""
+        if seen is None:
+            return context
+        if not context:
+            return seen.context()
+        return self.versions.VClock.from_bytes(context).merge(seen.clock()).to_bytes()
 
     async def _forward(self, primaries, request, timeout):
         """This node holds no replica of the key: hand the request to one that does."""
@@ -684,7 +688,7 @@ class RequestCoordinator:
         return (_REPLICA_GET_REPLY, (raw,))
 
     def replica_put(self, request):
-        # A damaged record here counts as absent: the incoming object replaces it (merge_in).
+        # A damaged record counts as absent for a merge (the incoming object replaces it), as unknown for replace.
         partition, key, raw, durable, hint_for, replace = request
         self.replica_puts += 1
         self.ownership.check_member(self.membership, partition, hint_for)

@@ -165,19 +165,16 @@ class Vnodes:
             existing = self.get(partition, key, hint_for)
         except CorruptionError:
             return False
-        merged = incoming
         if existing is not None:
             merged = incoming.sync(existing)
             if merged.values != incoming.values:  # a version held survives the merge: not covered
                 return False
-            if merged == incoming:
-                merged = incoming  # the usual case: the encoding that came is the one to store
-            else:
-                raw = None
+            if merged != incoming:  # entries the writer pruned come back; else the encoding that came is stored
+                incoming, raw = merged, None
         if hint_for is not None:
-            self._merge_hint(hint_for, partition, key, merged)
-        elif existing is None or merged != existing:
-            self.write(partition, key, merged, previous=existing, raw=raw)
+            self._merge_hint(hint_for, partition, key, incoming)
+        elif existing is None or incoming != existing:
+            self.write(partition, key, incoming, previous=existing, raw=raw)
         return True
 
     def remove_if_equal(self, partition: int, key: bytes, expected) -> bool:
