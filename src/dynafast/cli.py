@@ -791,14 +791,12 @@ def cmd_node_restart(args) -> int:
 
 
 def cmd_leave(args) -> int:
-    from dynafast.net.messages import Leave
-
     with _client(args) as client:
         address = args.cluster.split(",")[0]
         status = client.status(address)
         node_id = args.node or status["node"]
         members = {m["id"]: m["address"] for m in status["members"]}
-        _send_leave(client, address, Leave(node_id), args.timeout)
+        client.leave(node_id, address=address)
         print(f"{node_id} is leaving: its partitions are handed off, then it stops", flush=True)
         if args.wait:
             from dynafast.watch import watch_leave
@@ -811,30 +809,6 @@ def cmd_leave(args) -> int:
                   "follows it)", file=sys.stderr)
             return 1
     return 0
-
-
-LEAVE_RETRY_FOR = 15.0  # seconds a leave the cluster cannot take yet is sent again for
-
-
-def _send_leave(client, address, leave, timeout) -> None:
-    """Send LEAVE; while the cluster answers that it cannot change now (a claimant that has just taken over waits
-    for its view to settle, and under load its failure detector can restart that wait more than once), send it
-    again for up to LEAVE_RETRY_FOR seconds. A leave is idempotent: one sent twice is one leave. A node that
-    cannot be reached at all (NotSent) is reported at once."""
-    from dynafast.errors import NotSent, Unavailable
-    from dynafast.net.messages import Msg
-
-    deadline = time.monotonic() + LEAVE_RETRY_FOR
-    pause = 0.25
-    while True:
-        try:
-            client._call(address, Msg.LEAVE, leave, timeout)
-            return
-        except Unavailable as exc:
-            if isinstance(exc, NotSent) or time.monotonic() + pause > deadline:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
 
 
 def cmd_user(args) -> int:

@@ -28,9 +28,9 @@ from dynafast import _impl
 from dynafast.address import parse_address
 from dynafast.cluster.conditional import lock_key
 from dynafast.cluster.preflist import primaries
-from dynafast.errors import (ConditionFailed, CorruptionError, DynafastError, KeyTooLarge, LockHeld, ProtocolError,
-                             QuorumNotMet, StoreClosed, Timeout, Unavailable, ValueTooLarge)
-from dynafast.net.messages import Auth, Cas, Delete, Get, Lock, Msg, Overloaded, Put, parse_reply
+from dynafast.errors import (ConditionFailed, CorruptionError, DynafastError, KeyTooLarge, LockHeld, NotSent,
+                             ProtocolError, QuorumNotMet, StoreClosed, Timeout, Unavailable, ValueTooLarge)
+from dynafast.net.messages import Auth, Cas, Delete, Get, Leave, Lock, Msg, Overloaded, Put, parse_reply
 
 
 @dataclass
@@ -115,6 +115,15 @@ _TRY_NEXT = (Unavailable, *_NODE_FAULTS)
 # Errors after which a lock request is asked again (until its wait ends): it may or may not have been granted,
 # and asking again as the same holder only renews a lease that was.
 _LOCK_RETRY = (Unavailable, Timeout, QuorumNotMet, *_NODE_FAULTS)
+
+
+def _leave_pauses(retry_for: float):
+    """The pauses before each new send of a leave the cluster cannot take yet, for up to ``retry_for`` seconds."""
+    deadline = time.monotonic() + retry_for
+    pause = 0.25
+    while time.monotonic() + pause <= deadline:
+        yield pause
+        pause = min(pause * 2, 1.0)
 
 
 def _not_sent(exc) -> bool:
@@ -844,6 +853,26 @@ class Client(_ClientOptions):
                 last = exc
         raise _no_answer(last)
 
+    def leave(self, node_id: str | None = None, *, address: str | None = None, retry_for: float = 15.0) -> None:
+        """Ask the cluster to let ``node_id`` leave (None: the node at ``address``), through the node at ``address``
+        (default: the first this client was given). The leaver hands its partitions off, then stops.
+
+        While the cluster answers that it cannot change now (a claimant that has just taken over waits for its
+        view to settle, and under load its failure detector can restart that wait more than once), the leave is
+        sent again for up to ``retry_for`` seconds: a leave sent twice is one leave. A node that cannot be reached
+        at all (NotSent) is reported at once."""
+        address = address or self._routing.seeds[0]
+        pauses = _leave_pauses(retry_for)
+        while True:
+            try:
+                self._call(address, Msg.LEAVE, Leave(node_id), self.timeout)
+                return
+            except Unavailable as exc:
+                pause = None if isinstance(exc, NotSent) else next(pauses, None)
+                if pause is None:
+                    raise
+                time.sleep(pause)
+
     def close(self) -> None:
         self._closed = True
         with self._lock:
@@ -1119,6 +1148,21 @@ class AsyncClient(_ClientOptions):
             except (Unavailable, ProtocolError) as exc:
                 last = exc
         raise _no_answer(last)
+
+    async def leave(self, node_id: str | None = None, *, address: str | None = None,
+                    retry_for: float = 15.0) -> None:
+        """As ``Client.leave``."""
+        address = address or self._routing.seeds[0]
+        pauses = _leave_pauses(retry_for)
+        while True:
+            try:
+                await self._call(address, Msg.LEAVE, Leave(node_id), self.timeout)
+                return
+            except Unavailable as exc:
+                pause = None if isinstance(exc, NotSent) else next(pauses, None)
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
 
     async def close(self) -> None:
         self._closed = True

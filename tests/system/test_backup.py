@@ -1,7 +1,6 @@
 """Backup, restore and repair as an operator runs them (`dynafast backup|restore|repair`), against real nodes."""
 import contextlib
 import json
-import os
 import threading
 import time
 

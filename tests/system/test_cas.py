@@ -165,7 +165,6 @@ def test_cas_counters_stay_linearizable_while_a_node_joins_and_leaves(tmp_path):
     """Conditional writes through a join and a leave between real processes, with a cluster secret: the rounds
     carry ring views, and each moving partition's Paxos state goes to its new primary over PAXOS_SNAPSHOT and
     PAXOS_INSTALL (the simulator checks the cases where that matters; this checks the messages end to end)."""
-    from dynafast.net.messages import Msg
     from dynafast.security.access import write_secret
 
     write_secret(tmp_path / "secret")
@@ -195,7 +194,7 @@ def test_cas_counters_stay_linearizable_while_a_node_joins_and_leaves(tmp_path):
                 assert wait_for(lambda: settled({"n1", "n2", "n3", "n4"}), 90, 0.3), "n4 did not join"
                 moved += sum(client.status(a)["paxos"]["keys_moved"] for a in c.addresses[:3])
                 time.sleep(1.0)
-                client._call(c.nodes[0].address, Msg.LEAVE, ("n4",), 5.0)
+                client.leave("n4", address=c.nodes[0].address)
                 assert wait_for(lambda: settled({"n1", "n2", "n3"}), 90, 0.3), "n4 did not leave"
                 assert wait_for(lambda: not n4.is_running(), 30, 0.3)
         finally:

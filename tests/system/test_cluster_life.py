@@ -211,9 +211,7 @@ def test_join_and_decommission_under_load_lose_nothing(tmp_path):
 
                 assert wait_for(joined, 60, 0.3), "n4 did not join"
                 time.sleep(1.0)
-                from dynafast.net.messages import Msg
-
-                client._call(c.nodes[0].address, Msg.LEAVE, ("n4",), 5.0)
+                client.leave("n4", address=c.nodes[0].address)
 
                 def left():
                     status = client.status(c.nodes[0].address)

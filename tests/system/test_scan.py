@@ -104,7 +104,7 @@ def scan_through_join_and_leave(tmp_path, count: int, page_size: int):
             # ring, they must turn the scan away, not answer for a vnode they no longer hold.
             time.sleep(1.5)
             consume(0.4)
-            client._call(c.nodes[0].address, Msg.LEAVE, ("n2",), 5.0)
+            client.leave("n2", address=c.nodes[0].address)
             consume_during(lambda: settled(c.addresses, {"n1", "n3", "n4"}) and not c.node("n2").is_running(), 0.8,
                            "n2's leave")
             seen.extend(key for key, _ in items)

@@ -163,7 +163,7 @@ def test_roles_decide_what_a_user_may_do(secured):
     with Client(secured.addresses, username="writer", password="writer password") as writer:
         writer.put(key, b"written")
         with pytest.raises(NotPermitted):
-            writer._call(secured.node("n3").address, Msg.LEAVE, ("n3",), 5.0)
+            writer.leave("n3", address=secured.node("n3").address)
     with Client(secured.addresses, username="reader", password="reader password") as reader:
         assert reader.get(key).values == [b"written"]
         with pytest.raises(NotPermitted):

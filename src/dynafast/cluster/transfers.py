@@ -59,13 +59,12 @@ def to_send(state, me: str, is_up, running, repairing=()) -> list[tuple[int, str
     return chosen
 
 
-def unowned(state, me: str, busy) -> list[int]:
-    """Partitions ``me`` neither holds nor will hold, and sends no transfer of: their copies may go."""
+def unowned(state, me: str) -> list[int]:
+    """Partitions ``me`` neither holds nor will hold: their copies go, once handed off."""
     ring, nxt = state.ring, state.next_ring
     return [p for p in range(ring.partitions)
             if me not in primaries(ring, p, ring.n)
-            and not (nxt is not None and me in primaries(nxt, p, nxt.n))
-            and p not in busy]
+            and not (nxt is not None and me in primaries(nxt, p, nxt.n))]
 
 
 class Transfers:
@@ -263,10 +262,14 @@ class Transfers:
         left."""
         busy = {p for p, _ in self.running}
         done = True
-        partitions = unowned(self.membership.state, self.me, busy)
-        self.to_hand_off = sum(1 for p in partitions if not self.vnodes.is_empty(p))
+        partitions = [p for p in unowned(self.membership.state, self.me) if not self.vnodes.is_empty(p)]
+        self.to_hand_off = len(partitions)
         for partition in partitions:
-            if self.vnodes.is_empty(partition):
+            if partition in busy:
+                # A stream of it is still under way (one of a ring change that others completed meanwhile ends
+                # within a second or so): handed off on a later pass, never skipped, or a leaver would stop
+                # holding it.
+                done = False
                 continue
             if not await self._hand_off_vnode(partition):
                 done = False
@@ -301,7 +304,7 @@ class Transfers:
         # Checked and dropped in one step: no write can come in between.
         if self.trees.tree(partition).root() != before:
             return False  # written to meanwhile (a read repair of a request in flight): the next pass sends it
-        if partition not in unowned(self.membership.state, self.me, ()):
+        if partition not in unowned(self.membership.state, self.me):
             return True  # ours again meanwhile: keep it
         self._drop(partition)
         self.handed_off += 1
