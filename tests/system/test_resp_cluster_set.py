@@ -104,3 +104,32 @@ def test_a_set_whose_replicas_hold_nothing_unseen_takes_one_round(cluster):
         assert wait_for(lambda: all(replica_copy(n, b"one-round").live_values() == [b"new-4"]
                                     for n in cluster.nodes), timeout=20)
     r.close()
+
+
+def test_a_set_forwarded_by_a_node_without_a_replica_reads_with_the_connections_r(tmp_path):
+    """Four nodes, N=3: a SET through a node that holds no replica of its key goes to a primary as a PUT. The
+    connection's R (``DF.CONFIG SET r 3``, above W=2) must go with it: the owner then reads the key from three
+    replicas first rather than take one round, as it does on a connection with the default R."""
+    with LocalCluster(4, base_dir=tmp_path / "c", resp=True, n=3, r=2, w=2) as c, \
+            Client(c.addresses, timeout=5.0) as client:
+        wait_members(client, 4, timeout=60)
+        assert wait_for(lambda: settled(client, c.nodes), timeout=60), "partitions did not settle"
+        client.refresh_ring()
+        ring = client._routing.ring
+        outsider = c.nodes[3]
+        keys = [k for k in (f"fwd-{i}".encode() for i in range(200))
+                if outsider.node_id not in ring.replicas(ring.partition_of(k))][:5]
+        assert len(keys) == 5
+        r = connect(outsider, protocol=2)
+
+        def gets_during(sets):
+            before = sum(replica_requests(client, n)["get"] for n in c.nodes)
+            sets()
+            return sum(replica_requests(client, n)["get"] for n in c.nodes) - before
+
+        assert gets_during(lambda: [r.set(k, b"default-r") for k in keys]) == 0  # one round each
+        assert r.execute_command("DF.CONFIG", "SET", "r", 3) == b"OK"
+        # A read first (R > W: one round would not meet every write quorum): the owner's copy and two others.
+        assert gets_during(lambda: [r.set(k, b"r-3") for k in keys]) >= 5 * 2
+        assert [client.get(k).values for k in keys] == [[b"r-3"]] * 5
+        r.close()

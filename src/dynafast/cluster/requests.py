@@ -221,9 +221,8 @@ class RequestCoordinator:
         synced.add_done_callback(functools.partial(_answer_when_durable, answer, reply))
         return answer
 
-    def client_put(self, put, r=None):
-        """``r``: the R of an lww put's read (default: the node's), for front ends with a per-connection R."""
-        key, value, context, w, dw, timeout_ms, lww, ttl_ms = put
+    def client_put(self, put):
+        key, value, context, w, dw, timeout_ms, lww, ttl_ms, r = put
         _check_sizes(self.config, key, value)
         if ttl_ms is not None or value.startswith(_MARK):
             # The expiry is absolute, from this coordinator's clock, and from now on part of the version.

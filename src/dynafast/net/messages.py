@@ -195,6 +195,7 @@ class Put(NamedTuple):
     timeout_ms: int | None = None
     lww: bool | None = None
     ttl_ms: int | None = None  # the value expires this many ms after the coordinator receives the put
+    r: int | None = None  # an lww put's read: replicas it must hear from (None: the coordinator's R)
 
 
 class PutReply(NamedTuple):

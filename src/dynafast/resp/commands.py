@@ -265,8 +265,8 @@ def _ok(reply):
 def overwrite(app, conn, key, value, ttl_ms=None):
     """The coordinator's last-write-wins put of ``value`` with the connection's R, W and DW: one round where the
     replicas hold nothing its copy has not seen, else a read and a write with its context (docs/resp.md)."""
-    put = Put(key, value, None, conn.w, conn.dw, None, True, ttl_ms)
-    return then(app.requests.client_put(put, conn.r), _ok)
+    put = Put(key, value, None, conn.w, conn.dw, None, True, ttl_ms, conn.r)
+    return then(app.requests.client_put(put), _ok)
 
 
 def set_value(app, conn, key, value):
