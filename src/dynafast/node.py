@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -22,7 +23,7 @@ from dynafast.cluster.actors import Actors
 from dynafast.cluster.antientropy import AntiEntropy, VnodeTrees
 from dynafast.cluster.background import cancel_and_wait
 from dynafast.cluster.conditional import ConditionalWrites
-from dynafast.cluster.durability import DurabilityBatcher
+from dynafast.cluster.durability import DurabilityBatcher, durable_reply
 from dynafast.cluster.hints import HintedHandoff, SteadyWall
 from dynafast.cluster.membership import ClusterMembership
 from dynafast.cluster.paxos import Paxos
@@ -195,6 +196,9 @@ class Node:
         }
         # One lookup per message: (record check, handler, client op or None), keyed by the decoder's plain ints.
         self._dispatch = {int(t): (parser(t), h, _CLIENT_OPS.get(t)) for t, h in self.handlers.items()}
+        replica_puts = _replica_lane(self)
+        if replica_puts is not None:  # it checks the fields itself, and hands the general path what it leaves
+            self._dispatch[int(Msg.REPLICA_PUT)] = (_as_sent, replica_puts, None)
 
     # -- life cycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -426,6 +430,25 @@ def public_settings(config: NodeConfig) -> dict:
     for name in _PRIVATE_SETTINGS:
         settings.pop(name, None)
     return settings
+
+
+def _as_sent(fields):
+    return fields
+
+
+def _replica_lane(node):
+    """The compiled REPLICA_PUT path (``dynafast._core.lane.ReplicaPuts``), or None where it cannot run: the
+    reference build, or the reference store."""
+    engine = getattr(node.store, "_engine", None)
+    lanes = _impl.lane
+    if engine is None or not hasattr(lanes, "ReplicaPuts"):
+        return None
+    try:
+        return lanes.ReplicaPuts(node.requests, node.vnodes, engine, parser(Msg.REPLICA_PUT),
+                                 int(Msg.REPLICA_PUT_REPLY),
+                                 functools.partial(durable_reply, node.requests.durability, Msg.REPLICA_PUT_REPLY))
+    except TypeError:
+        return None
 
 
 def _reply(msg_type, result):

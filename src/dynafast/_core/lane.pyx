@@ -1,6 +1,7 @@
 # cython: language_level=3
-"""The RESP fast lane: GET, and SET without options, of the keys this node alone holds (N=1), in C from the
-parsed request to the reply bytes. The plain-Python reference is dynafast._ref.lane.
+"""The fast lanes: the RESP one (GET, and SET without options, of the keys this node alone holds, N=1, in C from
+the parsed request to the reply bytes), and the replica one (REPLICA_PUT of a primary's copy, ``ReplicaPuts``, the
+message a coordinator sends each other replica of a write). The plain-Python reference is dynafast._ref.lane.
 
 The general path is ``resp.commands`` -> ``RequestCoordinator.read_local`` / ``replace_local`` -> ``Vnodes``; the
 lane takes the same steps for the common case, against the same store, and gives every other case back to it
@@ -17,6 +18,7 @@ So the lane answers exactly what the general path would, and never an error: err
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.ref cimport PyObject
 from libc.string cimport memcmp, memcpy
 
@@ -50,6 +52,30 @@ cdef inline bint _is(object arg, const char *upper, const char *lower, Py_ssize_
         if p[i] != upper[i] and p[i] != lower[i]:
             return False
     return True
+
+
+cdef bytes _stored_key(bytes key, Py_ssize_t partition):
+    """dynafast.cluster.vnode.object_key."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(key)
+    cdef bytes stored = PyBytes_FromStringAndSize(NULL, PREFIX + n)
+    cdef char *p = PyBytes_AS_STRING(stored)
+    p[0] = c'o'
+    p[1] = <char>(partition >> 8)
+    p[2] = <char>(partition & 0xFF)
+    memcpy(p + PREFIX, PyBytes_AS_STRING(key), n)
+    return stored
+
+
+cdef object _read(LogStore engine, bytes stored_key):
+    """The stored object of a key (None: absent); raises what the general path would turn into damage."""
+    cdef df_item *it = df_kd_find(&engine.kd, <const unsigned char *>PyBytes_AS_STRING(stored_key),
+                                  PyBytes_GET_SIZE(stored_key))
+    if it == NULL:
+        return None
+    raw = engine._value_at(it.seg, it.off, it.size)
+    if raw is None:
+        return None
+    return siblings_from_bytes(<const unsigned char *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
 
 
 cdef class Lane:
@@ -152,27 +178,6 @@ cdef class Lane:
             i += 1
         return i
 
-    cdef bytes _stored_key(self, bytes key, Py_ssize_t partition):
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(key)
-        cdef bytes stored = PyBytes_FromStringAndSize(NULL, PREFIX + n)
-        cdef char *p = PyBytes_AS_STRING(stored)
-        p[0] = c'o'
-        p[1] = <char>(partition >> 8)
-        p[2] = <char>(partition & 0xFF)
-        memcpy(p + PREFIX, PyBytes_AS_STRING(key), n)
-        return stored
-
-    cdef object _read(self, bytes stored_key):
-        """The stored object of a key (None: absent); raises what the general path would turn into damage."""
-        cdef df_item *it = df_kd_find(&self.engine.kd, <const unsigned char *>PyBytes_AS_STRING(stored_key),
-                                      PyBytes_GET_SIZE(stored_key))
-        if it == NULL:
-            return None
-        raw = self.engine._value_at(it.seg, it.off, it.size)
-        if raw is None:
-            return None
-        return siblings_from_bytes(<const unsigned char *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
-
     cdef bint _get(self, object key, bytearray out, bint resp3) except -1:
         cdef Py_ssize_t partition
         cdef Siblings found
@@ -183,7 +188,7 @@ cdef class Lane:
         if not self._local(partition, key):
             return False
         try:
-            found = self._read(self._stored_key(key, partition))
+            found = _read(self.engine, _stored_key(key, partition))
         except Exception:  # noqa - a damaged record: the general path records it and answers
             return False
         if found is None:
@@ -215,9 +220,9 @@ cdef class Lane:
         partition = <Py_ssize_t>(key_token(key) >> self.shift)
         if not self._local(partition, key):
             return False
-        stored_key = self._stored_key(key, partition)
+        stored_key = _stored_key(key, partition)
         try:
-            existing = self._read(stored_key)
+            existing = _read(self.engine, stored_key)
         except Exception:  # noqa - a damaged record: the general path replaces it and records the repair
             return False
         actor = self._actor(existing)
@@ -254,6 +259,108 @@ cdef class Lane:
                     if j == PyBytes_GET_SIZE(actor):
                         return actor
         return self.actors.fresh()
+
+
+cdef class ReplicaPuts:
+    """REPLICA_PUT of a primary's copy in C: what ``messages.parse`` checks of it, then
+    ``RequestCoordinator.replica_put`` with ``Vnodes.merge_in`` or ``Vnodes.replace_if_covering``, for the common
+    case. Called with the decoded fields, it answers what the general path (``general(check(fields))``) would, and
+    gives it every other case, which then answers it, errors included:
+    - fields not of the expected types, or a hinted put (``hint_for``);
+    - a node with damaged records on record, a closed store, a partition this node does not hold;
+    - a one-round put (``replace``) to a partition being repaired after amnesia;
+    - an incoming object that does not decode, or a stored one that does not read."""
+
+    cdef object requests
+    cdef object vnodes
+    cdef object membership
+    cdef object ownership
+    cdef object general
+    cdef object check
+    cdef object reply_type
+    cdef object durable_reply
+    cdef LogStore engine
+
+    def __init__(self, requests, vnodes, engine, check, reply_type, durable_reply):
+        if not isinstance(engine, LogStore):
+            raise TypeError("the replica lane needs the compiled store")
+        self.requests = requests
+        self.vnodes = vnodes
+        self.membership = requests.membership
+        self.ownership = requests.ownership
+        self.general = requests.replica_put
+        self.check = check
+        self.reply_type = reply_type
+        self.durable_reply = durable_reply  # (fields) -> a future of the reply, once what was written is on disk
+        self.engine = engine
+
+    def __call__(self, fields):
+        result = self._put(fields)
+        if result is None:
+            return self.general(self.check(fields))
+        return result
+
+    cdef object _put(self, object fields):
+        cdef Py_ssize_t size, partition
+        cdef Siblings incoming, existing, merged
+        cdef bytes key, raw, stored_key
+        if type(fields) is not tuple:
+            return None
+        size = PyTuple_GET_SIZE(fields)
+        if size < 5:
+            return None
+        number, key_, raw_, durable = fields[0], fields[1], fields[2], fields[3]
+        replace = fields[5] if size > 5 else None
+        if (type(number) is not int or type(key_) is not bytes or type(raw_) is not bytes or fields[4] is not None
+                or (durable is not True and durable is not False)
+                or (replace is not None and replace is not True and replace is not False)):
+            return None
+        if self.engine.closed or self.vnodes.damaged:
+            return None
+        key, raw = <bytes>key_, <bytes>raw_
+        try:
+            self.ownership.check_member(self.membership, number)
+        except Exception:  # noqa - the general path raises it again, as it answers it
+            return None
+        partition = number
+        if replace and partition in self.requests.repairing:
+            return None
+        try:
+            incoming = siblings_from_bytes(<const unsigned char *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+            stored_key = _stored_key(key, partition)
+            existing = _read(self.engine, stored_key)
+        except Exception:  # noqa - bytes that do not decode, a damaged record: the general path's
+            return None
+        self.requests.replica_puts += 1
+        if replace:
+            if existing is not None:
+                merged = incoming._sync(existing)
+                if merged.values != incoming.values:  # a version held survives the merge: not covered
+                    return (self.reply_type, (False, False))
+                if merged != incoming:  # entries the writer pruned come back
+                    incoming, raw = merged, None
+            if existing is None or incoming != existing:
+                self._write(partition, key, stored_key, existing, incoming, raw)
+            reply = (True, True) if durable else (False, True)
+        else:
+            if existing is None:
+                self._write(partition, key, stored_key, None, incoming, raw)
+            else:
+                merged = incoming._sync(existing)
+                if merged != existing:
+                    self._write(partition, key, stored_key, existing, merged, None)
+            reply = (True,) if durable else (False,)
+        if durable:
+            return self.durable_reply(reply)
+        return (self.reply_type, reply)
+
+    cdef _write(self, Py_ssize_t partition, bytes key, bytes stored_key, Siblings previous, Siblings stored,
+                bytes raw):
+        """Vnodes.write of a primary's object (no damaged record is on record: none to clear)."""
+        self.engine.put(stored_key, raw if raw is not None else stored._encode())
+        on_write = self.vnodes.on_write
+        if on_write is not None:
+            on_write(partition, key, previous, stored)
 
 
 cdef class LaneConnection:
