@@ -519,7 +519,7 @@ class _ClientOptions:
         r = self.defaults["r"] if r is None else r
         return key, Msg.GET, Get(key, r, _timeout_ms(timeout))
 
-    def _write_request(self, key, value, context, w, dw, timeout, lww=False, ttl=None):
+    def _write_request(self, key, value, context, w, dw, timeout, lww=False, ttl=None, r=None):
         """A put (value is bytes) or a delete (value is None)."""
         key = self._key(key)
         context = None if context is None else _as_bytes("context", context)
@@ -530,8 +530,10 @@ class _ClientOptions:
         value = _as_bytes("value", value)
         if len(value) > self.max_value_size:
             raise ValueTooLarge(f"value of {len(value)} bytes is over the client's limit of {self.max_value_size}")
+        if lww:
+            r = self.defaults["r"] if r is None else r
         return key, Msg.PUT, Put(key, value, context, w, dw, _timeout_ms(timeout), True if lww else None,
-                                 _ttl_ms(ttl))
+                                 _ttl_ms(ttl), r)
 
     def _cas_request(self, key, value, if_context, if_absent, context, lww, timeout, ttl=None):
         """A conditional put (value is bytes) or delete (value is None)."""
@@ -723,10 +725,11 @@ class Client(_ClientOptions):
 
     def put(self, key, value, *, context: bytes | None = None, w: int | None = None, dw: int | None = None,
             timeout: float | None = None, lww: bool = False, if_context: bytes | None = None,
-            if_absent: bool = False, ttl: float | None = None) -> bytes | None:
+            if_absent: bool = False, ttl: float | None = None, r: int | None = None) -> bytes | None:
         """Write ``value``. It replaces the versions ``context`` (from a get) has seen; without a context it is a
         sibling of whatever is stored. ``lww=True``: the coordinator reads the key first and the value replaces
-        every version that read saw (last write wins). ``ttl``: the value expires that many seconds after the
+        every version that read saw (last write wins); ``r``: how many replicas that read hears from (default: the
+        client's ``r``, else the coordinator's). ``ttl``: the value expires that many seconds after the
         coordinator receives the put (docs/operations.md, TTL). TooManySiblings when the key would exceed the
         node's ``max_siblings``.
 
@@ -737,10 +740,12 @@ class Client(_ClientOptions):
         is unknown (read the key to learn it). ``ttl`` applies to a conditional write as to a plain one."""
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
+        if r is not None and not lww:
+            raise ValueError("r applies to an lww put only (its read); a plain put reads nothing")
         if if_context is not None or if_absent:
             request = self._cas_request(key, value, if_context, if_absent, context, lww, timeout, ttl)
             return _cas_result(self._request(*request, timeout, once=True))
-        self._request(*self._write_request(key, value, context, w, dw, timeout, lww, ttl), timeout)
+        self._request(*self._write_request(key, value, context, w, dw, timeout, lww, ttl, r), timeout)
 
     def ttl(self, key, *, r: int | None = None, timeout: float | None = None) -> float | None:
         """Seconds until ``key`` expires; None when it does not expire; KeyError when it is absent or expired."""
@@ -1044,13 +1049,15 @@ class AsyncClient(_ClientOptions):
     async def put(self, key, value, *, context: bytes | None = None, w: int | None = None,
                   dw: int | None = None, timeout: float | None = None, lww: bool = False,
                   if_context: bytes | None = None, if_absent: bool = False,
-                  ttl: float | None = None) -> bytes | None:
+                  ttl: float | None = None, r: int | None = None) -> bytes | None:
         if value is None:
             raise TypeError("value must be bytes, not None (use delete)")
+        if r is not None and not lww:
+            raise ValueError("r applies to an lww put only (its read); a plain put reads nothing")
         if if_context is not None or if_absent:
             request = self._cas_request(key, value, if_context, if_absent, context, lww, timeout, ttl)
             return _cas_result(await self._request(*request, timeout, once=True))
-        await self._request(*self._write_request(key, value, context, w, dw, timeout, lww, ttl), timeout)
+        await self._request(*self._write_request(key, value, context, w, dw, timeout, lww, ttl, r), timeout)
 
     async def ttl(self, key, *, r: int | None = None, timeout: float | None = None) -> float | None:
         return (await self.get(key, r=r, timeout=timeout)).ttl

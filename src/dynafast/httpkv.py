@@ -250,8 +250,11 @@ class KvApi:
 
     async def put(self, request: web.Request) -> web.Response:
         key = key_of(request)
-        query = Query(request, {"w", "dw", "timeout", "lww", "ttl"})
+        query = Query(request, {"w", "dw", "timeout", "lww", "ttl", "r"})
         w, dw, timeout_ms, lww = query.int("w"), query.int("dw"), query.int("timeout", 1), query.flag("lww")
+        r = query.int("r", 1)
+        if r is not None and not lww:
+            raise HttpError(400, "bad_parameter", "r applies to a put with lww=true only (its read)")
         ttl_ms = query.ttl_ms()
         context = self._context_header(request)
         if_context, if_absent = _precondition(request, context)
@@ -259,7 +262,7 @@ class KvApi:
         if if_context is not None or if_absent:
             self._conditional_only(w, dw, lww)
             return await self._conditional(key, value, if_context, if_absent, timeout_ms, ttl_ms)
-        await self._call(_PUT, (key, value, context or None, w, dw, timeout_ms, True if lww else None, ttl_ms))
+        await self._call(_PUT, (key, value, context or None, w, dw, timeout_ms, True if lww else None, ttl_ms, r))
         return web.Response(status=204)
 
     async def delete(self, request: web.Request) -> web.Response:

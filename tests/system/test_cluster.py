@@ -207,3 +207,21 @@ def test_tombstones_are_reaped_once_every_replica_has_them(tmp_path):
             # and a later write of the key is unaffected
             client.put(b"gone", b"back")
             assert client.get(b"gone").values == [b"back"]
+
+
+def test_an_lww_put_reads_with_the_r_it_is_given(cluster):
+    """``put(lww=True, r=3)``, above W=2, reads the key from the replicas before it writes; with the default R it
+    takes one round of replica puts. R applies to an lww put only."""
+    with Client(cluster.addresses, timeout=5.0) as client:
+        client.put(b"lww-r", b"old", w=3)
+
+        def replica_gets(put):
+            before = sum(client.status(n.address)["replica_requests"]["get"] for n in cluster.nodes)
+            put()
+            return sum(client.status(n.address)["replica_requests"]["get"] for n in cluster.nodes) - before
+
+        assert replica_gets(lambda: client.put(b"lww-r", b"one round", lww=True)) == 0
+        assert replica_gets(lambda: client.put(b"lww-r", b"read first", lww=True, r=3)) >= 2
+        assert client.get(b"lww-r").values == [b"read first"]
+        with pytest.raises(ValueError):
+            client.put(b"lww-r", b"plain", r=2)

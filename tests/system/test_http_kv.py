@@ -123,7 +123,7 @@ def test_lww_replaces_what_the_node_reads_and_delete_with_a_context(cluster):
     url = cluster.http["n1"] + "/kv/lww"
     run(call("PUT", url, data=b"a"))
     run(call("PUT", url, data=b"b"))
-    assert run(call("PUT", url + "?lww=true&w=2&dw=1&timeout=5000", data=b"c"))[0] == 204
+    assert run(call("PUT", url + "?lww=true&w=2&dw=1&timeout=5000&r=2", data=b"c"))[0] == 204
     status, headers, body = run(call("GET", url + "?r=2"))
     assert status == 200 and body == b"c"
     assert run(call("DELETE", url + "?w=2", headers={CONTEXT: headers[CONTEXT]}))[0] == 204
@@ -164,6 +164,8 @@ def test_if_match_and_if_none_match(cluster):
     ("GET", "/kv/k?r=many", {}, 400, "bad_parameter"),
     ("GET", "/kv/k?r=7", {}, 400, "bad_request"),
     ("GET", "/kv/k?colour=red", {}, 400, "bad_parameter"),
+    ("PUT", "/kv/k?r=2", {"data": b"v"}, 400, "bad_parameter"),  # r is an lww put's (its read)
+    ("PUT", "/kv/k?lww=true&r=3", {"data": b"v"}, 400, "bad_request"),  # more than the n=2 replicas
     ("GET", "/kv?cursor=AAAA", {}, 400, "bad_cursor"),
 ])
 def test_errors_are_json_with_their_status(cluster, method, path, kwargs, status, error):
