@@ -146,6 +146,27 @@ def then(result, fn):
     return out
 
 
+class Mapped:
+    """A command's reply still pending: ``fn`` of the coordinator's reply ``source`` (a future). The connection
+    applies ``fn`` when ``source`` is done; unlike ``then``, no future of its own is made in between. Only a
+    command's own reply may be one: ``fn`` must return a plain value."""
+
+    __slots__ = ("source", "fn")
+
+    def __init__(self, source, fn):
+        self.source = source
+        self.fn = fn
+
+
+def mapped(result, fn):
+    """``then`` for a command's own reply (``Mapped``): at once when ``result`` is a reply."""
+    if type(result) is tuple:
+        return fn(result)
+    if isinstance(result, asyncio.Future):
+        return Mapped(result, fn)
+    return then(result, fn)
+
+
 def _drop(result: asyncio.Future) -> None:
     """A result nobody waits for any more: its failure is taken here, not logged by the event loop as an exception
     never retrieved (a client that gave up on its logins left one such report per refused login)."""
@@ -250,34 +271,35 @@ def read(app, conn, key):
     return then(read_object(app, conn, key), _object)
 
 
-def read_value(app, conn, key):
-    """The value of ``key`` (None: not found), or a future of it. GET's path: no context is made."""
+def read_value(app, conn, key, chain=then):
+    """The value of ``key`` (None: not found), or a future of it (``chain=mapped``: a ``Mapped`` one, for a
+    command's own reply). GET's path: no context is made."""
     reply = app.requests.read_local(key)
     if reply is not None:
         return _value(reply)
-    return then(app.requests.read_object(Get(key, conn.r, None, True)), _value)
+    return chain(app.requests.read_object(Get(key, conn.r, None, True)), _value)
 
 
 def _ok(reply):
     return OK
 
 
-def overwrite(app, conn, key, value, ttl_ms=None):
+def overwrite(app, conn, key, value, ttl_ms=None, chain=then):
     """The coordinator's last-write-wins put of ``value`` with the connection's R, W and DW: one round where the
     replicas hold nothing its copy has not seen, else a read and a write with its context (docs/resp.md)."""
     put = Put(key, value, None, conn.w, conn.dw, None, True, ttl_ms, conn.r)
-    return then(app.requests.client_put(put), _ok)
+    return chain(app.requests.client_put(put), _ok)
 
 
-def set_value(app, conn, key, value):
+def set_value(app, conn, key, value, chain=then):
     """SET: where this node is the key's one replica, one local step that supersedes what is stored; else the
     coordinator's last-write-wins put. Not a write over the coordinator's own copy alone (Riak's way):
-    docs/resp.md says why."""
+    docs/resp.md says why. ``chain``: as for ``read_value``."""
     app.check_value(key, value)
     done = app.requests.replace_local(key, value, conn.w, conn.dw)
     if done is None:
-        return overwrite(app, conn, key, value)
-    return OK if type(done) is tuple else then(done, _ok)
+        return overwrite(app, conn, key, value, chain=chain)
+    return OK if type(done) is tuple else chain(done, _ok)
 
 
 def delete_seen(app, conn, key):
@@ -528,7 +550,7 @@ command("unwatch", 1, None, ("fast",))(cmd_watch)
 # -- strings --------------------------------------------------------------------------------------------
 @command("get", 2, "read", ("readonly", "fast"), (1, 1, 1), "Get the value of a key")
 def cmd_get(app, conn, args):
-    return read_value(app, conn, args[1])
+    return read_value(app, conn, args[1], mapped)
 
 
 @command("mget", -2, "read", ("readonly", "fast"), (1, -1, 1), "Get the values of all the given keys")

@@ -24,7 +24,7 @@ import numpy
 from dynafast.cluster.paxos import same_state
 from dynafast.resp import atomic
 from dynafast.resp.atomic import TOMBSTONE
-from dynafast.resp.commands import (INT64, OK, SYNTAX, arity_error, command, overwrite, read_object,
+from dynafast.resp.commands import (INT64, OK, SYNTAX, arity_error, command, mapped, overwrite, read_object,
                                     read_value, set_value, string2ll, then)
 from dynafast.resp.protocol import RespError
 
@@ -143,7 +143,7 @@ def _write_or_drop(value: bytes, at: int | None, now_ms: int, exists: bool):
 def cmd_set(app, conn, args):
     if len(args) > 3:
         return set_with_options(app, conn, args)  # NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL
-    return set_value(app, conn, args[1], args[2])
+    return set_value(app, conn, args[1], args[2], mapped)
 
 
 def set_with_options(app, conn, args):
@@ -287,7 +287,7 @@ def cmd_getex(app, conn, args):
     key = args[1]
     flags, unit, arg = parse_expiry_options(args[2:], {b"PERSIST"})
     if not flags and unit is None:
-        return read_value(app, conn, key)  # GETEX without options is GET
+        return read_value(app, conn, key, mapped)  # GETEX without options is GET
     persist = b"PERSIST" in flags
 
     def change(seen, now_ms):

@@ -31,8 +31,8 @@ from dynafast.cluster.vnode import OBJECT as OBJECT_PREFIX
 from dynafast.errors import DynafastError
 from dynafast.net.server import close_idle, descriptor_budget
 from dynafast.resp import commands, modify  # noqa: F401 - modify adds its commands (SET among them) to TABLE
-from dynafast.resp.commands import (NOAUTH, TABLE, WRONGPASS, arity_error, coordinator_error, in_refused_multi, may,
-                                    unknown_command)
+from dynafast.resp.commands import (NOAUTH, TABLE, WRONGPASS, Mapped, arity_error, coordinator_error,
+                                    in_refused_multi, may, unknown_command)
 from dynafast.resp.keyspace import Keyspace
 from dynafast.resp.protocol import RespError, RespProtocolError, encode, new_parser
 from dynafast.security.access import MAX_CONCURRENT_VERIFIES, is_loopback
@@ -402,8 +402,15 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
         self._unfinished = 0
         server.connections.pop(self.id, None)
         for slot in self._pending:
-            if slot[0] is not None:
-                slot[0].cancel()
+            future = slot[0]
+            if future is None:
+                continue
+            if len(slot) > 3 and slot[3] is not None:
+                # A coordinator's own future (a Mapped reply): its request goes on to its end, as one whose client
+                # left does (a put's second round must not be cut short); only its outcome is not wanted.
+                future.add_done_callback(_forget)
+            else:
+                future.cancel()
         self._pending.clear()
         self._held.clear()
         self.transport = None
@@ -505,24 +512,27 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
             spec = TABLE.get(args[0])
             if spec is None:
                 spec = TABLE.get(args[0].lower())
-            if pending and self._must_wait(spec, args):
+            keys = _keys(spec, args)
+            if pending and self._must_wait(spec, keys):
                 self._held.extend(requests[i - 1:])
                 if len(self._held) > MAX_PENDING:
                     self._pause_reading()
                 return
             reply = execute(self, args, spec)
+            fn = None
+            if type(reply) is Mapped:  # the coordinator's future, and what makes the reply of its result
+                reply, fn = reply.source, reply.fn
             if isinstance(reply, asyncio.Future):
                 if reply.done():
-                    reply = _outcome(reply)
+                    reply = _outcome(reply, fn)
                 else:
-                    keys = _keys(spec, args)
                     if keys is None:
                         self._barriers += 1
                     else:
                         busy = self._busy_keys
                         for key in keys:
                             busy[key] = busy.get(key, 0) + 1
-                    pending.append([reply, None, keys])
+                    pending.append([reply, None, keys, fn])
                     reply.add_done_callback(self._answered)
                     continue
             if pending:
@@ -544,7 +554,7 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
         pending = self._pending
         for slot in pending:
             if slot[0] is future:
-                slot[0], slot[1] = None, _outcome(future)
+                slot[0], slot[1] = None, _outcome(future, slot[3])
                 if self.app.lane is not None:
                     self.rights = self.app.lane_rights(self)  # a login changes them
                 keys = slot[2]
@@ -582,17 +592,21 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
             # pipeline deeper than the window), and half a window of them then starts in one go.
             self._release()
 
-    def _must_wait(self, spec, args) -> bool:
-        """Whether this command must wait for commands still in flight (it runs after them, as in Redis)."""
+    def _must_wait(self, spec, keys) -> bool:
+        """Whether a command (``keys``: those it touches, ``_keys``) must wait for commands still in flight (it runs
+        after them, as in Redis)."""
         if self._barriers:
             return True
         if spec is None:
             return False
-        keys = _keys(spec, args)
         if keys is None:
             return True
         busy = self._busy_keys
-        return any(key in busy for key in keys)
+        if busy:
+            for key in keys:
+                if key in busy:
+                    return True
+        return False
 
     def _release(self):
         held, self._held = list(self._held), collections.deque()
@@ -655,12 +669,24 @@ def _keys(spec, args):
     return args[spec.first_key:last + 1:spec.step]
 
 
-def _outcome(future):
+def _forget(future) -> None:
+    """An outcome nobody waits for: taken here, not logged by the event loop as an exception never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _outcome(future, fn=None):
+    """The reply a done future makes (``fn`` of its result, when given: a ``Mapped`` reply's)."""
     if future.cancelled():
         return RespError("ERR request cancelled")
     exc = future.exception()
     if exc is None:
-        return future.result()
+        if fn is None:
+            return future.result()
+        try:
+            return fn(future.result())
+        except Exception as failed:  # noqa: BLE001 - the command's error reply, as through ``then``
+            exc = failed
     if not isinstance(exc, (DynafastError, RespError, ValueError, OSError)):
         log.error("RESP command failed", exc_info=exc)
     return coordinator_error(exc)
