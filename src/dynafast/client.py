@@ -118,8 +118,12 @@ _LOCK_RETRY = (Unavailable, Timeout, QuorumNotMet, *_NODE_FAULTS)
 
 
 def _leave_pauses(retry_for: float):
-    """The pauses before each new send of a leave the cluster cannot take yet, for up to ``retry_for`` seconds."""
-    deadline = time.monotonic() + retry_for
+    """The pauses before each new send of a leave the cluster cannot take yet, for up to ``retry_for`` seconds
+    from now (the call, not its first refusal)."""
+    return _pauses_until(time.monotonic() + retry_for)
+
+
+def _pauses_until(deadline: float):
     pause = 0.25
     while time.monotonic() + pause <= deadline:
         yield pause

@@ -437,8 +437,9 @@ def _as_sent(fields):
 
 
 def _replica_lane(node):
-    """The compiled REPLICA_PUT path (``dynafast._core.lane.ReplicaPuts``), or None where it cannot run: the
-    reference build, or the reference store."""
+    """The build's REPLICA_PUT lane (``dynafast._core.lane.ReplicaPuts``, or its reference twin in the reference
+    build, which answers alike), or None where it cannot run: a compiled lane over the reference store, or a
+    store without an engine (the simulator's)."""
     engine = getattr(node.store, "_engine", None)
     lanes = _impl.lane
     if engine is None or not hasattr(lanes, "ReplicaPuts"):
