@@ -117,13 +117,8 @@ _TRY_NEXT = (Unavailable, *_NODE_FAULTS)
 _LOCK_RETRY = (Unavailable, Timeout, QuorumNotMet, *_NODE_FAULTS)
 
 
-def _leave_pauses(retry_for: float):
-    """The pauses before each new send of a leave the cluster cannot take yet, for up to ``retry_for`` seconds
-    from now (the call, not its first refusal)."""
-    return _pauses_until(time.monotonic() + retry_for)
-
-
-def _pauses_until(deadline: float):
+def _leave_pauses(deadline: float):
+    """The pauses before each new send of a leave the cluster cannot take yet, until ``deadline`` (monotonic)."""
     pause = 0.25
     while time.monotonic() + pause <= deadline:
         yield pause
@@ -871,7 +866,7 @@ class Client(_ClientOptions):
         sent again for up to ``retry_for`` seconds: a leave sent twice is one leave. A node that cannot be reached
         at all (NotSent) is reported at once."""
         address = address or self._routing.seeds[0]
-        pauses = _leave_pauses(retry_for)
+        pauses = _leave_pauses(time.monotonic() + retry_for)
         while True:
             try:
                 self._call(address, Msg.LEAVE, Leave(node_id), self.timeout)
@@ -1164,7 +1159,7 @@ class AsyncClient(_ClientOptions):
                     retry_for: float = 15.0) -> None:
         """As ``Client.leave``."""
         address = address or self._routing.seeds[0]
-        pauses = _leave_pauses(retry_for)
+        pauses = _leave_pauses(time.monotonic() + retry_for)
         while True:
             try:
                 await self._call(address, Msg.LEAVE, Leave(node_id), self.timeout)

@@ -437,9 +437,9 @@ def _as_sent(fields):
 
 
 def _replica_lane(node):
-    """The build's REPLICA_PUT lane (``dynafast._core.lane.ReplicaPuts``, or its reference twin in the reference
-    build, which answers alike), or None where it cannot run: a compiled lane over the reference store, or a
-    store without an engine (the simulator's)."""
+    """The build's REPLICA_PUT lane (``dynafast._core.lane.ReplicaPuts``; in the reference build its twin, the
+    general path itself), or None where it cannot run: a compiled lane over the reference store, or a store
+    without an engine (the simulator's)."""
     engine = getattr(node.store, "_engine", None)
     lanes = _impl.lane
     if engine is None or not hasattr(lanes, "ReplicaPuts"):

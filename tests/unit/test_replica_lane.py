@@ -1,7 +1,8 @@
 """The replica lane (REPLICA_PUT in C) answers what the general path answers: three nodes, run in this process over
 real stores, get the same random replica puts (merges and one-round replaces, of objects that descend from, are
 concurrent with or are older than what is stored, and malformed ones); one takes them through the compiled lane,
-one through the reference lane, one through the general path. Every reply must be the same, and every key must
+one through the reference lane (the general path, wrapped as the node installs a lane), one through the general
+path itself. Every reply must be the same, and every key must
 end up holding the same versions, byte for byte."""
 import asyncio
 import functools

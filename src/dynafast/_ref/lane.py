@@ -1,6 +1,6 @@
-"""The fast lanes in plain Python (the RESP lane, and ``ReplicaPuts``): the reference of dynafast._core.lane (the
-same answers, leaving the same requests to the general path; its docstring says which). Over the store's public ``get`` and ``put``, so it runs on either build
-of the engine."""
+"""The fast lanes in plain Python: the reference of dynafast._core.lane. The RESP lane gives the same answers and
+leaves the same requests to the general path (its docstring says which), over the store's public ``get`` and
+``put``, so it runs on either build of the engine; ``ReplicaPuts`` is that general path itself."""
 from __future__ import annotations
 
 import struct
@@ -132,77 +132,15 @@ class Lane:
 
 
 class ReplicaPuts:
-    """REPLICA_PUT of a primary's copy: the reference of dynafast._core.lane.ReplicaPuts (the same answers, handing
-    the general path the same cases; its docstring says which). Over the store's public ``get`` and ``put``."""
+    """The reference of dynafast._core.lane.ReplicaPuts: the general path it stands for, as it is (the message's
+    checks, then ``RequestCoordinator.replica_put``), which the compiled lane answers alike."""
 
     def __init__(self, requests, vnodes, engine, check, reply_type, durable_reply):
-        self.requests = requests
-        self.vnodes = vnodes
-        self.membership = requests.membership
-        self.ownership = requests.ownership
         self.general = requests.replica_put
         self.check = check
-        self.reply_type = reply_type
-        self.durable_reply = durable_reply
-        self.engine = engine
-        self.siblings = requests.Siblings
 
     def __call__(self, fields):
-        result = self._put(fields)
-        if result is None:
-            return self.general(self.check(fields))
-        return result
-
-    def _put(self, fields):
-        if type(fields) is not tuple or len(fields) < 5:
-            return None
-        partition, key, raw, durable, hint_for = fields[:5]
-        replace = fields[5] if len(fields) > 5 else None
-        if (type(partition) is not int or type(key) is not bytes or type(raw) is not bytes or hint_for is not None
-                or type(durable) is not bool or (replace is not None and type(replace) is not bool)):
-            return None
-        if self.engine.closed or self.vnodes.damaged:
-            return None
-        try:
-            self.ownership.check_member(self.membership, partition)
-        except Exception:  # noqa: BLE001 - the general path raises it again, as it answers it
-            return None
-        if replace and partition in self.requests.repairing:
-            return None
-        stored_key = b"o" + _PARTITION.pack(partition) + key
-        try:
-            incoming = self.siblings.from_bytes(raw)
-            stored = self.engine.get(stored_key)
-            existing = None if stored is None else self.siblings.from_bytes(stored)
-        except Exception:  # noqa: BLE001 - bytes that do not decode, a damaged record: the general path's
-            return None
-        self.requests.replica_puts += 1
-        if replace:
-            if existing is not None:
-                merged = incoming.sync(existing)
-                if merged.values != incoming.values:
-                    return (self.reply_type, (False, False))
-                if merged != incoming:
-                    incoming, raw = merged, None
-            if existing is None or incoming != existing:
-                self._write(partition, key, stored_key, existing, incoming, raw)
-            reply = (True, True) if durable else (False, True)
-        else:
-            if existing is None:
-                self._write(partition, key, stored_key, None, incoming, raw)
-            else:
-                merged = incoming.sync(existing)
-                if merged != existing:
-                    self._write(partition, key, stored_key, existing, merged, None)
-            reply = (True,) if durable else (False,)
-        if durable:
-            return self.durable_reply(reply)
-        return (self.reply_type, reply)
-
-    def _write(self, partition, key, stored_key, previous, stored, raw) -> None:
-        self.engine.put(stored_key, raw if raw is not None else stored.to_bytes())
-        if self.vnodes.on_write is not None:
-            self.vnodes.on_write(partition, key, previous, stored)
+        return self.general(self.check(fields))
 
 
 class LaneConnection:

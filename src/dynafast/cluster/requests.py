@@ -251,7 +251,7 @@ class RequestCoordinator:
             raise ProtocolError(f"dw ({dw}) must not exceed w ({w})")
         timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
         if read_first:
-            r = config.r if r is None else _quorum(r, config.r, "r", config.n) or 1
+            r = _quorum(r, config.r, "r", config.n) or 1
             if value is not None:
                 answer = self._replace(key, value, context, r, w, dw, timeout, reply_type, request, ttl)
                 if answer is not None:

@@ -128,7 +128,7 @@ def then(result, fn):
 
     def done(source):
         if out.done():  # cancelled: its connection went
-            _drop(source)
+            forget(source)
             return
         if source.cancelled():
             out.cancel()
@@ -167,7 +167,7 @@ def mapped(result, fn):
     return then(result, fn)
 
 
-def _drop(result: asyncio.Future) -> None:
+def forget(result: asyncio.Future) -> None:
     """A result nobody waits for any more: its failure is taken here, not logged by the event loop as an exception
     never retrieved (a client that gave up on its logins left one such report per refused login)."""
     if not result.cancelled():
@@ -178,7 +178,7 @@ def _settle(out, value):
     if isinstance(value, asyncio.Future):
         def copy(value):
             if out.done():
-                _drop(value)
+                forget(value)
                 return
             if value.cancelled():
                 out.cancel()

@@ -31,7 +31,7 @@ from dynafast.cluster.vnode import OBJECT as OBJECT_PREFIX
 from dynafast.errors import DynafastError
 from dynafast.net.server import close_idle, descriptor_budget
 from dynafast.resp import commands, modify  # noqa: F401 - modify adds its commands (SET among them) to TABLE
-from dynafast.resp.commands import (NOAUTH, TABLE, WRONGPASS, Mapped, arity_error, coordinator_error,
+from dynafast.resp.commands import (NOAUTH, TABLE, WRONGPASS, Mapped, arity_error, coordinator_error, forget,
                                     in_refused_multi, may, unknown_command)
 from dynafast.resp.keyspace import Keyspace
 from dynafast.resp.protocol import RespError, RespProtocolError, encode, new_parser
@@ -405,10 +405,10 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
             future = slot[0]
             if future is None:
                 continue
-            if len(slot) > 3 and slot[3] is not None:
+            if slot[3] is not None:
                 # A coordinator's own future (a Mapped reply): its request goes on to its end, as one whose client
                 # left does (a put's second round must not be cut short); only its outcome is not wanted.
-                future.add_done_callback(_forget)
+                future.add_done_callback(forget)
             else:
                 future.cancel()
         self._pending.clear()
@@ -667,12 +667,6 @@ def _keys(spec, args):
         return None
     last = len(args) - 1 if spec.last_key < 0 else min(spec.last_key, len(args) - 1)
     return args[spec.first_key:last + 1:spec.step]
-
-
-def _forget(future) -> None:
-    """An outcome nobody waits for: taken here, not logged by the event loop as an exception never retrieved."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _outcome(future, fn=None):
