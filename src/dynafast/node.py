@@ -199,6 +199,7 @@ class Node:
         replica_puts = _replica_lane(self)
         if replica_puts is not None:  # it checks the fields itself, and hands the general path what it leaves
             self._dispatch[int(Msg.REPLICA_PUT)] = (_as_sent, replica_puts, None)
+        self.requests.replaces = _replace_lane(self)
 
     # -- life cycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -448,6 +449,20 @@ def _replica_lane(node):
         return lanes.ReplicaPuts(node.requests, node.vnodes, engine, parser(Msg.REPLICA_PUT),
                                  int(Msg.REPLICA_PUT_REPLY),
                                  functools.partial(durable_reply, node.requests.durability, Msg.REPLICA_PUT_REPLY))
+    except TypeError:
+        return None
+
+
+def _replace_lane(node):
+    """The build's one-round lww put (``dynafast._core.lane.Replaces``; in the reference build its twin, the
+    general path itself), or None where it cannot run: a compiled lane over the reference store, or a store
+    without an engine (the simulator's)."""
+    engine = getattr(node.store, "_engine", None)
+    lanes = _impl.lane
+    if engine is None or not hasattr(lanes, "Replaces"):
+        return None
+    try:
+        return lanes.Replaces(node.requests, node.vnodes, engine, node.requests.transport, int(Msg.REPLICA_PUT))
     except TypeError:
         return None
 

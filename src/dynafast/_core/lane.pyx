@@ -78,6 +78,28 @@ cdef object _read(LogStore engine, bytes stored_key):
     return siblings_from_bytes(<const unsigned char *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
 
 
+cdef bytes _stamping_actor(Siblings existing, bytes base, bytes dotted, object actors):
+    """RequestCoordinator._stamping_actor: an actor of ours that our copy carries (``base``, or one of the fresh
+    actors this incarnation handed out, ``dotted`` + digits), else a fresh one."""
+    cdef Py_ssize_t i, j, n
+    cdef bytes actor
+    cdef const char *p
+    if existing is not None:
+        n = PyBytes_GET_SIZE(dotted)
+        for i in range(existing.n):
+            actor = <bytes>existing.ents[i].actor
+            if actor == base:
+                return actor
+            if PyBytes_GET_SIZE(actor) > n and memcmp(PyBytes_AS_STRING(actor), PyBytes_AS_STRING(dotted), n) == 0:
+                p = PyBytes_AS_STRING(actor)
+                j = n
+                while j < PyBytes_GET_SIZE(actor) and c'0' <= p[j] <= c'9':
+                    j += 1
+                if j == PyBytes_GET_SIZE(actor):
+                    return actor
+    return actors.fresh()
+
+
 cdef class Lane:
     """The lane of one node's RESP listener."""
 
@@ -225,7 +247,7 @@ cdef class Lane:
             existing = _read(self.engine, stored_key)
         except Exception:  # noqa - a damaged record: the general path replaces it and records the repair
             return False
-        actor = self._actor(existing)
+        actor = _stamping_actor(existing, self.base, self.dotted, self.actors)
         if existing is None:
             stored = Siblings.new(value, None).update(None, actor, now).prune(now)
         else:
@@ -239,26 +261,254 @@ cdef class Lane:
         _put(out, b"+OK\r\n", 5)
         return True
 
-    cdef bytes _actor(self, Siblings existing):
-        """RequestCoordinator._stamping_actor: an actor of ours that our copy carries, else a fresh one."""
-        cdef Py_ssize_t i, j, n
-        cdef bytes actor, dotted = self.dotted
-        cdef const char *p
-        if existing is not None:
-            n = PyBytes_GET_SIZE(dotted)
-            for i in range(existing.n):
-                actor = <bytes>existing.ents[i].actor
-                if actor == self.base:
-                    return actor
-                if PyBytes_GET_SIZE(actor) > n and memcmp(PyBytes_AS_STRING(actor), PyBytes_AS_STRING(dotted),
-                                                          n) == 0:
-                    p = PyBytes_AS_STRING(actor)
-                    j = n
-                    while j < PyBytes_GET_SIZE(actor) and c'0' <= p[j] <= c'9':
-                        j += 1
-                    if j == PyBytes_GET_SIZE(actor):
-                        return actor
-        return self.actors.fresh()
+
+cdef class Replaces:
+    """The one-round last-write-wins put (``RequestCoordinator._replace``) in C, for the common case: from the key
+    and value to the replica puts sent, and from their replies to the answer. Called as ``_replace`` calls it, it
+    answers what the general path (``general``, ``_replace_general``) would, and gives it every other case:
+    - a node with damaged records on record, a closed store, a ring changing shape (a next ring);
+    - a key whose targets are not all primaries with this node among them, or fewer than W; a partition being
+      repaired after amnesia; a peer whose address is not known;
+    - a stored object that does not read, or a result with siblings to check against the limits.
+    The request it starts runs the same rules as the general path's state machine (``PutCoordinator``) while
+    replicas store the write; on the first event that is anything else (a replica that refuses or fails, the
+    deadline) it hands the request over to that machine (``requests._take_over_replace``), which decides the
+    rest: the second round, the errors. The plain-Python reference is dynafast._ref.lane."""
+
+    cdef object requests
+    cdef object vnodes
+    cdef object membership
+    cdef object transport
+    cdef object actors
+    cdef object general
+    cdef object replacing  # requests._replacing: keys with a one-round put of ours under way
+    cdef LogStore engine
+    cdef object me
+    cdef bytes base
+    cdef bytes dotted
+    cdef object dotted_base
+    cdef Py_ssize_t sibling_check
+    cdef object peer_timeout
+    cdef object put_type  # REPLICA_PUT
+    cdef object ring  # the ring and down set ``_others`` was filled for (replaced, never mutated: identity tells)
+    cdef object down
+    cdef list _others  # per partition: None (not worked out yet), False (not this lane's), or the other targets
+    cdef int shift
+    cdef readonly Py_ssize_t served  # puts this lane started (the others went to the general path)
+
+    def __init__(self, requests, vnodes, engine, transport, put_type):
+        if not isinstance(engine, LogStore):
+            raise TypeError("the replace lane needs the compiled store")
+        self.put_type = put_type
+        self.requests = requests
+        self.vnodes = vnodes
+        self.membership = requests.membership
+        self.transport = transport
+        self.actors = requests.actors
+        self.general = requests._replace_general
+        self.replacing = requests._replacing
+        self.engine = engine
+        self.me = requests.me
+        self.base = requests.actor
+        self.sibling_check = requests.sibling_check
+        self.peer_timeout = requests.config.peer_timeout
+        self.ring = None
+
+    def __call__(self, key, value, r, w, timeout, reply_type):
+        """``_replace_general(key, value, b"", r, w, 0, timeout, reply_type, None)``: a put without a context, dw
+        0 and no TTL, of a key no other one-round put of ours is under way for."""
+        result = self._put(key, value, r, w, timeout, reply_type)
+        if result is None:
+            return self.general(key, value, b"", r, w, 0, timeout, reply_type, None)
+        return result
+
+    cdef object _others_of(self, object key):
+        """The key's targets other than this node when this lane may write it, else None."""
+        cdef Py_ssize_t partition
+        state = self.membership.state
+        if state is None or state.next_ring is not None:
+            return None
+        ring = state.ring
+        down = self.membership.down()
+        if ring is not self.ring or down is not self.down:
+            self.ring = ring
+            self.down = down
+            self._others = [None] * ring.partitions
+            self.shift = 64 - (ring.partitions.bit_length() - 1)
+        partition = <Py_ssize_t>(key_token(key) >> self.shift)
+        others = self._others[partition]
+        if others is None:
+            others = False
+            _, _, targets, _ = self.requests._route(key)
+            if targets is not None and all(hint_for is None for _, hint_for in targets) \
+                    and any(node == self.me for node, _ in targets):
+                others = tuple(node for node, _ in targets if node != self.me)
+            self._others[partition] = others
+        return others if others is not False else None
+
+    cdef object _put(self, object key, object value, object r, object w, object timeout, object reply_type):
+        cdef Py_ssize_t partition, count
+        cdef Siblings existing, stored
+        cdef _Replacing request
+        if type(key) is not bytes or type(value) is not bytes or type(w) is not int:
+            return None
+        if self.engine.closed or self.vnodes.damaged:
+            return None
+        others = self._others_of(key)
+        if others is None:
+            return None
+        partition = <Py_ssize_t>(key_token(key) >> self.shift)
+        count = PyTuple_GET_SIZE(others)
+        if count + 1 < w or partition in self.requests.repairing:
+            return None
+        try:
+            addresses = [self.membership.address_of(node) for node in others]
+        except Exception:  # noqa - a peer that left the cluster meanwhile: the general path raises it
+            return None
+        stored_key = _stored_key(key, partition)
+        try:
+            existing = _read(self.engine, stored_key)
+        except Exception:  # noqa - a damaged record: the general path reads the others instead
+            return None
+        base = self.actors.base
+        if base is not self.dotted_base:  # a new lease of actors
+            self.dotted_base = base
+            self.dotted = base + b"."
+        actor = _stamping_actor(existing, self.base, self.dotted, self.actors)
+        now = int(self.requests.clock.wall())
+        if existing is None:
+            stored = Siblings.new(value, None).update(None, actor, now).prune(now)
+        else:
+            stored = existing.supersede(value, actor, now)
+        if len(stored) > self.sibling_check:
+            return None  # the general path checks the limits (and warns)
+        raw = stored._encode()
+        # From here on the write is under way: what the general path's _replicate does, in its order.
+        self.replacing[key] = self.replacing.get(key, 0) + 1
+        try:
+            self.engine.put(stored_key, raw)  # a full disk, a closed store: the caller's error, as in the general path
+            on_write = self.vnodes.on_write
+            if on_write is not None:
+                on_write(partition, key, existing, stored)
+        except BaseException:
+            self.requests._replaced(key)
+            raise
+        self.served += 1
+        request = _Replacing(self, partition, key, stored, actor, r, w, timeout, reply_type, others)
+        fields = (partition, key, raw, False, None, True)
+        for i in range(count):
+            self.transport.request_then(addresses[i], self.put_type, fields, self.peer_timeout,
+                                        _Reply(request, others[i]))
+        return request.arm()
+
+
+cdef class _Replacing:
+    """One request of the replace lane while every replica that answered stored the write: W acknowledgements
+    (this node's among them) answer it; the first refusal, failure or the deadline hands it over to the general
+    path's state machine (``take_over``)."""
+
+    cdef Replaces lane
+    cdef Py_ssize_t partition
+    cdef object key
+    cdef Siblings stored
+    cdef object actor
+    cdef object r
+    cdef Py_ssize_t w
+    cdef object timeout
+    cdef object started
+    cdef object reply_type
+    cdef tuple others
+    cdef list acked  # the nodes that stored it, this one first
+    cdef Py_ssize_t outstanding
+    cdef bint answered
+    cdef object answer  # the future the caller waits on (None: answered at once)
+    cdef object deadline
+    cdef object general  # once handed over: the general path's request (``_Request``)
+
+    def __init__(self, Replaces lane, Py_ssize_t partition, key, Siblings stored, actor, r, Py_ssize_t w, timeout,
+                 reply_type, tuple others):
+        self.lane = lane
+        self.partition = partition
+        self.key = key
+        self.stored = stored
+        self.actor = actor
+        self.r = r
+        self.w = w
+        self.timeout = timeout
+        self.started = lane.requests.clock.monotonic()
+        self.reply_type = reply_type
+        self.others = others
+        self.acked = [lane.me]
+        self.outstanding = PyTuple_GET_SIZE(others)
+
+    cdef object arm(self):
+        """What ``_replace`` returns: the reply when W is 1, else a future of it."""
+        if self.outstanding:
+            self.deadline = self.lane.requests.deadlines.add(self.timeout, self)  # calls this at the deadline
+        if self.w <= 1:
+            return self._answer()
+        self.answer = self.lane.requests.loop.create_future()
+        return self.answer
+
+    cdef object _answer(self):
+        self.answered = True
+        reply = (self.reply_type, (self.lane.membership.state.ring.version,))
+        answer = self.answer
+        if answer is not None and not answer.done():
+            answer.set_result(reply)
+        self.lane.requests._replaced(self.key)
+        return reply
+
+    cdef _finish(self):
+        deadline, self.deadline = self.deadline, None
+        if deadline is not None:
+            deadline.pop(self, None)  # DeadlineWheel.cancel
+
+    cdef object take_over(self):
+        """The general path's request for the rest of this one (made once)."""
+        if self.general is None:
+            self._finish()
+            left = self.timeout - (self.lane.requests.clock.monotonic() - self.started)
+            self.general = self.lane.requests._take_over_replace(
+                self.partition, self.key, self.stored, self.actor, self.r, self.w, left, self.reply_type,
+                (self.lane.me,) + self.others, self.acked, self.answer, self.answered)
+        return self.general
+
+    cdef replied(self, node, call):
+        if self.general is not None:
+            self.lane.requests._put_replied(self.general, node, call)
+            return
+        if not call.cancelled() and call.exception() is None:
+            reply = call.result()[1]
+            if type(reply) is tuple and PyTuple_GET_SIZE(reply) >= 2 and reply[1] is True:
+                self.lane.membership.mark_up(node)
+                self.acked.append(node)
+                self.outstanding -= 1
+                if not self.answered and PyList_GET_SIZE(self.acked) >= self.w:
+                    self._answer()
+                if not self.outstanding:
+                    self._finish()
+                return
+        self.lane.requests._put_replied(self.take_over(), node, call)
+
+    def __call__(self):
+        """The deadline passed (the deadline wheel calls this)."""
+        self.deadline = None
+        self.take_over()()
+
+
+cdef class _Reply:
+    """The reply callback of one replica put of a ``_Replacing`` (``transport.request_then``)."""
+
+    cdef _Replacing request
+    cdef object node
+
+    def __init__(self, _Replacing request, node):
+        self.request = request
+        self.node = node
+
+    def __call__(self, call):
+        self.request.replied(self.node, call)
 
 
 cdef class ReplicaPuts:

@@ -1,6 +1,7 @@
 """The fast lanes in plain Python: the reference of dynafast._core.lane. The RESP lane gives the same answers and
 leaves the same requests to the general path (its docstring says which), over the store's public ``get`` and
-``put``, so it runs on either build of the engine; ``ReplicaPuts`` is that general path itself."""
+``put``, so it runs on either build of the engine; ``ReplicaPuts`` and ``Replaces`` are the general paths they
+stand for, as they are."""
 from __future__ import annotations
 
 import struct
@@ -141,6 +142,19 @@ class ReplicaPuts:
 
     def __call__(self, fields):
         return self.general(self.check(fields))
+
+
+class Replaces:
+    """The reference of dynafast._core.lane.Replaces: the general path it stands for, as it is
+    (``RequestCoordinator._replace_general``), which the compiled lane answers alike."""
+
+    served = 0  # it starts none itself
+
+    def __init__(self, requests, vnodes, engine, transport, put_type):
+        self.general = requests._replace_general
+
+    def __call__(self, key, value, r, w, timeout, reply_type):
+        return self.general(key, value, b"", r, w, 0, timeout, reply_type, None)
 
 
 class LaneConnection:

@@ -127,6 +127,8 @@ class RequestCoordinator:
         # cover what the refusing replicas hold, and the first put's second round would then take it for the
         # write that replaced it.
         self._replacing: dict[bytes, int] = {}
+        # The one-round put in C where the node's store allows (``_core.lane.Replaces``; None: the general path).
+        self.replaces = None
 
     def start(self, loop) -> None:
         self.deadlines = DeadlineWheel(loop)
@@ -277,6 +279,12 @@ class RequestCoordinator:
             return None  # W acceptances would not meet every write quorum that R replies meet
         if key in self._replacing:
             return None
+        if self.replaces is not None and not context and not dw and ttl is None:
+            return self.replaces(key, value, r, w, timeout, reply_type)
+        return self._replace_general(key, value, context, r, w, dw, timeout, reply_type, ttl)
+
+    def _replace_general(self, key, value, context, r, w, dw, timeout, reply_type, ttl):
+        """``_replace`` once its first checks passed: None where one round cannot stand for a read first."""
         partition, _, targets, _ = self._route(key)
         if targets is None or partition in self.repairing:
             return None
@@ -294,19 +302,46 @@ class RequestCoordinator:
         actor = self._stamping_actor(existing)
         stored = self._stamp(key, self.Siblings.new(value, self._context_with(context, existing) or None),
                              existing, actor)
+        self._replacing[key] = self._replacing.get(key, 0) + 1
+        try:
+            return self._replicate(partition, targets, (), key, stored, existing, w, dw, timeout, reply_type, ttl,
+                                   fallback=self._second_round(key, stored, actor, r, w, dw, timeout, reply_type,
+                                                               ttl),
+                                   on_done=functools.partial(self._replaced, key))
+        except BaseException:
+            self._replaced(key)
+            raise
+
+    def _second_round(self, key, stored, actor, r, w, dw, timeout, reply_type, ttl):
+        """A one-round put's fallback: ``_after_refusal`` within what is left of ``timeout`` from now."""
         started = self.clock.monotonic()
 
         def after_refusal():
             remaining = max(timeout - (self.clock.monotonic() - started), 0.001)
             return self._after_refusal(key, stored, actor, r, w, dw, remaining, reply_type, ttl)
 
-        self._replacing[key] = self._replacing.get(key, 0) + 1
-        try:
-            return self._replicate(partition, targets, (), key, stored, existing, w, dw, timeout, reply_type, ttl,
-                                   fallback=after_refusal, on_done=functools.partial(self._replaced, key))
-        except BaseException:
-            self._replaced(key)
-            raise
+        return after_refusal
+
+    def _take_over_replace(self, partition, key, stored, actor, r, w, left, reply_type, targets, acked, answer,
+                           answered):
+        """The general path's request for the rest of a one-round put the replace lane started
+        (``_core.lane.Replaces``, dw 0, no TTL): its machine as it stands, ``acked`` having stored the write (this
+        node first) and the other ``targets`` still to answer, ``left`` seconds before its deadline. ``answer``:
+        the future its caller waits on (None when it was answered at once); ``answered``: whether it was."""
+        machine = PutCoordinator([(node, None) for node in targets], w=w, dw=0)
+        machine.start()
+        for node in acked:
+            machine.on_ack(node, False)
+        state = _Request(self.loop, machine, partition, key, stored, None, reply_type)
+        state.on_answer = self._write_answer
+        state.answer = answer
+        state.answered = answered
+        state.fallback = self._second_round(key, stored, actor, r, w, 0, left, reply_type, None)
+        if not answered:
+            state.on_done = functools.partial(self._replaced, key)
+        if left > 0:
+            state.deadline = self.deadlines.add(left, state)
+        return state
 
     def _replaced(self, key) -> None:
         """A one-round lww put of ``key`` has its answer (its second round's, if it took one)."""
