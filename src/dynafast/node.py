@@ -199,7 +199,7 @@ class Node:
         replica_puts = _replica_lane(self)
         if replica_puts is not None:  # it checks the fields itself, and hands the general path what it leaves
             self._dispatch[int(Msg.REPLICA_PUT)] = (_as_sent, replica_puts, None)
-        self.requests.replaces = _replace_lane(self)
+        self.requests.replaces, self.requests.reads = _coordinator_lanes(self)
 
     # -- life cycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -453,18 +453,21 @@ def _replica_lane(node):
         return None
 
 
-def _replace_lane(node):
-    """The build's one-round lww put (``dynafast._core.lane.Replaces``; in the reference build its twin, the
-    general path itself), or None where it cannot run: a compiled lane over the reference store, or a store
-    without an engine (the simulator's)."""
+def _coordinator_lanes(node):
+    """The build's one-round lww put and quorum read (``dynafast._core.lane.Replaces`` and ``Reads``; in the
+    reference build their twins, the general paths themselves), or (None, None) where they cannot run: a compiled
+    lane over the reference store, or a store without an engine (the simulator's)."""
     engine = getattr(node.store, "_engine", None)
     lanes = _impl.lane
     if engine is None or not hasattr(lanes, "Replaces"):
-        return None
+        return None, None
+    requests = node.requests
     try:
-        return lanes.Replaces(node.requests, node.vnodes, engine, node.requests.transport, int(Msg.REPLICA_PUT))
+        return (lanes.Replaces(requests, node.vnodes, engine, requests.transport, int(Msg.REPLICA_PUT)),
+                lanes.Reads(requests, node.vnodes, engine, requests.transport, int(Msg.REPLICA_GET),
+                            int(Msg.GET_REPLY)))
     except TypeError:
-        return None
+        return None, None
 
 
 def _reply(msg_type, result):

@@ -262,68 +262,41 @@ cdef class Lane:
         return True
 
 
-cdef class Replaces:
-    """The one-round last-write-wins put (``RequestCoordinator._replace``) in C, for the common case: from the key
-    and value to the replica puts sent, and from their replies to the answer. Called as ``_replace`` calls it, it
-    answers what the general path (``general``, ``_replace_general``) would, and gives it every other case:
-    - a node with damaged records on record, a closed store, a ring changing shape (a next ring);
-    - a key whose targets are not all primaries with this node among them, or fewer than W; a partition being
-      repaired after amnesia; a peer whose address is not known;
-    - a stored object that does not read, or a result with siblings to check against the limits.
-    The request it starts runs the same rules as the general path's state machine (``PutCoordinator``) while
-    replicas store the write; on the first event that is anything else (a replica that refuses or fails, the
-    deadline) it hands the request over to that machine (``requests._take_over_replace``), which decides the
-    rest: the second round, the errors. The plain-Python reference is dynafast._ref.lane."""
+cdef class _Coordinating:
+    """What the coordinator lanes share: the node's parts, and the keys they may coordinate: those whose targets
+    are all primaries, this node among them, on a ring at rest (no next ring)."""
 
     cdef object requests
     cdef object vnodes
     cdef object membership
     cdef object transport
-    cdef object actors
-    cdef object general
-    cdef object replacing  # requests._replacing: keys with a one-round put of ours under way
-    cdef LogStore engine
-    cdef object me
-    cdef bytes base
-    cdef bytes dotted
-    cdef object dotted_base
-    cdef Py_ssize_t sibling_check
+    cdef object general  # the general path the lane stands for
+    cdef object msg_type  # of the replica calls it sends
     cdef object peer_timeout
-    cdef object put_type  # REPLICA_PUT
+    cdef object me
+    cdef LogStore engine
     cdef object ring  # the ring and down set ``_others`` was filled for (replaced, never mutated: identity tells)
     cdef object down
     cdef list _others  # per partition: None (not worked out yet), False (not this lane's), or the other targets
     cdef int shift
-    cdef readonly Py_ssize_t served  # puts this lane started (the others went to the general path)
+    cdef readonly Py_ssize_t served  # requests this lane started (the others went to the general path)
 
-    def __init__(self, requests, vnodes, engine, transport, put_type):
+    def __init__(self, requests, vnodes, engine, transport, msg_type, general):
         if not isinstance(engine, LogStore):
-            raise TypeError("the replace lane needs the compiled store")
-        self.put_type = put_type
+            raise TypeError("the coordinator lanes need the compiled store")
         self.requests = requests
         self.vnodes = vnodes
         self.membership = requests.membership
         self.transport = transport
-        self.actors = requests.actors
-        self.general = requests._replace_general
-        self.replacing = requests._replacing
-        self.engine = engine
-        self.me = requests.me
-        self.base = requests.actor
-        self.sibling_check = requests.sibling_check
+        self.general = general
+        self.msg_type = msg_type
         self.peer_timeout = requests.config.peer_timeout
+        self.me = requests.me
+        self.engine = engine
         self.ring = None
 
-    def __call__(self, key, value, r, w, timeout, reply_type):
-        """``_replace_general(key, value, b"", r, w, 0, timeout, reply_type, None)``: a put without a context, dw
-        0 and no TTL, of a key no other one-round put of ours is under way for."""
-        result = self._put(key, value, r, w, timeout, reply_type)
-        if result is None:
-            return self.general(key, value, b"", r, w, 0, timeout, reply_type, None)
-        return result
-
     cdef object _others_of(self, object key):
-        """The key's targets other than this node when this lane may write it, else None."""
+        """The key's targets other than this node when this lane may coordinate it, else None."""
         cdef Py_ssize_t partition
         state = self.membership.state
         if state is None or state.next_ring is not None:
@@ -346,6 +319,49 @@ cdef class Replaces:
             self._others[partition] = others
         return others if others is not False else None
 
+    cdef object _addresses(self, tuple others):
+        """The others' addresses; None for a peer that left the cluster meanwhile (the general path raises it)."""
+        try:
+            return [self.membership.address_of(node) for node in others]
+        except Exception:  # noqa
+            return None
+
+
+cdef class Replaces(_Coordinating):
+    """The one-round last-write-wins put (``RequestCoordinator._replace``) in C, for the common case: from the key
+    and value to the replica puts sent, and from their replies to the answer. Called as ``_replace`` calls it, it
+    answers what the general path (``_replace_general``) would, and gives it every other case:
+    - a node with damaged records on record, a closed store, a ring changing shape (a next ring);
+    - a key whose targets are not all primaries with this node among them, or fewer than W; a partition being
+      repaired after amnesia; a peer whose address is not known;
+    - a stored object that does not read, or a result with siblings to check against the limits.
+    The request it starts runs the same rules as the general path's state machine (``PutCoordinator``) while
+    replicas store the write; on the first event that is anything else (a replica that refuses or fails, the
+    deadline) it hands the request over to that machine (``requests._take_over_replace``), which decides the
+    rest: the second round, the errors. The plain-Python reference is dynafast._ref.lane."""
+
+    cdef object actors
+    cdef object replacing  # requests._replacing: keys with a one-round put of ours under way
+    cdef bytes base
+    cdef bytes dotted
+    cdef object dotted_base
+    cdef Py_ssize_t sibling_check
+
+    def __init__(self, requests, vnodes, engine, transport, put_type):
+        _Coordinating.__init__(self, requests, vnodes, engine, transport, put_type, requests._replace_general)
+        self.actors = requests.actors
+        self.replacing = requests._replacing
+        self.base = requests.actor
+        self.sibling_check = requests.sibling_check
+
+    def __call__(self, key, value, r, w, timeout, reply_type):
+        """``_replace_general(key, value, b"", r, w, 0, timeout, reply_type, None)``: a put without a context, dw
+        0 and no TTL, of a key no other one-round put of ours is under way for."""
+        result = self._put(key, value, r, w, timeout, reply_type)
+        if result is None:
+            return self.general(key, value, b"", r, w, 0, timeout, reply_type, None)
+        return result
+
     cdef object _put(self, object key, object value, object r, object w, object timeout, object reply_type):
         cdef Py_ssize_t partition, count
         cdef Siblings existing, stored
@@ -361,9 +377,8 @@ cdef class Replaces:
         count = PyTuple_GET_SIZE(others)
         if count + 1 < w or partition in self.requests.repairing:
             return None
-        try:
-            addresses = [self.membership.address_of(node) for node in others]
-        except Exception:  # noqa - a peer that left the cluster meanwhile: the general path raises it
+        addresses = self._addresses(others)
+        if addresses is None:
             return None
         stored_key = _stored_key(key, partition)
         try:
@@ -397,7 +412,7 @@ cdef class Replaces:
         request = _Replacing(self, partition, key, stored, actor, r, w, timeout, reply_type, others)
         fields = (partition, key, raw, False, None, True)
         for i in range(count):
-            self.transport.request_then(addresses[i], self.put_type, fields, self.peer_timeout,
+            self.transport.request_then(addresses[i], self.msg_type, fields, self.peer_timeout,
                                         _Reply(request, others[i]))
         return request.arm()
 
@@ -486,7 +501,7 @@ cdef class _Replacing:
                 self.outstanding -= 1
                 if not self.answered and PyList_GET_SIZE(self.acked) >= self.w:
                     self._answer()
-                if not self.outstanding:
+                if not self.outstanding and self.answered:
                     self._finish()
                 return
         self.lane.requests._put_replied(self.take_over(), node, call)
@@ -497,18 +512,171 @@ cdef class _Replacing:
         self.take_over()()
 
 
-cdef class _Reply:
-    """The reply callback of one replica put of a ``_Replacing`` (``transport.request_then``)."""
+cdef class Reads(_Coordinating):
+    """The quorum read of ``RequestCoordinator.read_object`` (RESP's GET) in C, for the common case: this node's
+    copy read, the replica gets sent, and their replies counted to R while each holds exactly what this node's copy
+    holds (the same bytes, or nothing where it holds nothing). Called as ``read_object`` calls the general path
+    (``_read_object``), it answers what that would, and gives it every other case:
+    - a closed store, a ring changing shape, a key whose targets are not all primaries with this node among them,
+      a partition being repaired after amnesia, a peer whose address is not known;
+    - a copy here that does not read.
+    On the first reply that is anything else (another version, a failure, a "not found" that proves nothing) or the
+    deadline it hands the request over to the general path's state machine (``requests._take_over_read``) with
+    the replies so far, which decides the rest: the answer, read repair. Replies that all match need no repair.
+    The plain-Python reference is dynafast._ref.lane."""
 
-    cdef _Replacing request
+    cdef object reply_type  # GET_REPLY
+
+    def __init__(self, requests, vnodes, engine, transport, get_type, reply_type):
+        _Coordinating.__init__(self, requests, vnodes, engine, transport, get_type, requests._read_object)
+        self.reply_type = reply_type
+
+    def __call__(self, key, r, timeout, request):
+        """``_read_object(key, r, timeout, request)``."""
+        result = self._get(key, r, timeout, request)
+        if result is None:
+            return self.general(key, r, timeout, request)
+        return result
+
+    cdef object _get(self, object key, object r, object timeout, object request):
+        cdef Py_ssize_t partition, count
+        cdef df_item *it
+        cdef _Reading reading
+        if type(key) is not bytes or type(r) is not int or self.engine.closed:
+            return None
+        others = self._others_of(key)
+        if others is None:
+            return None
+        partition = <Py_ssize_t>(key_token(key) >> self.shift)
+        if PyTuple_GET_SIZE(others) + 1 < r or partition in self.requests.repairing:
+            return None
+        addresses = self._addresses(others)
+        if addresses is None:
+            return None
+        stored_key = _stored_key(key, partition)
+        try:
+            it = df_kd_find(&self.engine.kd, <const unsigned char *>PyBytes_AS_STRING(stored_key),
+                            PyBytes_GET_SIZE(stored_key))
+            raw = None if it == NULL else self.engine._value_at(it.seg, it.off, it.size)
+            local = None if raw is None else siblings_from_bytes(<const unsigned char *>PyBytes_AS_STRING(raw),
+                                                                  PyBytes_GET_SIZE(raw))
+        except Exception:  # noqa - a damaged record: the general path records it and reads the others
+            return None
+        self.served += 1
+        reading = _Reading(self, partition, key, local, raw, r, timeout, others)
+        fields = (partition, key, None)
+        count = PyTuple_GET_SIZE(others)
+        for i in range(count):
+            self.transport.request_then(addresses[i], self.msg_type, fields, self.peer_timeout,
+                                        _Reply(reading, others[i]))
+        return reading.arm()
+
+
+cdef class _Reading:
+    """One request of the read lane while every replica that answered holds what this node's copy holds: R such
+    replies (this node's among them) answer it; the first other reply, failure or the deadline hands it over to
+    the general path's state machine (``take_over``)."""
+
+    cdef Reads lane
+    cdef Py_ssize_t partition
+    cdef object key
+    cdef object local  # this node's copy (a Siblings, or None)
+    cdef object raw  # its bytes (None: nothing held)
+    cdef Py_ssize_t r
+    cdef object timeout
+    cdef object started
+    cdef tuple others
+    cdef list matched  # the nodes whose copy is this node's, this one first
+    cdef Py_ssize_t outstanding
+    cdef bint answered
+    cdef object answer
+    cdef object deadline
+    cdef object general
+
+    def __init__(self, Reads lane, Py_ssize_t partition, key, local, raw, Py_ssize_t r, timeout, tuple others):
+        self.lane = lane
+        self.partition = partition
+        self.key = key
+        self.local = local
+        self.raw = raw
+        self.r = r
+        self.timeout = timeout
+        self.started = lane.requests.clock.monotonic()
+        self.others = others
+        self.matched = [lane.me]
+        self.outstanding = PyTuple_GET_SIZE(others)
+
+    cdef object arm(self):
+        """What ``_read_object`` returns: the reply when R is 1 (or less), else a future of it."""
+        if self.outstanding:
+            self.deadline = self.lane.requests.deadlines.add(self.timeout, self)
+        if self.r <= 1:
+            return self._answer()
+        self.answer = self.lane.requests.loop.create_future()
+        return self.answer
+
+    cdef object _answer(self):
+        self.answered = True
+        reply = (self.lane.reply_type, self.local)
+        answer = self.answer
+        if answer is not None and not answer.done():
+            answer.set_result(reply)
+        return reply
+
+    cdef object take_over(self):
+        if self.general is None:
+            deadline, self.deadline = self.deadline, None
+            if deadline is not None:
+                deadline.pop(self, None)
+            left = self.timeout - (self.lane.requests.clock.monotonic() - self.started)
+            self.general = self.lane.requests._take_over_read(
+                self.partition, self.key, self.r, left, (self.lane.me,) + self.others, self.matched, self.local,
+                self.answer, self.answered)
+        return self.general
+
+    cdef replied(self, node, call):
+        if self.general is not None:
+            self.lane.requests._get_replied(self.general, node, call)
+            return
+        if not call.cancelled() and call.exception() is None:
+            reply = call.result()[1]
+            if type(reply) is tuple and PyTuple_GET_SIZE(reply) == 1:
+                held = reply[0]
+                if (held is None and self.raw is None) or (
+                        type(held) is bytes and self.raw is not None and held == self.raw):
+                    self.lane.membership.mark_up(node)
+                    self.matched.append(node)
+                    self.outstanding -= 1
+                    if not self.answered and PyList_GET_SIZE(self.matched) >= self.r:
+                        self._answer()
+                    if not self.outstanding and self.answered:  # every replica holds this copy: no repair
+                        deadline, self.deadline = self.deadline, None
+                        if deadline is not None:
+                            deadline.pop(self, None)
+                    return
+        self.lane.requests._get_replied(self.take_over(), node, call)
+
+    def __call__(self):
+        """The deadline passed (the deadline wheel calls this)."""
+        self.deadline = None
+        self.take_over()()
+
+
+cdef class _Reply:
+    """The reply callback of one replica call of a ``_Replacing`` or a ``_Reading`` (``transport.request_then``)."""
+
+    cdef object request
     cdef object node
 
-    def __init__(self, _Replacing request, node):
+    def __init__(self, request, node):
         self.request = request
         self.node = node
 
     def __call__(self, call):
-        self.request.replied(self.node, call)
+        if type(self.request) is _Replacing:
+            (<_Replacing>self.request).replied(self.node, call)
+        else:
+            (<_Reading>self.request).replied(self.node, call)
 
 
 cdef class ReplicaPuts:

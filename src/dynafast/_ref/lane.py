@@ -1,7 +1,7 @@
 """The fast lanes in plain Python: the reference of dynafast._core.lane. The RESP lane gives the same answers and
 leaves the same requests to the general path (its docstring says which), over the store's public ``get`` and
-``put``, so it runs on either build of the engine; ``ReplicaPuts`` and ``Replaces`` are the general paths they
-stand for, as they are."""
+``put``, so it runs on either build of the engine; ``ReplicaPuts``, ``Replaces`` and ``Reads`` are the general
+paths they stand for, as they are."""
 from __future__ import annotations
 
 import struct
@@ -155,6 +155,19 @@ class Replaces:
 
     def __call__(self, key, value, r, w, timeout, reply_type):
         return self.general(key, value, b"", r, w, 0, timeout, reply_type, None)
+
+
+class Reads:
+    """The reference of dynafast._core.lane.Reads: the general path it stands for, as it is
+    (``RequestCoordinator._read_object``), which the compiled lane answers alike."""
+
+    served = 0  # it starts none itself
+
+    def __init__(self, requests, vnodes, engine, transport, get_type, reply_type):
+        self.general = requests._read_object
+
+    def __call__(self, key, r, timeout, request):
+        return self.general(key, r, timeout, request)
 
 
 class LaneConnection:

@@ -127,8 +127,10 @@ class RequestCoordinator:
         # cover what the refusing replicas hold, and the first put's second round would then take it for the
         # write that replaced it.
         self._replacing: dict[bytes, int] = {}
-        # The one-round put in C where the node's store allows (``_core.lane.Replaces``; None: the general path).
+        # The one-round put and RESP's quorum read in C where the node's store allows (``_core.lane.Replaces``
+        # and ``Reads``; None: the general path).
         self.replaces = None
+        self.reads = None
 
     def start(self, loop) -> None:
         self.deadlines = DeadlineWheel(loop)
@@ -166,7 +168,30 @@ class RequestCoordinator:
         _check_sizes(config, key)
         r = _quorum(r, config.r, "r", config.n) or 1
         timeout = config.request_timeout if timeout_ms is None else _ms(timeout_ms, config.request_timeout)
-        return self._get(key, r, timeout, (_GET, get), _read_result)
+        if self.reads is not None:
+            return self.reads(key, r, timeout, (_GET, get))
+        return self._read_object(key, r, timeout, (_GET, get))
+
+    def _read_object(self, key, r, timeout, request):
+        return self._get(key, r, timeout, request, _read_result)
+
+    def _take_over_read(self, partition, key, r, left, targets, matched, local, answer, answered):
+        """The general path's request for the rest of a read the read lane started (``_core.lane.Reads``): its
+        machine as it stands, ``matched`` having answered with our copy ``local`` (this node first) and the other
+        ``targets`` still to answer, ``left`` seconds before its deadline. ``answer``: the future its caller waits
+        on (None when it was answered at once); ``answered``: whether it was."""
+        machine = GetCoordinator([(node, None) for node in targets], r=r, versions=self.versions)
+        machine.start()
+        for node in matched:
+            machine.on_reply(node, local)
+        state = _Request(self.loop, machine, partition, key, None, None, _GET_REPLY)
+        state.on_answer = _read_result
+        state.on_finish = self._read_repair
+        state.answer = answer
+        state.answered = answered
+        if left > 0:
+            state.deadline = self.deadlines.add(left, state)
+        return state
 
     def read_local(self, key):
         """``read_object`` without a quorum machine when this node is the key's one replica (N=1, and the key's

@@ -1,13 +1,15 @@
-"""The replace lane (the one-round last-write-wins put in C) answers what the general path answers.
+"""The coordinator lanes (the one-round last-write-wins put and RESP's quorum read, in C) answer what the general
+paths answer.
 
 Two clusters of three nodes (N=3), run in this process over real stores and real sockets, get the same random
-puts through random coordinators, with W and R of 1 to 3, while:
+puts and reads through random coordinators, with W and R of 1 to 3, while:
 - versions their coordinators have not received are planted on replicas (a write acknowledged elsewhere a moment
-  ago: the replicas holding it refuse the one round, and the put takes its second round);
+  ago: the replicas holding it refuse the one round, and the put takes its second round; a read finds replicas
+  that differ, and repairs them);
 - puts of one key through one coordinator overlap;
-- three quarters of the way through, one node stops (its peers' calls to it fail: puts with W=3 fail, the others
-  go on without it).
-One cluster's nodes run the compiled lane, the other's the general path. Every answer must be the same, every
+- three quarters of the way through, one node stops (its peers' calls to it fail: puts with W=3 and reads with
+  R=3 fail, the others go on without it).
+One cluster's nodes run the compiled lanes, the other's the general paths. Every answer must be the same, every
 replica must end up holding the same versions, byte for byte, and every node must have served the same replica
 calls until the stop."""
 import asyncio
@@ -19,7 +21,7 @@ import pytest
 from dynafast import _impl
 from dynafast.cluster.ports import Environment
 from dynafast.config import NodeConfig
-from dynafast.net.messages import Put
+from dynafast.net.messages import Get, Put
 from dynafast.node import Node
 from dynafast.testing.cluster import free_port
 
@@ -58,6 +60,8 @@ def _ops(seed: int, count: int) -> list:
             ops.append(("plant", rng.randrange(3), key, value))
         elif roll < 0.25:
             ops.append(("overlap", rng.randrange(3), key, value))
+        elif roll < 0.45:
+            ops.append(("get", rng.randrange(3), key, rng.choice([None, 1, 2, 3])))
         else:
             ops.append(("put", rng.randrange(3), key, value, rng.choice([None, 1, 2, 3]), rng.choice([None, 1, 2, 3])))
     ops.insert(count * 3 // 4, ("stop",))
@@ -74,7 +78,7 @@ async def _cluster(base, lane: bool) -> list:
         await node.start()
         seed = seed or config.listen
         if not lane:
-            node.requests.replaces = None
+            node.requests.replaces = node.requests.reads = None
         nodes.append(node)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # every node a member of one ring, at rest, and done repairing
@@ -101,10 +105,15 @@ async def _quiet(nodes) -> None:
     raise AssertionError("requests still under way after 10 s")
 
 
-async def _answer(node, put):
+async def _answer(node, request):
     try:
-        answer = node.requests.client_put(put)
+        if type(request) is Get:
+            answer = node.requests.read_object(request)
+        else:
+            answer = node.requests.client_put(request)
         reply = answer if type(answer) is tuple else await asyncio.wait_for(answer, 10)
+        if type(request) is Get:  # the object read, or None
+            return ("ok", None if reply[1] is None else reply[1].to_bytes())
         return ("ok", reply[0])
     except Exception as exc:  # noqa: BLE001 - the error is part of the answer compared
         return (type(exc).__name__, str(exc))
@@ -132,7 +141,10 @@ async def _run(base, lane: bool, ops):
                 running.remove(nodes[2])
                 await nodes[2].stop()
                 continue
-            if op[0] == "put":
+            if op[0] == "get":  # RESP's quorum read
+                _, i, key, r = op
+                answers.append(await _answer(nodes[i], Get(key, r, None, True)))
+            elif op[0] == "put":
                 _, i, key, value, w, r = op
                 answers.append(await _answer(nodes[i], Put(key, value, None, w, None, None, True, None, r)))
             elif op[0] == "overlap":  # the second finds the first under way: it reads first
@@ -152,7 +164,8 @@ async def _run(base, lane: bool, ops):
             await _quiet(running)
         for node in running:
             stored.update(_held(node))
-        served = sum(getattr(n.requests.replaces, "served", 0) for n in nodes)
+        served = (sum(getattr(n.requests.replaces, "served", 0) for n in nodes),
+                  sum(getattr(n.requests.reads, "served", 0) for n in nodes))
         return answers, stored, counters, served
     finally:
         for node in running:
@@ -160,12 +173,12 @@ async def _run(base, lane: bool, ops):
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_the_replace_lane_answers_and_stores_what_the_general_path_does(tmp_path, seed):
+def test_the_coordinator_lanes_answer_and_store_what_the_general_paths_do(tmp_path, seed):
     ops = _ops(seed, 120)
     general = asyncio.run(_run(tmp_path / "general", False, ops))
     compiled = asyncio.run(_run(tmp_path / "compiled", True, ops))
-    assert general[3] == 0
-    assert compiled[3] >= 40  # most puts took the lane
+    assert general[3] == (0, 0)
+    assert compiled[3][0] >= 40 and compiled[3][1] >= 15  # most puts and reads took the lanes
     assert compiled[0] == general[0]
     assert compiled[1] == general[1]
     assert compiled[2] == general[2]
