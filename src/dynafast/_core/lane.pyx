@@ -417,101 +417,6 @@ cdef class Replaces(_Coordinating):
         return request.arm()
 
 
-cdef class _Replacing:
-    """One request of the replace lane while every replica that answered stored the write: W acknowledgements
-    (this node's among them) answer it; the first refusal, failure or the deadline hands it over to the general
-    path's state machine (``take_over``)."""
-
-    cdef Replaces lane
-    cdef Py_ssize_t partition
-    cdef object key
-    cdef Siblings stored
-    cdef object actor
-    cdef object r
-    cdef Py_ssize_t w
-    cdef object timeout
-    cdef object started
-    cdef object reply_type
-    cdef tuple others
-    cdef list acked  # the nodes that stored it, this one first
-    cdef Py_ssize_t outstanding
-    cdef bint answered
-    cdef object answer  # the future the caller waits on (None: answered at once)
-    cdef object deadline
-    cdef object general  # once handed over: the general path's request (``_Request``)
-
-    def __init__(self, Replaces lane, Py_ssize_t partition, key, Siblings stored, actor, r, Py_ssize_t w, timeout,
-                 reply_type, tuple others):
-        self.lane = lane
-        self.partition = partition
-        self.key = key
-        self.stored = stored
-        self.actor = actor
-        self.r = r
-        self.w = w
-        self.timeout = timeout
-        self.started = lane.requests.clock.monotonic()
-        self.reply_type = reply_type
-        self.others = others
-        self.acked = [lane.me]
-        self.outstanding = PyTuple_GET_SIZE(others)
-
-    cdef object arm(self):
-        """What ``_replace`` returns: the reply when W is 1, else a future of it."""
-        if self.outstanding:
-            self.deadline = self.lane.requests.deadlines.add(self.timeout, self)  # calls this at the deadline
-        if self.w <= 1:
-            return self._answer()
-        self.answer = self.lane.requests.loop.create_future()
-        return self.answer
-
-    cdef object _answer(self):
-        self.answered = True
-        reply = (self.reply_type, (self.lane.membership.state.ring.version,))
-        answer = self.answer
-        if answer is not None and not answer.done():
-            answer.set_result(reply)
-        self.lane.requests._replaced(self.key)
-        return reply
-
-    cdef _finish(self):
-        deadline, self.deadline = self.deadline, None
-        if deadline is not None:
-            deadline.pop(self, None)  # DeadlineWheel.cancel
-
-    cdef object take_over(self):
-        """The general path's request for the rest of this one (made once)."""
-        if self.general is None:
-            self._finish()
-            left = self.timeout - (self.lane.requests.clock.monotonic() - self.started)
-            self.general = self.lane.requests._take_over_replace(
-                self.partition, self.key, self.stored, self.actor, self.r, self.w, left, self.reply_type,
-                (self.lane.me,) + self.others, self.acked, self.answer, self.answered)
-        return self.general
-
-    cdef replied(self, node, call):
-        if self.general is not None:
-            self.lane.requests._put_replied(self.general, node, call)
-            return
-        if not call.cancelled() and call.exception() is None:
-            reply = call.result()[1]
-            if type(reply) is tuple and PyTuple_GET_SIZE(reply) >= 2 and reply[1] is True:
-                self.lane.membership.mark_up(node)
-                self.acked.append(node)
-                self.outstanding -= 1
-                if not self.answered and PyList_GET_SIZE(self.acked) >= self.w:
-                    self._answer()
-                if not self.outstanding and self.answered:
-                    self._finish()
-                return
-        self.lane.requests._put_replied(self.take_over(), node, call)
-
-    def __call__(self):
-        """The deadline passed (the deadline wheel calls this)."""
-        self.deadline = None
-        self.take_over()()
-
-
 cdef class Reads(_Coordinating):
     """The quorum read of ``RequestCoordinator.read_object`` (RESP's GET) in C, for the common case: this node's
     copy read, the replica gets sent, and their replies counted to R while each holds exactly what this node's copy
@@ -572,111 +477,174 @@ cdef class Reads(_Coordinating):
         return reading.arm()
 
 
-cdef class _Reading:
-    """One request of the read lane while every replica that answered holds what this node's copy holds: R such
-    replies (this node's among them) answer it; the first other reply, failure or the deadline hands it over to
-    the general path's state machine (``take_over``)."""
+cdef class _Counting:
+    """One request of a coordinator lane while every replica that answered did what the lane counts on (stored the
+    write, or holds this node's copy): ``needed`` such answers (this node's among them) answer it; the first other
+    reply, a failure or the deadline hands it over to the general path's state machine (``take_over``), which
+    then gets every later reply. Subclasses say what counts (``_counts``), what the answer is (``_reply``), and
+    how the general path takes over (``_general``, ``_general_replied``)."""
 
-    cdef Reads lane
+    cdef _Coordinating lane
     cdef Py_ssize_t partition
     cdef object key
-    cdef object local  # this node's copy (a Siblings, or None)
-    cdef object raw  # its bytes (None: nothing held)
-    cdef Py_ssize_t r
+    cdef Py_ssize_t needed  # W or R
     cdef object timeout
     cdef object started
     cdef tuple others
-    cdef list matched  # the nodes whose copy is this node's, this one first
+    cdef list counted  # the nodes that answered as the lane counts on, this one first
     cdef Py_ssize_t outstanding
     cdef bint answered
-    cdef object answer
+    cdef object answer  # the future the caller waits on (None: answered at once)
     cdef object deadline
-    cdef object general
+    cdef object general  # once handed over: the general path's request (``_Request``)
 
-    def __init__(self, Reads lane, Py_ssize_t partition, key, local, raw, Py_ssize_t r, timeout, tuple others):
+    cdef _start(self, _Coordinating lane, Py_ssize_t partition, key, Py_ssize_t needed, timeout, tuple others):
         self.lane = lane
         self.partition = partition
         self.key = key
-        self.local = local
-        self.raw = raw
-        self.r = r
+        self.needed = needed
         self.timeout = timeout
         self.started = lane.requests.clock.monotonic()
         self.others = others
-        self.matched = [lane.me]
+        self.counted = [lane.me]
         self.outstanding = PyTuple_GET_SIZE(others)
 
     cdef object arm(self):
-        """What ``_read_object`` returns: the reply when R is 1 (or less), else a future of it."""
+        """What the general path returns: the reply when this node's answer is enough, else a future of it."""
         if self.outstanding:
-            self.deadline = self.lane.requests.deadlines.add(self.timeout, self)
-        if self.r <= 1:
+            self.deadline = self.lane.requests.deadlines.add(self.timeout, self)  # calls this at the deadline
+        if self.needed <= 1:
             return self._answer()
         self.answer = self.lane.requests.loop.create_future()
         return self.answer
 
     cdef object _answer(self):
         self.answered = True
-        reply = (self.lane.reply_type, self.local)
+        reply = self._reply()
         answer = self.answer
         if answer is not None and not answer.done():
             answer.set_result(reply)
         return reply
 
+    cdef _cancel_deadline(self):
+        deadline, self.deadline = self.deadline, None
+        if deadline is not None:
+            deadline.pop(self, None)  # DeadlineWheel.cancel
+
     cdef object take_over(self):
+        """The general path's request for the rest of this one (made once)."""
         if self.general is None:
-            deadline, self.deadline = self.deadline, None
-            if deadline is not None:
-                deadline.pop(self, None)
+            self._cancel_deadline()
             left = self.timeout - (self.lane.requests.clock.monotonic() - self.started)
-            self.general = self.lane.requests._take_over_read(
-                self.partition, self.key, self.r, left, (self.lane.me,) + self.others, self.matched, self.local,
-                self.answer, self.answered)
+            self.general = self._general(left, (self.lane.me,) + self.others)
         return self.general
 
     cdef replied(self, node, call):
-        if self.general is not None:
-            self.lane.requests._get_replied(self.general, node, call)
-            return
-        if not call.cancelled() and call.exception() is None:
-            reply = call.result()[1]
-            if type(reply) is tuple and PyTuple_GET_SIZE(reply) == 1:
-                held = reply[0]
-                if (held is None and self.raw is None) or (
-                        type(held) is bytes and self.raw is not None and held == self.raw):
-                    self.lane.membership.mark_up(node)
-                    self.matched.append(node)
-                    self.outstanding -= 1
-                    if not self.answered and PyList_GET_SIZE(self.matched) >= self.r:
-                        self._answer()
-                    if not self.outstanding and self.answered:  # every replica holds this copy: no repair
-                        deadline, self.deadline = self.deadline, None
-                        if deadline is not None:
-                            deadline.pop(self, None)
-                    return
-        self.lane.requests._get_replied(self.take_over(), node, call)
+        if self.general is None:
+            if not call.cancelled() and call.exception() is None and self._counts(call.result()[1]):
+                self.lane.membership.mark_up(node)
+                self.counted.append(node)
+                self.outstanding -= 1
+                if not self.answered and PyList_GET_SIZE(self.counted) >= self.needed:
+                    self._answer()
+                if not self.outstanding and self.answered:  # nothing left to decide
+                    self._cancel_deadline()
+                return
+            self.take_over()
+        self._general_replied(node, call)
 
     def __call__(self):
         """The deadline passed (the deadline wheel calls this)."""
         self.deadline = None
         self.take_over()()
 
+    cdef bint _counts(self, reply) except -1:
+        raise NotImplementedError
+
+    cdef object _reply(self):
+        raise NotImplementedError
+
+    cdef object _general(self, left, tuple targets):
+        raise NotImplementedError
+
+    cdef _general_replied(self, node, call):
+        raise NotImplementedError
+
+
+cdef class _Replacing(_Counting):
+    """A request of the replace lane: a replica's reply counts when it stored the write (``(durable, True)``)."""
+
+    cdef Siblings stored
+    cdef object actor
+    cdef object r
+    cdef object reply_type
+
+    def __init__(self, Replaces lane, Py_ssize_t partition, key, Siblings stored, actor, r, Py_ssize_t w, timeout,
+                 reply_type, tuple others):
+        self._start(lane, partition, key, w, timeout, others)
+        self.stored = stored
+        self.actor = actor
+        self.r = r
+        self.reply_type = reply_type
+
+    cdef bint _counts(self, reply) except -1:
+        return type(reply) is tuple and PyTuple_GET_SIZE(reply) >= 2 and reply[1] is True
+
+    cdef object _reply(self):
+        self.lane.requests._replaced(self.key)
+        return (self.reply_type, (self.lane.membership.state.ring.version,))
+
+    cdef object _general(self, left, tuple targets):
+        return self.lane.requests._take_over_replace(self.partition, self.key, self.stored, self.actor, self.r,
+                                                     self.needed, left, self.reply_type, targets, self.counted,
+                                                     self.answer, self.answered)
+
+    cdef _general_replied(self, node, call):
+        self.lane.requests._put_replied(self.general, node, call)
+
+
+cdef class _Reading(_Counting):
+    """A request of the read lane: a replica's reply counts when it holds exactly this node's copy."""
+
+    cdef object local  # this node's copy (a Siblings, or None)
+    cdef object raw  # its bytes (None: nothing held)
+
+    def __init__(self, Reads lane, Py_ssize_t partition, key, local, raw, Py_ssize_t r, timeout, tuple others):
+        self._start(lane, partition, key, r, timeout, others)
+        self.local = local
+        self.raw = raw
+
+    cdef bint _counts(self, reply) except -1:
+        if type(reply) is not tuple or PyTuple_GET_SIZE(reply) != 1:
+            return False  # (None, True): a "not found" that proves nothing
+        held = reply[0]
+        if held is None:
+            return self.raw is None
+        return type(held) is bytes and self.raw is not None and held == self.raw
+
+    cdef object _reply(self):
+        return ((<Reads>self.lane).reply_type, self.local)
+
+    cdef object _general(self, left, tuple targets):
+        return self.lane.requests._take_over_read(self.partition, self.key, self.needed, left, targets, self.counted,
+                                                  self.local, self.answer, self.answered)
+
+    cdef _general_replied(self, node, call):
+        self.lane.requests._get_replied(self.general, node, call)
+
 
 cdef class _Reply:
-    """The reply callback of one replica call of a ``_Replacing`` or a ``_Reading`` (``transport.request_then``)."""
+    """The reply callback of one replica call of a coordinator lane's request (``transport.request_then``)."""
 
-    cdef object request
+    cdef _Counting request
     cdef object node
 
-    def __init__(self, request, node):
+    def __init__(self, _Counting request, node):
         self.request = request
         self.node = node
 
     def __call__(self, call):
-        if type(self.request) is _Replacing:
-            (<_Replacing>self.request).replied(self.node, call)
-        else:
-            (<_Reading>self.request).replied(self.node, call)
+        self.request.replied(self.node, call)
 
 
 cdef class ReplicaPuts:
