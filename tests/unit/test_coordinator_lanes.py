@@ -21,7 +21,7 @@ import pytest
 from dynafast import _impl
 from dynafast.cluster.ports import Environment
 from dynafast.config import NodeConfig
-from dynafast.net.messages import Get, Put
+from dynafast.net.messages import Get, Msg, Put
 from dynafast.node import Node
 from dynafast.testing.cluster import free_port
 
@@ -182,3 +182,48 @@ def test_the_coordinator_lanes_answer_and_store_what_the_general_paths_do(tmp_pa
     assert compiled[0] == general[0]
     assert compiled[1] == general[1]
     assert compiled[2] == general[2]
+
+
+async def _refused_after_the_deadline(base) -> tuple:
+    """A one-round put (W=2, a 100 ms timeout) through n1's lane: n2 refuses it (it holds a version n1 has not
+    received), and the loop then stalls past the deadline, so the refusal is handled before the deadline's timer
+    runs; n3 answers only after 0.8 s. What the put answered by 0.6 s, and the keys left under way."""
+    nodes = await _cluster(base, True)
+    loop = asyncio.get_running_loop()
+    try:
+        n1, n2, n3 = nodes
+        key = b"refused-late"
+        partition = n2.membership.state.ring.partition_of(key)
+        n2.vnodes.write(partition, key, n2.requests.Siblings.new(b"elsewhere", None).update(None, b"elsewhere",
+                                                                                           int(NOW)))
+        check, handle, op = n2._dispatch[int(Msg.REPLICA_PUT)]
+
+        def refuse_then_stall(fields):
+            reply = handle(fields)
+            loop.call_soon(time.sleep, 0.15)  # the whole process stalls just after n2 sent its refusal
+            return reply
+
+        n2._dispatch[int(Msg.REPLICA_PUT)] = (check, refuse_then_stall, op)
+        check3, handle3, op3 = n3._dispatch[int(Msg.REPLICA_PUT)]
+
+        async def slow(fields):
+            await asyncio.sleep(0.8)
+            return handle3(fields)
+
+        n3._dispatch[int(Msg.REPLICA_PUT)] = (check3, slow, op3)
+        answer = n1.requests.client_put(Put(key, b"new", None, 2, None, 100, True, None, 1))
+        assert n1.requests.replaces.served == 1
+        await asyncio.sleep(0.6)
+        outcome = type(answer.exception()).__name__ if answer.done() else "pending"
+        await asyncio.sleep(0.5)
+        return outcome, dict(n1.requests._replacing)
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def test_a_refusal_handled_after_the_deadline_passed_still_ends_the_put_at_its_deadline(tmp_path):
+    """Handed over to the general path after its deadline passed (the deadline wheel runs up to a tick late, and a
+    stalled loop handles replies before timers), the put still ends at its deadline, not when the last replica
+    answers."""
+    assert asyncio.run(_refused_after_the_deadline(tmp_path)) == ("QuorumNotMet", {})

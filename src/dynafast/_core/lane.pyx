@@ -411,10 +411,16 @@ cdef class Replaces(_Coordinating):
         self.served += 1
         request = _Replacing(self, partition, key, stored, actor, r, w, timeout, reply_type, others)
         fields = (partition, key, raw, False, None, True)
-        for i in range(count):
-            self.transport.request_then(addresses[i], self.msg_type, fields, self.peer_timeout,
-                                        _Reply(request, others[i]))
-        return request.arm()
+        try:
+            for i in range(count):
+                self.transport.request_then(addresses[i], self.msg_type, fields, self.peer_timeout,
+                                            _Reply(request, others[i]))
+            return request.arm()
+        except BaseException:  # as the general path's: the key is no longer under way
+            request._cancel_deadline()
+            if not request.answered:
+                self.requests._replaced(key)
+            raise
 
 
 cdef class Reads(_Coordinating):

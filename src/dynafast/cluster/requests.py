@@ -189,8 +189,9 @@ class RequestCoordinator:
         state.on_finish = self._read_repair
         state.answer = answer
         state.answered = answered
-        if left > 0:
-            state.deadline = self.deadlines.add(left, state)
+        # Even when it has passed (the wheel runs up to a tick late, and a reply handled in between may be what
+        # hands it over): the general path's deadline still answers then.
+        state.deadline = self.deadlines.add(max(left, 0.0), state)
         return state
 
     def read_local(self, key):
@@ -364,8 +365,9 @@ class RequestCoordinator:
         state.fallback = self._second_round(key, stored, actor, r, w, 0, left, reply_type, None)
         if not answered:
             state.on_done = functools.partial(self._replaced, key)
-        if left > 0:
-            state.deadline = self.deadlines.add(left, state)
+        # Even when it has passed (the wheel runs up to a tick late, and a reply handled in between may be what
+        # hands it over): the general path's deadline still answers then.
+        state.deadline = self.deadlines.add(max(left, 0.0), state)
         return state
 
     def _replaced(self, key) -> None:
@@ -813,8 +815,10 @@ class _Request:
         return self.answer
 
     def __call__(self):
-        """The deadline passed (the deadline wheel calls this)."""
-        self.deadline = None
+        """The deadline passed (the deadline wheel calls this, or a coordinator lane that handed this over)."""
+        deadline, self.deadline = self.deadline, None
+        if deadline is not None:
+            DeadlineWheel.cancel(deadline, self)  # when the lane called: its entry in the wheel goes
         if not self.finished:
             self.fallback = None  # no time is left for it
             self.machine.on_deadline()
