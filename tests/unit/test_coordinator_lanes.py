@@ -23,6 +23,7 @@ from dynafast.cluster.ports import Environment
 from dynafast.config import NodeConfig
 from dynafast.net.messages import Get, Msg, Put
 from dynafast.node import Node
+from dynafast.testing.builds import compiled_or_skip
 from dynafast.testing.cluster import free_port
 
 KEYS = [b"k%d" % i for i in range(6)] + [b""]
@@ -30,14 +31,11 @@ NOW = 1_800_000_000.0
 
 
 
-def _built() -> bool:
-    try:
-        return not _impl.PURE and hasattr(_impl.compiled("lane"), "Replaces")
-    except ImportError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _built(), reason="the compiled lane is not built (or not chosen)")
+def _compiled_lanes():
+    """The tests need the compiled lanes running in the nodes: skipped in the reference build."""
+    if _impl.PURE:
+        pytest.skip("the reference build runs the general paths as its lanes")
+    compiled_or_skip("lane")
 
 
 class _StoppedClock:
@@ -174,6 +172,7 @@ async def _run(base, lane: bool, ops):
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_the_coordinator_lanes_answer_and_store_what_the_general_paths_do(tmp_path, seed):
+    _compiled_lanes()
     ops = _ops(seed, 120)
     general = asyncio.run(_run(tmp_path / "general", False, ops))
     compiled = asyncio.run(_run(tmp_path / "compiled", True, ops))
@@ -226,4 +225,5 @@ def test_a_refusal_handled_after_the_deadline_passed_still_ends_the_put_at_its_d
     """Handed over to the general path after its deadline passed (the deadline wheel runs up to a tick late, and a
     stalled loop handles replies before timers), the put still ends at its deadline, not when the last replica
     answers."""
+    _compiled_lanes()
     assert asyncio.run(_refused_after_the_deadline(tmp_path)) == ("QuorumNotMet", {})

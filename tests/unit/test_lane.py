@@ -15,6 +15,7 @@ from dynafast.cluster.ports import Environment
 from dynafast.config import NodeConfig
 from dynafast.node import Node
 from dynafast.resp.server import HIGH_WATER, RespConnection
+from dynafast.testing.builds import compiled_or_skip
 from dynafast.testing.cluster import free_port
 
 KEYS = [b"k%d" % i for i in range(10)] + [b"", b"\xf5k", b"K" * 65]  # the last: over max_key_size
@@ -103,12 +104,7 @@ async def _replies(base, kind, ops, now):
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_the_lanes_answer_what_the_general_path_answers(tmp_path, seed):
-    try:
-        _impl.compiled("lane")
-    except ImportError:
-        if _impl.REQUIRE_COMPILED:
-            raise
-        pytest.skip("dynafast._core.lane is not built")
+    compiled_or_skip("lane")
     ops = _ops(seed, 400)
     now = time.time()
     general, _, held = asyncio.run(_replies(tmp_path, None, ops, now))
@@ -267,12 +263,7 @@ async def _conversation(base, read_step, reads: list, now: float) -> tuple:
 def test_the_read_steps_answer_what_the_general_path_answers(tmp_path, seed):
     """A connection's read step (compiled, and its reference) answers a stream read in pieces of any size as the
     general path does, byte for byte, up to the protocol error at its end, after which the connection closes."""
-    try:
-        compiled = _impl.compiled("lane").LaneConnection
-    except ImportError:
-        if _impl.REQUIRE_COMPILED:
-            raise
-        pytest.skip("dynafast._core.lane is not built")
+    compiled = compiled_or_skip("lane").LaneConnection
     reads, now = _reads(seed), time.time()
     want, closed, last, _ = asyncio.run(_conversation(tmp_path, None, reads, now))
     assert closed and want.endswith(b"-ERR Protocol error: invalid bulk length\r\n"), want[-100:]

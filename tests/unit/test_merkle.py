@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import implementations
-from dynafast import _impl
 from dynafast.errors import ProtocolError
+from dynafast.testing import builds
 
 impl = implementations("merkle")
 
@@ -28,12 +28,7 @@ shapes = st.sampled_from(SHAPES)
 
 
 def compiled_or_skip():
-    try:
-        return _impl.compiled("merkle")
-    except ImportError:
-        if _impl.REQUIRE_COMPILED:
-            raise
-        pytest.skip("dynafast._core.merkle is not built")
+    return builds.compiled_or_skip("merkle")
 
 
 # -- the definitions, from mmh3 -------------------------------------------------------------------

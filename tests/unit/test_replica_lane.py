@@ -17,6 +17,7 @@ from dynafast.config import NodeConfig
 from dynafast.errors import DynafastError
 from dynafast.net.messages import Msg, parser
 from dynafast.node import Node
+from dynafast.testing.builds import compiled_or_skip
 from dynafast.testing.cluster import free_port
 
 KEYS = [b"k%d" % i for i in range(8)] + [b""]
@@ -103,12 +104,7 @@ async def _run(base, kind, seed):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_replica_lanes_answer_what_the_general_path_answers(tmp_path, seed):
-    try:
-        _impl.compiled("lane")
-    except ImportError:
-        if _impl.REQUIRE_COMPILED:
-            raise
-        pytest.skip("dynafast._core.lane is not built")
+    compiled_or_skip("lane")
     replies, stored, count = asyncio.run(_run(tmp_path, None, seed))
     assert any(r == (int(Msg.REPLICA_PUT_REPLY), (False, False)) for r in replies)  # refusals were among them
     assert any(isinstance(r, str) for r in replies)  # and errors

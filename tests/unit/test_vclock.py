@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from dynafast import _impl
 from dynafast.errors import ProtocolError
+from dynafast.testing import builds
 
 from conftest import implementations
 
@@ -26,13 +27,7 @@ raw_entries = st.lists(st.tuples(actors, counters, stamps), max_size=8)
 
 def both():
     """(compiled, reference), skipping when the extension is not built."""
-    try:
-        compiled = _impl.compiled("vclock")
-    except ImportError:
-        if _impl.REQUIRE_COMPILED:
-            raise
-        pytest.skip("dynafast._core.vclock is not built")
-    return compiled, _impl.reference("vclock")
+    return builds.compiled_or_skip("vclock"), _impl.reference("vclock")
 
 
 # -- vector clocks ------------------------------------------------------------------------------------------

@@ -187,12 +187,7 @@ class RequestCoordinator:
         state = _Request(self.loop, machine, partition, key, None, None, _GET_REPLY)
         state.on_answer = _read_result
         state.on_finish = self._read_repair
-        state.answer = answer
-        state.answered = answered
-        # Even when it has passed (the wheel runs up to a tick late, and a reply handled in between may be what
-        # hands it over): the general path's deadline still answers then.
-        state.deadline = self.deadlines.add(max(left, 0.0), state)
-        return state
+        return state.continues(answer, answered, self.deadlines, left)
 
     def read_local(self, key):
         """``read_object`` without a quorum machine when this node is the key's one replica (N=1, and the key's
@@ -360,15 +355,10 @@ class RequestCoordinator:
             machine.on_ack(node, False)
         state = _Request(self.loop, machine, partition, key, stored, None, reply_type)
         state.on_answer = self._write_answer
-        state.answer = answer
-        state.answered = answered
         state.fallback = self._second_round(key, stored, actor, r, w, 0, left, reply_type, None)
         if not answered:
             state.on_done = functools.partial(self._replaced, key)
-        # Even when it has passed (the wheel runs up to a tick late, and a reply handled in between may be what
-        # hands it over): the general path's deadline still answers then.
-        state.deadline = self.deadlines.add(max(left, 0.0), state)
-        return state
+        return state.continues(answer, answered, self.deadlines, left)
 
     def _replaced(self, key) -> None:
         """A one-round lww put of ``key`` has its answer (its second round's, if it took one)."""
@@ -813,6 +803,16 @@ class _Request:
             return self.reply
         self.answer = self.loop.create_future()
         return self.answer
+
+    def continues(self, answer, answered, deadlines: DeadlineWheel, left: float):
+        """This request goes on with one a coordinator lane started: ``answer`` is the future its caller waits on
+        (None when it was answered at once), ``answered`` whether it was, ``left`` the seconds to its deadline."""
+        self.answer = answer
+        self.answered = answered
+        # Even when it has passed (the wheel runs up to a tick late, and a reply handled in between may be what
+        # hands it over): the deadline still answers then.
+        self.deadline = deadlines.add(max(left, 0.0), self)
+        return self
 
     def __call__(self):
         """The deadline passed (the deadline wheel calls this, or a coordinator lane that handed this over)."""
