@@ -133,3 +133,42 @@ def test_a_set_forwarded_by_a_node_without_a_replica_reads_with_the_connections_
         assert gets_during(lambda: [r.set(k, b"r-3") for k in keys]) >= 5 * 2
         assert [client.get(k).values for k in keys] == [[b"r-3"]] * 5
         r.close()
+
+
+def test_sets_acknowledged_while_a_replica_hangs_and_dies_are_read_back_through_every_node(tmp_path):
+    """The coordinator lanes under a hung and then killed replica: pipelined SETs through n1 while n3 is stopped
+    (SIGSTOP: its calls go unanswered) and then killed (kill -9: refused), GETs meanwhile, more SETs through n2
+    after the kill; n3 comes back with the writes it missed. Every SET acknowledged is what every node reads then,
+    n3 included (its stale copy is outvoted and repaired)."""
+    keys = [f"hang-{i}" for i in range(40)]
+    with LocalCluster(3, base_dir=tmp_path / "c", resp=True, n=3, r=2, w=2) as c:
+        with Client(c.addresses, timeout=5.0) as client:
+            wait_members(client, 3, timeout=60)
+            assert wait_for(lambda: settled(client, c.nodes), timeout=60), "partitions did not settle"
+        r1, r2 = connect(c.node("n1")), connect(c.node("n2"))
+        expected = {}
+
+        def set_all(r, value):
+            """Pipelined SETs of every key: each must be acknowledged (two of the three replicas answer)."""
+            pipe = r.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, f"{value}-{key}")
+            results = pipe.execute(raise_on_error=False)
+            assert results == [True] * len(keys), [result for result in results if result is not True][:3]
+            expected.update((key, f"{value}-{key}".encode()) for key in keys)
+
+        set_all(r1, "before")
+        hung = c.node("n3")
+        hung.pause()
+        try:
+            set_all(r1, "hung")
+            assert r1.mget(keys) == [expected[key] for key in keys]
+        finally:
+            hung.resume()
+        hung.kill()
+        set_all(r2, "killed")
+        hung.restart()
+        r3 = connect(hung)
+        for r in (r3, r1, r2):
+            assert wait_for(lambda: r.mget(keys) == [expected[key] for key in keys], timeout=30), \
+                f"{r}: {r.mget(keys)[:3]} against {[expected[key] for key in keys][:3]}"
