@@ -227,3 +227,41 @@ def test_a_refusal_handled_after_the_deadline_passed_still_ends_the_put_at_its_d
     answers."""
     _compiled_lanes()
     assert asyncio.run(_refused_after_the_deadline(tmp_path)) == ("QuorumNotMet", {})
+
+
+async def _lying_peer(base, lane: bool) -> tuple:
+    """n2 answers every replica get and put with fields that do not fit the reply's record; a read with R=3 and a
+    put with W=3 through n1 (a 10 s timeout each). What each answered within 5 s, and the callbacks that failed."""
+    nodes = await _cluster(base, lane)
+    failures = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: failures.append(context.get("message")))
+    try:
+        n1, n2 = nodes[0], nodes[1]
+        for msg, reply_type, fields in ((Msg.REPLICA_GET, Msg.REPLICA_GET_REPLY, (123,)),
+                                        (Msg.REPLICA_PUT, Msg.REPLICA_PUT_REPLY, ())):
+            check, _, op = n2._dispatch[int(msg)]
+            n2._dispatch[int(msg)] = (check, lambda _fields, t=int(reply_type), f=fields: (t, f), op)
+        answers = []
+        for request in (Get(b"lied-to", 3, 10_000, True), Put(b"lied-to", b"v", None, 3, None, 10_000, True)):
+            try:
+                answer = n1.requests.read_object(request) if type(request) is Get else n1.requests.client_put(request)
+                await asyncio.wait_for(answer, 5)
+                answers.append("ok")
+            except Exception as exc:  # noqa: BLE001 - the error is the answer
+                answers.append(type(exc).__name__)
+        return answers, failures
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+@pytest.mark.parametrize("lane", [False, True])
+def test_a_replica_that_answers_with_malformed_fields_counts_as_failed(tmp_path, lane):
+    """A peer's reply is checked as its record before it counts: one that does not fit fails that replica at once
+    (the quorum is then short), instead of failing in a reply callback and leaving the request to its deadline."""
+    if lane:
+        _compiled_lanes()
+    answers, failures = asyncio.run(_lying_peer(tmp_path, lane))
+    assert answers == ["QuorumNotMet", "QuorumNotMet"]
+    assert failures == []

@@ -25,7 +25,7 @@ from dynafast.cluster.preflist import Routes
 from dynafast.errors import (CorruptionError, DynafastError, KeyTooLarge, NotSent, ProtocolError, QuorumNotMet,
                              TooManySiblings, Unavailable, ValueTooLarge)
 from dynafast.net.deadlines import DeadlineWheel
-from dynafast.net.messages import Msg
+from dynafast.net.messages import Msg, parser
 
 log = logging.getLogger("dynafast.requests")
 
@@ -37,6 +37,9 @@ _REPLICA_PUT_REPLY = int(Msg.REPLICA_PUT_REPLY)
 _REPLICA_GET, _REPLICA_PUT = int(Msg.REPLICA_GET), int(Msg.REPLICA_PUT)
 
 _MARK = expiry.MARK  # values that begin with it are envelopes (a TTL, or an escaped plain value)
+# A replica's reply is checked as its record before it counts (a lying or broken peer's is that replica failing).
+_REPLICA_PUT_REPLY_RECORD = parser(Msg.REPLICA_PUT_REPLY)
+_REPLICA_GET_REPLY_RECORD = parser(Msg.REPLICA_GET_REPLY)
 _REPLACE = (True,)  # REPLICA_PUT's last field for a one-round lww put: store only what covers what is held
 
 _SIBLING_WARNING_EVERY = 10.0  # seconds between log lines about keys with many siblings
@@ -82,6 +85,15 @@ def _answer_when_durable(answer, reply, synced):
         answer.set_exception(exc)
     else:
         answer.set_result(reply)
+
+
+def _replica_reply(call, expected: int, record):
+    """The record of a replica call's reply (``call`` is done and did not fail); ProtocolError when it is not a
+    reply of type ``expected`` with fields that fit."""
+    msg_type, fields = call.result()
+    if msg_type != expected:
+        raise ProtocolError(f"answered with a message of type {msg_type}, not {expected}")
+    return record(fields)
 
 
 def _ignore_result(call):
@@ -606,13 +618,18 @@ class RequestCoordinator:
         exc = call.exception()
         if exc is None:
             self.membership.mark_up(node)
-            _, reply = call.result()
-            if state.fallback is not None and (len(reply) < 2 or reply[1] is not True):
+            try:
+                durable, stored = _replica_reply(call, _REPLICA_PUT_REPLY, _REPLICA_PUT_REPLY_RECORD)
+            except ProtocolError as exc:
+                log.warning("replica put on %s: %s", node, exc)
+                self._send_puts(state, machine.on_failure(node, exc))
+                return
+            if state.fallback is not None and stored is not True:
                 # It holds a version our copy has not received (or it cannot tell, or it predates replace):
                 # not one of the W that stored the write.
                 self._send_puts(state, machine.on_failure(node))
                 return
-            machine.on_ack(node, bool(reply[0]))
+            machine.on_ack(node, durable)
             state.settle()
             return
         if peer_failed(exc):
@@ -700,16 +717,21 @@ class RequestCoordinator:
             self._send_gets(state, machine.on_failure(node, exc))
             return
         self.membership.mark_up(node)
-        _, reply = call.result()
         try:
-            siblings = None if reply[0] is None else self.Siblings.from_bytes(reply[0])
+            raw, repairing = _replica_reply(call, _REPLICA_GET_REPLY, _REPLICA_GET_REPLY_RECORD)
+        except ProtocolError as exc:
+            log.warning("replica get on %s: %s", node, exc)
+            self._send_gets(state, machine.on_failure(node, exc))
+            return
+        try:
+            siblings = None if raw is None else self.Siblings.from_bytes(raw)
         except DynafastError as exc:
             log.error("unreadable object from %s: %s", node, exc)
             # Damaged on the way or on its disk: either way read repair should write it a good copy.
             self._send_gets(state, machine.on_failure(node, CorruptionError(str(exc))))
             return
         # A replica repairing after amnesia says so with its "not found": that may be a write it forgot.
-        machine.on_reply(node, siblings, siblings is None and len(reply) > 1 and reply[1] is True)
+        machine.on_reply(node, siblings, siblings is None and repairing is True)
         state.settle()
 
     def _read_repair(self, state):
