@@ -67,19 +67,29 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def _growth_while_a_client_never_reads(node, requests: bytes, r, key: str, value: bytes, checks: int) -> int:
+def _growth_while_a_client_never_reads(node, requests: bytes, r, key: str, value: bytes, checks: int,
+                                       busy_replicas: bool = False) -> int:
     """Send ``requests`` on a connection that never reads its replies; meanwhile ``r`` must still read ``key``
-    (``checks`` times, 0.1 s apart). Returns how much the node's peak memory grew."""
+    (``checks`` times, 0.1 s apart). Returns how much the node's peak memory grew. ``busy_replicas``: the requests
+    have the other nodes send this one more than the peer timeout lets through on a loaded machine (hundreds of
+    MiB), so a read of theirs may be answered NOREPLICAS meanwhile: an answer, not a hang; most must still read."""
     before = _peak_rss(node.pid)
     host, port = node.resp_address.rsplit(":", 1)
     greedy = socket.socket()
     greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     greedy.connect((host, int(port)))
+    read = 0
     try:
         greedy.sendall(requests)
         for _ in range(checks):  # the node takes what it can of the requests meanwhile
-            assert r.get(key) == value  # and serves the others
+            try:
+                assert r.get(key) == value  # and serves the others
+                read += 1
+            except redis.ResponseError as exc:
+                if not (busy_replicas and str(exc).startswith("NOREPLICAS")):
+                    raise
             time.sleep(0.1)
+        assert read > checks // 2, f"only {read} of {checks} reads answered"
         return _peak_rss(node.pid) - before
     finally:
         greedy.close()
@@ -144,13 +154,14 @@ def test_a_client_that_never_reads_big_replies_after_small_ones_cannot_grow_the_
 def test_a_client_that_leaves_64_mib_of_replies_unsent_is_disconnected(big_values):
     """After small replies, GETs of the largest values a node takes (8 MiB) all start at once: 96 MiB of replies
     for a client that reads none. Past 64 MiB unsent the node closes the connection, as Redis's
-    client-output-buffer-limit does, and counts it in INFO stats."""
+    client-output-buffer-limit does, and counts it in INFO stats. (Their replica reads bring 192 MiB from the
+    other nodes meanwhile: on a loaded machine another client's read may find its replicas late for a moment.)"""
     c, keys, value = big_values
     node = c.nodes[2]
     r = connect(node, protocol=2)
     before = r.info("stats")["client_output_buffer_limit_disconnections"]
     requests = b"GET small\r\n" * 2000 + b"".join(b"GET huge-%d\r\n" % i for i in range(12))
-    grown = _growth_while_a_client_never_reads(node, requests, r, keys[0], value, 30)
+    grown = _growth_while_a_client_never_reads(node, requests, r, keys[0], value, 30, busy_replicas=True)
     assert r.info("stats")["client_output_buffer_limit_disconnections"] == before + 1
     assert grown < 250 * 1024 * 1024, grown
     assert r.ping()
