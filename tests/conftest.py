@@ -2,6 +2,7 @@
 import pytest
 
 from dynafast import _impl
+from dynafast.testing.builds import compiled_or_skip
 
 
 def implementations(name):
@@ -9,12 +10,7 @@ def implementations(name):
 
     def fixture(request):
         if request.param == "compiled":
-            try:
-                return _impl.compiled(name)
-            except ImportError:
-                if _impl.REQUIRE_COMPILED:
-                    raise
-                pytest.skip(f"dynafast._core.{name} is not built")
+            return compiled_or_skip(name)
         return _impl.reference(name)
 
     return pytest.fixture(params=["compiled", "reference"])(fixture)
