@@ -19,16 +19,11 @@ import time
 import pytest
 
 from dynafast import _impl
-from dynafast.cluster.ports import Environment
-from dynafast.config import NodeConfig
 from dynafast.net.messages import Get, Msg, Put
-from dynafast.node import Node
 from dynafast.testing.builds import compiled_or_skip
-from dynafast.testing.cluster import free_port
+from dynafast.testing.inprocess import NOW, held, plant, quiet, start_cluster
 
 KEYS = [b"k%d" % i for i in range(6)] + [b""]
-NOW = 1_800_000_000.0
-
 
 
 def _compiled_lanes():
@@ -36,16 +31,6 @@ def _compiled_lanes():
     if _impl.PURE:
         pytest.skip("the reference build runs the general paths as its lanes")
     compiled_or_skip("lane")
-
-
-class _StoppedClock:
-    """A wall clock that stands still: both clusters stamp the same times."""
-
-    monotonic = staticmethod(time.monotonic)
-
-    @staticmethod
-    def wall() -> float:
-        return NOW
 
 
 def _ops(seed: int, count: int) -> list:
@@ -67,40 +52,11 @@ def _ops(seed: int, count: int) -> list:
 
 
 async def _cluster(base, lane: bool) -> list:
-    nodes = []
-    seed = None
-    for i in range(3):
-        config = NodeConfig(node_id=f"n{i + 1}", listen=f"127.0.0.1:{free_port()}", data_dir=str(base / f"n{i + 1}"),
-                            n=3, r=2, w=2, dw=0, seeds=[seed] if seed else [])
-        node = Node(config, Environment(clock=_StoppedClock(), rng=random.Random(i)))
-        await node.start()
-        seed = seed or config.listen
-        if not lane:
+    nodes = await start_cluster(base, n=3, r=2, w=2, dw=0)
+    if not lane:
+        for node in nodes:
             node.requests.replaces = node.requests.reads = None
-        nodes.append(node)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # every node a member of one ring, at rest, and done repairing
-        states = [node.membership.state for node in nodes]
-        if all(s is not None and len(s.members) == 3 and s.next_ring is None for s in states) \
-                and len({s.ring.version for s in states}) == 1 and not any(n.requests.repairing for n in nodes) \
-                and all(len(n.membership.down()) == 0 for n in nodes):
-            return nodes
-        await asyncio.sleep(0.05)
-    raise AssertionError("the cluster did not form")
-
-
-async def _quiet(nodes) -> None:
-    """Until no replica call and no one-round put is under way anywhere."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        busy = any(n.requests._replacing for n in nodes) or any(
-            conn.in_flight for n in nodes for other in nodes if other is not n
-            for conn in n.requests.transport.connections(other.config.listen))
-        if not busy:
-            await asyncio.sleep(0.01)  # replies sent but not read yet
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("requests still under way after 10 s")
+    return nodes
 
 
 async def _answer(node, request):
@@ -117,11 +73,6 @@ async def _answer(node, request):
         return (type(exc).__name__, str(exc))
 
 
-def _held(node) -> dict:
-    ring = node.membership.state.ring
-    return {(node.config.node_id, key): node.vnodes.get_raw(ring.partition_of(key), key) for key in KEYS}
-
-
 async def _run(base, lane: bool, ops):
     nodes = await _cluster(base, lane)
     running = list(nodes)
@@ -132,7 +83,7 @@ async def _run(base, lane: bool, ops):
             if op[0] != "stop" and nodes[op[1]] not in running:
                 continue
             if op[0] == "stop":  # its peers' calls fail from now on: puts take their second round, or fail
-                stored.update(_held(nodes[2]))
+                stored.update(held(nodes[2], KEYS))
                 # (From here on, when the failure detector marks it down changes how many calls are made.)
                 counters = [(n.requests.replica_puts, n.requests.replica_gets, n.requests.read_repairs)
                             for n in nodes]
@@ -154,14 +105,10 @@ async def _run(base, lane: bool, ops):
                 answers.append(tuple(await asyncio.gather(first, second)))
             else:  # a version stamped by a coordinator elsewhere over this replica's copy, not sent on yet
                 _, i, key, value = op
-                vnodes = nodes[i].vnodes
-                partition = nodes[i].membership.state.ring.partition_of(key)
-                held = vnodes.get(partition, key)
-                planted = nodes[i].requests.Siblings.new(value, None if held is None else held.context())
-                vnodes.write(partition, key, planted.update(held, b"elsewhere", int(NOW)), previous=held)
-            await _quiet(running)
+                plant(nodes[i], key, value)
+            await quiet(running)
         for node in running:
-            stored.update(_held(node))
+            stored.update(held(node, KEYS))
         served = (sum(getattr(n.requests.replaces, "served", 0) for n in nodes),
                   sum(getattr(n.requests.reads, "served", 0) for n in nodes))
         return answers, stored, counters, served

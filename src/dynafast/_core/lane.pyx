@@ -37,6 +37,7 @@ cdef enum:
 
 READ = 1  # the connection may read (GET)
 WRITE = 2  # and may write with dw 0 (SET answered once in the store's write buffer)
+QUORUM = 4  # and its R, W and DW are the node's (Quorum may take its GET and SET)
 
 cdef extern from "Python.h":
     PyObject* _Py_None "Py_None"
@@ -541,6 +542,80 @@ cdef class Reads(_Coordinating):
             self.transport.request_then(addresses[i], self.msg_type, fields, self.peer_timeout,
                                         _Reply(reading, others[i]))
         return reading.arm()
+
+
+cdef class Quorum:
+    """RESP's GET and SET (no options) of a cluster's keys (N>1), from the parsed request straight into the
+    coordinator lanes: what ``cmd_get`` -> ``read_value`` -> ``read_object`` and ``cmd_set`` -> ``set_value`` ->
+    ``overwrite`` -> ``client_put`` -> ``_write`` -> ``_replace`` do with a connection's default R, W and DW, for
+    the requests the lanes start; ``take`` declines (None, nothing done) every other one, which the connection
+    then runs the general way:
+    - a command other than GET key and SET key value, or a connection without the right (READ or WRITE, and
+      QUORUM: its R, W and DW are the node's);
+    - a key over max_key_size, a value over max_value_size or one whose first byte is expiry's MARK;
+    - a SET where W < R, or of a key with a one-round put of ours under way (``_replace``'s read first);
+    - whatever the lane itself leaves to the general path (``Replaces._put``, ``Reads._get``).
+    A request it takes answers as the command's: ``mapped(reply or future, fn)`` with the command's own ``fn``."""
+
+    cdef Replaces replaces
+    cdef Reads reads
+    cdef object replacing
+    cdef object mapped  # resp.commands.Mapped
+    cdef object ok  # the reply SET makes of a PUT_REPLY
+    cdef object value  # the reply GET makes of a read_object reply
+    cdef object put_reply
+    cdef Py_ssize_t max_key
+    cdef Py_ssize_t max_value
+    cdef object r
+    cdef object w
+    cdef object timeout
+    cdef readonly Py_ssize_t taken  # requests a lane started for it
+
+    def __init__(self, requests, config, put_reply, mapped, ok, value):
+        if type(requests.replaces) is not Replaces or type(requests.reads) is not Reads:
+            raise TypeError("the quorum lane needs the compiled coordinator lanes")
+        self.replaces = requests.replaces
+        self.reads = requests.reads
+        self.replacing = requests._replacing
+        self.mapped = mapped
+        self.ok = ok
+        self.value = value
+        self.put_reply = put_reply
+        self.max_key = config.max_key_size
+        self.max_value = config.max_value_size
+        self.r = config.r or 1  # _write's and read_object's quorums when the connection sets none
+        self.w = config.w or 1
+        self.timeout = config.request_timeout
+
+    cpdef object take(self, list args, int rights):
+        """The reply of ``args`` (a ``Mapped``) when a coordinator lane started it; None when declined."""
+        cdef Py_ssize_t n = PyList_GET_SIZE(args)
+        if not rights & QUORUM or n < 2:
+            return None
+        name = <object>PyList_GET_ITEM(args, 0)
+        key = <object>PyList_GET_ITEM(args, 1)
+        if type(key) is not bytes or PyBytes_GET_SIZE(key) > self.max_key:
+            return None
+        if n == 2 and rights & READ and _is(name, b"GET", b"get", 3):
+            result = self.reads._get(key, self.r, self.timeout, None)
+            if result is None:
+                return None
+            self.taken += 1
+            return self.mapped(result, self.value)
+        if n != 3 or not rights & WRITE or not _is(name, b"SET", b"set", 3):
+            return None
+        value = <object>PyList_GET_ITEM(args, 2)
+        if type(value) is not bytes or PyBytes_GET_SIZE(value) > self.max_value:
+            return None
+        if PyBytes_GET_SIZE(value) and <unsigned char>PyBytes_AS_STRING(value)[0] == MARK:
+            return None  # stored escaped
+        if self.w < self.r or key in self.replacing:
+            return None
+        result = self.replaces._put(key, value, self.r, self.w, self.timeout, self.put_reply)
+        if result is None:
+            return None
+        self.taken += 1
+        return self.mapped(result, self.ok)
 
 
 cdef class _Counting:

@@ -8,6 +8,7 @@ import struct
 
 READ = 1  # the connection may read (GET)
 WRITE = 2  # and may write with dw 0 (SET answered once in the store's write buffer)
+QUORUM = 4  # and its R, W and DW are the node's (Quorum may take its GET and SET)
 
 _MARK = b"\xf5"  # dynafast.cluster.expiry.MARK
 _PARTITION = struct.Struct(">H")  # dynafast.cluster.vnode.object_key: b"o" + partition + key
@@ -168,6 +169,20 @@ class Reads:
 
     def __call__(self, key, r, timeout, request):
         return self.general(key, r, timeout, request)
+
+
+class Quorum:
+    """The reference of dynafast._core.lane.Quorum: it takes no request itself. Its coordinator lanes are the
+    general paths (``Replaces``, ``Reads`` above), so every GET and SET goes the general way, through the command,
+    as the compiled one's requests would after it declines them."""
+
+    taken = 0
+
+    def __init__(self, requests, config, put_reply, mapped, ok, value):
+        pass
+
+    def take(self, args, rights):
+        return None
 
 
 class LaneConnection:

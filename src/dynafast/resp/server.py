@@ -29,6 +29,7 @@ from dynafast.address import format_address, parse_address
 from dynafast.cluster import expiry
 from dynafast.cluster.vnode import OBJECT as OBJECT_PREFIX
 from dynafast.errors import DynafastError
+from dynafast.net.messages import Msg
 from dynafast.net.server import close_idle, descriptor_budget
 from dynafast.resp import commands, modify  # noqa: F401 - modify adds its commands (SET among them) to TABLE
 from dynafast.resp.commands import (NOAUTH, TABLE, WRONGPASS, Mapped, arity_error, coordinator_error, forget,
@@ -77,15 +78,20 @@ class RespApp:
         # general path below). It writes only with dw 0: a SET waiting for a fsync answers through a future.
         self.lane = new_lane(node)
         self.lane_writes = node.config.dw == 0
+        # GET and SET of a cluster's keys (N>1) straight into the coordinator lanes (none: through the commands).
+        self.quorum = new_quorum(node)
 
     def lane_rights(self, conn) -> int:
         """What the lane may do for ``conn``: READ, and WRITE when its writes are acknowledged at once."""
         role = conn.role
-        if role is None or self.lane is None or conn.refused_multi:
+        if role is None or (self.lane is None and self.quorum is None) or conn.refused_multi:
             return 0
-        rights = _impl.lane.READ if may(role, "read") else 0
+        lanes = _impl.lane
+        rights = lanes.READ if may(role, "read") else 0
         if self.lane_writes and conn.w is None and conn.dw is None and may(role, "readwrite"):
-            rights |= _impl.lane.WRITE
+            rights |= lanes.WRITE
+        if conn.r is None and conn.w is None and conn.dw is None:
+            rights |= lanes.QUORUM
         return rights
 
     def check_value(self, key: bytes, value: bytes) -> None:
@@ -115,13 +121,8 @@ class RespApp:
             return RespError(f"NOPERM this user has no permissions to run the '{spec.name}' command")
         try:
             return spec.run(self, conn, args)
-        except RespError as exc:
-            return exc
-        except (DynafastError, ValueError) as exc:
-            return coordinator_error(exc)
         except Exception as exc:  # noqa: BLE001 - a bug here must not take the connection's other replies
-            log.exception("RESP command %r failed", args[0][:64])
-            return coordinator_error(exc)
+            return failed(args, exc)
 
     # -- logins ---------------------------------------------------------------------------------------
     def anonymous_role(self, peername) -> str | None:
@@ -292,6 +293,27 @@ class RespApp:
                 if match(name):
                     out[name] = value
         return out
+
+
+def failed(args, exc: Exception):
+    """The reply of a command that raised ``exc``."""
+    if isinstance(exc, RespError):
+        return exc
+    if not isinstance(exc, (DynafastError, ValueError)):
+        log.error("RESP command %r failed", args[0][:64], exc_info=exc)
+    return coordinator_error(exc)
+
+
+def new_quorum(node):
+    """The node's ``dynafast._core.lane.Quorum``, or None where it cannot run: N=1 (the fast lane's), or no
+    compiled coordinator lanes."""
+    if node.config.n == 1:
+        return None
+    try:
+        return _impl.lane.Quorum(node.requests, node.config, int(Msg.PUT_REPLY), Mapped, commands._ok,
+                                 commands._value)
+    except TypeError:
+        return None
 
 
 def new_lane(node):
@@ -485,6 +507,7 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
         app = self.app
         execute = app.execute
         lane = app.lane
+        quorum = app.quorum
         rights = self.rights
         out = self._out
         i, count = start, len(requests)
@@ -495,7 +518,7 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
                 # the node by every reply at once.
                 self._flush()
                 out = self._out
-            if rights and not pending and not self._writing_paused and i != refused:
+            if lane is not None and rights and not pending and not self._writing_paused and i != refused:
                 stop = lane.serve(requests, i, out, rights, self.resp3, HIGH_WATER)
                 if stop > i:
                     app.commands += stop - i
@@ -509,19 +532,36 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
                 self._held.extend(requests[i - 1:])
                 self._pause_reading()
                 return
-            spec = TABLE.get(args[0])
-            if spec is None:
-                spec = TABLE.get(args[0].lower())
-            keys = _keys(spec, args)
-            if pending and self._must_wait(spec, keys):
-                self._held.extend(requests[i - 1:])
-                if len(self._held) > MAX_PENDING:
-                    self._pause_reading()
-                return
-            reply = execute(self, args, spec)
+            reply = None
+            if quorum is not None and rights and not (pending and (self._barriers or (
+                    len(args) > 1 and args[1] in self._busy_keys))):
+                try:
+                    reply = quorum.take(args, rights)
+                except Exception as exc:  # noqa: BLE001 - as execute answers a command that raised
+                    reply = failed(args, exc)
+            if reply is not None:  # a GET or SET a coordinator lane started
+                app.commands += 1
+                self.last_command = args[0]
+                keys = args[1:2]
+            else:
+                spec = TABLE.get(args[0])
+                if spec is None:
+                    spec = TABLE.get(args[0].lower())
+                keys = _keys(spec, args)
+                if pending and self._must_wait(spec, keys):
+                    self._held.extend(requests[i - 1:])
+                    if len(self._held) > MAX_PENDING:
+                        self._pause_reading()
+                    return
+                reply = execute(self, args, spec)
             fn = None
             if type(reply) is Mapped:  # the coordinator's future, and what makes the reply of its result
                 reply, fn = reply.source, reply.fn
+                if type(reply) is tuple:  # answered at once (a lane's R or W of 1)
+                    try:
+                        reply = fn(reply)
+                    except Exception as exc:  # noqa: BLE001
+                        reply = failed(args, exc)
             if isinstance(reply, asyncio.Future):
                 if reply.done():
                     reply = _outcome(reply, fn)
@@ -545,7 +585,7 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
                 self._held.clear()
                 self._close()
                 return
-            if lane is not None:
+            if lane is not None or quorum is not None:
                 rights = self.rights = app.lane_rights(self)  # AUTH, HELLO, RESET and DF.CONFIG change them
 
     def _answered(self, future):
@@ -555,10 +595,9 @@ class RespConnection(_impl.lane.LaneConnection, asyncio.Protocol):
         for slot in pending:
             if slot[0] is future:
                 slot[0], slot[1] = None, _outcome(future, slot[3])
-                if self.app.lane is not None:
-                    self.rights = self.app.lane_rights(self)  # a login changes them
                 keys = slot[2]
-                if keys is None:
+                if keys is None:  # AUTH and HELLO among them: a login changes what the lanes may do
+                    self.rights = self.app.lane_rights(self)
                     self._barriers -= 1
                 else:
                     busy = self._busy_keys
