@@ -45,6 +45,7 @@ logstore = _choose("logstore")
 codec = _choose("codec")
 resp = _choose("resp")
 lane = _choose("lane")
+peer = _choose("peer")
 
 
 def _build_of(module: ModuleType) -> str:
@@ -53,5 +54,5 @@ def _build_of(module: ModuleType) -> str:
 
 BUILDS = {"ring": _build_of(ring), "vclock": _build_of(vclock), "merkle": _build_of(merkle),
           "logstore": _build_of(logstore), "codec": _build_of(codec), "resp": _build_of(resp),
-          "lane": _build_of(lane)}
+          "lane": _build_of(lane), "peer": _build_of(peer)}
 BUILD = BUILDS["ring"] if len(set(BUILDS.values())) == 1 else "mixed"

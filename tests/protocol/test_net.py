@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from dynafast import errors
+from dynafast import _impl, errors
 from dynafast._impl import codec
 from dynafast.net import loop as netloop
 from dynafast.net.blocking import BlockingConnection
@@ -23,10 +23,28 @@ from dynafast.net.messages import (
     raise_error,
 )
 from dynafast.net.server import ServerConnection, start_server
+from dynafast.testing.builds import compiled_or_skip
 
 pytestmark = pytest.mark.timeout(60)
 LOOPS = ["asyncio"] + (["uvloop"] if netloop.uvloop is not None else [])
 HOST = "127.0.0.1"
+
+
+@pytest.fixture(autouse=True, params=["compiled", "reference"])
+def peer_build(request, monkeypatch):
+    """Every connection the tests open speaks through this build of ``peer`` (the compiled one is skipped when it
+    is not built, and fails when a compiled build is required)."""
+    from dynafast.net import connection
+    from dynafast.net.deadlines import DeadlineWheel
+
+    build = compiled_or_skip("peer") if request.param == "compiled" else _impl.reference("peer")
+
+    class ClientProtocol(build.ClientProtocol, asyncio.Protocol):
+        def __init__(self, loop, max_frame):
+            super().__init__(loop, max_frame, DeadlineWheel(loop))
+
+    monkeypatch.setattr(connection, "_ClientProtocol", ClientProtocol)
+    return request.param
 
 
 @pytest.fixture(params=LOOPS)

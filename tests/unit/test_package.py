@@ -43,7 +43,7 @@ def _chosen(env):
 def test_impl_pure_takes_every_reference():
     build, modules = _chosen({"DYNAFAST_PURE": "1"})
     assert build == "reference"
-    assert all(m.startswith("dynafast._ref.") for m in modules) and len(modules) == 7
+    assert all(m.startswith("dynafast._ref.") for m in modules) and len(modules) == 8
 
 
 def test_impl_require_compiled_takes_every_build():
@@ -56,7 +56,7 @@ def test_impl_require_compiled_takes_every_build():
         pytest.skip("the extensions are not built")
     build, modules = _chosen({"DYNAFAST_REQUIRE_COMPILED": "1"})
     assert build == "compiled"
-    assert all(m.startswith("dynafast._core.") for m in modules) and len(modules) == 7
+    assert all(m.startswith("dynafast._core.") for m in modules) and len(modules) == 8
 
 
 def test_package_exports_every_error():

@@ -1,223 +1,25 @@
 """The client side of the native protocol: multiplexed connections and a per-peer connection pool.
 
 Many calls share one connection; each gets a request id and its reply may come back in any order. Frames
-queued during one loop turn go out in one write.
+queued during one loop turn go out in one write. A connection's requests, calls, deadlines and replies are the
+build's ``peer`` module (compiled: a coordinator makes one or two replica calls per client request).
 """
 import asyncio
-import logging
 
-from dynafast._impl import codec
+from dynafast._impl import codec, peer
 from dynafast.address import format_address, parse_address
-from dynafast.errors import NotSent, ProtocolError, Timeout, Unavailable
+from dynafast.errors import NotSent, Unavailable
 from dynafast.net.deadlines import DeadlineWheel
-from dynafast.net.messages import Msg, error_from_fields
-
-log = logging.getLogger("dynafast.net.connection")
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 1.0
-_MAX_REQUEST_ID = 0xFFFFFFFF
-_ERROR = int(Msg.ERROR)  # looked up once: an enum member lookup per reply shows in profiles
 
 
-class _Call:
-    """A request waiting for its reply; the deadline wheel calls it when the reply is late."""
+class _ClientProtocol(peer.ClientProtocol, asyncio.Protocol):
+    """The protocol of one connection: the build's (``dynafast._core.peer``, or its reference ``_ref.peer``)."""
 
-    __slots__ = ("protocol", "request_id", "timeout", "future", "deadline")
-
-    def __init__(self, protocol, request_id, timeout, future):
-        self.protocol = protocol
-        self.request_id = request_id
-        self.timeout = timeout
-        self.future = future  # of (reply_type, fields)
-        self.deadline = protocol.deadlines.add(timeout, self)
-
-    def __call__(self):
-        protocol = self.protocol
-        protocol.pending.pop(self.request_id, None)
-        self.fail(Timeout(f"no reply from {protocol.peer} within {self.timeout}s"))
-
-    def answer(self, reply):
-        if not self.future.done():
-            self.future.set_result(reply)
-
-    def fail(self, error):
-        if not self.future.done():
-            self.future.set_exception(error)
-
-
-class _CallbackCall(_Call):
-    """A call whose outcome goes straight to a callback, from the loop step that reads the reply (or the
-    deadline, or the lost connection): no future and no further loop step. The callback gets this call, which
-    answers as a done future does (``cancelled``, ``exception``, ``result``), so a future's done callback can
-    serve as it is."""
-
-    __slots__ = ("callback", "_reply", "_error")
-
-    def __init__(self, protocol, request_id, timeout, callback):
-        # _Call's fields set here, not through super(): a frame less for each of a request's replica calls.
-        self.protocol = protocol
-        self.request_id = request_id
-        self.timeout = timeout
-        self.future = None
-        self.deadline = protocol.deadlines.add(timeout, self)
-        self.callback = callback
-        self._reply = None
-        self._error = None
-
-    def answer(self, reply):
-        callback = self.callback
-        if callback is not None:  # called once, as a future's callbacks are
-            self.callback = None
-            self._reply = reply
-            try:
-                callback(self)
-            except Exception as exc:  # noqa: BLE001 - as the loop treats a failing done callback: log, go on
-                self._callback_failed(callback, exc)
-
-    def fail(self, error):
-        callback = self.callback
-        if callback is not None:
-            self.callback = None
-            self._error = error
-            try:
-                callback(self)
-            except Exception as exc:  # noqa: BLE001
-                self._callback_failed(callback, exc)
-
-    def _callback_failed(self, callback, exc):
-        self.protocol.loop.call_exception_handler({"message": f"reply callback {callback!r} failed",
-                                                   "exception": exc})
-
-    @staticmethod
-    def cancelled():
-        return False
-
-    def exception(self):
-        return self._error
-
-    def result(self):
-        if self._error is not None:
-            raise self._error
-        return self._reply
-
-
-class _ClientProtocol(asyncio.Protocol):
     def __init__(self, loop, max_frame):
-        self.loop = loop
-        self.transport = None
-        self.pending = {}  # request id -> _Call
-        # One wheel per connection: a lost connection drops all its deadlines at once.
-        self.deadlines = DeadlineWheel(loop)
-        self.lost = None  # the exception every later call gets, once the connection is gone
-        self._decoder = codec.Decoder(max_frame)
-        self._out = bytearray()
-        self._flush_scheduled = False
-        self._next_id = 0
-        self._write_ready = None  # a future while the transport asks us to stop writing
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        try:
-            frames = self._decoder.feed(data)
-        except ProtocolError as exc:
-            for frame in exc.frames:
-                self._deliver(*frame)
-            log.warning("closing connection to %s: %s", self.peer, exc)
-            self._fail(Unavailable(f"connection to {self.peer} broke: {exc}"))
-            self.transport.abort()
-            return
-        pending = self.pending
-        for frame in frames:
-            msg_type, request_id, fields = frame
-            if type(fields) is tuple and msg_type != _ERROR and request_id:
-                # A reply: what nearly every frame is, answered without the checks of _deliver.
-                call = pending.pop(request_id, None)
-                if call is not None:
-                    call.deadline.pop(call, None)  # DeadlineWheel.cancel, inlined
-                    call.answer((msg_type, fields))
-                    continue
-            self._deliver(msg_type, request_id, fields)
-
-    def _deliver(self, msg_type, request_id, fields):
-        if request_id == 0 and msg_type == _ERROR:
-            # The server found our stream broken and hangs up: the calls in flight get its reason.
-            log.warning("%s reported a connection error: %r", self.peer, fields)
-            self._fail(Unavailable(f"connection to {self.peer} was closed by the server"),
-                       pending_error=error_from_fields(fields))
-            self.transport.close()
-            return
-        call = self.forget(request_id)
-        if call is None:
-            log.debug("reply to unknown or timed out request %d from %s", request_id, self.peer)
-            return
-        if isinstance(fields, ProtocolError):
-            call.fail(fields)
-        elif msg_type == _ERROR:
-            call.fail(error_from_fields(fields))
-        else:
-            call.answer((msg_type, fields))
-
-    def connection_lost(self, exc):
-        reason = f": {exc}" if exc else ""
-        self._fail(Unavailable(f"connection to {self.peer} lost{reason}"))
-        if self._write_ready is not None and not self._write_ready.done():
-            self._write_ready.set_result(None)
-
-    def _fail(self, error, pending_error=None):
-        """From now on calls raise ``error``; the ones in flight get ``pending_error`` (default ``error``)."""
-        if self.lost is None:
-            self.lost = error
-        self.deadlines.clear()
-        pending, self.pending = self.pending, {}
-        for call in pending.values():
-            call.fail(pending_error or error)
-
-    @property
-    def peer(self):
-        return self.transport.get_extra_info("peername") if self.transport is not None else None
-
-    def pause_writing(self):
-        self._write_ready = self.loop.create_future()
-
-    def resume_writing(self):
-        if self._write_ready is not None and not self._write_ready.done():
-            self._write_ready.set_result(None)
-        self._write_ready = None
-
-    def request(self, msg_type, fields, timeout, callback=None):
-        """Queue a request; return (request_id, future of its reply or of Timeout after ``timeout`` seconds).
-        With ``callback`` there is no future (None is returned for it): ``callback(call)`` gets the outcome."""
-        if self.lost is not None:
-            raise self.lost
-        # Request ids cycle through 1..2**32-1 (0 is for errors about the connection itself).
-        request_id = self._next_id = self._next_id % _MAX_REQUEST_ID + 1
-        codec.encode_into(self._out, msg_type, request_id, fields)
-        if callback is None:
-            future = self.loop.create_future()
-            self.pending[request_id] = _Call(self, request_id, timeout, future)
-        else:
-            future = None
-            self.pending[request_id] = _CallbackCall(self, request_id, timeout, callback)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-        return request_id, future
-
-    def forget(self, request_id):
-        """Stop waiting for the reply to ``request_id`` (its deadline goes too); return its _Call or None."""
-        call = self.pending.pop(request_id, None)
-        if call is not None:
-            DeadlineWheel.cancel(call.deadline, call)
-        return call
-
-    def _flush(self):
-        self._flush_scheduled = False
-        if self._out and self.transport is not None and not self.transport.is_closing():
-            out, self._out = self._out, bytearray()  # the transport may keep a reference to it
-            self.transport.write(out)
+        super().__init__(loop, max_frame, DeadlineWheel(loop))
 
 
 class Connection:
@@ -305,18 +107,8 @@ class Connection:
         future each costs more than the call's bookkeeping); never before this returns. ``call`` answers
         ``cancelled()``, ``exception()`` and ``result()`` as a done future does. False, and nothing sent, when
         the connection cannot take the request now (closed, or the peer is not reading): use ``call``."""
-        protocol = self._protocol
-        transport = protocol.transport
-        if transport is None or protocol.lost is not None or protocol._write_ready is not None \
-                or transport.is_closing():
-            return False
-        try:
-            protocol.request(msg_type, fields, DEFAULT_TIMEOUT if timeout is None else timeout, callback)
-        except Exception as exc:  # noqa: BLE001 - e.g. unencodable fields: a later loop step reports it
-            future = protocol.loop.create_future()
-            future.set_exception(exc)
-            future.add_done_callback(callback)
-        return True
+        return self._protocol.request_then(msg_type, fields, DEFAULT_TIMEOUT if timeout is None else timeout,
+                                           callback)
 
     async def close(self):
         protocol = self._protocol
