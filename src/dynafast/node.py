@@ -196,9 +196,10 @@ class Node:
         }
         # One lookup per message: (record check, handler, client op or None), keyed by the decoder's plain ints.
         self._dispatch = {int(t): (parser(t), h, _CLIENT_OPS.get(t)) for t, h in self.handlers.items()}
-        replica_puts = _replica_lane(self)
-        if replica_puts is not None:  # it checks the fields itself, and hands the general path what it leaves
+        replica_puts, replica_gets = _replica_lanes(self)
+        if replica_puts is not None:  # they check the fields themselves, and hand the general path what they leave
             self._dispatch[int(Msg.REPLICA_PUT)] = (_as_sent, replica_puts, None)
+            self._dispatch[int(Msg.REPLICA_GET)] = (_as_sent, replica_gets, None)
         self.requests.replaces, self.requests.reads = _coordinator_lanes(self)
 
     # -- life cycle ----------------------------------------------------------------------------------------
@@ -437,20 +438,21 @@ def _as_sent(fields):
     return fields
 
 
-def _replica_lane(node):
-    """The build's REPLICA_PUT lane (``dynafast._core.lane.ReplicaPuts``; in the reference build its twin, the
-    general path itself), or None where it cannot run: a compiled lane over the reference store, or a store
-    without an engine (the simulator's)."""
+def _replica_lanes(node):
+    """The build's REPLICA_PUT and REPLICA_GET lanes (``dynafast._core.lane.ReplicaPuts`` and ``ReplicaGets``; in the
+    reference build their twins, the general paths themselves), or (None, None) where they cannot run: a compiled
+    lane over the reference store, or a store without an engine (the simulator's)."""
     engine = getattr(node.store, "_engine", None)
     lanes = _impl.lane
     if engine is None or not hasattr(lanes, "ReplicaPuts"):
-        return None
+        return None, None
     try:
-        return lanes.ReplicaPuts(node.requests, node.vnodes, engine, parser(Msg.REPLICA_PUT),
-                                 int(Msg.REPLICA_PUT_REPLY),
-                                 functools.partial(durable_reply, node.requests.durability, Msg.REPLICA_PUT_REPLY))
+        return (lanes.ReplicaPuts(node.requests, node.vnodes, engine, parser(Msg.REPLICA_PUT),
+                                  int(Msg.REPLICA_PUT_REPLY),
+                                  functools.partial(durable_reply, node.requests.durability, Msg.REPLICA_PUT_REPLY)),
+                lanes.ReplicaGets(node.requests, engine, parser(Msg.REPLICA_GET), int(Msg.REPLICA_GET_REPLY)))
     except TypeError:
-        return None
+        return None, None
 
 
 def _coordinator_lanes(node):

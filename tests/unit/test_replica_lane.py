@@ -7,6 +7,7 @@ end up holding the same versions, byte for byte."""
 import asyncio
 import functools
 import random
+from pathlib import Path
 
 import pytest
 
@@ -97,39 +98,90 @@ async def _run(base, kind, seed):
             except DynafastError as exc:
                 replies.append(type(exc).__name__)
         stored = {key: node.vnodes.get_raw(ring.partition_of(key), key) for key in KEYS}
-        return replies, stored, node.requests.replica_puts
+        return replies + await _gets(node, kind), stored, node.requests.replica_puts, node.requests.replica_gets
     finally:
         await node.stop()
+
+
+async def _gets(node, kind) -> list:
+    """The replies to replica gets of every key and of ones the lane must leave to the general path (hinted,
+    malformed, of a partition not held, of a key not stored in a partition being repaired, of a damaged record)
+    through ``kind`` (None: the general path)."""
+    check = parser(Msg.REPLICA_GET)
+    general = node.requests.replica_get
+    if kind is None:
+        def handle(fields):
+            return general(check(fields))
+    else:
+        handle = getattr(_impl, kind)("lane").ReplicaGets(node.requests, node.store._engine, check,
+                                                          int(Msg.REPLICA_GET_REPLY))
+    ring = node.membership.state.ring
+    requests = [(ring.partition_of(key), key, None) for key in KEYS + [b"absent"]]
+    requests += [(ring.partition_of(KEYS[0]), KEYS[0], "n2"), (ring.partitions, KEYS[0], None),
+                 (ring.partition_of(KEYS[0]), KEYS[0].decode(), None), (ring.partition_of(KEYS[0]), KEYS[0]),
+                 ("0", KEYS[0], None), [0, KEYS[0], None]]
+    replies = []
+    for fields in requests + ["repairing", "damaged"]:
+        if fields == "repairing":
+            fields = (ring.partition_of(b"absent"), b"absent", None)
+            node.requests.repairing.add(fields[0])
+        elif fields == "damaged":
+            fields = (ring.partition_of(b"damaged"), b"damaged", None)
+            _damage(node, b"damaged")
+        try:
+            replies.append(handle(fields))
+        except (DynafastError, TypeError, ValueError) as exc:
+            replies.append(type(exc).__name__)
+        node.requests.repairing.discard(ring.partition_of(b"absent"))
+    return replies
+
+
+def _damage(node, key) -> None:
+    """Store an object of ``key`` and flip a bit of its record on disk: its checksum fails when it is read."""
+    value = b"the record to damage"
+    partition = node.membership.state.ring.partition_of(key)
+    node.vnodes.write(partition, key, node.requests.Siblings.new(value, None).update(None, b"n9", NOW))
+    node.store.flush()
+    for path in Path(node.config.data_dir).rglob("*.data"):
+        data = path.read_bytes()
+        if value in data:
+            position = data.index(value) + len(value) // 2
+            with open(path, "r+b") as f:
+                f.seek(position)
+                f.write(bytes([data[position] ^ 0x10]))
+            return
+    raise AssertionError("the record was not found on disk")
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_replica_lanes_answer_what_the_general_path_answers(tmp_path, seed):
     compiled_or_skip("lane")
-    replies, stored, count = asyncio.run(_run(tmp_path, None, seed))
+    replies, stored, count, gets = asyncio.run(_run(tmp_path, None, seed))
     assert any(r == (int(Msg.REPLICA_PUT_REPLY), (False, False)) for r in replies)  # refusals were among them
     assert any(isinstance(r, str) for r in replies)  # and errors
     assert any(r[1][0] is True for r in replies if isinstance(r, tuple))  # and durable puts
     # The compiled lane runs over the compiled store only: the reference build checks its twin alone.
     for kind in ("reference",) if _impl.PURE else ("compiled", "reference"):
-        got_replies, got_stored, got_count = asyncio.run(_run(tmp_path, kind, seed))
+        got_replies, got_stored, got_count, got_gets = asyncio.run(_run(tmp_path, kind, seed))
         assert got_replies == replies, kind
         assert got_stored == stored, kind
-        assert got_count == count, kind
+        assert (got_count, got_gets) == (count, gets), kind
 
 
-def test_a_node_takes_replica_puts_through_the_compiled_lane(tmp_path):
+def test_a_node_takes_replica_puts_and_gets_through_the_compiled_lanes(tmp_path):
     if _impl.BUILD != "compiled":
         pytest.skip("the compiled lane and store are not both chosen")
-    from dynafast.node import _replica_lane
+    from dynafast.node import _replica_lanes
 
     async def run(base):
         config = NodeConfig(node_id="n1", listen=f"127.0.0.1:{free_port()}", data_dir=str(base), n=1, r=1, w=1)
         node = Node(config, Environment(rng=random.Random(0)))
         await node.start()
         try:
-            lane = _replica_lane(node)
-            assert type(lane) is _impl.lane.ReplicaPuts
-            assert node._dispatch[int(Msg.REPLICA_PUT)][1].__class__ is type(lane)
+            puts, gets = _replica_lanes(node)
+            assert type(puts) is _impl.lane.ReplicaPuts and type(gets) is _impl.lane.ReplicaGets
+            assert type(node._dispatch[int(Msg.REPLICA_PUT)][1]) is type(puts)
+            assert type(node._dispatch[int(Msg.REPLICA_GET)][1]) is type(gets)
         finally:
             await node.stop()
 

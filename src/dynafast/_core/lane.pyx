@@ -890,6 +890,69 @@ cdef class ReplicaPuts:
             on_write(partition, key, previous, stored)
 
 
+cdef class ReplicaGets:
+    """REPLICA_GET of a primary's copy in C: what ``messages.parse`` checks of it, then
+    ``RequestCoordinator.replica_get`` with ``Vnodes.get_raw``, for the common case. Called with the decoded fields,
+    it answers what the general path (``general(check(fields))``) would, and gives it every other case, which then
+    answers it, errors included:
+    - fields not of the expected types, or a hinted get (``hint_for``);
+    - a closed store, a partition this node does not hold;
+    - a record that does not read (the general path records the damage);
+    - nothing stored, in a partition being repaired after amnesia (a "not found" that proves nothing)."""
+
+    cdef object requests
+    cdef object membership
+    cdef object ownership
+    cdef object general
+    cdef object check
+    cdef object reply_type
+    cdef LogStore engine
+
+    def __init__(self, requests, engine, check, reply_type):
+        if not isinstance(engine, LogStore):
+            raise TypeError("the replica lane needs the compiled store")
+        self.requests = requests
+        self.membership = requests.membership
+        self.ownership = requests.ownership
+        self.general = requests.replica_get
+        self.check = check
+        self.reply_type = reply_type
+        self.engine = engine
+
+    def __call__(self, fields):
+        result = self._get(fields)
+        if result is None:
+            return self.general(self.check(fields))
+        return result
+
+    cdef object _get(self, object fields):
+        cdef Py_ssize_t partition
+        cdef df_item *it
+        if type(fields) is not tuple or PyTuple_GET_SIZE(fields) != 3:
+            return None
+        number, key, hint_for = fields
+        if type(number) is not int or type(key) is not bytes or hint_for is not None or self.engine.closed:
+            return None
+        try:
+            self.ownership.check_member(self.membership, number)
+        except Exception:  # noqa - the general path raises it again, as it answers it
+            return None
+        partition = number
+        stored_key = _stored_key(key, partition)
+        it = df_kd_find(&self.engine.kd, <const unsigned char *>PyBytes_AS_STRING(stored_key),
+                        PyBytes_GET_SIZE(stored_key))
+        raw = None
+        if it != NULL:
+            try:
+                raw = self.engine._value_at(it.seg, it.off, it.size)
+            except Exception:  # noqa - a damaged record: the general path records it
+                return None
+        if raw is None and partition in self.requests.repairing:
+            return None
+        self.requests.replica_gets += 1
+        return (self.reply_type, (raw,))
+
+
 cdef class LaneConnection:
     """The read step of a RESP connection (``dynafast.resp.server.RespConnection`` derives from it): while nothing
     else is under way on the connection, what a read brings is parsed, answered by the lane and written back in C,

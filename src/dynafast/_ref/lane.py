@@ -145,6 +145,18 @@ class ReplicaPuts:
         return self.general(self.check(fields))
 
 
+class ReplicaGets:
+    """The reference of dynafast._core.lane.ReplicaGets: the general path it stands for, as it is
+    (``RequestCoordinator.replica_get`` of the checked fields), which the compiled lane answers alike."""
+
+    def __init__(self, requests, engine, check, reply_type):
+        self.general = requests.replica_get
+        self.check = check
+
+    def __call__(self, fields):
+        return self.general(self.check(fields))
+
+
 class Replaces:
     """The reference of dynafast._core.lane.Replaces: the general path it stands for, as it is
     (``RequestCoordinator._replace_general``), which the compiled lane answers alike."""
