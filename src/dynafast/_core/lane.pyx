@@ -235,6 +235,8 @@ cdef class Lane:
         cdef uint32_t hashes[32]
         cdef Py_ssize_t i, n = 0
         cdef df_item *it
+        cdef const unsigned char *record
+        cdef Py_ssize_t line, span
         cdef bytes stored
         cdef list keys = []
         for i in range(start, end):
@@ -257,9 +259,14 @@ cdef class Lane:
                             PyBytes_GET_SIZE(stored))
             if it != NULL:
                 try:
-                    __builtin_prefetch(self.engine._locate(it.seg, it.off, it.size))
+                    record = self.engine._locate(it.seg, it.off, it.size)
                 except Exception:  # noqa - a record out of place: the read itself reports it
-                    pass
+                    continue
+                # Every line of it (its first 512 bytes): its checksum is the first to read them all.
+                span = min(it.size, 512)
+                for line in range(0, span, 64):
+                    __builtin_prefetch(record + line)
+                __builtin_prefetch(record + span - 1)  # the last, where the record does not start a line
 
     cdef bint _get(self, object key, bytearray out, bint resp3) except -1:
         cdef Py_ssize_t partition
