@@ -35,13 +35,12 @@ def peer_build(request, monkeypatch):
     """Every connection the tests open speaks through this build of ``peer`` (the compiled one is skipped when it
     is not built, and fails when a compiled build is required)."""
     from dynafast.net import connection
-    from dynafast.net.deadlines import DeadlineWheel
 
     build = compiled_or_skip("peer") if request.param == "compiled" else _impl.reference("peer")
 
     class ClientProtocol(build.ClientProtocol, asyncio.Protocol):
         def __init__(self, loop, max_frame):
-            super().__init__(loop, max_frame, DeadlineWheel(loop))
+            super().__init__(loop, max_frame, build.DeadlineWheel(loop))
 
     monkeypatch.setattr(connection, "_ClientProtocol", ClientProtocol)
     return request.param

@@ -1,15 +1,27 @@
-"""dynafast.net.deadlines: the deadline wheel on a real loop of each kind, with small timeouts."""
+"""dynafast.net.deadlines: the deadline wheel (each build of it) on a real loop of each kind, with small
+timeouts."""
 import asyncio
+import sys
 import weakref
 
 import pytest
 
+from dynafast import _impl
 from dynafast.net import loop as netloop
 from dynafast.net.deadlines import DeadlineWheel
+from dynafast.testing.builds import compiled_or_skip
 
 pytestmark = pytest.mark.timeout(60)
 LOOPS = ["asyncio"] + (["uvloop"] if netloop.uvloop is not None else [])
 WAIT = 5.0  # seconds: "eventually", far above the few ticks a deadline may be late
+
+
+@pytest.fixture(autouse=True, params=["compiled", "reference"])
+def wheel_build(request, monkeypatch):
+    """The tests' ``DeadlineWheel`` is this build's (``peer``: the compiled one, or its reference)."""
+    build = compiled_or_skip("peer") if request.param == "compiled" else _impl.reference("peer")
+    monkeypatch.setattr(sys.modules[__name__], "DeadlineWheel", build.DeadlineWheel)
+    return request.param
 
 
 @pytest.fixture(params=LOOPS)

@@ -20,6 +20,69 @@ cdef enum:
 cdef unsigned long MAX_REQUEST_ID = 0xFFFFFFFF
 
 
+cdef class DeadlineWheel:
+    """``add(timeout, callback)`` calls ``callback()`` once ``timeout`` seconds have passed, unless the handle it
+    returns is given to ``cancel`` first (dynafast.net.deadlines says why a wheel).
+
+    ``callback`` is any hashable callable (a bound method, or an object with ``__call__``), added at most once at a
+    time. The buckets are dicts used as ordered sets: ``cancel`` costs one removal, and a bucket's callbacks run in
+    the order they were added, the same in every run (a set of objects iterates by address, which would make
+    simulated runs differ)."""
+
+    cdef readonly object loop
+    cdef readonly double tick
+    cdef dict _buckets  # tick number -> callbacks due at its end
+    cdef object _time
+
+    def __init__(self, loop, tick=0.005):
+        if tick <= 0:
+            raise ValueError(f"tick must be positive, not {tick}")
+        self.loop = loop
+        self.tick = tick
+        self._buckets = {}
+        self._time = loop.time
+
+    cpdef dict add(self, double timeout, callback):
+        """Schedule ``callback``; returns the handle to pass to ``cancel``."""
+        # The bucket's timer runs at the first tick boundary after the deadline: late by < 1 tick, not early.
+        cdef long long tick = <long long>((self._time() + timeout) / self.tick) + 1
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = {}
+            self.loop.call_at(tick * self.tick, self._expire, tick)
+        (<dict>bucket)[callback] = None
+        return <dict>bucket
+
+    @staticmethod
+    def cancel(handle, callback):
+        """``callback`` will not be called (a no-op when it was called or cancelled already)."""
+        handle.pop(callback, None)
+
+    def clear(self):
+        """Cancel every deadline (the bucket timers still run, and find nothing to do)."""
+        for bucket in self._buckets.values():
+            (<dict>bucket).clear()  # callers may still hold the handles
+        self._buckets.clear()
+
+    def __len__(self):
+        """The deadlines not yet fired or cancelled."""
+        return sum(len(bucket) for bucket in self._buckets.values())
+
+    def _expire(self, tick):
+        bucket = self._buckets.pop(tick, None)
+        # Pop one at a time: a callback may cancel others of the same bucket, and those must not run.
+        while bucket:
+            callback = next(iter(bucket))
+            del bucket[callback]
+            try:
+                callback()
+            except Exception as exc:  # noqa - one failing callback must not stop the others' deadlines
+                self.loop.call_exception_handler({
+                    "message": f"deadline callback {callback!r} failed",
+                    "exception": exc,
+                })
+
+
 cdef class Call:
     """A request waiting for its reply; the deadline wheel calls it when the reply is late. Its outcome goes to
     its ``future``, or, with a ``callback``, straight to ``callback(call)`` from the loop step that reads the reply
@@ -97,18 +160,13 @@ cdef class ClientProtocol:
     cdef public object loop
     cdef public object transport
     cdef public dict pending  # request id -> Call
-    cdef public object deadlines  # one DeadlineWheel per connection: a lost connection drops all its deadlines
+    cdef public DeadlineWheel deadlines  # one per connection: a lost connection drops all its deadlines
     cdef public object lost  # the exception every later call gets, once the connection is gone
     cdef public object _write_ready  # a future while the transport asks us to stop writing
     cdef public bint _flush_scheduled
     cdef public bytearray _out
     cdef object _decoder
     cdef unsigned long _next_id
-    # The wheel's parts, for its ``add`` inlined (one per call): its buckets (never replaced), tick and timer
-    cdef dict _buckets
-    cdef double _tick
-    cdef object _expire
-    cdef object _time
     cdef object _flush_method
 
     def __init__(self, loop, max_frame, deadlines):
@@ -122,10 +180,6 @@ cdef class ClientProtocol:
         self._out = bytearray()
         self._decoder = Decoder(max_frame)
         self._next_id = 0
-        self._buckets = deadlines._buckets
-        self._tick = deadlines.tick
-        self._expire = deadlines._expire
-        self._time = loop.time
         self._flush_method = self._flush
 
     def connection_made(self, transport):
@@ -208,7 +262,6 @@ cdef class ClientProtocol:
         """Queue a request; return (request_id, future of its reply or of Timeout after ``timeout`` seconds).
         With ``callback`` there is no future (None is returned for it): ``callback(call)`` gets the outcome."""
         cdef Call call
-        cdef long long tick
         if self.lost is not None:
             raise self.lost
         # Request ids cycle through 1..2**32-1 (0 is for errors about the connection itself).
@@ -224,14 +277,7 @@ cdef class ClientProtocol:
         else:
             future = None
             call.callback = callback
-        # DeadlineWheel.add: the bucket of the first tick boundary after the deadline, with one timer per bucket.
-        tick = <long long>((self._time() + timeout) / self._tick) + 1
-        bucket = self._buckets.get(tick)
-        if bucket is None:
-            bucket = self._buckets[tick] = {}
-            self.loop.call_at(tick * self._tick, self._expire, tick)
-        (<dict>bucket)[call] = None
-        call.deadline = <dict>bucket
+        call.deadline = self.deadlines.add(timeout, call)
         self.pending[request_id] = call
         if not self._flush_scheduled:
             self._flush_scheduled = True

@@ -174,7 +174,9 @@ class PeerPool:
         if slots is not None and not self._closed:
             turn = self._turn[address]
             conn = slots[turn]
-            if type(conn) is Connection and conn.request_then(msg_type, fields, timeout, callback):
+            # Connection.request_then, inlined: a coordinator's every replica call passes here.
+            if type(conn) is Connection and conn._protocol.request_then(
+                    msg_type, fields, DEFAULT_TIMEOUT if timeout is None else timeout, callback):
                 self._turn[address] = (turn + 1) % self.connections_per_peer
                 return
         asyncio.ensure_future(self.call(address, msg_type, fields, timeout)).add_done_callback(callback)
