@@ -1,8 +1,11 @@
 """dynafast.net: protocol logic fed bytes, then real servers and connections on 127.0.0.1 on both loops."""
 import asyncio
+import gc
 import socket
 import struct
+import sys
 import time
+import weakref
 
 import pytest
 
@@ -278,6 +281,43 @@ def test_timeout_then_connection_still_usable(run):
         await server.wait_closed()
 
     run(main())
+
+
+def test_a_timeout_of_forever_is_a_deadline_like_any_other(run):
+    """sys.maxsize seconds is beyond a C integer of ticks: the call still waits for its reply, as with any timeout
+    (the compiled wheel once raised OverflowError after the request had gone out)."""
+    async def main():
+        server = await slow_handler_server()
+        conn = await Connection.open(HOST, server.port)
+        assert await conn.call(Msg.GET, (0, "forever"), timeout=sys.maxsize) == (Msg.GET_REPLY, (0, "forever"))
+        assert conn.in_flight == 0 and len(conn._protocol.deadlines) == 0
+        await conn.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_closed_connection_is_freed_without_the_cycle_collector(run):
+    """Its protocol holds no reference to itself: it and what it buffered go when the connection does, not at a
+    full garbage collection that a node with a large heap runs rarely."""
+    async def main():
+        server = await slow_handler_server()
+        conn = await Connection.open(HOST, server.port)
+        assert await conn.call(Msg.GET, (0, "ok")) == (Msg.GET_REPLY, (0, "ok"))
+        protocol = weakref.ref(conn._protocol)
+        await conn.close()
+        del conn
+        await asyncio.sleep(0.05)  # the transport lets go of it
+        assert protocol() is None
+        server.close()
+        await server.wait_closed()
+
+    gc.disable()
+    try:
+        run(main())
+    finally:
+        gc.enable()
 
 
 def test_a_cancelled_call_drops_its_deadline(run):

@@ -45,7 +45,11 @@ cdef class DeadlineWheel:
     cpdef dict add(self, double timeout, callback):
         """Schedule ``callback``; returns the handle to pass to ``cancel``."""
         # The bucket's timer runs at the first tick boundary after the deadline: late by < 1 tick, not early.
-        cdef long long tick = <long long>((self._time() + timeout) / self.tick) + 1
+        cdef double at = (self._time() + timeout) / self.tick
+        if at < 4.0e18:
+            tick = <long long>at + 1
+        else:  # beyond a C integer ("forever" written as sys.maxsize): a Python one, as the reference has
+            tick = int(at) + 1
         bucket = self._buckets.get(tick)
         if bucket is None:
             bucket = self._buckets[tick] = {}
@@ -167,7 +171,6 @@ cdef class ClientProtocol:
     cdef public bytearray _out
     cdef object _decoder
     cdef unsigned long _next_id
-    cdef object _flush_method
 
     def __init__(self, loop, max_frame, deadlines):
         self.loop = loop
@@ -180,7 +183,6 @@ cdef class ClientProtocol:
         self._out = bytearray()
         self._decoder = Decoder(max_frame)
         self._next_id = 0
-        self._flush_method = self._flush
 
     def connection_made(self, transport):
         self.transport = transport
@@ -281,7 +283,7 @@ cdef class ClientProtocol:
         self.pending[request_id] = call
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush_method)
+            self.loop.call_soon(self._flush)  # a bound method once per loop turn (kept, it would be a cycle)
         return request_id, future
 
     def request_then(self, msg_type, fields, timeout, callback):
