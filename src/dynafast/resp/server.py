@@ -82,7 +82,8 @@ class RespApp:
         self.quorum = new_quorum(node)
 
     def lane_rights(self, conn) -> int:
-        """What the lane may do for ``conn``: READ, and WRITE when its writes are acknowledged at once."""
+        """What the lanes may do for ``conn``: READ, WRITE when its writes are acknowledged at once, and QUORUM when
+        its R, W and DW are the node's (``Quorum`` takes only those)."""
         role = conn.role
         if role is None or (self.lane is None and self.quorum is None) or conn.refused_multi:
             return 0
