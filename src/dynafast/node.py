@@ -438,38 +438,34 @@ def _as_sent(fields):
     return fields
 
 
-def _replica_lanes(node):
-    """The build's REPLICA_PUT and REPLICA_GET lanes (``dynafast._core.lane.ReplicaPuts`` and ``ReplicaGets``; in the
-    reference build their twins, the general paths themselves), or (None, None) where they cannot run: a compiled
-    lane over the reference store, or a store without an engine (the simulator's)."""
+def _lanes(node, make):
+    """``make(lanes, engine)``: the build's lanes (``dynafast._core.lane``; in the reference build their twins, the
+    general paths themselves) over the node's store, or (None, None) where they cannot run: a compiled lane over the
+    reference store, or a store without an engine (the simulator's)."""
     engine = getattr(node.store, "_engine", None)
-    lanes = _impl.lane
-    if engine is None or not hasattr(lanes, "ReplicaPuts"):
+    if engine is None:
         return None, None
     try:
-        return (lanes.ReplicaPuts(node.requests, node.vnodes, engine, parser(Msg.REPLICA_PUT),
-                                  int(Msg.REPLICA_PUT_REPLY),
-                                  functools.partial(durable_reply, node.requests.durability, Msg.REPLICA_PUT_REPLY)),
-                lanes.ReplicaGets(node.requests, engine, parser(Msg.REPLICA_GET), int(Msg.REPLICA_GET_REPLY)))
+        return make(_impl.lane, engine)
     except TypeError:
         return None, None
+
+
+def _replica_lanes(node):
+    """The REPLICA_PUT and REPLICA_GET lanes (``ReplicaPuts``, ``ReplicaGets``), or (None, None)."""
+    requests = node.requests
+    return _lanes(node, lambda lanes, engine: (
+        lanes.ReplicaPuts(requests, node.vnodes, engine, parser(Msg.REPLICA_PUT), int(Msg.REPLICA_PUT_REPLY),
+                          functools.partial(durable_reply, requests.durability, Msg.REPLICA_PUT_REPLY)),
+        lanes.ReplicaGets(requests, engine, parser(Msg.REPLICA_GET), int(Msg.REPLICA_GET_REPLY))))
 
 
 def _coordinator_lanes(node):
-    """The build's one-round lww put and quorum read (``dynafast._core.lane.Replaces`` and ``Reads``; in the
-    reference build their twins, the general paths themselves), or (None, None) where they cannot run: a compiled
-    lane over the reference store, or a store without an engine (the simulator's)."""
-    engine = getattr(node.store, "_engine", None)
-    lanes = _impl.lane
-    if engine is None or not hasattr(lanes, "Replaces"):
-        return None, None
+    """The one-round lww put and the quorum read (``Replaces``, ``Reads``), or (None, None)."""
     requests = node.requests
-    try:
-        return (lanes.Replaces(requests, node.vnodes, engine, requests.transport, int(Msg.REPLICA_PUT)),
-                lanes.Reads(requests, node.vnodes, engine, requests.transport, int(Msg.REPLICA_GET),
-                            int(Msg.GET_REPLY)))
-    except TypeError:
-        return None, None
+    return _lanes(node, lambda lanes, engine: (
+        lanes.Replaces(requests, node.vnodes, engine, requests.transport, int(Msg.REPLICA_PUT)),
+        lanes.Reads(requests, node.vnodes, engine, requests.transport, int(Msg.REPLICA_GET), int(Msg.GET_REPLY))))
 
 
 def _reply(msg_type, result):

@@ -795,7 +795,41 @@ cdef class _Reply:
         self.request.replied(self.node, call)
 
 
-cdef class ReplicaPuts:
+cdef class _Replicating:
+    """What the replica lanes share: the node's parts, and their call: answer the decoded fields in C (``_serve``),
+    or, where that gives None, hand them to the general path (``general(check(fields))``), which then answers them,
+    errors included."""
+
+    cdef object requests
+    cdef object membership
+    cdef object ownership
+    cdef object general
+    cdef object check
+    cdef object reply_type
+    cdef LogStore engine
+
+    def __init__(self, requests, engine, general, check, reply_type):
+        if not isinstance(engine, LogStore):
+            raise TypeError("the replica lane needs the compiled store")
+        self.requests = requests
+        self.membership = requests.membership
+        self.ownership = requests.ownership
+        self.general = general
+        self.check = check
+        self.reply_type = reply_type
+        self.engine = engine
+
+    def __call__(self, fields):
+        result = self._serve(fields)
+        if result is None:
+            return self.general(self.check(fields))
+        return result
+
+    cdef object _serve(self, object fields):
+        raise NotImplementedError
+
+
+cdef class ReplicaPuts(_Replicating):
     """REPLICA_PUT of a primary's copy in C: what ``messages.parse`` checks of it, then
     ``RequestCoordinator.replica_put`` with ``Vnodes.merge_in`` or ``Vnodes.replace_if_covering``, for the common
     case. Called with the decoded fields, it answers what the general path (``general(check(fields))``) would, and
@@ -805,36 +839,15 @@ cdef class ReplicaPuts:
     - a one-round put (``replace``) to a partition being repaired after amnesia;
     - an incoming object that does not decode, or a stored one that does not read."""
 
-    cdef object requests
     cdef object vnodes
-    cdef object membership
-    cdef object ownership
-    cdef object general
-    cdef object check
-    cdef object reply_type
     cdef object durable_reply
-    cdef LogStore engine
 
     def __init__(self, requests, vnodes, engine, check, reply_type, durable_reply):
-        if not isinstance(engine, LogStore):
-            raise TypeError("the replica lane needs the compiled store")
-        self.requests = requests
+        _Replicating.__init__(self, requests, engine, requests.replica_put, check, reply_type)
         self.vnodes = vnodes
-        self.membership = requests.membership
-        self.ownership = requests.ownership
-        self.general = requests.replica_put
-        self.check = check
-        self.reply_type = reply_type
         self.durable_reply = durable_reply  # (fields) -> a future of the reply, once what was written is on disk
-        self.engine = engine
 
-    def __call__(self, fields):
-        result = self._put(fields)
-        if result is None:
-            return self.general(self.check(fields))
-        return result
-
-    cdef object _put(self, object fields):
+    cdef object _serve(self, object fields):
         cdef Py_ssize_t size, partition
         cdef Siblings incoming, existing, merged
         cdef bytes key, raw, stored_key
@@ -897,7 +910,7 @@ cdef class ReplicaPuts:
             on_write(partition, key, previous, stored)
 
 
-cdef class ReplicaGets:
+cdef class ReplicaGets(_Replicating):
     """REPLICA_GET of a primary's copy in C: what ``messages.parse`` checks of it, then
     ``RequestCoordinator.replica_get`` with ``Vnodes.get_raw``, for the common case. Called with the decoded fields,
     it answers what the general path (``general(check(fields))``) would, and gives it every other case, which then
@@ -907,32 +920,10 @@ cdef class ReplicaGets:
     - a record that does not read (the general path records the damage);
     - nothing stored, in a partition being repaired after amnesia (a "not found" that proves nothing)."""
 
-    cdef object requests
-    cdef object membership
-    cdef object ownership
-    cdef object general
-    cdef object check
-    cdef object reply_type
-    cdef LogStore engine
-
     def __init__(self, requests, engine, check, reply_type):
-        if not isinstance(engine, LogStore):
-            raise TypeError("the replica lane needs the compiled store")
-        self.requests = requests
-        self.membership = requests.membership
-        self.ownership = requests.ownership
-        self.general = requests.replica_get
-        self.check = check
-        self.reply_type = reply_type
-        self.engine = engine
+        _Replicating.__init__(self, requests, engine, requests.replica_get, check, reply_type)
 
-    def __call__(self, fields):
-        result = self._get(fields)
-        if result is None:
-            return self.general(self.check(fields))
-        return result
-
-    cdef object _get(self, object fields):
+    cdef object _serve(self, object fields):
         cdef Py_ssize_t partition
         cdef df_item *it
         if type(fields) is not tuple or PyTuple_GET_SIZE(fields) != 3:
