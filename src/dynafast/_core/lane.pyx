@@ -14,6 +14,11 @@ lane takes the same steps for the common case, against the same store, and gives
   envelope (an expiry to check);
 - a SET whose result has siblings to check against the limits.
 So the lane answers exactly what the general path would, and never an error: errors are the general path's.
+
+Most stored sets are read where they lie, without the objects the general path makes of them (``vclock.view_set``),
+and a SET encodes its new set from that view straight into the store's write buffer (``put_superseding``,
+``LogStore._put_plain``). Sets of other shapes, and writes the Merkle tree of their partition must hear of, go
+through the objects (``_supersede``); the bytes stored are the same either way.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_GET_SIZE
@@ -22,11 +27,12 @@ from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.ref cimport PyObject
 from libc.string cimport memcmp, memcpy
 
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 from dynafast._core.logstore cimport LogStore, df_item, df_keydir, df_kd_find
 from dynafast._core.reply cimport _bulk, _put
 from dynafast._core.ring cimport key_token
-from dynafast._core.vclock cimport Siblings, siblings_from_bytes
+from dynafast._core.vclock cimport (SetView, Siblings, put_superseding, siblings_from_bytes, superseding_bound,
+                                    view_set)
 
 cdef enum:
     MARK = 0xF5  # dynafast.cluster.expiry.MARK
@@ -34,6 +40,12 @@ cdef enum:
     LOCAL = 1
     ELSEWHERE = 2
     PREFIX = 3  # b"o" + partition:u16be: dynafast.cluster.vnode.object_key
+    SCRATCH = 4096  # the largest set a SET encodes in place (the store's compress_threshold if lower)
+    FRESH_ACTOR = 21  # what a fresh actor adds to the prefix: its epoch, at most 20 digits
+    # Who follows a write (Vnodes.on_write): no one; the Merkle trees, for the partitions they hold; someone else
+    NOT_FOLLOWED = 0
+    TREES = 1
+    FOLLOWED = 2
 
 READ = 1  # the connection may read (GET)
 WRITE = 2  # and may write with dw 0 (SET answered once in the store's write buffer)
@@ -143,12 +155,18 @@ cdef class Lane:
     cdef bytes base  # the node's own actor
     cdef bytes dotted  # the prefix of the actors this incarnation hands out (Actors.issued)
     cdef object dotted_base  # the Actors.base it was made of
+    cdef object trees  # antientropy.VnodeTrees (or None): whose hook the writes of its partitions go to
+    cdef int followed  # NOT_FOLLOWED, TREES or FOLLOWED (worked out by _open)
+    cdef object built  # TREES: the trees built so far (partition -> tree)
+    cdef unsigned char scratch[SCRATCH]  # a SET's new set, encoded in place
+    cdef readonly Py_ssize_t written_in_place  # SETs stored by _supersede_in_place
 
-    def __init__(self, requests, vnodes, engine, config):
+    def __init__(self, requests, vnodes, engine, config, trees=None):
         if not isinstance(engine, LogStore):
             raise TypeError("the lane needs the compiled store")
         self.requests = requests
         self.vnodes = vnodes
+        self.trees = trees
         self.membership = requests.membership
         self.actors = requests.actors
         self.engine = engine
@@ -177,6 +195,14 @@ cdef class Lane:
             self.down = down
             self._where = bytearray(ring.partitions)
             self.shift = 64 - (ring.partitions.bit_length() - 1)
+        hook = self.vnodes.on_write
+        if hook is None:
+            self.followed = NOT_FOLLOWED
+        elif self.trees is not None and hook == self.trees.on_write:
+            self.followed = TREES
+            self.built = self.trees.trees
+        else:
+            self.followed = FOLLOWED
         return True
 
     cdef bint _local(self, Py_ssize_t partition, bytes key) except -1:
@@ -196,6 +222,7 @@ cdef class Lane:
         cdef object item, name
         cdef bint damaged, done
         cdef object now = None
+        cdef long long ts = -1  # now, for the in-place writer (-1: out of its range, the object path's)
         if not rights or not self._open():
             return start
         damaged = bool(self.vnodes.damaged)
@@ -217,7 +244,9 @@ cdef class Lane:
                         and _is(name, b"SET", b"set", 3)):
                     if now is None:
                         now = int(self.requests.clock.wall())
-                    done = self._set(<object>PyList_GET_ITEM(args, 1), <object>PyList_GET_ITEM(args, 2), now, out)
+                        ts = now if 0 <= now < 1 << 63 else -1
+                    done = self._set(<object>PyList_GET_ITEM(args, 1), <object>PyList_GET_ITEM(args, 2), now, ts,
+                                     out)
                 else:
                     done = False
             except Exception:  # noqa
@@ -272,19 +301,40 @@ cdef class Lane:
         cdef Py_ssize_t partition
         cdef Siblings found
         cdef PyObject *value
+        cdef df_item *it
+        cdef const unsigned char *record
+        cdef size_t size
+        cdef SetView view
         if type(key) is not bytes or PyBytes_GET_SIZE(key) > self.max_key:
             return False
         partition = <Py_ssize_t>(key_token(key) >> self.shift)
         if not self._local(partition, key):
             return False
+        stored_key = _stored_key(key, partition)
+        it = df_kd_find(&self.engine.kd, <const unsigned char *>PyBytes_AS_STRING(stored_key),
+                        PyBytes_GET_SIZE(stored_key))
         try:
-            found = _read(self.engine, _stored_key(key, partition))
+            if it == NULL:
+                found = None
+            elif self.engine._plain_value(it, &record, &size) and view_set(record, size, &view):
+                # The common set, read where it lies.
+                if view.ndots != 1:
+                    return False  # siblings (or none): the general path picks the newest
+                if view.value == NULL:
+                    found = None  # a tombstone
+                elif view.vlen and view.value[0] == MARK:
+                    return False  # an envelope: an expiry to check, or an escaped value
+                else:
+                    _bulk(out, <const char *>view.value, view.vlen)
+                    return True
+            else:
+                found = _read(self.engine, stored_key)
         except Exception:  # noqa - a damaged record: the general path records it and answers
             return False
         if found is None:
             value = _Py_None
         elif found.ndots + found.nanon != 1:
-            return False  # siblings (or none): the general path picks the newest
+            return False
         else:
             value = found.dots[0].value if found.ndots else found.anon[0].value
         if value == _Py_None:
@@ -294,14 +344,13 @@ cdef class Lane:
                 _put(out, b"$-1\r\n", 5)
             return True
         if PyBytes_GET_SIZE(<object>value) and <unsigned char>PyBytes_AS_STRING(<object>value)[0] == MARK:
-            return False  # an envelope: an expiry to check, or an escaped value
+            return False
         _bulk(out, PyBytes_AS_STRING(<object>value), PyBytes_GET_SIZE(<object>value))
         return True
 
-    cdef bint _set(self, object key, object value, object now, bytearray out) except -1:
+    cdef bint _set(self, object key, object value, object now, long long ts, bytearray out) except -1:
         """RequestCoordinator.replace_local: read what is stored, supersede all of it, append."""
         cdef Py_ssize_t partition
-        cdef Siblings existing, stored
         if (type(key) is not bytes or type(value) is not bytes or PyBytes_GET_SIZE(key) > self.max_key
                 or PyBytes_GET_SIZE(value) > self.max_value):
             return False
@@ -311,6 +360,84 @@ cdef class Lane:
         if not self._local(partition, key):
             return False
         stored_key = _stored_key(key, partition)
+        if not ((ts >= 0 and self._supersede_in_place(stored_key, value, partition, <uint64_t>ts))
+                or self._supersede(stored_key, key, value, partition, now)):
+            return False
+        _put(out, b"+OK\r\n", 5)
+        return True
+
+    cdef bint _supersede_in_place(self, bytes stored_key, bytes value, Py_ssize_t partition,
+                                  uint64_t ts) except -1:
+        """_supersede making no object, for what it nearly always meets: nothing stored, or a set the view
+        holds (no anonymous value, fewer entries than prune's bound) that one of our actors has stamped, whose
+        new encoding is stored as it is (not compressed), and a write no one but the Merkle trees follows, of a
+        partition they have no tree of. False, with nothing done, for anything else."""
+        cdef SetView view
+        cdef df_item *it
+        cdef const unsigned char *record
+        cdef const unsigned char *actor
+        cdef size_t size
+        cdef Py_ssize_t stamp = -1, alen, vlen = PyBytes_GET_SIZE(value), limit
+        cdef unsigned char *end
+        if self.sibling_check < 1:
+            return False
+        if self.followed == FOLLOWED or (self.followed == TREES and self.built and partition in self.built):
+            return False  # the hook needs the objects
+        limit = min(<Py_ssize_t>SCRATCH, <Py_ssize_t>self.engine.compress_threshold)
+        it = df_kd_find(&self.engine.kd, <const unsigned char *>PyBytes_AS_STRING(stored_key),
+                        PyBytes_GET_SIZE(stored_key))
+        if it == NULL:
+            view.n = 0
+            if superseding_bound(&view, PyBytes_GET_SIZE(self.dotted) + FRESH_ACTOR, vlen) > limit:
+                return False
+            fresh = self.actors.fresh()  # no pointer into the store is held across this Python call
+            actor = <const unsigned char *>PyBytes_AS_STRING(fresh)
+            alen = PyBytes_GET_SIZE(fresh)
+        else:
+            try:
+                if not self.engine._plain_value(it, &record, &size) or not view_set(record, size, &view):
+                    return False
+            except Exception:  # noqa - a damaged record: _supersede leaves it to the general path
+                return False
+            stamp = self._stamp(&view)
+            if stamp < 0 or view.ents[stamp].counter == 0xFFFFFFFFFFFFFFFF:
+                return False  # a fresh actor to hand out, or a counter supersede refuses to move on
+            actor = view.ents[stamp].actor
+            alen = view.ents[stamp].alen
+        if superseding_bound(&view, alen, vlen) > SCRATCH:
+            return False
+        end = put_superseding(self.scratch, &view, stamp, actor, alen, ts,
+                              <const unsigned char *>PyBytes_AS_STRING(value), vlen)
+        if end - self.scratch > limit:
+            return False
+        self.engine._put_plain(<const unsigned char *>PyBytes_AS_STRING(stored_key), PyBytes_GET_SIZE(stored_key),
+                               self.scratch, end - self.scratch)
+        self.written_in_place += 1
+        return True
+
+    cdef Py_ssize_t _stamp(self, SetView *view) noexcept:
+        """_stamping_actor over a view: the first entry whose actor is ours (``base``, or one this incarnation
+        handed out), or -1."""
+        cdef Py_ssize_t i, j, n = PyBytes_GET_SIZE(self.dotted)
+        cdef const unsigned char *actor
+        for i in range(view.n):
+            actor = view.ents[i].actor
+            if (view.ents[i].alen == PyBytes_GET_SIZE(self.base)
+                    and memcmp(actor, PyBytes_AS_STRING(self.base), view.ents[i].alen) == 0):
+                return i
+            if view.ents[i].alen > n and memcmp(actor, PyBytes_AS_STRING(self.dotted), n) == 0:
+                j = n
+                while j < view.ents[i].alen and c'0' <= actor[j] <= c'9':
+                    j += 1
+                if j == view.ents[i].alen:
+                    return i
+        return -1
+
+    cdef bint _supersede(self, bytes stored_key, bytes key, bytes value, Py_ssize_t partition,
+                         object now) except -1:
+        """RequestCoordinator.replace_local over the stored objects: False for a damaged record or siblings to
+        check against the limits (the general path's)."""
+        cdef Siblings existing, stored
         try:
             existing = _read(self.engine, stored_key)
         except Exception:  # noqa - a damaged record: the general path replaces it and records the repair
@@ -326,7 +453,6 @@ cdef class Lane:
         on_write = self.vnodes.on_write
         if on_write is not None:
             on_write(partition, key, existing, stored)
-        _put(out, b"+OK\r\n", 5)
         return True
 
 

@@ -205,6 +205,10 @@ cdef class LogStore:
     cdef int _append(self, const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen,
                      int flags, uint64_t expires) except -1
     cdef int _room(self, size_t size) except -1
+    cdef int _add(self, const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen, int flags,
+                  uint64_t expires) except -1
+    cdef int _put_plain(self, const unsigned char *key, size_t klen, const unsigned char *val,
+                        size_t vlen) except -1
     cdef int _flush_locked(self, bint release_gil) except -1
     cdef int _roll_locked(self) except -1
     cdef int _sync_to(self, uint64_t target) except -1
@@ -213,6 +217,8 @@ cdef class LogStore:
     cdef int _bg_submit(self) except -1
     cdef int _bg_stop(self) except -1
     cdef const unsigned char *_locate(self, uint32_t seg, uint32_t off, uint32_t size) except NULL
+    cdef const unsigned char *_checked(self, uint32_t seg, uint32_t off, uint32_t size) except NULL
+    cdef int _plain_value(self, const df_item *it, const unsigned char **value, size_t *vlen) except -1
     cdef object _value_at(self, uint32_t seg, uint32_t off, uint32_t size)
     cdef bint _expired(self, key)
     cdef int _release_all(self) except -1

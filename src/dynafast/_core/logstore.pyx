@@ -1137,16 +1137,37 @@ cdef class LogStore:
             expires = _expires_in(ttl)
             extra = EXPIRES_SIZE
             flags |= FLAG_EXPIRES
-        self._room(HEADER_SIZE + klen + extra + vlen)
-        cdef uint64_t off = self.buf_base + self.wbuf.len
-        self._append(<const unsigned char *>PyBytes_AS_STRING(key), klen,
-                     <const unsigned char *>PyBytes_AS_STRING(value), vlen, flags, expires)
-        self._apply(<const unsigned char *>PyBytes_AS_STRING(key), klen, self.active, <uint32_t>off,
-                    <uint32_t>(HEADER_SIZE + klen + extra + vlen), flags, NULL)
+        self._add(<const unsigned char *>PyBytes_AS_STRING(key), klen,
+                  <const unsigned char *>PyBytes_AS_STRING(value), vlen, flags, expires)
         if extra:
             self.expires[key] = expires
         if self.sync_always:
             self._sync_to(self.appended)
+
+    cdef int _add(self, const unsigned char *key, size_t klen, const unsigned char *val, size_t vlen, int flags,
+                  uint64_t expires) except -1:
+        """put's record, made and in place: appended, and the keydir pointing at it."""
+        cdef size_t size = HEADER_SIZE + klen + (EXPIRES_SIZE if flags & FLAG_EXPIRES else 0) + vlen
+        self._room(size)
+        cdef uint64_t off = self.buf_base + self.wbuf.len
+        self._append(key, klen, val, vlen, flags, expires)
+        self._apply(key, klen, self.active, <uint32_t>off, <uint32_t>size, flags, NULL)
+        return 0
+
+    cdef int _put_plain(self, const unsigned char *key, size_t klen, const unsigned char *val,
+                        size_t vlen) except -1:
+        """put(key, value) from C buffers, making no object, of a value put stores as it is: neither compressed
+        (not over compress_threshold) nor expiring."""
+        if klen > self.max_key_size:
+            raise KeyTooLarge(f"key of {klen} bytes exceeds max_key_size={self.max_key_size}")
+        if vlen > self.compress_threshold:
+            raise ValueError("a value over compress_threshold is put()'s to compress")
+        if vlen > self.max_value_size:
+            raise ValueTooLarge(f"value of {vlen} bytes exceeds max_value_size={self.max_value_size}")
+        self._add(key, klen, val, vlen, 0, 0)
+        if self.sync_always:
+            self._sync_to(self.appended)
+        return 0
 
     def delete(self, key):
         """Remove key; an absent key is not an error."""
@@ -1378,12 +1399,29 @@ cdef class LogStore:
             raise CorruptionError("record lies beyond the end of its segment")
         return s.map + off
 
+    cdef const unsigned char *_checked(self, uint32_t seg, uint32_t off, uint32_t size) except NULL:
+        """Where the record lies, once its sizes and checksum are found good."""
+        cdef const unsigned char *p = self._locate(seg, off, size)
+        if HEADER_SIZE + <size_t>ld16(p + REC_KSIZE) + ld32(p + REC_VSIZE) != size or \
+                df_crc32(p + 4, size - 4) != ld32(p + REC_CRC):
+            raise CorruptionError("record failed its checksum")
+        return p
+
+    cdef int _plain_value(self, const df_item *it, const unsigned char **value, size_t *vlen) except -1:
+        """Where the value of the keydir's item lies, read in place (checked as _value_at checks it): 1; or 0,
+        and nothing set, when it is not stored as it is (compressed, or carrying an expiry): _value_at's to
+        read. The pointer holds until the store changes or the GIL is let go."""
+        cdef const unsigned char *p = self._checked(it.seg, it.off, it.size)
+        if p[REC_FLAGS] & (FLAG_EXPIRES | FLAG_LZ4):
+            return 0
+        value[0] = p + HEADER_SIZE + ld16(p + REC_KSIZE)
+        vlen[0] = ld32(p + REC_VSIZE)
+        return 1
+
     cdef object _value_at(self, uint32_t seg, uint32_t off, uint32_t size):
         """The record's value; None when it has expired (the record carries its expiry: no lookup needed)."""
-        cdef const unsigned char *p = self._locate(seg, off, size)
+        cdef const unsigned char *p = self._checked(seg, off, size)
         cdef size_t klen = ld16(p + REC_KSIZE), vlen = ld32(p + REC_VSIZE)
-        if HEADER_SIZE + klen + vlen != size or df_crc32(p + 4, size - 4) != ld32(p + REC_CRC):
-            raise CorruptionError("record failed its checksum")
         if p[REC_FLAGS] & FLAG_EXPIRES:
             if _now_ms() >= ld64(p + HEADER_SIZE + klen):
                 return None

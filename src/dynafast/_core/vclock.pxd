@@ -52,3 +52,28 @@ cdef class Siblings:
 
 cdef VClock clock_from_bytes(const unsigned char* data, Py_ssize_t size)
 cdef Siblings siblings_from_bytes(const unsigned char* data, Py_ssize_t size)
+
+
+# A sibling set read where it lies, without making objects (view_set), and a write that supersedes it encoded
+# from that view (put_superseding): the RESP lane's GET and SET of the common set, one actor's one value.
+cdef enum:
+    VIEW_ENTRIES = 9  # supersede's own shortcut takes fewer than prune's ``small`` (10) entries
+
+ctypedef struct EntryView:
+    const unsigned char* actor  # into the viewed bytes
+    Py_ssize_t alen
+    uint64_t counter
+    uint64_t ts
+
+ctypedef struct SetView:
+    Py_ssize_t n                # entries
+    Py_ssize_t ndots
+    const unsigned char* value  # the last dot's value (NULL: a tombstone), into the viewed bytes
+    Py_ssize_t vlen
+    EntryView ents[VIEW_ENTRIES]
+
+cdef bint view_set(const unsigned char* data, Py_ssize_t size, SetView* view) except -1
+cdef Py_ssize_t superseding_bound(SetView* view, Py_ssize_t alen, Py_ssize_t vlen) noexcept nogil
+cdef unsigned char* put_superseding(unsigned char* w, SetView* view, Py_ssize_t stamp, const unsigned char* actor,
+                                    Py_ssize_t alen, uint64_t now, const unsigned char* value,
+                                    Py_ssize_t vlen) noexcept nogil

@@ -12,7 +12,7 @@ from libc.stdlib cimport qsort
 from libc.string cimport memcmp, memcpy as memcpy_
 
 from dynafast._core.murmur3 cimport Hash128, mm3_x64_128
-from dynafast._core.varint cimport put_varint, read_varint, varint_size
+from dynafast._core.varint cimport MAX_VARINT_SIZE, put_varint, read_varint, varint_size
 
 from dynafast.errors import ProtocolError
 
@@ -618,6 +618,161 @@ cdef inline uint64_t dot_below(uint64_t gap, uint64_t previous, uint64_t counter
     if k == 0:
         return counter - gap
     return previous - gap - 1
+
+
+# -- a set read and superseded where it lies (the RESP lane's GET and SET) ------------------------------------------
+cdef inline int view_cmp(const unsigned char* a, Py_ssize_t la, const unsigned char* b, Py_ssize_t lb) noexcept nogil:
+    """actor_cmp of two actors given as bytes in place."""
+    cdef int r = memcmp(a, b, <size_t>(la if la < lb else lb))
+    if r:
+        return r
+    return (la > lb) - (la < lb)
+
+
+cdef bint view_set(const unsigned char* p, Py_ssize_t end, SetView* view) except -1:
+    """Read the encoded set ``p[:end]`` into ``view``, making no object: each entry's actor (pointing into p),
+    counter and timestamp, the number of dots and where the last one's value lies. False, with ``view`` not to be
+    used, when the set is not of the shape the view holds: an anonymous value, or more than VIEW_ENTRIES entries.
+    Every check siblings_from_bytes makes is made here too, with the same ProtocolError: a view is never made of
+    bytes the object path would call damaged."""
+    if end < 1 or p[0] != SIBLINGS_FORMAT:
+        raise ProtocolError("unknown sibling set format")
+    cdef Py_ssize_t pos = 1, i, k, length
+    cdef uint64_t n_anon, n_ents, n_vals, gap, previous, tag, ignored
+    cdef EntryView* e
+    get_varint(p, end, &pos, &n_anon)
+    if n_anon:
+        return False
+    get_varint(p, end, &pos, &n_ents)
+    if n_ents > <uint64_t>(end - pos):
+        raise ProtocolError("count runs past the end of the data")
+    if n_ents > VIEW_ENTRIES:
+        return False
+    view.n = <Py_ssize_t>n_ents
+    view.ndots = 0
+    view.value = NULL
+    view.vlen = 0
+    for i in range(view.n):
+        e = &view.ents[i]
+        get_varint(p, end, &pos, &tag)
+        if tag > <uint64_t>(end - pos):
+            raise ProtocolError("length field runs past the end of the data")
+        e.actor = p + pos
+        e.alen = <Py_ssize_t>tag
+        pos += e.alen
+        get_varint(p, end, &pos, &e.counter)
+        get_varint(p, end, &pos, &e.ts)
+        if e.counter == 0:
+            raise ProtocolError("zero counter in sibling set")
+        if i and view_cmp(e.actor, e.alen, view.ents[i - 1].actor, view.ents[i - 1].alen) <= 0:
+            raise ProtocolError("sibling set actors not strictly sorted")
+        get_varint(p, end, &pos, &n_vals)
+        if n_vals > <uint64_t>(end - pos):
+            raise ProtocolError("count runs past the end of the data")
+        previous = e.counter + 1 if e.counter != 0xFFFFFFFFFFFFFFFF else 0
+        for k in range(<Py_ssize_t>n_vals):
+            get_varint(p, end, &pos, &gap)
+            if not dot_fits(gap, previous, e.counter, k):
+                raise ProtocolError("dot below 1 in sibling set")
+            previous = dot_below(gap, previous, e.counter, k)
+            get_varint(p, end, &pos, &ignored)  # its timestamp
+            get_varint(p, end, &pos, &tag)
+            if tag == 0:
+                view.value = NULL
+                view.vlen = 0
+            else:
+                if tag - 1 > <uint64_t>(end - pos):
+                    raise ProtocolError("value length runs past the end of the data")
+                view.value = p + pos
+                view.vlen = <Py_ssize_t>(tag - 1)
+                pos += view.vlen
+            view.ndots += 1
+    if pos != end:
+        raise ProtocolError("trailing bytes after sibling set")
+    return True
+
+
+cdef Py_ssize_t superseding_bound(SetView* view, Py_ssize_t alen, Py_ssize_t vlen) noexcept nogil:
+    """At least the size of what put_superseding writes, for a joining actor of ``alen`` bytes."""
+    cdef Py_ssize_t i, size = 3 + 6 * MAX_VARINT_SIZE + alen + vlen
+    for i in range(view.n):
+        size += 3 * MAX_VARINT_SIZE + 1 + view.ents[i].alen
+    return size
+
+
+cdef inline unsigned char* put_head(unsigned char* w, const unsigned char* actor, Py_ssize_t alen,
+                                    uint64_t counter, uint64_t ts) noexcept nogil:
+    w = put_varint(w, <uint64_t>alen)
+    memcpy_(w, actor, <size_t>alen)
+    return put_varint(put_varint(w + alen, counter), ts)
+
+
+cdef inline unsigned char* put_stamped(unsigned char* w, const unsigned char* actor, Py_ssize_t alen,
+                                       uint64_t counter, uint64_t now, const unsigned char* value,
+                                       Py_ssize_t vlen) noexcept nogil:
+    """An entry with its one dot, the newest: gap 0 below its counter."""
+    w = put_head(w, actor, alen, counter, now)
+    w[0] = 1  # one dot
+    w[1] = 0  # its gap
+    w = put_varint(put_varint(w + 2, now), <uint64_t>vlen + 1)
+    memcpy_(w, value, <size_t>vlen)
+    return w + vlen
+
+
+cdef unsigned char* put_superseding(unsigned char* w, SetView* view, Py_ssize_t stamp, const unsigned char* actor,
+                                    Py_ssize_t alen, uint64_t now, const unsigned char* value,
+                                    Py_ssize_t vlen) noexcept nogil:
+    """Write at ``w`` (room: superseding_bound) the encoding of ``supersede(value, actor, now)`` of the viewed set,
+    and return its end. ``stamp``: the entry of the stamping actor (its counter below 2**64 - 1: the caller's
+    check), whose counter moves on; or -1, and ``actor`` joins with counter 1 at its place. Every other entry
+    keeps its counter and timestamp and loses its dots."""
+    cdef Py_ssize_t i
+    cdef bint joined = stamp >= 0
+    cdef EntryView* e
+    w[0] = SIBLINGS_FORMAT
+    w[1] = 0  # no anonymous values
+    w = put_varint(w + 2, <uint64_t>(view.n + (0 if joined else 1)))
+    for i in range(view.n):
+        e = &view.ents[i]
+        if not joined and view_cmp(actor, alen, e.actor, e.alen) < 0:
+            w = put_stamped(w, actor, alen, 1, now, value, vlen)
+            joined = True
+        if i == stamp:
+            w = put_stamped(w, e.actor, e.alen, e.counter + 1, now, value, vlen)
+        else:
+            w = put_head(w, e.actor, e.alen, e.counter, e.ts)
+            w[0] = 0  # no dots
+            w += 1
+    if not joined:
+        w = put_stamped(w, actor, alen, 1, now, value, vlen)
+    return w
+
+
+def _superseded_in_place(data, value, actor, now):
+    """For the tests: what the in-place writer stores for ``Siblings.from_bytes(data).supersede(value, actor,
+    now)`` (``data`` None: no set yet), the entry of ``actor`` picked as the lane picks it; None where the view
+    declines the set. Raises what view_set raises."""
+    cdef SetView view
+    cdef Py_ssize_t i, stamp = -1
+    cdef bytes b = actor
+    cdef bytes v = value
+    cdef uint64_t ts = check_u64(now, "now")
+    if data is None:
+        view.n = 0
+    else:
+        data = as_bytes(data)
+        if not view_set(<const unsigned char*><char*>data, len(data), &view):
+            return None
+    for i in range(view.n):
+        if view_cmp(view.ents[i].actor, view.ents[i].alen, <const unsigned char*><char*>b, len(b)) == 0:
+            if view.ents[i].counter == 0xFFFFFFFFFFFFFFFF:
+                return None
+            stamp = i
+    cdef bytearray out = bytearray(superseding_bound(&view, len(b), len(v)))
+    cdef unsigned char* start = <unsigned char*><char*>out
+    cdef unsigned char* end = put_superseding(start, &view, stamp, <const unsigned char*><char*>b, len(b), ts,
+                                              <const unsigned char*><char*>v, len(v))
+    return bytes(out[:end - start])
 
 
 cdef class Siblings:

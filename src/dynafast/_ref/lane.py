@@ -18,7 +18,9 @@ _UNKNOWN, _LOCAL, _ELSEWHERE = 0, 1, 2
 class Lane:
     """The lane of one node's RESP listener."""
 
-    def __init__(self, requests, vnodes, engine, config):
+    def __init__(self, requests, vnodes, engine, config, trees=None):
+        # ``trees``: the compiled lane writes in place while the Merkle trees have no tree to follow; this one
+        # always goes through the objects and their hook.
         self.requests = requests
         self.vnodes = vnodes
         self.membership = requests.membership

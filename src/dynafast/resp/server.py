@@ -324,7 +324,7 @@ def new_lane(node):
     if engine is None or node.config.n != 1:
         return None
     try:
-        return _impl.lane.Lane(node.requests, node.vnodes, engine, node.config)
+        return _impl.lane.Lane(node.requests, node.vnodes, engine, node.config, node.trees)
     except TypeError:
         return None
 
