@@ -28,7 +28,8 @@ from cpython.ref cimport PyObject
 from libc.string cimport memcmp, memcpy
 
 from libc.stdint cimport uint32_t, uint64_t
-from dynafast._core.logstore cimport LogStore, df_item, df_keydir, df_kd_find
+from dynafast._core.logstore cimport (LogStore, df_hash, df_item, df_keydir, df_kd_find, df_kd_find_h,
+                                      df_kd_prefetch_item, df_kd_prefetch_slot)
 from dynafast._core.reply cimport _bulk, _put
 from dynafast._core.ring cimport key_token
 from dynafast._core.vclock cimport (SetView, Siblings, put_superseding, siblings_from_bytes, superseding_bound,
@@ -55,25 +56,6 @@ cdef extern from "Python.h":
     PyObject* _Py_None "Py_None"
 
 cdef extern from *:
-    """
-    static inline uint32_t df_lane_hash(const unsigned char *key, size_t klen) { return df_hash(key, klen); }
-    static inline void df_lane_prefetch_slot(const df_keydir *kd, uint32_t h) {
-        __builtin_prefetch(&kd->slots[df_home(h, kd->nslots)]);
-    }
-    /* The item the key's first slot of the same hash points to (slot already in cache). */
-    static inline void df_lane_prefetch_item(const df_keydir *kd, uint32_t h) {
-        size_t i = df_home(h, kd->nslots);
-        for (int probes = 0; probes < 8; probes++) {
-            df_slot s = kd->slots[i];
-            if (s.ref == 0) return;
-            if (s.hash == h) { __builtin_prefetch(kd->arena + ((size_t)(s.ref - 1) << 2)); return; }
-            if (++i == kd->nslots) i = 0;
-        }
-    }
-    """
-    uint32_t df_lane_hash(const unsigned char *key, size_t klen) nogil
-    void df_lane_prefetch_slot(const df_keydir *kd, uint32_t h) nogil
-    void df_lane_prefetch_item(const df_keydir *kd, uint32_t h) nogil
     void __builtin_prefetch(const void *p) nogil
 
 
@@ -276,16 +258,16 @@ cdef class Lane:
             if type(key) is not bytes or PyBytes_GET_SIZE(key) > self.max_key:
                 continue
             stored = _stored_key(key, <Py_ssize_t>(key_token(key) >> self.shift))
-            hashes[n] = df_lane_hash(<const unsigned char *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored))
-            df_lane_prefetch_slot(&self.engine.kd, hashes[n])
+            hashes[n] = df_hash(<const unsigned char *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored))
+            df_kd_prefetch_slot(&self.engine.kd, hashes[n])
             keys.append(stored)
             n += 1
         for i in range(n):
-            df_lane_prefetch_item(&self.engine.kd, hashes[i])
+            df_kd_prefetch_item(&self.engine.kd, hashes[i])
         for i in range(n):
             stored = <bytes>keys[i]
-            it = df_kd_find(&self.engine.kd, <const unsigned char *>PyBytes_AS_STRING(stored),
-                            PyBytes_GET_SIZE(stored))
+            it = df_kd_find_h(&self.engine.kd, <const unsigned char *>PyBytes_AS_STRING(stored),
+                              PyBytes_GET_SIZE(stored), hashes[i])
             if it != NULL:
                 try:
                     record = self.engine._locate(it.seg, it.off, it.size)

@@ -36,7 +36,11 @@ cdef extern from "keydir.h" nogil:
     void df_kd_free(df_keydir *kd)
     size_t df_kd_memory(const df_keydir *kd)
     size_t df_kd_allocated(const df_keydir *kd)
+    uint32_t df_hash(const unsigned char *p, size_t n)
     df_item *df_kd_find(const df_keydir *kd, const unsigned char *key, size_t klen)
+    df_item *df_kd_find_h(const df_keydir *kd, const unsigned char *key, size_t klen, uint32_t h)
+    void df_kd_prefetch_slot(const df_keydir *kd, uint32_t h)
+    void df_kd_prefetch_item(const df_keydir *kd, uint32_t h)
     int df_kd_put(df_keydir *kd, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
                   uint32_t size, df_item *old)
     int df_kd_remove(df_keydir *kd, const unsigned char *key, size_t klen, df_item *old)

@@ -54,6 +54,9 @@ HEADER_SIZE_ = HEADER_SIZE
 HINT_ENTRY_SIZE_ = HINT_ENTRY_SIZE
 HINT_TRAILER_SIZE_ = HINT_TRAILER_SIZE
 
+cdef enum:
+    AHEAD = 32  # a merge asks for a record's keydir slot this many records before it looks it up (and its item half)
+
 cdef int _ENOSPC = _errno.ENOSPC
 cdef int _EDQUOT = _errno.EDQUOT
 
@@ -1625,6 +1628,8 @@ cdef class LogStore:
         cdef uint64_t now = _now_ms()
         cdef const unsigned char *src
         cdef unsigned char *tomb
+        cdef uint32_t hashes[AHEAD]
+        cdef size_t ahead, hashed, done
         memset(&entries, 0, sizeof(entries))
         memset(&out_tomb, 0, sizeof(out_tomb))
         try:
@@ -1638,8 +1643,19 @@ cdef class LogStore:
                     valid_end = scan_records(m, size, &entries, &mseq, &corrupt)
                 if valid_end < 0:
                     raise MemoryError()
-                pos = 0
+                pos = ahead = 0
+                hashed = done = 0
                 while pos < entries.len:
+                    # Whether a record is live is a keydir lookup, nearly always two cache misses (most records
+                    # of a merged segment are dead, their keys anywhere): asked for AHEAD records ahead.
+                    while hashed < done + AHEAD and ahead < entries.len:
+                        hashes[hashed % AHEAD] = df_hash(entries.data + ahead + HINT_ENTRY_SIZE,
+                                                         ld16(entries.data + ahead + HINT_KSIZE))
+                        df_kd_prefetch_slot(&self.kd, hashes[hashed % AHEAD])
+                        ahead += hint_span(entries.data + ahead)
+                        hashed += 1
+                    if done + AHEAD // 2 < hashed:
+                        df_kd_prefetch_item(&self.kd, hashes[(done + AHEAD // 2) % AHEAD])
                     roff = ld32(entries.data + pos + HINT_OFF)
                     rsize = ld32(entries.data + pos + HINT_SIZE)
                     klen = ld16(entries.data + pos + HINT_KSIZE)
@@ -1650,7 +1666,8 @@ cdef class LogStore:
                     if visited % 4096 == 0:
                         with nogil:
                             pass  # let readers and writers in between chunks
-                    it = df_kd_find(&self.kd, key, klen)
+                    it = df_kd_find_h(&self.kd, key, klen, hashes[done % AHEAD])
+                    done += 1
                     src = m + roff
                     if flags & FLAG_TOMBSTONE:
                         # Keep it while an older segment that stays could still hold a value for the key.
@@ -1746,6 +1763,8 @@ cdef class LogStore:
         cdef uint32_t nslot
         cdef Move *mvs
         cdef size_t j, nmoves
+        cdef uint32_t hashes[AHEAD]
+        cdef const unsigned char *ahead_key
         for out in outputs:
             nslot = self._new_seg(out.seg_id, out.fd, out.size, out.size)
             out.fd = -1  # the segment table owns it now
@@ -1754,10 +1773,21 @@ cdef class LogStore:
             self.segs[nslot].dead = out.size - out.tombs
             mvs = <Move *>out.moves.data
             nmoves = out.moves.len // sizeof(Move)
+            for j in range(min(nmoves, AHEAD)):
+                key = out.hint.data + mvs[j].hint_pos
+                hashes[j % AHEAD] = df_hash(key + HINT_ENTRY_SIZE, ld16(key + HINT_KSIZE))
+                df_kd_prefetch_slot(&self.kd, hashes[j % AHEAD])
             for j in range(nmoves):
+                # As in _merge: the lookups' memory asked for ahead.
+                if j + AHEAD // 2 < nmoves:
+                    df_kd_prefetch_item(&self.kd, hashes[(j + AHEAD // 2) % AHEAD])
                 key = out.hint.data + mvs[j].hint_pos
                 klen = ld16(key + HINT_KSIZE)
-                it = df_kd_find(&self.kd, key + HINT_ENTRY_SIZE, klen)
+                it = df_kd_find_h(&self.kd, key + HINT_ENTRY_SIZE, klen, hashes[j % AHEAD])
+                if j + AHEAD < nmoves:
+                    ahead_key = out.hint.data + mvs[j + AHEAD].hint_pos
+                    hashes[j % AHEAD] = df_hash(ahead_key + HINT_ENTRY_SIZE, ld16(ahead_key + HINT_KSIZE))
+                    df_kd_prefetch_slot(&self.kd, hashes[j % AHEAD])
                 if it != NULL and it.seg == mvs[j].old_seg and it.off == mvs[j].old_off:
                     it.seg = nslot
                     it.off = mvs[j].new_off
