@@ -556,7 +556,7 @@ cdef Siblings siblings_from_bytes(const unsigned char* p, Py_ssize_t end):
     if end < 1 or p[0] != SIBLINGS_FORMAT:
         raise ProtocolError("unknown sibling set format")
     cdef Py_ssize_t pos = 1, i, k
-    cdef uint64_t n_anon, n_ents, n_vals, gap, previous, ts
+    cdef uint64_t n_anon, n_ents, n_vals, previous, ts
     cdef Siblings s = Siblings.__new__(Siblings)
     get_varint(p, end, &pos, &n_anon)
     if n_anon > <uint64_t>(end - pos):
@@ -589,11 +589,7 @@ cdef Siblings siblings_from_bytes(const unsigned char* p, Py_ssize_t end):
             raise ProtocolError("count runs past the end of the data")
         previous = e.counter + 1 if e.counter != 0xFFFFFFFFFFFFFFFF else 0
         for k in range(<Py_ssize_t>n_vals):
-            get_varint(p, end, &pos, &gap)
-            if not dot_fits(gap, previous, e.counter, k):
-                raise ProtocolError("dot below 1 in sibling set")
-            previous = dot_below(gap, previous, e.counter, k)
-            get_varint(p, end, &pos, &ts)
+            read_dot(p, end, &pos, e.counter, k, &previous, &ts)
             value = get_value(p, end, &pos)
             Py_INCREF(value)
             s.dots[s.ndots].dot = previous
@@ -620,6 +616,18 @@ cdef inline uint64_t dot_below(uint64_t gap, uint64_t previous, uint64_t counter
     return previous - gap - 1
 
 
+cdef inline int read_dot(const unsigned char* p, Py_ssize_t end, Py_ssize_t* pos, uint64_t counter, Py_ssize_t k,
+                         uint64_t* previous, uint64_t* ts) except -1:
+    """The k-th dot of an entry of ``counter``: its counter into previous (the one before it there), then its
+    timestamp."""
+    cdef uint64_t gap
+    get_varint(p, end, pos, &gap)
+    if not dot_fits(gap, previous[0], counter, k):
+        raise ProtocolError("dot below 1 in sibling set")
+    previous[0] = dot_below(gap, previous[0], counter, k)
+    return get_varint(p, end, pos, ts)
+
+
 # -- a set read and superseded where it lies (the RESP lane's GET and SET) ------------------------------------------
 cdef inline int view_cmp(const unsigned char* a, Py_ssize_t la, const unsigned char* b, Py_ssize_t lb) noexcept nogil:
     """actor_cmp of two actors given as bytes in place."""
@@ -638,7 +646,7 @@ cdef bint view_set(const unsigned char* p, Py_ssize_t end, SetView* view) except
     if end < 1 or p[0] != SIBLINGS_FORMAT:
         raise ProtocolError("unknown sibling set format")
     cdef Py_ssize_t pos = 1, i, k, length
-    cdef uint64_t n_anon, n_ents, n_vals, gap, previous, tag, ignored
+    cdef uint64_t n_anon, n_ents, n_vals, previous, tag, ignored
     cdef EntryView* e
     get_varint(p, end, &pos, &n_anon)
     if n_anon:
@@ -671,11 +679,7 @@ cdef bint view_set(const unsigned char* p, Py_ssize_t end, SetView* view) except
             raise ProtocolError("count runs past the end of the data")
         previous = e.counter + 1 if e.counter != 0xFFFFFFFFFFFFFFFF else 0
         for k in range(<Py_ssize_t>n_vals):
-            get_varint(p, end, &pos, &gap)
-            if not dot_fits(gap, previous, e.counter, k):
-                raise ProtocolError("dot below 1 in sibling set")
-            previous = dot_below(gap, previous, e.counter, k)
-            get_varint(p, end, &pos, &ignored)  # its timestamp
+            read_dot(p, end, &pos, e.counter, k, &previous, &ignored)
             get_varint(p, end, &pos, &tag)
             if tag == 0:
                 view.value = NULL
