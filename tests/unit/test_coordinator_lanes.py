@@ -212,3 +212,35 @@ def test_a_replica_that_answers_with_malformed_fields_counts_as_failed(tmp_path,
     answers, failures = asyncio.run(_lying_peer(tmp_path, lane))
     assert answers == ["QuorumNotMet", "QuorumNotMet"]
     assert failures == []
+
+
+def test_a_new_incarnation_does_not_stamp_with_the_old_ones_actor(tmp_path):
+    """After a damaged record gave the coordinator a new incarnation (kv679), its lane's one-round put of a key
+    whose copy was stamped by the old incarnation's actor takes a fresh actor, as the general path does, instead
+    of moving the old one's counter on."""
+    _compiled_lanes()
+
+    async def run():
+        nodes = await _cluster(tmp_path, True)
+        try:
+            n1, key = nodes[0], b"k0"
+            old, partition = n1.requests.actor, n1.membership.state.ring.partition_of(key)
+            for node in nodes:  # every replica holds the version the old incarnation stamped
+                node.vnodes.write(partition, key, node.requests.Siblings.new(b"old", None).update(None, old, int(NOW)))
+            answer = n1.requests.client_put(Put(b"k1", b"opens the lane", None, 2, None, 2000, True, None, 1))
+            await asyncio.wait_for(answer, 10)
+            n1._found_damaged(n1.membership.state.ring.partition_of(b"elsewhere"))
+            assert n1.requests.actor != old
+            answer = n1.requests.client_put(Put(key, b"new", None, 2, None, 2000, True, None, 1))
+            await asyncio.wait_for(answer, 10)
+            assert n1.requests.replaces.served == 2
+            await quiet(nodes)
+            stored = n1.vnodes.get(partition, key)
+            clock = {actor: counter for actor, counter, _ in stored.clock().entries()}
+            assert stored.values == [b"new"]
+            assert clock[old] == 1, clock  # the old incarnation's counter stays where it was
+            assert [a for a in clock if n1.requests.actors.issued(a)], clock  # a fresh actor stamped it
+        finally:
+            for node in nodes:
+                await node.stop()
+    asyncio.run(run())

@@ -445,3 +445,63 @@ def test_sets_read_and_written_in_place_are_the_ones_the_objects_make(tmp_path, 
     assert written > 50, written
     assert got == want
     assert stored == held
+
+
+def test_a_new_incarnation_does_not_stamp_with_the_old_ones_actor(tmp_path):
+    """A damaged record gives the node a new incarnation (kv679): from then on a write of a key our copy holds
+    stamped by the old incarnation's actor must not move that actor's counter on (a repair may since have
+    brought back versions it stamped that we no longer hold), but take a fresh actor, as the general path does."""
+    if _impl.PURE:
+        pytest.skip("the compiled lane runs over the compiled store only")
+    core = compiled_or_skip("lane")
+
+    async def run():
+        node = Node(_config(tmp_path), Environment(clock=StoppedClock(), rng=random.Random(0)))
+        await node.start()
+        try:
+            ring, old = node.membership.state.ring, node.requests.actor
+            planted = node.requests.Siblings.new(b"old", None).update(None, old, int(NOW))
+            node.vnodes.write(ring.partition_of(b"k"), b"k", planted)
+            lane = core.Lane(node.requests, node.vnodes, node.store._engine, node.config, node.trees)
+            rights = _impl.lane.READ | _impl.lane.WRITE
+            out = bytearray()
+            assert lane.serve([[b"GET", b"k"]], 0, out, rights, False, HIGH_WATER) == 1
+            node._found_damaged(ring.partition_of(b"elsewhere"))
+            assert node.requests.actor != old
+            assert lane.serve([[b"SET", b"k", b"new"]], 0, out, rights, False, HIGH_WATER) == 1
+            stored = node.vnodes.get(ring.partition_of(b"k"), b"k")
+            clock = dict((actor, counter) for actor, counter, _ in stored.clock().entries())
+            assert stored.values == [b"new"]
+            assert clock[old] == 1, clock  # the old incarnation's counter stays where it was
+            assert [a for a in clock if node.requests.actors.issued(a)], clock  # a fresh actor stamped it
+        finally:
+            await node.stop()
+    asyncio.run(run())
+
+
+def test_a_fresh_actor_handed_out_stamps_the_write(tmp_path):
+    """A SET of a key with nothing stored hands out one fresh actor, and that actor stamps it, whatever the length
+    of its epoch (a lease file set far on gives epochs past 20 digits) and the size of the value (up to where the
+    new set no longer fits the in-place writer)."""
+    if _impl.PURE:
+        pytest.skip("the compiled lane runs over the compiled store only")
+    core = compiled_or_skip("lane")
+
+    async def run():
+        node = Node(_config(tmp_path), Environment(clock=StoppedClock(), rng=random.Random(0)))
+        await node.start()
+        try:
+            actors, ring = node.requests.actors, node.membership.state.ring
+            lane = core.Lane(node.requests, node.vnodes, node.store._engine, node.config, node.trees)
+            rights = _impl.lane.READ | _impl.lane.WRITE
+            for digits in (1, 20, 22):
+                actors._next = actors._limit = 10 ** (digits - 1)
+                for size in range(3950, 4100):
+                    key, epoch = b"k%d-%d" % (digits, size), actors._next
+                    assert lane.serve([[b"SET", key, b"v" * size]], 0, bytearray(), rights, False, HIGH_WATER) == 1
+                    assert actors._next == epoch + 1, (digits, size)
+                    stored = node.vnodes.get(ring.partition_of(key), key)
+                    assert [actor for actor, _, _ in stored.clock().entries()] == [b"%s.%d" % (actors.base, epoch)]
+        finally:
+            await node.stop()
+    asyncio.run(run())

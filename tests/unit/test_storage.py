@@ -667,3 +667,26 @@ def test_copy_into_another_filesystem_copies_the_sealed_segments(tmp_path, impl)
             assert not copy.recovery["lost"] and copy.count() == 300 and copy.get(b"k7") == b"v7"
     finally:
         shutil.rmtree(other, ignore_errors=True)
+
+
+def test_a_delete_stays_when_an_earlier_tombstone_is_lost(tmp_path, impl):
+    """A key can read as absent because of a tombstone whose record is damaged (the segment's hint still applies
+    it). A delete of it then must write a tombstone of its own: when the damaged record goes (the hint is lost
+    and the data read instead), the key's older value must not come back, since that delete was acknowledged."""
+    path = tmp_path / "db"
+    with open_store(path, impl, segment_size=700) as db:
+        db.put(b"c", b"older")
+        db.merge()  # seals that segment: the tombstone below goes into the next one
+        db.delete(b"c")
+    name = segment_files(path)[-1]
+    data = (path / name).read_bytes()
+    offset = next(off for off, _, flags, key in records(path, name) if key == b"c" and flags & fmt.FLAG_TOMBSTONE)
+    with open(path / name, "r+b") as f:  # the tombstone's checksum fails now
+        f.seek(offset)
+        f.write(bytes([data[offset] ^ 1]))
+    with open_store(path, impl) as db:
+        assert db.get(b"c") is None  # the hint still applies the tombstone
+        db.delete(b"c")
+    os.unlink(path / name.replace(".data", ".hint"))
+    with open_store(path, impl) as db:
+        assert db.get(b"c") is None

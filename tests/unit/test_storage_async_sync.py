@@ -3,12 +3,15 @@ DurabilityBatcher over it."""
 import asyncio
 import errno
 import select
+import threading
+import time
 
 import pytest
 
 from dynafast import StorageFull, StoreClosed
 from dynafast.cluster.durability import DurabilityBatcher
 from dynafast.storage import Store
+from dynafast.testing.builds import compiled_or_skip
 
 from conftest import implementations
 
@@ -178,3 +181,34 @@ def test_batcher_fails_writers_of_a_failed_fsync(tmp_path, impl):
     with open_store(tmp_path / "db", impl) as db:
         asyncio.run(main(db))
         assert (db[b"a"], db[b"b"], db[b"c"]) == (b"1", b"2", b"3")
+
+
+def test_writes_go_on_while_a_sync_waits_for_the_disk(tmp_path):
+    """A sync() waiting for a slow disk (its fsync held here) must not hold up writes: a put whose write buffer is
+    full hands the buffer to the file (a write, not an fsync) meanwhile. An event loop writing to the store, as a
+    node's does while its background thread syncs every interval, used to stop for as long as the disk took: tens
+    to hundreds of milliseconds while a merge's output was being written back."""
+    core = compiled_or_skip("logstore")
+    store = core.LogStore(str(tmp_path / "db"), write_buffer_size=4096)
+    store.put(b"k", b"v")
+    core.hold_fsyncs()
+    syncing = threading.Thread(target=store.sync)
+    writing = threading.Thread(target=lambda: [store.put(b"k%d" % i, b"x" * 1000) for i in range(20)])
+    try:
+        syncing.start()
+        for _ in range(1000):
+            if core.fsyncs_waiting():
+                break
+            time.sleep(0.01)
+        assert core.fsyncs_waiting() == 1
+        writing.start()
+        writing.join(timeout=10)
+        written_meanwhile = not writing.is_alive()
+    finally:
+        core.release_fsyncs()
+        syncing.join()
+        writing.join()
+    assert written_meanwhile, "the puts waited for the fsync"
+    assert store.get(b"k19") == b"x" * 1000
+    store.sync()
+    store.close()

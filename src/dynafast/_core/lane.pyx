@@ -166,6 +166,9 @@ cdef class Lane:
         state = self.membership.state
         if state is None or state.next_ring is not None:
             return False
+        # Our actors, read afresh: a damaged record gives the node a new incarnation, whose writes must not be
+        # stamped by the old one's actors (kv679).
+        self.base = self.requests.actor
         base = self.actors.base
         if base is not self.dotted_base:  # a new lease of actors
             self.dotted_base = base
@@ -342,14 +345,14 @@ cdef class Lane:
         if not self._local(partition, key):
             return False
         stored_key = _stored_key(key, partition)
-        if not ((ts >= 0 and self._supersede_in_place(stored_key, value, partition, <uint64_t>ts))
-                or self._supersede(stored_key, key, value, partition, now)):
+        if not ((ts >= 0 and self._supersede_in_place(stored_key, key, value, partition, now, <uint64_t>ts))
+                or self._supersede(stored_key, key, value, partition, now, None)):
             return False
         _put(out, b"+OK\r\n", 5)
         return True
 
-    cdef bint _supersede_in_place(self, bytes stored_key, bytes value, Py_ssize_t partition,
-                                  uint64_t ts) except -1:
+    cdef bint _supersede_in_place(self, bytes stored_key, bytes key, bytes value, Py_ssize_t partition,
+                                  object now, uint64_t ts) except -1:
         """_supersede making no object, for what it nearly always meets: nothing stored, or a set the view
         holds (no anonymous value, fewer entries than prune's bound) that one of our actors has stamped, whose
         new encoding is stored as it is (not compressed), and a write no one but the Merkle trees follows, of a
@@ -375,6 +378,10 @@ cdef class Lane:
             fresh = self.actors.fresh()  # no pointer into the store is held across this Python call
             actor = <const unsigned char *>PyBytes_AS_STRING(fresh)
             alen = PyBytes_GET_SIZE(fresh)
+            if superseding_bound(&view, alen, vlen) > limit:
+                # An epoch past 20 digits (a lease file set so far on): the actor is handed out, so it stamps
+                # this write, through the objects.
+                return self._supersede(stored_key, key, value, partition, now, fresh)
         else:
             try:
                 if not self.engine._plain_value(it, &record, &size) or not view_set(record, size, &view):
@@ -386,12 +393,10 @@ cdef class Lane:
                 return False  # a fresh actor to hand out, or a counter supersede refuses to move on
             actor = view.ents[stamp].actor
             alen = view.ents[stamp].alen
-        if superseding_bound(&view, alen, vlen) > SCRATCH:
-            return False
+        if superseding_bound(&view, alen, vlen) > limit:
+            return False  # (never for a fresh actor: checked above)
         end = put_superseding(self.scratch, &view, stamp, actor, alen, ts,
                               <const unsigned char *>PyBytes_AS_STRING(value), vlen)
-        if end - self.scratch > limit:
-            return False
         self.engine._put_plain(<const unsigned char *>PyBytes_AS_STRING(stored_key), PyBytes_GET_SIZE(stored_key),
                                self.scratch, end - self.scratch)
         self.written_in_place += 1
@@ -416,15 +421,17 @@ cdef class Lane:
         return -1
 
     cdef bint _supersede(self, bytes stored_key, bytes key, bytes value, Py_ssize_t partition,
-                         object now) except -1:
+                         object now, object actor) except -1:
         """RequestCoordinator.replace_local over the stored objects: False for a damaged record or siblings to
-        check against the limits (the general path's)."""
+        check against the limits (the general path's). ``actor``: a fresh one already handed out for a key with
+        nothing stored, or None."""
         cdef Siblings existing, stored
         try:
             existing = _read(self.engine, stored_key)
         except Exception:  # noqa - a damaged record: the general path replaces it and records the repair
             return False
-        actor = _stamping_actor(existing, self.base, self.dotted, self.actors)
+        if actor is None or existing is not None:
+            actor = _stamping_actor(existing, self.base, self.dotted, self.actors)
         if existing is None:
             stored = Siblings.new(value, None).update(None, actor, now).prune(now)
         else:
@@ -561,6 +568,7 @@ cdef class Replaces(_Coordinating):
             existing = _read(self.engine, stored_key)
         except Exception:  # noqa - a damaged record: the general path reads the others instead
             return None
+        self.base = self.requests.actor  # as Lane._open: the incarnation's, read afresh
         base = self.actors.base
         if base is not self.dotted_base:  # a new lease of actors
             self.dotted_base = base

@@ -36,7 +36,7 @@ from libc.string cimport memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
 from posix.types cimport off_t
 from posix.unistd cimport close as c_close, dup as c_dup, fsync as c_fsync, pwrite as c_pwrite
-from posix.unistd cimport read as c_read, write as c_write
+from posix.unistd cimport read as c_read, usleep, write as c_write
 
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
@@ -145,7 +145,35 @@ cdef int io_pwrite(int fd, const unsigned char *p, size_t n, uint64_t off) noexc
     return 0
 
 
+cdef extern from *:
+    int __sync_fetch_and_add(int *p, int v) nogil
+
+cdef int _fsyncs_held = 0  # test seam: fsyncs wait while it is set (a disk that takes its time)
+cdef int _fsyncs_waiting = 0
+
+
+def hold_fsyncs():
+    """Make every fsync wait until ``release_fsyncs()``: a disk slow to make things durable."""
+    global _fsyncs_held
+    _fsyncs_held = 1
+
+
+def release_fsyncs():
+    global _fsyncs_held
+    _fsyncs_held = 0
+
+
+def fsyncs_waiting():
+    """How many fsyncs ``hold_fsyncs`` is holding now."""
+    return __sync_fetch_and_add(&_fsyncs_waiting, 0)
+
+
 cdef int io_fsync(int fd) noexcept nogil:
+    if _fsyncs_held:
+        __sync_fetch_and_add(&_fsyncs_waiting, 1)
+        while _fsyncs_held:
+            usleep(1000)
+        __sync_fetch_and_add(&_fsyncs_waiting, -1)
     if _fault_errno != 0 and _fault_budget <= 0:
         return _fault_errno
     if c_fsync(fd) < 0:
@@ -1088,12 +1116,18 @@ cdef class LogStore:
             end = self.appended
             self._sync_sealed()
             self._flush_locked(True)
-            fd = self.segs[self.active].fd
+            # The fsync goes to a copy of the descriptor, without io_lock: writes that fill the buffer meanwhile
+            # (an event loop's) flush it and roll segments as ever, instead of waiting for the disk. What this
+            # fsync covers was flushed by now; a roll or merge meanwhile cannot close the file from under it.
+            fd = c_dup(self.segs[self.active].fd)
+            if fd < 0:
+                raise OSError(errno, os.strerror(errno))
+            PyThread_release_lock(self.io_lock)
+            locked = False
             with nogil:
                 err = io_fsync(fd)
+                c_close(fd)
                 # Wake the followers straight from here: they need not wait for this thread's GIL.
-                PyThread_release_lock(self.io_lock)
-                locked = False
                 pthread_mutex_lock(&self.sync_mutex)
                 if err == 0 and end > self.synced:
                     self.synced = end
@@ -1173,7 +1207,7 @@ cdef class LogStore:
         return 0
 
     def delete(self, key):
-        """Remove key; an absent key is not an error."""
+        """Remove key; an absent key is not an error. A tombstone is written either way (see the reference's)."""
         if not PyBytes_CheckExact(key):
             key = _to_bytes(key, "key")
         cdef size_t klen = PyBytes_GET_SIZE(key)
@@ -1181,8 +1215,6 @@ cdef class LogStore:
         if klen > self.max_key_size:
             raise KeyTooLarge(f"key of {klen} bytes exceeds max_key_size={self.max_key_size}")
         self._check_open()
-        if df_kd_find(&self.kd, k, klen) == NULL:
-            return
         self._room(HEADER_SIZE + klen)
         cdef uint64_t off = self.buf_base + self.wbuf.len
         self._append(k, klen, NULL, 0, FLAG_TOMBSTONE, 0)

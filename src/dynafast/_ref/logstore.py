@@ -604,12 +604,12 @@ class LogStore:
         return expires is not None and now_ms() >= expires
 
     def delete(self, key):
-        """Remove key; an absent key is not an error."""
+        """Remove key; an absent key is not an error. A tombstone is written either way: a key can read as absent
+        because of a tombstone whose record is damaged (a segment's hint still applies it), and should that record
+        go, the key's older value would come back although this delete was acknowledged."""
         k = self._key(key)
         with self._lock:
             self._check_open()
-            if k not in self._keydir:
-                return
         self._write([(k, b"", FLAG_TOMBSTONE)])
 
     def write_batch(self, ops):
