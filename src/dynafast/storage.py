@@ -162,6 +162,7 @@ class Store:
                 target=_background, args=(weakref.ref(self), self._stop), name="dynafast-store",
                 daemon=True,
             )
+            e.defer_hints(True)  # the thread writes a sealed segment's hint, not the writer that rolled it
             self._thread.start()
 
     # Documented signatures; __init__ binds the engine's methods over these for speed.
@@ -348,6 +349,7 @@ class Store:
             self._engine.sync()
         elif self.flush_interval > 0:
             self._engine.flush()
+        self._engine.write_hints()
         if self._background_merge and time.monotonic() >= next_merge:
             next_merge = time.monotonic() + self.merge_check_interval
             # A copy being taken holds the gate: this merge waits for the next tick rather than for the copy.

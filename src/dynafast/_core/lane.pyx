@@ -138,6 +138,7 @@ cdef class Lane:
     cdef bytes dotted  # the prefix of the actors this incarnation hands out (Actors.issued)
     cdef object dotted_base  # the Actors.base it was made of
     cdef object trees  # antientropy.VnodeTrees (or None): whose hook the writes of its partitions go to
+    cdef object hook  # the Vnodes.on_write ``followed`` was worked out for
     cdef int followed  # NOT_FOLLOWED, TREES or FOLLOWED (worked out by _open)
     cdef object built  # TREES: the trees built so far (partition -> tree)
     cdef unsigned char scratch[SCRATCH]  # a SET's new set, encoded in place
@@ -149,6 +150,7 @@ cdef class Lane:
         self.requests = requests
         self.vnodes = vnodes
         self.trees = trees
+        self.hook = self  # (not a hook: _open works ``followed`` out the first time)
         self.membership = requests.membership
         self.actors = requests.actors
         self.engine = engine
@@ -181,13 +183,15 @@ cdef class Lane:
             self._where = bytearray(ring.partitions)
             self.shift = 64 - (ring.partitions.bit_length() - 1)
         hook = self.vnodes.on_write
-        if hook is None:
-            self.followed = NOT_FOLLOWED
-        elif self.trees is not None and hook == self.trees.on_write:
-            self.followed = TREES
-            self.built = self.trees.trees
-        else:
-            self.followed = FOLLOWED
+        if hook is not self.hook:  # (the same bound method while no one sets another)
+            self.hook = hook
+            if hook is None:
+                self.followed = NOT_FOLLOWED
+            elif self.trees is not None and hook == self.trees.on_write:
+                self.followed = TREES
+                self.built = self.trees.trees
+            else:
+                self.followed = FOLLOWED
         return True
 
     cdef bint _local(self, Py_ssize_t partition, bytes key) except -1:

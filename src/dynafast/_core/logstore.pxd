@@ -195,6 +195,8 @@ cdef class LogStore:
     cdef dict expires         # key -> when it expires (ms since the epoch), for keys put with a TTL
     cdef PyThread_type_lock io_lock     # flush, fsync, roll (taken before the GIL-protected state)
     cdef PyThread_type_lock merge_lock  # one merge (or close) at a time
+    cdef bint hints_deferred  # a roll leaves its hint to write_hints() (see defer_hints)
+    cdef list pending_hints   # _Hint of sealed segments whose hint files are not written yet
 
     cdef int _check_open(self) except -1
     cpdef put(self, key, value, ttl=*)
@@ -228,3 +230,5 @@ cdef class LogStore:
     cdef int _release_all(self) except -1
     cdef _Iter _iter(self, prefix, bint values)
     cdef int _write_hint(self, uint64_t seg_id, df_buf *entries, uint64_t data_size) except -1
+    cdef int _write_hint_at(self, uint64_t seg_id, df_buf *entries, uint64_t data_size, uint64_t max_seq) except -1
+    cdef int _write_pending_locked(self) except -1

@@ -558,6 +558,17 @@ cdef class _Iter:
             self.store.iterators -= 1
 
 
+cdef class _Hint:
+    """A sealed segment's hint entries, waiting for write_hints()."""
+    cdef uint64_t seg_id
+    cdef uint64_t data_size
+    cdef uint64_t max_seq
+    cdef df_buf entries
+
+    def __dealloc__(self):
+        df_buf_free(&self.entries)
+
+
 cdef class LogStore:
     """The engine: segments, keydir, write buffer, merge. Thread-safe; no background threads, no policy.
 
@@ -568,6 +579,7 @@ cdef class LogStore:
     def __cinit__(self):
         self.closed = True  # until __init__ has opened everything
         self.expires = {}
+        self.pending_hints = []
         self.unsynced_seg = -1
         self.io_lock = PyThread_allocate_lock()
         self.merge_lock = PyThread_allocate_lock()
@@ -881,6 +893,10 @@ cdef class LogStore:
     cdef int _write_hint(self, uint64_t seg_id, df_buf *entries, uint64_t data_size) except -1:
         """Write entries + trailer as the segment's hint file. A hint is only an accelerator: failing to
         write one is ignored (the data file is read instead), and a torn one fails its checksum."""
+        return self._write_hint_at(seg_id, entries, data_size, self.seq)
+
+    cdef int _write_hint_at(self, uint64_t seg_id, df_buf *entries, uint64_t data_size,
+                            uint64_t max_seq) except -1:
         cdef size_t n = entries.len, pos = 0
         cdef uint32_t count = 0
         cdef unsigned char trailer[HINT_TRAILER_SIZE]
@@ -889,7 +905,7 @@ cdef class LogStore:
             pos += hint_span(entries.data + pos)
             count += 1
         st64(trailer, data_size)
-        st64(trailer + 8, self.seq)
+        st64(trailer + 8, max_seq)
         st32(trailer + 16, count)
         if df_buf_reserve(entries, HINT_TRAILER_SIZE) < 0:
             raise MemoryError()
@@ -1033,6 +1049,7 @@ cdef class LogStore:
         cdef uint64_t old_id = self.segs[old].id, end
         cdef uint64_t new_id = (old_id // SEGMENT_ID_STEP + 1) * SEGMENT_ID_STEP
         cdef int fd = self.segs[old].fd, err
+        cdef _Hint pending
         cdef int new_fd = self._create_segment(new_id)  # Python I/O (may let other threads run) first
         try:
             # From the flush to the switch the GIL is never released: nothing can be appended in between.
@@ -1054,7 +1071,19 @@ cdef class LogStore:
                 raise_io(err)
             if end > self.synced:
                 self.synced = end
-            self._write_hint(old_id, &hint, self.segs[old].size)
+            if self.hints_deferred:
+                # Written by write_hints(), off the writer's thread: tens of MB into the page cache took
+                # a node's event loop 100 ms and more. Until then (or without it, after a crash) an open
+                # reads the segment itself.
+                pending = _Hint.__new__(_Hint)
+                pending.seg_id = old_id
+                pending.data_size = self.segs[old].size
+                pending.max_seq = self.seq
+                pending.entries = hint
+                memset(&hint, 0, sizeof(hint))  # the pending hint owns it now
+                self.pending_hints.append(pending)
+            else:
+                self._write_hint(old_id, &hint, self.segs[old].size)
         finally:
             df_buf_free(&hint)
         _fsync_dir(self.path)  # the new segment's name is durable before the manifest lists it
@@ -1599,6 +1628,36 @@ cdef class LogStore:
         cdef uint32_t i
         return [self.segs[i].id for i in range(self.nsegs) if self.segs[i].fd >= 0 and i != self.active]
 
+    def defer_hints(self, bint defer=True):
+        """Whether a roll leaves its sealed segment's hint file to ``write_hints()`` (a store whose own thread
+        calls it) instead of writing it on the writer's thread."""
+        self.hints_deferred = defer
+        if not defer:
+            self.write_hints()
+
+    cdef int _write_pending_locked(self) except -1:
+        """write_hints() for a caller holding merge_lock."""
+        cdef _Hint pending
+        cdef uint32_t i
+        while self.pending_hints:
+            pending = self.pending_hints.pop(0)
+            for i in range(self.nsegs):
+                if self.segs[i].fd >= 0 and self.segs[i].id == pending.seg_id:
+                    self._write_hint_at(pending.seg_id, &pending.entries, pending.data_size, pending.max_seq)
+                    break
+        return 0
+
+    def write_hints(self):
+        """Write the hint files rolls left pending; those of segments merged away since are dropped."""
+        if not self.pending_hints:
+            return
+        self._lock(self.merge_lock)  # no merge drops a segment (and its hint file) meanwhile
+        try:
+            if not self.closed:
+                self._write_pending_locked()
+        finally:
+            PyThread_release_lock(self.merge_lock)
+
     def needs_merge(self, threshold):
         """Whether some sealed segment's dead ratio is at least threshold."""
         self._check_open()
@@ -1961,6 +2020,7 @@ cdef class LogStore:
                 if self.bg.efd >= 0:
                     junk = 1
                     c_write(self.bg.efd, &junk, 8)
+                self._write_pending_locked()
                 if self.segs[self.active].size:
                     self._write_hint(self.segs[self.active].id, &self.hint, self.segs[self.active].size)
                 elif listed:  # unlisted first: a listed file is never missing

@@ -926,6 +926,13 @@ class LogStore:
             yield (k, self._decode(data, loc[2])) if values else k
 
     # -- merge -------------------------------------------------------------------------------------
+    def defer_hints(self, defer=True):
+        """The compiled store leaves a rolled segment's hint file to ``write_hints()`` when asked to (its rolls run
+        on the writer's thread); this one writes it at once, so there is never one to wait for."""
+
+    def write_hints(self):
+        """Nothing is pending here (see defer_hints)."""
+
     def needs_merge(self, threshold):
         """Whether some sealed segment's dead ratio is at least threshold."""
         with self._lock:
