@@ -1,7 +1,7 @@
 """redis-benchmark against Redis and against dynafast's RESP listener, in the same run: a single node, and a
 3-node dynafast cluster against a Redis Cluster of 3 masters with 3 replicas.
 
-    PYTHONPATH=src python3 benchmarks/resp_vs_redis.py [--requests 200000] [--clients 50] [--what single,cluster] [--runs 5]
+    PYTHONPATH=src python3 benchmarks/resp_vs_redis.py [--requests 1000000] [--clients 50] [--what single,cluster] [--runs 5]
 
 SET and GET, 100-byte values, random keys out of 100,000 (``-r``), ``--clients`` connections, pipeline 1 and 16.
 One system runs at a time (the other is stopped), on 127.0.0.1, with the load generator on the same machine. Per
@@ -291,7 +291,9 @@ def print_medians(label, runs) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--requests", type=int, default=1_000_000,
+                        help="requests per test (at least a million against a single node: a shorter test may or "
+                             "may not hold the store's periodic work, a segment sealed every 64 MiB and its merge)")
     parser.add_argument("--cluster-requests", type=int, default=None,
                         help="requests per test against the clusters (default: --requests)")
     parser.add_argument("--clients", type=int, default=50)
