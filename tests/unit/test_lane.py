@@ -3,6 +3,7 @@ in this process over real stores, get the same random commands; one answers thro
 through the reference lane, one without a lane. Every reply must be the same, byte for byte, and
 every key must end up holding the same versions."""
 import asyncio
+import contextlib
 import errno
 import random
 import time
@@ -447,23 +448,30 @@ def test_sets_read_and_written_in_place_are_the_ones_the_objects_make(tmp_path, 
     assert stored == held
 
 
+@contextlib.asynccontextmanager
+async def _compiled_lane(base):
+    """A node of one replica per key and a compiled lane of its own over its store: (node, lane, rights)."""
+    if _impl.PURE:
+        pytest.skip("the compiled lane runs over the compiled store only")
+    core = compiled_or_skip("lane")
+    node = Node(_config(base), Environment(clock=StoppedClock(), rng=random.Random(0)))
+    await node.start()
+    try:
+        yield node, core.Lane(node.requests, node.vnodes, node.store._engine, node.config, node.trees), \
+            _impl.lane.READ | _impl.lane.WRITE
+    finally:
+        await node.stop()
+
+
 def test_a_new_incarnation_does_not_stamp_with_the_old_ones_actor(tmp_path):
     """A damaged record gives the node a new incarnation (kv679): from then on a write of a key our copy holds
     stamped by the old incarnation's actor must not move that actor's counter on (a repair may since have
     brought back versions it stamped that we no longer hold), but take a fresh actor, as the general path does."""
-    if _impl.PURE:
-        pytest.skip("the compiled lane runs over the compiled store only")
-    core = compiled_or_skip("lane")
-
     async def run():
-        node = Node(_config(tmp_path), Environment(clock=StoppedClock(), rng=random.Random(0)))
-        await node.start()
-        try:
+        async with _compiled_lane(tmp_path) as (node, lane, rights):
             ring, old = node.membership.state.ring, node.requests.actor
             planted = node.requests.Siblings.new(b"old", None).update(None, old, int(NOW))
             node.vnodes.write(ring.partition_of(b"k"), b"k", planted)
-            lane = core.Lane(node.requests, node.vnodes, node.store._engine, node.config, node.trees)
-            rights = _impl.lane.READ | _impl.lane.WRITE
             out = bytearray()
             assert lane.serve([[b"GET", b"k"]], 0, out, rights, False, HIGH_WATER) == 1
             node._found_damaged(ring.partition_of(b"elsewhere"))
@@ -474,8 +482,6 @@ def test_a_new_incarnation_does_not_stamp_with_the_old_ones_actor(tmp_path):
             assert stored.values == [b"new"]
             assert clock[old] == 1, clock  # the old incarnation's counter stays where it was
             assert [a for a in clock if node.requests.actors.issued(a)], clock  # a fresh actor stamped it
-        finally:
-            await node.stop()
     asyncio.run(run())
 
 
@@ -483,17 +489,9 @@ def test_a_fresh_actor_handed_out_stamps_the_write(tmp_path):
     """A SET of a key with nothing stored hands out one fresh actor, and that actor stamps it, whatever the length
     of its epoch (a lease file set far on gives epochs past 20 digits) and the size of the value (up to where the
     new set no longer fits the in-place writer)."""
-    if _impl.PURE:
-        pytest.skip("the compiled lane runs over the compiled store only")
-    core = compiled_or_skip("lane")
-
     async def run():
-        node = Node(_config(tmp_path), Environment(clock=StoppedClock(), rng=random.Random(0)))
-        await node.start()
-        try:
+        async with _compiled_lane(tmp_path) as (node, lane, rights):
             actors, ring = node.requests.actors, node.membership.state.ring
-            lane = core.Lane(node.requests, node.vnodes, node.store._engine, node.config, node.trees)
-            rights = _impl.lane.READ | _impl.lane.WRITE
             for digits in (1, 20, 22):
                 actors._next = actors._limit = 10 ** (digits - 1)
                 for size in range(3950, 4100):
@@ -502,6 +500,4 @@ def test_a_fresh_actor_handed_out_stamps_the_write(tmp_path):
                     assert actors._next == epoch + 1, (digits, size)
                     stored = node.vnodes.get(ring.partition_of(key), key)
                     assert [actor for actor, _, _ in stored.clock().entries()] == [b"%s.%d" % (actors.base, epoch)]
-        finally:
-            await node.stop()
     asyncio.run(run())
