@@ -17,7 +17,7 @@ import redis.asyncio
 
 from dynafast import _impl
 from dynafast.testing.builds import compiled_or_skip
-from dynafast.testing.inprocess import held, plant, quiet, start_cluster
+from dynafast.testing.inprocess import held, plant, quiet, replies_in_order, start_cluster
 
 KEYS = [b"k%d" % i for i in range(6)] + [b""]
 
@@ -57,6 +57,7 @@ def _ops(seed: int, count: int) -> list:
 
 async def _cluster(base, quorum: bool) -> list:
     nodes = await start_cluster(base, n=3, r=2, w=2, dw=0, max_key_size=MAX_KEY, resp=True)
+    replies_in_order(nodes)
     if not quorum:
         for node in nodes:
             node.resp.app.quorum = None

@@ -9,6 +9,7 @@ import time
 
 from dynafast.cluster.ports import Environment
 from dynafast.config import NodeConfig
+from dynafast.net.messages import Msg
 from dynafast.node import Node
 from dynafast.testing.cluster import free_port
 
@@ -78,3 +79,30 @@ def plant(node, key: bytes, value: bytes) -> None:
     existing = vnodes.get(partition, key)
     planted = node.requests.Siblings.new(value, None if existing is None else existing.context())
     vnodes.write(partition, key, planted.update(existing, b"elsewhere", int(NOW)), previous=existing)
+
+
+def replies_in_order(nodes, step: float = 0.02) -> None:
+    """Make replicas answer a coordinator in the same order every run: the k-th of ``nodes`` (from 0) serves a
+    REPLICA_PUT or REPLICA_GET as it arrives and sends its reply ``k * step`` seconds later. Which W or R replicas
+    a quorum counts first otherwise rests on when the kernel delivers each reply, so two clusters given the same
+    requests could answer differently on a busy machine. (The nodes share one event loop: its timers fire in
+    order of their deadlines however late the loop runs.)"""
+    for k, node in enumerate(nodes):
+        for msg in (Msg.REPLICA_PUT, Msg.REPLICA_GET):
+            check, handle, op = node._dispatch[int(msg)]
+            node._dispatch[int(msg)] = (check, _answer_later(handle, k * step), op)
+
+
+def _answer_later(handle, delay: float):
+    if delay == 0:
+        return handle
+
+    def later(fields):
+        result = handle(fields)  # served now: the replica's state moves in the order requests arrive
+
+        async def reply():
+            answer = await result if asyncio.iscoroutine(result) else result
+            await asyncio.sleep(delay)
+            return answer
+        return reply()
+    return later
