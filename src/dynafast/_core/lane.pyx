@@ -96,25 +96,29 @@ cdef object _read(LogStore engine, bytes stored_key):
     return siblings_from_bytes(<const unsigned char *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
 
 
+cdef inline bint _ours(const char *actor, Py_ssize_t alen, bytes base, bytes dotted) noexcept:
+    """Whether ``actor`` is ours (kv679): ``base``, or one of the fresh actors this incarnation handed out,
+    ``dotted`` + digits (Actors.issued)."""
+    cdef Py_ssize_t j, n = PyBytes_GET_SIZE(dotted)
+    if alen == PyBytes_GET_SIZE(base) and memcmp(actor, PyBytes_AS_STRING(base), alen) == 0:
+        return True
+    if alen <= n or memcmp(actor, PyBytes_AS_STRING(dotted), n) != 0:
+        return False
+    for j in range(n, alen):
+        if not c'0' <= actor[j] <= c'9':
+            return False
+    return True
+
+
 cdef bytes _stamping_actor(Siblings existing, bytes base, bytes dotted, object actors):
-    """RequestCoordinator._stamping_actor: an actor of ours that our copy carries (``base``, or one of the fresh
-    actors this incarnation handed out, ``dotted`` + digits), else a fresh one."""
-    cdef Py_ssize_t i, j, n
+    """RequestCoordinator._stamping_actor: an actor of ours that our copy carries, else a fresh one."""
+    cdef Py_ssize_t i
     cdef bytes actor
-    cdef const char *p
     if existing is not None:
-        n = PyBytes_GET_SIZE(dotted)
         for i in range(existing.n):
             actor = <bytes>existing.ents[i].actor
-            if actor == base:
+            if _ours(PyBytes_AS_STRING(actor), PyBytes_GET_SIZE(actor), base, dotted):
                 return actor
-            if PyBytes_GET_SIZE(actor) > n and memcmp(PyBytes_AS_STRING(actor), PyBytes_AS_STRING(dotted), n) == 0:
-                p = PyBytes_AS_STRING(actor)
-                j = n
-                while j < PyBytes_GET_SIZE(actor) and c'0' <= p[j] <= c'9':
-                    j += 1
-                if j == PyBytes_GET_SIZE(actor):
-                    return actor
     return actors.fresh()
 
 
@@ -407,21 +411,11 @@ cdef class Lane:
         return True
 
     cdef Py_ssize_t _stamp(self, SetView *view) noexcept:
-        """_stamping_actor over a view: the first entry whose actor is ours (``base``, or one this incarnation
-        handed out), or -1."""
-        cdef Py_ssize_t i, j, n = PyBytes_GET_SIZE(self.dotted)
-        cdef const unsigned char *actor
+        """_stamping_actor over a view: the first entry whose actor is ours, or -1."""
+        cdef Py_ssize_t i
         for i in range(view.n):
-            actor = view.ents[i].actor
-            if (view.ents[i].alen == PyBytes_GET_SIZE(self.base)
-                    and memcmp(actor, PyBytes_AS_STRING(self.base), view.ents[i].alen) == 0):
+            if _ours(<const char *>view.ents[i].actor, view.ents[i].alen, self.base, self.dotted):
                 return i
-            if view.ents[i].alen > n and memcmp(actor, PyBytes_AS_STRING(self.dotted), n) == 0:
-                j = n
-                while j < view.ents[i].alen and c'0' <= actor[j] <= c'9':
-                    j += 1
-                if j == view.ents[i].alen:
-                    return i
         return -1
 
     cdef bint _supersede(self, bytes stored_key, bytes key, bytes value, Py_ssize_t partition,
