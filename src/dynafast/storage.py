@@ -8,7 +8,6 @@ import fcntl
 import os
 import shutil
 import threading
-import time
 import weakref
 
 from dynafast import _impl
@@ -153,17 +152,23 @@ class Store:
         # Held by every merge, and by copy_into: a merge is what deletes sealed segments.
         self._merge_gate = threading.Lock()
         self._stop = threading.Event()
-        self._thread = None
-        self._background_merge = bool(background_merge)
-        if sync == "interval" or self.flush_interval > 0 or background_merge:
-            # The thread holds only a weak reference: a Store dropped without close() is still collected
-            # (and __del__ closes it).
-            self._thread = threading.Thread(
-                target=_background, args=(weakref.ref(self), self._stop), name="dynafast-store",
-                daemon=True,
-            )
-            e.defer_hints(True)  # the thread writes a sealed segment's hint, not the writer that rolled it
-            self._thread.start()
+        # Syncs and merges each have a thread: a merge takes from tens of ms to seconds, and the interval sync
+        # must not wait for it. The threads hold only a weak reference: a Store dropped without close() is
+        # still collected (and __del__ closes it).
+        self._threads = []
+        tick = self.sync_interval if sync == "interval" else self.flush_interval
+        if tick > 0:
+            self._threads.append(threading.Thread(
+                target=_every, args=(weakref.ref(self), self._stop, tick, Store._sync_step),
+                name="dynafast-sync", daemon=True))
+        if background_merge:
+            self._threads.append(threading.Thread(
+                target=_every, args=(weakref.ref(self), self._stop, self.merge_check_interval, Store._merge_step),
+                name="dynafast-merge", daemon=True))
+        if self._threads:
+            e.defer_hints(True)  # a thread writes a sealed segment's hint, not the writer that rolled it
+            for thread in self._threads:
+                thread.start()
 
     # Documented signatures; __init__ binds the engine's methods over these for speed.
     def put(self, key, value, ttl=None):
@@ -343,30 +348,32 @@ class Store:
         return self._engine.recovery
 
     # -- background ------------------------------------------------------------------------------
-    def _background_step(self, next_merge):
-        """One tick of the background thread: flush or sync per the policy, merge when due."""
+    def _sync_step(self):
+        """A tick of the sync thread: sync or flush per the policy, and the hint files rolls left, unless a
+        merge has them (it can take seconds, and the next sync is due sooner)."""
         if self.sync_mode == "interval":
             self._engine.sync()
-        elif self.flush_interval > 0:
+        else:
             self._engine.flush()
+        self._engine.write_hints(wait=False)
+
+    def _merge_step(self):
+        """A tick of the merge thread: the hint files rolls left, and a merge when some segment is due."""
         self._engine.write_hints()
-        if self._background_merge and time.monotonic() >= next_merge:
-            next_merge = time.monotonic() + self.merge_check_interval
-            # A copy being taken holds the gate: this merge waits for the next tick rather than for the copy.
-            if self._engine.needs_merge(self.merge_trigger) and self._merge_gate.acquire(blocking=False):
-                try:
-                    self._engine.merge(self.merge_trigger)
-                finally:
-                    self._merge_gate.release()
-        return next_merge
+        # A copy being taken holds the gate: this merge waits for the next tick rather than for the copy.
+        if self._engine.needs_merge(self.merge_trigger) and self._merge_gate.acquire(blocking=False):
+            try:
+                self._engine.merge(self.merge_trigger)
+            finally:
+                self._merge_gate.release()
 
     def close(self):
         """Stop the background thread, flush, fsync and close. Idempotent."""
-        if self._thread is not None:
-            self._stop.set()
-            if self._thread is not threading.current_thread():  # __del__ can run on that thread
-                self._thread.join()
-            self._thread = None
+        self._stop.set()
+        for thread in getattr(self, "_threads", ()):
+            if thread is not threading.current_thread():  # __del__ can run on one of them
+                thread.join()
+        self._threads = []
         if not self._engine.closed:
             self._engine.close()
         if self._lock_fd >= 0:
@@ -406,21 +413,14 @@ def _copy_prefix(src, out, size: int, chunk: int = 1 << 20) -> None:
     os.fsync(out.fileno())
 
 
-def _background(store_ref, stop):
-    store = store_ref()
-    if store is None:
-        return
-    tick = store.sync_interval if store.sync_mode == "interval" else store.flush_interval
-    if tick <= 0:
-        tick = store.merge_check_interval
-    next_merge = time.monotonic() + store.merge_check_interval
-    del store
-    while not stop.wait(tick):
+def _every(store_ref, stop, interval, step):
+    """Call step(store) every interval seconds until stop is set or the store is gone."""
+    while not stop.wait(interval):
         store = store_ref()
         if store is None:
             return
         try:
-            next_merge = store._background_step(next_merge)
+            step(store)
         except StoreClosed:
             return
         except Exception as exc:  # e.g. StorageFull: keep trying; callers see it on their own calls

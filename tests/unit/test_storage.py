@@ -13,6 +13,7 @@ import dynafast
 from dynafast import CorruptionError, KeyTooLarge, StorageFull, StoreClosed, StoreLocked, ValueTooLarge
 from dynafast._ref import logstore as fmt
 from dynafast.storage import Store
+from dynafast.testing.builds import compiled_or_skip
 
 from conftest import implementations
 
@@ -239,6 +240,165 @@ def test_merge_keeps_tombstone_hiding_an_older_segment(tmp_path, impl):
     with open_store(path, impl) as db:
         assert db.get(b"victim") is None
         assert db[b"churn"] == b"c" * 40 and db.count(b"fill") == 20
+
+
+def test_writes_in_the_middle_of_a_merges_lookups_come_out_as_written(tmp_path):
+    """A merge looks up which records of a segment are live without the GIL, so writers (a node's event loop)
+    go on meanwhile: the lookups used to hold it, and the event loop stalled for up to 150 ms once per merge of
+    a full segment. Here the merge is held between two chunks of lookups while keys it has decided on, and keys
+    it has not, are overwritten, deleted, put again after their tombstone, and added; everything must read as
+    written after the merge, after a full merge, and after a reopen."""
+    core = compiled_or_skip("logstore")
+    path = str(tmp_path / "db")
+    store = core.LogStore(path, segment_size=256 << 10)
+    model = {}
+
+    def put(key, value):
+        store.put(key, value)
+        model[key] = value
+
+    def delete(key):
+        store.delete(key)
+        model.pop(key, None)
+
+    for i in range(4000):  # the old segments, which stay: their values need the tombstones below
+        put(b"a%05d" % i, b"a" * 100)
+    for i in range(6000):  # the segments merged: a quarter of these stay live, with tombstones among them
+        put(b"t%05d" % i, b"t" * 100)
+        if i % 6 == 0:
+            delete(b"a%05d" % (i // 6))
+    for i in range(6000):
+        if i % 4:
+            put(b"t%05d" % i, b"u" * 100)
+    merged = []
+    core.hold_merge_lookups()
+    merging = threading.Thread(target=lambda: merged.append(store.merge(0.6)))
+    try:
+        merging.start()
+        for _ in range(1000):
+            if core.merge_lookups_waiting():
+                break
+            time.sleep(0.01)
+        assert core.merge_lookups_waiting() == 1
+        for i in range(0, 6000, 4):  # the live ones, decided on (the first chunk) and not
+            if i % 8 == 0:
+                put(b"t%05d" % i, b"w" * 100)
+            else:
+                delete(b"t%05d" % i)
+        for i in range(0, 1000, 2):  # deleted a-keys put again: their tombstones may have been decided on
+            put(b"a%05d" % i, b"b" * 100)
+        for i in range(1000, 1500):  # a-keys whose tombstones come after the merge's
+            delete(b"a%05d" % i)
+        for i in range(20000):  # enough new keys for the keydir to grow
+            put(b"n%05d" % i, b"n")
+    finally:
+        core.release_merge_lookups()
+        merging.join(timeout=60)
+    assert merged and merged[0] >= 2
+    assert store._check_keydir() == []
+    assert len(store) == len(model) and dict(store.items()) == model
+    stats = store.stats()  # no segment's live or dead bytes taken below zero (they are unsigned)
+    assert stats["live_bytes"] + stats["dead_bytes"] <= stats["disk_bytes"] + stats["buffer_bytes"]
+    store.merge()
+    assert store.stats()["dead_bytes"] == 0 and dict(store.items()) == model
+    store.close()
+    store = core.LogStore(path, segment_size=256 << 10)
+    assert len(store) == len(model) and dict(store.items()) == model
+    store.close()
+
+
+def test_a_writer_waits_for_a_merges_chunk_of_lookups(tmp_path):
+    """A merge's lookups run without the GIL; a write meanwhile must wait for the chunk of them in hand, since
+    the keydir it changes can grow or compact under them (a lookup sent to freed memory, or a live record taken
+    for dead and lost). Here the merge holds its chunk until it sees the writer waiting."""
+    core = compiled_or_skip("logstore")
+    store = core.LogStore(str(tmp_path / "db"), segment_size=256 << 10)
+    for i in range(6000):
+        store.put(b"k%05d" % i, b"v" * 100)
+    for i in range(6000):
+        store.put(b"k%05d" % i, b"w" * 100)
+    blocked = core.writers_blocked()
+    core.hold_merge_lookups(locked=True)
+    merging = threading.Thread(target=store.merge, args=(0.6,))
+    try:
+        merging.start()
+        for _ in range(1000):
+            if core.merge_lookups_waiting():
+                break
+            time.sleep(0.01)
+        assert core.merge_lookups_waiting() == 1
+        store.put(b"during", b"the merge")
+        assert core.writers_blocked() == blocked + 1
+    finally:
+        core.release_merge_lookups()
+        merging.join(timeout=60)
+    assert store.get(b"during") == b"the merge" and store.get(b"k00007") == b"w" * 100
+    store.close()
+
+
+def test_merges_looking_up_while_the_keydir_grows_and_compacts_keep_every_write(tmp_path, impl):
+    """Merges run back to back beside a writer whose keys make the keydir grow (its slots move) and whose deletes
+    make it compact (its items move): a merge's GIL-free lookups must never see either half done."""
+    path = tmp_path / "db"
+    model = {}
+    with open_store(path, impl, segment_size=64 << 10) as db:
+        stop = threading.Event()
+        merges = [0]
+
+        def merging():
+            while not stop.is_set():
+                merges[0] += db._engine.merge(0.3)
+
+        thread = threading.Thread(target=merging)
+        thread.start()
+        try:
+            for i in range(30000):
+                key = b"k%d" % (i * 7919 % 12000)
+                if i % 5 == 4:
+                    db.delete(key)
+                    model.pop(key, None)
+                else:
+                    db.put(key, b"v%d" % i + b"." * 40)
+                    model[key] = b"v%d" % i + b"." * 40
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+        assert merges[0] > 0
+        assert dict(db.items()) == model
+    with open_store(path, impl) as db:
+        assert dict(db.items()) == model
+
+
+def test_interval_syncs_go_on_while_a_merge_runs(tmp_path):
+    """sync="interval" promises that at most sync_interval of acknowledged writes is lost; a merge takes from
+    tens of ms to seconds. Syncs and merges shared one thread, and no sync ran while a merge did. Here the
+    background merge is held in the middle of its lookups while a write waits for the next interval's fsync."""
+    core = compiled_or_skip("logstore")
+    db = Store(tmp_path / "db", engine=core, sync="interval", sync_interval=0.02, segment_size=256 << 10,
+               merge_check_interval=0.02)
+    core.hold_merge_lookups()
+    try:
+        for value in (b"v", b"w"):  # the first round's segments all dead: a merge is due
+            for i in range(6000):
+                db.put(b"k%05d" % i, value * 100)
+        for _ in range(1000):
+            if core.merge_lookups_waiting():
+                break
+            time.sleep(0.01)
+        assert core.merge_lookups_waiting() == 1
+        fsyncs = db.stats()["fsyncs"]
+        db.put(b"during", b"the merge")
+        for _ in range(500):
+            if db.stats()["fsyncs"] > fsyncs:
+                break
+            time.sleep(0.01)
+        assert db.stats()["fsyncs"] > fsyncs, "no sync while the merge ran"
+        assert core.merge_lookups_waiting() == 1
+    finally:
+        core.release_merge_lookups()
+        db.close()
+    with open_store(tmp_path / "db", core) as db:
+        assert db[b"during"] == b"the merge" and len(db) == 6001
 
 
 def test_background_merge_runs(tmp_path, impl):

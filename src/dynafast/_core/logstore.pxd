@@ -56,6 +56,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
     int pthread_cond_init(pthread_cond_t *c, const void *attr)
     int pthread_cond_destroy(pthread_cond_t *c)
@@ -160,6 +161,11 @@ cdef class LogStore:
     cdef readonly bint sync_always
 
     cdef df_keydir kd
+    # A merge looks up liveness without the GIL, holding kd_mutex a chunk at a time; while kd_shared says one
+    # does, every change to the keydir (all made with the GIL) takes kd_mutex too.
+    cdef pthread_mutex_t kd_mutex
+    cdef bint kd_shared
+    cdef int kd_waiters       # writers waiting for kd_mutex: the merge lets them in before its next chunk
     cdef Seg *segs
     cdef uint32_t nsegs       # slots allocated in segs
     cdef uint32_t active      # slot of the segment being appended to
@@ -205,6 +211,8 @@ cdef class LogStore:
     cdef int _drop_seg(self, uint32_t slot, bint unlink) except -1
     cdef int _apply(self, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off,
                     uint32_t size, int flags, const unsigned char *expires) except -1
+    cdef int _index(self, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off, uint32_t size,
+                    int flags) noexcept nogil
     cdef int _apply_hint(self, uint32_t seg, const unsigned char *p, size_t n) except -1
     cdef int _open_active(self, uint64_t seg_id) except -1
     cdef int _activate(self, uint64_t seg_id, int fd) except -1

@@ -3,6 +3,8 @@
 Same on-disk format and class API as the reference ``dynafast._ref.logstore`` (field widths: logstore.pxd).
 Hot calls (put/get/delete/contains) run entirely with the GIL held and take no lock: the GIL already
 serialises them, and none of them can release it half-way except to flush, which goes through io_lock.
+The one reader of the keydir without the GIL is a merge's lookups, under kd_mutex, which changes to the
+keydir take too while it runs (kd_shared).
 Reads come from the write buffers or from a read-only shared mapping of the segment file, and verify the
 record's CRC every time.
 
@@ -31,7 +33,7 @@ from cpython.pythread cimport (
 )
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
 from posix.types cimport off_t
@@ -56,6 +58,7 @@ HINT_TRAILER_SIZE_ = HINT_TRAILER_SIZE
 
 cdef enum:
     AHEAD = 32  # a merge asks for a record's keydir slot this many records before it looks it up (and its item half)
+    LOOKUP_CHUNK = 1024  # a merge's lookups between two chances for writers to take the keydir's mutex
 
 cdef int _ENOSPC = _errno.ENOSPC
 cdef int _EDQUOT = _errno.EDQUOT
@@ -148,32 +151,66 @@ cdef int io_pwrite(int fd, const unsigned char *p, size_t n, uint64_t off) noexc
 cdef extern from *:
     int __sync_fetch_and_add(int *p, int v) nogil
 
-cdef int _fsyncs_held = 0  # test seam: fsyncs wait while it is set (a disk that takes its time)
-cdef int _fsyncs_waiting = 0
+# Test seams: a point of the engine's work waits while it is held, counted in _waiting (a disk that takes
+# its time, a merge caught between two chunks of lookups).
+cdef enum:
+    HOLD_FSYNC = 0
+    HOLD_LOOKUPS = 1
+    HOLD_LOOKUPS_LOCKED = 2
+cdef int _held[3]
+cdef int _waiting[3]
+cdef int _writers_blocked = 0  # writers that found a merge's lookups holding the keydir's mutex, ever
+cdef int _blocked_at_hold = 0
+
+
+cdef inline void _wait_while_held(int point) noexcept nogil:
+    if _held[point]:
+        __sync_fetch_and_add(&_waiting[point], 1)
+        while _held[point]:
+            usleep(1000)
+        __sync_fetch_and_add(&_waiting[point], -1)
 
 
 def hold_fsyncs():
     """Make every fsync wait until ``release_fsyncs()``: a disk slow to make things durable."""
-    global _fsyncs_held
-    _fsyncs_held = 1
+    _held[HOLD_FSYNC] = 1
 
 
 def release_fsyncs():
-    global _fsyncs_held
-    _fsyncs_held = 0
+    _held[HOLD_FSYNC] = 0
 
 
 def fsyncs_waiting():
     """How many fsyncs ``hold_fsyncs`` is holding now."""
-    return __sync_fetch_and_add(&_fsyncs_waiting, 0)
+    return __sync_fetch_and_add(&_waiting[HOLD_FSYNC], 0)
+
+
+def hold_merge_lookups(bint locked=False):
+    """Make a merge wait after its first chunk of keydir lookups until ``release_merge_lookups()``, without the
+    GIL or the keydir's mutex, so writers go on meanwhile; ``locked``: holding the mutex, until a writer waits
+    for it too."""
+    global _blocked_at_hold
+    _blocked_at_hold = __sync_fetch_and_add(&_writers_blocked, 0)
+    _held[HOLD_LOOKUPS_LOCKED if locked else HOLD_LOOKUPS] = 1
+
+
+def release_merge_lookups():
+    _held[HOLD_LOOKUPS] = 0
+    _held[HOLD_LOOKUPS_LOCKED] = 0
+
+
+def merge_lookups_waiting():
+    """How many merges ``hold_merge_lookups`` is holding now."""
+    return __sync_fetch_and_add(&_waiting[HOLD_LOOKUPS], 0) + __sync_fetch_and_add(&_waiting[HOLD_LOOKUPS_LOCKED], 0)
+
+
+def writers_blocked():
+    """How many writers have ever found a merge's lookups holding the keydir's mutex."""
+    return __sync_fetch_and_add(&_writers_blocked, 0)
 
 
 cdef int io_fsync(int fd) noexcept nogil:
-    if _fsyncs_held:
-        __sync_fetch_and_add(&_fsyncs_waiting, 1)
-        while _fsyncs_held:
-            usleep(1000)
-        __sync_fetch_and_add(&_fsyncs_waiting, -1)
+    _wait_while_held(HOLD_FSYNC)
     if _fault_errno != 0 and _fault_budget <= 0:
         return _fault_errno
     if c_fsync(fd) < 0:
@@ -347,6 +384,58 @@ cdef int64_t scan_records(const unsigned char *data, size_t n, df_buf *out, uint
         pos += size
     df_buf_free(&pending)
     return <int64_t>valid_end
+
+
+cdef size_t look_up_live(df_keydir *kd, pthread_mutex_t *kd_mutex, int *kd_waiters, const unsigned char *entries,
+                         size_t n, uint32_t slot, uint8_t *live) noexcept nogil:
+    """For each of a merged segment's hint entries, whether the keydir still points at its record (for a
+    tombstone: whether its key is absent), into live[]; returns how many entries there were.
+
+    It runs without the GIL, taking the keydir's mutex a chunk at a time: writers take that mutex too while a
+    merge looks up (see _apply), and get in between chunks: a writer waiting (kd_waiters) gets the mutex before
+    the next chunk does, since a mutex is not fair and the writer waits holding the GIL."""
+    cdef uint32_t hashes[LOOKUP_CHUNK]
+    cdef size_t at[LOOKUP_CHUNK]
+    cdef size_t pos = 0, count = 0, k, j
+    cdef const unsigned char *e
+    cdef df_item *it
+    while pos < n:
+        if count:
+            _wait_while_held(HOLD_LOOKUPS)
+        k = 0
+        while pos < n and k < LOOKUP_CHUNK:
+            at[k] = pos
+            hashes[k] = df_hash(entries + pos + HINT_ENTRY_SIZE, ld16(entries + pos + HINT_KSIZE))
+            pos += hint_span(entries + pos)
+            k += 1
+        pthread_mutex_lock(kd_mutex)
+        if count and _held[HOLD_LOOKUPS_LOCKED]:
+            __sync_fetch_and_add(&_waiting[HOLD_LOOKUPS_LOCKED], 1)
+            while _held[HOLD_LOOKUPS_LOCKED] and __sync_fetch_and_add(&_writers_blocked, 0) == _blocked_at_hold:
+                usleep(1000)
+            __sync_fetch_and_add(&_waiting[HOLD_LOOKUPS_LOCKED], -1)
+        # Nearly every lookup is two cache misses (most records of a merged segment are dead, their keys
+        # anywhere): each entry's slot is asked for AHEAD entries ahead, its item half as far.
+        for j in range(k if k < AHEAD else AHEAD):
+            df_kd_prefetch_slot(kd, hashes[j])
+        for j in range(k):
+            if j + AHEAD < k:
+                df_kd_prefetch_slot(kd, hashes[j + AHEAD])
+            if j + AHEAD // 2 < k:
+                df_kd_prefetch_item(kd, hashes[j + AHEAD // 2])
+            e = entries + at[j]
+            it = df_kd_find_h(kd, e + HINT_ENTRY_SIZE, ld16(e + HINT_KSIZE), hashes[j])
+            if e[HINT_FLAGS] & FLAG_TOMBSTONE:
+                live[count + j] = it == NULL
+            else:
+                live[count + j] = it != NULL and it.seg == slot and it.off == ld32(e + HINT_OFF)
+        pthread_mutex_unlock(kd_mutex)
+        count += k
+        for j in range(10000):  # bounded: a writer that never comes cannot hold up the merge for long
+            if __sync_fetch_and_add(kd_waiters, 0) == 0:
+                break
+            sched_yield()
+    return count
 
 
 cdef int64_t check_hint(const unsigned char *p, size_t n, uint64_t data_size, uint64_t *max_seq) noexcept nogil:
@@ -586,6 +675,7 @@ cdef class LogStore:
         if self.io_lock == NULL or self.merge_lock == NULL:
             raise MemoryError()
         pthread_mutex_init(&self.sync_mutex, NULL)
+        pthread_mutex_init(&self.kd_mutex, NULL)
         pthread_cond_init(&self.sync_cond, NULL)
         pthread_mutex_init(&self.bg.mutex, NULL)
         pthread_cond_init(&self.bg.cond, NULL)
@@ -631,6 +721,7 @@ cdef class LogStore:
         if self.sync_init:
             pthread_cond_destroy(&self.sync_cond)
             pthread_mutex_destroy(&self.sync_mutex)
+            pthread_mutex_destroy(&self.kd_mutex)
             pthread_cond_destroy(&self.bg.cond)
             pthread_mutex_destroy(&self.bg.mutex)
             if self.bg.efd >= 0:
@@ -721,13 +812,33 @@ cdef class LogStore:
                     uint32_t size, int flags, const unsigned char *expires) except -1:
         """Account one record in the keydir (on load and on every write); ``expires`` points at its 8 expiry
         bytes (read only with FLAG_EXPIRES)."""
-        cdef df_item old
         cdef int r
+        cdef bint shared
         if flags & FLAG_EXPIRES:
             if expires != NULL:  # NULL: the caller records it (put, which has the key object at hand)
                 self.expires[PyBytes_FromStringAndSize(<const char *>key, klen)] = ld64(expires)
         elif self.expires:  # only stores that hold TTL keys pay for this
             self.expires.pop(PyBytes_FromStringAndSize(<const char *>key, klen), None)
+        # Waiting here with the GIL held is safe: a merge holds kd_mutex only in its GIL-free lookups, and
+        # for one chunk of them. Nothing from here to the unlock can let the GIL go.
+        shared = self.kd_shared
+        if shared and pthread_mutex_trylock(&self.kd_mutex) != 0:
+            __sync_fetch_and_add(&_writers_blocked, 1)
+            __sync_fetch_and_add(&self.kd_waiters, 1)
+            pthread_mutex_lock(&self.kd_mutex)
+            __sync_fetch_and_add(&self.kd_waiters, -1)
+        r = self._index(key, klen, seg, off, size, flags)
+        if shared:
+            pthread_mutex_unlock(&self.kd_mutex)
+        if r < 0:
+            raise MemoryError()
+        return 0
+
+    cdef int _index(self, const unsigned char *key, size_t klen, uint32_t seg, uint32_t off, uint32_t size,
+                    int flags) noexcept nogil:
+        """_apply's change to the keydir and the segments' live and dead bytes (-1: out of memory)."""
+        cdef df_item old
+        cdef int r
         if flags & FLAG_TOMBSTONE:
             if df_kd_remove(&self.kd, key, klen, &old):
                 self.segs[old.seg].live -= old.size
@@ -736,11 +847,11 @@ cdef class LogStore:
             if (self.iterators == 0 and self.kd.arena_dead > 65536
                     and self.kd.arena_dead * 2 > self.kd.arena_len):
                 if df_kd_compact(&self.kd) < 0:
-                    raise MemoryError()
+                    return -1
         else:
             r = df_kd_put(&self.kd, key, klen, seg, off, size, &old)
             if r < 0:
-                raise MemoryError()
+                return -1
             if r:
                 self.segs[old.seg].live -= old.size
                 self.segs[old.seg].dead += old.size
@@ -1647,16 +1758,22 @@ cdef class LogStore:
                     break
         return 0
 
-    def write_hints(self):
-        """Write the hint files rolls left pending; those of segments merged away since are dropped."""
+    def write_hints(self, bint wait=True):
+        """Write the hint files rolls left pending; those of segments merged away since are dropped. Without
+        ``wait``, a merge running leaves them for the next call. Returns whether none is left pending."""
         if not self.pending_hints:
-            return
-        self._lock(self.merge_lock)  # no merge drops a segment (and its hint file) meanwhile
+            return True
+        # No merge drops a segment (and its hint file) meanwhile.
+        if wait:
+            self._lock(self.merge_lock)
+        elif not PyThread_acquire_lock(self.merge_lock, NOWAIT_LOCK):
+            return False
         try:
             if not self.closed:
                 self._write_pending_locked()
         finally:
             PyThread_release_lock(self.merge_lock)
+        return True
 
     def needs_merge(self, threshold):
         """Whether some sealed segment's dead ratio is at least threshold."""
@@ -1707,20 +1824,19 @@ cdef class LogStore:
         cdef uint8_t flags
         cdef uint64_t seg_id, mseq = 0, max_seq
         cdef int64_t valid_end
-        cdef size_t pos, size, visited = 0
+        cdef size_t pos, size
         cdef size_t corrupt = 0
         cdef int err
         cdef const unsigned char *m
         cdef const unsigned char *key
         cdef unsigned char *rec
-        cdef df_item *it
         cdef df_buf entries, out_tomb
         cdef Move mv
         cdef uint64_t now = _now_ms()
         cdef const unsigned char *src
         cdef unsigned char *tomb
-        cdef uint32_t hashes[AHEAD]
-        cdef size_t ahead, hashed, done
+        cdef uint8_t *live = NULL
+        cdef size_t j, nentries
         memset(&entries, 0, sizeof(entries))
         memset(&out_tomb, 0, sizeof(out_tomb))
         try:
@@ -1734,42 +1850,43 @@ cdef class LogStore:
                     valid_end = scan_records(m, size, &entries, &mseq, &corrupt)
                 if valid_end < 0:
                     raise MemoryError()
-                pos = ahead = 0
-                hashed = done = 0
-                while pos < entries.len:
-                    # Whether a record is live is a keydir lookup, nearly always two cache misses (most records
-                    # of a merged segment are dead, their keys anywhere): asked for AHEAD records ahead.
-                    while hashed < done + AHEAD and ahead < entries.len:
-                        hashes[hashed % AHEAD] = df_hash(entries.data + ahead + HINT_ENTRY_SIZE,
-                                                         ld16(entries.data + ahead + HINT_KSIZE))
-                        df_kd_prefetch_slot(&self.kd, hashes[hashed % AHEAD])
-                        ahead += hint_span(entries.data + ahead)
-                        hashed += 1
-                    if done + AHEAD // 2 < hashed:
-                        df_kd_prefetch_item(&self.kd, hashes[(done + AHEAD // 2) % AHEAD])
+                free(live)
+                live = <uint8_t *>malloc(entries.len // HINT_ENTRY_SIZE + 1)
+                if live == NULL:
+                    raise MemoryError()
+                # Which records are live, looked up without the GIL: the event loop's thread keeps serving. A
+                # record that dies after its lookup is copied all the same, and _swap_in moves only keys that
+                # still point at the old place; a key put again after its tombstone's lookup has a newer
+                # record, which the kept tombstone cannot hide.
+                self.kd_shared = True
+                try:
+                    with nogil:
+                        nentries = look_up_live(&self.kd, &self.kd_mutex, &self.kd_waiters, entries.data,
+                                                entries.len, slot, live)
+                finally:
+                    self.kd_shared = False
+                pos = 0
+                for j in range(nentries):
                     roff = ld32(entries.data + pos + HINT_OFF)
                     rsize = ld32(entries.data + pos + HINT_SIZE)
                     klen = ld16(entries.data + pos + HINT_KSIZE)
                     flags = entries.data[pos + HINT_FLAGS]
                     key = entries.data + pos + HINT_ENTRY_SIZE
                     pos += hint_span(entries.data + pos)
-                    visited += 1
-                    if visited % 4096 == 0:
+                    if j % 4096 == 4095:
                         with nogil:
                             pass  # let readers and writers in between chunks
-                    it = df_kd_find_h(&self.kd, key, klen, hashes[done % AHEAD])
-                    done += 1
+                    if not live[j]:
+                        continue  # dead, or a tombstone whose key is there again
                     src = m + roff
                     if flags & FLAG_TOMBSTONE:
                         # Keep it while an older segment that stays could still hold a value for the key.
-                        if it != NULL or oldest_kept is None or oldest_kept > seg_id:
+                        if oldest_kept is None or oldest_kept > seg_id:
                             continue
                         kb = PyBytes_FromStringAndSize(<const char *>key, klen)
                         if kb in seen_tombstones:
                             continue
                         seen_tombstones.add(kb)
-                    elif it == NULL or it.seg != slot or it.off != roff:
-                        continue
                     elif flags & FLAG_EXPIRES and now >= ld64(key + klen):
                         # Expired: its value goes, and its key with it when the swap finds it still pointing
                         # here. A tombstone takes its place while an older segment that stays could still hold
@@ -1835,16 +1952,26 @@ cdef class LogStore:
                         os.unlink(p)
             raise
         finally:
+            free(live)
             df_buf_free(&entries)
             df_buf_free(&out_tomb)
         self._lock(self.io_lock)  # no roll writes the manifest meanwhile
         try:
-            self._swap_in(outputs, inputs)
+            gone = self._swap_in(outputs, inputs)
         finally:
             PyThread_release_lock(self.io_lock)
+        # Unlinking a segment frees its cached pages, tens of ms for a full one: without io_lock, which the
+        # writers need. merge_lock, still held, keeps their ids from being reused meanwhile.
+        # Oldest first: a tombstone outlives every older value it hides.
+        for seg_id in gone:
+            hp = os.path.join(self.path, hint_name(seg_id))
+            if os.path.exists(hp):
+                os.unlink(hp)
+            os.unlink(os.path.join(self.path, data_name(seg_id)))
 
     def _swap_in(self, list outputs, list inputs):
-        """Put a merge's outputs in place of its inputs (holds merge_lock and io_lock)."""
+        """Put a merge's outputs in place of its inputs (holds merge_lock and io_lock); returns the ids of the
+        inputs whose files can go."""
         # The GIL is held up to the manifest's write, so readers see the old or the new layout.
         cdef _Output out
         cdef uint32_t slot
@@ -1896,14 +2023,7 @@ cdef class LogStore:
             self._drop_seg(slot, False)
         # The inputs' files go only once the manifest no longer lists them; if it could not be written
         # they stay, and the next open replays them before the outputs (as after a crash here).
-        if not self._write_manifest(False):
-            return
-        # Oldest first: a tombstone outlives every older value it hides.
-        for seg_id in gone:
-            hp = os.path.join(self.path, hint_name(seg_id))
-            if os.path.exists(hp):
-                os.unlink(hp)
-            os.unlink(os.path.join(self.path, data_name(seg_id)))
+        return gone if self._write_manifest(False) else []
 
     def _forget(self, list inputs):
         """Drop keydir entries still pointing into merged segments: their records were damaged, or expired."""

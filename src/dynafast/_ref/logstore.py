@@ -930,8 +930,9 @@ class LogStore:
         """The compiled store leaves a rolled segment's hint file to ``write_hints()`` when asked to (its rolls run
         on the writer's thread); this one writes it at once, so there is never one to wait for."""
 
-    def write_hints(self):
+    def write_hints(self, wait=True):
         """Nothing is pending here (see defer_hints)."""
+        return True
 
     def needs_merge(self, threshold):
         """Whether some sealed segment's dead ratio is at least threshold."""
