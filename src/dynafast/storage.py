@@ -33,7 +33,8 @@ class Store:
     - ``compress_threshold`` (4096): values longer than this are lz4-compressed (when that makes them smaller).
     - ``write_buffer_size`` (1 MiB): appends collect in memory (reads see them) until this much is buffered.
     - ``merge_trigger`` (0.5): a sealed segment whose dead/total byte ratio reaches this is merged.
-    - ``background_merge`` (True) and ``merge_check_interval`` (1.0 s): merge by itself in a thread.
+    - ``background_merge`` (True) and ``merge_check_interval`` (1.0 s): merge by itself, in a thread of its own
+      (never the one that syncs, whose interval a merge would put off).
     - ``engine``: the engine module (default ``dynafast._impl.logstore``); tests pass the reference.
 
     TTL: ``put(key, value, ttl=seconds)`` makes the key expire that many seconds later (wall clock). An
@@ -368,7 +369,7 @@ class Store:
                 self._merge_gate.release()
 
     def close(self):
-        """Stop the background thread, flush, fsync and close. Idempotent."""
+        """Stop the background threads, flush, fsync and close. Idempotent."""
         self._stop.set()
         for thread in getattr(self, "_threads", ()):
             if thread is not threading.current_thread():  # __del__ can run on one of them
