@@ -128,6 +128,8 @@ class NodeConfig:
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.sync not in ("none", "interval", "always"):
             raise ValueError(f"sync must be none, interval or always, not {self.sync!r}")
+        if not self.sync_interval > 0:
+            raise ValueError(f"sync_interval must be positive, not {self.sync_interval!r}")
         margin = 2 * self.request_timeout
         if self.tombstone_delay < self.hint_window + margin:
             raise ValueError(

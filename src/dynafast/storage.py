@@ -26,7 +26,7 @@ class Store:
       ``sync_interval`` seconds, so at most that much acknowledged data can be lost. "none" -- buffered writes
       reach the OS every ``flush_interval`` seconds or when the write buffer fills; the OS decides when they
       reach the disk. ``sync()`` makes everything written before it durable in any mode.
-    - ``sync_interval`` (0.1 s), ``flush_interval`` (0.05 s).
+    - ``sync_interval`` (0.1 s), ``flush_interval`` (0.05 s; 0: no flushes but the buffer's own).
     - ``segment_size`` (64 MiB): a segment file is sealed (and its hint file written) when it reaches this.
     - ``max_key_size`` (65535 bytes, also the hard cap of the u16 field), ``max_value_size`` (16 MiB):
       larger keys/values raise KeyTooLarge/ValueTooLarge and nothing is written.
@@ -105,6 +105,13 @@ class Store:
     ):
         if sync not in _SYNC_MODES:
             raise ValueError(f"sync must be one of {_SYNC_MODES}, not {sync!r}")
+        # Each of these is a thread's tick: zero would make it spin (or, for sync_interval, never sync).
+        if not sync_interval > 0:
+            raise ValueError(f"sync_interval must be positive, not {sync_interval!r}")
+        if not merge_check_interval > 0:
+            raise ValueError(f"merge_check_interval must be positive, not {merge_check_interval!r}")
+        if not flush_interval >= 0:
+            raise ValueError(f"flush_interval must be 0 (no flush thread) or positive, not {flush_interval!r}")
         self.path = os.fspath(path)
         self.sync_mode = sync
         self.sync_interval = float(sync_interval)

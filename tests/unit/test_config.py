@@ -33,7 +33,8 @@ def test_unknown_and_invalid_options_are_refused(tmp_path):
     for bad in ({"partitions": 100}, {"n": 3, "r": 4}, {"w": 2, "dw": 3}, {"sync": "sometimes"},
                 {"listen": "nohost"}, {"seeds": ["127.0.0.1:99999"]}, {"max_siblings": 0},
                 {"siblings_warn": -1}, {"max_siblings": True}, {"max_siblings": 2.5}, {"siblings_warn": "25"},
-                {"metrics_auth": True}, {"metrics_auth": "yes", "users_file": "u.json"}, {"users_file": 1}):
+                {"metrics_auth": True}, {"metrics_auth": "yes", "users_file": "u.json"}, {"users_file": 1},
+                {"sync_interval": 0}):
         with pytest.raises(ValueError):
             NodeConfig(**bad)
 

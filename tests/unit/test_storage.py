@@ -625,6 +625,11 @@ def test_sync_modes_and_stats(tmp_path, impl):
             assert s["keydir_bytes_per_key"] > 0
     with pytest.raises(ValueError):
         open_store(tmp_path / "bad", impl, sync="sometimes")
+    # A background thread's tick: zero would never sync, or spin.
+    for bad in ({"sync": "interval", "sync_interval": 0}, {"background_merge": True, "merge_check_interval": 0},
+                {"flush_interval": -1}):
+        with pytest.raises(ValueError):
+            open_store(tmp_path / "bad", impl, **bad)
 
 
 def test_open_returns_store(tmp_path):
