@@ -135,13 +135,15 @@ def test_a_node_that_stalls_for_a_moment_keeps_its_share_of_requests(tmp_path):
             for key in keys:
                 first.setdefault(ring.replicas(ring.partition_of(key), 3)[0], []).append(key)
             assert sorted(first) == ["n1", "n2", "n3"] and all(len(group) >= 20 for group in first.values())
+            # Counted before the stall: the status requests take their time on a loaded machine, and a try of n1
+            # that ran out a second or more after the one in the stall would count as a second of silence.
+            before = coordinated(client, c)
             stalled = c.node("n1")
             stalled.pause()
             try:
                 assert client.get(first["n1"][0]).value == b"v"  # n1's try runs out, the next replica answers
             finally:
                 stalled.resume()
-            before = coordinated(client, c)
             for node in ("n1", "n2", "n3"):
                 for key in first[node][:20]:
                     assert client.get(key).value == b"v"
