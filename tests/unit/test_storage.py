@@ -242,6 +242,15 @@ def test_merge_keeps_tombstone_hiding_an_older_segment(tmp_path, impl):
         assert db[b"churn"] == b"c" * 40 and db.count(b"fill") == 20
 
 
+def wait_for_held_merge(core):
+    """Until a merge is held by ``hold_merge_lookups`` (10 s at most)."""
+    for _ in range(1000):
+        if core.merge_lookups_waiting():
+            break
+        time.sleep(0.01)
+    assert core.merge_lookups_waiting() == 1
+
+
 def test_writes_in_the_middle_of_a_merges_lookups_come_out_as_written(tmp_path):
     """A merge looks up which records of a segment are live without the GIL, so writers (a node's event loop)
     go on meanwhile: the lookups used to hold it, and the event loop stalled for up to 150 ms once per merge of
@@ -275,11 +284,7 @@ def test_writes_in_the_middle_of_a_merges_lookups_come_out_as_written(tmp_path):
     merging = threading.Thread(target=lambda: merged.append(store.merge(0.6)))
     try:
         merging.start()
-        for _ in range(1000):
-            if core.merge_lookups_waiting():
-                break
-            time.sleep(0.01)
-        assert core.merge_lookups_waiting() == 1
+        wait_for_held_merge(core)
         for i in range(0, 6000, 4):  # the live ones, decided on (the first chunk) and not
             if i % 8 == 0:
                 put(b"t%05d" % i, b"w" * 100)
@@ -322,11 +327,7 @@ def test_a_writer_waits_for_a_merges_chunk_of_lookups(tmp_path):
     merging = threading.Thread(target=store.merge, args=(0.6,))
     try:
         merging.start()
-        for _ in range(1000):
-            if core.merge_lookups_waiting():
-                break
-            time.sleep(0.01)
-        assert core.merge_lookups_waiting() == 1
+        wait_for_held_merge(core)
         store.put(b"during", b"the merge")
         assert core.writers_blocked() == blocked + 1
     finally:
@@ -381,11 +382,7 @@ def test_interval_syncs_go_on_while_a_merge_runs(tmp_path):
         for value in (b"v", b"w"):  # the first round's segments all dead: a merge is due
             for i in range(6000):
                 db.put(b"k%05d" % i, value * 100)
-        for _ in range(1000):
-            if core.merge_lookups_waiting():
-                break
-            time.sleep(0.01)
-        assert core.merge_lookups_waiting() == 1
+        wait_for_held_merge(core)
         fsyncs = db.stats()["fsyncs"]
         db.put(b"during", b"the merge")
         for _ in range(500):
